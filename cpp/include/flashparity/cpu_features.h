@@ -1,0 +1,24 @@
+// Run-time CPU feature detection and the SIMD level the CPU kernels dispatch on.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace flashparity {
+
+// Ordered: a kernel compiled for level L runs on any CPU whose level is >= L.
+enum class SimdLevel : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+
+const char* simd_level_name(SimdLevel level);
+
+// Highest level this CPU (and its OS, which must save the wide registers) supports.
+SimdLevel detected_simd_level();
+
+// The level kernels use: the detected one, capped by FLASHPARITY_SIMD=scalar|avx2|avx512 when set.
+// Throws std::invalid_argument on an unknown FLASHPARITY_SIMD value.
+SimdLevel active_simd_level();
+
+// Names of the relevant ISA extensions present (avx2, fma, f16c, avx512f, avx512bf16, ...).
+std::vector<std::string> cpu_feature_names();
+
+}  // namespace flashparity

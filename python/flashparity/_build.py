@@ -1,0 +1,92 @@
+"""Build facts of the compiled core plus what this machine offers (``fp.build_info()``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _core
+
+KERNEL_IMPLS = ("flash2", "naive")
+
+
+def kernel_source(impl: str) -> str:
+    """The provenance pin of a built-in kernel: ``flashparity:<impl>@<40-hex source digest>``."""
+    if impl not in KERNEL_IMPLS:
+        raise ValueError(f"impl must be one of {', '.join(KERNEL_IMPLS)}, got {impl!r}")
+    return f"flashparity:{impl}@{_core.KERNEL_DIGEST}"
+
+
+def _discover_with_cuda_python() -> tuple[list[dict[str, Any]], str | None]:
+    """Devices seen through cuda-python's driver bindings; ([], why) when that is not possible."""
+    try:
+        from cuda.bindings import driver  # type: ignore[import-not-found]
+    except Exception:  # not installed, or an incompatible build: discovery is best effort
+        return [], "cuda-python is not installed"
+    try:
+        (err,) = driver.cuInit(0)
+        if int(err) != 0:
+            return [], f"cuInit failed: {_driver_error(driver, err)}"
+        err, count = driver.cuDeviceGetCount()
+        if int(err) != 0:
+            return [], f"cuDeviceGetCount failed: {_driver_error(driver, err)}"
+        attr = driver.CUdevice_attribute
+        devices = []
+        for i in range(count):
+            _, dev = driver.cuDeviceGet(i)
+            _, raw_name = driver.cuDeviceGetName(256, dev)
+            _, major = driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev)
+            _, minor = driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev)
+            _, sms = driver.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev)
+            _, total = driver.cuDeviceTotalMem(dev)
+            name = bytes(raw_name).split(b"\0", 1)[0].decode(errors="replace")
+            devices.append(
+                {
+                    "index": i,
+                    "name": name,
+                    "compute_capability": f"{major}.{minor}",
+                    "total_memory": int(total),
+                    "multiprocessors": int(sms),
+                }
+            )
+        return devices, None if devices else "no CUDA device"
+    except Exception as exc:  # no driver library on this machine: a normal state, not an error
+        return [], f"no CUDA driver ({type(exc).__name__})"
+
+
+def _driver_error(driver: Any, err: Any) -> str:
+    try:
+        _, name = driver.cuGetErrorName(err)
+        return bytes(name).decode() if name else str(err)
+    except Exception:
+        return str(err)
+
+
+def build_info() -> dict[str, Any]:
+    """Version, CUDA build and devices, the CPU SIMD level in use, and the kernel sources.
+
+    Keys: ``version``, ``cuda`` (CUDA kernels compiled in), ``cuda_available`` (compiled in and a
+    device is visible), ``cuda_runtime``, ``cuda_driver``, ``cuda_architectures``, ``devices``
+    (a list, empty when there is no driver or GPU), ``device_discovery`` (``"cudart"``,
+    ``"cuda-python"`` or None), ``cuda_status`` (why no device is visible, or None), ``simd``
+    (level used now), ``simd_detected``, ``cpu_features``, ``kernel_digest`` and
+    ``kernel_source`` (``{impl: "flashparity:<impl>@<digest>"}``), compilers and build type.
+    """
+    info = dict(_core.build_info())
+    if info["cuda"]:
+        info["device_discovery"] = "cudart"
+    else:
+        devices, status = _discover_with_cuda_python()
+        if devices:
+            info["devices"] = devices
+            info["device_discovery"] = "cuda-python"
+            info["cuda_status"] = "GPU present but this build has no CUDA kernels (rebuild with FLASHPARITY_CUDA=ON)"
+        else:
+            info["device_discovery"] = None
+    info["cuda_available"] = bool(info["cuda"] and info["devices"])
+    info["kernel_source"] = {impl: kernel_source(impl) for impl in KERNEL_IMPLS}
+    order = [
+        "version", "cuda", "cuda_available", "cuda_runtime", "cuda_driver", "cuda_architectures",
+        "devices", "device_discovery", "cuda_status", "simd", "simd_detected", "cpu_features",
+        "kernel_digest", "kernel_source", "build_type", "cxx_compiler", "cuda_compiler",
+    ]
+    return {k: info[k] for k in order if k in info} | {k: v for k, v in info.items() if k not in order}

@@ -1,0 +1,172 @@
+"""fp.build_info(), the kernel-source pin, and `flashparity info`."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import flashparity as fp
+from flashparity import _build, _core
+
+HEX40 = re.compile(r"[0-9a-f]{40}")
+
+
+def test_build_info_keys_and_types():
+    info = fp.build_info()
+    assert info["version"] == fp.__version__
+    assert isinstance(info["cuda"], bool)
+    assert isinstance(info["cuda_available"], bool)
+    assert isinstance(info["devices"], list)
+    assert info["simd"] in ("scalar", "avx2", "avx512")
+    assert info["simd_detected"] in ("scalar", "avx2", "avx512")
+    assert HEX40.fullmatch(info["kernel_digest"])
+    assert info["kernel_source"] == {
+        "flash2": f"flashparity:flash2@{info['kernel_digest']}",
+        "naive": f"flashparity:naive@{info['kernel_digest']}",
+    }
+    json.dumps(info)  # JSON-ready
+
+
+def test_cuda_facts_are_consistent():
+    info = fp.build_info()
+    assert info["cuda"] is _core.CUDA_COMPILED
+    if info["cuda"]:
+        assert re.fullmatch(r"\d+\.\d+", info["cuda_runtime"])
+        assert info["cuda_architectures"]
+        assert info["device_discovery"] == "cudart"
+    else:
+        assert info["cuda_runtime"] is None
+    if not info["devices"]:
+        assert info["cuda_available"] is False
+        assert info["cuda_status"]  # says why no device is visible
+    for dev in info["devices"]:
+        assert set(dev) >= {"index", "name", "compute_capability", "total_memory", "multiprocessors"}
+
+
+def test_simd_cap_from_environment(monkeypatch):
+    detected = fp.build_info()["simd_detected"]
+    monkeypatch.setenv("FLASHPARITY_SIMD", "scalar")
+    assert _core.simd_level() == "scalar"
+    monkeypatch.setenv("FLASHPARITY_SIMD", "avx512")
+    assert _core.simd_level() == detected  # a cap never raises the level above the CPU's
+    monkeypatch.setenv("FLASHPARITY_SIMD", "sse9")
+    with pytest.raises(ValueError, match="FLASHPARITY_SIMD must be scalar, avx2 or avx512, got 'sse9'"):
+        _core.simd_level()
+
+
+def test_kernel_source_rejects_unknown_impl():
+    with pytest.raises(ValueError, match="impl must be one of flash2, naive, got 'tiled'"):
+        _build.kernel_source("tiled")
+
+
+class _FakeDriver:
+    """Stands in for cuda.bindings.driver: two devices."""
+
+    class CUdevice_attribute:
+        CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = "major"
+        CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = "minor"
+        CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = "sms"
+
+    @staticmethod
+    def cuInit(flags):
+        return (0,)
+
+    @staticmethod
+    def cuDeviceGetCount():
+        return 0, 2
+
+    @staticmethod
+    def cuDeviceGet(i):
+        return 0, i
+
+    @staticmethod
+    def cuDeviceGetName(n, dev):
+        return 0, (b"NVIDIA H100 80GB HBM3" if dev == 0 else b"NVIDIA A100").ljust(n, b"\0")
+
+    @staticmethod
+    def cuDeviceGetAttribute(attr, dev):
+        return 0, {"major": 9 if dev == 0 else 8, "minor": 0, "sms": 132 if dev == 0 else 108}[attr]
+
+    @staticmethod
+    def cuDeviceTotalMem(dev):
+        return 0, 80 * 2**30
+
+
+def _install_fake_cuda(monkeypatch, driver):
+    import types
+
+    cuda = types.ModuleType("cuda")
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.driver = driver
+    cuda.bindings = bindings
+    monkeypatch.setitem(sys.modules, "cuda", cuda)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.driver", driver)
+
+
+def test_cuda_python_discovery_parses_devices(monkeypatch):
+    _install_fake_cuda(monkeypatch, _FakeDriver)
+    devices, status = _build._discover_with_cuda_python()
+    assert status is None
+    assert devices == [
+        {"index": 0, "name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
+         "total_memory": 80 * 2**30, "multiprocessors": 132},
+        {"index": 1, "name": "NVIDIA A100", "compute_capability": "8.0",
+         "total_memory": 80 * 2**30, "multiprocessors": 108},
+    ]
+
+
+def test_cuda_python_discovery_without_driver(monkeypatch):
+    class NoDriver(_FakeDriver):
+        @staticmethod
+        def cuInit(flags):
+            raise RuntimeError('"cuda" is an NVIDIA driver library and can only be found via system search')
+
+    _install_fake_cuda(monkeypatch, NoDriver)
+    devices, status = _build._discover_with_cuda_python()
+    assert devices == [] and status.startswith("no CUDA driver")
+
+
+def test_cuda_python_discovery_reports_init_error(monkeypatch):
+    class InitFails(_FakeDriver):
+        @staticmethod
+        def cuInit(flags):
+            return (100,)
+
+        @staticmethod
+        def cuGetErrorName(err):
+            return 0, b"CUDA_ERROR_NO_DEVICE"
+
+    _install_fake_cuda(monkeypatch, InitFails)
+    assert _build._discover_with_cuda_python() == ([], "cuInit failed: CUDA_ERROR_NO_DEVICE")
+
+
+def test_cpu_build_reports_cuda_python_devices(monkeypatch):
+    if _core.CUDA_COMPILED:
+        pytest.skip("this build has CUDA: discovery goes through cudart")
+    _install_fake_cuda(monkeypatch, _FakeDriver)
+    info = fp.build_info()
+    assert info["device_discovery"] == "cuda-python"
+    assert [d["name"] for d in info["devices"]] == ["NVIDIA H100 80GB HBM3", "NVIDIA A100"]
+    assert info["cuda_available"] is False  # a GPU is there, but this build cannot run on it
+    assert "FLASHPARITY_CUDA=ON" in info["cuda_status"]
+
+
+def test_import_in_fresh_process_has_no_side_effects():
+    code = "import flashparity as fp, json; print(json.dumps(fp.build_info()))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stderr == ""
+    assert json.loads(res.stdout)["version"] == fp.__version__
+
+
+def test_cudart_is_linked_statically():
+    ldd = shutil.which("ldd")
+    if ldd is None:
+        pytest.skip("ldd is not available")
+    res = subprocess.run([ldd, _core.__file__], capture_output=True, text=True, check=True)
+    assert "libcudart" not in res.stdout  # a CPU machine without the CUDA toolkit can import _core
