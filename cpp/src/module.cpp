@@ -5,6 +5,7 @@
 #include "flashparity/build_config.h"
 #include "flashparity/cpu_features.h"
 #include "flashparity/cuda_info.h"
+#include "glue.h"
 
 namespace py = pybind11;
 using namespace flashparity;
@@ -62,4 +63,6 @@ PYBIND11_MODULE(_core, m) {
   m.def("build_info", &build_info, "Build facts and what this machine offers, as a dict.");
   m.def("simd_level", [] { return std::string(simd_level_name(active_simd_level())); },
         "The SIMD level the CPU kernels use now (FLASHPARITY_SIMD caps the detected one).");
+  bind_parity(m);
+  bind_dlpack(m);
 }

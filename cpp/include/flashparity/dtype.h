@@ -1,0 +1,205 @@
+// Element types, exact conversions to float64, rounding to narrow formats, and the ordered-integer
+// view used for ULP distances. Host/device: the CPU kernels and the CUDA kernels share this math.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "flashparity/common.h"
+
+namespace flashparity {
+
+// The element types a kernel accepts. Codes are stable: they cross the Python binding.
+enum class DType : int { Float64 = 0, Float32 = 1, Float16 = 2, BFloat16 = 3 };
+
+FP_HOST_DEVICE constexpr FP_INLINE const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::Float64: return "float64";
+    case DType::Float32: return "float32";
+    case DType::Float16: return "float16";
+    default: return "bfloat16";
+  }
+}
+
+FP_HOST_DEVICE constexpr FP_INLINE int dtype_size(DType t) {
+  return t == DType::Float64 ? 8 : t == DType::Float32 ? 4 : 2;
+}
+
+// Significand bits (without the implicit one): orders the formats by precision.
+FP_HOST_DEVICE constexpr FP_INLINE int dtype_mantissa_bits(DType t) {
+  return t == DType::Float64 ? 52 : t == DType::Float32 ? 23 : t == DType::Float16 ? 10 : 7;
+}
+
+// The narrower of two formats by precision (bfloat16 < float16 < float32 < float64).
+FP_HOST_DEVICE constexpr FP_INLINE DType narrower_dtype(DType a, DType b) {
+  return dtype_mantissa_bits(a) <= dtype_mantissa_bits(b) ? a : b;
+}
+
+// Storage types for the 16-bit formats: raw bits, converted explicitly (never by implicit casts).
+struct half_bits { std::uint16_t x; };
+struct bf16_bits { std::uint16_t x; };
+
+FP_HOST_DEVICE FP_INLINE float bits_to_float(std::uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+#endif
+}
+
+FP_HOST_DEVICE FP_INLINE std::uint32_t float_to_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  std::uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+#endif
+}
+
+FP_HOST_DEVICE FP_INLINE std::uint64_t double_to_bits(double d) {
+#if defined(__CUDA_ARCH__)
+  return static_cast<std::uint64_t>(__double_as_longlong(d));
+#else
+  std::uint64_t u;
+  std::memcpy(&u, &d, 8);
+  return u;
+#endif
+}
+
+FP_HOST_DEVICE FP_INLINE double bits_to_double(std::uint64_t u) {
+#if defined(__CUDA_ARCH__)
+  return __longlong_as_double(static_cast<long long>(u));
+#else
+  double d;
+  std::memcpy(&d, &u, 8);
+  return d;
+#endif
+}
+
+// IEEE binary16 -> float32, exact (subnormals, infinities and NaN payloads included).
+FP_HOST_DEVICE FP_INLINE float half_to_float(std::uint16_t h) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  const std::uint32_t exp = (h >> 10) & 0x1fu;
+  const std::uint32_t man = h & 0x3ffu;
+  if (exp == 0x1f) return bits_to_float(sign | 0x7f800000u | (man << 13));  // inf / NaN
+  if (exp != 0) return bits_to_float(sign | ((exp + 112u) << 23) | (man << 13));
+  // zero or subnormal: man * 2^-24, exact in float32
+  const float mag = static_cast<float>(man) * 5.9604644775390625e-8f;
+  return bits_to_float(sign | float_to_bits(mag));
+}
+
+FP_HOST_DEVICE FP_INLINE float bf16_to_float(std::uint16_t b) {
+  return bits_to_float(static_cast<std::uint32_t>(b) << 16);
+}
+
+// Element -> float64, exact for every format.
+FP_HOST_DEVICE FP_INLINE double to_f64(double v) { return v; }
+FP_HOST_DEVICE FP_INLINE double to_f64(float v) { return static_cast<double>(v); }
+FP_HOST_DEVICE FP_INLINE double to_f64(half_bits v) { return static_cast<double>(half_to_float(v.x)); }
+FP_HOST_DEVICE FP_INLINE double to_f64(bf16_bits v) { return static_cast<double>(bf16_to_float(v.x)); }
+
+// ---- rounding to a narrow format (round to nearest, ties to even, one rounding) ------------------
+
+// Round a finite double to a binary format with `man` stored significand bits whose normal
+// exponents are [emin, emax]; returns the rounded value as a double (+-inf on overflow).
+FP_HOST_DEVICE FP_INLINE double round_to_format(double v, int man, int emin, int emax) {
+  const double av = std::fabs(v);
+  if (av == 0.0) return v;
+  // subnormal range of the target: a fixed quantum 2^(emin - man); scaling by a power of two is exact
+  // and rint rounds ties to even in the default rounding mode.
+  if (av < std::ldexp(1.0, emin)) {
+    const double q = std::ldexp(1.0, emin - man);
+    return std::rint(v / q) * q;
+  }
+  // normal: round the float64 significand (52 bits) to `man` bits on the bit pattern.
+  std::uint64_t u = double_to_bits(v);
+  const int drop = 52 - man;
+  if (drop > 0) {
+    const std::uint64_t half = (std::uint64_t{1} << (drop - 1)) - 1;
+    u += half + ((u >> drop) & 1u);
+    u &= ~((std::uint64_t{1} << drop) - 1);
+  }
+  const double r = bits_to_double(u);
+  const double limit = std::ldexp(1.0, emax + 1);  // first value past the largest finite one
+  if (std::fabs(r) >= limit) return v < 0 ? -INFINITY : INFINITY;
+  return r;
+}
+
+// Bit patterns of a double rounded (RNE) to each format. Finite inputs only.
+FP_HOST_DEVICE FP_INLINE std::uint32_t round_to_f32_bits(double v) {
+  return float_to_bits(static_cast<float>(v));  // the hardware conversion rounds to nearest even
+}
+
+FP_HOST_DEVICE FP_INLINE std::uint16_t round_to_bf16_bits(double v) {
+  // the result is exactly representable in float32 (same exponent range), so the cast is exact
+  const double r = round_to_format(v, 7, -126, 127);
+  return static_cast<std::uint16_t>(float_to_bits(static_cast<float>(r)) >> 16);
+}
+
+FP_HOST_DEVICE FP_INLINE std::uint16_t round_to_half_bits(double v) {
+  const double r = round_to_format(v, 10, -14, 15);
+  const std::uint16_t sign = std::signbit(r) ? 0x8000u : 0u;
+  const double a = std::fabs(r);
+  if (std::isinf(a)) return sign | 0x7c00u;
+  if (a < 6.103515625e-05) {  // subnormal or zero: a = man * 2^-24 exactly
+    return sign | static_cast<std::uint16_t>(a * 16777216.0);
+  }
+  // normal: exactly representable in float32, take its exponent and top 10 significand bits
+  const std::uint32_t f = float_to_bits(static_cast<float>(a));
+  const std::uint32_t exp = ((f >> 23) & 0xffu) - 112u;
+  return sign | static_cast<std::uint16_t>((exp << 10) | ((f >> 13) & 0x3ffu));
+}
+
+// Sign-magnitude bit pattern of a `bits`-wide float -> integer with the same order as the values
+// (+0 and -0 both map to 0), so |ordered(x) - ordered(y)| counts the representable values between.
+FP_HOST_DEVICE FP_INLINE std::int64_t ordered_from_bits(std::uint64_t u, int bits) {
+  const std::uint64_t sign = std::uint64_t{1} << (bits - 1);
+  const std::int64_t mag = static_cast<std::int64_t>(u & (sign - 1));
+  return (u & sign) ? -mag : mag;
+}
+
+FP_HOST_DEVICE FP_INLINE std::uint64_t ordered_distance(std::int64_t x, std::int64_t y) {
+  return x >= y ? static_cast<std::uint64_t>(x) - static_cast<std::uint64_t>(y)
+                : static_cast<std::uint64_t>(y) - static_cast<std::uint64_t>(x);
+}
+
+// Ordered integer of a finite value after rounding it to the format `narrow`. `own` is the format
+// the value is stored in and `raw` its bit pattern: a value already in the narrow format is used as
+// is, anything wider is rounded once, from its exact float64 value.
+FP_HOST_DEVICE FP_INLINE std::int64_t ordered_in(DType narrow, DType own, std::uint64_t raw, double v) {
+  if (own == narrow) return ordered_from_bits(raw, dtype_size(own) * 8);
+  switch (narrow) {
+    case DType::Float32: return ordered_from_bits(round_to_f32_bits(v), 32);
+    case DType::Float16: return ordered_from_bits(round_to_half_bits(v), 16);
+    case DType::BFloat16: return ordered_from_bits(round_to_bf16_bits(v), 16);
+    default: return ordered_from_bits(double_to_bits(v), 64);
+  }
+}
+
+FP_HOST_DEVICE FP_INLINE std::uint64_t raw_bits(double v) { return double_to_bits(v); }
+FP_HOST_DEVICE FP_INLINE std::uint64_t raw_bits(float v) { return float_to_bits(v); }
+FP_HOST_DEVICE FP_INLINE std::uint64_t raw_bits(half_bits v) { return v.x; }
+FP_HOST_DEVICE FP_INLINE std::uint64_t raw_bits(bf16_bits v) { return v.x; }
+
+template <typename T> struct DTypeOf;
+template <> struct DTypeOf<double> { static constexpr DType value = DType::Float64; };
+template <> struct DTypeOf<float> { static constexpr DType value = DType::Float32; };
+template <> struct DTypeOf<half_bits> { static constexpr DType value = DType::Float16; };
+template <> struct DTypeOf<bf16_bits> { static constexpr DType value = DType::BFloat16; };
+
+// DTYPE_SWITCH(code, T, body): runs `body` with T bound to the storage type of `code`.
+#define FP_DTYPE_SWITCH(code, T, ...)                                        \
+  [&] {                                                                      \
+    switch (code) {                                                          \
+      case ::flashparity::DType::Float64: { using T = double; return __VA_ARGS__(); }        \
+      case ::flashparity::DType::Float32: { using T = float; return __VA_ARGS__(); }         \
+      case ::flashparity::DType::Float16: { using T = ::flashparity::half_bits; return __VA_ARGS__(); } \
+      default: { using T = ::flashparity::bf16_bits; return __VA_ARGS__(); }                 \
+    }                                                                        \
+  }()
+
+}  // namespace flashparity

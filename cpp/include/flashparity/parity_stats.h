@@ -1,0 +1,259 @@
+// The state of a parity reduction (ParityAccum), its per-element update, its exact merge, and the
+// derived statistics. Host/device: the CPU kernels, the CUDA kernels and ParityStats.merge all use
+// these functions, so every path combines partial results the same way.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "flashparity/common.h"
+#include "flashparity/dtype.h"
+
+namespace flashparity {
+
+// |a - b| histogram: [0] exact zero, [1] below 2^-40, [2 + k + 40] for [2^k, 2^(k+1)), k = -40..15,
+// [58] at or above 2^16 (infinity included), [59] NaN.
+constexpr int kHistBins = 60;
+constexpr int kHistMinExp = -40;
+constexpr int kHistMaxExp = 16;
+
+FP_HOST_DEVICE FP_INLINE int hist_bin(double abs_diff) {
+  if (abs_diff != abs_diff) return 59;
+  if (abs_diff == 0.0) return 0;
+  // exponent from the bit pattern: exact, and subnormals land in "below 2^-40"
+  const int e = static_cast<int>((double_to_bits(abs_diff) >> 52) & 0x7ff) - 1023;
+  if (e < kHistMinExp) return 1;
+  if (e >= kHistMaxExp) return 58;
+  return 2 + e - kHistMinExp;
+}
+
+// A float64 sum with a running compensation term (Neumaier): blocks are summed plainly, their
+// partial sums are combined through this so the total error does not grow with the block count.
+struct CompSum {
+  double hi = 0.0;
+  double lo = 0.0;
+
+  FP_HOST_DEVICE FP_INLINE void add(double x) {
+    const double t = hi + x;
+    if (std::fabs(hi) >= std::fabs(x)) lo += (hi - t) + x;
+    else lo += (x - t) + hi;
+    hi = t;
+  }
+  FP_HOST_DEVICE FP_INLINE void merge(const CompSum& o) {
+    add(o.hi);
+    lo += o.lo;
+  }
+  FP_HOST_DEVICE FP_INLINE double value() const { return hi + lo; }
+};
+
+// Centered second moments of (a, b) over n elements, merged with Chan et al.'s pairwise update:
+// the Pearson correlation stays accurate when the means are large against the spread.
+struct Moments {
+  double n = 0.0;
+  double mean_a = 0.0, mean_b = 0.0;
+  double m2a = 0.0, m2b = 0.0, cab = 0.0;
+
+  FP_HOST_DEVICE FP_INLINE void merge(const Moments& o) {
+    if (o.n == 0.0) return;
+    if (n == 0.0) { *this = o; return; }
+    const double nt = n + o.n;
+    const double da = o.mean_a - mean_a, db = o.mean_b - mean_b;
+    const double f = n * o.n / nt;
+    mean_a += da * (o.n / nt);
+    mean_b += db * (o.n / nt);
+    m2a += o.m2a + da * da * f;
+    m2b += o.m2b + db * db * f;
+    cab += o.cab + da * db * f;
+    n = nt;
+  }
+};
+
+// The complete state of a parity reduction over a set of elements. Indices are flat C-order
+// positions within the compared tensors.
+struct ParityAccum {
+  std::int64_t numel = 0;
+  double max_abs = 0.0;             // NaN once any |a-b| is NaN
+  std::int64_t max_abs_index = -1;  // first element reaching max_abs (first NaN if any)
+  double max_rel = 0.0;
+  std::int64_t max_rel_index = -1;
+  CompSum sum_abs, sum_sq, sum_aa, sum_bb, sum_ab;
+  Moments mom;
+  std::int64_t mismatches = 0;
+  std::int64_t nonfinite = 0;
+  std::uint64_t max_ulp = 0;
+  std::int64_t hist[kHistBins] = {};
+};
+
+// "x at index i" beats the current maximum: NaN beats everything and nothing beats the first NaN;
+// ties keep the earlier index (callers visit elements in increasing index order).
+FP_HOST_DEVICE FP_INLINE bool max_beats(double x, double cur, std::int64_t cur_index) {
+  if (cur_index < 0) return true;
+  if (cur != cur) return false;
+  return x != x || x > cur;
+}
+
+// Merge `b`, whose indices are offset by `offset`, into `a`: exactly one pass over a's elements
+// followed by b's. Used for blocks, threads, GPU blocks and ParityStats.merge alike.
+FP_HOST_DEVICE inline void accum_merge(ParityAccum& a, const ParityAccum& b, std::int64_t offset) {
+  if (b.numel == 0) return;
+  if (b.max_abs_index >= 0 && max_beats(b.max_abs, a.max_abs, a.max_abs_index)) {
+    a.max_abs = b.max_abs;
+    a.max_abs_index = b.max_abs_index + offset;
+  }
+  if (b.max_rel_index >= 0 && max_beats(b.max_rel, a.max_rel, a.max_rel_index)) {
+    a.max_rel = b.max_rel;
+    a.max_rel_index = b.max_rel_index + offset;
+  }
+  a.numel += b.numel;
+  a.sum_abs.merge(b.sum_abs);
+  a.sum_sq.merge(b.sum_sq);
+  a.sum_aa.merge(b.sum_aa);
+  a.sum_bb.merge(b.sum_bb);
+  a.sum_ab.merge(b.sum_ab);
+  a.mom.merge(b.mom);
+  a.mismatches += b.mismatches;
+  a.nonfinite += b.nonfinite;
+  if (b.max_ulp > a.max_ulp) a.max_ulp = b.max_ulp;
+  for (int i = 0; i < kHistBins; ++i) a.hist[i] += b.hist[i];
+}
+
+// Tolerances of the isclose test and the format ULP distances are measured in.
+struct ParityParams {
+  double atol = 0.0;
+  double rtol = 0.0;
+  DType narrow = DType::Float32;
+};
+
+// Relative difference of one element: |a-b| / |b|, with b = 0 giving 0 when a = 0 and +inf
+// otherwise; NaN when the difference is NaN.
+FP_HOST_DEVICE FP_INLINE double rel_diff(double av, double bv, double ad) {
+  if (ad != ad) return ad;
+  if (bv == 0.0) return av == 0.0 ? 0.0 : INFINITY;
+  return ad / std::fabs(bv);
+}
+
+// torch.isclose(a, b, rtol, atol) with equal_nan=False, evaluated exactly in float64.
+FP_HOST_DEVICE FP_INLINE bool is_close(double av, double bv, double ad, const ParityParams& p) {
+  if (av == bv) return true;  // equal infinities match
+  if (!std::isfinite(av) || !std::isfinite(bv)) return false;
+  return ad <= p.atol + p.rtol * std::fabs(bv);
+}
+
+// Element-wise reduction of a contiguous block with one lane: the reference the vector kernels
+// match, the path for blocks holding non-finite values, and the per-thread loop of the GPU kernel.
+// The block's moments are shifted by its first element, then centered, before merging.
+template <typename TA, typename TB>
+FP_HOST_DEVICE inline void accum_block_scalar(ParityAccum& out, const TA* a, const TB* b, std::int64_t n,
+                                              std::int64_t index0, const ParityParams& p) {
+  ParityAccum acc;
+  double s_abs = 0, s_sq = 0, s_aa = 0, s_bb = 0, s_ab = 0;
+  double ka = 0, kb = 0, sa = 0, sb = 0, saa = 0, sbb = 0, sab = 0;
+  if (n > 0) {
+    ka = to_f64(a[0]);
+    kb = to_f64(b[0]);
+  }
+  for (std::int64_t i = 0; i < n; ++i) {
+    const double av = to_f64(a[i]), bv = to_f64(b[i]);
+    const double d = av - bv;
+    const double ad = std::fabs(d);
+    if (max_beats(ad, acc.max_abs, acc.max_abs_index)) {
+      acc.max_abs = ad;
+      acc.max_abs_index = index0 + i;
+    }
+    const double r = rel_diff(av, bv, ad);
+    if (max_beats(r, acc.max_rel, acc.max_rel_index)) {
+      acc.max_rel = r;
+      acc.max_rel_index = index0 + i;
+    }
+    s_abs += ad;
+    s_sq += d * d;
+    s_aa += av * av;
+    s_bb += bv * bv;
+    s_ab += av * bv;
+    const double xa = av - ka, xb = bv - kb;
+    sa += xa;
+    sb += xb;
+    saa += xa * xa;
+    sbb += xb * xb;
+    sab += xa * xb;
+    if (!is_close(av, bv, ad, p)) ++acc.mismatches;
+    if (std::isfinite(av) && std::isfinite(bv)) {
+      const std::int64_t oa = ordered_in(p.narrow, DTypeOf<TA>::value, raw_bits(a[i]), av);
+      const std::int64_t ob = ordered_in(p.narrow, DTypeOf<TB>::value, raw_bits(b[i]), bv);
+      const std::uint64_t u = ordered_distance(oa, ob);
+      if (u > acc.max_ulp) acc.max_ulp = u;
+    } else {
+      ++acc.nonfinite;
+    }
+    ++acc.hist[hist_bin(ad)];
+  }
+  acc.numel = n;
+  acc.sum_abs.hi = s_abs;
+  acc.sum_sq.hi = s_sq;
+  acc.sum_aa.hi = s_aa;
+  acc.sum_bb.hi = s_bb;
+  acc.sum_ab.hi = s_ab;
+  if (n > 0) {
+    const double nn = static_cast<double>(n);
+    acc.mom.n = nn;
+    acc.mom.mean_a = ka + sa / nn;
+    acc.mom.mean_b = kb + sb / nn;
+    acc.mom.m2a = saa - sa * sa / nn;
+    acc.mom.m2b = sbb - sb * sb / nn;
+    acc.mom.cab = sab - sa * sb / nn;
+  }
+  accum_merge(out, acc, 0);
+}
+
+// The statistics a user reads, derived from a ParityAccum.
+struct ParityResult {
+  double max_abs_diff, max_rel_diff, cosine_sim, mean_abs_diff, rmse, snr_db, pcc;
+};
+
+FP_HOST_DEVICE inline ParityResult accum_finalize(const ParityAccum& s) {
+  ParityResult r{};
+  const double n = static_cast<double>(s.numel);
+  r.max_abs_diff = s.max_abs;
+  r.max_rel_diff = s.max_rel;
+  const double sq = s.sum_sq.value();
+  r.mean_abs_diff = s.sum_abs.value() / n;
+  r.rmse = std::sqrt(sq / n);
+  const double bb = s.sum_bb.value();
+  r.snr_db = sq == 0.0 ? (bb == bb ? INFINITY : NAN) : 10.0 * std::log10(bb / sq);
+  if (s.nonfinite > 0) {
+    r.cosine_sim = NAN;
+    r.pcc = NAN;
+    return r;
+  }
+  // cosine: Σab / (|a||b|). Near 1, 1 - cos is taken from the accumulated squared differences,
+  // 1 - cos = (Σ(a-b)² - (|a| - |b|)²) / (2|a||b|), which keeps its relative accuracy when tiny;
+  // that form is used where its error bound beats the direct quotient's.
+  const double aa = s.sum_aa.value();
+  const double na = std::sqrt(aa), nb = std::sqrt(bb);
+  if (aa == 0.0 && bb == 0.0) r.cosine_sim = 1.0;
+  else if (aa == 0.0 || bb == 0.0) r.cosine_sim = 0.0;
+  else {
+    const double dn = na - nb;
+    const double denom = 2.0 * na * nb;
+    double c;
+    if (sq + dn * dn < denom) c = 1.0 - (sq - dn * dn) / denom;
+    else {
+      // one rounding fewer than na * nb while the product stays in range (cos(x, -x) is exactly -1)
+      const double p = aa * bb;
+      c = s.sum_ab.value() / ((p > 2.2250738585072014e-308 && p < INFINITY) ? std::sqrt(p) : na * nb);
+    }
+    r.cosine_sim = c > 1.0 ? 1.0 : (c < -1.0 ? -1.0 : c);
+  }
+  // Pearson: cosine of the centered vectors; a constant input gives 1 only when a and b are
+  // identical (never a silent pass).
+  const double va = s.mom.m2a, vb = s.mom.m2b;
+  if (va <= 0.0 || vb <= 0.0) {
+    r.pcc = (s.max_abs == 0.0) ? 1.0 : 0.0;
+  } else {
+    const double c = s.mom.cab / (std::sqrt(va) * std::sqrt(vb));
+    r.pcc = c > 1.0 ? 1.0 : (c < -1.0 ? -1.0 : c);
+  }
+  return r;
+}
+
+}  // namespace flashparity

@@ -1,0 +1,23 @@
+// Glue between Python objects and the kernels: argument checks, dispatch, errors as Python types.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include "flashparity/parity_stats.h"
+#include "flashparity/tensor.h"
+
+namespace flashparity {
+
+// (data pointer, dtype code, shape, byte strides) -> TensorArg; `name` labels error messages.
+TensorArg tensor_arg(const pybind11::tuple& desc, const char* name);
+
+// One fused pass on the CPU over two host tensors of the same shape (GIL released).
+ParityAccum parity_host(const pybind11::tuple& a, const pybind11::tuple& b, double atol, double rtol);
+
+// The finished statistics of an accumulator as a dict of Python numbers.
+pybind11::dict accum_to_dict(const ParityAccum& s);
+
+void bind_parity(pybind11::module_& m);
+void bind_dlpack(pybind11::module_& m);
+
+}  // namespace flashparity

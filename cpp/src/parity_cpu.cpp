@@ -1,0 +1,191 @@
+// CPU driver of the fused parity reduction: splits the flat C-order index space into fixed
+// superblocks and blocks, gathers strided blocks into contiguous buffers, dispatches each block to
+// the ISA kernel picked at run time, and merges partial results in index order.
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "flashparity/cpu_features.h"
+#include "parity_cpu.h"
+
+namespace flashparity {
+
+namespace {
+
+// Block: the unit of vector reduction (lane sums of at most 512 terms). Superblock: the unit of
+// work a thread claims. Both sizes depend only on n, never on the thread count: partial results
+// are combined in index order, so the stats are bit-identical for any number of threads.
+constexpr std::int64_t kBlock = 4096;
+constexpr std::int64_t kMinSuperBlock = 64 * kBlock;
+constexpr std::int64_t kMaxSuperBlocks = 4096;  // bounds the partials: O(1) extra memory in n
+
+using ScalarFn = void (*)(ParityAccum&, const void*, const void*, std::int64_t, std::int64_t, const ParityParams&);
+
+template <typename TA, typename TB>
+void scalar_block(ParityAccum& out, const void* a, const void* b, std::int64_t n, std::int64_t index0,
+                  const ParityParams& p) {
+  accum_block_scalar(out, static_cast<const TA*>(a), static_cast<const TB*>(b), n, index0, p);
+}
+
+ScalarFn scalar_fn(DType a, DType b) {
+  return FP_DTYPE_SWITCH(a, TA, [&] { return FP_DTYPE_SWITCH(b, TB, [&] { return &scalar_block<TA, TB>; }); });
+}
+
+BlockFn vector_fn(DType a, DType b) {
+  switch (active_simd_level()) {
+    case SimdLevel::Avx512: return isa_avx512::block_fn(a, b);
+    case SimdLevel::Avx2: return isa_avx2::block_fn(a, b);
+    default: return isa_scalar::block_fn(a, b);
+  }
+}
+
+// A strided view with size-1 dimensions dropped and mergeable neighbours merged (same C order).
+struct Walker {
+  const char* base;
+  int esize;
+  int ndim = 0;
+  std::int64_t shape[kMaxDims];
+  std::int64_t strides[kMaxDims];
+
+  explicit Walker(const TensorArg& t) : base(static_cast<const char*>(t.data)), esize(dtype_size(t.dtype)) {
+    for (int i = 0; i < t.ndim; ++i) {
+      if (t.shape[i] == 1) continue;
+      if (ndim > 0 && strides[ndim - 1] == t.strides[i] * t.shape[i]) {
+        shape[ndim - 1] *= t.shape[i];
+        strides[ndim - 1] = t.strides[i];
+      } else {
+        shape[ndim] = t.shape[i];
+        strides[ndim] = t.strides[i];
+        ++ndim;
+      }
+    }
+    if (ndim == 0) {  // a single element
+      shape[0] = 1;
+      strides[0] = esize;
+      ndim = 1;
+    }
+  }
+
+  bool contiguous() const { return ndim == 1 && strides[0] == esize; }
+
+  // Copy elements [start, start + n) of the C-order sequence into dst.
+  void gather(std::int64_t start, std::int64_t n, void* dst) const {
+    std::int64_t idx[kMaxDims];
+    std::int64_t rem = start, off = 0;
+    for (int i = ndim - 1; i >= 0; --i) {
+      idx[i] = rem % shape[i];
+      rem /= shape[i];
+      off += idx[i] * strides[i];
+    }
+    char* out = static_cast<char*>(dst);
+    const int last = ndim - 1;
+    const std::int64_t s = strides[last];
+    while (n > 0) {
+      const std::int64_t run = std::min(n, shape[last] - idx[last]);
+      const char* src = base + off;
+      switch (esize) {
+        case 8: copy_run<std::uint64_t>(src, s, run, out); break;
+        case 4: copy_run<std::uint32_t>(src, s, run, out); break;
+        default: copy_run<std::uint16_t>(src, s, run, out); break;
+      }
+      out += run * esize;
+      n -= run;
+      // advance the multi-index past the run, carrying into outer dimensions
+      off += run * s;
+      idx[last] += run;
+      for (int i = last; i > 0 && idx[i] == shape[i]; --i) {
+        off -= idx[i] * strides[i];
+        idx[i] = 0;
+        ++idx[i - 1];
+        off += strides[i - 1];
+      }
+    }
+  }
+
+  template <typename U>
+  static void copy_run(const char* src, std::int64_t stride, std::int64_t n, char* out) {
+    U* o = reinterpret_cast<U*>(out);
+    for (std::int64_t i = 0; i < n; ++i) std::memcpy(o + i, src + i * stride, sizeof(U));
+  }
+};
+
+}  // namespace
+
+int cpu_num_threads() {
+  if (const char* env = std::getenv("FLASHPARITY_NUM_THREADS"); env != nullptr && *env != '\0') {
+    char* end = nullptr;
+    const long v = std::strtol(env, &end, 10);
+    if (*end != '\0' || v < 1 || v > 4096)
+      throw std::invalid_argument(std::string("FLASHPARITY_NUM_THREADS must be an integer from 1 to 4096, got '") +
+                                  env + "'");
+    return static_cast<int>(v);
+  }
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+ParityAccum parity_cpu(const TensorArg& a, const TensorArg& b, const ParityParams& p) {
+  const std::int64_t n = a.numel();
+  const Walker wa(a), wb(b);
+  const BlockFn vfn = vector_fn(a.dtype, b.dtype);
+  const ScalarFn sfn = scalar_fn(a.dtype, b.dtype);
+
+  const std::int64_t nsb = std::clamp<std::int64_t>((n + kMinSuperBlock - 1) / kMinSuperBlock, 1, kMaxSuperBlocks);
+  std::int64_t sb_size = (n + nsb - 1) / nsb;
+  sb_size = (sb_size + kBlock - 1) / kBlock * kBlock;
+  const std::int64_t num_sb = (n + sb_size - 1) / sb_size;
+  const int threads = static_cast<int>(std::min<std::int64_t>(cpu_num_threads(), num_sb));
+
+  std::vector<ParityAccum> partial(num_sb);
+  std::atomic<std::int64_t> next{0};
+  auto worker = [&] {
+    std::vector<std::uint64_t> buf_a, buf_b;  // gather buffers, only for strided inputs
+    if (!wa.contiguous()) buf_a.resize(kBlock);
+    if (!wb.contiguous()) buf_b.resize(kBlock);
+    for (std::int64_t sb = next++; sb < num_sb; sb = next++) {
+      ParityAccum& acc = partial[sb];
+      const std::int64_t end = std::min(n, (sb + 1) * sb_size);
+      for (std::int64_t start = sb * sb_size; start < end; start += kBlock) {
+        const std::int64_t len = std::min(kBlock, end - start);
+        const void* pa = wa.base + start * wa.esize;
+        const void* pb = wb.base + start * wb.esize;
+        if (!wa.contiguous()) {
+          wa.gather(start, len, buf_a.data());
+          pa = buf_a.data();
+        }
+        if (!wb.contiguous()) {
+          wb.gather(start, len, buf_b.data());
+          pb = buf_b.data();
+        }
+        ParityAccum blk;
+        if (!vfn(blk, pa, pb, len, start, p)) {
+          blk = ParityAccum();
+          sfn(blk, pa, pb, len, start, p);
+        }
+        accum_merge(acc, blk, 0);
+      }
+    }
+  };
+  if (threads <= 1) {
+    worker();
+  } else {
+    std::vector<std::thread> pool;
+    pool.reserve(threads - 1);
+    for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
+    worker();
+    for (auto& th : pool) th.join();
+  }
+
+  ParityAccum total;
+  for (const ParityAccum& part : partial) accum_merge(total, part, 0);
+  return total;
+}
+
+}  // namespace flashparity

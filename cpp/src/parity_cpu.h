@@ -1,0 +1,29 @@
+// CPU parity reduction: the driver (parity_cpu.cpp) and the per-ISA block kernels it dispatches to.
+#pragma once
+
+#include <cstdint>
+
+#include "flashparity/dtype.h"
+#include "flashparity/parity_stats.h"
+#include "flashparity/tensor.h"
+
+namespace flashparity {
+
+// Reduces one block of n contiguous elements (global indices index0..index0+n-1) into the freshly
+// constructed `out`; false when a difference is not finite (the caller then runs the scalar kernel).
+using BlockFn = bool (*)(ParityAccum& out, const void* a, const void* b, std::int64_t n, std::int64_t index0,
+                         const ParityParams& p);
+
+namespace isa_scalar { BlockFn block_fn(DType a, DType b); }
+namespace isa_avx2 { BlockFn block_fn(DType a, DType b); }
+namespace isa_avx512 { BlockFn block_fn(DType a, DType b); }
+
+// One fused pass over a and b (same shape, any strides) on the CPU. Releases nothing itself: the
+// caller drops the GIL. Deterministic for any thread count.
+ParityAccum parity_cpu(const TensorArg& a, const TensorArg& b, const ParityParams& p);
+
+// Worker threads used by the CPU kernels: FLASHPARITY_NUM_THREADS, else the CPUs this process may
+// run on. Throws std::invalid_argument on a malformed FLASHPARITY_NUM_THREADS.
+int cpu_num_threads();
+
+}  // namespace flashparity

@@ -1,0 +1,166 @@
+// Python-facing glue of the parity reduction: checks the tensor descriptors, runs the CPU driver
+// with the GIL released, and exposes ParityAccum (the exact, mergeable state) to Python.
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include <pybind11/stl.h>
+
+#include "glue.h"
+#include "parity_cpu.h"
+
+namespace py = pybind11;
+
+namespace flashparity {
+
+namespace {
+
+std::string shape_str(const TensorArg& t) {
+  std::string s = "(";
+  for (int i = 0; i < t.ndim; ++i) {
+    s += std::to_string(t.shape[i]);
+    if (i + 1 < t.ndim || t.ndim == 1) s += ",";
+    if (i + 1 < t.ndim) s += " ";
+  }
+  return s + ")";
+}
+
+void check_tolerance(const char* name, double v) {
+  if (!std::isfinite(v) || v < 0)
+    throw std::invalid_argument(std::string(name) + " must be a finite number >= 0, got " + std::to_string(v));
+}
+
+}  // namespace
+
+TensorArg tensor_arg(const py::tuple& desc, const char* name) {
+  if (desc.size() != 4) throw std::invalid_argument(std::string(name) + ": malformed tensor descriptor");
+  TensorArg t;
+  t.data = reinterpret_cast<const void*>(desc[0].cast<std::uintptr_t>());
+  const int code = desc[1].cast<int>();
+  if (code < 0 || code > 3) throw std::invalid_argument(std::string(name) + ": unknown dtype code " + std::to_string(code));
+  t.dtype = static_cast<DType>(code);
+  const auto shape = desc[2].cast<std::vector<std::int64_t>>();
+  const auto strides = desc[3].cast<std::vector<std::int64_t>>();
+  if (shape.size() != strides.size())
+    throw std::invalid_argument(std::string(name) + ": shape and strides differ in length");
+  if (shape.size() > static_cast<size_t>(kMaxDims))
+    throw std::invalid_argument(std::string(name) + " has " + std::to_string(shape.size()) + " dimensions; at most " +
+                                std::to_string(kMaxDims) + " are supported");
+  t.ndim = static_cast<int>(shape.size());
+  for (int i = 0; i < t.ndim; ++i) {
+    if (shape[i] < 0) throw std::invalid_argument(std::string(name) + " has a negative dimension");
+    t.shape[i] = shape[i];
+    t.strides[i] = strides[i];
+  }
+  if (t.data == nullptr && t.numel() > 0) throw std::invalid_argument(std::string(name) + " has a null data pointer");
+  return t;
+}
+
+ParityAccum parity_host(const py::tuple& a_desc, const py::tuple& b_desc, double atol, double rtol) {
+  const TensorArg a = tensor_arg(a_desc, "a"), b = tensor_arg(b_desc, "b");
+  bool same = a.ndim == b.ndim;
+  for (int i = 0; same && i < a.ndim; ++i) same = a.shape[i] == b.shape[i];
+  if (!same)
+    throw std::invalid_argument("a and b must have the same shape (no broadcasting), got " + shape_str(a) + " and " +
+                                shape_str(b));
+  if (a.numel() == 0) throw std::invalid_argument("a and b have no elements (shape " + shape_str(a) + ")");
+  check_tolerance("atol", atol);
+  check_tolerance("rtol", rtol);
+  ParityParams p;
+  p.atol = atol;
+  p.rtol = rtol;
+  p.narrow = narrower_dtype(a.dtype, b.dtype);
+  py::gil_scoped_release release;
+  return parity_cpu(a, b, p);
+}
+
+py::dict accum_to_dict(const ParityAccum& s) {
+  py::dict d;
+  d["numel"] = s.numel;
+  if (s.numel == 0) return d;
+  const ParityResult r = accum_finalize(s);
+  d["max_abs_diff"] = r.max_abs_diff;
+  d["max_abs_index"] = s.max_abs_index;
+  d["max_rel_diff"] = r.max_rel_diff;
+  d["max_rel_index"] = s.max_rel_index;
+  d["cosine_sim"] = r.cosine_sim;
+  d["mismatches"] = s.mismatches;
+  d["nonfinite"] = s.nonfinite;
+  d["mean_abs_diff"] = r.mean_abs_diff;
+  d["rmse"] = r.rmse;
+  d["snr_db"] = r.snr_db;
+  d["pcc"] = r.pcc;
+  d["max_ulp_diff"] = s.max_ulp;
+  py::list hist;
+  for (int i = 0; i < kHistBins; ++i) hist.append(s.hist[i]);
+  d["abs_diff_histogram"] = hist;
+  return d;
+}
+
+namespace {
+
+// The raw state as a flat tuple (for pickling and for tests): every field, in declaration order.
+py::tuple accum_state(const ParityAccum& s) {
+  py::list hist;
+  for (int i = 0; i < kHistBins; ++i) hist.append(s.hist[i]);
+  return py::make_tuple(s.numel, s.max_abs, s.max_abs_index, s.max_rel, s.max_rel_index,
+                        py::make_tuple(s.sum_abs.hi, s.sum_abs.lo, s.sum_sq.hi, s.sum_sq.lo, s.sum_aa.hi,
+                                       s.sum_aa.lo, s.sum_bb.hi, s.sum_bb.lo, s.sum_ab.hi, s.sum_ab.lo),
+                        py::make_tuple(s.mom.n, s.mom.mean_a, s.mom.mean_b, s.mom.m2a, s.mom.m2b, s.mom.cab),
+                        s.mismatches, s.nonfinite, s.max_ulp, py::tuple(hist));
+}
+
+ParityAccum accum_from_state(const py::tuple& t) {
+  if (t.size() != 11) throw std::invalid_argument("ParityAccum state must be an 11-tuple");
+  ParityAccum s;
+  s.numel = t[0].cast<std::int64_t>();
+  s.max_abs = t[1].cast<double>();
+  s.max_abs_index = t[2].cast<std::int64_t>();
+  s.max_rel = t[3].cast<double>();
+  s.max_rel_index = t[4].cast<std::int64_t>();
+  const auto sums = t[5].cast<std::vector<double>>();
+  const auto mom = t[6].cast<std::vector<double>>();
+  const auto hist = t[10].cast<std::vector<std::int64_t>>();
+  if (sums.size() != 10 || mom.size() != 6 || hist.size() != static_cast<size_t>(kHistBins))
+    throw std::invalid_argument("malformed ParityAccum state");
+  CompSum* cs[] = {&s.sum_abs, &s.sum_sq, &s.sum_aa, &s.sum_bb, &s.sum_ab};
+  for (int i = 0; i < 5; ++i) {
+    cs[i]->hi = sums[2 * i];
+    cs[i]->lo = sums[2 * i + 1];
+  }
+  s.mom = Moments{mom[0], mom[1], mom[2], mom[3], mom[4], mom[5]};
+  s.mismatches = t[7].cast<std::int64_t>();
+  s.nonfinite = t[8].cast<std::int64_t>();
+  s.max_ulp = t[9].cast<std::uint64_t>();
+  for (int i = 0; i < kHistBins; ++i) s.hist[i] = hist[i];
+  return s;
+}
+
+}  // namespace
+
+void bind_parity(py::module_& m) {
+  py::class_<ParityAccum>(m, "ParityAccum",
+                          "Exact, mergeable state of a parity reduction (flat C-order indices).")
+      .def(py::init<>())
+      .def_readonly("numel", &ParityAccum::numel)
+      .def("merged", [](const ParityAccum& a, const ParityAccum& b, std::int64_t offset) {
+            ParityAccum r = a;
+            accum_merge(r, b, offset);
+            return r;
+          }, py::arg("other"), py::arg("offset"),
+          "A new state: this one followed by `other`, whose indices are shifted by `offset`.")
+      .def("result", &accum_to_dict, "The finished statistics as a dict.")
+      .def("state", &accum_state, "Every field as a flat tuple.")
+      .def_static("from_state", &accum_from_state, py::arg("state"))
+      .def(py::pickle([](const ParityAccum& s) { return accum_state(s); },
+                      [](const py::tuple& t) { return accum_from_state(t); }));
+
+  m.def("parity_host", &parity_host, py::arg("a"), py::arg("b"), py::arg("atol") = 0.0, py::arg("rtol") = 0.0,
+        "One fused parity pass on the CPU over two (ptr, dtype, shape, byte strides) descriptors.");
+  m.def("num_threads", &cpu_num_threads, "Worker threads the CPU kernels use now.");
+  m.attr("HIST_BINS") = kHistBins;
+  m.attr("HIST_MIN_EXP") = kHistMinExp;
+  m.attr("HIST_MAX_EXP") = kHistMaxExp;
+}
+
+}  // namespace flashparity

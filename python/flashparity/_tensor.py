@@ -1,0 +1,137 @@
+"""Zero-copy views of user tensors for the kernels: (pointer, dtype code, shape, byte strides, device).
+
+Accepted: NumPy arrays (ml_dtypes bfloat16 included), objects with ``__cuda_array_interface__``
+(CuPy, PyTorch CUDA tensors), objects with ``__dlpack__`` (PyTorch CPU/CUDA tensors, JAX, ...),
+objects with ``__array_interface__``, and anything else :func:`numpy.asarray` accepts. Nothing is
+copied: a dtype the kernels do not support is a ``TypeError``, never a silent conversion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _core
+
+# Kernel dtype codes (cpp/include/flashparity/dtype.h).
+DTYPE_CODES = {"float64": 0, "float32": 1, "float16": 2, "bfloat16": 3}
+DTYPE_NAMES = {v: k for k, v in DTYPE_CODES.items()}
+
+# DLPack device types.
+_KDL_CPU, _KDL_CUDA, _KDL_CUDA_HOST, _KDL_CUDA_MANAGED = 1, 2, 3, 13
+
+
+@dataclass(frozen=True)
+class TensorView:
+    """What a kernel needs to read a tensor in place; `owner` keeps the memory alive."""
+
+    ptr: int
+    dtype: str
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]  # bytes
+    device: str  # "cpu" or "cuda"
+    device_id: int
+    owner: Any
+    stream: int | None = None  # producer's CUDA stream when the protocol gave one
+
+    @property
+    def desc(self) -> tuple:
+        return (self.ptr, DTYPE_CODES[self.dtype], self.shape, self.strides)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+def _unsupported(name: str, dtype: Any) -> TypeError:
+    return TypeError(
+        f"{name} has dtype {dtype}; supported dtypes are float64, float32, float16 and bfloat16 "
+        "(integer, bool and complex tensors are not compared)"
+    )
+
+
+def _numpy_dtype_name(arr: np.ndarray, name: str) -> str:
+    dt = arr.dtype
+    if dt.name == "bfloat16":  # ml_dtypes.bfloat16
+        return "bfloat16"
+    if dt.kind != "f" or dt.name not in DTYPE_CODES:
+        raise _unsupported(name, dt)
+    if not dt.isnative:
+        raise TypeError(f"{name} has non-native byte order ({dt.str}); convert it with {name}.astype('{dt.newbyteorder('=').str}')")
+    return dt.name
+
+
+def _from_numpy(arr: np.ndarray, name: str) -> TensorView:
+    dtype = _numpy_dtype_name(arr, name)
+    ptr = arr.__array_interface__["data"][0] if arr.size else 0
+    return TensorView(ptr, dtype, tuple(arr.shape), tuple(arr.strides), "cpu", 0, arr)
+
+
+def _from_cuda_array_interface(obj: Any, cai: dict, name: str) -> TensorView:
+    typestr = cai["typestr"]
+    dt = np.dtype(typestr)
+    if dt.kind != "f" or dt.name not in DTYPE_CODES:
+        raise _unsupported(name, dt)
+    if not dt.isnative:
+        raise TypeError(f"{name} has non-native byte order ({typestr})")
+    shape = tuple(int(s) for s in cai["shape"])
+    strides = cai.get("strides")
+    if strides is None:  # C-contiguous
+        acc, out = dt.itemsize, []
+        for s in reversed(shape):
+            out.append(acc)
+            acc *= s
+        strides = tuple(reversed(out))
+    ptr = int(cai["data"][0])
+    stream = cai.get("stream") if cai.get("version", 0) >= 3 else None
+    return TensorView(ptr, dt.name, shape, tuple(int(s) for s in strides), "cuda", _cuda_device_of(ptr), obj,
+                      stream)
+
+
+def _cuda_device_of(ptr: int) -> int:
+    return _core.cuda_pointer_device(ptr) if hasattr(_core, "cuda_pointer_device") else 0
+
+
+def _from_dlpack(obj: Any, name: str) -> TensorView:
+    dev_type, dev_id = obj.__dlpack_device__()
+    if dev_type in (_KDL_CUDA, _KDL_CUDA_MANAGED):
+        # stream=None: the producer makes its work visible to the legacy default stream's order
+        capsule = obj.__dlpack__(stream=None)
+        device = "cuda"
+    elif dev_type in (_KDL_CPU, _KDL_CUDA_HOST):
+        capsule = obj.__dlpack__()
+        device = "cpu"
+    else:
+        raise TypeError(f"{name} lives on DLPack device type {dev_type}; only CPU and CUDA tensors are supported")
+    ptr, code, shape, strides, _, dl_id, owner = _core.from_dlpack(capsule, name)
+    return TensorView(ptr, DTYPE_NAMES[code], tuple(shape), tuple(strides), device, dl_id, (obj, owner))
+
+
+def as_view(obj: Any, name: str) -> TensorView:
+    """A zero-copy TensorView of `obj` (see the module docstring for what is accepted)."""
+    if isinstance(obj, np.ndarray):
+        return _from_numpy(obj, name)
+    try:
+        cai = obj.__cuda_array_interface__
+    except AttributeError:
+        cai = None
+    except Exception:  # e.g. PyTorch refuses CAI for bfloat16: DLPack below still works
+        cai = None
+    if cai is not None:
+        return _from_cuda_array_interface(obj, cai, name)
+    if hasattr(obj, "__dlpack__") and hasattr(obj, "__dlpack_device__"):
+        return _from_dlpack(obj, name)
+    if isinstance(obj, (bool, int, float, complex, np.generic)) and not isinstance(obj, np.floating):
+        raise _unsupported(name, np.asarray(obj).dtype)
+    try:
+        arr = np.asarray(obj)
+    except Exception as exc:
+        raise TypeError(f"{name} is not an array or tensor ({type(obj).__name__}): {exc}") from None
+    if arr.dtype == object:
+        raise TypeError(f"{name} is not an array or tensor ({type(obj).__name__})")
+    return _from_numpy(arr, name)

@@ -1,0 +1,434 @@
+"""fp.parity and ParityStats against the NumPy float64 oracle: dtypes, shapes, strides, NaN/inf,
+SIMD levels, thread counts, merge, 64-bit indexing, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import flashparity as fp
+from flashparity import _core
+from parity_oracle import BF16, DTYPES, check_against_oracle, oracle, random_pair
+
+ALL = list(DTYPES)
+PAIRS = [(x, y) for x in ALL for y in ALL]
+SHAPES = [(1,), (7,), (8,), (4097,), (3, 5, 7), (2, 4096 + 9), (1, 1, 1)]
+
+
+@pytest.mark.parametrize("da,db", PAIRS, ids=[f"{x}-{y}" for x, y in PAIRS])
+@pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
+def test_matches_oracle_dtype_pairs(da, db, shape):
+    rng = np.random.default_rng(hash((da, db, shape)) % 2**32)
+    a, b = random_pair(rng, shape, da, db)
+    stats = fp.parity(a, b, atol=1e-3, rtol=1e-3)
+    check_against_oracle(stats, a, b, 1e-3, 1e-3)
+    assert stats.dtypes == (da, db)
+
+
+def _views(x):
+    """Non-contiguous views of the same logical data: transposed, strided, reversed."""
+    return x
+
+
+@pytest.mark.parametrize("da,db", [("float32", "float32"), ("float16", "float32"), ("bfloat16", "float64")])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda x: x[::2],
+        lambda x: x[::-1],
+        lambda x: x.T,
+        lambda x: x[1:-1:3, ::-2],
+        lambda x: np.swapaxes(x, 0, 1)[::-1],
+    ],
+    ids=["step2", "reversed", "transposed", "mixed", "swap-reversed"],
+)
+def test_non_contiguous_views(da, db, make):
+    rng = np.random.default_rng(7)
+    a, b = random_pair(rng, (301, 77), da, db)
+    va, vb = make(a), make(b)
+    assert not va.flags.c_contiguous
+    stats = fp.parity(va, vb, atol=1e-4)
+    check_against_oracle(stats, np.ascontiguousarray(va), np.ascontiguousarray(vb), 1e-4)
+    # the strided path gathers blocks in C order: identical results to the contiguous copies
+    assert stats == fp.parity(np.ascontiguousarray(va), np.ascontiguousarray(vb), atol=1e-4)
+
+
+def test_mixed_layouts_and_zero_strides():
+    rng = np.random.default_rng(3)
+    a, b = random_pair(rng, (64, 50), "float32", "float32")
+    bt = np.asfortranarray(b)
+    check_against_oracle(fp.parity(a, bt), a, b)
+    row = rng.standard_normal(50).astype(np.float32)
+    bc = np.broadcast_to(row, (64, 50))  # zero stride on axis 0
+    assert bc.strides[0] == 0
+    check_against_oracle(fp.parity(a, bc), a, np.ascontiguousarray(bc))
+
+
+@pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])
+def test_every_simd_level_matches_oracle(level, monkeypatch):
+    monkeypatch.setenv("FLASHPARITY_SIMD", level)
+    rng = np.random.default_rng(11)
+    for da, db in [("float32", "float32"), ("float16", "float32"), ("bfloat16", "float32"),
+                   ("float64", "float32"), ("bfloat16", "bfloat16"), ("float16", "bfloat16")]:
+        a, b = random_pair(rng, (3 * 4096 + 13,), da, db)
+        check_against_oracle(fp.parity(a, b, atol=1e-3, rtol=1e-2), a, b, 1e-3, 1e-2)
+
+
+def test_simd_levels_are_bit_identical(monkeypatch):
+    rng = np.random.default_rng(5)
+    a, b = random_pair(rng, (50_001,), "float32", "float64", offset=3.0)
+    results = []
+    for level in ("scalar", "avx2", "avx512"):
+        monkeypatch.setenv("FLASHPARITY_SIMD", level)
+        results.append(fp.parity(a, b, atol=1e-5))
+    assert results[0] == results[1] == results[2]
+
+
+def test_thread_counts_are_bit_identical(monkeypatch):
+    rng = np.random.default_rng(9)
+    a, b = random_pair(rng, (3 * 262144 + 12345,), "float32", "float32")
+    a[777_777] = np.nan  # a non-finite block takes the scalar path on every thread count
+    results = []
+    for threads in ("1", "2", "3", "8"):
+        monkeypatch.setenv("FLASHPARITY_NUM_THREADS", threads)
+        assert _core.num_threads() == int(threads)
+        results.append(fp.parity(a, b, atol=1e-4, rtol=1e-4))
+    assert all(r == results[0] for r in results)
+    assert all(repr(r) == repr(results[0]) for r in results)
+    assert results[0].max_abs_index == (777_777,)
+
+
+def test_repeat_runs_are_bit_identical():
+    rng = np.random.default_rng(1)
+    a, b = random_pair(rng, (1_000_003,), "bfloat16", "float32")
+    first = fp.parity(a, b)
+    for _ in range(3):
+        assert fp.parity(a, b) == first
+
+
+def test_bad_thread_count(monkeypatch):
+    monkeypatch.setenv("FLASHPARITY_NUM_THREADS", "zero")
+    with pytest.raises(ValueError, match="FLASHPARITY_NUM_THREADS must be an integer from 1 to 4096, got 'zero'"):
+        fp.parity(np.ones(3, np.float32), np.ones(3, np.float32))
+
+
+def test_large_multi_superblock_against_oracle():
+    rng = np.random.default_rng(2)
+    a, b = random_pair(rng, (2 * 262144 + 4096 * 3 + 5,), "float32", "float32")
+    want = oracle(a, b)
+    s = fp.parity(a, b)
+    assert s.max_abs_diff == want["max_abs_diff"] and s.max_abs_index == want["max_abs_index"]
+    assert abs(s.cosine_sim - want["cosine_sim"]) <= 1e-12
+
+
+# ---- NaN / inf semantics ------------------------------------------------------------------------
+
+
+def test_nan_and_inf_semantics():
+    a = np.array([1.0, np.nan, 3.0, np.inf, np.inf, 5.0, -np.inf, 2.0], np.float32)
+    b = np.array([1.5, 2.0, np.nan, np.inf, 1.0, 5.0, np.inf, 0.0], np.float32)
+    s = fp.parity(a, b, atol=0.1)
+    check_against_oracle(s, a, b, 0.1)
+    assert math.isnan(s.max_abs_diff) and s.max_abs_index == (1,)  # the first NaN
+    assert math.isnan(s.cosine_sim) and math.isnan(s.pcc)
+    assert s.nonfinite == 5
+    # equal infinities match; NaN never matches; inf vs finite mismatches
+    assert s.mismatches == 6  # 0: 0.5 > 0.1, 1, 2: NaN, 4: inf vs 1, 6: -inf vs inf, 7: 2 vs 0
+    assert s.abs_diff_histogram["nan"] == 3
+
+
+def test_inf_without_nan():
+    a = np.array([1.0, np.inf, 2.0], np.float64)
+    b = np.array([1.0, 3.0, 2.0], np.float64)
+    s = fp.parity(a, b)
+    assert s.max_abs_diff == math.inf and s.max_abs_index == (1,)
+    assert s.abs_diff_histogram[">=2^16"] == 1
+
+
+def test_nan_in_the_vector_body_and_tail():
+    rng = np.random.default_rng(4)
+    a, b = random_pair(rng, (4096 * 2 + 5,), "float32", "float32")
+    a[5000] = np.nan
+    b[8195] = np.inf  # in the tail of the second block
+    check_against_oracle(fp.parity(a, b), a, b)
+
+
+def test_overflowing_float64_difference():
+    a = np.array([1.7e308, 0.0], np.float64)
+    b = np.array([-1.7e308, 0.0], np.float64)
+    s = fp.parity(a, b)
+    assert s.max_abs_diff == math.inf and s.nonfinite == 0 and s.max_abs_index == (0,)
+
+
+def test_relative_difference_rules():
+    a = np.array([0.0, 1.0, 3.0, -2.0], np.float32)
+    b = np.array([0.0, 0.0, 2.0, -4.0], np.float32)
+    s = fp.parity(a, b)
+    assert s.max_rel_diff == math.inf and s.max_rel_index == (1,)
+    s = fp.parity(a[[0, 2, 3]], b[[0, 2, 3]])
+    assert s.max_rel_diff == 0.5 and s.max_rel_index == (1,)
+
+
+def test_first_maximum_in_c_order():
+    a = np.zeros((3, 4), np.float32) + 1
+    b = a.copy()
+    b[2, 1] = 3.0
+    b[0, 3] = 3.0
+    b[1, 0] = -1.0
+    s = fp.parity(a, b)
+    assert s.max_abs_diff == 2.0 and s.max_abs_index == (0, 3)
+    s = fp.parity(a.T, b.T)  # C order of the transposed views
+    assert s.max_abs_index == (0, 1)  # b.T[0, 1] = b[1, 0]
+
+
+# ---- cosine and friends: accuracy and edge cases -------------------------------------------------
+
+
+def test_cosine_near_one_is_accurate():
+    # near-identical tensors: 1 - cos ~ 1e-14 must keep its relative accuracy
+    rng = np.random.default_rng(0)
+    b = rng.standard_normal(1 << 16)
+    a = b * (1 + 1e-7 * rng.standard_normal(b.size))
+    from fractions import Fraction
+
+    aa = sum(Fraction(float(x)) ** 2 for x in a)
+    bb = sum(Fraction(float(x)) ** 2 for x in b)
+    dd = sum((Fraction(float(x)) - Fraction(float(y))) ** 2 for x, y in zip(a, b))
+    na, nb = math.sqrt(aa), math.sqrt(bb)
+    exact_one_minus = (float(dd) - (na - nb) ** 2) / (2 * na * nb)
+    s = fp.parity(a, b)
+    assert abs((1 - s.cosine_sim) - exact_one_minus) <= 1e-16 + 1e-3 * exact_one_minus
+
+
+def test_cosine_special_cases():
+    z = np.zeros(5, np.float32)
+    o = np.ones(5, np.float32)
+    assert fp.cosine_sim(z, z) == 1.0
+    assert fp.cosine_sim(z, o) == 0.0 and fp.cosine_sim(o, z) == 0.0
+    assert fp.cosine_sim(o, -o) == -1.0
+    assert fp.cosine_sim(o, 1000 * o) == pytest.approx(1.0, abs=1e-15)
+
+
+def test_pcc_catches_offset_and_constants():
+    rng = np.random.default_rng(8)
+    b = rng.standard_normal(10_000)
+    s = fp.parity(b + 5.0, b)
+    assert s.cosine_sim < 0.1 or s.pcc == pytest.approx(1.0, abs=1e-12)
+    c = np.full(100, 2.0)
+    assert fp.parity(c, c).pcc == 1.0
+    assert fp.parity(c, c + 1).pcc == 0.0  # constant but not identical: never a silent pass
+    assert fp.parity(c, rng.standard_normal(100)).pcc == 0.0
+
+
+def test_pcc_with_large_offset_is_accurate():
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal(100_000)
+    y = x + 0.1 * rng.standard_normal(x.size)
+    want = np.corrcoef(x, y)[0, 1]
+    s = fp.parity(x + 1e6, y + 1e6)
+    assert abs(s.pcc - want) < 1e-9
+
+
+def test_snr_and_identical():
+    x = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
+    s = fp.parity(x, x)
+    assert s.snr_db == math.inf and s.max_abs_diff == 0 and s.rmse == 0 and s.max_ulp_diff == 0
+    assert s.mismatches == 0 and s.cosine_sim == 1.0 and s.pcc == 1.0
+    assert s.abs_diff_histogram["0"] == 1000
+
+
+def test_ulp_distance_across_zero_and_formats():
+    a = np.array([1.0, -0.0, np.float32(1.0) + np.float32(2**-23)], np.float32)
+    b = np.array([1.0, 0.0, 1.0], np.float32)
+    assert fp.parity(a, b).max_ulp_diff == 1
+    # float16 kernel vs float32 reference: the reference is rounded to float16 first
+    a16 = np.array([1.0], np.float16)
+    b32 = np.array([1.0 + 2**-11], np.float32)  # a tie: rounds to even (1.0)
+    assert fp.parity(a16, b32).max_ulp_diff == 0
+    b32 = np.array([1.0 + 3 * 2**-11], np.float32)  # rounds to 1 + 2^-9 = 2 ulp
+    assert fp.parity(a16, b32).max_ulp_diff == 2
+    smallest = np.array([np.float32(1e-45)], np.float32)
+    assert fp.parity(smallest, -smallest).max_ulp_diff == 2
+
+
+def test_histogram_bins():
+    a = np.array([0.0, 2.0**-50, 2.0**-40, 1.5, 2.0**15 * 1.9, 2.0**16, 2.0**200], np.float64)
+    s = fp.parity(a, np.zeros_like(a))
+    h = s.abs_diff_histogram
+    assert list(h)[:3] == ["0", "<2^-40", "[2^-40,2^-39)"] and list(h)[-2:] == [">=2^16", "nan"]
+    assert h["0"] == 1 and h["<2^-40"] == 1 and h["[2^-40,2^-39)"] == 1 and h["[2^0,2^1)"] == 1
+    assert h["[2^15,2^16)"] == 1 and h[">=2^16"] == 2 and sum(h.values()) == a.size
+
+
+# ---- merge, to_dict, repr, pickle ---------------------------------------------------------------
+
+
+def test_merge_equals_one_pass():
+    rng = np.random.default_rng(6)
+    a, b = random_pair(rng, (1000, 33), "float16", "float32")
+    a[700, 3] = 0  # make the max land in the second part
+    b[700, 3] = 9
+    whole = fp.parity(a, b, atol=1e-3)
+    parts = [fp.parity(a[i:j], b[i:j], atol=1e-3) for i, j in [(0, 123), (123, 500), (500, 1000)]]
+    merged = parts[0].merge(parts[1]).merge(parts[2])
+    assert merged.shape == (1000, 33)
+    for field in ("numel", "max_abs_diff", "max_abs_index", "max_rel_diff", "max_rel_index", "mismatches",
+                  "nonfinite", "max_ulp_diff", "abs_diff_histogram"):
+        assert getattr(merged, field) == getattr(whole, field), field
+    assert merged.max_abs_index == (700, 3)
+    for field in ("cosine_sim", "pcc", "mean_abs_diff", "rmse", "snr_db"):
+        assert getattr(merged, field) == pytest.approx(getattr(whole, field), rel=1e-14, abs=1e-15), field
+
+
+def test_merge_flat_and_errors():
+    x = np.arange(1, 13, dtype=np.float32)
+    s1 = fp.parity(x[:5].reshape(5, 1), x[:5].reshape(5, 1) + 1)
+    s2 = fp.parity(x[5:].reshape(7), x[5:].reshape(7) + 2)
+    m = s1.merge(s2)
+    assert m.shape == (12,) and m.max_abs_index == (5,) and m.max_abs_diff == 2.0
+    with pytest.raises(ValueError, match="different tolerances"):
+        s1.merge(fp.parity(x, x, atol=1.0))
+    with pytest.raises(ValueError, match="different dtypes"):
+        s1.merge(fp.parity(x.astype(np.float64), x))
+    with pytest.raises(TypeError, match="can only merge ParityStats"):
+        s1.merge({})
+
+
+def test_to_dict_is_json_ready_and_repr():
+    a = np.array([1.0, np.nan, 2.0], np.float32)
+    b = np.array([1.0, 1.0, 2.5], np.float32)
+    s = fp.parity(a, b)
+    d = s.to_dict()
+    text = json.dumps(d)
+    assert "NaN" in text
+    back = json.loads(text)
+    assert back["numel"] == 3 and back["max_abs_index"] == [1] and back["nonfinite"] == 1
+    assert set(d) >= {"numel", "max_abs_diff", "max_abs_index", "max_rel_diff", "cosine_sim", "mismatches",
+                      "nonfinite", "mean_abs_diff", "rmse", "snr_db", "pcc", "max_ulp_diff", "abs_diff_histogram"}
+    r = repr(s)
+    assert "Mismatched elements: 2 / 3" in r and "Greatest absolute difference: nan at index (1,)" in r
+
+
+def test_pickle_roundtrip():
+    rng = np.random.default_rng(0)
+    a, b = random_pair(rng, (100,), "float32", "float32")
+    s = fp.parity(a, b, atol=1e-4)
+    t = pickle.loads(pickle.dumps(s))
+    assert t == s and repr(t) == repr(s)
+    assert t.merge(s).numel == 200
+
+
+def test_convenience_functions():
+    a = np.array([1.0, 2.0, 3.0])
+    b = np.array([1.0, 2.5, 3.0])
+    assert fp.max_abs_diff(a, b) == 0.5
+    assert fp.cosine_sim(a, b) == pytest.approx(np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b), abs=1e-15)
+
+
+# ---- inputs and errors ---------------------------------------------------------------------------
+
+
+def test_bfloat16_and_lists_and_scalars():
+    a = np.array([1.0, 2.0, 3.0], dtype=ml_dtypes.bfloat16)
+    assert fp.parity(a, a.astype(np.float32)).max_abs_diff == 0.0
+    assert fp.parity([1.0, 2.0], [1.0, 2.5]).max_abs_diff == 0.5
+    s = fp.parity(np.float32(2.0), np.float64(3.0))
+    assert s.numel == 1 and s.max_abs_index == () and s.max_abs_diff == 1.0
+
+
+def test_shape_mismatch_names_both_shapes():
+    with pytest.raises(ValueError, match=r"same shape \(no broadcasting\), got \(3, 4\) and \(4, 3\)"):
+        fp.parity(np.ones((3, 4)), np.ones((4, 3)))
+    with pytest.raises(ValueError, match=r"got \(3,\) and \(1,\)"):
+        fp.parity(np.ones(3), np.ones(1))
+
+
+def test_zero_elements():
+    with pytest.raises(ValueError, match=r"no elements \(shape \(0, 3\)\)"):
+        fp.parity(np.ones((0, 3)), np.ones((0, 3)))
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint8, np.bool_, np.complex64, np.longdouble])
+def test_unsupported_dtypes(dtype):
+    x = np.ones(4, dtype=dtype)
+    with pytest.raises(TypeError, match=f"a has dtype {np.dtype(dtype)}"):
+        fp.parity(x, np.ones(4, np.float32))
+    with pytest.raises(TypeError, match=f"b has dtype {np.dtype(dtype)}"):
+        fp.parity(np.ones(4, np.float32), x)
+
+
+def test_integer_lists_are_a_type_error():
+    with pytest.raises(TypeError, match="a has dtype int64"):
+        fp.parity([1, 2], [1.0, 2.0])
+
+
+def test_non_native_byte_order():
+    x = np.ones(4, dtype=">f4")
+    with pytest.raises(TypeError, match=r"non-native byte order \(>f4\)"):
+        fp.parity(x, np.ones(4, np.float32))
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf])
+def test_bad_tolerances(bad):
+    x = np.ones(3)
+    with pytest.raises(ValueError, match="atol must be a finite number >= 0"):
+        fp.parity(x, x, atol=bad)
+    with pytest.raises(ValueError, match="rtol must be a finite number >= 0"):
+        fp.parity(x, x, rtol=bad)
+    with pytest.raises(TypeError, match="atol must be a number"):
+        fp.parity(x, x, atol="1e-3")
+
+
+class _FakeDevice:
+    """Claims to be a CUDA array (a pointer that is never dereferenced: the pair is rejected first)."""
+
+    def __init__(self, shape):
+        self.__cuda_array_interface__ = {"shape": shape, "typestr": "<f4", "data": (0x10, False), "version": 3,
+                                         "strides": None}
+
+
+def test_host_device_mix_is_a_value_error():
+    with pytest.raises(ValueError, match="a is on cpu and b is on cuda"):
+        fp.parity(np.ones(3, np.float32), _FakeDevice((3,)))
+    with pytest.raises(ValueError, match="a is on cuda and b is on cpu"):
+        fp.parity(_FakeDevice((3,)), np.ones(3, np.float32))
+
+
+def test_not_an_array():
+    with pytest.raises(TypeError, match="a is not an array or tensor"):
+        fp.parity(object(), np.ones(3))
+
+
+def test_dlpack_input_zero_copy():
+    rng = np.random.default_rng(0)
+    a, b = random_pair(rng, (40, 3), "float32", "float32")
+
+    class Producer:  # only the DLPack protocol, backed by a NumPy array
+        def __init__(self, arr):
+            self.arr = arr
+
+        def __dlpack__(self, stream=None):
+            return self.arr.__dlpack__()
+
+        def __dlpack_device__(self):
+            return self.arr.__dlpack_device__()
+
+    assert fp.parity(Producer(a[::-1]), b[::-1]) == fp.parity(a[::-1], b[::-1])
+
+
+def test_64bit_indexing_beyond_2_31_elements():
+    # Overlapping strided views: element [i, j] = buf[i + j]; 2^31 + 2048 elements from 8 MiB.
+    rows, cols = (1 << 21) + 2, 1024
+    buf_a = np.zeros(rows + cols - 1, np.float32)
+    buf_b = np.zeros_like(buf_a)
+    buf_b[-1] = 1.0  # only the last element of the view differs
+    view = lambda buf: np.lib.stride_tricks.as_strided(buf, shape=(rows, cols), strides=(4, 4), writeable=False)
+    s = fp.parity(view(buf_a), view(buf_b))
+    assert s.numel == rows * cols > 2**31
+    assert s.max_abs_diff == 1.0 and s.max_abs_index == (rows - 1, cols - 1)
+    assert s.mismatches == 1 and s.abs_diff_histogram["0"] == rows * cols - 1
