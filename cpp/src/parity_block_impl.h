@@ -32,6 +32,14 @@ typedef std::uint32_t vu32 __attribute__((vector_size(32)));
 typedef std::int32_t vi32 __attribute__((vector_size(32)));
 typedef std::uint16_t vu16 __attribute__((vector_size(16)));
 typedef _Float16 vh __attribute__((vector_size(16)));
+typedef std::uint8_t vu8 __attribute__((vector_size(8)));
+// Byte vectors for counting histogram bins: full zmm width only where AVX-512BW makes it cheap.
+#if defined(__AVX512BW__)
+typedef std::uint8_t vbytes __attribute__((vector_size(64)));
+#else
+typedef std::uint8_t vbytes __attribute__((vector_size(32)));
+#endif
+constexpr int kByteLanes = sizeof(vbytes);
 
 template <typename V, typename S>
 FP_INLINE V load(const S* p) {
@@ -47,6 +55,11 @@ FP_INLINE To bitcast(const From& f) {
   std::memcpy(&t, &f, sizeof(To));
   return t;
 }
+
+// Lane select with bit operations: GCC lowers `m ? x : y` on 64-byte vectors poorly without AVX-512.
+FP_INLINE vd vsel(vl m, vd x, vd y) { return bitcast<vd>((bitcast<vl>(x) & m) | (bitcast<vl>(y) & ~m)); }
+FP_INLINE vl vsel(vl m, vl x, vl y) { return (x & m) | (y & ~m); }
+FP_INLINE vul vsel(vl m, vul x, vul y) { return (x & bitcast<vul>(m)) | (y & ~bitcast<vul>(m)); }
 
 // Eight elements as float64 (exact) and their raw bit patterns widened to 64-bit lanes.
 template <typename T> struct Lanes;
@@ -78,71 +91,102 @@ template <> struct Lanes<bf16_bits> {
 FP_INLINE vl ordered_lanes(vul u, int w) {
   const vul sign = (u >> (w - 1)) & 1u;
   const vl mag = bitcast<vl>(u & ((std::uint64_t{1} << (w - 1)) - 1));
-  return sign != 0 ? -mag : mag;
-}
-
-// Ordered integers of eight finite elements of T after rounding to `Narrow`.
-template <typename T, typename Narrow>
-FP_INLINE vl ordered_narrow(const T* p, vd v) {
-  constexpr DType own = DTypeOf<T>::value, narrow = DTypeOf<Narrow>::value;
-  if constexpr (own == narrow) {
-    return ordered_lanes(Lanes<T>::bits(p), dtype_size(own) * 8);
-  } else if constexpr (own == DType::Float64 && narrow == DType::Float32) {
-    const vf f = __builtin_convertvector(v, vf);  // one rounding, to nearest even
-    return ordered_lanes(__builtin_convertvector(bitcast<vu32>(f), vul), 32);
-  } else if constexpr (own == DType::Float32 && narrow == DType::Float16) {
-    const vh h = __builtin_convertvector(load<vf>(p), vh);  // one rounding, to nearest even
-    return ordered_lanes(__builtin_convertvector(bitcast<vu16>(h), vul), 16);
-  } else if constexpr (own == DType::Float32 && narrow == DType::BFloat16) {
-    const vu32 u = load<vu32>(p);  // finite: round to nearest even on the bit pattern
-    const vu32 r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    return ordered_lanes(__builtin_convertvector(r, vul), 16);
-  } else {  // rare pairs (float64 vs 16-bit formats, float16 vs bfloat16): exact scalar rounding
-    vl o;
-    for (int j = 0; j < W; ++j) o[j] = ordered_in(narrow, own, raw_bits(p[j]), v[j]);
-    return o;
-  }
+  return vsel(bitcast<vl>(sign != 0), -mag, mag);
 }
 
 FP_INLINE vd vabs(vd x) { return bitcast<vd>(bitcast<vl>(x) & 0x7fffffffffffffffLL); }
 
+// Ordered integers in 32-bit lanes for the formats of at most 32 bits (distances fit in uint32).
+FP_INLINE vi32 ordered32(vu32 u, int w) {
+  const vi32 s = bitcast<vi32>(u << (32 - w)) >> 31;  // all ones where the sign bit is set
+  const vi32 mag = bitcast<vi32>(u & ((1u << (w - 1)) - 1));
+  return (mag ^ s) - s;
+}
+
+// Bit patterns (in 32-bit lanes) of eight finite elements of T rounded to `Narrow` (<= 32 bits).
+template <typename T, typename Narrow>
+FP_INLINE vu32 narrow_bits32(const T* p, vd v) {
+  constexpr DType own = DTypeOf<T>::value, narrow = DTypeOf<Narrow>::value;
+  if constexpr (own == narrow && own == DType::Float32) {
+    return load<vu32>(p);
+  } else if constexpr (own == narrow) {  // 16-bit formats
+    return __builtin_convertvector(load<vu16>(p), vu32);
+  } else if constexpr (own == DType::Float64 && narrow == DType::Float32) {
+    return bitcast<vu32>(__builtin_convertvector(v, vf));  // one rounding, to nearest even
+  } else if constexpr (own == DType::Float32 && narrow == DType::Float16) {
+    const vh h = __builtin_convertvector(load<vf>(p), vh);  // one rounding, to nearest even
+    return __builtin_convertvector(bitcast<vu16>(h), vu32);
+  } else if constexpr (own == DType::Float32 && narrow == DType::BFloat16) {
+    const vu32 u = load<vu32>(p);  // finite: round to nearest even on the bit pattern
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  } else {  // rare pairs (float64 vs 16-bit formats, float16 vs bfloat16): exact scalar rounding
+    vu32 o;
+    for (int j = 0; j < W; ++j) {
+      const std::int64_t ord = ordered_in(narrow, own, raw_bits(p[j]), v[j]);
+      o[j] = static_cast<std::uint32_t>(ord < 0 ? (std::uint64_t{1} << 15) | static_cast<std::uint64_t>(-ord)
+                                                : static_cast<std::uint64_t>(ord));
+    }
+    return o;
+  }
+}
+
 // One block of n contiguous elements into the freshly constructed `out`. Returns false, leaving
 // `out` untouched, when any difference is not finite: the caller then reduces the block with the
 // exact scalar kernel (NaN/inf rules).
+//
+// The maxima are exact but their indices are located only when the block can change the running
+// result: `thr_abs`/`thr_rel` are the caller's current maxima (-1 before any), and an index of -1
+// means "does not beat them" (accum_merge then ignores the value). For formats narrower than
+// float64 the relative difference is screened in float32 (error < 2^-22) and computed exactly in
+// float64 only for blocks that may hold a new maximum.
 template <typename TA, typename TB, typename Narrow>
 bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t n, std::int64_t index0,
-                  const ParityParams& p) {
+                  const ParityParams& p, double thr_abs, double thr_rel) {
   const TA* a = static_cast<const TA*>(a_);  // [n]
   const TB* b = static_cast<const TB*>(b_);  // [n]
   if (n <= 0) return true;
+  constexpr bool kNarrowPair = DTypeOf<TA>::value != DType::Float64 && DTypeOf<TB>::value != DType::Float64;
+  constexpr DType kNarrow = DTypeOf<Narrow>::value;
+  constexpr int kNarrowBits = dtype_size(kNarrow) * 8;
   const double ka = to_f64(a[0]), kb = to_f64(b[0]);  // moment shift: the block's first element
 
   const vd zero = {};
   vd s_abs = zero, s_sq = zero, s_aa = zero, s_bb = zero, s_ab = zero;
   vd sa = zero, sb = zero, saa = zero, sbb = zero, sab = zero;
-  vd vmx = zero - 1.0, vrel = zero - 1.0;
-  vl imx = {}, irel = {}, mism = {}, finite_ok = zero == zero;
-  vul ulp = {};
+  vd vmx = zero;                      // per-lane max |a-b|
+  vd vrel = zero - 1.0;               // exact per-lane max ratio (float64 pairs)
+  vl irel = {};
+  vf vq32 = {};                       // float32 screen of the ratio (narrow pairs)
+  vl mism = {};
+  vu32 ulp32 = {};
+  vul ulp64 = {};
   vl idx;
   for (int j = 0; j < W; ++j) idx[j] = index0 + j;
   const vd vka = zero + ka, vkb = zero + kb;
-  const double maxfin = 1.7976931348623157e308;
   std::int64_t hist[kHistBins] = {};
+  alignas(64) std::uint8_t bins[kBlock];
+  vi32 bin_lo = vi32{} + kHistBins, bin_hi = vi32{} - 1;
 
   const std::int64_t n8 = n - n % W;
   for (std::int64_t i = 0; i < n8; i += W) {
     const vd av = Lanes<TA>::value(a + i), bv = Lanes<TB>::value(b + i);
     const vd d = av - bv;
     const vd ad = vabs(d);
-    finite_ok &= ad <= maxfin;
-    const vl gt = ad > vmx;  // strictly: the earliest index of a lane's maximum is kept
-    vmx = gt ? ad : vmx;
-    imx = gt ? idx : imx;
+    vmx = vsel(ad > vmx, ad, vmx);
     const vd babs = vabs(bv);
-    const vd q = ((babs == 0.0) & (ad == 0.0)) ? zero : ad / babs;
-    const vl gr = q > vrel;
-    vrel = gr ? q : vrel;
-    irel = gr ? idx : irel;
+    if constexpr (kNarrowPair) {
+      // |b| is 0 or >= 2^-149 and exact in float32; the floor keeps 0/0 out (a zero b with a
+      // nonzero a screens as huge, which forces the exact pass)
+      const vf den = __builtin_convertvector(babs, vf);
+      const vf q = __builtin_convertvector(ad, vf) / (den > 1e-45f ? den : vf{} + 1e-45f);
+      vq32 = q > vq32 ? q : vq32;
+    } else {
+      const vd q = vsel((babs == 0.0) & (ad == 0.0), zero, ad / babs);
+      const vl gr = q > vrel;
+      vrel = vsel(gr, q, vrel);
+      irel = vsel(gr, idx, irel);
+      idx += W;
+    }
     s_abs += ad;
     s_sq += d * d;
     s_aa += av * av;
@@ -155,49 +199,79 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     sbb += xb * xb;
     sab += xa * xb;
     mism -= ad > p.atol + p.rtol * babs;  // finite here: isclose is the plain comparison
-    const vl oa = ordered_narrow<TA, Narrow>(a + i, av), ob = ordered_narrow<TB, Narrow>(b + i, bv);
-    const vul dist = oa >= ob ? bitcast<vul>(oa) - bitcast<vul>(ob) : bitcast<vul>(ob) - bitcast<vul>(oa);
-    ulp = dist > ulp ? dist : ulp;
-    // histogram bin from the exponent field (ad is finite and >= 0 here)
-    const vl e = bitcast<vl>(ad) >> 52;
-    vl bin = e - (1023 + kHistMinExp - 2);
-    bin = bin < 1 ? vl{} + 1 : bin;
-    bin = e >= 1023 + kHistMaxExp ? vl{} + 58 : bin;
-    bin = ad == 0.0 ? vl{} : bin;
-    for (int j = 0; j < W; ++j) ++hist[bin[j]];
-    idx += W;
-  }
-  for (int j = 0; j < W; ++j)
-    if (!finite_ok[j]) return false;
-
-  // Lane maxima (ties resolve to the smaller index), then the tail (fewer than W elements, all with
-  // larger indices) in order. Locals only: no ParityAccum is constructed in an ISA-specific unit.
-  double mx = 0, rel = 0;
-  std::int64_t mx_i = -1, rel_i = -1, mismatches = 0;
-  std::uint64_t max_ulp = 0;
-  for (int j = 0; j < W && n8 > 0; ++j) {
-    if (max_beats(vmx[j], mx, mx_i) || (vmx[j] == mx && imx[j] < mx_i)) {
-      mx = vmx[j];
-      mx_i = imx[j];
+    if constexpr (kNarrowBits <= 32) {
+      const vi32 oa = ordered32(narrow_bits32<TA, Narrow>(a + i, av), kNarrowBits);
+      const vi32 ob = ordered32(narrow_bits32<TB, Narrow>(b + i, bv), kNarrowBits);
+      const vu32 dist = bitcast<vu32>(oa > ob ? oa - ob : ob - oa);  // < 2^32: exact modulo 2^32
+      ulp32 = dist > ulp32 ? dist : ulp32;
+    } else {
+      const vl oa = ordered_lanes(Lanes<TA>::bits(a + i), 64), ob = ordered_lanes(Lanes<TB>::bits(b + i), 64);
+      const vul dist = vsel(oa >= ob, bitcast<vul>(oa) - bitcast<vul>(ob), bitcast<vul>(ob) - bitcast<vul>(oa));
+      ulp64 = vsel(bitcast<vl>(dist > ulp64), dist, ulp64);
     }
-    if (max_beats(vrel[j], rel, rel_i) || (vrel[j] == rel && irel[j] < rel_i)) {
+    // histogram bin from the exponent field (ad is finite and >= 0 here), one byte per element;
+    // counted per block below
+    const vu32 hi_word = __builtin_convertvector(bitcast<vul>(ad) >> 32, vu32);  // sign 0, exponent, top mantissa
+    const vi32 e = bitcast<vi32>(hi_word >> 20);
+    vi32 bin = e - (1023 + kHistMinExp - 2);
+    bin = bin < 1 ? vi32{} + 1 : bin;
+    bin = bin > 58 ? vi32{} + 58 : bin;
+    bin = __builtin_convertvector(ad == 0.0, vi32) != 0 ? vi32{} : bin;
+    bin_lo = bin < bin_lo ? bin : bin_lo;
+    bin_hi = bin > bin_hi ? bin : bin_hi;
+    const vu8 b8 = __builtin_convertvector(bin, vu8);
+    std::memcpy(bins + i, &b8, sizeof(b8));
+  }
+  // Count the bins present: byte compares over the block, only for bins between the block's
+  // lowest and highest (a handful for real data), instead of a scattered increment per element.
+  if (n8 > 0) {
+    const std::int64_t nb = (n8 + 63) / 64 * 64;
+    for (std::int64_t i = n8; i < nb; ++i) bins[i] = 0xff;  // matches no bin
+    int lo = kHistBins, hi = -1;
+    for (int j = 0; j < W; ++j) {
+      lo = bin_lo[j] < lo ? bin_lo[j] : lo;
+      hi = bin_hi[j] > hi ? bin_hi[j] : hi;
+    }
+    static_assert(kBlock / kByteLanes <= 255, "byte counters would overflow");
+    for (int k = lo; k <= hi; ++k) {
+      vbytes cnt = {};  // at most kBlock / kByteLanes per lane
+      for (std::int64_t i = 0; i < nb; i += kByteLanes)
+        cnt -= reinterpret_cast<vbytes>(load<vbytes>(bins + i) == static_cast<std::uint8_t>(k));
+      std::int64_t c = 0;
+      for (int j = 0; j < kByteLanes; ++j) c += cnt[j];
+      hist[k] += c;
+    }
+  }
+
+  // reductions over lanes in a fixed order, then the tail (< W elements) in index order
+  auto total = [](vd v) {
+    double s = 0;
+    for (int j = 0; j < W; ++j) s += v[j];
+    return s;
+  };
+  double t_abs = total(s_abs), t_sq = total(s_sq), t_aa = total(s_aa), t_bb = total(s_bb), t_ab = total(s_ab);
+  double t_sa = total(sa), t_sb = total(sb), t_saa = total(saa), t_sbb = total(sbb), t_sab = total(sab);
+  double mx = 0, rel = -1.0;
+  std::int64_t rel_i = -1, mismatches = 0;
+  float q32 = 0;
+  std::uint64_t max_ulp = 0;
+  for (int j = 0; j < W; ++j) {
+    mx = vmx[j] > mx ? vmx[j] : mx;
+    if (vq32[j] > q32) q32 = vq32[j];
+    if (vrel[j] > rel || (vrel[j] == rel && irel[j] < rel_i)) {
       rel = vrel[j];
       rel_i = irel[j];
     }
     mismatches += mism[j];
-    if (ulp[j] > max_ulp) max_ulp = ulp[j];
+    const std::uint64_t u = kNarrowBits <= 32 ? ulp32[j] : ulp64[j];
+    if (u > max_ulp) max_ulp = u;
   }
-  double t_abs = 0, t_sq = 0, t_aa = 0, t_bb = 0, t_ab = 0, t_sa = 0, t_sb = 0, t_saa = 0, t_sbb = 0, t_sab = 0;
   for (std::int64_t i = n8; i < n; ++i) {
     const double av = to_f64(a[i]), bv = to_f64(b[i]);
     const double d = av - bv, ad = d < 0 ? -d : d;
-    if (!(ad <= maxfin)) return false;
-    if (max_beats(ad, mx, mx_i)) {
-      mx = ad;
-      mx_i = index0 + i;
-    }
+    if (ad > mx) mx = ad;
     const double q = rel_diff(av, bv, ad);
-    if (max_beats(q, rel, rel_i)) {
+    if (q > rel) {
       rel = q;
       rel_i = index0 + i;
     }
@@ -213,39 +287,68 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     t_sbb += xb * xb;
     t_sab += xa * xb;
     if (!is_close(av, bv, ad, p)) ++mismatches;
-    const std::uint64_t u = ordered_distance(ordered_in(p.narrow, DTypeOf<TA>::value, raw_bits(a[i]), av),
-                                             ordered_in(p.narrow, DTypeOf<TB>::value, raw_bits(b[i]), bv));
+    const std::uint64_t u = ordered_distance(ordered_in(kNarrow, DTypeOf<TA>::value, raw_bits(a[i]), av),
+                                             ordered_in(kNarrow, DTypeOf<TB>::value, raw_bits(b[i]), bv));
     if (u > max_ulp) max_ulp = u;
     ++hist[hist_bin(ad)];
   }
+  // Every difference finite <=> the sum of |a-b| is (an overflowing sum also takes the exact path).
+  if (!(t_abs <= 1.7976931348623157e308)) return false;
 
-  // lane totals in a fixed order (lane 0..7, then the tail)
-  auto total = [](vd v, double tail) {
-    double s = 0;
-    for (int j = 0; j < W; ++j) s += v[j];
-    return s + tail;
-  };
+  // Locate the first index of the block's max |a-b| when it beats the running maximum.
+  std::int64_t mx_i = -1;
+  if (mx > thr_abs) {
+    for (std::int64_t i = 0; i < n; ++i) {
+      const double d = to_f64(a[i]) - to_f64(b[i]);
+      if ((d < 0 ? -d : d) == mx) {
+        mx_i = index0 + i;
+        break;
+      }
+    }
+  }
+  if constexpr (kNarrowPair) {
+    // The tail's ratios were exact (rel, rel_i); the vector part is recomputed exactly only when
+    // its float32 screen says it may beat the running maximum (exact ratio <= screen * (1 + 2^-22)).
+    const double screen = static_cast<double>(q32);
+    if (screen * (1.0 + 0x1p-20) > thr_rel || !(screen <= 3.4028234663852886e38)) {
+      double vrel_max = -1.0;
+      std::int64_t vrel_i = -1;
+      for (std::int64_t i = 0; i < n8; ++i) {
+        const double av = to_f64(a[i]), bv = to_f64(b[i]), d = av - bv;
+        const double q = rel_diff(av, bv, d < 0 ? -d : d);
+        if (q > vrel_max) {
+          vrel_max = q;
+          vrel_i = index0 + i;
+        }
+      }
+      if (vrel_max >= rel) {  // the vector part comes first in index order: it wins ties
+        rel = vrel_max;
+        rel_i = vrel_i;
+      }
+    }
+  }
+  if (!(rel > thr_rel)) rel_i = -1;
+
   ParityAccum& r = out;  // `out` arrives freshly constructed; fill it in place
   r.numel = n;
   r.max_abs = mx;
   r.max_abs_index = mx_i;
-  r.max_rel = rel;
+  r.max_rel = rel < 0 ? 0.0 : rel;
   r.max_rel_index = rel_i;
   r.mismatches = mismatches;
   r.max_ulp = max_ulp;
-  r.sum_abs.hi = total(s_abs, t_abs);
-  r.sum_sq.hi = total(s_sq, t_sq);
-  r.sum_aa.hi = total(s_aa, t_aa);
-  r.sum_bb.hi = total(s_bb, t_bb);
-  r.sum_ab.hi = total(s_ab, t_ab);
+  r.sum_abs.hi = t_abs;
+  r.sum_sq.hi = t_sq;
+  r.sum_aa.hi = t_aa;
+  r.sum_bb.hi = t_bb;
+  r.sum_ab.hi = t_ab;
   const double nn = static_cast<double>(n);
-  const double ssa = total(sa, t_sa), ssb = total(sb, t_sb);
   r.mom.n = nn;
-  r.mom.mean_a = ka + ssa / nn;
-  r.mom.mean_b = kb + ssb / nn;
-  r.mom.m2a = total(saa, t_saa) - ssa * ssa / nn;
-  r.mom.m2b = total(sbb, t_sbb) - ssb * ssb / nn;
-  r.mom.cab = total(sab, t_sab) - ssa * ssb / nn;
+  r.mom.mean_a = ka + t_sa / nn;
+  r.mom.mean_b = kb + t_sb / nn;
+  r.mom.m2a = t_saa - t_sa * t_sa / nn;
+  r.mom.m2b = t_sbb - t_sb * t_sb / nn;
+  r.mom.cab = t_sab - t_sa * t_sb / nn;
   for (int i = 0; i < kHistBins; ++i) r.hist[i] = hist[i];
   return true;
 }

@@ -18,10 +18,9 @@ namespace flashparity {
 
 namespace {
 
-// Block: the unit of vector reduction (lane sums of at most 512 terms). Superblock: the unit of
-// work a thread claims. Both sizes depend only on n, never on the thread count: partial results
-// are combined in index order, so the stats are bit-identical for any number of threads.
-constexpr std::int64_t kBlock = 4096;
+// Superblock: the unit of work a thread claims (whole blocks). Both sizes depend only on n, never
+// on the thread count: partial results are combined in index order, so the stats are bit-identical
+// for any number of threads.
 constexpr std::int64_t kMinSuperBlock = 64 * kBlock;
 constexpr std::int64_t kMaxSuperBlocks = 4096;  // bounds the partials: O(1) extra memory in n
 
@@ -165,7 +164,9 @@ ParityAccum parity_cpu(const TensorArg& a, const TensorArg& b, const ParityParam
           pb = buf_b.data();
         }
         ParityAccum blk;
-        if (!vfn(blk, pa, pb, len, start, p)) {
+        const double thr_abs = acc.max_abs_index < 0 ? -1.0 : acc.max_abs;
+        const double thr_rel = acc.max_rel_index < 0 ? -1.0 : acc.max_rel;
+        if (!vfn(blk, pa, pb, len, start, p, thr_abs, thr_rel)) {
           blk = ParityAccum();
           sfn(blk, pa, pb, len, start, p);
         }
