@@ -8,8 +8,14 @@
 // copy a scalar caller gets).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+
+#if defined(__AVX512F__) || defined(__FMA__)
+#include <immintrin.h>
+#endif
 
 #include "flashparity/dtype.h"
 #include "flashparity/parity_stats.h"
@@ -61,7 +67,44 @@ FP_INLINE vd vsel(vl m, vd x, vd y) { return bitcast<vd>((bitcast<vl>(x) & m) | 
 FP_INLINE vl vsel(vl m, vl x, vl y) { return (x & m) | (y & ~m); }
 FP_INLINE vul vsel(vl m, vul x, vul y) { return (x & bitcast<vul>(m)) | (y & ~bitcast<vul>(m)); }
 
-// Eight elements as float64 (exact) and their raw bit patterns widened to 64-bit lanes.
+// float32 lanes -> float64 lanes (exact). GCC splits the generic conversion into halves.
+FP_INLINE vd widen(vf x) {
+#if defined(__AVX512F__)
+  return bitcast<vd>(_mm512_cvtps_pd(bitcast<__m256>(x)));
+#else
+  return __builtin_convertvector(x, vd);
+#endif
+}
+
+FP_INLINE vf narrow_f32(vd x) {
+#if defined(__AVX512F__)
+  return bitcast<vf>(_mm512_cvtpd_ps(bitcast<__m512d>(x)));
+#else
+  return __builtin_convertvector(x, vf);
+#endif
+}
+
+// x * y + z with one rounding on every ISA (hardware FMA, or std::fma lane by lane on the baseline),
+// so every level gives the same bits. Used for the sums of products.
+FP_INLINE vd vfma(vd x, vd y, vd z) {
+#if defined(__AVX512F__)
+  return bitcast<vd>(_mm512_fmadd_pd(bitcast<__m512d>(x), bitcast<__m512d>(y), bitcast<__m512d>(z)));
+#elif defined(__FMA__)
+  typedef double vd4 __attribute__((vector_size(32)));
+  struct Halves { vd4 lo, hi; };
+  const Halves hx = bitcast<Halves>(x), hy = bitcast<Halves>(y), hz = bitcast<Halves>(z);
+  const Halves r{bitcast<vd4>(_mm256_fmadd_pd(bitcast<__m256d>(hx.lo), bitcast<__m256d>(hy.lo), bitcast<__m256d>(hz.lo))),
+                 bitcast<vd4>(_mm256_fmadd_pd(bitcast<__m256d>(hx.hi), bitcast<__m256d>(hy.hi), bitcast<__m256d>(hz.hi)))};
+  return bitcast<vd>(r);
+#else
+  vd r;
+  for (int j = 0; j < W; ++j) r[j] = std::fma(x[j], y[j], z[j]);
+  return r;
+#endif
+}
+
+// Eight elements as float32 (exact for every format but float64) and float64 (exact), and their
+// raw bit patterns.
 template <typename T> struct Lanes;
 
 template <> struct Lanes<double> {
@@ -69,21 +112,20 @@ template <> struct Lanes<double> {
   static FP_INLINE vul bits(const double* p) { return load<vul>(p); }
 };
 template <> struct Lanes<float> {
-  static FP_INLINE vd value(const float* p) { return __builtin_convertvector(load<vf>(p), vd); }
+  static FP_INLINE vf value32(const float* p) { return load<vf>(p); }
+  static FP_INLINE vd value(const float* p) { return widen(value32(p)); }
   static FP_INLINE vul bits(const float* p) { return __builtin_convertvector(load<vu32>(p), vul); }
 };
 template <> struct Lanes<half_bits> {
-  static FP_INLINE vd value(const half_bits* p) {
-    const vf f = __builtin_convertvector(bitcast<vh>(load<vu16>(p)), vf);
-    return __builtin_convertvector(f, vd);
-  }
+  static FP_INLINE vf value32(const half_bits* p) { return __builtin_convertvector(bitcast<vh>(load<vu16>(p)), vf); }
+  static FP_INLINE vd value(const half_bits* p) { return widen(value32(p)); }
   static FP_INLINE vul bits(const half_bits* p) { return __builtin_convertvector(load<vu16>(p), vul); }
 };
 template <> struct Lanes<bf16_bits> {
-  static FP_INLINE vd value(const bf16_bits* p) {
-    const vu32 u = __builtin_convertvector(load<vu16>(p), vu32) << 16;
-    return __builtin_convertvector(bitcast<vf>(u), vd);
+  static FP_INLINE vf value32(const bf16_bits* p) {
+    return bitcast<vf>(__builtin_convertvector(load<vu16>(p), vu32) << 16);
   }
+  static FP_INLINE vd value(const bf16_bits* p) { return widen(value32(p)); }
   static FP_INLINE vul bits(const bf16_bits* p) { return __builtin_convertvector(load<vu16>(p), vul); }
 };
 
@@ -139,7 +181,7 @@ FP_INLINE vu32 narrow_bits32(const T* p, vd v) {
 // means "does not beat them" (accum_merge then ignores the value). For formats narrower than
 // float64 the relative difference is screened in float32 (error < 2^-22) and computed exactly in
 // float64 only for blocks that may hold a new maximum.
-template <typename TA, typename TB, typename Narrow>
+template <typename TA, typename TB, typename Narrow, bool kTol>
 bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t n, std::int64_t index0,
                   const ParityParams& p, double thr_abs, double thr_rel) {
   const TA* a = static_cast<const TA*>(a_);  // [n]
@@ -169,36 +211,47 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
 
   const std::int64_t n8 = n - n % W;
   for (std::int64_t i = 0; i < n8; i += W) {
-    const vd av = Lanes<TA>::value(a + i), bv = Lanes<TB>::value(b + i);
+    vd av, bv;
+    vf bf32 = {};
+    if constexpr (kNarrowPair) {
+      bf32 = Lanes<TB>::value32(b + i);
+      av = Lanes<TA>::value(a + i);
+      bv = widen(bf32);
+    } else {
+      av = Lanes<TA>::value(a + i);
+      bv = Lanes<TB>::value(b + i);
+    }
     const vd d = av - bv;
     const vd ad = vabs(d);
-    vmx = vsel(ad > vmx, ad, vmx);
-    const vd babs = vabs(bv);
+    vmx = ad > vmx ? ad : vmx;
     if constexpr (kNarrowPair) {
       // |b| is 0 or >= 2^-149 and exact in float32; the floor keeps 0/0 out (a zero b with a
       // nonzero a screens as huge, which forces the exact pass)
-      const vf den = __builtin_convertvector(babs, vf);
-      const vf q = __builtin_convertvector(ad, vf) / (den > 1e-45f ? den : vf{} + 1e-45f);
+      const vf den = bitcast<vf>(bitcast<vu32>(bf32) & 0x7fffffffu);
+      const vf q = narrow_f32(ad) / (den > 1e-45f ? den : vf{} + 1e-45f);
       vq32 = q > vq32 ? q : vq32;
     } else {
-      const vd q = vsel((babs == 0.0) & (ad == 0.0), zero, ad / babs);
+      const vd babs = vabs(bv);
+      const vd q = ((babs == 0.0) & (ad == 0.0)) ? zero : ad / babs;
       const vl gr = q > vrel;
-      vrel = vsel(gr, q, vrel);
-      irel = vsel(gr, idx, irel);
+      vrel = gr ? q : vrel;
+      irel = gr ? idx : irel;
       idx += W;
     }
+    // products of values from formats up to float32 are exact in float64, so a fused multiply-add
+    // rounds each term once, exactly as separate operations would; in float64 it rounds once fewer
     s_abs += ad;
-    s_sq += d * d;
-    s_aa += av * av;
-    s_bb += bv * bv;
-    s_ab += av * bv;
+    s_sq = vfma(d, d, s_sq);
+    s_aa = vfma(av, av, s_aa);
+    s_bb = vfma(bv, bv, s_bb);
+    s_ab = vfma(av, bv, s_ab);
     const vd xa = av - vka, xb = bv - vkb;
     sa += xa;
     sb += xb;
-    saa += xa * xa;
-    sbb += xb * xb;
-    sab += xa * xb;
-    mism -= ad > p.atol + p.rtol * babs;  // finite here: isclose is the plain comparison
+    saa = vfma(xa, xa, saa);
+    sbb = vfma(xb, xb, sbb);
+    sab = vfma(xa, xb, sab);
+    if constexpr (kTol) mism -= ad > p.atol + p.rtol * vabs(bv);  // finite here: the plain comparison
     if constexpr (kNarrowBits <= 32) {
       const vi32 oa = ordered32(narrow_bits32<TA, Narrow>(a + i, av), kNarrowBits);
       const vi32 ob = ordered32(narrow_bits32<TB, Narrow>(b + i, bv), kNarrowBits);
@@ -276,17 +329,17 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
       rel_i = index0 + i;
     }
     t_abs += ad;
-    t_sq += d * d;
-    t_aa += av * av;
-    t_bb += bv * bv;
-    t_ab += av * bv;
+    t_sq = std::fma(d, d, t_sq);
+    t_aa = std::fma(av, av, t_aa);
+    t_bb = std::fma(bv, bv, t_bb);
+    t_ab = std::fma(av, bv, t_ab);
     const double xa = av - ka, xb = bv - kb;
     t_sa += xa;
     t_sb += xb;
-    t_saa += xa * xa;
-    t_sbb += xb * xb;
-    t_sab += xa * xb;
-    if (!is_close(av, bv, ad, p)) ++mismatches;
+    t_saa = std::fma(xa, xa, t_saa);
+    t_sbb = std::fma(xb, xb, t_sbb);
+    t_sab = std::fma(xa, xb, t_sab);
+    if (kTol && !is_close(av, bv, ad, p)) ++mismatches;
     const std::uint64_t u = ordered_distance(ordered_in(kNarrow, DTypeOf<TA>::value, raw_bits(a[i]), av),
                                              ordered_in(kNarrow, DTypeOf<TB>::value, raw_bits(b[i]), bv));
     if (u > max_ulp) max_ulp = u;
@@ -335,7 +388,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   r.max_abs_index = mx_i;
   r.max_rel = rel < 0 ? 0.0 : rel;
   r.max_rel_index = rel_i;
-  r.mismatches = mismatches;
+  r.mismatches = kTol ? mismatches : n - hist[0];  // atol = rtol = 0: a mismatch is any a != b
   r.max_ulp = max_ulp;
   r.sum_abs.hi = t_abs;
   r.sum_sq.hi = t_sq;
@@ -354,18 +407,16 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
 }
 
 template <typename TA, typename TB>
-BlockFn pick_narrow() {
-  constexpr DType narrow = narrower_dtype(DTypeOf<TA>::value, DTypeOf<TB>::value) == DTypeOf<TA>::value
-                               ? DTypeOf<TA>::value
-                               : DTypeOf<TB>::value;
-  if constexpr (narrow == DTypeOf<TA>::value) return &block_kernel<TA, TB, TA>;
-  else return &block_kernel<TA, TB, TB>;
+BlockFn pick(bool with_tolerance) {
+  constexpr bool a_narrower = narrower_dtype(DTypeOf<TA>::value, DTypeOf<TB>::value) == DTypeOf<TA>::value;
+  using Narrow = std::conditional_t<a_narrower, TA, TB>;
+  return with_tolerance ? &block_kernel<TA, TB, Narrow, true> : &block_kernel<TA, TB, Narrow, false>;
 }
 
 }  // namespace
 
-BlockFn block_fn(DType a, DType b) {
-  return FP_DTYPE_SWITCH(a, TA, [&] { return FP_DTYPE_SWITCH(b, TB, [&] { return pick_narrow<TA, TB>(); }); });
+BlockFn block_fn(DType a, DType b, bool with_tolerance) {
+  return FP_DTYPE_SWITCH(a, TA, [&] { return FP_DTYPE_SWITCH(b, TB, [&] { return pick<TA, TB>(with_tolerance); }); });
 }
 
 }  // namespace FP_ISA_NAMESPACE

@@ -36,11 +36,11 @@ ScalarFn scalar_fn(DType a, DType b) {
   return FP_DTYPE_SWITCH(a, TA, [&] { return FP_DTYPE_SWITCH(b, TB, [&] { return &scalar_block<TA, TB>; }); });
 }
 
-BlockFn vector_fn(DType a, DType b) {
+BlockFn vector_fn(DType a, DType b, bool with_tolerance) {
   switch (active_simd_level()) {
-    case SimdLevel::Avx512: return isa_avx512::block_fn(a, b);
-    case SimdLevel::Avx2: return isa_avx2::block_fn(a, b);
-    default: return isa_scalar::block_fn(a, b);
+    case SimdLevel::Avx512: return isa_avx512::block_fn(a, b, with_tolerance);
+    case SimdLevel::Avx2: return isa_avx2::block_fn(a, b, with_tolerance);
+    default: return isa_scalar::block_fn(a, b, with_tolerance);
   }
 }
 
@@ -133,7 +133,7 @@ int cpu_num_threads() {
 ParityAccum parity_cpu(const TensorArg& a, const TensorArg& b, const ParityParams& p) {
   const std::int64_t n = a.numel();
   const Walker wa(a), wb(b);
-  const BlockFn vfn = vector_fn(a.dtype, b.dtype);
+  const BlockFn vfn = vector_fn(a.dtype, b.dtype, p.atol != 0.0 || p.rtol != 0.0);
   const ScalarFn sfn = scalar_fn(a.dtype, b.dtype);
 
   const std::int64_t nsb = std::clamp<std::int64_t>((n + kMinSuperBlock - 1) / kMinSuperBlock, 1, kMaxSuperBlocks);

@@ -19,9 +19,11 @@ constexpr std::int64_t kBlock = 4096;
 using BlockFn = bool (*)(ParityAccum& out, const void* a, const void* b, std::int64_t n, std::int64_t index0,
                          const ParityParams& p, double thr_abs, double thr_rel);
 
-namespace isa_scalar { BlockFn block_fn(DType a, DType b); }
-namespace isa_avx2 { BlockFn block_fn(DType a, DType b); }
-namespace isa_avx512 { BlockFn block_fn(DType a, DType b); }
+// The kernel for a dtype pair; `with_tolerance` false (atol = rtol = 0) skips the isclose test:
+// a mismatch is then any nonzero difference, counted by the histogram's zero bin.
+namespace isa_scalar { BlockFn block_fn(DType a, DType b, bool with_tolerance); }
+namespace isa_avx2 { BlockFn block_fn(DType a, DType b, bool with_tolerance); }
+namespace isa_avx512 { BlockFn block_fn(DType a, DType b, bool with_tolerance); }
 
 // One fused pass over a and b (same shape, any strides) on the CPU. Releases nothing itself: the
 // caller drops the GIL. Deterministic for any thread count.
