@@ -432,3 +432,20 @@ def test_64bit_indexing_beyond_2_31_elements():
     assert s.numel == rows * cols > 2**31
     assert s.max_abs_diff == 1.0 and s.max_abs_index == (rows - 1, cols - 1)
     assert s.mismatches == 1 and s.abs_diff_histogram["0"] == rows * cols - 1
+
+
+def test_core_merge_is_order_independent_for_maxima():
+    # Equal maxima in two parts: whichever order the parts merge in, the smaller index wins (the
+    # GPU merges interleaved thread partials; the CPU merges blocks in order).
+    a = np.array([0.0, 2.0, 0.0, 2.0], np.float32)
+    b = np.zeros(4, np.float32)
+    first = fp.parity(a[:2], b[:2])._acc
+    second = fp.parity(a[2:], b[2:])._acc
+    in_order = first.merged(second, 2).result()
+    reversed_ = _core.ParityAccum().merged(second, 2).merged(first, 0).result()
+    assert in_order["max_abs_index"] == reversed_["max_abs_index"] == 1
+    assert in_order["max_rel_index"] == reversed_["max_rel_index"] == 1
+    nan_a = np.array([np.nan, 1.0, np.nan], np.float32)
+    p1 = fp.parity(nan_a[:1], np.zeros(1, np.float32))._acc
+    p2 = fp.parity(nan_a[1:], np.zeros(2, np.float32))._acc
+    assert _core.ParityAccum().merged(p2, 1).merged(p1, 0).result()["max_abs_index"] == 0

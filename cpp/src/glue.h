@@ -11,6 +11,13 @@ namespace flashparity {
 // (data pointer, dtype code, shape, byte strides) -> TensorArg; `name` labels error messages.
 TensorArg tensor_arg(const pybind11::tuple& desc, const char* name);
 
+// Checked arguments of a parity reduction: same shape, elements present, valid tolerances.
+struct PreparedParity {
+  TensorArg a, b;
+  ParityParams p;
+};
+PreparedParity prepare_parity(const pybind11::tuple& a, const pybind11::tuple& b, double atol, double rtol);
+
 // One fused pass on the CPU over two host tensors of the same shape (GIL released).
 ParityAccum parity_host(const pybind11::tuple& a, const pybind11::tuple& b, double atol, double rtol);
 
@@ -19,5 +26,8 @@ pybind11::dict accum_to_dict(const ParityAccum& s);
 
 void bind_parity(pybind11::module_& m);
 void bind_dlpack(pybind11::module_& m);
+#if FP_WITH_CUDA
+void bind_parity_cuda(pybind11::module_& m);
+#endif
 
 }  // namespace flashparity

@@ -56,8 +56,10 @@ TensorArg tensor_arg(const py::tuple& desc, const char* name) {
   return t;
 }
 
-ParityAccum parity_host(const py::tuple& a_desc, const py::tuple& b_desc, double atol, double rtol) {
-  const TensorArg a = tensor_arg(a_desc, "a"), b = tensor_arg(b_desc, "b");
+PreparedParity prepare_parity(const py::tuple& a_desc, const py::tuple& b_desc, double atol, double rtol) {
+  PreparedParity r{tensor_arg(a_desc, "a"), tensor_arg(b_desc, "b"), ParityParams{}};
+  const TensorArg& a = r.a;
+  const TensorArg& b = r.b;
   bool same = a.ndim == b.ndim;
   for (int i = 0; same && i < a.ndim; ++i) same = a.shape[i] == b.shape[i];
   if (!same)
@@ -66,12 +68,16 @@ ParityAccum parity_host(const py::tuple& a_desc, const py::tuple& b_desc, double
   if (a.numel() == 0) throw std::invalid_argument("a and b have no elements (shape " + shape_str(a) + ")");
   check_tolerance("atol", atol);
   check_tolerance("rtol", rtol);
-  ParityParams p;
-  p.atol = atol;
-  p.rtol = rtol;
-  p.narrow = narrower_dtype(a.dtype, b.dtype);
+  r.p.atol = atol;
+  r.p.rtol = rtol;
+  r.p.narrow = narrower_dtype(a.dtype, b.dtype);
+  return r;
+}
+
+ParityAccum parity_host(const py::tuple& a_desc, const py::tuple& b_desc, double atol, double rtol) {
+  const PreparedParity r = prepare_parity(a_desc, b_desc, atol, rtol);
   py::gil_scoped_release release;
-  return parity_cpu(a, b, p);
+  return parity_cpu(r.a, r.b, r.p);
 }
 
 py::dict accum_to_dict(const ParityAccum& s) {

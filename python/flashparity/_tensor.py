@@ -32,7 +32,7 @@ class TensorView:
     shape: tuple[int, ...]
     strides: tuple[int, ...]  # bytes
     device: str  # "cpu" or "cuda"
-    device_id: int
+    device_id: int  # -1: not known until a CUDA kernel asks the pointer
     owner: Any
     stream: int | None = None  # producer's CUDA stream when the protocol gave one
 
@@ -89,12 +89,8 @@ def _from_cuda_array_interface(obj: Any, cai: dict, name: str) -> TensorView:
         strides = tuple(reversed(out))
     ptr = int(cai["data"][0])
     stream = cai.get("stream") if cai.get("version", 0) >= 3 else None
-    return TensorView(ptr, dt.name, shape, tuple(int(s) for s in strides), "cuda", _cuda_device_of(ptr), obj,
-                      stream)
-
-
-def _cuda_device_of(ptr: int) -> int:
-    return _core.cuda_pointer_device(ptr) if hasattr(_core, "cuda_pointer_device") else 0
+    # the device is read from the pointer by the CUDA glue, when (and only if) a kernel runs
+    return TensorView(ptr, dt.name, shape, tuple(int(s) for s in strides), "cuda", -1, obj, stream)
 
 
 def _from_dlpack(obj: Any, name: str) -> TensorView:

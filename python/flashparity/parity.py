@@ -225,7 +225,7 @@ def parity(a: Any, b: Any, *, atol: float = 0.0, rtol: float = 0.0) -> ParitySta
         if not hasattr(_core, "parity_cuda"):
             raise RuntimeError("a and b are CUDA tensors but this flashparity build has no CUDA kernels "
                                "(rebuild with FLASHPARITY_CUDA=ON)")
-        acc = _core.parity_cuda(va.desc, vb.desc, atol, rtol, va.device_id, va.stream or 0)
+        acc = _core.parity_cuda(va.desc, vb.desc, atol, rtol, va.stream or 0, vb.stream or 0)
     else:
         acc = _core.parity_host(va.desc, vb.desc, atol, rtol)
     return ParityStats(acc, va.shape, (va.dtype, vb.dtype), atol, rtol)

@@ -68,12 +68,12 @@ struct Moments {
   }
 };
 
-// The complete state of a parity reduction over a set of elements. Indices are flat C-order
-// positions within the compared tensors.
-struct ParityAccum {
+// The state of a parity reduction over a set of elements, without the histogram (GPU blocks reduce
+// this part through shared memory). Indices are flat C-order positions within the compared tensors.
+struct ParityCore {
   std::int64_t numel = 0;
   double max_abs = 0.0;             // NaN once any |a-b| is NaN
-  std::int64_t max_abs_index = -1;  // first element reaching max_abs (first NaN if any)
+  std::int64_t max_abs_index = -1;  // first element reaching max_abs (first NaN if any); -1: none
   double max_rel = 0.0;
   std::int64_t max_rel_index = -1;
   CompSum sum_abs, sum_sq, sum_aa, sum_bb, sum_ab;
@@ -81,28 +81,37 @@ struct ParityAccum {
   std::int64_t mismatches = 0;
   std::int64_t nonfinite = 0;
   std::uint64_t max_ulp = 0;
+};
+
+// The complete state: the core and the |a-b| histogram.
+struct ParityAccum : ParityCore {
   std::int64_t hist[kHistBins] = {};
 };
 
-// "x at index i" beats the current maximum: NaN beats everything and nothing beats the first NaN;
-// ties keep the earlier index (callers visit elements in increasing index order).
-FP_HOST_DEVICE FP_INLINE bool max_beats(double x, double cur, std::int64_t cur_index) {
-  if (cur_index < 0) return true;
-  if (cur != cur) return false;
-  return x != x || x > cur;
+// Does the candidate maximum x (at index xi) replace cur (at cur_i)? NaN beats every number; between
+// equal values (or two NaNs) the smaller index wins, so partial maxima merge to the first maximum in
+// C order in any merge order (CPU blocks in order, GPU threads interleaved).
+FP_HOST_DEVICE FP_INLINE bool max_beats(double x, std::int64_t xi, double cur, std::int64_t cur_i) {
+  if (xi < 0) return false;
+  if (cur_i < 0) return true;
+  const bool xn = x != x, cn = cur != cur;
+  if (xn || cn) return xn && (!cn || xi < cur_i);
+  return x > cur || (x == cur && xi < cur_i);
 }
 
-// Merge `b`, whose indices are offset by `offset`, into `a`: exactly one pass over a's elements
-// followed by b's. Used for blocks, threads, GPU blocks and ParityStats.merge alike.
-FP_HOST_DEVICE inline void accum_merge(ParityAccum& a, const ParityAccum& b, std::int64_t offset) {
+// Merge `b`, whose indices are offset by `offset`, into `a`: the stats of both element sets together.
+// Used for blocks, threads, GPU blocks and ParityStats.merge alike.
+FP_HOST_DEVICE inline void accum_merge_core(ParityCore& a, const ParityCore& b, std::int64_t offset) {
   if (b.numel == 0) return;
-  if (b.max_abs_index >= 0 && max_beats(b.max_abs, a.max_abs, a.max_abs_index)) {
+  const std::int64_t bi = b.max_abs_index < 0 ? -1 : b.max_abs_index + offset;
+  if (max_beats(b.max_abs, bi, a.max_abs, a.max_abs_index)) {
     a.max_abs = b.max_abs;
-    a.max_abs_index = b.max_abs_index + offset;
+    a.max_abs_index = bi;
   }
-  if (b.max_rel_index >= 0 && max_beats(b.max_rel, a.max_rel, a.max_rel_index)) {
+  const std::int64_t ri = b.max_rel_index < 0 ? -1 : b.max_rel_index + offset;
+  if (max_beats(b.max_rel, ri, a.max_rel, a.max_rel_index)) {
     a.max_rel = b.max_rel;
-    a.max_rel_index = b.max_rel_index + offset;
+    a.max_rel_index = ri;
   }
   a.numel += b.numel;
   a.sum_abs.merge(b.sum_abs);
@@ -114,6 +123,11 @@ FP_HOST_DEVICE inline void accum_merge(ParityAccum& a, const ParityAccum& b, std
   a.mismatches += b.mismatches;
   a.nonfinite += b.nonfinite;
   if (b.max_ulp > a.max_ulp) a.max_ulp = b.max_ulp;
+}
+
+FP_HOST_DEVICE inline void accum_merge(ParityAccum& a, const ParityAccum& b, std::int64_t offset) {
+  if (b.numel == 0) return;
+  accum_merge_core(a, b, offset);
   for (int i = 0; i < kHistBins; ++i) a.hist[i] += b.hist[i];
 }
 
@@ -139,31 +153,38 @@ FP_HOST_DEVICE FP_INLINE bool is_close(double av, double bv, double ad, const Pa
   return ad <= p.atol + p.rtol * std::fabs(bv);
 }
 
-// Element-wise reduction of a contiguous block with one lane: the reference the vector kernels
-// match, the path for blocks holding non-finite values, and the per-thread loop of the GPU kernel.
-// The block's moments are shifted by its first element, then centered, before merging.
-template <typename TA, typename TB>
-FP_HOST_DEVICE inline void accum_block_scalar(ParityAccum& out, const TA* a, const TB* b, std::int64_t n,
-                                              std::int64_t index0, const ParityParams& p) {
-  ParityAccum acc;
+// The running state of one lane that visits elements one at a time in increasing index order: the
+// exact reference of every rule (NaN/inf, ties, ULP rounding). The CPU's scalar block kernel and
+// each GPU thread run it; its histogram lives with the caller (a local array, or shared memory).
+// Moments are shifted by the lane's first element and centered when the lane is folded.
+struct ElementAccum {
+  std::int64_t n = 0;
+  double max_abs = 0.0, max_rel = 0.0;
+  std::int64_t max_abs_index = -1, max_rel_index = -1;
   double s_abs = 0, s_sq = 0, s_aa = 0, s_bb = 0, s_ab = 0;
   double ka = 0, kb = 0, sa = 0, sb = 0, saa = 0, sbb = 0, sab = 0;
-  if (n > 0) {
-    ka = to_f64(a[0]);
-    kb = to_f64(b[0]);
-  }
-  for (std::int64_t i = 0; i < n; ++i) {
-    const double av = to_f64(a[i]), bv = to_f64(b[i]);
+  std::int64_t mismatches = 0, nonfinite = 0;
+  std::uint64_t max_ulp = 0;
+
+  // Adds element `index` with values av, bv (exact float64) and raw bit patterns ra, rb of types
+  // ta, tb. Returns its histogram bin.
+  FP_HOST_DEVICE FP_INLINE int add(double av, double bv, std::uint64_t ra, std::uint64_t rb, DType ta, DType tb,
+                                   std::int64_t index, const ParityParams& p) {
+    if (n == 0) {
+      ka = av;
+      kb = bv;
+    }
+    ++n;
     const double d = av - bv;
     const double ad = std::fabs(d);
-    if (max_beats(ad, acc.max_abs, acc.max_abs_index)) {
-      acc.max_abs = ad;
-      acc.max_abs_index = index0 + i;
+    if (max_beats(ad, index, max_abs, max_abs_index)) {
+      max_abs = ad;
+      max_abs_index = index;
     }
     const double r = rel_diff(av, bv, ad);
-    if (max_beats(r, acc.max_rel, acc.max_rel_index)) {
-      acc.max_rel = r;
-      acc.max_rel_index = index0 + i;
+    if (max_beats(r, index, max_rel, max_rel_index)) {
+      max_rel = r;
+      max_rel_index = index;
     }
     s_abs += ad;
     s_sq += d * d;
@@ -176,32 +197,55 @@ FP_HOST_DEVICE inline void accum_block_scalar(ParityAccum& out, const TA* a, con
     saa += xa * xa;
     sbb += xb * xb;
     sab += xa * xb;
-    if (!is_close(av, bv, ad, p)) ++acc.mismatches;
+    if (!is_close(av, bv, ad, p)) ++mismatches;
     if (std::isfinite(av) && std::isfinite(bv)) {
-      const std::int64_t oa = ordered_in(p.narrow, DTypeOf<TA>::value, raw_bits(a[i]), av);
-      const std::int64_t ob = ordered_in(p.narrow, DTypeOf<TB>::value, raw_bits(b[i]), bv);
-      const std::uint64_t u = ordered_distance(oa, ob);
-      if (u > acc.max_ulp) acc.max_ulp = u;
+      const std::uint64_t u = ordered_distance(ordered_in(p.narrow, ta, ra, av), ordered_in(p.narrow, tb, rb, bv));
+      if (u > max_ulp) max_ulp = u;
     } else {
-      ++acc.nonfinite;
+      ++nonfinite;
     }
-    ++acc.hist[hist_bin(ad)];
+    return hist_bin(ad);
   }
-  acc.numel = n;
-  acc.sum_abs.hi = s_abs;
-  acc.sum_sq.hi = s_sq;
-  acc.sum_aa.hi = s_aa;
-  acc.sum_bb.hi = s_bb;
-  acc.sum_ab.hi = s_ab;
-  if (n > 0) {
-    const double nn = static_cast<double>(n);
-    acc.mom.n = nn;
-    acc.mom.mean_a = ka + sa / nn;
-    acc.mom.mean_b = kb + sb / nn;
-    acc.mom.m2a = saa - sa * sa / nn;
-    acc.mom.m2b = sbb - sb * sb / nn;
-    acc.mom.cab = sab - sa * sb / nn;
+
+  // Folds the lane into the core of a ParityAccum (the caller owns the histogram).
+  FP_HOST_DEVICE FP_INLINE void fold_into(ParityCore& acc) const {
+    acc.numel = n;
+    acc.max_abs = max_abs;
+    acc.max_abs_index = max_abs_index;
+    acc.max_rel = max_rel;
+    acc.max_rel_index = max_rel_index;
+    acc.sum_abs = CompSum{s_abs, 0.0};
+    acc.sum_sq = CompSum{s_sq, 0.0};
+    acc.sum_aa = CompSum{s_aa, 0.0};
+    acc.sum_bb = CompSum{s_bb, 0.0};
+    acc.sum_ab = CompSum{s_ab, 0.0};
+    acc.mismatches = mismatches;
+    acc.nonfinite = nonfinite;
+    acc.max_ulp = max_ulp;
+    acc.mom = Moments{};
+    if (n > 0) {
+      const double nn = static_cast<double>(n);
+      acc.mom.n = nn;
+      acc.mom.mean_a = ka + sa / nn;
+      acc.mom.mean_b = kb + sb / nn;
+      acc.mom.m2a = saa - sa * sa / nn;
+      acc.mom.m2b = sbb - sb * sb / nn;
+      acc.mom.cab = sab - sa * sb / nn;
+    }
   }
+};
+
+// Scalar reduction of a contiguous block (global indices index0..): the path for blocks holding a
+// non-finite difference, and the reference the vector kernels match.
+template <typename TA, typename TB>
+inline void accum_block_scalar(ParityAccum& out, const TA* a, const TB* b, std::int64_t n, std::int64_t index0,
+                               const ParityParams& p) {
+  ElementAccum e;
+  ParityAccum acc;
+  for (std::int64_t i = 0; i < n; ++i)
+    ++acc.hist[e.add(to_f64(a[i]), to_f64(b[i]), raw_bits(a[i]), raw_bits(b[i]), DTypeOf<TA>::value,
+                     DTypeOf<TB>::value, index0 + i, p)];
+  e.fold_into(acc);
   accum_merge(out, acc, 0);
 }
 
