@@ -53,10 +53,12 @@ def _to_narrow(x: np.ndarray, own: str, narrow: str) -> np.ndarray:
         return x
     if own == "float64" and narrow == "bfloat16":
         flat = [_round_fraction(float(v), 7, -126, 127) for v in x.ravel()]
-        return np.array(flat, dtype=np.float32).reshape(x.shape).astype(BF16)  # exact now
+        with np.errstate(over="ignore"):
+            return np.array(flat, dtype=np.float32).reshape(x.shape).astype(BF16)  # exact now
     if own == "float16" and narrow == "bfloat16":
         return x.astype(np.float32).astype(BF16)  # half is exact in float32; f32 -> bf16 rounds once
-    return x.astype(DTYPES[narrow])  # numpy/ml_dtypes round once, to nearest even
+    with np.errstate(over="ignore"):  # a finite value past the narrow range rounds to infinity
+        return x.astype(DTYPES[narrow])  # numpy/ml_dtypes round once, to nearest even
 
 
 def _ordered(x: np.ndarray) -> np.ndarray:
@@ -124,7 +126,7 @@ def oracle(a: np.ndarray, b: np.ndarray, atol: float = 0.0, rtol: float = 0.0) -
     if not math.isfinite(sq) or not math.isfinite(bb):
         out["snr_db"] = math.nan if (math.isnan(sq) or math.isnan(bb)) else None  # None: don't check
     else:
-        out["snr_db"] = math.inf if sq == 0 else 10 * math.log10(bb / sq)
+        out["snr_db"] = math.inf if sq == 0 else (-math.inf if bb == 0 else 10 * math.log10(bb / sq))
     if not finite.all():
         out["cosine_sim"] = math.nan
         out["pcc"] = math.nan

@@ -35,8 +35,10 @@ struct CompSum {
 
   FP_HOST_DEVICE FP_INLINE void add(double x) {
     const double t = hi + x;
-    if (std::fabs(hi) >= std::fabs(x)) lo += (hi - t) + x;
-    else lo += (x - t) + hi;
+    if (std::isfinite(t)) {  // an infinite or NaN total carries no rounding error to track
+      if (std::fabs(hi) >= std::fabs(x)) lo += (hi - t) + x;
+      else lo += (x - t) + hi;
+    }
     hi = t;
   }
   FP_HOST_DEVICE FP_INLINE void merge(const CompSum& o) {
