@@ -13,7 +13,7 @@
 #include <cstring>
 #include <type_traits>
 
-#if defined(__AVX512F__) || defined(__FMA__)
+#if defined(__AVX512F__) || defined(__FMA__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -37,7 +37,6 @@ typedef float vf __attribute__((vector_size(32)));
 typedef std::uint32_t vu32 __attribute__((vector_size(32)));
 typedef std::int32_t vi32 __attribute__((vector_size(32)));
 typedef std::uint16_t vu16 __attribute__((vector_size(16)));
-typedef _Float16 vh __attribute__((vector_size(16)));
 typedef std::uint8_t vu8 __attribute__((vector_size(8)));
 // Byte vectors for counting histogram bins: full zmm width only where AVX-512BW makes it cheap.
 #if defined(__AVX512BW__)
@@ -73,6 +72,28 @@ FP_INLINE vd widen(vf x) {
   return bitcast<vd>(_mm512_cvtps_pd(bitcast<__m256>(x)));
 #else
   return __builtin_convertvector(x, vd);
+#endif
+}
+
+// IEEE half <-> float32 lanes: F16C where present (GCC scalarizes the generic _Float16 vector
+// conversions), else the exact scalar conversions of dtype.h.
+FP_INLINE vf half_to_f32(vu16 h) {
+#if defined(__F16C__)
+  return bitcast<vf>(_mm256_cvtph_ps(bitcast<__m128i>(h)));
+#else
+  vf r;
+  for (int j = 0; j < W; ++j) r[j] = half_to_float(h[j]);
+  return r;
+#endif
+}
+
+FP_INLINE vu16 f32_to_half(vf x) {  // round to nearest even
+#if defined(__F16C__)
+  return bitcast<vu16>(_mm256_cvtps_ph(bitcast<__m256>(x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#else
+  vu16 r;
+  for (int j = 0; j < W; ++j) r[j] = round_to_half_bits(static_cast<double>(x[j]));
+  return r;
 #endif
 }
 
@@ -117,7 +138,7 @@ template <> struct Lanes<float> {
   static FP_INLINE vul bits(const float* p) { return __builtin_convertvector(load<vu32>(p), vul); }
 };
 template <> struct Lanes<half_bits> {
-  static FP_INLINE vf value32(const half_bits* p) { return __builtin_convertvector(bitcast<vh>(load<vu16>(p)), vf); }
+  static FP_INLINE vf value32(const half_bits* p) { return half_to_f32(load<vu16>(p)); }
   static FP_INLINE vd value(const half_bits* p) { return widen(value32(p)); }
   static FP_INLINE vul bits(const half_bits* p) { return __builtin_convertvector(load<vu16>(p), vul); }
 };
@@ -156,8 +177,7 @@ FP_INLINE vu32 narrow_bits32(const T* p, vd v) {
   } else if constexpr (own == DType::Float64 && narrow == DType::Float32) {
     return bitcast<vu32>(__builtin_convertvector(v, vf));  // one rounding, to nearest even
   } else if constexpr (own == DType::Float32 && narrow == DType::Float16) {
-    const vh h = __builtin_convertvector(load<vf>(p), vh);  // one rounding, to nearest even
-    return __builtin_convertvector(bitcast<vu16>(h), vu32);
+    return __builtin_convertvector(f32_to_half(load<vf>(p)), vu32);  // one rounding, to nearest even
   } else if constexpr (own == DType::Float32 && narrow == DType::BFloat16) {
     const vu32 u = load<vu32>(p);  // finite: round to nearest even on the bit pattern
     return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
@@ -190,11 +210,10 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   constexpr bool kNarrowPair = DTypeOf<TA>::value != DType::Float64 && DTypeOf<TB>::value != DType::Float64;
   constexpr DType kNarrow = DTypeOf<Narrow>::value;
   constexpr int kNarrowBits = dtype_size(kNarrow) * 8;
-  const double ka = to_f64(a[0]), kb = to_f64(b[0]);  // moment shift: the block's first element
 
   const vd zero = {};
   vd s_abs = zero, s_sq = zero, s_aa = zero, s_bb = zero, s_ab = zero;
-  vd sa = zero, sb = zero, saa = zero, sbb = zero, sab = zero;
+  vd sa = zero, sb = zero;  // plain sums; with s_aa, s_bb, s_ab they give the block's moments
   vd vmx = zero;                      // per-lane max |a-b|
   vd vrel = zero - 1.0;               // exact per-lane max ratio (float64 pairs)
   vl irel = {};
@@ -204,7 +223,6 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   vul ulp64 = {};
   vl idx;
   for (int j = 0; j < W; ++j) idx[j] = index0 + j;
-  const vd vka = zero + ka, vkb = zero + kb;
   std::int64_t hist[kHistBins] = {};
   alignas(64) std::uint8_t bins[kBlock];
   vi32 bin_lo = vi32{} + kHistBins, bin_hi = vi32{} - 1;
@@ -245,12 +263,8 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     s_aa = vfma(av, av, s_aa);
     s_bb = vfma(bv, bv, s_bb);
     s_ab = vfma(av, bv, s_ab);
-    const vd xa = av - vka, xb = bv - vkb;
-    sa += xa;
-    sb += xb;
-    saa = vfma(xa, xa, saa);
-    sbb = vfma(xb, xb, sbb);
-    sab = vfma(xa, xb, sab);
+    sa += av;
+    sb += bv;
     if constexpr (kTol) mism -= ad > p.atol + p.rtol * vabs(bv);  // finite here: the plain comparison
     if constexpr (kNarrowBits <= 32) {
       const vi32 oa = ordered32(narrow_bits32<TA, Narrow>(a + i, av), kNarrowBits);
@@ -303,7 +317,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     return s;
   };
   double t_abs = total(s_abs), t_sq = total(s_sq), t_aa = total(s_aa), t_bb = total(s_bb), t_ab = total(s_ab);
-  double t_sa = total(sa), t_sb = total(sb), t_saa = total(saa), t_sbb = total(sbb), t_sab = total(sab);
+  double t_sa = total(sa), t_sb = total(sb);
   double mx = 0, rel = -1.0;
   std::int64_t rel_i = -1, mismatches = 0;
   float q32 = 0;
@@ -333,12 +347,8 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     t_aa = std::fma(av, av, t_aa);
     t_bb = std::fma(bv, bv, t_bb);
     t_ab = std::fma(av, bv, t_ab);
-    const double xa = av - ka, xb = bv - kb;
-    t_sa += xa;
-    t_sb += xb;
-    t_saa = std::fma(xa, xa, t_saa);
-    t_sbb = std::fma(xb, xb, t_sbb);
-    t_sab = std::fma(xa, xb, t_sab);
+    t_sa += av;
+    t_sb += bv;
     if (kTol && !is_close(av, bv, ad, p)) ++mismatches;
     const std::uint64_t u = ordered_distance(ordered_in(kNarrow, DTypeOf<TA>::value, raw_bits(a[i]), av),
                                              ordered_in(kNarrow, DTypeOf<TB>::value, raw_bits(b[i]), bv));
@@ -397,11 +407,44 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   r.sum_ab.hi = t_ab;
   const double nn = static_cast<double>(n);
   r.mom.n = nn;
-  r.mom.mean_a = ka + t_sa / nn;
-  r.mom.mean_b = kb + t_sb / nn;
-  r.mom.m2a = t_saa - t_sa * t_sa / nn;
-  r.mom.m2b = t_sbb - t_sb * t_sb / nn;
-  r.mom.cab = t_sab - t_sa * t_sb / nn;
+  // Centered moments from the plain sums, M2 = Σx² - (Σx)²/n, while the mean does not dominate
+  // (mean² <= var, so the subtraction loses at most a bit). Otherwise a second pass over the block
+  // (in cache) centers on the mean first: offsets far above the spread stay exact.
+  const double ca = t_sa * t_sa / nn, cb = t_sb * t_sb / nn;
+  r.mom.mean_a = t_sa / nn;
+  r.mom.mean_b = t_sb / nn;
+  if (ca <= 0.5 * t_aa && cb <= 0.5 * t_bb) {
+    r.mom.m2a = t_aa - ca;
+    r.mom.m2b = t_bb - cb;
+    r.mom.cab = t_ab - t_sa * t_sb / nn;
+  } else {
+    const double ma = r.mom.mean_a, mb = r.mom.mean_b;
+    const vd vma = zero + ma, vmb = zero + mb;
+    vd xa_s = zero, xb_s = zero, xaa = zero, xbb = zero, xab = zero;
+    for (std::int64_t i = 0; i < n8; i += W) {
+      const vd xa = Lanes<TA>::value(a + i) - vma, xb = Lanes<TB>::value(b + i) - vmb;
+      xa_s += xa;
+      xb_s += xb;
+      xaa = vfma(xa, xa, xaa);
+      xbb = vfma(xb, xb, xbb);
+      xab = vfma(xa, xb, xab);
+    }
+    double ua = total(xa_s), ub = total(xb_s), uaa = total(xaa), ubb = total(xbb), uab = total(xab);
+    for (std::int64_t i = n8; i < n; ++i) {
+      const double xa = to_f64(a[i]) - ma, xb = to_f64(b[i]) - mb;
+      ua += xa;
+      ub += xb;
+      uaa = std::fma(xa, xa, uaa);
+      ubb = std::fma(xb, xb, ubb);
+      uab = std::fma(xa, xb, uab);
+    }
+    // corrected two-pass: the residual sums ua, ub remove the rounding of the means
+    r.mom.m2a = uaa - ua * ua / nn;
+    r.mom.m2b = ubb - ub * ub / nn;
+    r.mom.cab = uab - ua * ub / nn;
+    r.mom.mean_a = ma + ua / nn;
+    r.mom.mean_b = mb + ub / nn;
+  }
   for (int i = 0; i < kHistBins; ++i) r.hist[i] = hist[i];
   return true;
 }
@@ -414,6 +457,18 @@ BlockFn pick(bool with_tolerance) {
 }
 
 }  // namespace
+
+std::uint64_t read_probe(const void* p, std::int64_t bytes) {
+  // integer sum of 64-byte vectors: the least work that still reads every byte
+  const char* c = static_cast<const char*>(p);
+  vul acc = {};
+  std::int64_t i = 0;
+  for (; i + 64 <= bytes; i += 64) acc += load<vul>(c + i);
+  std::uint64_t s = 0;
+  for (int j = 0; j < W; ++j) s += acc[j];
+  for (; i < bytes; ++i) s += static_cast<unsigned char>(c[i]);
+  return s;
+}
 
 BlockFn block_fn(DType a, DType b, bool with_tolerance) {
   return FP_DTYPE_SWITCH(a, TA, [&] { return FP_DTYPE_SWITCH(b, TB, [&] { return pick<TA, TB>(with_tolerance); }); });

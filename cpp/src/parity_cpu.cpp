@@ -130,6 +130,38 @@ int cpu_num_threads() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
+std::uint64_t read_probe_cpu(const void* a, std::int64_t bytes_a, const void* b, std::int64_t bytes_b) {
+  auto probe = [](const void* p, std::int64_t n) {
+    switch (active_simd_level()) {
+      case SimdLevel::Avx512: return isa_avx512::read_probe(p, n);
+      case SimdLevel::Avx2: return isa_avx2::read_probe(p, n);
+      default: return isa_scalar::read_probe(p, n);
+    }
+  };
+  // the same split as parity_cpu: chunks of both buffers claimed by the threads
+  constexpr std::int64_t kChunk = 1 << 20;
+  const std::int64_t chunks = (std::max(bytes_a, bytes_b) + kChunk - 1) / kChunk;
+  const int threads = static_cast<int>(std::min<std::int64_t>(cpu_num_threads(), std::max<std::int64_t>(chunks, 1)));
+  std::atomic<std::int64_t> next{0};
+  std::atomic<std::uint64_t> total{0};
+  auto worker = [&] {
+    std::uint64_t s = 0;
+    for (std::int64_t c = next++; c < chunks; c = next++) {
+      const double fa = static_cast<double>(bytes_a) / chunks, fb = static_cast<double>(bytes_b) / chunks;
+      const std::int64_t a0 = static_cast<std::int64_t>(fa * c), a1 = static_cast<std::int64_t>(fa * (c + 1));
+      const std::int64_t b0 = static_cast<std::int64_t>(fb * c), b1 = static_cast<std::int64_t>(fb * (c + 1));
+      s += probe(static_cast<const char*>(a) + a0, (c + 1 == chunks ? bytes_a : a1) - a0);
+      s += probe(static_cast<const char*>(b) + b0, (c + 1 == chunks ? bytes_b : b1) - b0);
+    }
+    total += s;
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
+  worker();
+  for (auto& th : pool) th.join();
+  return total;
+}
+
 ParityAccum parity_cpu(const TensorArg& a, const TensorArg& b, const ParityParams& p) {
   const std::int64_t n = a.numel();
   const Walker wa(a), wb(b);

@@ -21,13 +21,28 @@ using BlockFn = bool (*)(ParityAccum& out, const void* a, const void* b, std::in
 
 // The kernel for a dtype pair; `with_tolerance` false (atol = rtol = 0) skips the isclose test:
 // a mismatch is then any nonzero difference, counted by the histogram's zero bin.
-namespace isa_scalar { BlockFn block_fn(DType a, DType b, bool with_tolerance); }
-namespace isa_avx2 { BlockFn block_fn(DType a, DType b, bool with_tolerance); }
-namespace isa_avx512 { BlockFn block_fn(DType a, DType b, bool with_tolerance); }
+// read_probe: sums the bytes of a buffer with the least work that reads them all (the benchmark's
+// fused-read limit).
+namespace isa_scalar {
+BlockFn block_fn(DType a, DType b, bool with_tolerance);
+std::uint64_t read_probe(const void* p, std::int64_t bytes);
+}  // namespace isa_scalar
+namespace isa_avx2 {
+BlockFn block_fn(DType a, DType b, bool with_tolerance);
+std::uint64_t read_probe(const void* p, std::int64_t bytes);
+}  // namespace isa_avx2
+namespace isa_avx512 {
+BlockFn block_fn(DType a, DType b, bool with_tolerance);
+std::uint64_t read_probe(const void* p, std::int64_t bytes);
+}  // namespace isa_avx512
 
 // One fused pass over a and b (same shape, any strides) on the CPU. Releases nothing itself: the
 // caller drops the GIL. Deterministic for any thread count.
 ParityAccum parity_cpu(const TensorArg& a, const TensorArg& b, const ParityParams& p);
+
+// Reads two contiguous buffers once with the same threads and blocks as parity_cpu but no
+// arithmetic to speak of: the memory-read limit parity_cpu is measured against.
+std::uint64_t read_probe_cpu(const void* a, std::int64_t bytes_a, const void* b, std::int64_t bytes_b);
 
 // Worker threads used by the CPU kernels: FLASHPARITY_NUM_THREADS, else the CPUs this process may
 // run on. Throws std::invalid_argument on a malformed FLASHPARITY_NUM_THREADS.

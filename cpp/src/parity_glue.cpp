@@ -164,6 +164,14 @@ void bind_parity(py::module_& m) {
   m.def("parity_host", &parity_host, py::arg("a"), py::arg("b"), py::arg("atol") = 0.0, py::arg("rtol") = 0.0,
         "One fused parity pass on the CPU over two (ptr, dtype, shape, byte strides) descriptors.");
   m.def("num_threads", &cpu_num_threads, "Worker threads the CPU kernels use now.");
+  m.def("read_probe", [](const py::tuple& a_desc, const py::tuple& b_desc) {
+        const TensorArg a = tensor_arg(a_desc, "a"), b = tensor_arg(b_desc, "b");
+        if (!a.c_contiguous() || !b.c_contiguous()) throw std::invalid_argument("read_probe needs contiguous inputs");
+        const std::int64_t na = a.numel() * dtype_size(a.dtype), nb = b.numel() * dtype_size(b.dtype);
+        py::gil_scoped_release release;
+        return read_probe_cpu(a.data, na, b.data, nb);
+      }, py::arg("a"), py::arg("b"),
+      "Benchmark helper: read both contiguous inputs once with the parity threads (the fused-read limit).");
   m.attr("HIST_BINS") = kHistBins;
   m.attr("HIST_MIN_EXP") = kHistMinExp;
   m.attr("HIST_MAX_EXP") = kHistMaxExp;

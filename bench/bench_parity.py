@@ -1,0 +1,243 @@
+"""Benchmark: fp.parity against what a user would run instead (NumPy, PyTorch), same inputs, same run.
+
+For each size and dtype: time (best of --repeat), GB/s (bytes of a and b over the time), peak extra
+resident memory while the call runs (sampled from /proc), and accuracy against a float64 oracle.
+Writes the "Parity reductions" section of BENCHMARKS.md (other sections are kept).
+
+    python bench/bench_parity.py                  # CPU, 2^24 and 2^26 elements, f32/f16/bf16
+    python bench/bench_parity.py --sizes 24 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import re
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+import flashparity as fp
+from flashparity import _core
+from flashparity._tensor import as_view
+
+try:
+    import ml_dtypes
+except ImportError:  # bfloat16 rows need it
+    ml_dtypes = None
+try:
+    import torch
+except ImportError:
+    torch = None
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * PAGE
+
+
+class PeakRSS:
+    """Peak resident memory above the level at entry, sampled every 0.2 ms in a thread."""
+
+    def __enter__(self):
+        self.base = rss()
+        self.peak = self.base
+        self._stop = False
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self):
+        while not self._stop:
+            self.peak = max(self.peak, rss())
+            time.sleep(0.0002)
+
+    def __exit__(self, *exc):
+        self._stop = True
+        self._t.join()
+        self.peak = max(self.peak, rss())
+        self.extra = self.peak - self.base
+
+
+def timed(fn, repeat):
+    fn()  # warm up (page faults, thread pools)
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    with PeakRSS() as mem:
+        fn()
+    return best, mem.extra, out
+
+
+def oracle(a, b, chunk=1 << 22):
+    """max |a-b| and cosine in float64, chunked (bounded memory), sums combined with fsum."""
+    mx, ab, aa, bb, dd = 0.0, [], [], [], []
+    for i in range(0, a.size, chunk):
+        x = a[i:i + chunk].astype(np.float64)
+        y = b[i:i + chunk].astype(np.float64)
+        d = x - y
+        mx = max(mx, float(np.max(np.abs(d))))
+        ab.append(float(np.sum(x * y)))
+        aa.append(float(np.sum(x * x)))
+        bb.append(float(np.sum(y * y)))
+        dd.append(float(np.sum(d * d)))
+    A, B, D = math.fsum(aa), math.fsum(bb), math.fsum(dd)
+    na, nb = math.sqrt(A), math.sqrt(B)
+    one_minus = (D - (na - nb) ** 2) / (2 * na * nb)
+    return mx, 1.0 - one_minus, one_minus
+
+
+def make_inputs(n, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    b = rng.standard_normal(n, dtype=np.float32)
+    a = b + np.float32(1e-3) * rng.standard_normal(n, dtype=np.float32)
+    if dtype == "float32":
+        return a, b
+    if dtype == "float16":
+        return a.astype(np.float16), b.astype(np.float16)
+    return a.astype(ml_dtypes.bfloat16), b.astype(ml_dtypes.bfloat16)
+
+
+def to_torch(x):
+    if x.dtype.name == "bfloat16":
+        return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(x)
+
+
+def run_case(n, dtype, repeat, rows):
+    a, b = make_inputs(n, dtype)
+    nbytes = a.nbytes + b.nbytes
+    ref_max, ref_cos, ref_1mc = oracle(a, b)
+    va, vb = as_view(a, "a"), as_view(b, "b")
+
+    def add(name, fn, max_of=None, cos_of=None):
+        t, extra, out = timed(fn, repeat)
+        mx = max_of(out) if max_of else None
+        cs = cos_of(out) if cos_of else None
+        rows.append({
+            "n": n, "dtype": dtype, "method": name, "ms": t * 1e3, "gbs": nbytes / t / 1e9,
+            "extra_mib": extra / 2**20,
+            "max_err": None if mx is None else abs(mx - ref_max),
+            "cos_err": None if cs is None else abs(cs - ref_cos),
+        })
+        return t
+
+    t_probe = add("read limit (_core.read_probe: both inputs read once)", lambda: _core.read_probe(va.desc, vb.desc))
+    t_fp = add("fp.parity (every statistic, one pass)", lambda: fp.parity(a, b, atol=1e-3, rtol=1e-3),
+               max_of=lambda s: s.max_abs_diff, cos_of=lambda s: s.cosine_sim)
+    rows[-1]["of_limit"] = t_probe / t_fp
+
+    # NumPy: what a user writes. Low-precision inputs are upcast first for the cosine (float64).
+    np_max = add("numpy np.max(np.abs(a - b))", lambda: float(np.max(np.abs(a - b))), max_of=lambda v: v)
+
+    def np_cos():
+        x, y = a.astype(np.float64), b.astype(np.float64)
+        return float(np.dot(x, y) / (np.linalg.norm(x) * np.linalg.norm(y)))
+
+    np_c = add("numpy cosine in float64 (astype + dot + norms)", np_cos, cos_of=lambda v: v)
+    np_ac = add("numpy np.allclose(a, b, 1e-3, 1e-3)", lambda: bool(np.allclose(a, b, rtol=1e-3, atol=1e-3)))
+    rows.append({"n": n, "dtype": dtype, "method": "numpy: the three calls together", "ms": (np_max + np_c + np_ac) * 1e3,
+                 "gbs": nbytes / (np_max + np_c + np_ac) / 1e9, "extra_mib": None, "max_err": None, "cos_err": None,
+                 "speedup": (np_max + np_c + np_ac) / t_fp})
+
+    if torch is not None:
+        ta, tb = to_torch(a), to_torch(b)
+        add("torch (a - b).abs().max()", lambda: float((ta - tb).abs().max()), max_of=lambda v: v)
+        add("torch cosine_similarity(a, b, dim=0)",
+            lambda: float(torch.nn.functional.cosine_similarity(ta, tb, dim=0)), cos_of=lambda v: v)
+
+        def assert_close():
+            try:
+                torch.testing.assert_close(ta, tb, rtol=1e-3, atol=1e-3)
+                return True
+            except AssertionError:
+                return False
+
+        add("torch.testing.assert_close(rtol=atol=1e-3)", assert_close)
+    return ref_1mc
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        model = re.search(r"model name\s*:\s*(.*)", text).group(1)
+    except Exception:
+        pass
+    flags = fp.build_info()
+    return (f"{model}, {os.cpu_count()} cores, {_core.num_threads()} threads used, SIMD {flags['simd']}; "
+            f"Python {platform.python_version()}, NumPy {np.__version__}"
+            + (f", PyTorch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else ", no PyTorch"))
+
+
+def fmt(v, spec):
+    return "–" if v is None else format(v, spec)
+
+
+def render(rows, args) -> str:
+    out = [
+        "## Parity reductions (CPU)",
+        "",
+        f"Machine: {machine()}.",
+        f"Command: `python bench/bench_parity.py --sizes {' '.join(map(str, args.sizes))} --repeat {args.repeat}`"
+        f" ({time.strftime('%Y-%m-%d')}).",
+        "",
+        "Inputs: b ~ N(0, 1), a = b + 1e-3·N(0, 1), rounded to the dtype. GB/s counts the bytes of a and b once."
+        " Extra memory: peak resident memory above the level before the call. Errors: against a float64"
+        " oracle (max |a-b| exact; cosine from Σ(a-b)² and the norms).",
+        "",
+        "| n | dtype | method | ms | GB/s | extra MiB | max-abs error | cosine error | note |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        note = ""
+        if "of_limit" in r:
+            note = f"{r['of_limit']:.2f} of read limit"
+        if "speedup" in r:
+            note = f"fp.parity is {r['speedup']:.1f}x faster"
+        out.append(
+            f"| 2^{int(math.log2(r['n']))} | {r['dtype']} | {r['method']} | {r['ms']:.1f} | {r['gbs']:.1f} | "
+            f"{fmt(r['extra_mib'], '.0f')} | {fmt(r['max_err'], '.2g')} | {fmt(r['cos_err'], '.2g')} | {note} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def write_section(text: str, title: str) -> None:
+    path = ROOT / "BENCHMARKS.md"
+    doc = path.read_text() if path.exists() else "# Benchmarks\n\nEvery number here comes from a script in `bench/`; each section names its machine and command.\n"
+    pattern = re.compile(rf"^## {re.escape(title)}.*?(?=^## |\Z)", re.S | re.M)
+    doc = pattern.sub(text + "\n", doc) if pattern.search(doc) else doc.rstrip() + "\n\n" + text
+    path.write_text(doc)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[24, 26], help="log2 of the element counts")
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "float16", "bfloat16"])
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    args = ap.parse_args()
+    rows = []
+    for e in args.sizes:
+        for dt in args.dtypes:
+            if dt == "bfloat16" and ml_dtypes is None:
+                continue
+            print(f"2^{e} {dt} ...", flush=True)
+            run_case(1 << e, dt, args.repeat, rows)
+    text = render(rows, args)
+    print(text)
+    if not args.no_write:
+        write_section(text, "Parity reductions (CPU)")
+
+
+if __name__ == "__main__":
+    main()
