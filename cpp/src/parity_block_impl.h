@@ -97,6 +97,18 @@ FP_INLINE vu16 f32_to_half(vf x) {  // round to nearest even
 #endif
 }
 
+// |a-b| in float32 rounded toward zero where AVX-512 offers it (one instruction). Truncation keeps
+// the binary exponent of every value in float32's normal range, so the histogram bin can be read
+// off it; the ratio screen's error bound holds for either rounding.
+#if defined(__AVX512F__)
+constexpr bool kTruncF32 = true;
+FP_INLINE vf trunc_f32(vd x) {
+  return bitcast<vf>(_mm512_cvt_roundpd_ps(bitcast<__m512d>(x), _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+}
+#else
+constexpr bool kTruncF32 = false;
+#endif
+
 FP_INLINE vf narrow_f32(vd x) {
 #if defined(__AVX512F__)
   return bitcast<vf>(_mm512_cvtpd_ps(bitcast<__m512d>(x)));
@@ -104,6 +116,10 @@ FP_INLINE vf narrow_f32(vd x) {
   return __builtin_convertvector(x, vf);
 #endif
 }
+
+#if !defined(__AVX512F__)
+FP_INLINE vf trunc_f32(vd x) { return narrow_f32(x); }  // never called: kTruncF32 is false here
+#endif
 
 // x * y + z with one rounding on every ISA (hardware FMA, or std::fma lane by lane on the baseline),
 // so every level gives the same bits. Used for the sums of products.
@@ -242,11 +258,14 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     const vd d = av - bv;
     const vd ad = vabs(d);
     vmx = ad > vmx ? ad : vmx;
+    vf ad32;
+    if constexpr (kTruncF32) ad32 = trunc_f32(ad);
+    else if constexpr (kNarrowPair) ad32 = narrow_f32(ad);
     if constexpr (kNarrowPair) {
       // |b| is 0 or >= 2^-149 and exact in float32; the floor keeps 0/0 out (a zero b with a
       // nonzero a screens as huge, which forces the exact pass)
       const vf den = bitcast<vf>(bitcast<vu32>(bf32) & 0x7fffffffu);
-      const vf q = narrow_f32(ad) / (den > 1e-45f ? den : vf{} + 1e-45f);
+      const vf q = ad32 / (den > 1e-45f ? den : vf{} + 1e-45f);
       vq32 = q > vq32 ? q : vq32;
     } else {
       const vd babs = vabs(bv);
@@ -278,12 +297,23 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     }
     // histogram bin from the exponent field (ad is finite and >= 0 here), one byte per element;
     // counted per block below
-    const vu32 hi_word = __builtin_convertvector(bitcast<vul>(ad) >> 32, vu32);  // sign 0, exponent, top mantissa
-    const vi32 e = bitcast<vi32>(hi_word >> 20);
-    vi32 bin = e - (1023 + kHistMinExp - 2);
-    bin = bin < 1 ? vi32{} + 1 : bin;
-    bin = bin > 58 ? vi32{} + 58 : bin;
-    bin = __builtin_convertvector(ad == 0.0, vi32) != 0 ? vi32{} : bin;
+    vi32 bin;
+    if constexpr (kTruncF32) {
+      // float32 exponent of trunc(|a-b|): 0 for zero and for anything below 2^-126 (< 2^-40),
+      // 254 at most for anything past float32's range (>= 2^16)
+      const vu32 u = bitcast<vu32>(ad32);
+      const vi32 nonzero = bitcast<vi32>(u != 0u) & 1;  // a nonzero value never lands in bin 0
+      bin = bitcast<vi32>(u >> 23) - (127 + kHistMinExp - 2);
+      bin = bin < nonzero ? nonzero : bin;
+      bin = bin > 58 ? vi32{} + 58 : bin;
+    } else {
+      const vu32 hi_word = __builtin_convertvector(bitcast<vul>(ad) >> 32, vu32);  // exponent, top mantissa
+      const vi32 e = bitcast<vi32>(hi_word >> 20);
+      bin = e - (1023 + kHistMinExp - 2);
+      bin = bin < 1 ? vi32{} + 1 : bin;
+      bin = bin > 58 ? vi32{} + 58 : bin;
+      bin = __builtin_convertvector(ad == 0.0, vi32) != 0 ? vi32{} : bin;
+    }
     bin_lo = bin < bin_lo ? bin : bin_lo;
     bin_hi = bin > bin_hi ? bin : bin_hi;
     const vu8 b8 = __builtin_convertvector(bin, vu8);
