@@ -26,6 +26,7 @@ pybind11::dict accum_to_dict(const ParityAccum& s);
 
 void bind_parity(pybind11::module_& m);
 void bind_dlpack(pybind11::module_& m);
+void bind_attention(pybind11::module_& m);
 #if FP_WITH_CUDA
 void bind_parity_cuda(pybind11::module_& m);
 #endif

@@ -65,6 +65,7 @@ PYBIND11_MODULE(_core, m) {
         "The SIMD level the CPU kernels use now (FLASHPARITY_SIMD caps the detected one).");
   bind_parity(m);
   bind_dlpack(m);
+  bind_attention(m);
 #if FP_WITH_CUDA
   bind_parity_cuda(m);
 #endif

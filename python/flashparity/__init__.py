@@ -1,7 +1,8 @@
 """flashparity: does the fast attention kernel compute the same function as its reference?
 
 Public API (see the README and SPEC): :func:`build_info`; the fused parity reductions
-:func:`parity` (-> :class:`ParityStats`), :func:`max_abs_diff`, :func:`cosine_sim`; and the
+:func:`parity` (-> :class:`ParityStats`), :func:`max_abs_diff`, :func:`cosine_sim`; the
+attention forward :func:`attention` (naive and flash2, on the CPU); and the
 classifiers in :mod:`flashparity.classify`. The compiled core is the private module ``flashparity._core``.
 """
 
@@ -10,6 +11,17 @@ from __future__ import annotations
 from . import classify
 from ._build import build_info
 from ._core import __version__
+from .attention import UnsupportedHeadDimError, attention
 from .parity import ParityStats, cosine_sim, max_abs_diff, parity
 
-__all__ = ["__version__", "build_info", "classify", "parity", "ParityStats", "max_abs_diff", "cosine_sim"]
+__all__ = [
+    "__version__",
+    "build_info",
+    "classify",
+    "parity",
+    "ParityStats",
+    "max_abs_diff",
+    "cosine_sim",
+    "attention",
+    "UnsupportedHeadDimError",
+]

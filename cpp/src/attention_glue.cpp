@@ -1,0 +1,62 @@
+// Python-facing glue of the CPU attention forward: checks the descriptors the Python layer built
+// (it validated shapes with the user's names already), then runs the kernels with the GIL released.
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "attention_cpu.h"
+#include "glue.h"
+
+namespace py = pybind11;
+
+namespace flashparity {
+
+namespace {
+
+void attention_host(const py::tuple& q_desc, const py::tuple& k_desc, const py::tuple& v_desc, std::uintptr_t out,
+                    std::uintptr_t lse, int impl, double scale, double softcap, std::int64_t left,
+                    std::int64_t right) {
+  AttnParams p;
+  p.q = tensor_arg(q_desc, "q");
+  p.k = tensor_arg(k_desc, "k");
+  p.v = tensor_arg(v_desc, "v");
+  if (p.q.ndim != 4 || p.k.ndim != 4 || p.v.ndim != 4) throw std::invalid_argument("q, k and v must be 4-D (BSHD)");
+  if (p.k.dtype != p.q.dtype || p.v.dtype != p.q.dtype)
+    throw std::invalid_argument("q, k and v must have the same dtype");
+  for (int i = 0; i < 4; ++i)
+    if (p.k.shape[i] != p.v.shape[i]) throw std::invalid_argument("k and v must have the same shape");
+  p.batch = p.q.shape[0];
+  p.seqlen_q = p.q.shape[1];
+  p.heads_q = p.q.shape[2];
+  p.head_dim = p.q.shape[3];
+  p.seqlen_k = p.k.shape[1];
+  p.heads_kv = p.k.shape[2];
+  if (p.k.shape[0] != p.batch || p.k.shape[3] != p.head_dim)
+    throw std::invalid_argument("q and k must have the same batch size and head_dim");
+  if (p.head_dim < 1 || p.heads_kv < 1 || p.heads_q % p.heads_kv != 0)
+    throw std::invalid_argument("heads_q must be a positive multiple of heads_kv, head_dim >= 1");
+  if (impl != 0 && impl != 1) throw std::invalid_argument("impl must be 0 (naive) or 1 (flash2)");
+  if (impl == 1 && p.head_dim > 256) throw std::invalid_argument("flash2 supports head_dim 1..256");
+  if (!std::isfinite(scale) || !std::isfinite(softcap) || softcap < 0)
+    throw std::invalid_argument("scale must be finite and softcap finite and >= 0");
+  if (left < -1 || right < -1) throw std::invalid_argument("window bounds must be >= -1");
+  p.out = reinterpret_cast<void*>(out);
+  p.lse = reinterpret_cast<float*>(lse);
+  p.scale = scale;
+  p.softcap = softcap;
+  p.window_left = left;
+  p.window_right = right;
+  py::gil_scoped_release release;
+  attention_cpu(p, static_cast<AttnImpl>(impl));
+}
+
+}  // namespace
+
+void bind_attention(py::module_& m) {
+  m.def("attention_host", &attention_host, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"),
+        py::arg("impl"), py::arg("scale"), py::arg("softcap"), py::arg("window_left"), py::arg("window_right"),
+        "CPU attention forward into a contiguous `out` (q's dtype) and optional float32 `lse` (0: none).");
+  m.attr("FLASH2_MAX_HEAD_DIM") = 256;
+}
+
+}  // namespace flashparity

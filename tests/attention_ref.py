@@ -1,0 +1,46 @@
+"""NumPy float64 reference of the attention forward (BSHD, GQA, bottom-right causal/window, softcap)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def visible(sq: int, sk: int, causal: bool, window: tuple[int, int]) -> np.ndarray:
+    left, right = window
+    if causal:
+        right = 0 if right < 0 else min(right, 0)
+    i = np.arange(sq)[:, None]
+    j = np.arange(sk)[None, :]
+    diag = i + sk - sq
+    ok = np.ones((sq, sk), bool)
+    if right >= 0:
+        ok &= j <= diag + right
+    if left >= 0:
+        ok &= j >= diag - left
+    return ok
+
+
+def reference(q, k, v, *, causal=False, window=(-1, -1), softcap=0.0, softmax_scale=None):
+    """(out, lse) in float64; rows that see no key give 0 and -inf."""
+    q, k, v = (np.asarray(x).astype(np.float64) for x in (q, k, v))
+    b, sq, hq, d = q.shape
+    sk, hk = k.shape[1], k.shape[2]
+    group = hq // hk
+    scale = 1.0 / np.sqrt(d) if softmax_scale is None else softmax_scale
+    ok = visible(sq, sk, causal, window)
+    out = np.zeros_like(q)
+    lse = np.full((b, hq, sq), -np.inf)
+    for bi in range(b):
+        for h in range(hq):
+            s = scale * (q[bi, :, h, :] @ k[bi, :, h // group, :].T)
+            if softcap > 0:
+                s = softcap * np.tanh(s / softcap)
+            s = np.where(ok, s, -np.inf)
+            seen = ok.any(axis=1)
+            m = np.where(seen, s.max(axis=1, initial=-np.inf), 0.0)
+            p = np.where(ok, np.exp(s - m[:, None]), 0.0)
+            l = p.sum(axis=1)
+            safe = np.where(seen, l, 1.0)
+            out[bi, :, h, :] = np.where(seen[:, None], (p @ v[bi, :, h // group, :]) / safe[:, None], 0.0)
+            lse[bi, h] = np.where(seen, np.log(safe) + m, -np.inf)
+    return out, lse

@@ -1,0 +1,181 @@
+"""fp.attention (naive and flash2 on the CPU) against the NumPy float64 reference."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import flashparity as fp
+from attention_ref import reference
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": BF16, "float64": np.float64}
+IMPLS = ["naive", "flash2"]
+
+
+def make(rng, b, sq, sk, hq, hk, d, dtype):
+    q = rng.standard_normal((b, sq, hq, d)).astype(dtype)
+    k = rng.standard_normal((b, sk, hk, d)).astype(dtype)
+    v = rng.standard_normal((b, sk, hk, d)).astype(dtype)
+    return q, k, v
+
+
+def err(x, ref):
+    x = np.asarray(x).astype(np.float64)
+    return float(np.max(np.abs(x - ref))) if x.size else 0.0
+
+
+def lse_err(lse, ref):
+    fin = np.isfinite(ref)
+    assert np.array_equal(np.isneginf(lse), np.isneginf(ref))  # rows that see nothing: -inf, never NaN
+    return float(np.max(np.abs(lse[fin] - ref[fin]))) if fin.any() else 0.0
+
+
+CASES = [  # (b, sq, sk, hq, hk, d, causal, window, softcap)
+    (2, 37, 53, 4, 2, 40, False, (-1, -1), 0.0),       # GQA, sq < sk, odd tails
+    (1, 70, 50, 2, 1, 64, True, (-1, -1), 0.0),        # MQA, causal with sq > sk: first rows see nothing
+    (1, 65, 130, 3, 3, 17, False, (5, 3), 10.0),       # window + softcap, odd head_dim
+    (1, 1, 200, 8, 1, 128, True, (-1, -1), 0.0),       # decode: one query
+    (1, 129, 129, 2, 2, 1, True, (16, -1), 0.0),       # head_dim 1, causal + left window
+    (1, 3, 1, 1, 1, 96, False, (-1, -1), 0.0),         # seqlen_k 1
+    (1, 40, 80, 2, 2, 33, False, (0, 0), 0.0),         # a one-key diagonal
+    (1, 20, 10, 1, 1, 8, False, (-1, 2), 0.0),         # right window, rows before the first key
+]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("case", CASES, ids=[str(c[:6]) + ("-causal" if c[6] else "") for c in CASES])
+def test_float32_matches_reference(impl, case):
+    b, sq, sk, hq, hk, d, causal, window, softcap = case
+    rng = np.random.default_rng(sum(case[:6]))
+    q, k, v = make(rng, b, sq, sk, hq, hk, d, np.float32)
+    out, lse = fp.attention(q, k, v, impl=impl, causal=causal, window=window, softcap=softcap, return_lse=True)
+    ref_out, ref_lse = reference(q, k, v, causal=causal, window=window, softcap=softcap)
+    assert out.dtype == np.float32 and out.shape == q.shape
+    assert lse.dtype == np.float32 and lse.shape == (b, hq, sq)
+    assert err(out, ref_out) < 2e-5
+    assert lse_err(lse, ref_lse) < 2e-5
+    assert not np.isnan(out).any()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_float64_is_float64_accurate(impl):
+    rng = np.random.default_rng(1)
+    q, k, v = make(rng, 1, 45, 77, 2, 1, 24, np.float64)
+    out, lse = fp.attention(q, k, v, impl=impl, causal=True, return_lse=True)
+    ref_out, ref_lse = reference(q, k, v, causal=True)
+    assert out.dtype == np.float64
+    assert err(out, ref_out) < 1e-12 and lse_err(lse, ref_lse) < 1e-6  # lse is float32 by contract
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case", CASES[:4], ids=[str(c[:6]) for c in CASES[:4]])
+def test_low_precision_fa2_rule(dtype, case):
+    # FlashAttention-2's rule: flash2's error vs float64 <= 2 x naive's error in the same dtype,
+    # plus one rounding of the output.
+    b, sq, sk, hq, hk, d, causal, window, softcap = case
+    rng = np.random.default_rng(sum(case[:6]) + 7)
+    q, k, v = make(rng, b, sq, sk, hq, hk, d, DTYPES[dtype])
+    ref_out, _ = reference(q, k, v, causal=causal, window=window, softcap=softcap)
+    naive = fp.attention(q, k, v, impl="naive", causal=causal, window=window, softcap=softcap)
+    flash = fp.attention(q, k, v, impl="flash2", causal=causal, window=window, softcap=softcap)
+    assert flash.dtype == DTYPES[dtype] and naive.dtype == DTYPES[dtype]
+    eps = float(np.finfo(np.float16).eps) if dtype == "float16" else 2.0**-7
+    rounding = eps * float(np.max(np.abs(ref_out)))
+    assert err(flash, ref_out) <= 2 * err(naive, ref_out) + rounding
+    assert err(naive, ref_out) <= 2 * rounding  # the reference itself is right to a rounding or two
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_non_contiguous_inputs(impl):
+    rng = np.random.default_rng(3)
+    base_q = rng.standard_normal((2, 4, 30, 24)).astype(np.float32)   # BHSD storage
+    base_k = rng.standard_normal((2, 2, 50, 24)).astype(np.float32)
+    base_v = rng.standard_normal((2, 50, 2, 48)).astype(np.float32)[..., ::2]  # strided head_dim
+    q, k, v = base_q.transpose(0, 2, 1, 3), base_k.transpose(0, 2, 1, 3), base_v
+    assert not q.flags.c_contiguous and not v.flags.c_contiguous
+    out = fp.attention(q, k, v, impl=impl, causal=True)
+    ref_out, _ = reference(q, k, v, causal=True)
+    assert err(out, ref_out) < 2e-5
+    reversed_k = np.ascontiguousarray(k[:, ::-1])[:, ::-1]  # negative sequence stride, same values
+    assert np.array_equal(fp.attention(q, reversed_k, v, impl=impl, causal=True), out)
+
+
+@pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])
+def test_every_simd_level(level, monkeypatch):
+    monkeypatch.setenv("FLASHPARITY_SIMD", level)
+    rng = np.random.default_rng(4)
+    q, k, v = make(rng, 1, 70, 90, 4, 2, 48, np.float32)
+    for impl in IMPLS:
+        out = fp.attention(q, k, v, impl=impl, causal=True, softcap=5.0)
+        ref_out, _ = reference(q, k, v, causal=True, softcap=5.0)
+        assert err(out, ref_out) < 2e-5
+
+
+def test_thread_count_does_not_change_results(monkeypatch):
+    rng = np.random.default_rng(5)
+    q, k, v = make(rng, 2, 130, 130, 3, 3, 32, np.float32)
+    results = []
+    for threads in ("1", "3"):
+        monkeypatch.setenv("FLASHPARITY_NUM_THREADS", threads)
+        results.append(fp.attention(q, k, v, causal=True))
+    assert np.array_equal(results[0], results[1])
+
+
+def test_scale_and_defaults():
+    rng = np.random.default_rng(6)
+    q, k, v = make(rng, 1, 9, 11, 1, 1, 16, np.float32)
+    ref_out, _ = reference(q, k, v, softmax_scale=0.3)
+    assert err(fp.attention(q, k, v, softmax_scale=0.3), ref_out) < 2e-5
+    assert np.array_equal(fp.attention(q, k, v), fp.attention(q, k, v, softmax_scale=1 / np.sqrt(16)))
+    assert np.array_equal(fp.attention(q, k, v, causal=True), fp.attention(q, k, v, window=(-1, 0)))
+
+
+def test_naive_any_head_dim_flash2_up_to_256():
+    rng = np.random.default_rng(7)
+    q, k, v = make(rng, 1, 5, 6, 1, 1, 300, np.float32)
+    ref_out, _ = reference(q, k, v)
+    assert err(fp.attention(q, k, v, impl="naive"), ref_out) < 2e-5
+    with pytest.raises(fp.UnsupportedHeadDimError, match=r"^unsupported-head-dim: got 300, flash2 supports head_dim 1\.\.256"):
+        fp.attention(q, k, v)
+    assert issubclass(fp.UnsupportedHeadDimError, ValueError)
+    q, k, v = make(rng, 1, 5, 6, 1, 1, 256, np.float32)
+    assert err(fp.attention(q, k, v), reference(q, k, v)[0]) < 2e-5
+
+
+def test_empty_sequences():
+    q = np.ones((1, 0, 2, 8), np.float32)
+    k = np.ones((1, 5, 2, 8), np.float32)
+    out, lse = fp.attention(q, k, k, return_lse=True)
+    assert out.shape == (1, 0, 2, 8) and lse.shape == (1, 2, 0)
+    q = np.ones((1, 3, 2, 8), np.float32)
+    k = np.ones((1, 0, 2, 8), np.float32)
+    out, lse = fp.attention(q, k, k, return_lse=True)
+    assert np.all(out == 0) and np.all(np.isneginf(lse))
+
+
+ERRORS = [
+    (dict(q=(4, 16)), ValueError, r"q must be \(batch, seqlen_q, heads_q, head_dim\), got \(4, 16\)"),
+    (dict(k=(1, 5, 2, 8), v=(1, 6, 2, 8)), ValueError, r"k and v must have the same shape, got \(1, 5, 2, 8\) and \(1, 6, 2, 8\)"),
+    (dict(k=(2, 5, 2, 8), v=(2, 5, 2, 8)), ValueError, "same batch size, got 1 and 2"),
+    (dict(k=(1, 5, 2, 4), v=(1, 5, 2, 4)), ValueError, "same head_dim, got 8 and 4"),
+    (dict(q=(1, 3, 3, 8)), ValueError, r"heads_q \(3\) must be a multiple of heads_kv \(2\)"),
+    (dict(impl="tiled"), ValueError, "impl must be one of flash2, naive, got 'tiled'"),
+    (dict(window=(-2, 0)), ValueError, "window bounds must be >= -1"),
+    (dict(window=(1,)), ValueError, "window must be a"),
+    (dict(softcap=-1.0), ValueError, "softcap must be a finite number >= 0"),
+    (dict(softmax_scale=float("nan")), ValueError, "softmax_scale must be a finite number"),
+    (dict(vdtype=np.float16), TypeError, "same dtype, got float32, float32, float16"),
+    (dict(qdtype=np.int32, kdtype=np.int32, vdtype=np.int32), TypeError, "q has dtype int32"),
+]
+
+
+@pytest.mark.parametrize("kw,exc,msg", ERRORS, ids=[m[:30] for _, _, m in ERRORS])
+def test_validation(kw, exc, msg):
+    kw = dict(kw)
+    shapes = {"q": kw.pop("q", (1, 3, 4, 8)), "k": kw.pop("k", (1, 5, 2, 8)), "v": kw.pop("v", (1, 5, 2, 8))}
+    dtypes = {n: kw.pop(f"{n}dtype", np.float32) for n in "qkv"}
+    arrays = {n: np.ones(shapes[n], dtypes[n]) for n in "qkv"}
+    with pytest.raises(exc, match=msg):
+        fp.attention(arrays["q"], arrays["k"], arrays["v"], **kw)
