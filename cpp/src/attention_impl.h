@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "attention_cpu.h"
@@ -82,8 +83,29 @@ FP_INLINE void exp_shifted(double* x, std::int64_t n, double shift) {
 
 FP_INLINE std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
 
+// One row of n elements (byte stride `stride`) as Acc. Contiguous rows take a loop the compiler
+// vectorizes (a copy for float32, a shift for bfloat16, F16C for float16 where present).
+template <typename T, typename Acc>
+FP_INLINE void convert_row(const char* src, std::int64_t stride, std::int64_t n, Acc* __restrict dst) {
+  if (stride == static_cast<std::int64_t>(sizeof(T))) {
+    const T* __restrict s = reinterpret_cast<const T*>(src);
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+      for (std::int64_t d = 0; d < n; ++d) dst[d] = static_cast<Acc>(s[d]);
+      return;
+    } else if constexpr (std::is_same_v<T, bf16_bits> && std::is_same_v<Acc, float>) {
+      for (std::int64_t d = 0; d < n; ++d) dst[d] = bits_to_float(static_cast<std::uint32_t>(s[d].x) << 16);
+      return;
+    }
+  }
+  for (std::int64_t d = 0; d < n; ++d) {
+    T x;
+    std::memcpy(&x, src + d * stride, sizeof(T));
+    dst[d] = static_cast<Acc>(to_f64(x));
+  }
+}
+
 // Loads `count` rows (sequence positions s0..) of head h of batch b into dst[count][ld] as Acc,
-// zero-padding columns head_dim..ld and rows past the sequence end.
+// zero-padding columns head_dim..ld and rows at or past `seqlen`.
 template <typename T, typename Acc>
 void load_rows(const TensorArg& t, std::int64_t b, std::int64_t h, std::int64_t s0, std::int64_t count,
                std::int64_t seqlen, std::int64_t head_dim, Acc* dst, std::int64_t ld) {
@@ -95,29 +117,23 @@ void load_rows(const TensorArg& t, std::int64_t b, std::int64_t h, std::int64_t 
       std::fill(row, row + ld, Acc(0));
       continue;
     }
-    const char* src = base + s * t.strides[1];
-    for (std::int64_t d = 0; d < head_dim; ++d) {
-      T x;
-      std::memcpy(&x, src + d * t.strides[3], sizeof(T));
-      row[d] = static_cast<Acc>(to_f64(x));
-    }
+    convert_row<T, Acc>(base + s * t.strides[1], t.strides[3], head_dim, row);
     std::fill(row + head_dim, row + ld, Acc(0));
   }
 }
 
-// The same rows transposed: dst[d][r] (ld = row stride of dst, >= count).
+// The same rows transposed: dst[d][r] for d < dpad (ld = row stride of dst, >= count), through a
+// row-major staging buffer so the conversion runs on contiguous rows.
 template <typename T, typename Acc>
 void load_rows_t(const TensorArg& t, std::int64_t b, std::int64_t h, std::int64_t s0, std::int64_t count,
-                 std::int64_t seqlen, std::int64_t head_dim, std::int64_t dpad, Acc* dst, std::int64_t ld) {
-  const char* base = static_cast<const char*>(t.data) + b * t.strides[0] + h * t.strides[2];
-  for (std::int64_t d = 0; d < dpad; ++d) std::fill(dst + d * ld, dst + d * ld + ld, Acc(0));
-  for (std::int64_t r = 0; r < count && s0 + r < seqlen; ++r) {
-    const char* src = base + (s0 + r) * t.strides[1];
-    for (std::int64_t d = 0; d < head_dim; ++d) {
-      T x;
-      std::memcpy(&x, src + d * t.strides[3], sizeof(T));
-      dst[d * ld + r] = static_cast<Acc>(to_f64(x));
-    }
+                 std::int64_t seqlen, std::int64_t head_dim, std::int64_t dpad, Acc* dst, std::int64_t ld,
+                 std::vector<Acc>& stage) {
+  stage.resize(static_cast<std::size_t>(count * dpad));
+  load_rows<T, Acc>(t, b, h, s0, count, seqlen, head_dim, stage.data(), dpad);
+  for (std::int64_t d = 0; d < dpad; ++d) {
+    Acc* __restrict out = dst + d * ld;
+    for (std::int64_t r = 0; r < count; ++r) out[r] = stage[r * dpad + d];
+    for (std::int64_t r = count; r < ld; ++r) out[r] = Acc(0);
   }
 }
 
@@ -153,33 +169,114 @@ FP_INLINE Acc finish_scores(Acc* s, std::int64_t n, std::int64_t key0, KeyRange 
   return mx;
 }
 
+// ---- float32 register-blocked micro-kernels -------------------------------------------------------
+// kRB query rows x kBc/16 (=4) key vectors of accumulators stay in registers across head_dim.
+#if defined(__AVX512F__)
+constexpr int kRB = 4;  // 16 zmm accumulators
+#else
+constexpr int kRB = 2;  // 8 accumulators of two ymm each
+#endif
+constexpr int kKV = kBc / kLanes;  // key vectors per score row
+
+FP_INLINE vf loadv(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+FP_INLINE void storev(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
+
+// s[rows][0:kBc] (row stride lds) = q[rows][0:D] (row stride ldq) . kt[0:D][0:kBc] (row stride
+// ldk); rows a multiple of kRB (callers pad q with zero rows).
+void scores_tile(const float* q, std::int64_t ldq, const float* kt, std::int64_t ldk, std::int64_t D,
+                 std::int64_t rows, float* s, std::int64_t lds) {
+  for (std::int64_t i0 = 0; i0 < rows; i0 += kRB) {
+    vf acc[kRB][kKV] = {};
+    for (std::int64_t d = 0; d < D; ++d) {
+      vf kv[kKV];
+      for (int c = 0; c < kKV; ++c) kv[c] = loadv(kt + d * ldk + c * kLanes);
+      for (int r = 0; r < kRB; ++r) {
+        const vf qb = vf{} + q[(i0 + r) * ldq + d];
+        for (int c = 0; c < kKV; ++c) acc[r][c] += qb * kv[c];
+      }
+    }
+    for (int r = 0; r < kRB; ++r)
+      for (int c = 0; c < kKV; ++c) storev(s + (i0 + r) * lds + c * kLanes, acc[r][c]);
+  }
+}
+
+// o[rows][0:dv] (row stride dv, a multiple of kLanes) += p[rows][0:nj] (row stride ldp) .
+// v[0:nj][0:dv] (row stride dv); head_dim in chunks of NV vectors.
+template <int NV>
+FP_INLINE void pv_chunk(const float* p, std::int64_t ldp, const float* v, std::int64_t dv, std::int64_t nj, float* o,
+                        std::int64_t i0, std::int64_t d0) {
+  vf acc[kRB][NV];
+  for (int r = 0; r < kRB; ++r)
+    for (int c = 0; c < NV; ++c) acc[r][c] = loadv(o + (i0 + r) * dv + d0 + c * kLanes);
+  for (std::int64_t j = 0; j < nj; ++j) {
+    vf vv[NV];
+    for (int c = 0; c < NV; ++c) vv[c] = loadv(v + j * dv + d0 + c * kLanes);
+    for (int r = 0; r < kRB; ++r) {
+      const vf pb = vf{} + p[(i0 + r) * ldp + j];
+      for (int c = 0; c < NV; ++c) acc[r][c] += pb * vv[c];
+    }
+  }
+  for (int r = 0; r < kRB; ++r)
+    for (int c = 0; c < NV; ++c) storev(o + (i0 + r) * dv + d0 + c * kLanes, acc[r][c]);
+}
+
+void pv_tile(const float* p, std::int64_t ldp, const float* v, std::int64_t dv, std::int64_t nj, std::int64_t rows,
+             float* o) {
+  for (std::int64_t i0 = 0; i0 < rows; i0 += kRB) {
+    std::int64_t d0 = 0;
+    for (; d0 + 4 * kLanes <= dv; d0 += 4 * kLanes) pv_chunk<4>(p, ldp, v, dv, nj, o, i0, d0);
+    switch ((dv - d0) / kLanes) {
+      case 3: pv_chunk<3>(p, ldp, v, dv, nj, o, i0, d0); break;
+      case 2: pv_chunk<2>(p, ldp, v, dv, nj, o, i0, d0); break;
+      case 1: pv_chunk<1>(p, ldp, v, dv, nj, o, i0, d0); break;
+      default: break;
+    }
+  }
+}
+
 // ---- naive: one task = (batch, head, up to kNaiveRows query rows) --------------------------------
+// Scores for all keys of the rows are materialized (rows x seqlen_k), softmax is max-subtracted
+// over each full row, then P.V; keys are loaded in chunks so only the score rows grow with seqlen_k.
 template <typename T, typename Acc>
 void naive_task(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64_t r0, std::int64_t rows) {
   const std::int64_t D = p.head_dim, Sk = p.seqlen_k;
+  const std::int64_t Dp = round_up(D, kLanes);
+  const std::int64_t rows_p = round_up(rows, 4);  // zero rows for the micro-kernels' row blocks
   const std::int64_t hk = h / (p.heads_q / p.heads_kv);
-  const std::int64_t ld = round_up(std::max<std::int64_t>(Sk, 1), kLanes);  // score row stride
+  const std::int64_t ld = round_up(std::max<std::int64_t>(Sk, 1), kNaiveKeyChunk);  // score row stride
   const Acc scale = static_cast<Acc>(p.scale), cap = static_cast<Acc>(p.softcap);
-  std::vector<Acc> q(rows * D), s(rows * ld), kt(D * kNaiveKeyChunk), v(kNaiveKeyChunk * D), o(D);
-  load_rows<T, Acc>(p.q, b, h, r0, rows, p.seqlen_q, D, q.data(), D);
+  std::vector<Acc> q(rows_p * Dp), s(rows_p * ld, Acc(0)), kt(Dp * kNaiveKeyChunk), v(kNaiveKeyChunk * Dp), stage;
+  load_rows<T, Acc>(p.q, b, h, r0, rows_p, r0 + rows, D, q.data(), Dp);
   // scores, one key chunk at a time: s[i][j] = q_i . k_j
   for (std::int64_t j0 = 0; j0 < Sk; j0 += kNaiveKeyChunk) {
     const std::int64_t nj = std::min(kNaiveKeyChunk, Sk - j0);
-    load_rows_t<T, Acc>(p.k, b, hk, j0, nj, Sk, D, D, kt.data(), kNaiveKeyChunk);
-    for (std::int64_t i = 0; i < rows; ++i) {
-      Acc* __restrict srow = s.data() + i * ld + j0;
-      for (std::int64_t j = 0; j < nj; ++j) srow[j] = Acc(0);
-      for (std::int64_t d = 0; d < D; ++d) {
-        const Acc qd = q[i * D + d];
-        const Acc* __restrict kd = kt.data() + d * kNaiveKeyChunk;
-        for (std::int64_t j = 0; j < nj; ++j) srow[j] += qd * kd[j];
+    load_rows_t<T, Acc>(p.k, b, hk, j0, nj, Sk, D, D, kt.data(), kNaiveKeyChunk, stage);
+    if constexpr (std::is_same_v<Acc, float>) {
+      for (std::int64_t c = 0; c < nj; c += kBc)
+        scores_tile(q.data(), Dp, kt.data() + c, kNaiveKeyChunk, D, rows_p, s.data() + j0 + c, ld);
+    } else {
+      for (std::int64_t i = 0; i < rows; ++i) {
+        Acc* __restrict srow = s.data() + i * ld + j0;
+        for (std::int64_t d = 0; d < D; ++d) {
+          const Acc qd = q[i * Dp + d];
+          const Acc* __restrict kd = kt.data() + d * kNaiveKeyChunk;
+          for (std::int64_t j = 0; j < nj; ++j) srow[j] += qd * kd[j];
+        }
       }
     }
   }
   // softmax per row (max-subtracted), then P.V one key chunk at a time
   std::vector<Acc> lsum(rows), mrow(rows);
-  for (std::int64_t i = 0; i < rows; ++i) {
+  for (std::int64_t i = 0; i < rows_p; ++i) {
     Acc* srow = s.data() + i * ld;
+    if (i >= rows) {  // padding rows: no probabilities
+      std::fill(srow, srow + ld, Acc(0));
+      continue;
+    }
     const KeyRange kr = key_range(r0 + i, p);
     const Acc mx = finish_scores(srow, Sk, 0, kr, scale, cap);
     for (std::int64_t j = Sk; j < ld; ++j) srow[j] = -INFINITY;
@@ -193,23 +290,26 @@ void naive_task(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64_
     }
     lsum[i] = l;
   }
-  std::vector<Acc> acc(rows * D, Acc(0));
+  std::vector<Acc> acc(rows_p * Dp, Acc(0));
   for (std::int64_t j0 = 0; j0 < Sk; j0 += kNaiveKeyChunk) {
     const std::int64_t nj = std::min(kNaiveKeyChunk, Sk - j0);
-    load_rows<T, Acc>(p.v, b, hk, j0, nj, Sk, D, v.data(), D);
-    for (std::int64_t i = 0; i < rows; ++i) {
-      Acc* __restrict arow = acc.data() + i * D;
-      const Acc* prow = s.data() + i * ld + j0;
-      for (std::int64_t j = 0; j < nj; ++j) {
-        const Acc pj = prow[j];
-        if (pj == Acc(0)) continue;
-        const Acc* __restrict vr = v.data() + j * D;
-        for (std::int64_t d = 0; d < D; ++d) arow[d] += pj * vr[d];
+    load_rows<T, Acc>(p.v, b, hk, j0, nj, Sk, D, v.data(), Dp);
+    if constexpr (std::is_same_v<Acc, float>) {
+      pv_tile(s.data() + j0, ld, v.data(), Dp, nj, rows_p, acc.data());
+    } else {
+      for (std::int64_t i = 0; i < rows; ++i) {
+        Acc* __restrict arow = acc.data() + i * Dp;
+        const Acc* prow = s.data() + i * ld + j0;
+        for (std::int64_t j = 0; j < nj; ++j) {
+          const Acc pj = prow[j];
+          const Acc* __restrict vr = v.data() + j * Dp;
+          for (std::int64_t d = 0; d < Dp; ++d) arow[d] += pj * vr[d];
+        }
       }
     }
   }
   for (std::int64_t i = 0; i < rows; ++i) {
-    store_row<T, Acc>(p, b, r0 + i, h, acc.data() + i * D, lsum[i]);
+    store_row<T, Acc>(p, b, r0 + i, h, acc.data() + i * Dp, lsum[i]);
     if (p.lse) p.lse[(b * p.heads_q + h) * p.seqlen_q + r0 + i] = row_lse(mrow[i], lsum[i]);
   }
 }
@@ -221,9 +321,11 @@ void flash2_task(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64
   const std::int64_t Dp = round_up(D, kLanes);
   const std::int64_t hk = h / (p.heads_q / p.heads_kv);
   const Acc scale = static_cast<Acc>(p.scale), cap = static_cast<Acc>(p.softcap);
-  std::vector<Acc> q(kBr * Dp), kt(Dp * kBc), v(kBc * Dp), s(kBr * kBc), o(kBr * Dp, Acc(0));
+  std::vector<Acc> q(kBr * Dp), kt(Dp * kBc), v(kBc * Dp), s(kBr * kBc), o(kBr * Dp, Acc(0)), stage;
   std::vector<Acc> m(kBr, -INFINITY), l(kBr, Acc(0));
-  load_rows<T, Acc>(p.q, b, h, r0, rows, p.seqlen_q, D, q.data(), Dp);
+  // rows rounded up to the micro-kernel's row block; the padding rows are zeros and never stored
+  const std::int64_t rows_p = std::min<std::int64_t>(round_up(rows, 4), kBr);
+  load_rows<T, Acc>(p.q, b, h, r0, rows_p, r0 + rows, D, q.data(), Dp);
 
   // Keys any row of the tile sees: [first row's lo, last row's hi). Tiles outside are never
   // visited (causal and window skipping); masks inside a visited tile apply per element.
@@ -231,16 +333,20 @@ void flash2_task(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64
   const std::int64_t k_lo = first.lo / kBc * kBc, k_hi = last.hi;
   for (std::int64_t j0 = k_lo; j0 < k_hi; j0 += kBc) {
     const std::int64_t nj = std::min(kBc, Sk - j0);
-    load_rows_t<T, Acc>(p.k, b, hk, j0, nj, Sk, D, Dp, kt.data(), kBc);
+    load_rows_t<T, Acc>(p.k, b, hk, j0, nj, Sk, D, Dp, kt.data(), kBc, stage);
     load_rows<T, Acc>(p.v, b, hk, j0, nj, Sk, D, v.data(), Dp);
-    // S = Q K^T for the tile (vectorized over keys)
-    for (std::int64_t i = 0; i < rows; ++i) {
-      Acc* __restrict srow = s.data() + i * kBc;
-      for (std::int64_t j = 0; j < kBc; ++j) srow[j] = Acc(0);
-      for (std::int64_t d = 0; d < D; ++d) {
-        const Acc qd = q[i * Dp + d];
-        const Acc* __restrict kd = kt.data() + d * kBc;
-        for (std::int64_t j = 0; j < kBc; ++j) srow[j] += qd * kd[j];
+    // S = Q K^T for the tile
+    if constexpr (std::is_same_v<Acc, float>) {
+      scores_tile(q.data(), Dp, kt.data(), kBc, D, rows_p, s.data(), kBc);
+    } else {
+      for (std::int64_t i = 0; i < rows; ++i) {
+        Acc* __restrict srow = s.data() + i * kBc;
+        for (std::int64_t j = 0; j < kBc; ++j) srow[j] = Acc(0);
+        for (std::int64_t d = 0; d < D; ++d) {
+          const Acc qd = q[i * Dp + d];
+          const Acc* __restrict kd = kt.data() + d * kBc;
+          for (std::int64_t j = 0; j < kBc; ++j) srow[j] += qd * kd[j];
+        }
       }
     }
     // online softmax: rescale what each row accumulated, add this tile's probabilities
@@ -264,15 +370,19 @@ void flash2_task(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64
         for (std::int64_t d = 0; d < Dp; ++d) orow[d] *= st.alpha;
       }
     }
-    // O += P V (vectorized over head_dim)
-    for (std::int64_t i = 0; i < rows; ++i) {
-      Acc* __restrict orow = o.data() + i * Dp;
-      const Acc* prow = s.data() + i * kBc;
-      for (std::int64_t j = 0; j < nj; ++j) {
-        const Acc pj = prow[j];
-        if (pj == Acc(0)) continue;
-        const Acc* __restrict vr = v.data() + j * Dp;
-        for (std::int64_t d = 0; d < Dp; ++d) orow[d] += pj * vr[d];
+    // O += P V
+    if constexpr (std::is_same_v<Acc, float>) {
+      pv_tile(s.data(), kBc, v.data(), Dp, nj, rows_p, o.data());
+    } else {
+      for (std::int64_t i = 0; i < rows; ++i) {
+        Acc* __restrict orow = o.data() + i * Dp;
+        const Acc* prow = s.data() + i * kBc;
+        for (std::int64_t j = 0; j < nj; ++j) {
+          const Acc pj = prow[j];
+          if (pj == Acc(0)) continue;
+          const Acc* __restrict vr = v.data() + j * Dp;
+          for (std::int64_t d = 0; d < Dp; ++d) orow[d] += pj * vr[d];
+        }
       }
     }
   }

@@ -1,0 +1,130 @@
+"""Benchmark: fp.attention (flash2, naive) against torch's scaled_dot_product_attention and a NumPy
+float32 implementation, same inputs, same run, on the CPU. Writes the "Attention forward (CPU)"
+section of BENCHMARKS.md.
+
+Each implementation gets its natural contiguous layout: PyTorch BHSD, flashparity BSHD.
+GFLOP/s counts 4·B·H·S²·D (halved for causal).
+
+    python bench/bench_attention.py
+    python bench/bench_attention.py --shapes 1,16,1024,64 --repeat 2 --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+
+import flashparity as fp
+from bench_parity import machine, write_section
+
+try:
+    import ml_dtypes
+except ImportError:
+    ml_dtypes = None
+try:
+    import torch
+except ImportError:
+    torch = None
+
+DEFAULT_SHAPES = ["1,16,1024,64", "1,16,2048,128", "4,8,512,64"]
+
+
+def best_time(fn, repeat):
+    fn()
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def numpy_attention(q, k, v, causal):
+    """What a NumPy user writes: BHSD float32, matmul + max-subtracted softmax + matmul."""
+    s = np.matmul(q, np.swapaxes(k, -1, -2)) * np.float32(1.0 / math.sqrt(q.shape[-1]))
+    if causal:
+        n = s.shape[-1]
+        s = np.where(np.tril(np.ones((n, n), bool)), s, np.float32(-np.inf))
+    s = np.exp(s - s.max(axis=-1, keepdims=True))
+    s /= s.sum(axis=-1, keepdims=True)
+    return np.matmul(s, v)
+
+
+def run(shape, dtype, causal, repeat, rows):
+    b, h, s, d = shape
+    flops = 4 * b * h * s * s * d / (2 if causal else 1)
+    rng = np.random.default_rng(0)
+    qf, kf, vf = (rng.standard_normal((b, s, h, d), dtype=np.float32) for _ in range(3))
+    npdt = np.float32 if dtype == "float32" else ml_dtypes.bfloat16
+    q, k, v = (x.astype(npdt) for x in (qf, kf, vf))
+    res = {"shape": shape, "dtype": dtype, "causal": causal}
+    res["flash2"] = flops / best_time(lambda: fp.attention(q, k, v, impl="flash2", causal=causal), repeat) / 1e9
+    res["naive"] = flops / best_time(lambda: fp.attention(q, k, v, impl="naive", causal=causal), repeat) / 1e9
+    if dtype == "float32":
+        qb, kb, vb = (np.ascontiguousarray(x.transpose(0, 2, 1, 3)) for x in (qf, kf, vf))
+        res["numpy"] = flops / best_time(lambda: numpy_attention(qb, kb, vb, causal), repeat) / 1e9
+    if torch is not None:
+        tdt = torch.float32 if dtype == "float32" else torch.bfloat16
+        tq, tk, tv = (torch.from_numpy(np.ascontiguousarray(x.transpose(0, 2, 1, 3))).to(tdt) for x in (qf, kf, vf))
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        with torch.no_grad():
+            res["torch"] = flops / best_time(lambda: sdpa(tq, tk, tv, is_causal=causal), repeat) / 1e9
+    rows.append(res)
+    print(res, flush=True)
+
+
+def render(rows, args):
+    out = [
+        "## Attention forward (CPU)",
+        "",
+        f"Machine: {machine()}.",
+        f"Command: `python bench/bench_attention.py --repeat {args.repeat}` ({time.strftime('%Y-%m-%d')}).",
+        "GFLOP/s = 4·B·H·S²·D / time (halved for causal); torch is `scaled_dot_product_attention` on BHSD",
+        "tensors, numpy a float32 matmul/softmax/matmul on BHSD arrays, flashparity `fp.attention` on BSHD.",
+        "",
+        "| (B, H, S, D) | dtype | causal | torch SDPA | fp flash2 | fp naive | numpy | flash2 / torch | naive / numpy |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    ratios = {}
+    for r in rows:
+        t, f, n, npy = r.get("torch"), r["flash2"], r["naive"], r.get("numpy")
+        ft = f / t if t else None
+        nn = n / npy if npy else None
+        if ft:
+            ratios.setdefault(r["dtype"], []).append(ft)
+        cell = lambda x: "–" if x is None else f"{x:.1f}"  # noqa: E731
+        out.append(f"| {r['shape']} | {r['dtype']} | {r['causal']} | {cell(t)} | {cell(f)} | {cell(n)} | {cell(npy)} | "
+                   f"{'–' if ft is None else f'{ft:.2f}'} | {'–' if nn is None else f'{nn:.2f}'} |")
+    out.append("")
+    for dt, rs in ratios.items():
+        gm = math.exp(sum(math.log(x) for x in rs) / len(rs))
+        out.append(f"Geometric mean flash2 / torch SDPA, {dt}: {gm:.2f}.")
+    return "\n".join(out) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", nargs="+", default=DEFAULT_SHAPES, help="B,H,S,D")
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    rows = []
+    for sh in args.shapes:
+        shape = tuple(int(x) for x in sh.split(","))
+        for dt in args.dtypes:
+            if dt == "bfloat16" and ml_dtypes is None:
+                continue
+            for causal in (False, True):
+                run(shape, dt, causal, args.repeat, rows)
+    text = render(rows, args)
+    print(text)
+    if not args.no_write:
+        write_section(text, "Attention forward (CPU)")
+
+
+if __name__ == "__main__":
+    main()
