@@ -12,8 +12,13 @@ void attention_cpu(const AttnParams& p, AttnImpl impl) {
   std::int64_t rows_per_task;
   switch (active_simd_level()) {
     case SimdLevel::Avx512:
-      fn = isa_avx512::attention_task_fn(impl, p.q.dtype);
-      rows_per_task = isa_avx512::attention_rows_per_task(impl);
+      if (p.q.dtype == DType::BFloat16 && cpu_has_avx512bf16()) {
+        fn = isa_avx512bf16::attention_task_fn(impl, p.q.dtype);
+        rows_per_task = isa_avx512bf16::attention_rows_per_task(impl);
+      } else {
+        fn = isa_avx512::attention_task_fn(impl, p.q.dtype);
+        rows_per_task = isa_avx512::attention_rows_per_task(impl);
+      }
       break;
     case SimdLevel::Avx2:
       fn = isa_avx2::attention_task_fn(impl, p.q.dtype);

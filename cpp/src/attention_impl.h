@@ -16,6 +16,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "attention_cpu.h"
 #include "flashparity/attention_math.h"
 #include "flashparity/dtype.h"
@@ -158,6 +162,21 @@ void store_row(const AttnParams& p, std::int64_t b, std::int64_t i, std::int64_t
 // Scaled, capped, masked scores of one row in place: s[j] for keys key0 + j, j < n.
 template <typename Acc>
 FP_INLINE Acc finish_scores(Acc* s, std::int64_t n, std::int64_t key0, KeyRange kr, Acc scale, Acc cap) {
+  if constexpr (std::is_same_v<Acc, float>) {
+    if (cap == 0.0f && kr.lo <= key0 && key0 + n <= kr.hi && n % kLanes == 0) {  // all visible: vectors
+      vf mx = vf{} - INFINITY;
+      for (std::int64_t j = 0; j < n; j += kLanes) {
+        vf v;
+        std::memcpy(&v, s + j, sizeof(v));
+        v *= scale;
+        std::memcpy(s + j, &v, sizeof(v));
+        mx = v > mx ? v : mx;
+      }
+      float m = -INFINITY;
+      for (int l = 0; l < kLanes; ++l) m = mx[l] > m ? mx[l] : m;
+      return m;
+    }
+  }
   Acc mx = -INFINITY;
   for (std::int64_t j = 0; j < n; ++j) {
     const std::int64_t key = key0 + j;
@@ -237,6 +256,165 @@ void pv_tile(const float* p, std::int64_t ldp, const float* v, std::int64_t dv, 
     }
   }
 }
+
+// ---- bfloat16 dot products (AVX-512 BF16) -------------------------------------------------------
+// vdpbf16ps adds the products of two adjacent bfloat16 pairs into each float32 lane: twice the
+// multiply-adds of a float32 FMA. Q.K^T pairs adjacent head_dim elements; P.V pairs adjacent keys
+// (P is rounded to bfloat16 first, as FlashAttention-2 does for its second product).
+#if defined(__AVX512BF16__)
+constexpr bool kBf16Dot = true;
+typedef std::uint16_t vbh __attribute__((vector_size(64)));  // 32 bfloat16
+
+FP_INLINE vf dpbf16(vf acc, std::uint32_t pair, vbh x) {
+  const __m512i bp = _mm512_set1_epi32(static_cast<int>(pair));
+  return bitcast<vf>(_mm512_dpbf16_ps(bitcast<__m512>(acc), (__m512bh)bp, bitcast<__m512bh>(x)));
+}
+
+// Raw bfloat16 rows [count][ld] (zero-padded like load_rows).
+void load_bf16_rows(const TensorArg& t, std::int64_t b, std::int64_t h, std::int64_t s0, std::int64_t count,
+                    std::int64_t seqlen, std::int64_t head_dim, std::uint16_t* dst, std::int64_t ld) {
+  const char* base = static_cast<const char*>(t.data) + b * t.strides[0] + h * t.strides[2];
+  for (std::int64_t r = 0; r < count; ++r) {
+    std::uint16_t* row = dst + r * ld;
+    std::fill(row, row + ld, std::uint16_t{0});
+    if (s0 + r >= seqlen) continue;
+    const char* src = base + (s0 + r) * t.strides[1];
+    if (t.strides[3] == 2) std::memcpy(row, src, static_cast<std::size_t>(head_dim) * 2);
+    else
+      for (std::int64_t d = 0; d < head_dim; ++d) std::memcpy(row + d, src + d * t.strides[3], 2);
+  }
+}
+
+// s[rows][kBc] = q2[rows][0:Dp] . k[0:kBc][0:Dp] with kt2 = [Dp/2][kBc][2] (head_dim pairs).
+void scores_tile_bf16(const std::uint16_t* q2, std::int64_t Dp, const std::uint16_t* kt2, std::int64_t rows,
+                      float* s) {
+  for (std::int64_t i0 = 0; i0 < rows; i0 += kRB) {
+    vf acc[kRB][kKV] = {};
+    for (std::int64_t dp = 0; dp < Dp / 2; ++dp) {
+      vbh kv[kKV];
+      for (int c = 0; c < kKV; ++c) std::memcpy(&kv[c], kt2 + dp * kBc * 2 + c * 32, 64);
+      for (int r = 0; r < kRB; ++r) {
+        std::uint32_t pair;
+        std::memcpy(&pair, q2 + (i0 + r) * Dp + 2 * dp, 4);
+        for (int c = 0; c < kKV; ++c) acc[r][c] = dpbf16(acc[r][c], pair, kv[c]);
+      }
+    }
+    for (int r = 0; r < kRB; ++r)
+      for (int c = 0; c < kKV; ++c) storev(s + (i0 + r) * kBc + c * kLanes, acc[r][c]);
+  }
+}
+
+// o[rows][0:Dp] += p2[rows][0:kBc] . v with v2 = [kBc/2][Dp][2] (key pairs), in 64-wide chunks.
+template <int NV>
+FP_INLINE void pv_chunk_bf16(const std::uint16_t* p2, const std::uint16_t* v2, std::int64_t Dp, std::int64_t npairs,
+                             float* o, std::int64_t i0, std::int64_t d0) {
+  vf acc[kRB][NV];
+  for (int r = 0; r < kRB; ++r)
+    for (int c = 0; c < NV; ++c) acc[r][c] = loadv(o + (i0 + r) * Dp + d0 + c * kLanes);
+  for (std::int64_t jp = 0; jp < npairs; ++jp) {
+    vbh vv[NV];
+    for (int c = 0; c < NV; ++c) std::memcpy(&vv[c], v2 + jp * Dp * 2 + (d0 + c * kLanes) * 2, 64);
+    for (int r = 0; r < kRB; ++r) {
+      std::uint32_t pair;
+      std::memcpy(&pair, p2 + (i0 + r) * kBc + 2 * jp, 4);
+      for (int c = 0; c < NV; ++c) acc[r][c] = dpbf16(acc[r][c], pair, vv[c]);
+    }
+  }
+  for (int r = 0; r < kRB; ++r)
+    for (int c = 0; c < NV; ++c) storev(o + (i0 + r) * Dp + d0 + c * kLanes, acc[r][c]);
+}
+
+void pv_tile_bf16(const std::uint16_t* p2, const std::uint16_t* v2, std::int64_t Dp, std::int64_t nj,
+                  std::int64_t rows, float* o) {
+  const std::int64_t npairs = (nj + 1) / 2;
+  for (std::int64_t i0 = 0; i0 < rows; i0 += kRB) {
+    std::int64_t d0 = 0;
+    for (; d0 + 4 * kLanes <= Dp; d0 += 4 * kLanes) pv_chunk_bf16<4>(p2, v2, Dp, npairs, o, i0, d0);
+    switch ((Dp - d0) / kLanes) {
+      case 3: pv_chunk_bf16<3>(p2, v2, Dp, npairs, o, i0, d0); break;
+      case 2: pv_chunk_bf16<2>(p2, v2, Dp, npairs, o, i0, d0); break;
+      case 1: pv_chunk_bf16<1>(p2, v2, Dp, npairs, o, i0, d0); break;
+      default: break;
+    }
+  }
+}
+
+// flash2 for bfloat16 inputs on the dot-product instructions; same tiling and online softmax.
+void flash2_task_bf16(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64_t r0, std::int64_t rows) {
+  const std::int64_t D = p.head_dim, Sk = p.seqlen_k;
+  const std::int64_t Dp = round_up(D, kLanes);
+  const std::int64_t hk = h / (p.heads_q / p.heads_kv);
+  const float scale = static_cast<float>(p.scale), cap = static_cast<float>(p.softcap);
+  std::vector<std::uint16_t> q2(kBr * Dp), krows(kBc * Dp), kt2(Dp * kBc), vrows(kBc * Dp), v2(kBc * Dp), p2(kBr * kBc);
+  std::vector<float> s(kBr * kBc), o(kBr * Dp, 0.0f), m(kBr, -INFINITY), l(kBr, 0.0f);
+  const std::int64_t rows_p = std::min<std::int64_t>(round_up(rows, 4), kBr);
+  load_bf16_rows(p.q, b, h, r0, rows_p, r0 + rows, D, q2.data(), Dp);
+  const KeyRange first = key_range(r0, p), last = key_range(r0 + rows - 1, p);
+  const std::int64_t k_lo = first.lo / kBc * kBc, k_hi = last.hi;
+  for (std::int64_t j0 = k_lo; j0 < k_hi; j0 += kBc) {
+    const std::int64_t nj = std::min(kBc, Sk - j0);
+    load_bf16_rows(p.k, b, hk, j0, kBc, Sk, D, krows.data(), Dp);
+    load_bf16_rows(p.v, b, hk, j0, kBc, Sk, D, vrows.data(), Dp);
+    // pair layouts: kt2[d/2][j][d%2] (head_dim pairs per key), v2[j/2][d][j%2] (key pairs per dim)
+    for (std::int64_t j = 0; j < kBc; ++j) {
+      const std::uint32_t* kr = reinterpret_cast<const std::uint32_t*>(krows.data() + j * Dp);
+      std::uint32_t* kd = reinterpret_cast<std::uint32_t*>(kt2.data()) + j;
+      for (std::int64_t dp = 0; dp < Dp / 2; ++dp) kd[dp * kBc] = kr[dp];
+    }
+    for (std::int64_t jp = 0; jp < kBc / 2; ++jp) {
+      const std::uint16_t* va = vrows.data() + (2 * jp) * Dp;
+      const std::uint16_t* vb = va + Dp;
+      std::uint16_t* out = v2.data() + jp * Dp * 2;
+      for (std::int64_t d = 0; d < Dp; ++d) {
+        out[2 * d] = va[d];
+        out[2 * d + 1] = vb[d];
+      }
+    }
+    scores_tile_bf16(q2.data(), Dp, kt2.data(), rows_p, s.data());
+    for (std::int64_t i = 0; i < rows_p; ++i) {
+      float* srow = s.data() + i * kBc;
+      std::uint16_t* prow = p2.data() + i * kBc;
+      if (i >= rows) {
+        std::fill(prow, prow + kBc, std::uint16_t{0});
+        continue;
+      }
+      const KeyRange kr = key_range(r0 + i, p);
+      const float tile_max = finish_scores(srow, nj, j0, kr, scale, cap);
+      for (std::int64_t j = nj; j < kBc; ++j) srow[j] = -INFINITY;
+      const OnlineSoftmaxStep<float> st = online_softmax_step(m[i], tile_max);
+      if (st.m_new == -INFINITY) {
+        std::fill(prow, prow + kBc, std::uint16_t{0});
+        continue;
+      }
+      exp_shifted(srow, kBc, st.m_new);
+      // probabilities in [0, 1] to bfloat16, round to nearest even on the bit pattern; the
+      // normalizer sums the rounded values P.V actually uses
+      float rs = 0;
+      for (std::int64_t j = 0; j < kBc; ++j) {
+        std::uint32_t u;
+        std::memcpy(&u, srow + j, 4);
+        const std::uint16_t pb = static_cast<std::uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+        prow[j] = pb;
+        rs += bits_to_float(static_cast<std::uint32_t>(pb) << 16);
+      }
+      l[i] = l[i] * st.alpha + rs;
+      m[i] = st.m_new;
+      if (st.alpha != 1.0f) {
+        float* __restrict orow = o.data() + i * Dp;
+        for (std::int64_t d = 0; d < Dp; ++d) orow[d] *= st.alpha;
+      }
+    }
+    pv_tile_bf16(p2.data(), v2.data(), Dp, kBc, rows_p, o.data());
+  }
+  for (std::int64_t i = 0; i < rows; ++i) {
+    store_row<bf16_bits, float>(p, b, r0 + i, h, o.data() + i * Dp, l[i]);
+    if (p.lse) p.lse[(b * p.heads_q + h) * p.seqlen_q + r0 + i] = row_lse(m[i], l[i]);
+  }
+}
+#else
+constexpr bool kBf16Dot = false;
+void flash2_task_bf16(const AttnParams&, std::int64_t, std::int64_t, std::int64_t, std::int64_t) {}
+#endif
 
 // ---- naive: one task = (batch, head, up to kNaiveRows query rows) --------------------------------
 // Scores for all keys of the rows are materialized (rows x seqlen_k), softmax is max-subtracted
@@ -401,6 +579,7 @@ void run_naive(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64_t
 template <typename T>
 void run_flash2(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64_t r0, std::int64_t rows) {
   if constexpr (std::is_same_v<T, double>) flash2_task<T, double>(p, b, h, r0, rows);
+  else if constexpr (std::is_same_v<T, bf16_bits> && kBf16Dot) flash2_task_bf16(p, b, h, r0, rows);
   else flash2_task<T, float>(p, b, h, r0, rows);
 }
 

@@ -66,6 +66,8 @@ SimdLevel active_simd_level() {
   return static_cast<int>(cap) < static_cast<int>(level) ? cap : level;
 }
 
+bool cpu_has_avx512bf16() { return features().avx512bf16 && active_simd_level() == SimdLevel::Avx512; }
+
 std::vector<std::string> cpu_feature_names() {
   const Features& f = features();
   std::vector<std::string> out;
