@@ -12,7 +12,8 @@ from . import classify
 from ._build import build_info
 from ._core import __version__
 from .attention import UnsupportedHeadDimError, attention
-from .parity import ParityStats, cosine_sim, max_abs_diff, parity
+from .kernel_parity import kernel_parity
+from .parity import ParityStats, assert_parity, cosine_sim, max_abs_diff, parity
 
 __all__ = [
     "__version__",
@@ -24,4 +25,6 @@ __all__ = [
     "cosine_sim",
     "attention",
     "UnsupportedHeadDimError",
+    "kernel_parity",
+    "assert_parity",
 ]

@@ -13,7 +13,7 @@ import sys
 from typing import Any, Sequence
 
 from . import classify as C
-from ._build import build_info
+from ._build import build_info, kernel_source
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -44,6 +44,32 @@ def _tolerance(name: str):
         return value
 
     parse.__name__ = name
+    return parse
+
+
+def _positive(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {text!r}")
+        return value
+
+    return parse
+
+
+def _nonnegative(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {text!r}")
+        return value
+
     return parse
 
 
@@ -174,6 +200,249 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     return EXIT_OK if passed else EXIT_FAILED
 
 
+
+# ------------------------------------------------------------------------------------------------
+# errors as JSON bodies
+# ------------------------------------------------------------------------------------------------
+
+
+class Rejected(Exception):
+    """The input was understood but rejected: `{"error": "<code>: <text>"}`, exit 1."""
+
+    def __init__(self, code: str, text: str):
+        super().__init__(f"{code}: {text}" if not text.startswith(code) else text)
+
+
+def _reject(args: argparse.Namespace, exc: Exception) -> int:
+    message = str(exc)
+    if getattr(args, "json", False):
+        print(_dump({"error": message}))
+    else:
+        print(f"flashparity: {message}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _emit(args: argparse.Namespace, body: dict, human: str) -> None:
+    text = _dump(body)
+    if getattr(args, "output", None):
+        try:
+            with open(args.output, "w", encoding="utf-8") as fh:
+                fh.write(text + "\n")
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.output!r}: {exc.strerror or exc}") from None
+    print(text if args.json else human)
+
+
+def _gate(args: argparse.Namespace, body: dict) -> int:
+    if not args.check:
+        return EXIT_OK
+    tol_abs = C.DEFAULT_MAX_ABS_DIFF if args.tol_abs is None else args.tol_abs
+    tol_cos = C.DEFAULT_MIN_COSINE_SIM if args.tol_cos is None else args.tol_cos
+    outcome = C.classify_parity_numerics(body, tol_abs, tol_cos)
+    body["check"] = outcome.to_dict()
+    return EXIT_OK if outcome.ok else EXIT_FAILED
+
+
+# ------------------------------------------------------------------------------------------------
+# kernel parity
+# ------------------------------------------------------------------------------------------------
+
+
+def _case_from(args: argparse.Namespace):
+    from .kernel_parity import Case
+
+    try:
+        return Case(seq_len=args.seq_len, num_heads=args.num_heads, num_kv_heads=args.num_kv_heads,
+                    head_dim=args.head_dim, seed=args.seed, batch=args.batch, seqlen_q=args.seqlen_q,
+                    causal=args.causal, window=tuple(args.window), softcap=args.softcap, dtype=args.dtype,
+                    device=args.device)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _cmd_kernel_parity(args: argparse.Namespace) -> int:
+    from .attention import UnsupportedHeadDimError
+    from .kernel_parity import kernel_parity
+
+    case = _case_from(args)
+    try:
+        body = kernel_parity(args.impl, args.ref, sweep=args.sweep, **case.__dict__)
+    except UnsupportedHeadDimError as exc:
+        return _reject(args, exc)
+    except RuntimeError as exc:
+        return _reject(args, exc)
+    code = _gate(args, body)
+    if "cases" in body:
+        lines = [f"kernel parity {body['kernel']} vs {body['reference']}: {len(body['cases'])} cases"]
+        for c in body["cases"]:
+            lines.append(f"  {c['dtype']:<8} {c['regime']:<7} D={c['head_dim']:<3} max_abs_diff {c['max_abs_diff']:.3g}"
+                         f"  cosine {c['cosine_sim']:.8f}  fa2_rule {'ok' if c['fa2_rule_ok'] else 'FAILED'}")
+    else:
+        lines = [f"kernel parity {body['kernel']} vs {body['reference']} ({body['regime']}, {body['dtype']}, "
+                 f"B={body['batch']} Sq={body['seqlen_q']} Sk={body['seq_len']} H={body['num_heads']}/"
+                 f"{body['num_kv_heads']} D={body['head_dim']}, seed {body['seed']})",
+                 f"  max_abs_diff {body['max_abs_diff']:.6g} at {tuple(body['max_abs_index'])}, "
+                 f"cosine_sim {body['cosine_sim']:.10g}",
+                 f"  FA2 rule: kernel error {body['ref_max_abs_diff']:.3g} vs naive {body['baseline_max_abs_diff']:.3g}"
+                 f" in {body['dtype']}: {'ok' if body['fa2_rule_ok'] else 'FAILED'}",
+                 f"  kernel_source {body['kernel_source']}"]
+    if "check" in body:
+        lines.append(f"  check: {'PASS' if body['check']['ok'] else 'FAIL'} ({body['check']['outcome']})")
+    _emit(args, body, "\n".join(lines))
+    return code
+
+
+# ------------------------------------------------------------------------------------------------
+# run
+# ------------------------------------------------------------------------------------------------
+
+
+def _load_inputs(args: argparse.Namespace):
+    from .files import BadFile, load_npy
+    from .kernel_parity import make_inputs
+
+    given = [args.q, args.k, args.v]
+    if any(given) and not all(given):
+        raise UsageError("run: give all of --q, --k and --v, or none (then the shape flags and --seed make them)")
+    if all(given):
+        arrays = []
+        for flag, path in zip(("--q", "--k", "--v"), given):
+            try:
+                arrays.append(load_npy(path, void2_as_bfloat16=args.void2_as_bfloat16))
+            except OSError as exc:
+                raise UsageError(f"cannot read {flag} {path!r}: {exc.strerror or exc}") from None
+            except BadFile as exc:
+                raise Rejected("bad-file", str(exc)) from None
+        return tuple(arrays)
+    return make_inputs(_case_from(args))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import time
+
+    from .attention import UnsupportedHeadDimError, attention
+
+    try:
+        q, k, v = _load_inputs(args)
+    except Rejected as exc:
+        return _reject(args, exc)
+    impl = {"tiled": "flash2"}.get(args.attn, args.attn)
+    fallback = "requested" if impl == "naive" else None
+    device = args.device
+    if device == "cuda":
+        # no CUDA attention here: an error, or with --fallback the CPU reference, saying why
+        code, text = (("no-gpu", "no usable CUDA device") if not build_info()["cuda_available"]
+                      else ("no-cuda-attention", "this build has no CUDA attention kernels"))
+        if not args.fallback:
+            return _reject(args, Rejected(code, text))
+        device, impl, fallback = "cpu", "naive", code
+    t0 = time.perf_counter()
+    try:
+        try:
+            out = attention(q, k, v, impl=impl, causal=args.causal, window=tuple(args.window), softcap=args.softcap)
+        except UnsupportedHeadDimError as exc:
+            if not args.fallback:
+                return _reject(args, exc)
+            impl, fallback = "naive", str(exc)
+            out = attention(q, k, v, impl=impl, causal=args.causal, window=tuple(args.window), softcap=args.softcap)
+    except (ValueError, TypeError) as exc:
+        return _reject(args, Rejected("bad-input", str(exc)))
+    elapsed = time.perf_counter() - t0
+    if args.out:
+        import numpy as np
+
+        try:
+            np.save(args.out, out, allow_pickle=False)
+        except OSError as exc:
+            raise UsageError(f"cannot write --out {args.out!r}: {exc.strerror or exc}") from None
+    body = {
+        "attn_impl": impl,
+        "kernel_source": kernel_source(impl),
+        "fallback": fallback,
+        "device": device,
+        "dtype": out.dtype.name,
+        "q_shape": list(q.shape),
+        "k_shape": list(k.shape),
+        "v_shape": list(v.shape),
+        "causal": args.causal,
+        "window": list(args.window),
+        "softcap": args.softcap,
+        "out": args.out,
+        "elapsed_ms": elapsed * 1e3,
+    }
+    print(_dump(body))
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------------
+# compare
+# ------------------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """One self-erasing status line on stderr, at most five updates a second."""
+
+    def __init__(self, enabled: bool):
+        import time
+
+        self.enabled = enabled
+        self.t0 = self.last = time.perf_counter()
+
+    def __call__(self, name: str, done: int, total: int) -> None:
+        import time
+
+        now = time.perf_counter()
+        if not self.enabled or (now - self.last < 0.2 and done < total):
+            return
+        self.last = now
+        rate = done / max(now - self.t0, 1e-9)
+        sys.stderr.write(f"\rcomparing {name[:40]}: {100.0 * done / total:5.1f}% ({rate / 1e6:.0f} M elements/s)\x1b[K")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .files import BadFile, compare_files
+
+    progress = _Progress(enabled=not args.quiet and sys.stderr is not None and sys.stderr.isatty())
+    try:
+        body = compare_files(args.a, args.b, atol=args.atol, rtol=args.rtol,
+                             void2_as_bfloat16=args.void2_as_bfloat16, progress=progress)
+    except OSError as exc:
+        raise UsageError(f"cannot read {exc.filename!r}: {exc.strerror or exc}") from None
+    except BadFile as exc:
+        return _reject(args, Rejected("bad-file", str(exc)))
+    finally:
+        progress.close()
+    code = _gate(args, body)
+    if not body["complete"]:
+        code = EXIT_FAILED
+    lines = [f"{'tensor':<32} {'shape':<18} {'dtypes':<19} {'max_abs_diff':>12} {'cosine_sim':>14} {'mismatches':>22}"]
+    for r in body["tensors"]:
+        shape = "x".join(map(str, r["shape"])) or "scalar"
+        dts = "/".join(r["dtypes"])
+        if "error" in r:
+            lines.append(f"{r['name'][:32]:<32} {shape:<18} {dts:<19} {r['error']}")
+        elif r.get("numel", 0) == 0:
+            lines.append(f"{r['name'][:32]:<32} {shape:<18} {dts:<19} (empty)")
+        else:
+            lines.append(f"{r['name'][:32]:<32} {shape:<18} {dts:<19} {r['max_abs_diff']:>12.4g} "
+                         f"{r['cosine_sim']:>14.10f} {r['mismatches']:>10,} / {r['numel']:<,}")
+    if body["only_in_a"]:
+        lines.append(f"only in {args.a}: {', '.join(body['only_in_a'])}")
+    if body["only_in_b"]:
+        lines.append(f"only in {args.b}: {', '.join(body['only_in_b'])}")
+    lines.append(f"worst max_abs_diff {body['max_abs_diff']:.6g}, worst cosine_sim {body['cosine_sim']:.10g}")
+    if "check" in body:
+        lines.append(f"check: {'PASS' if body['check']['ok'] else 'FAIL'} ({body['check']['outcome']})")
+    _emit(args, body, "\n".join(lines))
+    return code
+
+
 # ------------------------------------------------------------------------------------------------
 # parser
 # ------------------------------------------------------------------------------------------------
@@ -184,9 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(
         prog="flashparity",
-        description="Attention-kernel parity: classifiers for apr's parity, provenance and "
-        "head-dim JSON bodies, and build facts. Exit codes: 0 pass, 1 gate failed or input "
-        "rejected, 2 usage error or unreadable input.",
+        description="Attention-kernel parity: kernel parity checks, attention runs with provenance, "
+        "tensor file comparison, apr's classifiers, build facts. Exit codes: 0 pass, 1 gate failed or "
+        "input rejected (error JSON), 2 usage error or unreadable input.",
     )
     parser.add_argument("--version", action="version", version=f"flashparity {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -194,6 +463,86 @@ def build_parser() -> argparse.ArgumentParser:
     p_info = sub.add_parser("info", help="build info: version, CUDA, devices, SIMD level, kernel sources")
     p_info.add_argument("--json", action="store_true", help="print one JSON object")
     p_info.set_defaults(func=_cmd_info)
+
+    def case_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--seq-len", type=_positive("--seq-len"), default=128, metavar="N",
+                       help="keys per sequence (the KV cache length; default 128)")
+        p.add_argument("--seqlen-q", type=_positive("--seqlen-q"), default=None, metavar="N",
+                       help="queries per sequence (default 1: apr's decode regime)")
+        p.add_argument("--batch", type=_positive("--batch"), default=1, metavar="N", help="batch size (default 1)")
+        p.add_argument("--num-heads", type=_positive("--num-heads"), default=8, metavar="N", help="query heads (8)")
+        p.add_argument("--num-kv-heads", type=_positive("--num-kv-heads"), default=8, metavar="N",
+                       help="key/value heads (8; fewer is GQA/MQA)")
+        p.add_argument("--head-dim", type=_positive("--head-dim"), default=64, metavar="D", help="head dim (64)")
+        p.add_argument("--seed", type=_nonnegative("--seed"), default=0, metavar="S", help="input seed (0)")
+        p.add_argument("--dtype", choices=("float32", "float16", "bfloat16", "float64"), default="float32")
+        p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+        p.add_argument("--causal", action="store_true", help="causal mask (bottom-right aligned)")
+        p.add_argument("--window", type=int, nargs=2, default=(-1, -1), metavar=("LEFT", "RIGHT"),
+                       help="sliding window (-1: unbounded)")
+        p.add_argument("--softcap", type=_tolerance("--softcap"), default=0.0, metavar="C",
+                       help="softcap·tanh(s/softcap) on the scores (0: off)")
+
+    def gate_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--check", action="store_true",
+                       help="gate with the parity classifier: exit 1 unless max_abs_diff <= tol-abs and cosine_sim >= tol-cos")
+        p.add_argument("--tol-abs", type=_tolerance("--tol-abs"), metavar="X",
+                       help=f"max_abs_diff tolerance of --check (default {C.DEFAULT_MAX_ABS_DIFF})")
+        p.add_argument("--tol-cos", type=_tolerance("--tol-cos"), metavar="Y",
+                       help=f"cosine_sim floor of --check (default {C.DEFAULT_MIN_COSINE_SIM})")
+
+    p_kernel = sub.add_parser("kernel", help="kernel checks (kernel parity)")
+    ksub = p_kernel.add_subparsers(dest="kernel_command", metavar="KERNEL_COMMAND", parser_class=_Parser)
+    p_kp = ksub.add_parser(
+        "parity",
+        help="run an attention kernel and its reference on seeded inputs and report parity (apr kernel parity)",
+        description="A drop-in for `apr kernel parity --json`: runs --impl and --ref on seeded random inputs "
+        "(decode regime by default: one query over a --seq-len KV cache) and prints the parity body, "
+        "with FlashAttention-2's rule (kernel error <= 2 x naive error in the same dtype + 1e-5).",
+    )
+    p_kp.add_argument("--impl", choices=("flash2", "naive", "tiled"), default="flash2",
+                      help="kernel under test (tiled is apr's name for flash2)")
+    p_kp.add_argument("--ref", choices=("naive", "flash2", "tiled"), default="naive", help="reference (naive)")
+    case_flags(p_kp)
+    p_kp.add_argument("--sweep", action="store_true",
+                      help="a grid of prefill and decode cases across head dims 64/128/96/80 and float32/bfloat16/float16")
+    gate_flags(p_kp)
+    p_kp.add_argument("--json", action="store_true", help="print the JSON body")
+    p_kp.add_argument("-o", "--output", metavar="FILE", help="also write the JSON body to FILE")
+    p_kp.set_defaults(func=_cmd_kernel_parity)
+
+    p_run = sub.add_parser("run", help="one attention forward; prints the run provenance body (apr run --attn)",
+                           description="One attention forward on --q/--k/--v .npy files or seeded inputs of the "
+                           "given shape. Prints the provenance body (attn_impl, kernel_source, fallback, ...). "
+                           "An unsupported head_dim or an unusable --device is an error (exit 1) unless "
+                           "--fallback, which runs naive on the CPU and says why.")
+    p_run.add_argument("--attn", choices=("flash2", "naive", "tiled"), default="flash2", help="implementation")
+    p_run.add_argument("--fallback", action="store_true", help="fall back to naive (and say why) instead of failing")
+    p_run.add_argument("--q", metavar="FILE", help=".npy [batch, seqlen_q, heads_q, head_dim]")
+    p_run.add_argument("--k", metavar="FILE", help=".npy [batch, seqlen_k, heads_kv, head_dim]")
+    p_run.add_argument("--v", metavar="FILE", help=".npy [batch, seqlen_k, heads_kv, head_dim]")
+    p_run.add_argument("--void2-as-bfloat16", action="store_true",
+                       help="read 2-byte void .npy elements (NumPy's way of saving bfloat16) as bfloat16")
+    case_flags(p_run)
+    p_run.add_argument("--out", metavar="FILE", help="write the output as .npy")
+    p_run.add_argument("--json", action="store_true", help="(the body is always JSON; accepted for apr)")
+    p_run.set_defaults(func=_cmd_run)
+
+    p_cmp = sub.add_parser("compare", help="parity of two tensor files (.npy, .npz, .safetensors)",
+                           description="Streams both files in chunks (bounded memory) and reports per-tensor "
+                           "parity. Multi-tensor files are matched by name; tensors only in one file are listed and "
+                           "make the exit code 1. With --check, the worst max_abs_diff and cosine_sim are gated.")
+    p_cmp.add_argument("a", metavar="A", help="file under test")
+    p_cmp.add_argument("b", metavar="B", help="reference file")
+    p_cmp.add_argument("--atol", type=_tolerance("--atol"), default=0.0, metavar="X", help="isclose atol (0)")
+    p_cmp.add_argument("--rtol", type=_tolerance("--rtol"), default=0.0, metavar="X", help="isclose rtol (0)")
+    p_cmp.add_argument("--void2-as-bfloat16", action="store_true",
+                       help="read 2-byte void .npy elements (NumPy's way of saving bfloat16) as bfloat16")
+    gate_flags(p_cmp)
+    p_cmp.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    p_cmp.add_argument("--json", action="store_true", help="print the JSON body")
+    p_cmp.add_argument("-o", "--output", metavar="FILE", help="also write the JSON body to FILE")
+    p_cmp.set_defaults(func=_cmd_compare)
 
     p_cls = sub.add_parser(
         "classify",
@@ -225,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        if args.command is None:
+        if args.command is None or (args.command == "kernel" and args.kernel_command is None):
             parser.print_help(sys.stderr)
             return EXIT_USAGE
         return args.func(args)

@@ -11,7 +11,7 @@ import numpy as np
 from . import _core
 from ._tensor import TensorView, as_view
 
-__all__ = ["ParityStats", "parity", "max_abs_diff", "cosine_sim", "HISTOGRAM_BINS"]
+__all__ = ["ParityStats", "parity", "max_abs_diff", "cosine_sim", "assert_parity", "HISTOGRAM_BINS"]
 
 _NARROW_ORDER = {"bfloat16": 7, "float16": 10, "float32": 23, "float64": 52}
 
@@ -239,3 +239,40 @@ def max_abs_diff(a: Any, b: Any) -> float:
 def cosine_sim(a: Any, b: Any) -> float:
     """Cosine similarity of a and b, accumulated in float64; the same pass as :func:`parity`."""
     return parity(a, b).cosine_sim
+
+
+def assert_parity(actual: Any, expected: Any, *, atol: float, rtol: float, max_abs_diff: float | None = None,
+                  min_cosine: float | None = None) -> ParityStats:
+    """Raise ``AssertionError`` unless ``actual`` matches ``expected`` (host or device tensors).
+
+    Passes when every element satisfies ``|actual - expected| <= atol + rtol * |expected|``
+    (``torch.isclose``; NaN never matches), and, when given, ``max_abs_diff`` bounds the greatest
+    absolute difference and ``min_cosine`` the cosine similarity from below. The message follows
+    ``torch.testing.assert_close``: mismatched count and percentage, greatest absolute and relative
+    difference with their index and what was allowed, cosine, non-finite count. Returns the stats.
+    """
+    if max_abs_diff is not None:
+        max_abs_diff = _tolerance("max_abs_diff", max_abs_diff)
+    if min_cosine is not None:
+        if isinstance(min_cosine, bool) or not isinstance(min_cosine, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(float(min_cosine)):
+            raise ValueError(f"min_cosine must be a finite number, got {min_cosine!r}")
+        min_cosine = float(min_cosine)
+    s = parity(actual, expected, atol=atol, rtol=rtol)
+    failed = (s.mismatches > 0 or (max_abs_diff is not None and not s.max_abs_diff <= max_abs_diff)
+              or (min_cosine is not None and not s.cosine_sim >= min_cosine))
+    if not failed:
+        return s
+    n = s.numel
+    abs_allowed = f"up to {s.atol:g} allowed" + (f", at most {max_abs_diff:g} overall" if max_abs_diff is not None else "")
+    lines = [
+        "Tensor-likes are not close!",
+        "",
+        f"Mismatched elements: {s.mismatches:,} / {n:,} ({100.0 * s.mismatches / n:.4g}%) at atol={s.atol:g}, rtol={s.rtol:g}",
+        f"Greatest absolute difference: {s.max_abs_diff:.6g} at index {s.max_abs_index} ({abs_allowed})",
+        f"Greatest relative difference: {s.max_rel_diff:.6g} at index {s.max_rel_index} (up to {s.rtol:g} allowed)",
+        f"Cosine similarity: {s.cosine_sim:.10g}" + (f" (at least {min_cosine} required)" if min_cosine is not None else ""),
+        f"Non-finite elements (NaN or inf in either input): {s.nonfinite:,}",
+    ]
+    raise AssertionError("\n".join(lines))
+

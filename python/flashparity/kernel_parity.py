@@ -1,0 +1,184 @@
+"""Kernel parity: run an attention implementation and its reference on seeded inputs and report.
+
+``fp.kernel_parity`` returns the body of ``flashparity kernel parity --json``, a drop-in for
+``apr kernel parity --json``: apr's keys (kernel, reference, seq_len, num_heads, num_kv_heads,
+head_dim, seed, regime, max_abs_diff, cosine_sim, attn_impl, kernel_source, fallback), the case
+(batch, seqlen_q, causal, window, softcap, dtype, device), the rest of the parity statistics, and
+FlashAttention-2's test rule (ref_max_abs_diff, baseline_max_abs_diff, fa2_rule_ok).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ._build import kernel_source
+from .attention import IMPLS, _numpy_dtype, attention
+from .parity import parity
+
+__all__ = ["Case", "kernel_parity", "make_inputs", "default_sweep", "FA2_RULE_SLACK", "IMPL_ALIASES"]
+
+#: ``ref_max_abs_diff <= 2 * baseline_max_abs_diff + FA2_RULE_SLACK`` (FlashAttention-2's tests).
+FA2_RULE_SLACK = 1e-5
+#: apr's names for the implementations.
+IMPL_ALIASES = {"tiled": "flash2"}
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One attention problem. ``seqlen_q=None`` is apr's default decode regime: 1 query over a
+    ``seq_len`` KV cache."""
+
+    seq_len: int = 128
+    num_heads: int = 8
+    num_kv_heads: int = 8
+    head_dim: int = 64
+    seed: int = 0
+    batch: int = 1
+    seqlen_q: int | None = None
+    causal: bool = False
+    window: tuple[int, int] = (-1, -1)
+    softcap: float = 0.0
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    def __post_init__(self):
+        for name in ("seq_len", "num_heads", "num_kv_heads", "head_dim", "batch"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.seqlen_q is not None and (isinstance(self.seqlen_q, bool) or int(self.seqlen_q) < 1):
+            raise ValueError(f"seqlen_q must be an integer >= 1, got {self.seqlen_q!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
+        object.__setattr__(self, "window", tuple(self.window))
+
+    @property
+    def q_len(self) -> int:
+        return 1 if self.seqlen_q is None else int(self.seqlen_q)
+
+    @property
+    def regime(self) -> str:
+        return "decode" if self.q_len == 1 else "prefill"
+
+
+def make_inputs(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded q, k, v (BSHD) in the case's dtype: the same seed gives the same bits on any machine
+    (NumPy's PCG64 and its normal sampler are platform-independent)."""
+    rng = np.random.default_rng(case.seed)
+    dt = _numpy_dtype(case.dtype)
+    q = rng.standard_normal((case.batch, case.q_len, case.num_heads, case.head_dim)).astype(dt)
+    k = rng.standard_normal((case.batch, case.seq_len, case.num_kv_heads, case.head_dim)).astype(dt)
+    v = rng.standard_normal((case.batch, case.seq_len, case.num_kv_heads, case.head_dim)).astype(dt)
+    return q, k, v
+
+
+def _run(impl: str, q, k, v, case: Case):
+    if case.device != "cpu":
+        raise RuntimeError("device-unavailable: CUDA attention kernels are not in this build; use --device cpu")
+    return attention(q, k, v, impl=impl, causal=case.causal, window=case.window, softcap=case.softcap)
+
+
+def _one(impl: str, ref: str, case: Case) -> dict[str, Any]:
+    q, k, v = make_inputs(case)
+    out = _run(impl, q, k, v, case)
+    ref_out = _run(ref, q, k, v, case)
+    # float64 reference of the same (rounded) inputs, and the naive kernel in the case's dtype
+    q64, k64, v64 = (x.astype(np.float64) for x in (q, k, v))
+    exact = _run("naive", q64, k64, v64, case)
+    baseline = ref_out if ref == "naive" else _run("naive", q, k, v, case)
+    stats = parity(out, ref_out)
+    ref_err = parity(out, exact).max_abs_diff
+    base_err = parity(baseline, exact).max_abs_diff
+    body: dict[str, Any] = {
+        "kernel": impl,
+        "reference": ref,
+        "seq_len": case.seq_len,
+        "num_heads": case.num_heads,
+        "num_kv_heads": case.num_kv_heads,
+        "head_dim": case.head_dim,
+        "seed": case.seed,
+        "regime": case.regime,
+        "max_abs_diff": stats.max_abs_diff,
+        "cosine_sim": stats.cosine_sim,
+        "attn_impl": impl,
+        "kernel_source": kernel_source(impl),
+        "fallback": None if impl == "flash2" else "requested",
+        "batch": case.batch,
+        "seqlen_q": case.q_len,
+        "causal": case.causal,
+        "window": list(case.window),
+        "softcap": case.softcap,
+        "dtype": case.dtype,
+        "device": case.device,
+    }
+    extra = stats.to_dict()
+    for key in ("numel", "max_abs_index", "max_rel_diff", "max_rel_index", "mismatches", "nonfinite",
+                "mean_abs_diff", "rmse", "snr_db", "pcc", "max_ulp_diff", "ulp_dtype"):
+        body[key] = extra[key]
+    body["ref_max_abs_diff"] = ref_err
+    body["baseline_max_abs_diff"] = base_err
+    body["fa2_rule_ok"] = bool(ref_err <= 2 * base_err + FA2_RULE_SLACK)
+    return body
+
+
+def default_sweep(base: Case) -> list[Case]:
+    """Prefill and decode cases across head dims and dtypes (the base case's other settings)."""
+    cases = []
+    for dtype in ("float32", "bfloat16", "float16"):
+        for head_dim in (64, 128, 96, 80):
+            for seqlen_q in (None, base.seq_len):
+                fields = asdict(base) | {"dtype": dtype, "head_dim": head_dim, "seqlen_q": seqlen_q,
+                                         "causal": base.causal or seqlen_q is not None}
+                cases.append(Case(**fields))
+    return cases
+
+
+def kernel_parity(impl: str = "flash2", ref: str = "naive", *, sweep: bool | list[Case] = False,
+                  **case: Any) -> dict[str, Any]:
+    """Parity of attention ``impl`` against ``ref`` on seeded inputs: the kernel parity JSON body.
+
+    ``case`` takes :class:`Case`'s fields (apr's seq_len=128, num_heads=8, num_kv_heads=8,
+    head_dim=64, seed=0 and decode regime by default). ``sweep=True`` runs :func:`default_sweep`
+    (or pass a list of cases): the body then holds ``cases`` and its top-level ``max_abs_diff`` is
+    the largest and ``cosine_sim`` the smallest over them, ``fa2_rule_ok`` their conjunction.
+    Raises :class:`~flashparity.UnsupportedHeadDimError` for a head_dim the kernel rejects.
+    """
+    impl = IMPL_ALIASES.get(impl, impl)
+    ref = IMPL_ALIASES.get(ref, ref)
+    for name, value in (("impl", impl), ("ref", ref)):
+        if value not in IMPLS:
+            raise ValueError(f"{name} must be one of {', '.join(IMPLS)} (or apr's 'tiled'), got {value!r}")
+    base = Case(**case)
+    if sweep is False:
+        return _one(impl, ref, base)
+    cases = default_sweep(base) if sweep is True else list(sweep)
+    bodies = [_one(impl, ref, c) for c in cases]
+    worst_abs = max(bodies, key=lambda b: (b["max_abs_diff"] != b["max_abs_diff"], b["max_abs_diff"]))
+    worst_cos = min(bodies, key=lambda b: (b["cosine_sim"] == b["cosine_sim"], b["cosine_sim"]))
+    first = bodies[0]
+    return {
+        "kernel": impl,
+        "reference": ref,
+        "seq_len": first["seq_len"],
+        "num_heads": first["num_heads"],
+        "num_kv_heads": first["num_kv_heads"],
+        "head_dim": first["head_dim"],
+        "seed": first["seed"],
+        "regime": "sweep",
+        "max_abs_diff": worst_abs["max_abs_diff"],
+        "cosine_sim": worst_cos["cosine_sim"],
+        "attn_impl": impl,
+        "kernel_source": kernel_source(impl),
+        "fallback": None if impl == "flash2" else "requested",
+        "device": first["device"],
+        "fa2_rule_ok": all(b["fa2_rule_ok"] for b in bodies),
+        "cases": bodies,
+    }

@@ -1,0 +1,204 @@
+"""flashparity compare: .npy/.npz/.safetensors, streamed chunks, bad files, bounded memory."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import flashparity as fp
+from flashparity import files
+from flashparity.cli import main
+
+
+def run_cli(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write_safetensors(path, tensors: dict, *, header_override=None, pad=b""):
+    """A minimal safetensors writer (and corrupter) for the tests."""
+    header, blobs, offset = {}, [], 0
+    codes = {"float32": "F32", "float16": "F16", "float64": "F64", "bfloat16": "BF16", "int32": "I32"}
+    for name, arr in tensors.items():
+        data = np.ascontiguousarray(arr).tobytes()
+        header[name] = {"dtype": codes[arr.dtype.name], "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    if header_override is not None:
+        header = header_override(header)
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"".join(blobs) + pad)
+
+
+@pytest.fixture
+def pair(tmp_path):
+    rng = np.random.default_rng(0)
+    b = rng.standard_normal((300, 41)).astype(np.float32)
+    a = (b + 1e-3 * rng.standard_normal(b.shape)).astype(np.float32)
+    a[123, 7] = 5.0
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    return tmp_path, a, b
+
+
+EXACT = ("numel", "max_abs_diff", "max_abs_index", "max_rel_diff", "max_rel_index", "mismatches", "nonfinite",
+         "max_ulp_diff", "abs_diff_histogram")
+
+
+def test_npy_compare_equals_parity(pair, capsys, monkeypatch):
+    tmp, a, b = pair
+    monkeypatch.setattr(files, "CHUNK_BYTES", 4096)  # many chunks, merged
+    code, out, _ = run_cli(["compare", str(tmp / "a.npy"), str(tmp / "b.npy"), "--atol", "1e-3", "--json"], capsys)
+    assert code == 0
+    body = json.loads(out)
+    (row,) = body["tensors"]
+    want = fp.parity(a, b, atol=1e-3).to_dict()
+    for key in EXACT:
+        assert row[key] == json.loads(json.dumps(want[key])), key
+    assert row["max_abs_index"] == [123, 7]
+    assert row["cosine_sim"] == pytest.approx(want["cosine_sim"], abs=1e-15)
+    assert body["max_abs_diff"] == row["max_abs_diff"] and body["complete"] is True
+
+
+def test_human_table_and_check(pair, capsys):
+    tmp, _, _ = pair
+    code, out, _ = run_cli(["compare", str(tmp / "a.npy"), str(tmp / "b.npy")], capsys)
+    assert code == 0 and "300x41" in out and "worst max_abs_diff" in out
+    code, out, _ = run_cli(["compare", str(tmp / "a.npy"), str(tmp / "b.npy"), "--check", "--json"], capsys)
+    assert code == 1 and json.loads(out)["check"]["outcome"] == "MaxAbsDiffExceedsTolerance"
+    code, out, _ = run_cli(["compare", str(tmp / "a.npy"), str(tmp / "a.npy"), "--check", "--json"], capsys)
+    assert code == 0 and json.loads(out)["check"]["ok"] is True
+
+
+def test_npz_matched_by_name(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    x, y, z = (rng.standard_normal(n).astype(np.float32) for n in (10, 20, 30))
+    np.savez(tmp_path / "a.npz", x=x, y=y, extra=z)
+    np.savez_compressed(tmp_path / "b.npz", y=y + 1, x=x, other=z)
+    code, out, _ = run_cli(["compare", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--json"], capsys)
+    body = json.loads(out)
+    assert code == 1  # tensors only in one file: listed, and the comparison is incomplete
+    assert body["only_in_a"] == ["extra"] and body["only_in_b"] == ["other"]
+    rows = {r["name"]: r for r in body["tensors"]}
+    assert rows["x"]["max_abs_diff"] == 0.0 and rows["y"]["max_abs_diff"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_safetensors_bfloat16_and_float16(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((64, 33)).astype(ml_dtypes.bfloat16)
+    h = rng.standard_normal(100).astype(np.float16)
+    write_safetensors(tmp_path / "a.safetensors", {"w": w, "h": h})
+    w2 = w.astype(np.float32)
+    w2[3, 4] += 1
+    write_safetensors(tmp_path / "b.safetensors", {"h": h, "w": w2.astype(ml_dtypes.bfloat16)})
+    code, out, _ = run_cli(["compare", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"), "--json"],
+                           capsys)
+    body = json.loads(out)
+    rows = {r["name"]: r for r in body["tensors"]}
+    assert code == 0 and rows["h"]["max_abs_diff"] == 0.0
+    assert rows["w"]["dtypes"] == ["bfloat16", "bfloat16"] and rows["w"]["max_abs_index"] == [3, 4]
+
+
+def test_safetensors_written_by_the_library(tmp_path, capsys):
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    safetensors_numpy.save_file({"x": x, "y": x * 2}, str(tmp_path / "a.safetensors"))
+    safetensors_numpy.save_file({"x": x, "y": x * 2 + 1}, str(tmp_path / "b.safetensors"))
+    code, out, _ = run_cli(["compare", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"), "--json"],
+                           capsys)
+    rows = {r["name"]: r for r in json.loads(out)["tensors"]}
+    assert code == 0 and rows["x"]["max_abs_diff"] == 0 and rows["y"]["max_abs_diff"] == 1
+
+
+def test_void2_bfloat16_npy_needs_the_flag(tmp_path, capsys):
+    x = np.arange(8, dtype=np.float32).astype(ml_dtypes.bfloat16)
+    np.save(tmp_path / "a.npy", x)  # NumPy stores ml_dtypes bfloat16 as 2-byte void
+    np.save(tmp_path / "b.npy", x)
+    code, out, _ = run_cli(["compare", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--json"], capsys)
+    assert code == 1 and "--void2-as-bfloat16" in json.loads(out)["error"]
+    code, out, _ = run_cli(["compare", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--void2-as-bfloat16",
+                            "--json"], capsys)
+    assert code == 0 and json.loads(out)["tensors"][0]["dtypes"] == ["bfloat16", "bfloat16"]
+
+
+def _bad_files(tmp):
+    good = np.arange(6, dtype=np.float32)
+    np.save(tmp / "good.npy", good)
+    raw = (tmp / "good.npy").read_bytes()
+    (tmp / "truncated.npy").write_bytes(raw[:-8])
+    np.save(tmp / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (tmp / "garbage.bin").write_bytes(b"\x00\x01garbage")
+    write_safetensors(tmp / "longheader.safetensors", {"x": good},
+                      header_override=lambda h: h)
+    data = (tmp / "longheader.safetensors").read_bytes()
+    (tmp / "longheader.safetensors").write_bytes(struct.pack("<Q", 10**9) + data[8:])
+    write_safetensors(tmp / "overlap.safetensors", {"x": good, "y": good},
+                      header_override=lambda h: {**h, "y": {**h["y"], "data_offsets": [8, 32]}})
+    write_safetensors(tmp / "unknown.safetensors", {"x": good},
+                      header_override=lambda h: {"x": {**h["x"], "dtype": "F12"}})
+    write_safetensors(tmp / "outside.safetensors", {"x": good},
+                      header_override=lambda h: {"x": {**h["x"], "data_offsets": [0, 4000]}})
+    write_safetensors(tmp / "sizemismatch.safetensors", {"x": good},
+                      header_override=lambda h: {"x": {**h["x"], "shape": [7]}})
+
+
+@pytest.mark.parametrize("name,msg", [
+    ("truncated.npy", "is truncated"),
+    ("pickled.npy", "Python objects"),
+    ("garbage.bin", ""),
+    ("longheader.safetensors", "header length 1000000000 exceeds the file"),
+    ("overlap.safetensors", "overlap"),
+    ("unknown.safetensors", "unknown dtype 'F12'"),
+    ("outside.safetensors", "fall outside the data"),
+    ("sizemismatch.safetensors", "expected"),
+])
+def test_bad_files_are_rejected_cleanly(name, msg, tmp_path, capsys):
+    _bad_files(tmp_path)
+    code, out, err = run_cli(["compare", str(tmp_path / name), str(tmp_path / "good.npy"), "--json"], capsys)
+    assert code == 1, (out, err)
+    error = json.loads(out)["error"]
+    assert error.startswith("bad-file:") and msg in error
+    assert "Traceback" not in err
+
+
+def test_shape_mismatch_and_missing_file(pair, tmp_path, capsys):
+    tmp, a, _ = pair
+    np.save(tmp_path / "c.npy", a[:10])
+    code, out, _ = run_cli(["compare", str(tmp / "a.npy"), str(tmp_path / "c.npy"), "--json"], capsys)
+    assert code == 1 and json.loads(out)["tensors"][0]["error"].startswith("shape-mismatch")
+    code, out, err = run_cli(["compare", str(tmp / "a.npy"), str(tmp_path / "nope.npy")], capsys)
+    assert code == 2 and out == "" and "cannot read" in err and err.count("\n") == 1
+
+
+def test_large_files_stream_with_bounded_memory(tmp_path):
+    # Two 512 MiB files compared in a fresh process whose peak RSS stays far below their size.
+    n = 128 << 20  # float32 elements
+    for name, fill in (("a.npy", 1.0), ("b.npy", 1.5)):
+        mm = np.lib.format.open_memmap(tmp_path / name, mode="w+", dtype=np.float32, shape=(n,))
+        mm[:] = fill
+        mm[n - 3] = 9.0 if name == "a.npy" else fill
+        mm.flush()
+        del mm
+    code = (
+        "import re, sys\n"
+        "from flashparity.cli import main\n"
+        f"rc = main(['compare', {str(tmp_path / 'a.npy')!r}, {str(tmp_path / 'b.npy')!r}, '--json', '--quiet'])\n"
+        "# VmHWM: this process image's peak RSS (ru_maxrss would carry the forking parent's)\n"
+        "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1), file=sys.stderr)\n"
+        "sys.exit(rc)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    body = json.loads(res.stdout)
+    (row,) = body["tensors"]
+    assert row["numel"] == n and row["max_abs_diff"] == 7.5 and row["max_abs_index"] == [n - 3]
+    peak_mib = int(res.stderr.strip().splitlines()[-1]) / 1024
+    assert peak_mib < 300, f"peak RSS {peak_mib:.0f} MiB for two 512 MiB files"
