@@ -8,6 +8,7 @@ copied: a dtype the kernels do not support is a ``TypeError``, never a silent co
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,10 +43,7 @@ class TensorView:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
+        return math.prod(self.shape)
 
 
 def _unsupported(name: str, dtype: Any) -> TypeError:

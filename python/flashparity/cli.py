@@ -47,27 +47,14 @@ def _tolerance(name: str):
     return parse
 
 
-def _positive(name: str):
+def _int_at_least(name: str, minimum: int):
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {text!r}")
-        return value
-
-    return parse
-
-
-def _nonnegative(name: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {text!r}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {text!r}")
         return value
 
     return parse
@@ -465,16 +452,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_info.set_defaults(func=_cmd_info)
 
     def case_flags(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--seq-len", type=_positive("--seq-len"), default=128, metavar="N",
+        p.add_argument("--seq-len", type=_int_at_least("--seq-len", 1), default=128, metavar="N",
                        help="keys per sequence (the KV cache length; default 128)")
-        p.add_argument("--seqlen-q", type=_positive("--seqlen-q"), default=None, metavar="N",
+        p.add_argument("--seqlen-q", type=_int_at_least("--seqlen-q", 1), default=None, metavar="N",
                        help="queries per sequence (default 1: apr's decode regime)")
-        p.add_argument("--batch", type=_positive("--batch"), default=1, metavar="N", help="batch size (default 1)")
-        p.add_argument("--num-heads", type=_positive("--num-heads"), default=8, metavar="N", help="query heads (8)")
-        p.add_argument("--num-kv-heads", type=_positive("--num-kv-heads"), default=8, metavar="N",
+        p.add_argument("--batch", type=_int_at_least("--batch", 1), default=1, metavar="N", help="batch size (default 1)")
+        p.add_argument("--num-heads", type=_int_at_least("--num-heads", 1), default=8, metavar="N", help="query heads (8)")
+        p.add_argument("--num-kv-heads", type=_int_at_least("--num-kv-heads", 1), default=8, metavar="N",
                        help="key/value heads (8; fewer is GQA/MQA)")
-        p.add_argument("--head-dim", type=_positive("--head-dim"), default=64, metavar="D", help="head dim (64)")
-        p.add_argument("--seed", type=_nonnegative("--seed"), default=0, metavar="S", help="input seed (0)")
+        p.add_argument("--head-dim", type=_int_at_least("--head-dim", 1), default=64, metavar="D", help="head dim (64)")
+        p.add_argument("--seed", type=_int_at_least("--seed", 0), default=0, metavar="S", help="input seed (0)")
         p.add_argument("--dtype", choices=("float32", "float16", "bfloat16", "float64"), default="float32")
         p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
         p.add_argument("--causal", action="store_true", help="causal mask (bottom-right aligned)")

@@ -8,6 +8,7 @@ message naming the file and what is wrong.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import zipfile
@@ -54,10 +55,7 @@ class TensorSource:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
+        return math.prod(self.shape)
 
     def chunks(self, elements: int) -> Iterator[tuple[int, np.ndarray]]:
         for start in range(0, self.numel, elements):
