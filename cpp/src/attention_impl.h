@@ -16,7 +16,7 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -100,6 +100,15 @@ FP_INLINE void convert_row(const char* src, std::int64_t stride, std::int64_t n,
       for (std::int64_t d = 0; d < n; ++d) dst[d] = bits_to_float(static_cast<std::uint32_t>(s[d].x) << 16);
       return;
     }
+#if defined(__F16C__)
+    else if constexpr (std::is_same_v<T, half_bits> && std::is_same_v<Acc, float>) {
+      std::int64_t d = 0;
+      for (; d + 8 <= n; d += 8)
+        _mm256_storeu_ps(dst + d, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + d))));
+      for (; d < n; ++d) dst[d] = half_to_float(s[d].x);
+      return;
+    }
+#endif
   }
   for (std::int64_t d = 0; d < n; ++d) {
     T x;
