@@ -13,7 +13,7 @@
 #include <cstring>
 #include <type_traits>
 
-#if defined(__AVX512F__) || defined(__FMA__) || defined(__F16C__)
+#if defined(__AVX__)
 #include <immintrin.h>
 #endif
 
@@ -60,6 +60,10 @@ FP_INLINE To bitcast(const From& f) {
   std::memcpy(&t, &f, sizeof(To));
   return t;
 }
+
+// Lane-wise max of 64-byte double vectors: GCC lowers `a > b ? a : b` on them to scalar code
+// without AVX-512, so below AVX-512 it goes through bit selects.
+FP_INLINE vd vmaxd(vd a, vd b);
 
 // Lane select with bit operations: GCC lowers `m ? x : y` on 64-byte vectors poorly without AVX-512.
 FP_INLINE vd vsel(vl m, vd x, vd y) { return bitcast<vd>((bitcast<vl>(x) & m) | (bitcast<vl>(y) & ~m)); }
@@ -137,6 +141,18 @@ FP_INLINE vd vfma(vd x, vd y, vd z) {
   vd r;
   for (int j = 0; j < W; ++j) r[j] = std::fma(x[j], y[j], z[j]);
   return r;
+#endif
+}
+
+FP_INLINE vd vmaxd(vd a, vd b) {
+#if defined(__AVX512F__)
+  return a > b ? a : b;
+#elif defined(__AVX__)
+  struct Halves { __m256d lo, hi; };
+  const Halves x = bitcast<Halves>(a), y = bitcast<Halves>(b);
+  return bitcast<vd>(Halves{_mm256_max_pd(y.lo, x.lo), _mm256_max_pd(y.hi, x.hi)});  // b unless a > b
+#else
+  return vsel(a > b, a, b);
 #endif
 }
 
@@ -257,7 +273,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     }
     const vd d = av - bv;
     const vd ad = vabs(d);
-    vmx = ad > vmx ? ad : vmx;
+    vmx = vmaxd(ad, vmx);
     vf ad32;
     if constexpr (kTruncF32) ad32 = trunc_f32(ad);
     else if constexpr (kNarrowPair) ad32 = narrow_f32(ad);
@@ -269,10 +285,10 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
       vq32 = q > vq32 ? q : vq32;
     } else {
       const vd babs = vabs(bv);
-      const vd q = ((babs == 0.0) & (ad == 0.0)) ? zero : ad / babs;
+      const vd q = vsel((babs == 0.0) & (ad == 0.0), zero, ad / babs);
       const vl gr = q > vrel;
-      vrel = gr ? q : vrel;
-      irel = gr ? idx : irel;
+      vrel = vsel(gr, q, vrel);
+      irel = vsel(gr, idx, irel);
       idx += W;
     }
     // products of values from formats up to float32 are exact in float64, so a fused multiply-add
