@@ -186,3 +186,18 @@ def test_validation(kw, exc, msg):
     arrays = {n: np.ones(shapes[n], dtypes[n]) for n in "qkv"}
     with pytest.raises(exc, match=msg):
         fp.attention(arrays["q"], arrays["k"], arrays["v"], **kw)
+
+
+def test_repeated_calls_on_changed_buffers():
+    # The bfloat16 kernel keeps repacked K/V per thread within a call: a second call on the same
+    # (modified) buffers must see the new values.
+    rng = np.random.default_rng(8)
+    q, k, v = make(rng, 1, 130, 150, 2, 1, 64, BF16)
+    first = fp.attention(q, k, v)
+    k[0, 70:90] = (k[0, 70:90].astype(np.float32) * -2).astype(BF16)
+    v[0, :10] = (v[0, :10].astype(np.float32) + 1).astype(BF16)
+    second = fp.attention(q, k, v)
+    ref_out, _ = reference(q, k, v)
+    naive = fp.attention(q, k, v, impl="naive")
+    assert not np.array_equal(first, second)
+    assert err(second, ref_out) <= 2 * err(naive, ref_out) + 2.0**-7 * float(np.max(np.abs(ref_out)))

@@ -2,12 +2,17 @@
 // tasks over the threads.
 #include "attention_cpu.h"
 
+#include <atomic>
+
 #include "flashparity/cpu_features.h"
 #include "threading.h"
 
 namespace flashparity {
 
-void attention_cpu(const AttnParams& p, AttnImpl impl) {
+void attention_cpu(const AttnParams& params, AttnImpl impl) {
+  static std::atomic<std::uint64_t> calls{0};
+  AttnParams p = params;
+  p.call_id = ++calls;
   AttnTaskFn fn;
   std::int64_t rows_per_task;
   switch (active_simd_level()) {
@@ -37,6 +42,7 @@ void attention_cpu(const AttnParams& p, AttnImpl impl) {
     const std::int64_t r0 = tile * rows_per_task;
     fn(p, b, h, r0, std::min(rows_per_task, p.seqlen_q - r0));
   });
+  isa_avx512bf16::attention_release_thread_cache();  // the caller's thread keeps no K/V copy
 }
 
 }  // namespace flashparity

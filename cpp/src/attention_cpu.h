@@ -28,6 +28,7 @@ std::int64_t attention_rows_per_task(AttnImpl impl);
 namespace isa_avx512bf16 {  // AVX-512 plus the BF16 dot products (bfloat16 flash2)
 AttnTaskFn attention_task_fn(AttnImpl impl, DType dtype);
 std::int64_t attention_rows_per_task(AttnImpl impl);
+void attention_release_thread_cache();  // frees the calling thread's repacked K/V
 }  // namespace isa_avx512bf16
 
 // Runs the whole forward on the CPU threads: tasks are (batch, head, query-row tile), each written

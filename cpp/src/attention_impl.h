@@ -348,13 +348,34 @@ void pv_tile_bf16(const std::uint16_t* p2, const std::uint16_t* v2, std::int64_t
   }
 }
 
+// K/V tiles in the pair layouts, packed once per (call, batch, kv head) on each thread and reused
+// by the query tiles it runs next (the tasks of one head are claimed consecutively). Worker threads
+// end with the call; the calling thread's copy is released by attention_release_thread_cache.
+struct PackedKV {
+  std::uint64_t call = 0;
+  std::int64_t b = -1, hk = -1;
+  std::vector<std::uint16_t> kt2, v2;
+  std::vector<char> ready;
+};
+thread_local PackedKV packed_kv;
+
 // flash2 for bfloat16 inputs on the dot-product instructions; same tiling and online softmax.
 void flash2_task_bf16(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64_t r0, std::int64_t rows) {
   const std::int64_t D = p.head_dim, Sk = p.seqlen_k;
   const std::int64_t Dp = round_up(D, kLanes);
   const std::int64_t hk = h / (p.heads_q / p.heads_kv);
   const float scale = static_cast<float>(p.scale), cap = static_cast<float>(p.softcap);
-  std::vector<std::uint16_t> q2(kBr * Dp), krows(kBc * Dp), kt2(Dp * kBc), vrows(kBc * Dp), v2(kBc * Dp), p2(kBr * kBc);
+  std::vector<std::uint16_t> q2(kBr * Dp), krows(kBc * Dp), vrows(kBc * Dp), p2(kBr * kBc);
+  PackedKV& cache = packed_kv;
+  const std::int64_t tiles = (Sk + kBc - 1) / kBc, tile_elems = Dp * kBc;
+  if (cache.call != p.call_id || cache.b != b || cache.hk != hk) {
+    cache.call = p.call_id;
+    cache.b = b;
+    cache.hk = hk;
+    cache.kt2.resize(static_cast<std::size_t>(tiles * tile_elems));
+    cache.v2.resize(static_cast<std::size_t>(tiles * tile_elems));
+    cache.ready.assign(static_cast<std::size_t>(tiles), 0);
+  }
   std::vector<float> s(kBr * kBc), o(kBr * Dp, 0.0f), m(kBr, -INFINITY), l(kBr, 0.0f);
   const std::int64_t rows_p = std::min<std::int64_t>(round_up(rows, 4), kBr);
   load_bf16_rows(p.q, b, h, r0, rows_p, r0 + rows, D, q2.data(), Dp);
@@ -362,24 +383,30 @@ void flash2_task_bf16(const AttnParams& p, std::int64_t b, std::int64_t h, std::
   const std::int64_t k_lo = first.lo / kBc * kBc, k_hi = last.hi;
   for (std::int64_t j0 = k_lo; j0 < k_hi; j0 += kBc) {
     const std::int64_t nj = std::min(kBc, Sk - j0);
-    load_bf16_rows(p.k, b, hk, j0, kBc, Sk, D, krows.data(), Dp);
-    load_bf16_rows(p.v, b, hk, j0, kBc, Sk, D, vrows.data(), Dp);
-    // pair layouts: kt2[d/2][j][d%2] (head_dim pairs per key), v2[j/2][d][j%2] (key pairs per dim)
-    for (std::int64_t j = 0; j < kBc; ++j) {
-      const std::uint32_t* kr = reinterpret_cast<const std::uint32_t*>(krows.data() + j * Dp);
-      std::uint32_t* kd = reinterpret_cast<std::uint32_t*>(kt2.data()) + j;
-      for (std::int64_t dp = 0; dp < Dp / 2; ++dp) kd[dp * kBc] = kr[dp];
-    }
-    for (std::int64_t jp = 0; jp < kBc / 2; ++jp) {
-      const std::uint16_t* va = vrows.data() + (2 * jp) * Dp;
-      const std::uint16_t* vb = va + Dp;
-      std::uint16_t* out = v2.data() + jp * Dp * 2;
-      for (std::int64_t d = 0; d < Dp; ++d) {
-        out[2 * d] = va[d];
-        out[2 * d + 1] = vb[d];
+    const std::int64_t t = j0 / kBc;
+    std::uint16_t* kt2 = cache.kt2.data() + t * tile_elems;
+    std::uint16_t* v2 = cache.v2.data() + t * tile_elems;
+    if (!cache.ready[static_cast<std::size_t>(t)]) {
+      load_bf16_rows(p.k, b, hk, j0, kBc, Sk, D, krows.data(), Dp);
+      load_bf16_rows(p.v, b, hk, j0, kBc, Sk, D, vrows.data(), Dp);
+      // pair layouts: kt2[d/2][j][d%2] (head_dim pairs per key), v2[j/2][d][j%2] (key pairs per dim)
+      for (std::int64_t j = 0; j < kBc; ++j) {
+        const std::uint32_t* kr = reinterpret_cast<const std::uint32_t*>(krows.data() + j * Dp);
+        std::uint32_t* kd = reinterpret_cast<std::uint32_t*>(kt2) + j;
+        for (std::int64_t dp = 0; dp < Dp / 2; ++dp) kd[dp * kBc] = kr[dp];
       }
+      for (std::int64_t jp = 0; jp < kBc / 2; ++jp) {
+        const std::uint16_t* va = vrows.data() + (2 * jp) * Dp;
+        const std::uint16_t* vb = va + Dp;
+        std::uint16_t* out = v2 + jp * Dp * 2;
+        for (std::int64_t d = 0; d < Dp; ++d) {
+          out[2 * d] = va[d];
+          out[2 * d + 1] = vb[d];
+        }
+      }
+      cache.ready[static_cast<std::size_t>(t)] = 1;
     }
-    scores_tile_bf16(q2.data(), Dp, kt2.data(), rows_p, s.data());
+    scores_tile_bf16(q2.data(), Dp, kt2, rows_p, s.data());
     for (std::int64_t i = 0; i < rows_p; ++i) {
       float* srow = s.data() + i * kBc;
       std::uint16_t* prow = p2.data() + i * kBc;
@@ -413,16 +440,18 @@ void flash2_task_bf16(const AttnParams& p, std::int64_t b, std::int64_t h, std::
         for (std::int64_t d = 0; d < Dp; ++d) orow[d] *= st.alpha;
       }
     }
-    pv_tile_bf16(p2.data(), v2.data(), Dp, kBc, rows_p, o.data());
+    pv_tile_bf16(p2.data(), v2, Dp, kBc, rows_p, o.data());
   }
   for (std::int64_t i = 0; i < rows; ++i) {
     store_row<bf16_bits, float>(p, b, r0 + i, h, o.data() + i * Dp, l[i]);
     if (p.lse) p.lse[(b * p.heads_q + h) * p.seqlen_q + r0 + i] = row_lse(m[i], l[i]);
   }
 }
+void release_packed_kv() { packed_kv = PackedKV(); }
 #else
 constexpr bool kBf16Dot = false;
 void flash2_task_bf16(const AttnParams&, std::int64_t, std::int64_t, std::int64_t, std::int64_t) {}
+void release_packed_kv() {}
 #endif
 
 // ---- naive: one task = (batch, head, up to kNaiveRows query rows) --------------------------------
@@ -601,6 +630,8 @@ AttnTaskFn attention_task_fn(AttnImpl impl, DType dtype) {
 }
 
 std::int64_t attention_rows_per_task(AttnImpl impl) { return impl == AttnImpl::Naive ? kNaiveRows : kBr; }
+
+void attention_release_thread_cache() { release_packed_kv(); }
 
 }  // namespace FP_ISA_NAMESPACE
 }  // namespace flashparity
