@@ -425,14 +425,18 @@ void flash2_task_bf16(const AttnParams& p, std::int64_t b, std::int64_t h, std::
       exp_shifted(srow, kBc, st.m_new);
       // probabilities in [0, 1] to bfloat16, round to nearest even on the bit pattern; the
       // normalizer sums the rounded values P.V actually uses
-      float rs = 0;
-      for (std::int64_t j = 0; j < kBc; ++j) {
-        std::uint32_t u;
-        std::memcpy(&u, srow + j, 4);
-        const std::uint16_t pb = static_cast<std::uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-        prow[j] = pb;
-        rs += bits_to_float(static_cast<std::uint32_t>(pb) << 16);
+      typedef std::uint32_t vu32x16 __attribute__((vector_size(64)));
+      typedef std::uint16_t vu16x16 __attribute__((vector_size(32)));
+      vf sum = {};
+      for (std::int64_t j = 0; j < kBc; j += kLanes) {
+        const vu32x16 u = bitcast<vu32x16>(loadv(srow + j));
+        const vu32x16 r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;  // finite, >= 0
+        const vu16x16 pb = __builtin_convertvector(r, vu16x16);
+        std::memcpy(prow + j, &pb, sizeof(pb));
+        sum += bitcast<vf>(r << 16);
       }
+      float rs = 0;
+      for (int k2 = 0; k2 < kLanes; ++k2) rs += sum[k2];
       l[i] = l[i] * st.alpha + rs;
       m[i] = st.m_new;
       if (st.alpha != 1.0f) {
@@ -578,7 +582,13 @@ void flash2_task(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64
       }
       exp_shifted(srow, kBc, st.m_new);
       Acc rs = 0;
-      for (std::int64_t j = 0; j < nj; ++j) rs += srow[j];
+      if constexpr (std::is_same_v<Acc, float>) {  // lanes, then across them (padding is 0 here)
+        vf sum = {};
+        for (std::int64_t j = 0; j < kBc; j += kLanes) sum += loadv(srow + j);
+        for (int k2 = 0; k2 < kLanes; ++k2) rs += sum[k2];
+      } else {
+        for (std::int64_t j = 0; j < nj; ++j) rs += srow[j];
+      }
       l[i] = l[i] * st.alpha + rs;
       m[i] = st.m_new;
       if (st.alpha != Acc(1)) {
