@@ -179,8 +179,8 @@ def test_shape_mismatch_and_missing_file(pair, tmp_path, capsys):
 
 
 def test_large_files_stream_with_bounded_memory(tmp_path):
-    # Two 512 MiB files compared in a fresh process whose peak RSS stays far below their size.
-    n = 128 << 20  # float32 elements
+    # A 2 GiB pair (two 1 GiB files) compared in a fresh process whose peak RSS stays far below it.
+    n = 256 << 20  # float32 elements: 1 GiB per file
     for name, fill in (("a.npy", 1.0), ("b.npy", 1.5)):
         mm = np.lib.format.open_memmap(tmp_path / name, mode="w+", dtype=np.float32, shape=(n,))
         mm[:] = fill
@@ -201,4 +201,4 @@ def test_large_files_stream_with_bounded_memory(tmp_path):
     (row,) = body["tensors"]
     assert row["numel"] == n and row["max_abs_diff"] == 7.5 and row["max_abs_index"] == [n - 3]
     peak_mib = int(res.stderr.strip().splitlines()[-1]) / 1024
-    assert peak_mib < 300, f"peak RSS {peak_mib:.0f} MiB for two 512 MiB files"
+    assert peak_mib < 300, f"peak RSS {peak_mib:.0f} MiB for two 1 GiB files"
