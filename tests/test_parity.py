@@ -449,3 +449,26 @@ def test_core_merge_is_order_independent_for_maxima():
     p1 = fp.parity(nan_a[:1], np.zeros(1, np.float32))._acc
     p2 = fp.parity(nan_a[1:], np.zeros(2, np.float32))._acc
     assert _core.ParityAccum().merged(p2, 1).merged(p1, 0).result()["max_abs_index"] == 0
+
+
+@pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])
+def test_relative_max_across_blocks(level, monkeypatch):
+    # The block kernels screen ratios against the running maximum of earlier blocks: a later block
+    # must still win with a larger ratio, lose a tie, and a zero or subnormal reference must count.
+    monkeypatch.setenv("FLASHPARITY_SIMD", level)
+    rng = np.random.default_rng(10)
+    b = rng.uniform(1.0, 2.0, 5 * 4096 + 3).astype(np.float32)
+    a = (b * (1 + 1e-3 * rng.uniform(-1, 1, b.size))).astype(np.float32)
+    a[100], b[100] = 3.0, 2.0                  # ratio 0.5 in block 0
+    a[3 * 4096 + 7], b[3 * 4096 + 7] = 3.0, 2.0  # the same ratio later: a tie, block 0 keeps it
+    s = fp.parity(a, b)
+    assert s.max_rel_diff == 0.5 and s.max_rel_index == (100,)
+    a[4 * 4096 + 9] = np.float32(1.5) * b[4 * 4096 + 9] * np.float32(1 + 2**-20)  # just above 0.5
+    check_against_oracle(fp.parity(a, b), a, b)
+    tiny = a.copy(), b.copy()
+    tiny[1][2 * 4096 + 5] = np.float32(1e-45)  # subnormal reference: a huge ratio
+    check_against_oracle(fp.parity(*tiny), *tiny)
+    zero = a.copy(), b.copy()
+    zero[1][5 * 4096 + 1] = 0.0  # zero reference in the tail: +inf
+    s = fp.parity(*zero)
+    assert s.max_rel_diff == math.inf and s.max_rel_index == (5 * 4096 + 1,)

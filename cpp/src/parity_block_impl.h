@@ -231,8 +231,8 @@ FP_INLINE vu32 narrow_bits32(const T* p, vd v) {
 // The maxima are exact but their indices are located only when the block can change the running
 // result: `thr_abs`/`thr_rel` are the caller's current maxima (-1 before any), and an index of -1
 // means "does not beat them" (accum_merge then ignores the value). For formats narrower than
-// float64 the relative difference is screened in float32 (error < 2^-22) and computed exactly in
-// float64 only for blocks that may hold a new maximum.
+// float64 the relative difference is screened in float32 against thr_rel (no division) and
+// computed exactly in float64 only for blocks that may hold a new maximum.
 template <typename TA, typename TB, typename Narrow, bool kTol>
 bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t n, std::int64_t index0,
                   const ParityParams& p, double thr_abs, double thr_rel) {
@@ -249,7 +249,13 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   vd vmx = zero;                      // per-lane max |a-b|
   vd vrel = zero - 1.0;               // exact per-lane max ratio (float64 pairs)
   vl irel = {};
-  vf vq32 = {};                       // float32 screen of the ratio (narrow pairs)
+  // Narrow pairs screen the ratio against the caller's running maximum without dividing: a lane is
+  // flagged when |a-b| > thr * |b| might hold (float32, with slack for every rounding involved);
+  // only a block with a flag gets the exact float64 pass. No usable maximum yet (or one past
+  // float32's range) means the exact pass anyway.
+  const bool exact_rel_pass = !(thr_rel >= 0.0 && thr_rel < 1e37);
+  const vf thr32 = vf{} + static_cast<float>(exact_rel_pass ? 0.0 : thr_rel * (1.0 - 0x1p-16));
+  vi32 rel_flag = {};
   vl mism = {};
   vu32 ulp32 = {};
   vul ulp64 = {};
@@ -278,11 +284,11 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     if constexpr (kTruncF32) ad32 = trunc_f32(ad);
     else if constexpr (kNarrowPair) ad32 = narrow_f32(ad);
     if constexpr (kNarrowPair) {
-      // |b| is 0 or >= 2^-149 and exact in float32; the floor keeps 0/0 out (a zero b with a
-      // nonzero a screens as huge, which forces the exact pass)
+      // |b| is 0 or >= 2^-149 and exact in float32; ad32 <= |a-b| by at most 2^-23 relative; the
+      // product's relative rounding is absorbed by the 2^-16 slack in thr32 and its absolute
+      // rounding near the subnormal range by the 1e-40 margin. A zero b with a nonzero a flags.
       const vf den = bitcast<vf>(bitcast<vu32>(bf32) & 0x7fffffffu);
-      const vf q = ad32 / (den > 1e-45f ? den : vf{} + 1e-45f);
-      vq32 = q > vq32 ? q : vq32;
+      rel_flag |= ad32 > thr32 * den - 1e-40f;
     } else {
       const vd babs = vabs(bv);
       const vd q = vsel((babs == 0.0) & (ad == 0.0), zero, ad / babs);
@@ -366,11 +372,9 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   double t_sa = total(sa), t_sb = total(sb);
   double mx = 0, rel = -1.0;
   std::int64_t rel_i = -1, mismatches = 0;
-  float q32 = 0;
   std::uint64_t max_ulp = 0;
   for (int j = 0; j < W; ++j) {
     mx = vmx[j] > mx ? vmx[j] : mx;
-    if (vq32[j] > q32) q32 = vq32[j];
     if (vrel[j] > rel || (vrel[j] == rel && irel[j] < rel_i)) {
       rel = vrel[j];
       rel_i = irel[j];
@@ -417,9 +421,10 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   }
   if constexpr (kNarrowPair) {
     // The tail's ratios were exact (rel, rel_i); the vector part is recomputed exactly only when
-    // its float32 screen says it may beat the running maximum (exact ratio <= screen * (1 + 2^-22)).
-    const double screen = static_cast<double>(q32);
-    if (screen * (1.0 + 0x1p-20) > thr_rel || !(screen <= 3.4028234663852886e38)) {
+    // a lane was flagged (or there is no running maximum to screen against).
+    bool flagged = exact_rel_pass;
+    for (int j = 0; j < W; ++j) flagged |= rel_flag[j] != 0;
+    if (flagged) {
       double vrel_max = -1.0;
       std::int64_t vrel_i = -1;
       for (std::int64_t i = 0; i < n8; ++i) {
