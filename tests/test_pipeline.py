@@ -134,6 +134,13 @@ def test_cli_kernel_parity_head_dim_error(capsys):
     assert code == 1 and out == "" and err.startswith("flashparity: unsupported-head-dim: got 300")
 
 
+def test_cli_kernel_parity_device_without_gpu(capsys):
+    if fp.build_info()["cuda_available"]:
+        pytest.skip("a GPU is present")
+    code, out, err = run_cli(["kernel", "parity", "--device", "cuda", "--json"], capsys)
+    assert code == 1 and json.loads(out)["error"].startswith("no-gpu")
+
+
 def test_cli_kernel_parity_human_and_sweep(capsys):
     code, out, _ = run_cli(["kernel", "parity", "--sweep", "--seq-len", "32"], capsys)
     assert code == 0 and "24 cases" in out and "FAILED" not in out

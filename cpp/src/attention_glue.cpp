@@ -11,11 +11,8 @@ namespace py = pybind11;
 
 namespace flashparity {
 
-namespace {
-
-void attention_host(const py::tuple& q_desc, const py::tuple& k_desc, const py::tuple& v_desc, std::uintptr_t out,
-                    std::uintptr_t lse, int impl, double scale, double softcap, std::int64_t left,
-                    std::int64_t right) {
+AttnParams make_attn_params(const py::tuple& q_desc, const py::tuple& k_desc, const py::tuple& v_desc, int impl,
+                            double scale, double softcap, std::int64_t left, std::int64_t right) {
   AttnParams p;
   p.q = tensor_arg(q_desc, "q");
   p.k = tensor_arg(k_desc, "k");
@@ -40,12 +37,21 @@ void attention_host(const py::tuple& q_desc, const py::tuple& k_desc, const py::
   if (!std::isfinite(scale) || !std::isfinite(softcap) || softcap < 0)
     throw std::invalid_argument("scale must be finite and softcap finite and >= 0");
   if (left < -1 || right < -1) throw std::invalid_argument("window bounds must be >= -1");
-  p.out = reinterpret_cast<void*>(out);
-  p.lse = reinterpret_cast<float*>(lse);
   p.scale = scale;
   p.softcap = softcap;
   p.window_left = left;
   p.window_right = right;
+  return p;
+}
+
+namespace {
+
+void attention_host(const py::tuple& q_desc, const py::tuple& k_desc, const py::tuple& v_desc, std::uintptr_t out,
+                    std::uintptr_t lse, int impl, double scale, double softcap, std::int64_t left,
+                    std::int64_t right) {
+  AttnParams p = make_attn_params(q_desc, k_desc, v_desc, impl, scale, softcap, left, right);
+  p.out = reinterpret_cast<void*>(out);
+  p.lse = reinterpret_cast<float*>(lse);
   py::gil_scoped_release release;
   attention_cpu(p, static_cast<AttnImpl>(impl));
 }

@@ -3,6 +3,7 @@
 
 #include <pybind11/pybind11.h>
 
+#include "flashparity/attention_math.h"
 #include "flashparity/parity_stats.h"
 #include "flashparity/tensor.h"
 
@@ -27,8 +28,13 @@ pybind11::dict accum_to_dict(const ParityAccum& s);
 void bind_parity(pybind11::module_& m);
 void bind_dlpack(pybind11::module_& m);
 void bind_attention(pybind11::module_& m);
+
+// Checked attention parameters from the descriptors (out/lse left for the caller).
+AttnParams make_attn_params(const pybind11::tuple& q, const pybind11::tuple& k, const pybind11::tuple& v, int impl,
+                            double scale, double softcap, std::int64_t left, std::int64_t right);
 #if FP_WITH_CUDA
 void bind_parity_cuda(pybind11::module_& m);
+void bind_device_cuda(pybind11::module_& m);
 #endif
 
 }  // namespace flashparity

@@ -68,5 +68,6 @@ PYBIND11_MODULE(_core, m) {
   bind_attention(m);
 #if FP_WITH_CUDA
   bind_parity_cuda(m);
+  bind_device_cuda(m);
 #endif
 }

@@ -47,11 +47,8 @@ def _views(q: Any, k: Any, v: Any) -> tuple[TensorView, TensorView, TensorView]:
         if len(view.shape) != 4:
             raise ValueError(f"{name} must be {what}, got {view.shape}")
     devices = {vq.device, vk.device, vv.device}
-    if devices != {"cpu"}:
-        if len(devices) > 1:
-            raise ValueError(f"q, k and v must live on one device, got {vq.device}, {vk.device}, {vv.device}")
-        raise NotImplementedError("attention on CUDA tensors needs the CUDA attention kernels, which this "
-                                  "version does not have yet; pass host arrays")
+    if len(devices) > 1:
+        raise ValueError(f"q, k and v must live on one device, got {vq.device}, {vk.device}, {vv.device}")
     if not (vq.dtype == vk.dtype == vv.dtype):
         raise TypeError(f"q, k and v must have the same dtype, got {vq.dtype}, {vk.dtype}, {vv.dtype}")
     if vk.shape != vv.shape:
@@ -88,6 +85,10 @@ def attention(
     gives output 0 and lse -inf. ``impl="naive"`` materializes score rows (any head_dim);
     ``impl="flash2"`` tiles with an online softmax (head_dim 1..256, else
     :class:`UnsupportedHeadDimError`). Accumulation is float32 (float64 for float64 inputs).
+
+    Device tensors (``__cuda_array_interface__`` / ``__dlpack__``) run on their GPU and return
+    :class:`flashparity._core.DeviceArray` outputs (zero-copy to PyTorch/CuPy); this version has
+    the naive CUDA kernel only (``impl="flash2"`` on device raises ``NotImplementedError``).
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {impl!r}")
@@ -122,6 +123,8 @@ def attention(
             raise ValueError(f"softmax_scale must be a finite number, got {softmax_scale!r}")
         scale = float(softmax_scale)
 
+    if vq.device == "cuda":
+        return _attention_cuda(vq, vk, vv, impl, scale, float(softcap), left, right, return_lse)
     out = np.empty(vq.shape, dtype=_numpy_dtype(vq.dtype))
     lse = np.empty((batch, heads_q, seqlen_q), dtype=np.float32) if return_lse else None
     if out.size or (lse is not None and lse.size):
@@ -132,4 +135,16 @@ def attention(
             _KERNEL_CODES[impl],
             scale, float(softcap), left, right,
         )
+    return (out, lse) if return_lse else out
+
+
+def _attention_cuda(vq: TensorView, vk: TensorView, vv: TensorView, impl: str, scale: float, softcap: float,
+                    left: int, right: int, return_lse: bool):
+    if not hasattr(_core, "attention_cuda"):
+        raise RuntimeError("q, k and v are CUDA tensors but this flashparity build has no CUDA kernels "
+                           "(rebuild with FLASHPARITY_CUDA=ON)")
+    if impl == "flash2":
+        raise NotImplementedError("the CUDA flash2 kernel is not in this build yet; impl='naive' runs on the GPU")
+    out, lse = _core.attention_cuda(vq.desc, vk.desc, vv.desc, _KERNEL_CODES[impl], scale, softcap, left, right,
+                                    return_lse, vq.stream or 0)
     return (out, lse) if return_lse else out

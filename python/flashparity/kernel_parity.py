@@ -81,9 +81,32 @@ def make_inputs(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _run(impl: str, q, k, v, case: Case):
-    if case.device != "cpu":
-        raise RuntimeError("device-unavailable: CUDA attention kernels are not in this build; use --device cpu")
-    return attention(q, k, v, impl=impl, causal=case.causal, window=case.window, softcap=case.softcap)
+    if case.device == "cpu" or q.dtype == np.float64:  # the float64 reference always runs on the host
+        return attention(q, k, v, impl=impl, causal=case.causal, window=case.window, softcap=case.softcap)
+    from . import _core
+
+    if not hasattr(_core, "attention_cuda"):
+        raise RuntimeError("device-unavailable: this build has no CUDA kernels; use --device cpu")
+    if impl == "flash2":
+        raise RuntimeError("device-unavailable: the CUDA flash2 kernel is not in this build yet; use --device cpu")
+    dev = [to_device(x) for x in (q, k, v)]
+    out = attention(*dev, impl=impl, causal=case.causal, window=case.window, softcap=case.softcap)
+    return to_host(out, q.dtype)
+
+
+def to_device(x: np.ndarray, device: int = 0):
+    """A device copy of a host array (CUDA builds): a DeviceArray."""
+    from . import _core
+    from ._tensor import DTYPE_CODES, as_view
+
+    x = np.ascontiguousarray(x)
+    view = as_view(x, "x")
+    return _core.DeviceArray.from_host(view.ptr, DTYPE_CODES[view.dtype], list(x.shape), device)
+
+
+def to_host(a, dtype) -> np.ndarray:
+    """A host copy of a DeviceArray, as a NumPy array of `dtype`."""
+    return np.frombuffer(a.to_host_bytes(), dtype=dtype).reshape(a.shape).copy()
 
 
 def _one(impl: str, ref: str, case: Case) -> dict[str, Any]:
@@ -157,6 +180,11 @@ def kernel_parity(impl: str = "flash2", ref: str = "naive", *, sweep: bool | lis
         if value not in IMPLS:
             raise ValueError(f"{name} must be one of {', '.join(IMPLS)} (or apr's 'tiled'), got {value!r}")
     base = Case(**case)
+    if base.device == "cuda":
+        from ._build import build_info
+
+        if not build_info()["cuda_available"]:
+            raise RuntimeError("no-gpu: no usable CUDA device (or this build has no CUDA kernels)")
     if sweep is False:
         return _one(impl, ref, base)
     cases = default_sweep(base) if sweep is True else list(sweep)

@@ -1,0 +1,16 @@
+// Device memory owned by flashparity (CUDA builds): allocation, copies and release, without pybind11
+// (implemented in cuda/device_array.cu). Every call checks its CUDA status and throws
+// std::runtime_error with the CUDA message.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace flashparity {
+
+void* device_alloc(std::size_t bytes, int device);
+void device_free(void* ptr, int device) noexcept;
+void copy_to_device(void* dst, const void* src, std::size_t bytes, int device);
+void copy_to_host(void* dst, const void* src, std::size_t bytes, int device);
+
+}  // namespace flashparity

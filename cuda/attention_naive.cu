@@ -1,0 +1,186 @@
+// The naive attention forward on the GPU (the reference): per chunk of query rows, one kernel writes
+// the scaled, capped, masked scores, one reduces each row (max, exp, sum, LSE) in place, one forms
+// P.V and the output. Shares key_range / softcap / LSE with the CPU kernels (attention_math.h).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#include "flashparity/attention_cuda.h"
+#include "flashparity/dtype.h"
+
+namespace flashparity {
+
+namespace {
+
+#define FP_CUDA_CHECK(call)                                                                          \
+  do {                                                                                               \
+    const cudaError_t fp_err_ = (call);                                                              \
+    if (fp_err_ != cudaSuccess)                                                                      \
+      throw std::runtime_error(std::string("CUDA error in ") + #call + ": " + cudaGetErrorString(fp_err_)); \
+  } while (0)
+
+constexpr int kThreads = 128;
+constexpr std::size_t kScratchBytes = std::size_t{256} << 20;
+
+template <typename T>
+__device__ FP_INLINE double load(const TensorArg& t, std::int64_t b, std::int64_t s, std::int64_t h, std::int64_t d) {
+  const char* p = static_cast<const char*>(t.data) + b * t.strides[0] + s * t.strides[1] + h * t.strides[2] +
+                  d * t.strides[3];
+  T x;
+  memcpy(&x, p, sizeof(T));
+  return to_f64(x);
+}
+
+template <typename T> __device__ FP_INLINE T from_acc(double x);
+template <> __device__ FP_INLINE double from_acc<double>(double x) { return x; }
+template <> __device__ FP_INLINE float from_acc<float>(double x) { return static_cast<float>(x); }
+template <> __device__ FP_INLINE half_bits from_acc<half_bits>(double x) { return half_bits{round_to_half_bits(x)}; }
+template <> __device__ FP_INLINE bf16_bits from_acc<bf16_bits>(double x) { return bf16_bits{round_to_bf16_bits(x)}; }
+
+// scores[bh][r][j] for query rows r0 + r: grid (key blocks, rows, batch*heads_q)
+template <typename T, typename Acc>
+__global__ void NaiveScoresKernel(const AttnParams p, std::int64_t r0, std::int64_t rows, Acc* scores) {
+  const std::int64_t j = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const std::int64_t r = blockIdx.y, bh = blockIdx.z;
+  const std::int64_t i = r0 + r;
+  if (j >= p.seqlen_k || i >= p.seqlen_q) return;
+  const std::int64_t b = bh / p.heads_q, h = bh % p.heads_q, hk = h / (p.heads_q / p.heads_kv);
+  const KeyRange kr = key_range(i, p);
+  Acc s = -INFINITY;
+  if (j >= kr.lo && j < kr.hi) {
+    Acc dot = 0;
+    for (std::int64_t d = 0; d < p.head_dim; ++d)
+      dot += static_cast<Acc>(load<T>(p.q, b, i, h, d)) * static_cast<Acc>(load<T>(p.k, b, j, hk, d));
+    s = apply_softcap(dot * static_cast<Acc>(p.scale), static_cast<Acc>(p.softcap));
+  }
+  scores[(bh * rows + r) * p.seqlen_k + j] = s;
+}
+
+// One block per row: max, exp(s - max) in place, sum; LSE out. grid (rows, batch*heads_q)
+template <typename Acc>
+__global__ void NaiveSoftmaxKernel(const AttnParams p, std::int64_t r0, std::int64_t rows, Acc* scores, Acc* lsum) {
+  __shared__ Acc red[kThreads];
+  const std::int64_t r = blockIdx.x, bh = blockIdx.y;
+  const std::int64_t i = r0 + r;
+  if (i >= p.seqlen_q) return;
+  Acc* row = scores + (bh * rows + r) * p.seqlen_k;
+  Acc m = -INFINITY;
+  for (std::int64_t j = threadIdx.x; j < p.seqlen_k; j += blockDim.x) m = row[j] > m ? row[j] : m;
+  red[threadIdx.x] = m;
+  __syncthreads();
+  for (int s = kThreads / 2; s > 0; s >>= 1) {
+    if (static_cast<int>(threadIdx.x) < s) red[threadIdx.x] = red[threadIdx.x + s] > red[threadIdx.x] ? red[threadIdx.x + s] : red[threadIdx.x];
+    __syncthreads();
+  }
+  m = red[0];
+  __syncthreads();
+  Acc l = 0;
+  for (std::int64_t j = threadIdx.x; j < p.seqlen_k; j += blockDim.x) {
+    const Acc e = m == -INFINITY ? Acc(0) : exp(row[j] - m);
+    row[j] = e;
+    l += e;
+  }
+  red[threadIdx.x] = l;
+  __syncthreads();
+  for (int s = kThreads / 2; s > 0; s >>= 1) {
+    if (static_cast<int>(threadIdx.x) < s) red[threadIdx.x] += red[threadIdx.x + s];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    lsum[bh * rows + r] = red[0];
+    if (p.lse != nullptr) {
+      const std::int64_t b = bh / p.heads_q, h = bh % p.heads_q;
+      p.lse[(b * p.heads_q + h) * p.seqlen_q + i] = row_lse(m, red[0]);
+    }
+  }
+}
+
+// out[b][i][h][d] = sum_j p[j] v[j][d] / l: grid (head_dim blocks, rows, batch*heads_q)
+template <typename T, typename Acc>
+__global__ void NaivePVKernel(const AttnParams p, std::int64_t r0, std::int64_t rows, const Acc* scores,
+                              const Acc* lsum) {
+  const std::int64_t d = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const std::int64_t r = blockIdx.y, bh = blockIdx.z;
+  const std::int64_t i = r0 + r;
+  if (d >= p.head_dim || i >= p.seqlen_q) return;
+  const std::int64_t b = bh / p.heads_q, h = bh % p.heads_q, hk = h / (p.heads_q / p.heads_kv);
+  const Acc* row = scores + (bh * rows + r) * p.seqlen_k;
+  Acc acc = 0;
+  for (std::int64_t j = 0; j < p.seqlen_k; ++j)
+    if (row[j] != Acc(0)) acc += row[j] * static_cast<Acc>(load<T>(p.v, b, j, hk, d));
+  const Acc l = lsum[bh * rows + r];
+  T* out = static_cast<T*>(p.out) + ((b * p.seqlen_q + i) * p.heads_q + h) * p.head_dim + d;
+  *out = from_acc<T>(static_cast<double>(l > Acc(0) ? acc / l : Acc(0)));
+}
+
+cudaStream_t as_stream(std::uintptr_t s) {
+  if (s == 0 || s == 1) return cudaStreamLegacy;
+  if (s == 2) return cudaStreamPerThread;
+  return reinterpret_cast<cudaStream_t>(s);
+}
+
+template <typename T, typename Acc>
+void run(const AttnParams& p, cudaStream_t stream) {
+  const std::int64_t bh = p.batch * p.heads_q;
+  const std::int64_t sk = std::max<std::int64_t>(p.seqlen_k, 1);
+  std::int64_t rows = static_cast<std::int64_t>(kScratchBytes / (sizeof(Acc) * static_cast<std::size_t>(bh * sk)));
+  rows = std::max<std::int64_t>(1, std::min<std::int64_t>({rows, p.seqlen_q, 65535}));
+  if (bh > 65535) throw std::invalid_argument("batch * heads_q must be at most 65535 for the CUDA naive kernel");
+  Acc* scores = nullptr;
+  Acc* lsum = nullptr;
+  FP_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&scores), sizeof(Acc) * bh * rows * sk, stream));
+  const cudaError_t e2 = cudaMallocAsync(reinterpret_cast<void**>(&lsum), sizeof(Acc) * bh * rows, stream);
+  if (e2 != cudaSuccess) {
+    cudaFreeAsync(scores, stream);
+    FP_CUDA_CHECK(e2);
+  }
+  try {
+    for (std::int64_t r0 = 0; r0 < p.seqlen_q; r0 += rows) {
+      const std::int64_t n = std::min(rows, p.seqlen_q - r0);
+      if (p.seqlen_k > 0) {
+        const dim3 g1(static_cast<unsigned>((p.seqlen_k + kThreads - 1) / kThreads), static_cast<unsigned>(n),
+                      static_cast<unsigned>(bh));
+        NaiveScoresKernel<T, Acc><<<g1, kThreads, 0, stream>>>(p, r0, rows, scores);
+        FP_CUDA_CHECK(cudaGetLastError());
+      }
+      const dim3 g2(static_cast<unsigned>(n), static_cast<unsigned>(bh));
+      NaiveSoftmaxKernel<Acc><<<g2, kThreads, 0, stream>>>(p, r0, rows, scores, lsum);
+      FP_CUDA_CHECK(cudaGetLastError());
+      const dim3 g3(static_cast<unsigned>((p.head_dim + kThreads - 1) / kThreads), static_cast<unsigned>(n),
+                    static_cast<unsigned>(bh));
+      NaivePVKernel<T, Acc><<<g3, kThreads, 0, stream>>>(p, r0, rows, scores, lsum);
+      FP_CUDA_CHECK(cudaGetLastError());
+    }
+    FP_CUDA_CHECK(cudaStreamSynchronize(stream));
+  } catch (...) {
+    cudaFreeAsync(scores, stream);
+    cudaFreeAsync(lsum, stream);
+    throw;
+  }
+  cudaFreeAsync(scores, stream);
+  cudaFreeAsync(lsum, stream);
+}
+
+}  // namespace
+
+void attention_naive_cuda(const AttnParams& p, int device, std::uintptr_t stream) {
+  int previous = -1;
+  FP_CUDA_CHECK(cudaGetDevice(&previous));
+  if (previous != device) FP_CUDA_CHECK(cudaSetDevice(device));
+  try {
+    FP_DTYPE_SWITCH(p.q.dtype, T, [&] {
+      if constexpr (std::is_same_v<T, double>) run<T, double>(p, as_stream(stream));
+      else run<T, float>(p, as_stream(stream));
+    });
+  } catch (...) {
+    if (previous != device) cudaSetDevice(previous);
+    throw;
+  }
+  if (previous != device) cudaSetDevice(previous);
+}
+
+}  // namespace flashparity
