@@ -336,13 +336,16 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
       bin = bin > 58 ? vi32{} + 58 : bin;
       bin = __builtin_convertvector(ad == 0.0, vi32) != 0 ? vi32{} : bin;
     }
-    bin_lo = bin < bin_lo ? bin : bin_lo;
+    // the range of nonzero bins (exact zeros, common in low precision, are counted on their own)
+    const vi32 nz = bin == 0 ? vi32{} + kHistBins : bin;
+    bin_lo = nz < bin_lo ? nz : bin_lo;
     bin_hi = bin > bin_hi ? bin : bin_hi;
     const vu8 b8 = __builtin_convertvector(bin, vu8);
     std::memcpy(bins + i, &b8, sizeof(b8));
   }
-  // Count the bins present: byte compares over the block, only for bins between the block's
-  // lowest and highest (a handful for real data), instead of a scattered increment per element.
+  // Count the bins present: byte compares over the block, for the zero bin and the bins between
+  // the block's lowest and highest nonzero ones (a handful for real data), instead of a scattered
+  // increment per element.
   if (n8 > 0) {
     const std::int64_t nb = (n8 + 63) / 64 * 64;
     for (std::int64_t i = n8; i < nb; ++i) bins[i] = 0xff;  // matches no bin
@@ -352,7 +355,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
       hi = bin_hi[j] > hi ? bin_hi[j] : hi;
     }
     static_assert(kBlock / kByteLanes <= 255, "byte counters would overflow");
-    for (int k = lo; k <= hi; ++k) {
+    for (int k = 0; k <= hi; k = (k == 0 ? (lo > 1 ? lo : 1) : k + 1)) {
       vbytes cnt = {};  // at most kBlock / kByteLanes per lane
       for (std::int64_t i = 0; i < nb; i += kByteLanes)
         cnt -= reinterpret_cast<vbytes>(load<vbytes>(bins + i) == static_cast<std::uint8_t>(k));
