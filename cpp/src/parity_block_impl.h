@@ -156,6 +156,47 @@ FP_INLINE vd vmaxd(vd a, vd b) {
 #endif
 }
 
+// Loop-carried float64 accumulators of eight lanes. With AVX-512 one zmm register; below it, two
+// explicit 4-lane halves: GCC keeps a loop-carried 64-byte vector in memory there (moved through
+// general registers every iteration). Same lanes, same operations, so results stay identical.
+#if defined(__AVX512F__)
+struct Acc8 {
+  vd v = {};
+  FP_INLINE void add(vd x) { v += x; }
+  FP_INLINE void fma(vd x, vd y) { v = vfma(x, y, v); }
+  FP_INLINE void max(vd x) { v = vmaxd(x, v); }
+  FP_INLINE double lane(int j) const { return v[j]; }
+};
+#else
+struct Acc8 {
+  typedef double vd4 __attribute__((vector_size(32)));
+  vd4 lo = {}, hi = {};
+  struct Halves { vd4 lo, hi; };
+  FP_INLINE void add(vd x) {
+    const Halves h = bitcast<Halves>(x);
+    lo += h.lo;
+    hi += h.hi;
+  }
+  FP_INLINE void fma(vd x, vd y) {
+#if defined(__FMA__)
+    const Halves a = bitcast<Halves>(x), b = bitcast<Halves>(y);
+    lo = bitcast<vd4>(_mm256_fmadd_pd(bitcast<__m256d>(a.lo), bitcast<__m256d>(b.lo), bitcast<__m256d>(lo)));
+    hi = bitcast<vd4>(_mm256_fmadd_pd(bitcast<__m256d>(a.hi), bitcast<__m256d>(b.hi), bitcast<__m256d>(hi)));
+#else
+    const Halves r = bitcast<Halves>(vfma(x, y, bitcast<vd>(Halves{lo, hi})));
+    lo = r.lo;
+    hi = r.hi;
+#endif
+  }
+  FP_INLINE void max(vd x) {
+    const Halves r = bitcast<Halves>(vmaxd(x, bitcast<vd>(Halves{lo, hi})));
+    lo = r.lo;
+    hi = r.hi;
+  }
+  FP_INLINE double lane(int j) const { return j < 4 ? lo[j] : hi[j - 4]; }
+};
+#endif
+
 // Eight elements as float32 (exact for every format but float64) and float64 (exact), and their
 // raw bit patterns.
 template <typename T> struct Lanes;
@@ -244,9 +285,9 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   constexpr int kNarrowBits = dtype_size(kNarrow) * 8;
 
   const vd zero = {};
-  vd s_abs = zero, s_sq = zero, s_aa = zero, s_bb = zero, s_ab = zero;
-  vd sa = zero, sb = zero;  // plain sums; with s_aa, s_bb, s_ab they give the block's moments
-  vd vmx = zero;                      // per-lane max |a-b|
+  Acc8 s_abs, s_sq, s_aa, s_bb, s_ab;
+  Acc8 sa, sb;  // plain sums; with s_aa, s_bb, s_ab they give the block's moments
+  Acc8 vmx;     // per-lane max |a-b|
   vd vrel = zero - 1.0;               // exact per-lane max ratio (float64 pairs)
   vl irel = {};
   // Narrow pairs screen the ratio against the caller's running maximum without dividing: a lane is
@@ -279,7 +320,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     }
     const vd d = av - bv;
     const vd ad = vabs(d);
-    vmx = vmaxd(ad, vmx);
+    vmx.max(ad);
     vf ad32;
     if constexpr (kTruncF32) ad32 = trunc_f32(ad);
     else if constexpr (kNarrowPair) ad32 = narrow_f32(ad);
@@ -299,13 +340,13 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     }
     // products of values from formats up to float32 are exact in float64, so a fused multiply-add
     // rounds each term once, exactly as separate operations would; in float64 it rounds once fewer
-    s_abs += ad;
-    s_sq = vfma(d, d, s_sq);
-    s_aa = vfma(av, av, s_aa);
-    s_bb = vfma(bv, bv, s_bb);
-    s_ab = vfma(av, bv, s_ab);
-    sa += av;
-    sb += bv;
+    s_abs.add(ad);
+    s_sq.fma(d, d);
+    s_aa.fma(av, av);
+    s_bb.fma(bv, bv);
+    s_ab.fma(av, bv);
+    sa.add(av);
+    sb.add(bv);
     if constexpr (kTol) mism -= ad > p.atol + p.rtol * vabs(bv);  // finite here: the plain comparison
     if constexpr (kNarrowBits <= 32) {
       const vi32 oa = ordered32(narrow_bits32<TA, Narrow>(a + i, av), kNarrowBits);
@@ -366,9 +407,9 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   }
 
   // reductions over lanes in a fixed order, then the tail (< W elements) in index order
-  auto total = [](vd v) {
+  auto total = [](const Acc8& v) {
     double s = 0;
-    for (int j = 0; j < W; ++j) s += v[j];
+    for (int j = 0; j < W; ++j) s += v.lane(j);
     return s;
   };
   double t_abs = total(s_abs), t_sq = total(s_sq), t_aa = total(s_aa), t_bb = total(s_bb), t_ab = total(s_ab);
@@ -377,7 +418,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   std::int64_t rel_i = -1, mismatches = 0;
   std::uint64_t max_ulp = 0;
   for (int j = 0; j < W; ++j) {
-    mx = vmx[j] > mx ? vmx[j] : mx;
+    mx = vmx.lane(j) > mx ? vmx.lane(j) : mx;
     if (vrel[j] > rel || (vrel[j] == rel && irel[j] < rel_i)) {
       rel = vrel[j];
       rel_i = irel[j];
@@ -474,14 +515,14 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   } else {
     const double ma = r.mom.mean_a, mb = r.mom.mean_b;
     const vd vma = zero + ma, vmb = zero + mb;
-    vd xa_s = zero, xb_s = zero, xaa = zero, xbb = zero, xab = zero;
+    Acc8 xa_s, xb_s, xaa, xbb, xab;
     for (std::int64_t i = 0; i < n8; i += W) {
       const vd xa = Lanes<TA>::value(a + i) - vma, xb = Lanes<TB>::value(b + i) - vmb;
-      xa_s += xa;
-      xb_s += xb;
-      xaa = vfma(xa, xa, xaa);
-      xbb = vfma(xb, xb, xbb);
-      xab = vfma(xa, xb, xab);
+      xa_s.add(xa);
+      xb_s.add(xb);
+      xaa.fma(xa, xa);
+      xbb.fma(xb, xb);
+      xab.fma(xa, xb);
     }
     double ua = total(xa_s), ub = total(xb_s), uaa = total(xaa), ubb = total(xbb), uab = total(xab);
     for (std::int64_t i = n8; i < n; ++i) {
