@@ -9,19 +9,13 @@
 #include <string>
 #include <type_traits>
 
+#include "cuda_util.cuh"
 #include "flashparity/attention_cuda.h"
 #include "flashparity/dtype.h"
 
 namespace flashparity {
 
 namespace {
-
-#define FP_CUDA_CHECK(call)                                                                          \
-  do {                                                                                               \
-    const cudaError_t fp_err_ = (call);                                                              \
-    if (fp_err_ != cudaSuccess)                                                                      \
-      throw std::runtime_error(std::string("CUDA error in ") + #call + ": " + cudaGetErrorString(fp_err_)); \
-  } while (0)
 
 constexpr int kThreads = 128;
 constexpr std::size_t kScratchBytes = std::size_t{256} << 20;
@@ -117,12 +111,6 @@ __global__ void NaivePVKernel(const AttnParams p, std::int64_t r0, std::int64_t 
   *out = from_acc<T>(static_cast<double>(l > Acc(0) ? acc / l : Acc(0)));
 }
 
-cudaStream_t as_stream(std::uintptr_t s) {
-  if (s == 0 || s == 1) return cudaStreamLegacy;
-  if (s == 2) return cudaStreamPerThread;
-  return reinterpret_cast<cudaStream_t>(s);
-}
-
 template <typename T, typename Acc>
 void run(const AttnParams& p, cudaStream_t stream) {
   const std::int64_t bh = p.batch * p.heads_q;
@@ -130,57 +118,36 @@ void run(const AttnParams& p, cudaStream_t stream) {
   std::int64_t rows = static_cast<std::int64_t>(kScratchBytes / (sizeof(Acc) * static_cast<std::size_t>(bh * sk)));
   rows = std::max<std::int64_t>(1, std::min<std::int64_t>({rows, p.seqlen_q, 65535}));
   if (bh > 65535) throw std::invalid_argument("batch * heads_q must be at most 65535 for the CUDA naive kernel");
-  Acc* scores = nullptr;
-  Acc* lsum = nullptr;
-  FP_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&scores), sizeof(Acc) * bh * rows * sk, stream));
-  const cudaError_t e2 = cudaMallocAsync(reinterpret_cast<void**>(&lsum), sizeof(Acc) * bh * rows, stream);
-  if (e2 != cudaSuccess) {
-    cudaFreeAsync(scores, stream);
-    FP_CUDA_CHECK(e2);
-  }
-  try {
-    for (std::int64_t r0 = 0; r0 < p.seqlen_q; r0 += rows) {
-      const std::int64_t n = std::min(rows, p.seqlen_q - r0);
-      if (p.seqlen_k > 0) {
-        const dim3 g1(static_cast<unsigned>((p.seqlen_k + kThreads - 1) / kThreads), static_cast<unsigned>(n),
-                      static_cast<unsigned>(bh));
-        NaiveScoresKernel<T, Acc><<<g1, kThreads, 0, stream>>>(p, r0, rows, scores);
-        FP_CUDA_CHECK(cudaGetLastError());
-      }
-      const dim3 g2(static_cast<unsigned>(n), static_cast<unsigned>(bh));
-      NaiveSoftmaxKernel<Acc><<<g2, kThreads, 0, stream>>>(p, r0, rows, scores, lsum);
-      FP_CUDA_CHECK(cudaGetLastError());
-      const dim3 g3(static_cast<unsigned>((p.head_dim + kThreads - 1) / kThreads), static_cast<unsigned>(n),
+  DeviceBuffer scores_buf(sizeof(Acc) * bh * rows * sk, stream), lsum_buf(sizeof(Acc) * bh * rows, stream);
+  Acc* scores = static_cast<Acc*>(scores_buf.ptr);
+  Acc* lsum = static_cast<Acc*>(lsum_buf.ptr);
+  for (std::int64_t r0 = 0; r0 < p.seqlen_q; r0 += rows) {
+    const std::int64_t n = std::min(rows, p.seqlen_q - r0);
+    if (p.seqlen_k > 0) {
+      const dim3 g1(static_cast<unsigned>((p.seqlen_k + kThreads - 1) / kThreads), static_cast<unsigned>(n),
                     static_cast<unsigned>(bh));
-      NaivePVKernel<T, Acc><<<g3, kThreads, 0, stream>>>(p, r0, rows, scores, lsum);
+      NaiveScoresKernel<T, Acc><<<g1, kThreads, 0, stream>>>(p, r0, rows, scores);
       FP_CUDA_CHECK(cudaGetLastError());
     }
-    FP_CUDA_CHECK(cudaStreamSynchronize(stream));
-  } catch (...) {
-    cudaFreeAsync(scores, stream);
-    cudaFreeAsync(lsum, stream);
-    throw;
+    const dim3 g2(static_cast<unsigned>(n), static_cast<unsigned>(bh));
+    NaiveSoftmaxKernel<Acc><<<g2, kThreads, 0, stream>>>(p, r0, rows, scores, lsum);
+    FP_CUDA_CHECK(cudaGetLastError());
+    const dim3 g3(static_cast<unsigned>((p.head_dim + kThreads - 1) / kThreads), static_cast<unsigned>(n),
+                  static_cast<unsigned>(bh));
+    NaivePVKernel<T, Acc><<<g3, kThreads, 0, stream>>>(p, r0, rows, scores, lsum);
+    FP_CUDA_CHECK(cudaGetLastError());
   }
-  cudaFreeAsync(scores, stream);
-  cudaFreeAsync(lsum, stream);
+  FP_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
 }  // namespace
 
 void attention_naive_cuda(const AttnParams& p, int device, std::uintptr_t stream) {
-  int previous = -1;
-  FP_CUDA_CHECK(cudaGetDevice(&previous));
-  if (previous != device) FP_CUDA_CHECK(cudaSetDevice(device));
-  try {
-    FP_DTYPE_SWITCH(p.q.dtype, T, [&] {
-      if constexpr (std::is_same_v<T, double>) run<T, double>(p, as_stream(stream));
-      else run<T, float>(p, as_stream(stream));
-    });
-  } catch (...) {
-    if (previous != device) cudaSetDevice(previous);
-    throw;
-  }
-  if (previous != device) cudaSetDevice(previous);
+  DeviceGuard guard(device);
+  FP_DTYPE_SWITCH(p.q.dtype, T, [&] {
+    if constexpr (std::is_same_v<T, double>) run<T, double>(p, as_stream(stream));
+    else run<T, float>(p, as_stream(stream));
+  });
 }
 
 }  // namespace flashparity

@@ -4,34 +4,15 @@
 #include <stdexcept>
 #include <string>
 
+#include "cuda_util.cuh"
 #include "flashparity/device_array.h"
 
 namespace flashparity {
 
-namespace {
-
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(err));
-}
-
-struct Device {
-  int previous = -1;
-  explicit Device(int device) {
-    check(cudaGetDevice(&previous), "cudaGetDevice");
-    if (previous != device) check(cudaSetDevice(device), "cudaSetDevice");
-  }
-  ~Device() {
-    int now = -1;
-    if (cudaGetDevice(&now) == cudaSuccess && now != previous) cudaSetDevice(previous);
-  }
-};
-
-}  // namespace
-
 void* device_alloc(std::size_t bytes, int device) {
-  Device guard(device);
+  DeviceGuard guard(device);
   void* ptr = nullptr;
-  check(cudaMalloc(&ptr, bytes == 0 ? 1 : bytes), "cudaMalloc");
+  FP_CUDA_CHECK(cudaMalloc(&ptr, bytes == 0 ? 1 : bytes));
   return ptr;
 }
 
@@ -45,13 +26,13 @@ void device_free(void* ptr, int device) noexcept {
 }
 
 void copy_to_device(void* dst, const void* src, std::size_t bytes, int device) {
-  Device guard(device);
-  check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy (host to device)");
+  DeviceGuard guard(device);
+  FP_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
 }
 
 void copy_to_host(void* dst, const void* src, std::size_t bytes, int device) {
-  Device guard(device);
-  check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy (device to host)");
+  DeviceGuard guard(device);
+  FP_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
 }
 
 }  // namespace flashparity

@@ -12,18 +12,12 @@
 #include <string>
 #include <vector>
 
+#include "cuda_util.cuh"
 #include "flashparity/parity_cuda.h"
 
 namespace flashparity {
 
 namespace {
-
-#define FP_CUDA_CHECK(call)                                                                          \
-  do {                                                                                               \
-    const cudaError_t fp_err_ = (call);                                                              \
-    if (fp_err_ != cudaSuccess)                                                                      \
-      throw std::runtime_error(std::string("CUDA error in ") + #call + ": " + cudaGetErrorString(fp_err_)); \
-  } while (0)
 
 constexpr int kThreads = 128;  // ParityCore per thread in shared memory: 128 x 192 B
 constexpr int kVec = 8;        // elements per thread per iteration
@@ -151,35 +145,6 @@ __global__ void __launch_bounds__(kThreads) ParityReduceKernel(const KernelParam
     for (int i = 0; i < kHistBins; ++i) out.hist[i] = static_cast<std::int64_t>(hist[i]);
   }
 }
-
-cudaStream_t as_stream(std::uintptr_t s) {
-  if (s == 0 || s == 1) return cudaStreamLegacy;
-  if (s == 2) return cudaStreamPerThread;
-  return reinterpret_cast<cudaStream_t>(s);
-}
-
-// Restores the calling thread's current device.
-struct DeviceGuard {
-  int previous = -1;
-  explicit DeviceGuard(int device) {
-    FP_CUDA_CHECK(cudaGetDevice(&previous));
-    if (previous != device) FP_CUDA_CHECK(cudaSetDevice(device));
-  }
-  ~DeviceGuard() {
-    int now = -1;
-    if (cudaGetDevice(&now) == cudaSuccess && now != previous) cudaSetDevice(previous);
-  }
-};
-
-// Stream-ordered device buffer, freed on every path.
-struct DeviceBuffer {
-  void* ptr = nullptr;
-  cudaStream_t stream;
-  DeviceBuffer(std::size_t bytes, cudaStream_t s) : stream(s) { FP_CUDA_CHECK(cudaMallocAsync(&ptr, bytes, s)); }
-  ~DeviceBuffer() {
-    if (ptr != nullptr) cudaFreeAsync(ptr, stream);
-  }
-};
 
 template <typename TA, typename TB>
 void launch(const KernelParams& kp, int blocks, cudaStream_t s) {
