@@ -29,12 +29,6 @@ __device__ FP_INLINE double load(const TensorArg& t, std::int64_t b, std::int64_
   return to_f64(x);
 }
 
-template <typename T> __device__ FP_INLINE T from_acc(double x);
-template <> __device__ FP_INLINE double from_acc<double>(double x) { return x; }
-template <> __device__ FP_INLINE float from_acc<float>(double x) { return static_cast<float>(x); }
-template <> __device__ FP_INLINE half_bits from_acc<half_bits>(double x) { return half_bits{round_to_half_bits(x)}; }
-template <> __device__ FP_INLINE bf16_bits from_acc<bf16_bits>(double x) { return bf16_bits{round_to_bf16_bits(x)}; }
-
 // scores[bh][r][j] for query rows r0 + r: grid (key blocks, rows, batch*heads_q)
 template <typename T, typename Acc>
 __global__ void NaiveScoresKernel(const AttnParams p, std::int64_t r0, std::int64_t rows, Acc* scores) {
@@ -108,7 +102,7 @@ __global__ void NaivePVKernel(const AttnParams p, std::int64_t r0, std::int64_t 
     if (row[j] != Acc(0)) acc += row[j] * static_cast<Acc>(load<T>(p.v, b, j, hk, d));
   const Acc l = lsum[bh * rows + r];
   T* out = static_cast<T*>(p.out) + ((b * p.seqlen_q + i) * p.heads_q + h) * p.head_dim + d;
-  *out = from_acc<T>(static_cast<double>(l > Acc(0) ? acc / l : Acc(0)));
+  *out = from_f64<T>(static_cast<double>(l > Acc(0) ? acc / l : Acc(0)));
 }
 
 template <typename T, typename Acc>

@@ -22,41 +22,8 @@ namespace {
 constexpr int kThreads = 128;  // ParityCore per thread in shared memory: 128 x 192 B
 constexpr int kVec = 8;        // elements per thread per iteration
 
-// A strided view with size-1 dimensions dropped and mergeable neighbours merged (same C order).
-struct View {
-  const char* base;
-  int ndim;
-  bool contiguous;
-  std::int64_t shape[kMaxDims];
-  std::int64_t strides[kMaxDims];  // bytes
-};
-
-View make_view(const TensorArg& t) {
-  View v{};
-  v.base = static_cast<const char*>(t.data);
-  const int esize = dtype_size(t.dtype);
-  for (int i = 0; i < t.ndim; ++i) {
-    if (t.shape[i] == 1) continue;
-    if (v.ndim > 0 && v.strides[v.ndim - 1] == t.strides[i] * t.shape[i]) {
-      v.shape[v.ndim - 1] *= t.shape[i];
-      v.strides[v.ndim - 1] = t.strides[i];
-    } else {
-      v.shape[v.ndim] = t.shape[i];
-      v.strides[v.ndim] = t.strides[i];
-      ++v.ndim;
-    }
-  }
-  if (v.ndim == 0) {
-    v.ndim = 1;
-    v.shape[0] = 1;
-    v.strides[0] = esize;
-  }
-  v.contiguous = v.ndim == 1 && v.strides[0] == esize;
-  return v;
-}
-
 struct KernelParams {
-  View a, b;
+  CollapsedView a, b;
   std::int64_t n;
   ParityParams p;
   bool vector_loads;  // both contiguous and 16-byte aligned
@@ -64,9 +31,9 @@ struct KernelParams {
 };
 
 template <typename T>
-__device__ FP_INLINE T load_at(const View& v, std::int64_t flat) {
+__device__ FP_INLINE T load_at(const CollapsedView& v, std::int64_t flat) {
   std::int64_t off;
-  if (v.contiguous) {
+  if (v.ndim == 1 && v.strides[0] == static_cast<std::int64_t>(sizeof(T))) {
     off = flat * static_cast<std::int64_t>(sizeof(T));
   } else {
     off = 0;
@@ -171,11 +138,11 @@ ParityAccum parity_cuda(const TensorArg& a, const TensorArg& b, const ParityPara
   const cudaStream_t s = as_stream(stream_a);
   if (as_stream(stream_b) != s) FP_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream_b)));
   KernelParams kp{};
-  kp.a = make_view(a);
-  kp.b = make_view(b);
+  kp.a = collapse_dims(a);
+  kp.b = collapse_dims(b);
   kp.n = a.numel();
   kp.p = p;
-  kp.vector_loads = kp.a.contiguous && kp.b.contiguous && reinterpret_cast<std::uintptr_t>(kp.a.base) % 16 == 0 &&
+  kp.vector_loads = kp.a.contiguous() && kp.b.contiguous() && reinterpret_cast<std::uintptr_t>(kp.a.base) % 16 == 0 &&
                     reinterpret_cast<std::uintptr_t>(kp.b.base) % 16 == 0;
 
   int sms = 0;

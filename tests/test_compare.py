@@ -202,3 +202,15 @@ def test_large_files_stream_with_bounded_memory(tmp_path):
     assert row["numel"] == n and row["max_abs_diff"] == 7.5 and row["max_abs_index"] == [n - 3]
     peak_mib = int(res.stderr.strip().splitlines()[-1]) / 1024
     assert peak_mib < 300, f"peak RSS {peak_mib:.0f} MiB for two 1 GiB files"
+
+
+def test_fortran_order_npy_compares_in_c_order(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    a = np.asfortranarray(rng.standard_normal((40, 7)).astype(np.float32))
+    b = a.copy(order="C")
+    b[5, 6] += 1
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    code, out, _ = run_cli(["compare", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--json"], capsys)
+    row = json.loads(out)["tensors"][0]
+    assert code == 0 and row["max_abs_index"] == [5, 6] and row["max_abs_diff"] == pytest.approx(1.0, abs=1e-6)

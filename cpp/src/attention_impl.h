@@ -150,13 +150,6 @@ void load_rows_t(const TensorArg& t, std::int64_t b, std::int64_t h, std::int64_
   }
 }
 
-template <typename T>
-FP_INLINE T from_acc(double x);
-template <> FP_INLINE double from_acc<double>(double x) { return x; }
-template <> FP_INLINE float from_acc<float>(double x) { return static_cast<float>(x); }
-template <> FP_INLINE half_bits from_acc<half_bits>(double x) { return half_bits{round_to_half_bits(x)}; }
-template <> FP_INLINE bf16_bits from_acc<bf16_bits>(double x) { return bf16_bits{round_to_bf16_bits(x)}; }
-
 // Writes a finished row: out = acc / l (0 for a row that saw no key), in the output's dtype.
 template <typename T, typename Acc>
 void store_row(const AttnParams& p, std::int64_t b, std::int64_t i, std::int64_t h, const Acc* acc, Acc l) {
@@ -164,7 +157,7 @@ void store_row(const AttnParams& p, std::int64_t b, std::int64_t i, std::int64_t
   const Acc inv = l > Acc(0) ? Acc(1) / l : Acc(0);
   for (std::int64_t d = 0; d < p.head_dim; ++d) {
     const Acc v = l > Acc(0) ? acc[d] * inv : Acc(0);
-    out[d] = from_acc<T>(static_cast<double>(v));
+    out[d] = from_f64<T>(static_cast<double>(v));
   }
 }
 

@@ -4,7 +4,6 @@
 #include <sched.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -13,6 +12,7 @@
 
 #include "flashparity/cpu_features.h"
 #include "parity_cpu.h"
+#include "threading.h"
 
 namespace flashparity {
 
@@ -44,34 +44,9 @@ BlockFn vector_fn(DType a, DType b, bool with_tolerance) {
   }
 }
 
-// A strided view with size-1 dimensions dropped and mergeable neighbours merged (same C order).
-struct Walker {
-  const char* base;
-  int esize;
-  int ndim = 0;
-  std::int64_t shape[kMaxDims];
-  std::int64_t strides[kMaxDims];
-
-  explicit Walker(const TensorArg& t) : base(static_cast<const char*>(t.data)), esize(dtype_size(t.dtype)) {
-    for (int i = 0; i < t.ndim; ++i) {
-      if (t.shape[i] == 1) continue;
-      if (ndim > 0 && strides[ndim - 1] == t.strides[i] * t.shape[i]) {
-        shape[ndim - 1] *= t.shape[i];
-        strides[ndim - 1] = t.strides[i];
-      } else {
-        shape[ndim] = t.shape[i];
-        strides[ndim] = t.strides[i];
-        ++ndim;
-      }
-    }
-    if (ndim == 0) {  // a single element
-      shape[0] = 1;
-      strides[0] = esize;
-      ndim = 1;
-    }
-  }
-
-  bool contiguous() const { return ndim == 1 && strides[0] == esize; }
+// Reads the C-order sequence of a strided tensor in runs (gathering strided blocks).
+struct Walker : CollapsedView {
+  explicit Walker(const TensorArg& t) : CollapsedView(collapse_dims(t)) {}
 
   // Copy elements [start, start + n) of the C-order sequence into dst.
   void gather(std::int64_t start, std::int64_t n, void* dst) const {
@@ -141,24 +116,16 @@ std::uint64_t read_probe_cpu(const void* a, std::int64_t bytes_a, const void* b,
   // the same split as parity_cpu: chunks of both buffers claimed by the threads
   constexpr std::int64_t kChunk = 1 << 20;
   const std::int64_t chunks = (std::max(bytes_a, bytes_b) + kChunk - 1) / kChunk;
-  const int threads = static_cast<int>(std::min<std::int64_t>(cpu_num_threads(), std::max<std::int64_t>(chunks, 1)));
-  std::atomic<std::int64_t> next{0};
-  std::atomic<std::uint64_t> total{0};
-  auto worker = [&] {
-    std::uint64_t s = 0;
-    for (std::int64_t c = next++; c < chunks; c = next++) {
-      const double fa = static_cast<double>(bytes_a) / chunks, fb = static_cast<double>(bytes_b) / chunks;
-      const std::int64_t a0 = static_cast<std::int64_t>(fa * c), a1 = static_cast<std::int64_t>(fa * (c + 1));
-      const std::int64_t b0 = static_cast<std::int64_t>(fb * c), b1 = static_cast<std::int64_t>(fb * (c + 1));
-      s += probe(static_cast<const char*>(a) + a0, (c + 1 == chunks ? bytes_a : a1) - a0);
-      s += probe(static_cast<const char*>(b) + b0, (c + 1 == chunks ? bytes_b : b1) - b0);
-    }
-    total += s;
-  };
-  std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
-  worker();
-  for (auto& th : pool) th.join();
+  std::vector<std::uint64_t> sums(static_cast<std::size_t>(parallel_workers(chunks)), 0);
+  const double fa = static_cast<double>(bytes_a) / chunks, fb = static_cast<double>(bytes_b) / chunks;
+  parallel_for(chunks, [&](std::int64_t c, int w) {
+    const std::int64_t a0 = static_cast<std::int64_t>(fa * c), a1 = static_cast<std::int64_t>(fa * (c + 1));
+    const std::int64_t b0 = static_cast<std::int64_t>(fb * c), b1 = static_cast<std::int64_t>(fb * (c + 1));
+    sums[w] += probe(static_cast<const char*>(a) + a0, (c + 1 == chunks ? bytes_a : a1) - a0);
+    sums[w] += probe(static_cast<const char*>(b) + b0, (c + 1 == chunks ? bytes_b : b1) - b0);
+  });
+  std::uint64_t total = 0;
+  for (std::uint64_t v : sums) total += v;
   return total;
 }
 
@@ -172,49 +139,37 @@ ParityAccum parity_cpu(const TensorArg& a, const TensorArg& b, const ParityParam
   std::int64_t sb_size = (n + nsb - 1) / nsb;
   sb_size = (sb_size + kBlock - 1) / kBlock * kBlock;
   const std::int64_t num_sb = (n + sb_size - 1) / sb_size;
-  const int threads = static_cast<int>(std::min<std::int64_t>(cpu_num_threads(), num_sb));
-
   std::vector<ParityAccum> partial(num_sb);
-  std::atomic<std::int64_t> next{0};
-  auto worker = [&] {
-    std::vector<std::uint64_t> buf_a, buf_b;  // gather buffers, only for strided inputs
-    if (!wa.contiguous()) buf_a.resize(kBlock);
-    if (!wb.contiguous()) buf_b.resize(kBlock);
-    for (std::int64_t sb = next++; sb < num_sb; sb = next++) {
-      ParityAccum& acc = partial[sb];
-      const std::int64_t end = std::min(n, (sb + 1) * sb_size);
-      for (std::int64_t start = sb * sb_size; start < end; start += kBlock) {
-        const std::int64_t len = std::min(kBlock, end - start);
-        const void* pa = wa.base + start * wa.esize;
-        const void* pb = wb.base + start * wb.esize;
-        if (!wa.contiguous()) {
-          wa.gather(start, len, buf_a.data());
-          pa = buf_a.data();
-        }
-        if (!wb.contiguous()) {
-          wb.gather(start, len, buf_b.data());
-          pb = buf_b.data();
-        }
-        ParityAccum blk;
-        const double thr_abs = acc.max_abs_index < 0 ? -1.0 : acc.max_abs;
-        const double thr_rel = acc.max_rel_index < 0 ? -1.0 : acc.max_rel;
-        if (!vfn(blk, pa, pb, len, start, p, thr_abs, thr_rel)) {
-          blk = ParityAccum();
-          sfn(blk, pa, pb, len, start, p);
-        }
-        accum_merge(acc, blk, 0);
+  // gather buffers for strided inputs, one pair per worker
+  const int workers = parallel_workers(num_sb);
+  std::vector<std::vector<std::uint64_t>> buf_a(workers), buf_b(workers);
+  parallel_for(num_sb, [&](std::int64_t sb, int w) {
+    if (!wa.contiguous()) buf_a[w].resize(kBlock);
+    if (!wb.contiguous()) buf_b[w].resize(kBlock);
+    ParityAccum& acc = partial[sb];
+    const std::int64_t end = std::min(n, (sb + 1) * sb_size);
+    for (std::int64_t start = sb * sb_size; start < end; start += kBlock) {
+      const std::int64_t len = std::min(kBlock, end - start);
+      const void* pa = wa.base + start * wa.esize;
+      const void* pb = wb.base + start * wb.esize;
+      if (!wa.contiguous()) {
+        wa.gather(start, len, buf_a[w].data());
+        pa = buf_a[w].data();
       }
+      if (!wb.contiguous()) {
+        wb.gather(start, len, buf_b[w].data());
+        pb = buf_b[w].data();
+      }
+      ParityAccum blk;
+      const double thr_abs = acc.max_abs_index < 0 ? -1.0 : acc.max_abs;
+      const double thr_rel = acc.max_rel_index < 0 ? -1.0 : acc.max_rel;
+      if (!vfn(blk, pa, pb, len, start, p, thr_abs, thr_rel)) {
+        blk = ParityAccum();
+        sfn(blk, pa, pb, len, start, p);
+      }
+      accum_merge(acc, blk, 0);
     }
-  };
-  if (threads <= 1) {
-    worker();
-  } else {
-    std::vector<std::thread> pool;
-    pool.reserve(threads - 1);
-    for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
-    worker();
-    for (auto& th : pool) th.join();
-  }
+  });
 
   ParityAccum total;
   for (const ParityAccum& part : partial) accum_merge(total, part, 0);

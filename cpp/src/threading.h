@@ -12,10 +12,15 @@ namespace flashparity {
 
 int cpu_num_threads();
 
-// Calls fn(task, worker) for every task in [0, num_tasks), worker in [0, threads).
+// Workers parallel_for uses for num_tasks tasks (size per-worker state with it).
+inline int parallel_workers(std::int64_t num_tasks) {
+  return static_cast<int>(std::min<std::int64_t>(cpu_num_threads(), std::max<std::int64_t>(num_tasks, 1)));
+}
+
+// Calls fn(task, worker) for every task in [0, num_tasks), worker in [0, parallel_workers(num_tasks)).
 template <typename Fn>
 void parallel_for(std::int64_t num_tasks, Fn&& fn) {
-  const int threads = static_cast<int>(std::min<std::int64_t>(cpu_num_threads(), std::max<std::int64_t>(num_tasks, 1)));
+  const int threads = parallel_workers(num_tasks);
   std::atomic<std::int64_t> next{0};
   auto worker = [&](int w) {
     for (std::int64_t t = next++; t < num_tasks; t = next++) fn(t, w);

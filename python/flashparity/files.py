@@ -78,29 +78,34 @@ def _npy_header(fh, label: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
     return tuple(int(s) for s in shape), bool(fortran), dtype, fh.tell()
 
 
-def load_npy(path: str, *, void2_as_bfloat16: bool = False) -> np.ndarray:
-    """A .npy file memory-mapped read-only (never unpickled), its size checked against the header."""
+def _npy_layout(path: str, void2: bool) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran_order, dtype, data offset) of a .npy file, its size checked against the header."""
     with open(path, "rb") as fh:
         shape, fortran, descr, offset = _npy_header(fh, repr(path))
-    dtype = _element_dtype(descr, repr(path), void2_as_bfloat16)
-    numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    need = offset + numel * dtype.itemsize
+    dtype = _element_dtype(descr, repr(path), void2)
+    need = offset + math.prod(shape) * dtype.itemsize
     size = os.path.getsize(path)
     if size < need:
         raise BadFile(f"{path!r} is truncated: its header promises {need} bytes, the file has {size}")
-    if numel == 0:
+    return shape, fortran, dtype, offset
+
+
+def load_npy(path: str, *, void2_as_bfloat16: bool = False) -> np.ndarray:
+    """A .npy file memory-mapped read-only (never unpickled), its size checked against the header."""
+    shape, fortran, dtype, offset = _npy_layout(path, void2_as_bfloat16)
+    if math.prod(shape) == 0:
         return np.empty(shape, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
 
 
 def _npy_source(path: str, name: str, void2: bool) -> TensorSource:
-    arr = load_npy(path, void2_as_bfloat16=void2)  # validates the header and the size
-    with open(path, "rb") as fh:
-        _, fortran, _, offset = _npy_header(fh, repr(path))
-    dtype = arr.dtype
-    if fortran and arr.ndim > 1:
+    shape, fortran, dtype, offset = _npy_layout(path, void2)
+    fortran = fortran and len(shape) > 1
+    if fortran:
+        arr = load_npy(path, void2_as_bfloat16=void2)
+
         def read(start: int, count: int) -> np.ndarray:  # C order through the mapped F-order view
-            idx = np.unravel_index(np.arange(start, start + count), arr.shape)
+            idx = np.unravel_index(np.arange(start, start + count), shape)
             return np.asarray(arr[idx])
     else:
         def read(start: int, count: int) -> np.ndarray:  # plain reads: no mapping grows the RSS
@@ -111,7 +116,7 @@ def _npy_source(path: str, name: str, void2: bool) -> TensorSource:
                 raise BadFile(f"{path!r} ended early")
             return np.frombuffer(data, dtype=dtype)
 
-    return TensorSource(name, tuple(arr.shape), dtype, read, fortran_order=bool(fortran and arr.ndim > 1))
+    return TensorSource(name, shape, dtype, read, fortran_order=fortran)
 
 
 def _npz_sources(path: str, void2: bool) -> list[TensorSource]:

@@ -185,6 +185,13 @@ FP_HOST_DEVICE FP_INLINE std::uint64_t raw_bits(float v) { return float_to_bits(
 FP_HOST_DEVICE FP_INLINE std::uint64_t raw_bits(half_bits v) { return v.x; }
 FP_HOST_DEVICE FP_INLINE std::uint64_t raw_bits(bf16_bits v) { return v.x; }
 
+// float64 -> element, rounded to nearest even (the kernels' output conversion).
+template <typename T> FP_HOST_DEVICE FP_INLINE T from_f64(double x);
+template <> FP_HOST_DEVICE FP_INLINE double from_f64<double>(double x) { return x; }
+template <> FP_HOST_DEVICE FP_INLINE float from_f64<float>(double x) { return static_cast<float>(x); }
+template <> FP_HOST_DEVICE FP_INLINE half_bits from_f64<half_bits>(double x) { return half_bits{round_to_half_bits(x)}; }
+template <> FP_HOST_DEVICE FP_INLINE bf16_bits from_f64<bf16_bits>(double x) { return bf16_bits{round_to_bf16_bits(x)}; }
+
 template <typename T> struct DTypeOf;
 template <> struct DTypeOf<double> { static constexpr DType value = DType::Float64; };
 template <> struct DTypeOf<float> { static constexpr DType value = DType::Float32; };
