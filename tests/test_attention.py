@@ -201,3 +201,78 @@ def test_repeated_calls_on_changed_buffers():
     naive = fp.attention(q, k, v, impl="naive")
     assert not np.array_equal(first, second)
     assert err(second, ref_out) <= 2 * err(naive, ref_out) + 2.0**-7 * float(np.max(np.abs(ref_out)))
+
+
+def key_range(i, sq, sk, left, right):
+    diag = i + sk - sq
+    lo = 0 if left < 0 else max(0, diag - left)
+    hi = sk if right < 0 else min(sk, diag + right + 1)
+    return (lo, hi) if hi > lo else None
+
+
+@pytest.mark.parametrize("sq,sk,left,right", [(70, 50, -1, 0), (1, 4096, -1, 0), (300, 300, 16, -1),
+                                             (40, 80, 0, 0), (20, 10, -1, 2), (65, 130, 5, 3), (5, 7, -1, -1)])
+def test_block_key_tiles_cover_every_visible_key(sq, sk, left, right):
+    # The tile span a block of rows visits (shared by the CPU and CUDA flash2 kernels) holds every
+    # key any of its rows sees, and starts/ends on tiles some row needs.
+    from flashparity import _core
+
+    for bc in (32, 64):
+        for r0 in range(0, sq, 16):
+            rows = min(16, sq - r0)
+            begin, end = _core._row_block_key_tiles(r0, rows, sq, sk, left, right, bc)
+            seen = [key_range(i, sq, sk, left, right) for i in range(r0, r0 + rows)]
+            seen = [s for s in seen if s]
+            if not seen:
+                assert begin == end
+                continue
+            lo, hi = min(s[0] for s in seen), max(s[1] for s in seen)
+            assert begin * bc <= lo and end * bc >= hi and begin == lo // bc and end == -(-hi // bc)
+
+
+def test_split_kv_math():
+    # Split spans partition the tiles in order; the lse merge equals log-sum-exp; idle GPUs split.
+    from flashparity import _core
+
+    for begin, end, n in [(0, 10, 3), (3, 4, 5), (0, 0, 2), (7, 71, 9), (0, 64, 1)]:
+        spans = _core._split_spans(begin, end, n)
+        assert len(spans) == n and spans[0][0] == begin and spans[-1][1] == end
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:])) and all(s[0] <= s[1] for s in spans)
+    rng = np.random.default_rng(0)
+    parts = list(rng.standard_normal(7) * 20) + [float("-inf")]
+    lse, w = _core._merge_split_lse(parts)
+    fin = np.array(parts[:-1])
+    exact = fin.max() + np.log(np.sum(np.exp(fin - fin.max())))
+    assert abs(lse - exact) < 1e-12 and w[-1] == 0.0 and abs(sum(w) - 1.0) < 1e-12
+    assert np.allclose(w[:-1], np.exp(fin - exact), rtol=1e-12)
+    lse, w = _core._merge_split_lse([float("-inf")] * 3)  # a row no split saw
+    assert lse == float("-inf") and w == [0.0, 0.0, 0.0]
+    assert _core._flash2_split_count(264, 132, 64) == 1      # the grid fills the GPU
+    assert _core._flash2_split_count(16, 132, 64) == 17      # decode: ~2 blocks per SM
+    assert _core._flash2_split_count(16, 132, 10) == 5       # at least 2 key tiles per split
+    assert _core._flash2_split_count(1, 132, 4096) == 128    # capped
+    assert _core._flash2_split_count(8, 132, 3) == 1         # too few keys to split
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_out_argument(impl):
+    rng = np.random.default_rng(13)
+    q, k, v = make(rng, 1, 33, 40, 2, 1, 24, np.float32)
+    target = np.full(q.shape, np.nan, np.float32)
+    res, lse = fp.attention(q, k, v, impl=impl, causal=True, out=target, return_lse=True)
+    assert res is target and np.array_equal(target, fp.attention(q, k, v, impl=impl, causal=True))
+    assert lse.shape == (1, 2, 33)
+    with pytest.raises(ValueError, match=r"out must have q's shape \(1, 33, 2, 24\) and dtype float32"):
+        fp.attention(q, k, v, out=np.empty(q.shape, np.float64))
+    with pytest.raises(ValueError, match="out must be C-contiguous"):
+        fp.attention(q, k, v, out=np.empty((1, 33, 24, 2), np.float32).transpose(0, 1, 3, 2))
+    ro = np.empty(q.shape, np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="out is read-only"):
+        fp.attention(q, k, v, out=ro)
+    with pytest.raises(ValueError, match="out overlaps q"):
+        fp.attention(q, k, v, out=q)
+    buf = rng.standard_normal(4000).astype(np.float32)
+    k_in_buf = buf[:960].reshape(k.shape)
+    with pytest.raises(ValueError, match="out overlaps k"):
+        fp.attention(q, k_in_buf, v, out=buf[500:500 + q.size].reshape(q.shape))

@@ -253,3 +253,14 @@ def test_assert_parity_bounds():
         fp.assert_parity(y, x, atol=0, rtol=0, min_cosine=math.nan)
     with pytest.raises(TypeError):
         fp.assert_parity(y, x)  # atol and rtol are required
+
+
+@pytest.mark.gpu
+def test_cli_run_and_kernel_parity_on_the_gpu(tmp_path, capsys):
+    code, out, _ = run_cli(["run", "--device", "cuda", "--dtype", "bfloat16", "--seq-len", "300", "--causal",
+                            "--out", str(tmp_path / "o.npy")], capsys)
+    body = json.loads(out)
+    assert code == 0 and body["device"] == "cuda" and body["attn_impl"] == "flash2" and body["fallback"] is None
+    assert classify_provenance(body).ok and np.load(tmp_path / "o.npy", allow_pickle=False).shape[1] == 1
+    code, out, _ = run_cli(["kernel", "parity", "--device", "cuda", "--sweep", "--check", "--json"], capsys)
+    assert code == 0 and json.loads(out)["fa2_rule_ok"]

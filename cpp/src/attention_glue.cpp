@@ -3,6 +3,10 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
+
+#include <pybind11/stl.h>
 
 #include "attention_cpu.h"
 #include "glue.h"
@@ -56,9 +60,44 @@ void attention_host(const py::tuple& q_desc, const py::tuple& k_desc, const py::
   attention_cpu(p, static_cast<AttnImpl>(impl));
 }
 
+// The split-KV math the CUDA flash2 shares (attention_math.h), for the CPU tests.
+py::tuple merge_split_lse_py(const std::vector<double>& lse_parts) {
+  const double lse = merge_split_lse<double>(static_cast<int>(lse_parts.size()),
+                                             [&](int s) { return lse_parts[static_cast<std::size_t>(s)]; });
+  std::vector<double> w;
+  for (double x : lse_parts) w.push_back(split_weight(x, lse));
+  return py::make_tuple(lse, w);
+}
+
+std::vector<std::pair<std::int64_t, std::int64_t>> split_spans_py(std::int64_t begin, std::int64_t end, std::int64_t n) {
+  if (n < 1) throw std::invalid_argument("n_splits must be >= 1");
+  std::vector<std::pair<std::int64_t, std::int64_t>> r;
+  for (std::int64_t s = 0; s < n; ++s) {
+    const TileSpan t = split_span({begin, end}, s, n);
+    r.emplace_back(t.begin, t.end);
+  }
+  return r;
+}
+
 }  // namespace
 
 void bind_attention(py::module_& m) {
+  m.def("_merge_split_lse", &merge_split_lse_py, "Split-KV merge of per-split lse values: (lse, weights).");
+  m.def("_split_spans", &split_spans_py, "The key-tile spans of n splits of [begin, end).");
+  m.def("_flash2_split_count", &flash2_split_count, py::arg("blocks"), py::arg("sms"), py::arg("key_tiles"),
+        "How many KV splits the CUDA flash2 uses for a grid of `blocks` on `sms` SMs.");
+  m.def("_row_block_key_tiles",
+        [](std::int64_t r0, std::int64_t rows, std::int64_t sq, std::int64_t sk, std::int64_t left, std::int64_t right,
+           std::int64_t bc) {
+          AttnParams p;
+          p.seqlen_q = sq;
+          p.seqlen_k = sk;
+          p.window_left = left;
+          p.window_right = right;
+          const TileSpan t = row_block_key_tiles(r0, rows, p, bc);
+          return py::make_tuple(t.begin, t.end);
+        },
+        "The key tiles query rows [r0, r0 + rows) visit.");
   m.def("attention_host", &attention_host, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"),
         py::arg("impl"), py::arg("scale"), py::arg("softcap"), py::arg("window_left"), py::arg("window_right"),
         "CPU attention forward into a contiguous `out` (q's dtype) and optional float32 `lse` (0: none).");

@@ -360,21 +360,20 @@ void flash2_task_bf16(const AttnParams& p, std::int64_t b, std::int64_t h, std::
   const float scale = static_cast<float>(p.scale), cap = static_cast<float>(p.softcap);
   std::vector<std::uint16_t> q2(kBr * Dp), krows(kBc * Dp), vrows(kBc * Dp), p2(kBr * kBc);
   PackedKV& cache = packed_kv;
-  const std::int64_t tiles = (Sk + kBc - 1) / kBc, tile_elems = Dp * kBc;
+  const std::int64_t n_tiles = (Sk + kBc - 1) / kBc, tile_elems = Dp * kBc;
   if (cache.call != p.call_id || cache.b != b || cache.hk != hk) {
     cache.call = p.call_id;
     cache.b = b;
     cache.hk = hk;
-    cache.kt2.resize(static_cast<std::size_t>(tiles * tile_elems));
-    cache.v2.resize(static_cast<std::size_t>(tiles * tile_elems));
-    cache.ready.assign(static_cast<std::size_t>(tiles), 0);
+    cache.kt2.resize(static_cast<std::size_t>(n_tiles * tile_elems));
+    cache.v2.resize(static_cast<std::size_t>(n_tiles * tile_elems));
+    cache.ready.assign(static_cast<std::size_t>(n_tiles), 0);
   }
   std::vector<float> s(kBr * kBc), o(kBr * Dp, 0.0f), m(kBr, -INFINITY), l(kBr, 0.0f);
   const std::int64_t rows_p = std::min<std::int64_t>(round_up(rows, 4), kBr);
   load_bf16_rows(p.q, b, h, r0, rows_p, r0 + rows, D, q2.data(), Dp);
-  const KeyRange first = key_range(r0, p), last = key_range(r0 + rows - 1, p);
-  const std::int64_t k_lo = first.lo / kBc * kBc, k_hi = last.hi;
-  for (std::int64_t j0 = k_lo; j0 < k_hi; j0 += kBc) {
+  const TileSpan tiles = row_block_key_tiles(r0, rows, p, kBc);
+  for (std::int64_t j0 = tiles.begin * kBc; j0 < tiles.end * kBc; j0 += kBc) {
     const std::int64_t nj = std::min(kBc, Sk - j0);
     const std::int64_t t = j0 / kBc;
     std::uint16_t* kt2 = cache.kt2.data() + t * tile_elems;
@@ -540,11 +539,8 @@ void flash2_task(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64
   const std::int64_t rows_p = std::min<std::int64_t>(round_up(rows, 4), kBr);
   load_rows<T, Acc>(p.q, b, h, r0, rows_p, r0 + rows, D, q.data(), Dp);
 
-  // Keys any row of the tile sees: [first row's lo, last row's hi). Tiles outside are never
-  // visited (causal and window skipping); masks inside a visited tile apply per element.
-  const KeyRange first = key_range(r0, p), last = key_range(r0 + rows - 1, p);
-  const std::int64_t k_lo = first.lo / kBc * kBc, k_hi = last.hi;
-  for (std::int64_t j0 = k_lo; j0 < k_hi; j0 += kBc) {
+  const TileSpan tiles = row_block_key_tiles(r0, rows, p, kBc);
+  for (std::int64_t j0 = tiles.begin * kBc; j0 < tiles.end * kBc; j0 += kBc) {
     const std::int64_t nj = std::min(kBc, Sk - j0);
     load_rows_t<T, Acc>(p.k, b, hk, j0, nj, Sk, D, Dp, kt.data(), kBc, stage);
     load_rows<T, Acc>(p.v, b, hk, j0, nj, Sk, D, v.data(), Dp);

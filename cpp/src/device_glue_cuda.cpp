@@ -115,29 +115,36 @@ DeviceArrayPtr from_host(std::uintptr_t host_ptr, int dtype_code, std::vector<st
   return a;
 }
 
+// out_ptr 0: a new DeviceArray; else the caller's C-contiguous device buffer of q's shape and dtype
+// (checked in Python), returned as None.
 py::tuple attention_device(const py::tuple& q_desc, const py::tuple& k_desc, const py::tuple& v_desc, int impl,
                            double scale, double softcap, std::int64_t left, std::int64_t right, bool want_lse,
-                           std::uintptr_t stream) {
+                           std::uintptr_t stream, std::uintptr_t out_ptr) {
   AttnParams p = make_attn_params(q_desc, k_desc, v_desc, impl, scale, softcap, left, right);
-  if (impl != 0)
-    throw std::invalid_argument("flash2 has no CUDA kernel in this build yet; impl='naive' runs on the GPU");
   const int device = cuda_pointer_device(reinterpret_cast<std::uintptr_t>(p.q.data));
   for (const TensorArg* t : {&p.k, &p.v})
     if (cuda_pointer_device(reinterpret_cast<std::uintptr_t>(t->data)) != device)
       throw std::invalid_argument("q, k and v must be on the same CUDA device");
-  auto out = std::make_shared<DeviceArray>(
-      p.q.dtype, std::vector<std::int64_t>{p.batch, p.seqlen_q, p.heads_q, p.head_dim}, device);
+  DeviceArrayPtr out;
+  if (out_ptr == 0) {
+    out = std::make_shared<DeviceArray>(p.q.dtype, std::vector<std::int64_t>{p.batch, p.seqlen_q, p.heads_q, p.head_dim},
+                                        device);
+    p.out = out->ptr;
+  } else {
+    if (cuda_pointer_device(out_ptr) != device) throw std::invalid_argument("out must be on the device of q, k and v");
+    p.out = reinterpret_cast<void*>(out_ptr);
+  }
   DeviceArrayPtr lse;
   if (want_lse)
     lse = std::make_shared<DeviceArray>(DType::Float32, std::vector<std::int64_t>{p.batch, p.heads_q, p.seqlen_q},
                                         device);
-  p.out = out->ptr;
   p.lse = lse ? static_cast<float*>(lse->ptr) : nullptr;
   {
     py::gil_scoped_release release;
-    attention_naive_cuda(p, device, stream);
+    if (impl == 0) attention_naive_cuda(p, device, stream);
+    else attention_flash2_cuda(p, device, stream);
   }
-  return py::make_tuple(out, lse ? py::cast(lse) : py::none());
+  return py::make_tuple(out ? py::cast(out) : py::none(), lse ? py::cast(lse) : py::none());
 }
 
 }  // namespace
@@ -156,7 +163,8 @@ void bind_device_cuda(py::module_& m) {
                   "A device copy of a contiguous host buffer.");
   m.def("attention_cuda", &attention_device, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("impl"),
         py::arg("scale"), py::arg("softcap"), py::arg("window_left"), py::arg("window_right"), py::arg("want_lse"),
-        py::arg("stream") = 0, "Attention forward on device tensors: (out DeviceArray, lse DeviceArray or None).");
+        py::arg("stream") = 0, py::arg("out") = 0,
+        "Attention forward on device tensors: (out DeviceArray or None when written to `out`, lse DeviceArray or None).");
 }
 
 }  // namespace flashparity

@@ -1,10 +1,55 @@
-"""Stub of the private compiled module ``flashparity._core`` (use the ``flashparity`` package)."""
+"""Stub of the private compiled module ``flashparity._core`` (use the ``flashparity`` package).
+
+Descriptors (``desc``) are ``(pointer, dtype code, shape, byte strides)`` tuples built by
+``flashparity._tensor``; dtype codes: 0 float64, 1 float32, 2 float16, 3 bfloat16.
+"""
 
 from typing import Any
 
 __version__: str
 KERNEL_DIGEST: str  # 40-hex SHA-1 over the kernel sources compiled in
 CUDA_COMPILED: bool
+FLASH2_MAX_HEAD_DIM: int
+HIST_BINS: int
+HIST_MIN_EXP: int
+HIST_MAX_EXP: int
+
+Desc = tuple[int, int, tuple[int, ...], tuple[int, ...]]
 
 def build_info() -> dict[str, Any]: ...
 def simd_level() -> str: ...
+def num_threads() -> int: ...
+def read_probe(a: Desc, b: Desc) -> Any: ...  # contiguous inputs: the fused read limit
+def from_dlpack(capsule: Any, name: str) -> tuple[int, int, list[int], list[int], int, int, Any]: ...
+def cuda_pointer_device(ptr: int) -> int: ...
+
+class ParityAccum:  # the accumulated parity state behind ParityStats
+    def __init__(self, *args: Any, **kwargs: Any) -> None: ...
+
+def parity_host(a: Desc, b: Desc, atol: float = 0.0, rtol: float = 0.0) -> ParityAccum: ...
+def parity_cuda(a: Desc, b: Desc, atol: float = 0.0, rtol: float = 0.0, stream_a: int = 0,
+                stream_b: int = 0) -> ParityAccum: ...  # CUDA builds
+
+def attention_host(q: Desc, k: Desc, v: Desc, out: int, lse: int, impl: int, scale: float, softcap: float,
+                   window_left: int, window_right: int) -> None: ...
+
+class DeviceArray:  # CUDA builds: owned, C-contiguous device memory
+    shape: tuple[int, ...]
+    dtype: str
+    device: int
+    __cuda_array_interface__: dict[str, Any]
+    def __dlpack__(self, stream: Any = None) -> Any: ...
+    def __dlpack_device__(self) -> tuple[int, int]: ...
+    def to_host_bytes(self) -> bytes: ...
+    @staticmethod
+    def from_host(ptr: int, dtype: int, shape: list[int], device: int) -> "DeviceArray": ...
+
+def attention_cuda(q: Desc, k: Desc, v: Desc, impl: int, scale: float, softcap: float, window_left: int,
+                   window_right: int, want_lse: bool, stream: int = 0,
+                   out: int = 0) -> tuple[DeviceArray | None, DeviceArray | None]: ...  # CUDA builds
+
+# the split-KV math of the CUDA flash2 (attention_math.h), exposed for the CPU tests
+def _merge_split_lse(lse_parts: list[float]) -> tuple[float, list[float]]: ...
+def _split_spans(begin: int, end: int, n: int) -> list[tuple[int, int]]: ...
+def _flash2_split_count(blocks: int, sms: int, key_tiles: int) -> int: ...
+def _row_block_key_tiles(r0: int, rows: int, sq: int, sk: int, left: int, right: int, bc: int) -> tuple[int, int]: ...

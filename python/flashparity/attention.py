@@ -16,6 +16,7 @@ __all__ = ["attention", "UnsupportedHeadDimError", "IMPLS", "FLASH2_MAX_HEAD_DIM
 IMPLS = ("flash2", "naive")
 FLASH2_MAX_HEAD_DIM = _core.FLASH2_MAX_HEAD_DIM
 _KERNEL_CODES = {"naive": 0, "flash2": 1}  # AttnImpl in cpp/src/attention_cpu.h
+_ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
 
 
 class UnsupportedHeadDimError(ValueError):
@@ -71,6 +72,7 @@ def attention(
     window: tuple[int, int] = (-1, -1),
     softcap: float = 0.0,
     return_lse: bool = False,
+    out: Any = None,
 ):
     """softmax(scale · q kᵀ) v per (batch, head), as FlashAttention-2's forward.
 
@@ -86,9 +88,13 @@ def attention(
     ``impl="flash2"`` tiles with an online softmax (head_dim 1..256, else
     :class:`UnsupportedHeadDimError`). Accumulation is float32 (float64 for float64 inputs).
 
+    ``out``: a C-contiguous array of q's shape and dtype on q's device to write the output into
+    (returned in place of a new array); it must not overlap q, k or v.
+
     Device tensors (``__cuda_array_interface__`` / ``__dlpack__``) run on their GPU and return
-    :class:`flashparity._core.DeviceArray` outputs (zero-copy to PyTorch/CuPy); this version has
-    the naive CUDA kernel only (``impl="flash2"`` on device raises ``NotImplementedError``).
+    :class:`flashparity._core.DeviceArray` outputs (zero-copy to PyTorch/CuPy). On the GPU flash2
+    runs float16/bfloat16 on tensor cores (``mma.sync`` m16n8k16, float32 accumulators; compute
+    capability 8.0+) and float32/float64 on FMA units (no tf32), with split-KV for decode.
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {impl!r}")
@@ -123,14 +129,21 @@ def attention(
             raise ValueError(f"softmax_scale must be a finite number, got {softmax_scale!r}")
         scale = float(softmax_scale)
 
+    vout = _out_view(out, vq, (vk, vv)) if out is not None else None
     if vq.device == "cuda":
-        return _attention_cuda(vq, vk, vv, impl, scale, float(softcap), left, right, return_lse)
-    out = np.empty(vq.shape, dtype=_numpy_dtype(vq.dtype))
+        res, lse = _attention_cuda(vq, vk, vv, impl, scale, float(softcap), left, right, return_lse, vout)
+        res = out if out is not None else res
+        return (res, lse) if return_lse else res
+    if out is None:
+        out = np.empty(vq.shape, dtype=_numpy_dtype(vq.dtype))
+        out_ptr = out.__array_interface__["data"][0] if out.size else 0
+    else:
+        out_ptr = vout.ptr if vout.numel else 0
     lse = np.empty((batch, heads_q, seqlen_q), dtype=np.float32) if return_lse else None
-    if out.size or (lse is not None and lse.size):
+    if out_ptr or (lse is not None and lse.size):
         _core.attention_host(
             vq.desc, vk.desc, vv.desc,
-            out.__array_interface__["data"][0] if out.size else 0,
+            out_ptr,
             lse.__array_interface__["data"][0] if lse is not None and lse.size else 0,
             _KERNEL_CODES[impl],
             scale, float(softcap), left, right,
@@ -138,13 +151,45 @@ def attention(
     return (out, lse) if return_lse else out
 
 
+def _extent(v: TensorView) -> tuple[int, int]:
+    """The byte range [lo, hi) a view touches."""
+    if v.numel == 0:
+        return (v.ptr, v.ptr)
+    itemsize = _ITEMSIZE[v.dtype]
+    lo = v.ptr + sum(st * (n - 1) for st, n in zip(v.strides, v.shape) if st < 0)
+    hi = v.ptr + sum(st * (n - 1) for st, n in zip(v.strides, v.shape) if st > 0) + itemsize
+    return (lo, hi)
+
+
+def _out_view(out: Any, vq: TensorView, inputs: tuple[TensorView, TensorView]) -> TensorView:
+    vout = as_view(out, "out")
+    if vout.device != vq.device:
+        raise ValueError(f"out must live on q's device ({vq.device}), got {vout.device}")
+    if vout.shape != vq.shape or vout.dtype != vq.dtype:
+        raise ValueError(f"out must have q's shape {vq.shape} and dtype {vq.dtype}, got {vout.shape} {vout.dtype}")
+    expect, acc = [], _ITEMSIZE[vout.dtype]
+    for n in reversed(vout.shape):
+        expect.append(acc)
+        acc *= n
+    if any(n != 1 and st != e for n, st, e in zip(vout.shape, vout.strides, reversed(expect))):
+        raise ValueError(f"out must be C-contiguous, got strides {vout.strides}")
+    if isinstance(out, np.ndarray) and not out.flags.writeable:
+        raise ValueError("out is read-only")
+    cai = getattr(out, "__cuda_array_interface__", None) if vout.device == "cuda" else None
+    if isinstance(cai, dict) and cai.get("data", (0, False))[1]:
+        raise ValueError("out is read-only (its __cuda_array_interface__ says so)")
+    lo, hi = _extent(vout)
+    for name, v in zip("qkv", (vq, *inputs)):
+        vlo, vhi = _extent(v)
+        if lo < vhi and vlo < hi:
+            raise ValueError(f"out overlaps {name}; give a separate output buffer")
+    return vout
+
+
 def _attention_cuda(vq: TensorView, vk: TensorView, vv: TensorView, impl: str, scale: float, softcap: float,
-                    left: int, right: int, return_lse: bool):
+                    left: int, right: int, return_lse: bool, vout: TensorView | None):
     if not hasattr(_core, "attention_cuda"):
         raise RuntimeError("q, k and v are CUDA tensors but this flashparity build has no CUDA kernels "
                            "(rebuild with FLASHPARITY_CUDA=ON)")
-    if impl == "flash2":
-        raise NotImplementedError("the CUDA flash2 kernel is not in this build yet; impl='naive' runs on the GPU")
-    out, lse = _core.attention_cuda(vq.desc, vk.desc, vv.desc, _KERNEL_CODES[impl], scale, softcap, left, right,
-                                    return_lse, vq.stream or 0)
-    return (out, lse) if return_lse else out
+    return _core.attention_cuda(vq.desc, vk.desc, vv.desc, _KERNEL_CODES[impl], scale, softcap, left, right,
+                                return_lse, vq.stream or 0, vout.ptr if vout is not None and vout.numel else 0)

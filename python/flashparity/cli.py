@@ -316,22 +316,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
     impl = {"tiled": "flash2"}.get(args.attn, args.attn)
     fallback = "requested" if impl == "naive" else None
     device = args.device
-    if device == "cuda":
-        # no CUDA attention here: an error, or with --fallback the CPU reference, saying why
-        code, text = (("no-gpu", "no usable CUDA device") if not build_info()["cuda_available"]
-                      else ("no-cuda-attention", "this build has no CUDA attention kernels"))
+    if device == "cuda" and not build_info()["cuda_available"]:
+        # no usable GPU: an error, or with --fallback the CPU reference, saying why
+        code, text = "no-gpu", "no usable CUDA device (or this build has no CUDA kernels)"
         if not args.fallback:
             return _reject(args, Rejected(code, text))
         device, impl, fallback = "cpu", "naive", code
+
+    def forward(impl: str):
+        if device == "cpu":
+            return attention(q, k, v, impl=impl, causal=args.causal, window=tuple(args.window), softcap=args.softcap)
+        from .kernel_parity import to_device, to_host
+
+        res = attention(*(to_device(x) for x in (q, k, v)), impl=impl, causal=args.causal,
+                        window=tuple(args.window), softcap=args.softcap)
+        return to_host(res, q.dtype)
+
     t0 = time.perf_counter()
     try:
         try:
-            out = attention(q, k, v, impl=impl, causal=args.causal, window=tuple(args.window), softcap=args.softcap)
+            out = forward(impl)
         except UnsupportedHeadDimError as exc:
             if not args.fallback:
                 return _reject(args, exc)
             impl, fallback = "naive", str(exc)
-            out = attention(q, k, v, impl=impl, causal=args.causal, window=tuple(args.window), softcap=args.softcap)
+            out = forward(impl)
     except (ValueError, TypeError) as exc:
         return _reject(args, Rejected("bad-input", str(exc)))
     elapsed = time.perf_counter() - t0

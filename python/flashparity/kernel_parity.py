@@ -87,8 +87,6 @@ def _run(impl: str, q, k, v, case: Case):
 
     if not hasattr(_core, "attention_cuda"):
         raise RuntimeError("device-unavailable: this build has no CUDA kernels; use --device cpu")
-    if impl == "flash2":
-        raise RuntimeError("device-unavailable: the CUDA flash2 kernel is not in this build yet; use --device cpu")
     dev = [to_device(x) for x in (q, k, v)]
     out = attention(*dev, impl=impl, causal=case.causal, window=case.window, softcap=case.softcap)
     return to_host(out, q.dtype)

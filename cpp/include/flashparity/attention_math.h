@@ -62,10 +62,67 @@ FP_HOST_DEVICE FP_INLINE OnlineSoftmaxStep<Acc> online_softmax_step(Acc m, Acc t
   return {m_new, m == -INFINITY ? Acc(0) : std::exp(m - m_new)};
 }
 
-// Natural-log sum-exp of a finished row: -inf for a row that saw no key.
+// Natural-log sum-exp of a finished row, m + log(l): -inf for a row that saw no key.
+template <typename Acc>
+FP_HOST_DEVICE FP_INLINE Acc log_sum_exp(Acc m, Acc l) {
+  return (m == -INFINITY || l == Acc(0)) ? Acc(-INFINITY) : m + std::log(l);
+}
+
 template <typename Acc>
 FP_HOST_DEVICE FP_INLINE float row_lse(Acc m, Acc l) {
-  return (m == -INFINITY || l == Acc(0)) ? -INFINITY : static_cast<float>(m + std::log(l));
+  return static_cast<float>(log_sum_exp(m, l));
+}
+
+// Key tiles [begin, end) (tile t holds keys [t*bc, (t+1)*bc)) that query rows [r0, r0 + rows) can
+// see: from the first row's lo to the last row's hi (both are non-decreasing in the row). Tiles
+// outside are never visited (causal and window skipping); masks inside a tile apply per element.
+struct TileSpan {
+  std::int64_t begin, end;
+};
+
+FP_HOST_DEVICE FP_INLINE TileSpan row_block_key_tiles(std::int64_t r0, std::int64_t rows, const AttnParams& p,
+                                                      std::int64_t bc) {
+  const KeyRange first = key_range(r0, p), last = key_range(r0 + rows - 1, p);
+  if (last.hi <= first.lo) return {0, 0};
+  return {first.lo / bc, (last.hi + bc - 1) / bc};
+}
+
+// Split-KV: split `split` of `n_splits` takes a contiguous share of the tiles (ceil(n / n_splits)
+// each; the last ones may be empty).
+FP_HOST_DEVICE FP_INLINE TileSpan split_span(TileSpan all, std::int64_t split, std::int64_t n_splits) {
+  const std::int64_t per = (all.end - all.begin + n_splits - 1) / n_splits;
+  std::int64_t b = all.begin + split * per;
+  if (b > all.end) b = all.end;
+  const std::int64_t e = b + per < all.end ? b + per : all.end;
+  return {b, e};
+}
+
+// Split-KV (CUDA flash2) when the grid would leave SMs idle (decode: a few query rows per head):
+// enough splits for about two blocks per SM, at least two key tiles per split, at most 128.
+FP_HOST_DEVICE FP_INLINE int flash2_split_count(std::int64_t blocks, std::int64_t sms, std::int64_t key_tiles) {
+  if (blocks >= sms || key_tiles < 4) return 1;
+  std::int64_t n = (2 * sms + blocks - 1) / blocks;
+  if (n > key_tiles / 2) n = key_tiles / 2;
+  if (n > 128) n = 128;
+  return static_cast<int>(n);
+}
+
+// Merging split-KV partials of one row: split s gives its normalized output o_s and lse_s (-inf:
+// it saw no key). The row's lse is log sum_s exp(lse_s) (max-shifted), and the row's output is
+// sum_s exp(lse_s - lse) o_s. A row no split saw keeps lse -inf and every weight 0 (output 0).
+template <typename Acc, typename LseAt>
+FP_HOST_DEVICE FP_INLINE Acc merge_split_lse(int n_splits, LseAt lse_at) {
+  Acc mx = -INFINITY;
+  for (int s = 0; s < n_splits; ++s) mx = lse_at(s) > mx ? lse_at(s) : mx;
+  if (mx == -INFINITY) return mx;
+  Acc sum = 0;
+  for (int s = 0; s < n_splits; ++s) sum += std::exp(lse_at(s) - mx);
+  return mx + std::log(sum);
+}
+
+template <typename Acc>
+FP_HOST_DEVICE FP_INLINE Acc split_weight(Acc lse_s, Acc lse) {
+  return lse_s == -INFINITY ? Acc(0) : std::exp(lse_s - lse);
 }
 
 }  // namespace flashparity

@@ -1,0 +1,297 @@
+// FlashAttention-2's forward on tensor cores (sm_80+), float16 and bfloat16.
+//
+// A block owns 64 query rows of one (batch, head) and 4 warps; warp w owns rows 16w..16w+15 (warps
+// split the query rows, never the keys, so no reduction crosses warps). K/V tiles stream through
+// shared memory with cp.async into two buffers: tile t+1 loads while tile t is computed. Per tile a
+// warp forms S = Q K^T with mma.sync m16n8k16 (float32 accumulators), scales, caps and masks it,
+// runs the online-softmax step (attention_math.h, shared with the CPU kernels) on its rows, and
+// feeds P straight from the accumulator registers into the P V product (the C fragment of S is the
+// A fragment of P, rounded to the input type as FlashAttention-2 does). O and the LSE are written
+// once at the end, or as a normalized partial per split for split-KV.
+//
+// Fragment layouts (PTX ISA, mma.m16n8k16 .f16/.bf16; g = lane / 4, t = lane % 4):
+//   A 16x16: a0a1 (row g, cols 2t..2t+1), a2a3 (row g+8, same cols), a4a5 (row g, cols 2t+8..),
+//            a6a7 (row g+8, cols 2t+8..)
+//   B 16x8:  b0b1 (rows 2t..2t+1, col g), b2b3 (rows 2t+8.., col g)
+//   C 16x8:  c0c1 (row g, cols 2t..2t+1), c2c3 (row g+8, same cols)
+// ldmatrix.x4 gives lane l the pair (row l/4, cols 2(l%4)..) of each of four 8x8 matrices whose row
+// addresses lanes 8i..8i+7 supply; .trans gives the pair (rows 2(l%4).., col l/4) instead. Shared
+// rows are padded by 16 bytes, so the eight rows of an 8x8 matrix fall in distinct bank groups.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "cuda_util.cuh"
+#include "flash2.cuh"
+
+namespace flashparity {
+namespace flash2 {
+
+__device__ FP_INLINE unsigned smem_addr(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared, asynchronous; ok = false writes 16 zero bytes and reads nothing.
+__device__ FP_INLINE void cp_async16(void* dst, const void* src, bool ok) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+               "r"(ok ? 16 : 0));
+}
+__device__ FP_INLINE void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ FP_INLINE void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ FP_INLINE void ldmatrix_x4(unsigned (&r)[4], const void* row_addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(row_addr)));
+}
+__device__ FP_INLINE void ldmatrix_x4_trans(unsigned (&r)[4], const void* row_addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(row_addr)));
+}
+
+// c += a b on one 16x8x16 tile, float32 accumulators.
+template <bool kBf16>
+__device__ FP_INLINE void mma16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+  if constexpr (kBf16) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+// Two floats rounded to the input type, the lower column in the low half.
+template <bool kBf16>
+__device__ FP_INLINE unsigned pack2(float lo, float hi) {
+  if constexpr (kBf16) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const unsigned*>(&v);
+  } else {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const unsigned*>(&v);
+  }
+}
+
+template <bool kBf16>
+__device__ FP_INLINE std::uint16_t to_bits(float x) {
+  if constexpr (kBf16) return __bfloat16_as_ushort(__float2bfloat16_rn(x));
+  else return __half_as_ushort(__float2half_rn(x));
+}
+
+// Rows [s0, s0 + ROWS) of head h of t into a shared tile of pitch D + 8 elements; rows past `seqlen`
+// and columns past head_dim are zeros (masked keys then meet V rows of 0, never stale data).
+template <int ROWS, int D>
+__device__ FP_INLINE void load_tile(std::uint16_t* dst, const TensorArg& t, std::int64_t b, std::int64_t s0,
+                                    std::int64_t h, std::int64_t seqlen, std::int64_t head_dim, bool vec) {
+  constexpr int P = D + 8;
+  const char* base = static_cast<const char*>(t.data) + b * t.strides[0] + h * t.strides[2];
+  if (vec) {  // unit stride, 16-byte aligned rows, head_dim % 8 == 0: a chunk is all in or all out
+    constexpr int kChunksPerRow = D / 8;
+    for (int c = threadIdx.x; c < ROWS * kChunksPerRow; c += kThreads) {
+      const int r = c / kChunksPerRow, d0 = (c % kChunksPerRow) * 8;
+      const bool ok = s0 + r < seqlen && d0 < head_dim;
+      cp_async16(dst + r * P + d0, ok ? base + (s0 + r) * t.strides[1] + d0 * 2 : t.data, ok);
+    }
+  } else {  // any strides: element by element through registers
+    for (int e = threadIdx.x; e < ROWS * D; e += kThreads) {
+      const int r = e / D, d = e % D;
+      std::uint16_t x = 0;
+      if (s0 + r < seqlen && d < head_dim) memcpy(&x, base + (s0 + r) * t.strides[1] + d * t.strides[3], 2);
+      dst[r * P + d] = x;
+    }
+  }
+}
+
+template <bool kBf16, int D>
+__global__ void __launch_bounds__(kThreads) Flash2MmaKernel(const Args a) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  constexpr int BR = kMmaRows, BC = mma_key_tile(D), P = D + 8;
+  static_assert(D % 32 == 0 && BC % 16 == 0, "tile shapes");
+  extern __shared__ __align__(16) std::uint16_t smem[];
+  std::uint16_t* sQ = smem;
+  std::uint16_t* sK = sQ + BR * P;      // [2][BC][P]
+  std::uint16_t* sV = sK + 2 * BC * P;  // [2][BC][P]
+
+  const AttnParams& p = a.p;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+  const std::int64_t bh = blockIdx.x, b = bh / p.heads_q, h = bh % p.heads_q;
+  const std::int64_t hk = h / (p.heads_q / p.heads_kv);
+  const std::int64_t m0 = static_cast<std::int64_t>(blockIdx.y) * BR;
+  const std::int64_t rows = p.seqlen_q - m0 < BR ? p.seqlen_q - m0 : BR;
+  const TileSpan tiles = split_span(row_block_key_tiles(m0, rows, p, BC), blockIdx.z, a.n_splits);
+  // every row of the block sees keys [all_lo, all_hi): tiles inside need no mask
+  const std::int64_t all_lo = key_range(m0 + rows - 1, p).lo, all_hi = key_range(m0, p).hi;
+  const std::int64_t row[2] = {m0 + warp * 16 + g, m0 + warp * 16 + g + 8};
+  const KeyRange kr[2] = {key_range(row[0], p), key_range(row[1], p)};
+  const float scale = static_cast<float>(p.scale), cap = static_cast<float>(p.softcap);
+
+  float acc_o[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) acc_o[n][0] = acc_o[n][1] = acc_o[n][2] = acc_o[n][3] = 0.f;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+
+  if (tiles.begin < tiles.end) {
+    load_tile<BR, D>(sQ, p.q, b, m0, h, p.seqlen_q, p.head_dim, a.vec_q);
+    load_tile<BC, D>(sK, p.k, b, tiles.begin * BC, hk, p.seqlen_k, p.head_dim, a.vec_k);
+    load_tile<BC, D>(sV, p.v, b, tiles.begin * BC, hk, p.seqlen_k, p.head_dim, a.vec_v);
+    cp_async_commit();
+  }
+  for (std::int64_t t = tiles.begin; t < tiles.end; ++t) {
+    const int buf = static_cast<int>((t - tiles.begin) & 1);
+    if (t + 1 < tiles.end) {  // the next tile streams in while this one is computed
+      load_tile<BC, D>(sK + (buf ^ 1) * BC * P, p.k, b, (t + 1) * BC, hk, p.seqlen_k, p.head_dim, a.vec_k);
+      load_tile<BC, D>(sV + (buf ^ 1) * BC * P, p.v, b, (t + 1) * BC, hk, p.seqlen_k, p.head_dim, a.vec_v);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();  // everything but the group just issued has landed
+    __syncthreads();
+    const std::uint16_t* kt = sK + buf * BC * P;
+    const std::uint16_t* vt = sV + buf * BC * P;
+
+    // S = Q K^T: 16 rows x BC keys per warp
+    float acc_s[BC / 8][4];
+#pragma unroll
+    for (int n = 0; n < BC / 8; ++n) acc_s[n][0] = acc_s[n][1] = acc_s[n][2] = acc_s[n][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      unsigned qa[4];  // matrices: rows +0/+8 (lane bit 3) x cols +0/+8 (lane bit 4)
+      ldmatrix_x4(qa, sQ + (warp * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * P + kk * 16 + (lane >> 4) * 8);
+#pragma unroll
+      for (int np = 0; np < BC / 16; ++np) {
+        unsigned kb[4];  // matrices: keys +0/+8 (lane bit 4) x dims +0/+8 (lane bit 3)
+        ldmatrix_x4(kb, kt + (np * 16 + (lane >> 4) * 8 + (lane & 7)) * P + kk * 16 + ((lane >> 3) & 1) * 8);
+        mma16816<kBf16>(acc_s[2 * np], qa, kb[0], kb[1]);
+        mma16816<kBf16>(acc_s[2 * np + 1], qa, kb[2], kb[3]);
+      }
+    }
+
+    // scale, softcap, mask; the row maxima over the quad of lanes that share a row
+    const std::int64_t j0 = t * BC;
+    const bool masked = j0 < all_lo || j0 + BC > all_hi;
+    float tile_max[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int n = 0; n < BC / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float s = apply_softcap(acc_s[n][e] * scale, cap);
+        if (masked) {
+          const std::int64_t key = j0 + n * 8 + 2 * t4 + (e & 1);
+          if (key < kr[e >> 1].lo || key >= kr[e >> 1].hi) s = -INFINITY;
+        }
+        acc_s[n][e] = s;
+        tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s);
+      }
+    }
+    float alpha[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
+      tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
+      const OnlineSoftmaxStep<float> st = online_softmax_step(m_run[r], tile_max[r]);
+      alpha[r] = st.alpha;
+      m_run[r] = st.m_new;
+    }
+    // P = exp(S - m); each lane keeps a partial row sum (the quad is summed once, at the end)
+    float row_sum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int n = 0; n < BC / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float m = m_run[e >> 1];
+        const float pr = m == -INFINITY ? 0.f : exp2f((acc_s[n][e] - m) * 1.4426950408889634f);
+        acc_s[n][e] = pr;
+        row_sum[e >> 1] += pr;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) l_run[r] = l_run[r] * alpha[r] + row_sum[r];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      acc_o[n][0] *= alpha[0];
+      acc_o[n][1] *= alpha[0];
+      acc_o[n][2] *= alpha[1];
+      acc_o[n][3] *= alpha[1];
+    }
+
+    // O += P V: the C fragments of n-tiles 2kk, 2kk+1 are the A fragment of key step kk
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk) {
+      const unsigned pa[4] = {pack2<kBf16>(acc_s[2 * kk][0], acc_s[2 * kk][1]),
+                              pack2<kBf16>(acc_s[2 * kk][2], acc_s[2 * kk][3]),
+                              pack2<kBf16>(acc_s[2 * kk + 1][0], acc_s[2 * kk + 1][1]),
+                              pack2<kBf16>(acc_s[2 * kk + 1][2], acc_s[2 * kk + 1][3])};
+#pragma unroll
+      for (int np = 0; np < D / 16; ++np) {
+        unsigned vb[4];  // transposed matrices: keys +0/+8 (lane bit 3) x dims +0/+8 (lane bit 4)
+        ldmatrix_x4_trans(vb, vt + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * P + np * 16 + (lane >> 4) * 8);
+        mma16816<kBf16>(acc_o[2 * np], pa, vb[0], vb[1]);
+        mma16816<kBf16>(acc_o[2 * np + 1], pa, vb[2], vb[3]);
+      }
+    }
+    __syncthreads();  // the buffer is refilled by the next iteration's loads
+  }
+
+  // finish: the quad's partial sums, normalize, store (rows past seqlen_q and dims past head_dim skipped)
+  const std::int64_t BH = p.batch * p.heads_q;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
+    l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
+    if (row[r] >= p.seqlen_q) continue;
+    const float inv = l_run[r] > 0.f ? 1.f / l_run[r] : 0.f;
+    const float lse = row_lse(m_run[r], l_run[r]);
+    if (a.n_splits == 1) {
+      std::uint16_t* out = static_cast<std::uint16_t*>(p.out) + ((b * p.seqlen_q + row[r]) * p.heads_q + h) * p.head_dim;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        const int d = n * 8 + 2 * t4;
+        if (d < p.head_dim) out[d] = to_bits<kBf16>(acc_o[n][2 * r] * inv);
+        if (d + 1 < p.head_dim) out[d + 1] = to_bits<kBf16>(acc_o[n][2 * r + 1] * inv);
+      }
+      if (t4 == 0 && p.lse != nullptr) p.lse[bh * p.seqlen_q + row[r]] = lse;
+    } else {
+      const std::int64_t slot = (blockIdx.z * BH + bh) * p.seqlen_q + row[r];
+      float* o = static_cast<float*>(a.o_part) + slot * D;
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        o[n * 8 + 2 * t4] = acc_o[n][2 * r] * inv;
+        o[n * 8 + 2 * t4 + 1] = acc_o[n][2 * r + 1] * inv;
+      }
+      if (t4 == 0) static_cast<float*>(a.lse_part)[slot] = lse;
+    }
+  }
+#else
+  __trap();  // built for an architecture without mma.sync m16n8k16; the host refuses before launching
+#endif
+}
+
+template <bool kBf16, int D>
+void launch_mma(const Args& a, dim3 grid, cudaStream_t stream) {
+  constexpr int bytes = mma_smem_bytes(D);
+  FP_CUDA_CHECK(cudaFuncSetAttribute(Flash2MmaKernel<kBf16, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  Flash2MmaKernel<kBf16, D><<<grid, kThreads, bytes, stream>>>(a);
+  FP_CUDA_CHECK(cudaGetLastError());
+}
+
+#define FP_FLASH2_MMA_INSTANTIATE(D)                                        \
+  template void launch_mma<false, D>(const Args&, dim3, cudaStream_t);      \
+  template void launch_mma<true, D>(const Args&, dim3, cudaStream_t);
+
+}  // namespace flash2
+}  // namespace flashparity
