@@ -6,7 +6,9 @@ import json
 import re
 import shutil
 import subprocess
+import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -170,3 +172,48 @@ def test_cudart_is_linked_statically():
         pytest.skip("ldd is not available")
     res = subprocess.run([ldd, _core.__file__], capture_output=True, text=True, check=True)
     assert "libcudart" not in res.stdout  # a CPU machine without the CUDA toolkit can import _core
+
+
+def _cuda_tool(name: str) -> str | None:
+    """A CUDA binary tool on PATH or from its PyPI wheel (nvidia/cu*/bin in this environment)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    import glob
+    import sysconfig
+
+    hits = sorted(glob.glob(f"{sysconfig.get_paths()['purelib']}/nvidia/cu*/bin/{name}"))
+    return hits[-1] if hits else None
+
+
+def test_flash2_machine_code_uses_tensor_cores():
+    # Every float16/bfloat16 flash2 specialisation, on every architecture compiled, issues
+    # HMMA.16816 (mma.sync m16n8k16), LDSM (ldmatrix, .MT88 = transposed for V) and LDGSTS (cp.async).
+    if not _core.CUDA_COMPILED:
+        pytest.skip("CPU-only build")
+    cuobjdump, nvdisasm = _cuda_tool("cuobjdump"), _cuda_tool("nvdisasm")
+    if cuobjdump is None or nvdisasm is None:
+        pytest.skip("cuobjdump/nvdisasm not installed (PyPI nvidia-cuda-cuobjdump, nvidia-cuda-nvdisasm)")
+    env = {**os.environ, "PATH": f"{Path(nvdisasm).parent}:{os.environ.get('PATH', '')}"}
+    sass = subprocess.run([cuobjdump, "--dump-sass", _core.__file__], capture_output=True, text=True, check=True,
+                          env=env).stdout
+    kernels: dict[tuple[str, str], str] = {}
+    arch, name = "", None
+    for line in sass.splitlines():
+        if m := re.match(r"\s*arch = (sm_\d+)", line):
+            arch, name = m.group(1), None
+        elif m := re.match(r"\s*Function : (\S+)", line):
+            name = m.group(1) if "Flash2MmaKernel" in m.group(1) else None
+            if name:
+                kernels[(arch, name)] = ""
+        elif name:
+            kernels[(arch, name)] += line + "\n"
+    archs = sorted({a for a, _ in kernels})
+    assert archs == sorted(f"sm_{a}" for a in fp.build_info()["cuda_architectures"].split(";"))
+    for a in archs:
+        names = [n for aa, n in kernels if aa == a]
+        assert len(names) == 16, names  # 8 head dims x {float16, bfloat16}
+    for (a, n), body in kernels.items():
+        bf16 = "ILb1E" in n
+        assert re.search(r"HMMA\.16816\.F32\.BF16" if bf16 else r"HMMA\.16816\.F32 ", body), (a, n)
+        assert "LDSM.16.M88.4" in body and "LDSM.16.MT88.4" in body and "LDGSTS" in body, (a, n)

@@ -15,7 +15,7 @@ namespace flashparity {
 // std::runtime_error naming the failed CUDA call.
 void attention_naive_cuda(const AttnParams& p, int device, std::uintptr_t stream);
 
-// FlashAttention-2's forward on the GPU (cuda/flash2*.cu): tensor cores (mma.sync m16n8k16, float32
+// FlashAttention-2's forward on the GPU (cuda/attention_flash2*.cu): tensor cores (mma.sync m16n8k16, float32
 // accumulators) for float16/bfloat16 on compute capability 8.0+, head dims padded to a multiple of
 // 32; FMA units for float32/float64. Split-KV when the grid is smaller than the GPU
 // (FLASHPARITY_CUDA_SPLITS=n forces n splits). Same contract as attention_naive_cuda.

@@ -1,5 +1,5 @@
-// The CUDA flash2 forward: what the dispatcher (flash2.cu) hands to the kernels. The tensor-core
-// kernel (flash2_mma.cuh) is instantiated per padded head dim in flash2_hdim*.cu, so the build
+// The CUDA flash2 forward: what the dispatcher (attention_flash2.cu) hands to the kernels. The tensor-core
+// kernel (attention_flash2_mma.cuh) is instantiated per padded head dim in attention_flash2_hdim*.cu, so the build
 // compiles the head dims in parallel.
 #pragma once
 

@@ -27,7 +27,7 @@
 #include <cstring>
 
 #include "cuda_util.cuh"
-#include "flash2.cuh"
+#include "attention_flash2.cuh"
 
 namespace flashparity {
 namespace flash2 {

@@ -11,7 +11,7 @@
 #include <type_traits>
 
 #include "cuda_util.cuh"
-#include "flash2.cuh"
+#include "attention_flash2.cuh"
 #include "flashparity/attention_cuda.h"
 #include "flashparity/dtype.h"
 

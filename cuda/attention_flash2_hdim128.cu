@@ -1,6 +1,6 @@
 // flash2 tensor-core kernels for head dims padded to 128 (float16 and bfloat16): one file per head
 // dim so the CUDA build compiles them in parallel.
-#include "flash2_mma.cuh"
+#include "attention_flash2_mma.cuh"
 
 namespace flashparity {
 namespace flash2 {
