@@ -132,7 +132,9 @@ __global__ void __launch_bounds__(kThreads) Flash2MmaKernel(const Args a) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
   const std::int64_t bh = blockIdx.x, b = bh / p.heads_q, h = bh % p.heads_q;
   const std::int64_t hk = h / (p.heads_q / p.heads_kv);
-  const std::int64_t m0 = static_cast<std::int64_t>(blockIdx.y) * BR;
+  // the last query blocks first: under a causal mask they see the most keys, so the long blocks
+  // start early and the short ones fill the tail of the grid
+  const std::int64_t m0 = static_cast<std::int64_t>(gridDim.y - 1 - blockIdx.y) * BR;
   const std::int64_t rows = p.seqlen_q - m0 < BR ? p.seqlen_q - m0 : BR;
   const TileSpan tiles = split_span(row_block_key_tiles(m0, rows, p, BC), blockIdx.z, a.n_splits);
   // every row of the block sees keys [all_lo, all_hi): tiles inside need no mask

@@ -472,3 +472,23 @@ def test_relative_max_across_blocks(level, monkeypatch):
     zero[1][5 * 4096 + 1] = 0.0  # zero reference in the tail: +inf
     s = fp.parity(*zero)
     assert s.max_rel_diff == math.inf and s.max_rel_index == (5 * 4096 + 1,)
+
+
+@pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])
+def test_histogram_edges_at_every_level(level, monkeypatch):
+    # Zeros, float64 differences below float32's subnormals (1e-300: nonzero, the "< 2^-40" bin),
+    # below 2^-126, the bin edges 2^-40 and 2^18, and past float32's range, in the vector part of a
+    # block and in its tail: the same counts as the float64 oracle on every SIMD level.
+    monkeypatch.setenv("FLASHPARITY_SIMD", level)
+    rng = np.random.default_rng(12)
+    b = rng.standard_normal(2 * 4096 + 5)
+    a = b.copy()
+    a[:3000] += 1e-3 * rng.standard_normal(3000)
+    for i, d in [(5, 1e-300), (4096 + 17, 1e-300), (8196, 1e-300), (6, 1e-40), (7, 2.0**-40), (8, 2.0**18),
+                 (9, 2.0**18 * 0.999), (10, 1e30), (4096 + 18, 1e-45), (11, 2.0**-126)]:
+        a[i], b[i] = d, 0.0
+    s = fp.parity(a, b)
+    check_against_oracle(s, a, b)
+    assert s.mismatches == int(np.count_nonzero(a != b))
+    s32 = fp.parity(a.astype(np.float32), b.astype(np.float32))
+    check_against_oracle(s32, a.astype(np.float32), b.astype(np.float32))

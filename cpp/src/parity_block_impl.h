@@ -265,6 +265,32 @@ FP_INLINE vu32 narrow_bits32(const T* p, vd v) {
   }
 }
 
+// How many of the bytes p[0, nb) lie in [lo, hi] (nb a multiple of 128, p 64-byte aligned).
+FP_INLINE std::int64_t count_bytes_in(const std::uint8_t* p, std::int64_t nb, int lo, int hi) {
+  static_assert(kBlock / 128 <= 255, "byte counters would overflow");
+  const std::uint8_t l = static_cast<std::uint8_t>(lo), span = static_cast<std::uint8_t>(hi - lo);
+#if defined(__AVX512BW__)
+  const __m512i lv = _mm512_set1_epi8(static_cast<char>(l)), sv = _mm512_set1_epi8(static_cast<char>(span));
+  const __m512i one = _mm512_set1_epi8(1), z = _mm512_setzero_si512();
+  __m512i c0 = z, c1 = z;  // two chains; per byte lane at most nb / 128
+  for (std::int64_t i = 0; i < nb; i += 128) {
+    const __m512i x = _mm512_load_si512(p + i), y = _mm512_load_si512(p + i + 64);
+    const __mmask64 mx = lo == hi ? _mm512_cmpeq_epi8_mask(x, lv) : _mm512_cmple_epu8_mask(_mm512_sub_epi8(x, lv), sv);
+    const __mmask64 my = lo == hi ? _mm512_cmpeq_epi8_mask(y, lv) : _mm512_cmple_epu8_mask(_mm512_sub_epi8(y, lv), sv);
+    c0 = _mm512_mask_add_epi8(c0, mx, c0, one);
+    c1 = _mm512_mask_add_epi8(c1, my, c1, one);
+  }
+  return _mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_sad_epu8(c0, z), _mm512_sad_epu8(c1, z)));
+#else
+  vbytes cnt = {};  // per lane at most nb / kByteLanes
+  for (std::int64_t i = 0; i < nb; i += kByteLanes)
+    cnt -= reinterpret_cast<vbytes>(static_cast<vbytes>(load<vbytes>(p + i) - l) <= span);
+  std::int64_t c = 0;
+  for (int j = 0; j < kByteLanes; ++j) c += cnt[j];
+  return c;
+#endif
+}
+
 // One block of n contiguous elements into the freshly constructed `out`. Returns false, leaving
 // `out` untouched, when any difference is not finite: the caller then reduces the block with the
 // exact scalar kernel (NaN/inf rules).
@@ -303,8 +329,11 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   vl idx;
   for (int j = 0; j < W; ++j) idx[j] = index0 + j;
   std::int64_t hist[kHistBins] = {};
+  // one byte per element for the histogram, counted per block below: with AVX-512 the float32
+  // exponent field of trunc(|a-b|) (mapped to bins when counting), else the bin itself
   alignas(64) std::uint8_t bins[kBlock];
-  vi32 bin_lo = vi32{} + kHistBins, bin_hi = vi32{} - 1;
+  vi32 bin_lo = vi32{} + kHistBins, bin_hi = vi32{} - 1;  // range of nonzero bins (no AVX-512)
+  vu32 u_nzmin = vu32{} - 1u, u_max = {};                  // min nonzero and max trunc(|a-b|) bits (AVX-512)
 
   const std::int64_t n8 = n - n % W;
   for (std::int64_t i = 0; i < n8; i += W) {
@@ -358,51 +387,73 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
       const vul dist = vsel(oa >= ob, bitcast<vul>(oa) - bitcast<vul>(ob), bitcast<vul>(ob) - bitcast<vul>(oa));
       ulp64 = vsel(bitcast<vl>(dist > ulp64), dist, ulp64);
     }
-    // histogram bin from the exponent field (ad is finite and >= 0 here), one byte per element;
-    // counted per block below
-    vi32 bin;
+    // histogram byte (ad is finite and >= 0 here)
     if constexpr (kTruncF32) {
-      // float32 exponent of trunc(|a-b|): 0 for zero and for anything below 2^-126 (< 2^-40),
-      // 254 at most for anything past float32's range (>= 2^16)
-      const vu32 u = bitcast<vu32>(ad32);
-      const vi32 nonzero = bitcast<vi32>(u != 0u) & 1;  // a nonzero value never lands in bin 0
-      bin = bitcast<vi32>(u >> 23) - (127 + kHistMinExp - 2);
-      bin = bin < nonzero ? nonzero : bin;
-      bin = bin > 58 ? vi32{} + 58 : bin;
+      // the exponent field of trunc(|a-b|): 0 for zero and for anything below 2^-126, 254 at most
+      // (past float32's range); zero is told from tiny by u_nzmin when counting
+      vu32 u = bitcast<vu32>(ad32);
+      // a float64 difference below 2^-149 truncates to +0.0f: keep it nonzero (the lowest mantissa
+      // bit changes no exponent); narrower pairs differ by 0 or >= 2^-149
+      if constexpr (!kNarrowPair) u |= bitcast<vu32>(__builtin_convertvector(ad != 0.0, vi32)) & 1u;
+      u_nzmin = (u - 1u) < u_nzmin ? (u - 1u) : u_nzmin;  // zero wraps to the largest value
+      u_max = u > u_max ? u : u_max;
+      const vu8 e8 = __builtin_convertvector(u >> 23, vu8);
+      std::memcpy(bins + i, &e8, sizeof(e8));
     } else {
       const vu32 hi_word = __builtin_convertvector(bitcast<vul>(ad) >> 32, vu32);  // exponent, top mantissa
       const vi32 e = bitcast<vi32>(hi_word >> 20);
-      bin = e - (1023 + kHistMinExp - 2);
+      vi32 bin = e - (1023 + kHistMinExp - 2);
       bin = bin < 1 ? vi32{} + 1 : bin;
       bin = bin > 58 ? vi32{} + 58 : bin;
       bin = __builtin_convertvector(ad == 0.0, vi32) != 0 ? vi32{} : bin;
+      // the range of nonzero bins (exact zeros, common in low precision, are counted on their own)
+      const vi32 nz = bin == 0 ? vi32{} + kHistBins : bin;
+      bin_lo = nz < bin_lo ? nz : bin_lo;
+      bin_hi = bin > bin_hi ? bin : bin_hi;
+      const vu8 b8 = __builtin_convertvector(bin, vu8);
+      std::memcpy(bins + i, &b8, sizeof(b8));
     }
-    // the range of nonzero bins (exact zeros, common in low precision, are counted on their own)
-    const vi32 nz = bin == 0 ? vi32{} + kHistBins : bin;
-    bin_lo = nz < bin_lo ? nz : bin_lo;
-    bin_hi = bin > bin_hi ? bin : bin_hi;
-    const vu8 b8 = __builtin_convertvector(bin, vu8);
-    std::memcpy(bins + i, &b8, sizeof(b8));
   }
-  // Count the bins present: byte compares over the block, for the zero bin and the bins between
-  // the block's lowest and highest nonzero ones (a handful for real data), instead of a scattered
-  // increment per element.
+  // Count the bytes: compares over the block for each value present (a handful of exponents for
+  // real data) instead of a scattered increment per element.
   if (n8 > 0) {
-    const std::int64_t nb = (n8 + 63) / 64 * 64;
-    for (std::int64_t i = n8; i < nb; ++i) bins[i] = 0xff;  // matches no bin
-    int lo = kHistBins, hi = -1;
-    for (int j = 0; j < W; ++j) {
-      lo = bin_lo[j] < lo ? bin_lo[j] : lo;
-      hi = bin_hi[j] > hi ? bin_hi[j] : hi;
-    }
-    static_assert(kBlock / kByteLanes <= 255, "byte counters would overflow");
-    for (int k = 0; k <= hi; k = (k == 0 ? (lo > 1 ? lo : 1) : k + 1)) {
-      vbytes cnt = {};  // at most kBlock / kByteLanes per lane
-      for (std::int64_t i = 0; i < nb; i += kByteLanes)
-        cnt -= reinterpret_cast<vbytes>(load<vbytes>(bins + i) == static_cast<std::uint8_t>(k));
-      std::int64_t c = 0;
-      for (int j = 0; j < kByteLanes; ++j) c += cnt[j];
-      hist[k] += c;
+    const std::int64_t nb = (n8 + 127) / 128 * 128;
+    for (std::int64_t i = n8; i < nb; ++i) bins[i] = 0xff;  // matches no bin and no exponent
+    if constexpr (kTruncF32) {
+      // bin of a nonzero exponent field E: clamp(E - 85, 1, 58); E = 0 holds zeros (bin 0) and
+      // nonzero values below 2^-126 (bin 1)
+      constexpr int kE0 = 127 + kHistMinExp - 2;  // E - kE0 is the bin
+      std::uint32_t nzmin = 0xffffffffu, umax = 0;
+      for (int j = 0; j < W; ++j) {
+        nzmin = u_nzmin[j] < nzmin ? u_nzmin[j] : nzmin;
+        umax = u_max[j] > umax ? u_max[j] : umax;
+      }
+      const int e_hi = static_cast<int>(umax >> 23);
+      const bool any_nonzero = nzmin != 0xffffffffu;
+      const int e_lo = any_nonzero ? static_cast<int>((nzmin + 1u) >> 23) : 256;
+      const std::int64_t c0 = count_bytes_in(bins, nb, 0, 0);
+      if (e_lo > 0) {
+        hist[0] += c0;  // no nonzero difference below 2^-126: E = 0 means zero
+      } else {          // rare: tell zeros from tiny differences on the block itself
+        std::int64_t zeros = 0;
+        for (std::int64_t i = 0; i < n8; ++i) zeros += to_f64(a[i]) == to_f64(b[i]);
+        hist[0] += zeros;
+        hist[1] += c0 - zeros;
+      }
+      if (any_nonzero && e_hi >= 1) {  // else every nonzero difference was in E = 0
+        const int lo = e_lo > 1 ? e_lo : 1;
+        if (lo <= kE0 + 1) hist[1] += count_bytes_in(bins, nb, lo, kE0 + 1 < e_hi ? kE0 + 1 : e_hi);
+        for (int e = lo > kE0 + 2 ? lo : kE0 + 2; e <= e_hi && e < kE0 + 58; ++e)
+          hist[e - kE0] += count_bytes_in(bins, nb, e, e);
+        if (e_hi >= kE0 + 58) hist[58] += count_bytes_in(bins, nb, lo > kE0 + 58 ? lo : kE0 + 58, e_hi);
+      }
+    } else {
+      int lo = kHistBins, hi = -1;
+      for (int j = 0; j < W; ++j) {
+        lo = bin_lo[j] < lo ? bin_lo[j] : lo;
+        hi = bin_hi[j] > hi ? bin_hi[j] : hi;
+      }
+      for (int k = 0; k <= hi; k = (k == 0 ? (lo > 1 ? lo : 1) : k + 1)) hist[k] += count_bytes_in(bins, nb, k, k);
     }
   }
 
