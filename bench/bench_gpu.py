@@ -80,7 +80,6 @@ def parity_rows(sizes, repeat):
             t = best(lambda: fp.parity(da, db), repeat)
             copy = copy_bandwidth(nbytes // 2, repeat)
             rows.append((e, dt, t * 1e3, nbytes / t / 1e9, copy))
-            del da, db
     return rows
 
 
@@ -107,7 +106,6 @@ def attention_rows(head_dims, seqlens, dtypes, repeat):
                             t = best(lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=causal),
                                      repeat, torch.cuda.synchronize)
                         sd = flops / t / 1e12
-                        del q, k, v, o, qt, kt, vt
                     else:
                         import ml_dtypes
 

@@ -29,6 +29,10 @@ try:
     import ml_dtypes
 except ImportError:  # bfloat16 rows need it
     ml_dtypes = None
+# PyTorch's OpenMP workers spin after each op by default; on a 2-core machine that steals a core
+# from whatever is timed next. Passive waiting costs torch microseconds per op (its ops here take
+# milliseconds) and keeps the rows independent of their order.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 try:
     import torch
 except ImportError:

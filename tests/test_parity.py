@@ -13,7 +13,7 @@ import pytest
 
 import flashparity as fp
 from flashparity import _core
-from parity_oracle import BF16, DTYPES, check_against_oracle, oracle, random_pair
+from parity_oracle import DTYPES, check_against_oracle, oracle, random_pair
 
 ALL = list(DTYPES)
 PAIRS = [(x, y) for x in ALL for y in ALL]

@@ -261,6 +261,8 @@ def test_cli_run_and_kernel_parity_on_the_gpu(tmp_path, capsys):
                             "--out", str(tmp_path / "o.npy")], capsys)
     body = json.loads(out)
     assert code == 0 and body["device"] == "cuda" and body["attn_impl"] == "flash2" and body["fallback"] is None
-    assert classify_provenance(body).ok and np.load(tmp_path / "o.npy", allow_pickle=False).shape[1] == 1
-    code, out, _ = run_cli(["kernel", "parity", "--device", "cuda", "--sweep", "--check", "--json"], capsys)
-    assert code == 0 and json.loads(out)["fa2_rule_ok"]
+    assert classify_provenance(body, kernel_source_prefix="flashparity:flash2@").ok
+    assert np.load(tmp_path / "o.npy", allow_pickle=False).shape == (1, 1, 8, 64)  # decode by default
+    code, out, _ = run_cli(["kernel", "parity", "--device", "cuda", "--sweep", "--json"], capsys)
+    body = json.loads(out)
+    assert code == 0 and body["device"] == "cuda" and body["fa2_rule_ok"], body

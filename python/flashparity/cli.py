@@ -472,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--head-dim", type=_int_at_least("--head-dim", 1), default=64, metavar="D", help="head dim (64)")
         p.add_argument("--seed", type=_int_at_least("--seed", 0), default=0, metavar="S", help="input seed (0)")
         p.add_argument("--dtype", choices=("float32", "float16", "bfloat16", "float64"), default="float32")
-        p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+        p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                       help="where the kernels run (cuda: the CUDA kernels on GPU 0, inputs copied there)")
         p.add_argument("--causal", action="store_true", help="causal mask (bottom-right aligned)")
         p.add_argument("--window", type=int, nargs=2, default=(-1, -1), metavar=("LEFT", "RIGHT"),
                        help="sliding window (-1: unbounded)")
@@ -511,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="One attention forward on --q/--k/--v .npy files or seeded inputs of the "
                            "given shape. Prints the provenance body (attn_impl, kernel_source, fallback, ...). "
                            "An unsupported head_dim or an unusable --device is an error (exit 1) unless "
-                           "--fallback, which runs naive on the CPU and says why.")
+                           "--fallback, which runs naive instead (on the CPU when the GPU is the problem) and says why.")
     p_run.add_argument("--attn", choices=("flash2", "naive", "tiled"), default="flash2", help="implementation")
     p_run.add_argument("--fallback", action="store_true", help="fall back to naive (and say why) instead of failing")
     p_run.add_argument("--q", metavar="FILE", help=".npy [batch, seqlen_q, heads_q, head_dim]")
