@@ -168,8 +168,8 @@ struct ElementAccum {
   std::int64_t mismatches = 0, nonfinite = 0;
   std::uint64_t max_ulp = 0;
 
-  // Adds element `index` with values av, bv (exact float64) and raw bit patterns ra, rb of types
-  // ta, tb. Returns its histogram bin.
+  // Adds element `index` (greater than every index added before) with values av, bv (exact
+  // float64) and raw bit patterns ra, rb of types ta, tb. Returns its histogram bin.
   FP_HOST_DEVICE FP_INLINE int add(double av, double bv, std::uint64_t ra, std::uint64_t rb, DType ta, DType tb,
                                    std::int64_t index, const ParityParams& p) {
     if (n == 0) {
@@ -183,10 +183,16 @@ struct ElementAccum {
       max_abs = ad;
       max_abs_index = index;
     }
-    const double r = rel_diff(av, bv, ad);
-    if (max_beats(r, index, max_rel, max_rel_index)) {
-      max_rel = r;
-      max_rel_index = index;
+    // The ratio is divided out only where it can reach the running maximum: ad < max_rel * |b|
+    // with a 2^-50 slack (the product rounds once) proves ad / |b| <= max_rel, which a later index
+    // cannot beat (indices only grow within an accumulator); a product past DBL_MAX skips rightly.
+    // NaN, a zero b and no maximum yet fail the test and take the division.
+    if (!(ad < max_rel * std::fabs(bv) * (1.0 - 0x1p-50))) {
+      const double r = rel_diff(av, bv, ad);
+      if (max_beats(r, index, max_rel, max_rel_index)) {
+        max_rel = r;
+        max_rel_index = index;
+      }
     }
     s_abs += ad;
     s_sq += d * d;
