@@ -9,14 +9,10 @@
 // A fragment of P, rounded to the input type as FlashAttention-2 does). O and the LSE are written
 // once at the end, or as a normalized partial per split for split-KV.
 //
-// Fragment layouts (PTX ISA, mma.m16n8k16 .f16/.bf16; g = lane / 4, t = lane % 4):
-//   A 16x16: a0a1 (row g, cols 2t..2t+1), a2a3 (row g+8, same cols), a4a5 (row g, cols 2t+8..),
-//            a6a7 (row g+8, cols 2t+8..)
-//   B 16x8:  b0b1 (rows 2t..2t+1, col g), b2b3 (rows 2t+8.., col g)
-//   C 16x8:  c0c1 (row g, cols 2t..2t+1), c2c3 (row g+8, same cols)
-// ldmatrix.x4 gives lane l the pair (row l/4, cols 2(l%4)..) of each of four 8x8 matrices whose row
-// addresses lanes 8i..8i+7 supply; .trans gives the pair (rows 2(l%4).., col l/4) instead. Shared
-// rows are padded by 16 bytes, so the eight rows of an 8x8 matrix fall in distinct bank groups.
+// Which elements each lane's registers hold, and which shared-memory rows it hands ldmatrix, come
+// from flashparity/mma_layout.h; a CPU test emulates a warp with those functions (S = Q K^T and
+// O = P V exact). Shared rows are padded by 16 bytes, so the eight rows of an 8x8 ldmatrix matrix
+// fall in distinct bank groups.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -26,8 +22,9 @@
 #include <cstdint>
 #include <cstring>
 
-#include "cuda_util.cuh"
 #include "attention_flash2.cuh"
+#include "cuda_util.cuh"
+#include "flashparity/mma_layout.h"
 
 namespace flashparity {
 namespace flash2 {
@@ -129,7 +126,11 @@ __global__ void __launch_bounds__(kThreads) Flash2MmaKernel(const Args a) {
   std::uint16_t* sV = sK + 2 * BC * P;  // [2][BC][P]
 
   const AttnParams& p = a.p;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  // where this lane's ldmatrix rows start inside a 16 x 16 tile (mma_layout.h, checked on the CPU)
+  const mma::RowCol q_at = mma::ldsm_q_row(lane), k_at = mma::ldsm_k_row(lane), v_at = mma::ldsm_v_row(lane);
+  // the accumulator elements this lane holds: rows c_elem(lane, 0).row and +8, columns col0, col0 + 1
+  const int g = mma::c_elem(lane, 0).row, col0 = mma::c_elem(lane, 0).col;
   const std::int64_t bh = blockIdx.x, b = bh / p.heads_q, h = bh % p.heads_q;
   const std::int64_t hk = h / (p.heads_q / p.heads_kv);
   // the last query blocks first: under a causal mask they see the most keys, so the long blocks
@@ -172,12 +173,12 @@ __global__ void __launch_bounds__(kThreads) Flash2MmaKernel(const Args a) {
     for (int n = 0; n < BC / 8; ++n) acc_s[n][0] = acc_s[n][1] = acc_s[n][2] = acc_s[n][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      unsigned qa[4];  // matrices: rows +0/+8 (lane bit 3) x cols +0/+8 (lane bit 4)
-      ldmatrix_x4(qa, sQ + (warp * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * P + kk * 16 + (lane >> 4) * 8);
+      unsigned qa[4];  // a0a1, a2a3, a4a5, a6a7
+      ldmatrix_x4(qa, sQ + (warp * 16 + q_at.row) * P + kk * 16 + q_at.col);
 #pragma unroll
       for (int np = 0; np < BC / 16; ++np) {
-        unsigned kb[4];  // matrices: keys +0/+8 (lane bit 4) x dims +0/+8 (lane bit 3)
-        ldmatrix_x4(kb, kt + (np * 16 + (lane >> 4) * 8 + (lane & 7)) * P + kk * 16 + ((lane >> 3) & 1) * 8);
+        unsigned kb[4];  // b0b1, b2b3 of keys +0..7, then of keys +8..15
+        ldmatrix_x4(kb, kt + (np * 16 + k_at.row) * P + kk * 16 + k_at.col);
         mma16816<kBf16>(acc_s[2 * np], qa, kb[0], kb[1]);
         mma16816<kBf16>(acc_s[2 * np + 1], qa, kb[2], kb[3]);
       }
@@ -193,7 +194,7 @@ __global__ void __launch_bounds__(kThreads) Flash2MmaKernel(const Args a) {
       for (int e = 0; e < 4; ++e) {
         float s = apply_softcap(acc_s[n][e] * scale, cap);
         if (masked) {
-          const std::int64_t key = j0 + n * 8 + 2 * t4 + (e & 1);
+          const std::int64_t key = j0 + n * 8 + col0 + (e & 1);
           if (key < kr[e >> 1].lo || key >= kr[e >> 1].hi) s = -INFINITY;
         }
         acc_s[n][e] = s;
@@ -234,14 +235,14 @@ __global__ void __launch_bounds__(kThreads) Flash2MmaKernel(const Args a) {
     // O += P V: the C fragments of n-tiles 2kk, 2kk+1 are the A fragment of key step kk
 #pragma unroll
     for (int kk = 0; kk < BC / 16; ++kk) {
-      const unsigned pa[4] = {pack2<kBf16>(acc_s[2 * kk][0], acc_s[2 * kk][1]),
-                              pack2<kBf16>(acc_s[2 * kk][2], acc_s[2 * kk][3]),
-                              pack2<kBf16>(acc_s[2 * kk + 1][0], acc_s[2 * kk + 1][1]),
-                              pack2<kBf16>(acc_s[2 * kk + 1][2], acc_s[2 * kk + 1][3])};
+      unsigned pa[4];
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+        pa[r] = pack2<kBf16>(acc_s[mma::p_ntile(kk, r)][mma::p_celem(r)], acc_s[mma::p_ntile(kk, r)][mma::p_celem(r) + 1]);
 #pragma unroll
       for (int np = 0; np < D / 16; ++np) {
-        unsigned vb[4];  // transposed matrices: keys +0/+8 (lane bit 3) x dims +0/+8 (lane bit 4)
-        ldmatrix_x4_trans(vb, vt + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * P + np * 16 + (lane >> 4) * 8);
+        unsigned vb[4];  // b0b1, b2b3 of dims +0..7, then of dims +8..15 (transposed loads)
+        ldmatrix_x4_trans(vb, vt + (kk * 16 + v_at.row) * P + np * 16 + v_at.col);
         mma16816<kBf16>(acc_o[2 * np], pa, vb[0], vb[1]);
         mma16816<kBf16>(acc_o[2 * np + 1], pa, vb[2], vb[3]);
       }
@@ -262,20 +263,20 @@ __global__ void __launch_bounds__(kThreads) Flash2MmaKernel(const Args a) {
       std::uint16_t* out = static_cast<std::uint16_t*>(p.out) + ((b * p.seqlen_q + row[r]) * p.heads_q + h) * p.head_dim;
 #pragma unroll
       for (int n = 0; n < D / 8; ++n) {
-        const int d = n * 8 + 2 * t4;
+        const int d = n * 8 + col0;
         if (d < p.head_dim) out[d] = to_bits<kBf16>(acc_o[n][2 * r] * inv);
         if (d + 1 < p.head_dim) out[d + 1] = to_bits<kBf16>(acc_o[n][2 * r + 1] * inv);
       }
-      if (t4 == 0 && p.lse != nullptr) p.lse[bh * p.seqlen_q + row[r]] = lse;
+      if (col0 == 0 && p.lse != nullptr) p.lse[bh * p.seqlen_q + row[r]] = lse;
     } else {
       const std::int64_t slot = (blockIdx.z * BH + bh) * p.seqlen_q + row[r];
       float* o = static_cast<float*>(a.o_part) + slot * D;
 #pragma unroll
       for (int n = 0; n < D / 8; ++n) {
-        o[n * 8 + 2 * t4] = acc_o[n][2 * r] * inv;
-        o[n * 8 + 2 * t4 + 1] = acc_o[n][2 * r + 1] * inv;
+        o[n * 8 + col0] = acc_o[n][2 * r] * inv;
+        o[n * 8 + col0 + 1] = acc_o[n][2 * r + 1] * inv;
       }
-      if (t4 == 0) static_cast<float*>(a.lse_part)[slot] = lse;
+      if (col0 == 0) static_cast<float*>(a.lse_part)[slot] = lse;
     }
   }
 #else

@@ -276,3 +276,15 @@ def test_out_argument(impl):
     k_in_buf = buf[:960].reshape(k.shape)
     with pytest.raises(ValueError, match="out overlaps k"):
         fp.attention(q, k_in_buf, v, out=buf[500:500 + q.size].reshape(q.shape))
+
+
+@pytest.mark.parametrize("d,bc", [(32, 64), (64, 64), (128, 64), (96, 16), (256, 32)])
+def test_tensor_core_tile_layouts(d, bc):
+    # The CUDA flash2 kernel's ldmatrix addresses, fragment layouts and P-from-S reuse
+    # (flashparity/mma_layout.h), run on a CPU emulation of a warp: S = Q K^T and O = P V exactly.
+    from flashparity import _core
+
+    for warp in range(4):
+        assert _core._mma_layout_check(d, bc, warp) == ""
+    with pytest.raises(ValueError, match="multiples of 16"):
+        _core._mma_layout_check(40, 64, 0)

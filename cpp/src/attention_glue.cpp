@@ -82,6 +82,14 @@ std::vector<std::pair<std::int64_t, std::int64_t>> split_spans_py(std::int64_t b
 }  // namespace
 
 void bind_attention(py::module_& m) {
+  m.def("_mma_layout_check",
+        [](int d, int bc, int warp) {
+          if (d < 16 || d % 16 != 0 || bc < 16 || bc % 16 != 0 || warp < 0 || warp > 3)
+            throw std::invalid_argument("d and bc must be positive multiples of 16 and warp in 0..3");
+          return mma_layout_check(d, bc, warp);
+        },
+        py::arg("d"), py::arg("bc"), py::arg("warp"),
+        "CPU emulation of the tensor-core flash2 tile math: '' when exact, else what differed.");
   m.def("_merge_split_lse", &merge_split_lse_py, "Split-KV merge of per-split lse values: (lse, weights).");
   m.def("_split_spans", &split_spans_py, "The key-tile spans of n splits of [begin, end).");
   m.def("_flash2_split_count", &flash2_split_count, py::arg("blocks"), py::arg("sms"), py::arg("key_tiles"),
