@@ -492,3 +492,20 @@ def test_histogram_edges_at_every_level(level, monkeypatch):
     assert s.mismatches == int(np.count_nonzero(a != b))
     s32 = fp.parity(a.astype(np.float32), b.astype(np.float32))
     check_against_oracle(s32, a.astype(np.float32), b.astype(np.float32))
+
+
+@pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_infinite_ratio_and_equal_zeros(level, dtype, monkeypatch):
+    # A zero reference under a nonzero value makes the relative maximum +inf early; later blocks
+    # (more infinities, equal zero pairs as in ReLU outputs) cannot move it, and every other field
+    # still matches the oracle.
+    monkeypatch.setenv("FLASHPARITY_SIMD", level)
+    rng = np.random.default_rng(13)
+    b = np.maximum(rng.standard_normal(6 * 4096 + 9), 0).astype(DTYPES[dtype])  # half exact zeros
+    a = (b.astype(np.float64) + 1e-2 * rng.standard_normal(b.size) * (b > 0)).astype(DTYPES[dtype])
+    a[10], b[10] = 0.5, 0.0
+    a[3 * 4096 + 1], b[3 * 4096 + 1] = 0.25, 0.0
+    s = fp.parity(a, b)
+    assert s.max_rel_diff == math.inf and s.max_rel_index == (10,)
+    check_against_oracle(s, a, b)

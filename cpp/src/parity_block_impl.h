@@ -319,8 +319,10 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   // Narrow pairs screen the ratio against the caller's running maximum without dividing: a lane is
   // flagged when |a-b| > thr * |b| might hold (float32, with slack for every rounding involved);
   // only a block with a flag gets the exact float64 pass. No usable maximum yet (or one past
-  // float32's range) means the exact pass anyway.
-  const bool exact_rel_pass = !(thr_rel >= 0.0 && thr_rel < 1e37);
+  // float32's range) means the exact pass anyway; a maximum of +inf (a zero b met a nonzero a)
+  // cannot be beaten by this finite block (its indices come later, so a tie loses): no pass.
+  const bool rel_settled = thr_rel == INFINITY;
+  const bool exact_rel_pass = !rel_settled && !(thr_rel >= 0.0 && thr_rel < 1e37);
   const vf thr32 = vf{} + static_cast<float>(exact_rel_pass ? 0.0 : thr_rel * (1.0 - 0x1p-16));
   vi32 rel_flag = {};
   vl mism = {};
@@ -356,9 +358,11 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     if constexpr (kNarrowPair) {
       // |b| is 0 or >= 2^-149 and exact in float32; ad32 <= |a-b| by at most 2^-23 relative; the
       // product's relative rounding is absorbed by the 2^-16 slack in thr32 and its absolute
-      // rounding near the subnormal range by the 1e-40 margin. A zero b with a nonzero a flags.
+      // rounding near the subnormal range by the 1e-40 margin. A zero b with a nonzero a flags; an
+      // equal pair (ratio 0) never does (ad32 is 0 only for a zero difference here).
       const vf den = bitcast<vf>(bitcast<vu32>(bf32) & 0x7fffffffu);
-      rel_flag |= ad32 > thr32 * den - 1e-40f;
+      const vf lim = thr32 * den - 1e-40f;
+      rel_flag |= ad32 > (lim > 0.0f ? lim : vf{});
     } else {
       const vd babs = vabs(bv);
       const vd q = vsel((babs == 0.0) & (ad == 0.0), zero, ad / babs);
@@ -519,6 +523,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     // a lane was flagged (or there is no running maximum to screen against).
     bool flagged = exact_rel_pass;
     for (int j = 0; j < W; ++j) flagged |= rel_flag[j] != 0;
+    if (rel_settled) flagged = false;
     if (flagged) {
       double vrel_max = -1.0;
       std::int64_t vrel_i = -1;
