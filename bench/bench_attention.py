@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 import flashparity as fp
-from bench_parity import machine, write_section
+from bench_parity import machine, publish
 
 try:
     import ml_dtypes
@@ -120,10 +120,7 @@ def main():
                 continue
             for causal in (False, True):
                 run(shape, dt, causal, args.repeat, rows)
-    text = render(rows, args)
-    print(text)
-    if not args.no_write:
-        write_section(text, "Attention forward (CPU)")
+    publish(render(rows, args), "Attention forward (CPU)", args.no_write)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 import flashparity as fp
-from bench_parity import write_section
+from bench_parity import publish
 from flashparity.kernel_parity import to_device
 
 try:
@@ -151,10 +151,7 @@ def main():
     seqlens = [512, 4096] if args.quick else [512, 1024, 2048, 4096, 8192, 16384]
     prows = parity_rows(sizes, args.repeat)
     arows = attention_rows([64, 128], seqlens, ["float16", "bfloat16"], args.repeat)
-    text = render(prows, arows, args)
-    print(text)
-    if not args.no_write:
-        write_section(text, "GPU")
+    publish(render(prows, arows, args), "GPU", args.no_write)
 
 
 if __name__ == "__main__":

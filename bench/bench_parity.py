@@ -223,6 +223,13 @@ def write_section(text: str, title: str) -> None:
     path.write_text(doc)
 
 
+def publish(text: str, title: str, no_write: bool) -> None:
+    """Print a rendered section and, unless `no_write`, put it into BENCHMARKS.md."""
+    print(text)
+    if not no_write:
+        write_section(text, title)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[24, 26], help="log2 of the element counts")
@@ -237,10 +244,7 @@ def main():
                 continue
             print(f"2^{e} {dt} ...", flush=True)
             run_case(1 << e, dt, args.repeat, rows)
-    text = render(rows, args)
-    print(text)
-    if not args.no_write:
-        write_section(text, "Parity reductions (CPU)")
+    publish(render(rows, args), "Parity reductions (CPU)", args.no_write)
 
 
 if __name__ == "__main__":

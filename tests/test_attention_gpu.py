@@ -10,7 +10,7 @@ import pytest
 import flashparity as fp
 from attention_ref import reference
 from flashparity.kernel_parity import to_device, to_host
-from test_attention import BF16, CASES, DTYPES, IMPLS, err, lse_err, make
+from test_attention import BF16, CASES, DTYPES, IMPLS, err, lse_err, make, rounding
 
 pytestmark = pytest.mark.gpu
 
@@ -30,11 +30,6 @@ def run(q, k, v, **kw):
         out, lse = res
         return to_host(out, q.dtype), to_host(lse, np.float32)
     return to_host(res, q.dtype)
-
-
-def rounding(dtype, ref_out):
-    eps = {np.dtype(np.float16): float(np.finfo(np.float16).eps), BF16: 2.0**-7}.get(np.dtype(dtype), 0.0)
-    return eps * float(np.max(np.abs(ref_out))) if ref_out.size else 0.0
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -19,6 +19,16 @@ from . import _core
 # Kernel dtype codes (cpp/include/flashparity/dtype.h).
 DTYPE_CODES = {"float64": 0, "float32": 1, "float16": 2, "bfloat16": 3}
 DTYPE_NAMES = {v: k for k, v in DTYPE_CODES.items()}
+ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """Byte strides of a C-contiguous array of `shape`."""
+    acc, out = itemsize, []
+    for s in reversed(shape):
+        out.append(acc)
+        acc *= s
+    return tuple(reversed(out))
 
 # DLPack device types.
 _KDL_CPU, _KDL_CUDA, _KDL_CUDA_HOST, _KDL_CUDA_MANAGED = 1, 2, 3, 13
@@ -44,6 +54,23 @@ class TensorView:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def itemsize(self) -> int:
+        return ITEMSIZE[self.dtype]
+
+    @property
+    def c_contiguous(self) -> bool:
+        return all(n == 1 or st == e for n, st, e in zip(self.shape, self.strides, c_strides(self.shape, self.itemsize)))
+
+    @property
+    def extent(self) -> tuple[int, int]:
+        """The byte range [lo, hi) the view touches."""
+        if self.numel == 0:
+            return (self.ptr, self.ptr)
+        lo = self.ptr + sum(st * (n - 1) for st, n in zip(self.strides, self.shape) if st < 0)
+        hi = self.ptr + sum(st * (n - 1) for st, n in zip(self.strides, self.shape) if st > 0) + self.itemsize
+        return (lo, hi)
 
 
 def _unsupported(name: str, dtype: Any) -> TypeError:
@@ -80,11 +107,7 @@ def _from_cuda_array_interface(obj: Any, cai: dict, name: str) -> TensorView:
     shape = tuple(int(s) for s in cai["shape"])
     strides = cai.get("strides")
     if strides is None:  # C-contiguous
-        acc, out = dt.itemsize, []
-        for s in reversed(shape):
-            out.append(acc)
-            acc *= s
-        strides = tuple(reversed(out))
+        strides = c_strides(shape, dt.itemsize)
     ptr = int(cai["data"][0])
     stream = cai.get("stream") if cai.get("version", 0) >= 3 else None
     # the device is read from the pointer by the CUDA glue, when (and only if) a kernel runs

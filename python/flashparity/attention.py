@@ -16,7 +16,6 @@ __all__ = ["attention", "UnsupportedHeadDimError", "IMPLS", "FLASH2_MAX_HEAD_DIM
 IMPLS = ("flash2", "naive")
 FLASH2_MAX_HEAD_DIM = _core.FLASH2_MAX_HEAD_DIM
 _KERNEL_CODES = {"naive": 0, "flash2": 1}  # AttnImpl in cpp/src/attention_cpu.h
-_ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
 
 
 class UnsupportedHeadDimError(ValueError):
@@ -151,36 +150,22 @@ def attention(
     return (out, lse) if return_lse else out
 
 
-def _extent(v: TensorView) -> tuple[int, int]:
-    """The byte range [lo, hi) a view touches."""
-    if v.numel == 0:
-        return (v.ptr, v.ptr)
-    itemsize = _ITEMSIZE[v.dtype]
-    lo = v.ptr + sum(st * (n - 1) for st, n in zip(v.strides, v.shape) if st < 0)
-    hi = v.ptr + sum(st * (n - 1) for st, n in zip(v.strides, v.shape) if st > 0) + itemsize
-    return (lo, hi)
-
-
 def _out_view(out: Any, vq: TensorView, inputs: tuple[TensorView, TensorView]) -> TensorView:
     vout = as_view(out, "out")
     if vout.device != vq.device:
         raise ValueError(f"out must live on q's device ({vq.device}), got {vout.device}")
     if vout.shape != vq.shape or vout.dtype != vq.dtype:
         raise ValueError(f"out must have q's shape {vq.shape} and dtype {vq.dtype}, got {vout.shape} {vout.dtype}")
-    expect, acc = [], _ITEMSIZE[vout.dtype]
-    for n in reversed(vout.shape):
-        expect.append(acc)
-        acc *= n
-    if any(n != 1 and st != e for n, st, e in zip(vout.shape, vout.strides, reversed(expect))):
+    if not vout.c_contiguous:
         raise ValueError(f"out must be C-contiguous, got strides {vout.strides}")
     if isinstance(out, np.ndarray) and not out.flags.writeable:
         raise ValueError("out is read-only")
     cai = getattr(out, "__cuda_array_interface__", None) if vout.device == "cuda" else None
     if isinstance(cai, dict) and cai.get("data", (0, False))[1]:
         raise ValueError("out is read-only (its __cuda_array_interface__ says so)")
-    lo, hi = _extent(vout)
+    lo, hi = vout.extent
     for name, v in zip("qkv", (vq, *inputs)):
-        vlo, vhi = _extent(v)
+        vlo, vhi = v.extent
         if lo < vhi and vlo < hi:
             raise ValueError(f"out overlaps {name}; give a separate output buffer")
     return vout

@@ -307,7 +307,8 @@ def _load_inputs(args: argparse.Namespace):
 def _cmd_run(args: argparse.Namespace) -> int:
     import time
 
-    from .attention import UnsupportedHeadDimError, attention
+    from .attention import UnsupportedHeadDimError
+    from .kernel_parity import run_attention
 
     try:
         q, k, v = _load_inputs(args)
@@ -324,13 +325,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         device, impl, fallback = "cpu", "naive", code
 
     def forward(impl: str):
-        if device == "cpu":
-            return attention(q, k, v, impl=impl, causal=args.causal, window=tuple(args.window), softcap=args.softcap)
-        from .kernel_parity import to_device, to_host
-
-        res = attention(*(to_device(x) for x in (q, k, v)), impl=impl, causal=args.causal,
-                        window=tuple(args.window), softcap=args.softcap)
-        return to_host(res, q.dtype)
+        return run_attention(impl, q, k, v, device=device, causal=args.causal, window=tuple(args.window),
+                             softcap=args.softcap)
 
     t0 = time.perf_counter()
     try:

@@ -80,16 +80,22 @@ def make_inputs(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return q, k, v
 
 
-def _run(impl: str, q, k, v, case: Case):
-    if case.device == "cpu" or q.dtype == np.float64:  # the float64 reference always runs on the host
-        return attention(q, k, v, impl=impl, causal=case.causal, window=case.window, softcap=case.softcap)
+def run_attention(impl: str, q, k, v, *, device: str, causal: bool, window, softcap: float) -> np.ndarray:
+    """One forward of host arrays on `device` ("cuda": copied to GPU 0 and the output back)."""
+    if device == "cpu":
+        return attention(q, k, v, impl=impl, causal=causal, window=window, softcap=softcap)
     from . import _core
 
     if not hasattr(_core, "attention_cuda"):
         raise RuntimeError("device-unavailable: this build has no CUDA kernels; use --device cpu")
-    dev = [to_device(x) for x in (q, k, v)]
-    out = attention(*dev, impl=impl, causal=case.causal, window=case.window, softcap=case.softcap)
+    out = attention(*(to_device(x) for x in (q, k, v)), impl=impl, causal=causal, window=window, softcap=softcap)
     return to_host(out, q.dtype)
+
+
+def _run(impl: str, q, k, v, case: Case):
+    # the float64 reference always runs on the host
+    device = "cpu" if q.dtype == np.float64 else case.device
+    return run_attention(impl, q, k, v, device=device, causal=case.causal, window=case.window, softcap=case.softcap)
 
 
 def to_device(x: np.ndarray, device: int = 0):
