@@ -22,9 +22,7 @@ namespace {
 
 template <typename T, typename Acc>
 __device__ FP_INLINE Acc load_elem(const char* addr) {
-  T x;
-  memcpy(&x, addr, sizeof(T));
-  return static_cast<Acc>(x);
+  return static_cast<Acc>(load_value<T>(addr));  // exact: T is float or double here
 }
 
 // float32 / float64 flash2 on FMA units (float32 inputs do not go through tf32 tensor cores: their

@@ -22,11 +22,8 @@ constexpr std::size_t kScratchBytes = std::size_t{256} << 20;
 
 template <typename T>
 __device__ FP_INLINE double load(const TensorArg& t, std::int64_t b, std::int64_t s, std::int64_t h, std::int64_t d) {
-  const char* p = static_cast<const char*>(t.data) + b * t.strides[0] + s * t.strides[1] + h * t.strides[2] +
-                  d * t.strides[3];
-  T x;
-  memcpy(&x, p, sizeof(T));
-  return to_f64(x);
+  return load_value<T>(static_cast<const char*>(t.data) + b * t.strides[0] + s * t.strides[1] + h * t.strides[2] +
+                      d * t.strides[3]);
 }
 
 // scores[bh][r][j] for query rows r0 + r: grid (key blocks, rows, batch*heads_q)

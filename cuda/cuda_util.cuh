@@ -6,8 +6,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
+
+#include "flashparity/dtype.h"
 
 #define FP_CUDA_CHECK(call)                                                                          \
   do {                                                                                               \
@@ -40,6 +43,14 @@ struct DeviceGuard {
   DeviceGuard(const DeviceGuard&) = delete;
   DeviceGuard& operator=(const DeviceGuard&) = delete;
 };
+
+// The exact float64 value of one element of T at any (possibly unaligned) address.
+template <typename T>
+__device__ FP_INLINE double load_value(const void* addr) {
+  T x;
+  memcpy(&x, addr, sizeof(T));
+  return to_f64(x);
+}
 
 // A stream-ordered device allocation, freed on every path.
 struct DeviceBuffer {
