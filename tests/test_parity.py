@@ -509,3 +509,33 @@ def test_infinite_ratio_and_equal_zeros(level, dtype, monkeypatch):
     s = fp.parity(a, b)
     assert s.max_rel_diff == math.inf and s.max_rel_index == (10,)
     check_against_oracle(s, a, b)
+
+
+@pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("da,db", [("float32", "float32"), ("float16", "float16"), ("bfloat16", "bfloat16"),
+                                   ("float16", "float32"), ("float32", "bfloat16")])
+@pytest.mark.parametrize("atol,rtol", [(1e-3, 1e-3), (0.0, 1e-2), (2.0**-7, 0.0), (1e-45, 1e-7), (1e-300, 0.25),
+                                       (0.0, 0.75), (1e38, 0.0), (3.0, 2.0)])
+def test_isclose_boundary_at_every_level(level, da, db, atol, rtol, monkeypatch):
+    # Narrow pairs screen isclose in float32 and recount undecided blocks in float64: differences on
+    # the float32 grid right below, at and above atol + rtol * |b|, zero pairs, subnormal and huge
+    # references, and tolerances past the screen's range must all count as the float64 definition.
+    monkeypatch.setenv("FLASHPARITY_SIMD", level)
+    rng = np.random.default_rng(14)
+    n = 3 * 4096 + 11
+    b = rng.standard_normal(n).astype(DTYPES[db])
+    bf = b.astype(np.float64)
+    limit = atol + rtol * np.abs(bf)
+    target = bf + np.where(rng.integers(2, size=n) == 1, limit, -limit)
+    step = rng.integers(-1, 2, size=n)  # one step of the grid down, none, or up from the nearest
+    with np.errstate(over="ignore"):  # a huge atol leaves float16's range: inf, a plain mismatch
+        a32 = target.astype(DTYPES[da]).astype(np.float32)
+        a = np.where(step < 0, np.nextafter(a32, np.float32(-np.inf)),
+                     np.where(step > 0, np.nextafter(a32, np.float32(np.inf)), a32)).astype(DTYPES[da])
+    a[::7] = b[::7].astype(DTYPES[da])  # exact matches, zero pairs among them
+    b[::11] = 0
+    a[::22] = 0
+    if np.float16 not in (DTYPES[da], DTYPES[db]):
+        b[5], a[5] = 1e-40, 3e-40    # subnormal reference (float32 range)
+        b[6], a[6] = 3e38, -3e38     # a difference past FLT_MAX
+    check_against_oracle(fp.parity(a, b, atol=atol, rtol=rtol), a, b, atol, rtol)
