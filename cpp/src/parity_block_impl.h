@@ -291,6 +291,37 @@ FP_INLINE vu32 narrow_bits32(const T* p, vd v) {
   }
 }
 
+// Histogram byte codes of eight truncated differences (bit patterns u): the exponent field, or 255
+// for zero (AVX-512: a masked shift over a constant).
+FP_INLINE vu8 exponent_codes(vu32 u) {
+#if defined(__AVX512VL__)
+  const __m256i v = bitcast<__m256i>(u);
+  const __m128i codes = _mm256_cvtepi32_epi8(_mm256_mask_srli_epi32(_mm256_set1_epi32(0xff), _mm256_test_epi32_mask(v, v), v, 23));
+  return bitcast<vu8>(_mm_cvtsi128_si64(codes));  // the low eight bytes
+#else
+  return __builtin_convertvector(u != 0 ? u >> 23 : vu32{} + 0xffu, vu8);
+#endif
+}
+
+// The smallest and largest byte of p[0, nb) other than 255 (nb a multiple of 128, p 64-byte
+// aligned); lo > hi when every byte is 255.
+FP_INLINE void byte_range(const std::uint8_t* p, std::int64_t nb, int& lo, int& hi) {
+  vbytes mn = vbytes{} + 0xff, mx = {};  // mx holds byte + 1, so 255 wraps to 0
+  for (std::int64_t i = 0; i < nb; i += kByteLanes) {
+    const vbytes x = load<vbytes>(p + i);
+    mn = x < mn ? x : mn;
+    const vbytes y = x + 1;
+    mx = y > mx ? y : mx;
+  }
+  int l = 255, h = 0;
+  for (int j = 0; j < kByteLanes; ++j) {
+    l = mn[j] < l ? mn[j] : l;
+    h = mx[j] > h ? mx[j] : h;
+  }
+  lo = l;
+  hi = h - 1;
+}
+
 // How many of the bytes p[0, nb) lie in [lo, hi] (nb a multiple of 128, p 64-byte aligned).
 FP_INLINE std::int64_t count_bytes_in(const std::uint8_t* p, std::int64_t nb, int lo, int hi) {
   static_assert(kBlock / 128 <= 255, "byte counters would overflow");
@@ -458,7 +489,6 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   // exponent field of trunc(|a-b|) (mapped to bins when counting), else the bin itself
   alignas(64) std::uint8_t bins[kBlock];
   vi32 bin_lo = vi32{} + kHistBins, bin_hi = vi32{} - 1;  // range of nonzero bins (no AVX-512)
-  vu32 u_nzmin = vu32{} - 1u, u_max = {};                  // min nonzero and max trunc(|a-b|) bits (AVX-512)
 
   const std::int64_t n8 = n - n % W;
   for (std::int64_t i = 0; i < n8; i += W) {
@@ -519,15 +549,13 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     }
     // histogram byte (ad is finite and >= 0 here)
     if constexpr (kTruncF32) {
-      // the exponent field of trunc(|a-b|): 0 for zero and for anything below 2^-126, 254 at most
-      // (past float32's range); zero is told from tiny by u_nzmin when counting
+      // the exponent field E of trunc(|a-b|): 254 at most (past float32's range), 0 for a nonzero
+      // difference below 2^-126; the byte 255 marks an exact zero
       vu32 u = bitcast<vu32>(ad32);
       // a float64 difference below 2^-149 truncates to +0.0f: keep it nonzero (the lowest mantissa
       // bit changes no exponent); narrower pairs differ by 0 or >= 2^-149
       if constexpr (!kNarrowPair) u |= bitcast<vu32>(__builtin_convertvector(ad != 0.0, vi32)) & 1u;
-      u_nzmin = (u - 1u) < u_nzmin ? (u - 1u) : u_nzmin;  // zero wraps to the largest value
-      u_max = u > u_max ? u : u_max;
-      const vu8 e8 = __builtin_convertvector(u >> 23, vu8);
+      const vu8 e8 = exponent_codes(u);
       std::memcpy(bins + i, &e8, sizeof(e8));
     } else {
       const vu32 hi_word = __builtin_convertvector(bitcast<vul>(ad) >> 32, vu32);  // exponent, top mantissa
@@ -545,46 +573,41 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     }
   }
   // Count the bytes: compares over the block for each value present (a handful of exponents for
-  // real data) instead of a scattered increment per element.
+  // real data) instead of a scattered increment per element. Exact zeros, the one value every
+  // other byte is not, are what remains.
   if (n8 > 0) {
     const std::int64_t nb = (n8 + 127) / 128 * 128;
-    for (std::int64_t i = n8; i < nb; ++i) bins[i] = 0xff;  // matches no bin and no exponent
+    std::int64_t nonzero = 0;
     if constexpr (kTruncF32) {
-      // bin of a nonzero exponent field E: clamp(E - 85, 1, 58); E = 0 holds zeros (bin 0) and
-      // nonzero values below 2^-126 (bin 1)
+      // bin of an exponent field E: clamp(E - 85, 1, 58) (E = 0: below 2^-126, bin 1)
       constexpr int kE0 = 127 + kHistMinExp - 2;  // E - kE0 is the bin
-      std::uint32_t nzmin = 0xffffffffu, umax = 0;
-      for (int j = 0; j < W; ++j) {
-        nzmin = u_nzmin[j] < nzmin ? u_nzmin[j] : nzmin;
-        umax = u_max[j] > umax ? u_max[j] : umax;
-      }
-      const int e_hi = static_cast<int>(umax >> 23);
-      const bool any_nonzero = nzmin != 0xffffffffu;
-      const int e_lo = any_nonzero ? static_cast<int>((nzmin + 1u) >> 23) : 256;
-      const std::int64_t c0 = count_bytes_in(bins, nb, 0, 0);
-      if (e_lo > 0) {
-        hist[0] += c0;  // no nonzero difference below 2^-126: E = 0 means zero
-      } else {          // rare: tell zeros from tiny differences on the block itself
-        std::int64_t zeros = 0;
-        for (std::int64_t i = 0; i < n8; ++i) zeros += to_f64(a[i]) == to_f64(b[i]);
-        hist[0] += zeros;
-        hist[1] += c0 - zeros;
-      }
-      if (any_nonzero && e_hi >= 1) {  // else every nonzero difference was in E = 0
-        const int lo = e_lo > 1 ? e_lo : 1;
-        if (lo <= kE0 + 1) hist[1] += count_bytes_in(bins, nb, lo, kE0 + 1 < e_hi ? kE0 + 1 : e_hi);
-        for (int e = lo > kE0 + 2 ? lo : kE0 + 2; e <= e_hi && e < kE0 + 58; ++e)
-          hist[e - kE0] += count_bytes_in(bins, nb, e, e);
-        if (e_hi >= kE0 + 58) hist[58] += count_bytes_in(bins, nb, lo > kE0 + 58 ? lo : kE0 + 58, e_hi);
+      for (std::int64_t i = n8; i < nb; ++i) bins[i] = 0xff;  // padding reads as zeros: never counted
+      int e_lo, e_hi;
+      byte_range(bins, nb, e_lo, e_hi);
+      auto add = [&](int bin, int lo, int hi) {
+        const std::int64_t c = count_bytes_in(bins, nb, lo, hi);
+        hist[bin] += c;
+        nonzero += c;
+      };
+      if (e_lo <= e_hi) {  // else every difference was zero
+        if (e_lo <= kE0 + 1) add(1, e_lo, e_hi < kE0 + 1 ? e_hi : kE0 + 1);
+        for (int e = e_lo > kE0 + 2 ? e_lo : kE0 + 2; e <= e_hi && e < kE0 + 58; ++e) add(e - kE0, e, e);
+        if (e_hi >= kE0 + 58) add(58, e_lo > kE0 + 58 ? e_lo : kE0 + 58, e_hi);
       }
     } else {
+      for (std::int64_t i = n8; i < nb; ++i) bins[i] = 0xff;  // matches no bin
       int lo = kHistBins, hi = -1;
       for (int j = 0; j < W; ++j) {
         lo = bin_lo[j] < lo ? bin_lo[j] : lo;
         hi = bin_hi[j] > hi ? bin_hi[j] : hi;
       }
-      for (int k = 0; k <= hi; k = (k == 0 ? (lo > 1 ? lo : 1) : k + 1)) hist[k] += count_bytes_in(bins, nb, k, k);
+      for (int k = lo; k <= hi; ++k) {
+        const std::int64_t c = count_bytes_in(bins, nb, k, k);
+        hist[k] += c;
+        nonzero += c;
+      }
     }
+    hist[0] += n8 - nonzero;
   }
 
   // reductions over lanes in a fixed order, then the tail (< W elements) in index order
