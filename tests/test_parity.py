@@ -539,3 +539,19 @@ def test_isclose_boundary_at_every_level(level, da, db, atol, rtol, monkeypatch)
         b[5], a[5] = 1e-40, 3e-40    # subnormal reference (float32 range)
         b[6], a[6] = 3e38, -3e38     # a difference past FLT_MAX
     check_against_oracle(fp.parity(a, b, atol=atol, rtol=rtol), a, b, atol, rtol)
+
+
+@pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])
+def test_ratio_screen_with_a_difference_past_float32_range(level, monkeypatch):
+    # After a running relative maximum of 1.5, a later block holds a = -3e38, b = 3e38: ratio 2,
+    # |a-b| = 6e38 past FLT_MAX and 1.5 * |b| past it too; the screen must still send that block to
+    # the exact ratio pass.
+    monkeypatch.setenv("FLASHPARITY_SIMD", level)
+    rng = np.random.default_rng(15)
+    b = rng.uniform(1.0, 2.0, 4 * 4096).astype(np.float32)
+    a = (b * np.float32(1.001)).astype(np.float32)
+    a[10], b[10] = 2.5, 1.0
+    a[3 * 4096 + 5], b[3 * 4096 + 5] = -3e38, 3e38
+    s = fp.parity(a, b)
+    assert s.max_rel_diff == 2.0 and s.max_rel_index == (3 * 4096 + 5,)
+    check_against_oracle(s, a, b)
