@@ -393,6 +393,16 @@ struct RelMax {
   }
 };
 
+// Lanes failing isclose (all ones), for finite values: the float64 definition, evaluated plainly.
+FP_INLINE vl not_close(vd ad, vd bv, const ParityParams& p) { return ad > p.atol + p.rtol * vabs(bv); }
+
+// The flat indices index0 + 0..7 of eight lanes.
+FP_INLINE vl lane_indices(std::int64_t index0) {
+  vl idx;
+  for (int j = 0; j < W; ++j) idx[j] = index0 + j;
+  return idx;
+}
+
 // x * y + z in float32 lanes: one rounding with FMA hardware, two without (the isclose screen's
 // bounds below allow for either).
 FP_INLINE vf mul_add_f32(vf x, vf y, vf z) {
@@ -504,8 +514,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   GtCount above_hi, above_lo;
   vu32 ulp32 = {};
   vul ulp64 = {};
-  vl idx;
-  for (int j = 0; j < W; ++j) idx[j] = index0 + j;
+  vl idx = lane_indices(index0);
   std::int64_t hist[kHistBins] = {};
   // one byte per element for the histogram, counted per block below: with AVX-512 the float32
   // exponent field of trunc(|a-b|) (mapped to bins when counting), else the bin itself
@@ -519,9 +528,10 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     __builtin_prefetch(reinterpret_cast<const char*>(a + i) + 1024, 0, 3);
     __builtin_prefetch(reinterpret_cast<const char*>(b + i) + 1024, 0, 3);
     vd av, bv;
-    vf bf32 = {};
+    vf den = {};  // |b| in float32 (narrow pairs: exact)
     if constexpr (kNarrowPair) {
-      bf32 = Lanes<TB>::value32(b + i);
+      const vf bf32 = Lanes<TB>::value32(b + i);
+      den = bitcast<vf>(bitcast<vu32>(bf32) & 0x7fffffffu);
       av = Lanes<TA>::value(a + i);
       bv = widen(bf32);
     } else {
@@ -538,7 +548,6 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
       // |b| is 0 or >= 2^-149 and exact in float32; ad32 differs from |a-b| by at most 2^-23
       // relative. A zero b with a nonzero a flags; an equal pair (ratio 0) never does (ad32 is 0
       // only for a zero difference here).
-      const vf den = bitcast<vf>(bitcast<vu32>(bf32) & 0x7fffffffu);
       rel_flag |= ad32 > rel_limit(thr32, den);
     } else {
       vrel.add(ad, bv, idx);
@@ -554,11 +563,10 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     sa.add(av);
     sb.add(bv);
     if constexpr (kTol && kNarrowPair) {
-      const vf den = bitcast<vf>(bitcast<vu32>(bf32) & 0x7fffffffu);
       above_hi.add(ad32, tol.hi(den));
       above_lo.add(ad32, tol.lo(den));
     } else if constexpr (kTol) {
-      mism -= ad > p.atol + p.rtol * vabs(bv);  // finite here: the plain comparison
+      mism -= not_close(ad, bv, p);
     }
     if constexpr (kNarrowBits <= 32) {
       const vu32 dist = ulp_distance32(narrow_bits32<TA, Narrow>(a + i, av), narrow_bits32<TB, Narrow>(b + i, bv),
@@ -600,35 +608,32 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   // other byte is not, are what remains.
   if (n8 > 0) {
     const std::int64_t nb = (n8 + 127) / 128 * 128;
+    // padding: 255 is the zero code of exponent bytes (zeros are the remainder, never counted) and
+    // matches no bin byte
+    for (std::int64_t i = n8; i < nb; ++i) bins[i] = 0xff;
     std::int64_t nonzero = 0;
+    auto add = [&](int bin, int lo, int hi) {  // the bytes in [lo, hi] belong to `bin`
+      const std::int64_t c = count_bytes_in(bins, nb, lo, hi);
+      hist[bin] += c;
+      nonzero += c;
+    };
     if constexpr (kTruncF32) {
       // bin of an exponent field E: clamp(E - 85, 1, 58) (E = 0: below 2^-126, bin 1)
       constexpr int kE0 = 127 + kHistMinExp - 2;  // E - kE0 is the bin
-      for (std::int64_t i = n8; i < nb; ++i) bins[i] = 0xff;  // padding reads as zeros: never counted
       int e_lo, e_hi;
       byte_range(bins, nb, e_lo, e_hi);
-      auto add = [&](int bin, int lo, int hi) {
-        const std::int64_t c = count_bytes_in(bins, nb, lo, hi);
-        hist[bin] += c;
-        nonzero += c;
-      };
       if (e_lo <= e_hi) {  // else every difference was zero
         if (e_lo <= kE0 + 1) add(1, e_lo, e_hi < kE0 + 1 ? e_hi : kE0 + 1);
         for (int e = e_lo > kE0 + 2 ? e_lo : kE0 + 2; e <= e_hi && e < kE0 + 58; ++e) add(e - kE0, e, e);
         if (e_hi >= kE0 + 58) add(58, e_lo > kE0 + 58 ? e_lo : kE0 + 58, e_hi);
       }
     } else {
-      for (std::int64_t i = n8; i < nb; ++i) bins[i] = 0xff;  // matches no bin
       int lo = kHistBins, hi = -1;
       for (int j = 0; j < W; ++j) {
         lo = bin_lo[j] < lo ? bin_lo[j] : lo;
         hi = bin_hi[j] > hi ? bin_hi[j] : hi;
       }
-      for (int k = lo; k <= hi; ++k) {
-        const std::int64_t c = count_bytes_in(bins, nb, k, k);
-        hist[k] += c;
-        nonzero += c;
-      }
+      for (int k = lo; k <= hi; ++k) add(k, k, k);
     }
     hist[0] += n8 - nonzero;
   }
@@ -657,7 +662,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
       vl m = {};
       for (std::int64_t i = 0; i < n8; i += W) {
         const vd av = Lanes<TA>::value(a + i), bv = Lanes<TB>::value(b + i);
-        m -= vabs(av - bv) > p.atol + p.rtol * vabs(bv);
+        m -= not_close(vabs(av - bv), bv, p);
       }
       mismatches = 0;
       for (int j = 0; j < W; ++j) mismatches += m[j];
@@ -708,8 +713,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     if (flagged) {
       // exact ratios, eight lanes at a time (every difference is finite here)
       RelMax exact;
-      vl at;
-      for (int j = 0; j < W; ++j) at[j] = index0 + j;
+      vl at = lane_indices(index0);
       for (std::int64_t i = 0; i < n8; i += W, at += W) {
         const vd av = Lanes<TA>::value(a + i), bv = Lanes<TB>::value(b + i);
         exact.add(vabs(av - bv), bv, at);
