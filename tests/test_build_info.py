@@ -24,8 +24,8 @@ def test_build_info_keys_and_types():
     assert isinstance(info["cuda"], bool)
     assert isinstance(info["cuda_available"], bool)
     assert isinstance(info["devices"], list)
-    assert info["simd"] in ("scalar", "avx2", "avx512")
-    assert info["simd_detected"] in ("scalar", "avx2", "avx512")
+    assert info["simd"] in ("scalar", "avx2", "avx512", "avx512icl")
+    assert info["simd_detected"] in ("scalar", "avx2", "avx512", "avx512icl")
     assert HEX40.fullmatch(info["kernel_digest"])
     assert info["kernel_source"] == {
         "flash2": f"flashparity:flash2@{info['kernel_digest']}",
@@ -54,10 +54,10 @@ def test_simd_cap_from_environment(monkeypatch):
     detected = fp.build_info()["simd_detected"]
     monkeypatch.setenv("FLASHPARITY_SIMD", "scalar")
     assert _core.simd_level() == "scalar"
-    monkeypatch.setenv("FLASHPARITY_SIMD", "avx512")
+    monkeypatch.setenv("FLASHPARITY_SIMD", "avx512icl")
     assert _core.simd_level() == detected  # a cap never raises the level above the CPU's
     monkeypatch.setenv("FLASHPARITY_SIMD", "sse9")
-    with pytest.raises(ValueError, match="FLASHPARITY_SIMD must be scalar, avx2 or avx512, got 'sse9'"):
+    with pytest.raises(ValueError, match="FLASHPARITY_SIMD must be scalar, avx2, avx512 or avx512icl, got 'sse9'"):
         _core.simd_level()
 
 

@@ -18,6 +18,15 @@ from parity_oracle import DTYPES, check_against_oracle, oracle, random_pair
 ALL = list(DTYPES)
 PAIRS = [(x, y) for x in ALL for y in ALL]
 SHAPES = [(1,), (7,), (8,), (4097,), (3, 5, 7), (2, 4096 + 9), (1, 1, 1)]
+LEVELS = ["scalar", "avx2", "avx512", "avx512icl"]  # every CPU code path of the block kernel
+
+
+def use_level(level, monkeypatch):
+    """Run the CPU kernels at `level`; skip when this CPU does not reach it (a cap would run a lower one)."""
+    detected = fp.build_info()["simd_detected"]
+    if LEVELS.index(level) > LEVELS.index(detected):
+        pytest.skip(f"CPU SIMD level is {detected}, below {level}")
+    monkeypatch.setenv("FLASHPARITY_SIMD", level)
 
 
 @pytest.mark.parametrize("da,db", PAIRS, ids=[f"{x}-{y}" for x, y in PAIRS])
@@ -69,9 +78,9 @@ def test_mixed_layouts_and_zero_strides():
     check_against_oracle(fp.parity(a, bc), a, np.ascontiguousarray(bc))
 
 
-@pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("level", LEVELS)
 def test_every_simd_level_matches_oracle(level, monkeypatch):
-    monkeypatch.setenv("FLASHPARITY_SIMD", level)
+    use_level(level, monkeypatch)
     rng = np.random.default_rng(11)
     for da, db in [("float32", "float32"), ("float16", "float32"), ("bfloat16", "float32"),
                    ("float64", "float32"), ("bfloat16", "bfloat16"), ("float16", "bfloat16")]:
@@ -83,10 +92,10 @@ def test_simd_levels_are_bit_identical(monkeypatch):
     rng = np.random.default_rng(5)
     a, b = random_pair(rng, (50_001,), "float32", "float64", offset=3.0)
     results = []
-    for level in ("scalar", "avx2", "avx512"):
-        monkeypatch.setenv("FLASHPARITY_SIMD", level)
+    for level in LEVELS:
+        monkeypatch.setenv("FLASHPARITY_SIMD", level)  # a level above the CPU's runs its own
         results.append(fp.parity(a, b, atol=1e-5))
-    assert results[0] == results[1] == results[2]
+    assert all(r == results[0] for r in results[1:])
 
 
 def test_thread_counts_are_bit_identical(monkeypatch):
@@ -451,11 +460,11 @@ def test_core_merge_is_order_independent_for_maxima():
     assert _core.ParityAccum().merged(p2, 1).merged(p1, 0).result()["max_abs_index"] == 0
 
 
-@pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("level", LEVELS)
 def test_relative_max_across_blocks(level, monkeypatch):
     # The block kernels screen ratios against the running maximum of earlier blocks: a later block
     # must still win with a larger ratio, lose a tie, and a zero or subnormal reference must count.
-    monkeypatch.setenv("FLASHPARITY_SIMD", level)
+    use_level(level, monkeypatch)
     rng = np.random.default_rng(10)
     b = rng.uniform(1.0, 2.0, 5 * 4096 + 3).astype(np.float32)
     a = (b * (1 + 1e-3 * rng.uniform(-1, 1, b.size))).astype(np.float32)
@@ -474,12 +483,12 @@ def test_relative_max_across_blocks(level, monkeypatch):
     assert s.max_rel_diff == math.inf and s.max_rel_index == (5 * 4096 + 1,)
 
 
-@pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("level", LEVELS)
 def test_histogram_edges_at_every_level(level, monkeypatch):
     # Zeros, float64 differences below float32's subnormals (1e-300: nonzero, the "< 2^-40" bin),
     # below 2^-126, the bin edges 2^-40 and 2^18, and past float32's range, in the vector part of a
     # block and in its tail: the same counts as the float64 oracle on every SIMD level.
-    monkeypatch.setenv("FLASHPARITY_SIMD", level)
+    use_level(level, monkeypatch)
     rng = np.random.default_rng(12)
     b = rng.standard_normal(2 * 4096 + 5)
     a = b.copy()
@@ -494,13 +503,40 @@ def test_histogram_edges_at_every_level(level, monkeypatch):
     check_against_oracle(s32, a.astype(np.float32), b.astype(np.float32))
 
 
-@pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("da,db", [("float32", "float32"), ("float64", "float64"), ("float16", "bfloat16")])
+def test_histogram_with_every_exponent(level, da, db, monkeypatch):
+    # Blocks whose differences take every binary exponent the pair can hold (float32: 2^-149 to
+    # 2^127; float64 far past both ends), few or many per block, exponents crossing the counting
+    # groups' edges, next to zeros: each block's histogram is counted from per-element codes, eight
+    # exponents per pass on avx512icl, and must equal the oracle's.
+    use_level(level, monkeypatch)
+    rng = np.random.default_rng(16)
+    n = 9 * 4096 + 77
+    narrow = min((DTYPES[da], DTYPES[db]), key=lambda t: ml_dtypes.finfo(t).bits)
+    finfo = ml_dtypes.finfo(narrow)
+    # every exponent, subnormals included (float64: up to 2^400, so that the oracle's sums stay finite)
+    k = rng.integers(finfo.minexp - finfo.nmant, min(finfo.maxexp, 400), n)
+    k[: 2 * 4096] = rng.integers(-30, -20, 2 * 4096)  # a narrow range, under one group, in two blocks
+    k[4 * 4096: 5 * 4096] = rng.integers(-1, 9, 4096)  # ten exponents: over a group's edge
+    d = np.ldexp(rng.uniform(1, 1.5, n), k).astype(narrow).astype(np.float64)  # below the top's overflow
+    d[rng.integers(n, size=n // 5)] = 0
+    b = np.zeros(n, DTYPES[db])  # |a - b| = |a|, exact in a's dtype
+    a = (d * np.where(rng.integers(2, size=n) == 1, 1, -1)).astype(DTYPES[da])
+    s = fp.parity(a, b, atol=1e-3, rtol=1e-3)
+    check_against_oracle(s, a, b, 1e-3, 1e-3)
+    hist = dict(s.abs_diff_histogram)
+    assert sum(hist.values()) == n and hist["0"] >= n // 6
+    assert sum(1 for c in hist.values() if c) >= 30  # most bins are hit
+
+
+@pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 def test_infinite_ratio_and_equal_zeros(level, dtype, monkeypatch):
     # A zero reference under a nonzero value makes the relative maximum +inf early; later blocks
     # (more infinities, equal zero pairs as in ReLU outputs) cannot move it, and every other field
     # still matches the oracle.
-    monkeypatch.setenv("FLASHPARITY_SIMD", level)
+    use_level(level, monkeypatch)
     rng = np.random.default_rng(13)
     b = np.maximum(rng.standard_normal(6 * 4096 + 9), 0).astype(DTYPES[dtype])  # half exact zeros
     a = (b.astype(np.float64) + 1e-2 * rng.standard_normal(b.size) * (b > 0)).astype(DTYPES[dtype])
@@ -511,7 +547,7 @@ def test_infinite_ratio_and_equal_zeros(level, dtype, monkeypatch):
     check_against_oracle(s, a, b)
 
 
-@pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("da,db", [("float32", "float32"), ("float16", "float16"), ("bfloat16", "bfloat16"),
                                    ("float16", "float32"), ("float32", "bfloat16")])
 @pytest.mark.parametrize("atol,rtol", [(1e-3, 1e-3), (0.0, 1e-2), (2.0**-7, 0.0), (1e-45, 1e-7), (1e-300, 0.25),
@@ -520,7 +556,7 @@ def test_isclose_boundary_at_every_level(level, da, db, atol, rtol, monkeypatch)
     # Narrow pairs screen isclose in float32 and recount undecided blocks in float64: differences on
     # the float32 grid right below, at and above atol + rtol * |b|, zero pairs, subnormal and huge
     # references, and tolerances past the screen's range must all count as the float64 definition.
-    monkeypatch.setenv("FLASHPARITY_SIMD", level)
+    use_level(level, monkeypatch)
     rng = np.random.default_rng(14)
     n = 3 * 4096 + 11
     b = rng.standard_normal(n).astype(DTYPES[db])
@@ -541,12 +577,12 @@ def test_isclose_boundary_at_every_level(level, da, db, atol, rtol, monkeypatch)
     check_against_oracle(fp.parity(a, b, atol=atol, rtol=rtol), a, b, atol, rtol)
 
 
-@pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("level", LEVELS)
 def test_ratio_screen_with_a_difference_past_float32_range(level, monkeypatch):
     # After a running relative maximum of 1.5, a later block holds a = -3e38, b = 3e38: ratio 2,
     # |a-b| = 6e38 past FLT_MAX and 1.5 * |b| past it too; the screen must still send that block to
     # the exact ratio pass.
-    monkeypatch.setenv("FLASHPARITY_SIMD", level)
+    use_level(level, monkeypatch)
     rng = np.random.default_rng(15)
     b = rng.uniform(1.0, 2.0, 4 * 4096).astype(np.float32)
     a = (b * np.float32(1.001)).astype(np.float32)

@@ -16,6 +16,7 @@ void attention_cpu(const AttnParams& params, AttnImpl impl) {
   AttnTaskFn fn;
   std::int64_t rows_per_task;
   switch (active_simd_level()) {
+    case SimdLevel::Avx512Icl:  // nothing in attention needs more than AVX-512
     case SimdLevel::Avx512:
       if (p.q.dtype == DType::BFloat16 && cpu_has_avx512bf16()) {
         fn = isa_avx512bf16::attention_task_fn(impl, p.q.dtype);

@@ -10,7 +10,7 @@ namespace flashparity {
 namespace {
 
 struct Features {
-  bool avx2, fma, f16c, avx512f, avx512bw, avx512dq, avx512vl, avx512bf16;
+  bool avx2, fma, f16c, avx512f, avx512bw, avx512dq, avx512vl, avx512bf16, gfni, avx512bitalg;
 };
 
 Features probe() {
@@ -25,6 +25,8 @@ Features probe() {
   f.avx512dq = __builtin_cpu_supports("avx512dq");
   f.avx512vl = __builtin_cpu_supports("avx512vl");
   f.avx512bf16 = __builtin_cpu_supports("avx512bf16");
+  f.gfni = __builtin_cpu_supports("gfni");
+  f.avx512bitalg = __builtin_cpu_supports("avx512bitalg");
 #endif
   return f;
 }
@@ -38,6 +40,7 @@ const Features& features() {
 
 const char* simd_level_name(SimdLevel level) {
   switch (level) {
+    case SimdLevel::Avx512Icl: return "avx512icl";
     case SimdLevel::Avx512: return "avx512";
     case SimdLevel::Avx2: return "avx2";
     default: return "scalar";
@@ -47,7 +50,7 @@ const char* simd_level_name(SimdLevel level) {
 SimdLevel detected_simd_level() {
   const Features& f = features();
   if (f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.avx2 && f.fma && f.f16c)
-    return SimdLevel::Avx512;
+    return f.gfni && f.avx512bitalg ? SimdLevel::Avx512Icl : SimdLevel::Avx512;
   if (f.avx2 && f.fma && f.f16c) return SimdLevel::Avx2;
   return SimdLevel::Scalar;
 }
@@ -61,12 +64,13 @@ SimdLevel active_simd_level() {
   if (want == "scalar") cap = SimdLevel::Scalar;
   else if (want == "avx2") cap = SimdLevel::Avx2;
   else if (want == "avx512") cap = SimdLevel::Avx512;
+  else if (want == "avx512icl") cap = SimdLevel::Avx512Icl;
   else
-    throw std::invalid_argument("FLASHPARITY_SIMD must be scalar, avx2 or avx512, got '" + want + "'");
+    throw std::invalid_argument("FLASHPARITY_SIMD must be scalar, avx2, avx512 or avx512icl, got '" + want + "'");
   return static_cast<int>(cap) < static_cast<int>(level) ? cap : level;
 }
 
-bool cpu_has_avx512bf16() { return features().avx512bf16 && active_simd_level() == SimdLevel::Avx512; }
+bool cpu_has_avx512bf16() { return features().avx512bf16 && active_simd_level() >= SimdLevel::Avx512; }
 
 std::vector<std::string> cpu_feature_names() {
   const Features& f = features();
@@ -79,6 +83,8 @@ std::vector<std::string> cpu_feature_names() {
   if (f.avx512dq) out.emplace_back("avx512dq");
   if (f.avx512vl) out.emplace_back("avx512vl");
   if (f.avx512bf16) out.emplace_back("avx512bf16");
+  if (f.gfni) out.emplace_back("gfni");
+  if (f.avx512bitalg) out.emplace_back("avx512bitalg");
   return out;
 }
 

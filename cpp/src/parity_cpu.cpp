@@ -38,6 +38,7 @@ ScalarFn scalar_fn(DType a, DType b) {
 
 BlockFn vector_fn(DType a, DType b, bool with_tolerance) {
   switch (active_simd_level()) {
+    case SimdLevel::Avx512Icl: return isa_avx512icl::block_fn(a, b, with_tolerance);
     case SimdLevel::Avx512: return isa_avx512::block_fn(a, b, with_tolerance);
     case SimdLevel::Avx2: return isa_avx2::block_fn(a, b, with_tolerance);
     default: return isa_scalar::block_fn(a, b, with_tolerance);
@@ -108,6 +109,7 @@ int cpu_num_threads() {
 std::uint64_t read_probe_cpu(const void* a, std::int64_t bytes_a, const void* b, std::int64_t bytes_b) {
   auto probe = [](const void* p, std::int64_t n) {
     switch (active_simd_level()) {
+      case SimdLevel::Avx512Icl:
       case SimdLevel::Avx512: return isa_avx512::read_probe(p, n);
       case SimdLevel::Avx2: return isa_avx2::read_probe(p, n);
       default: return isa_scalar::read_probe(p, n);

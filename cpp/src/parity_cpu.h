@@ -35,6 +35,10 @@ namespace isa_avx512 {
 BlockFn block_fn(DType a, DType b, bool with_tolerance);
 std::uint64_t read_probe(const void* p, std::int64_t bytes);
 }  // namespace isa_avx512
+namespace isa_avx512icl {  // + GFNI and BITALG: the histogram counted eight exponents per pass
+BlockFn block_fn(DType a, DType b, bool with_tolerance);
+std::uint64_t read_probe(const void* p, std::int64_t bytes);
+}  // namespace isa_avx512icl
 
 // One fused pass over a and b (same shape, any strides) on the CPU. Releases nothing itself: the
 // caller drops the GIL. Deterministic for any thread count.
