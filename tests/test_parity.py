@@ -531,6 +531,21 @@ def test_histogram_with_every_exponent(level, da, db, monkeypatch):
 
 
 @pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cosine_and_pcc_of_tensors_of_different_scale(level, dtype, monkeypatch):
+    # A block takes Σab from Σa² + Σb² - Σ(a-b)² only while the two norms² are within a factor 4;
+    # pairs of very different scale (where that form loses about 8 digits at 1e8) and negatively
+    # correlated pairs (where the cosine is read off Σab) must still match the oracle to 1e-12.
+    use_level(level, monkeypatch)
+    rng = np.random.default_rng(17)
+    n = 3 * 4096 + 5
+    b = (rng.standard_normal(n) + 0.1).astype(DTYPES[dtype])
+    for scale in (1e8, -1e8, 1e-8, 2.1, -2.1, 1.9, 1.0, -1.0):
+        a = (scale * b.astype(np.float64) + 0.3 * abs(scale) * rng.standard_normal(n)).astype(DTYPES[dtype])
+        check_against_oracle(fp.parity(a, b), a, b)
+
+
+@pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 def test_infinite_ratio_and_equal_zeros(level, dtype, monkeypatch):
     # A zero reference under a nonzero value makes the relative maximum +inf early; later blocks

@@ -136,16 +136,16 @@ FP_INLINE vf trunc_f32(vd x) { return narrow_f32(x); }  // never called: kTruncF
 // exactly, so its ratio cannot beat the running maximum thr (thr32 = thr * (1 - 2^-16)). The
 // product's relative rounding (at most two roundings of 2^-24) is absorbed by the 2^-16 slack and
 // its absolute rounding near the subnormal range by the 1e-40 margin; a negative bound becomes 0
-// (flag any nonzero difference), and the bound stops at 1e38 so that a product past float32's
-// range (or a difference past it, which truncates to FLT_MAX) still flags.
+// (flag any nonzero difference). A difference past 1e38 could exceed a bound near FLT_MAX while
+// truncating below it (or to FLT_MAX under a bound of +inf): the caller sends such a block to the
+// exact pass whatever the flags say.
 FP_INLINE vf rel_limit(vf thr32, vf den) {
 #if defined(__FMA__)
   const __m256 lim = _mm256_fmadd_ps(bitcast<__m256>(thr32), bitcast<__m256>(den), _mm256_set1_ps(-1e-40f));
-  return bitcast<vf>(_mm256_min_ps(_mm256_max_ps(lim, _mm256_setzero_ps()), _mm256_set1_ps(1e38f)));
+  return bitcast<vf>(_mm256_max_ps(lim, _mm256_setzero_ps()));
 #else
-  vf lim = thr32 * den - 1e-40f;
-  lim = lim > 0.0f ? lim : vf{};
-  return lim < 1e38f ? lim : vf{} + 1e38f;
+  const vf lim = thr32 * den - 1e-40f;
+  return lim > 0.0f ? lim : vf{};
 #endif
 }
 
@@ -244,42 +244,71 @@ FP_INLINE vl ordered_lanes(vul u, int w) {
 
 FP_INLINE vd vabs(vd x) { return bitcast<vd>(bitcast<vl>(x) & 0x7fffffffffffffffLL); }
 
-// Distance between the ordered integers of sign-magnitude patterns ua, ub of width w <= 32 (finite
-// values: the distance fits in uint32): the difference of the magnitudes for equal signs, their
-// sum for opposite signs (so +0 and -0 are 0 apart).
-FP_INLINE vu32 ulp_distance32(vu32 ua, vu32 ub, int w) {
-  const std::uint32_t sign = 1u << (w - 1), mag = sign - 1;
-  const vu32 ma = ua & mag, mb = ub & mag;
+// Distance between the ordered integers of two sign-magnitude patterns (finite values, so the
+// distance fits the lane): the difference of the magnitudes for equal signs, their sum for opposite
+// signs (so +0 and -0 are 0 apart). 16-bit formats stay in 16-bit lanes, float32 in 32-bit lanes.
+FP_INLINE vu32 ulp_distance(vu32 ua, vu32 ub) {
+  const vu32 ma = ua & 0x7fffffffu, mb = ub & 0x7fffffffu;
   const vi32 t = bitcast<vi32>(ma - mb);  // |t| < 2^31
   const vu32 same = bitcast<vu32>(t < 0 ? -t : t);
 #if defined(__AVX512VL__)
-  const __mmask8 opposite = _mm256_test_epi32_mask(bitcast<__m256i>(ua ^ ub), _mm256_set1_epi32(static_cast<int>(sign)));
+  const __mmask8 opposite = _mm256_test_epi32_mask(bitcast<__m256i>(ua ^ ub), _mm256_set1_epi32(INT32_MIN));
   return bitcast<vu32>(_mm256_mask_add_epi32(bitcast<__m256i>(same), opposite, bitcast<__m256i>(ma), bitcast<__m256i>(mb)));
 #else
-  return ((ua ^ ub) & sign) != 0 ? ma + mb : same;
+  return ((ua ^ ub) & 0x80000000u) != 0 ? ma + mb : same;
+#endif
+}
+FP_INLINE vu16 ulp_distance(vu16 ua, vu16 ub) {
+  typedef std::int16_t vi16 __attribute__((vector_size(16)));
+  const vu16 ma = ua & 0x7fff, mb = ub & 0x7fff;
+  const vi16 t = bitcast<vi16>(static_cast<vu16>(ma - mb));  // |t| < 2^15
+  const vu16 same = bitcast<vu16>(static_cast<vi16>(t < 0 ? -t : t));
+#if defined(__AVX512VL__) && defined(__AVX512BW__)
+  const __mmask8 opposite = _mm_test_epi16_mask(bitcast<__m128i>(ua ^ ub), _mm_set1_epi16(INT16_MIN));
+  return bitcast<vu16>(_mm_mask_add_epi16(bitcast<__m128i>(same), opposite, bitcast<__m128i>(ma), bitcast<__m128i>(mb)));
+#else
+  return ((ua ^ ub) & 0x8000) != 0 ? static_cast<vu16>(ma + mb) : same;
 #endif
 }
 
-// Bit patterns (in 32-bit lanes) of eight finite elements of T rounded to `Narrow` (<= 32 bits).
+// Eight 32-bit lanes holding values below 2^16 as 16-bit lanes (AVX2: a pack; GCC's generic
+// conversion takes several shuffles there).
+FP_INLINE vu16 narrow_u16(vu32 x) {
+#if defined(__AVX512VL__)
+  return bitcast<vu16>(_mm256_cvtepi32_epi16(bitcast<__m256i>(x)));
+#elif defined(__AVX2__)
+  const __m256i p = _mm256_packus_epi32(bitcast<__m256i>(x), bitcast<__m256i>(x));  // per 128-bit half
+  return bitcast<vu16>(_mm256_castsi256_si128(_mm256_permute4x64_epi64(p, 0x08)));
+#else
+  return __builtin_convertvector(x, vu16);
+#endif
+}
+
+// Bit patterns of eight finite elements of T rounded to `Narrow` (float32: 32-bit lanes; 16-bit
+// formats: 16-bit lanes).
+template <typename Narrow>
+using NarrowBits = std::conditional_t<sizeof(Narrow) == 4, vu32, vu16>;
+
 template <typename T, typename Narrow>
-FP_INLINE vu32 narrow_bits32(const T* p, vd v) {
+FP_INLINE NarrowBits<Narrow> narrow_bits(const T* p, vd v) {
   constexpr DType own = DTypeOf<T>::value, narrow = DTypeOf<Narrow>::value;
   if constexpr (own == narrow && own == DType::Float32) {
     return load<vu32>(p);
   } else if constexpr (own == narrow) {  // 16-bit formats
-    return __builtin_convertvector(load<vu16>(p), vu32);
+    return load<vu16>(p);
   } else if constexpr (own == DType::Float64 && narrow == DType::Float32) {
-    return bitcast<vu32>(__builtin_convertvector(v, vf));  // one rounding, to nearest even
+    return bitcast<vu32>(narrow_f32(v));  // one rounding, to nearest even
   } else if constexpr (own == DType::Float32 && narrow == DType::Float16) {
-    return __builtin_convertvector(f32_to_half(load<vf>(p)), vu32);  // one rounding, to nearest even
+    return f32_to_half(load<vf>(p));  // one rounding, to nearest even
   } else if constexpr (own == DType::Float32 && narrow == DType::BFloat16) {
     const vu32 u = load<vu32>(p);  // finite: round to nearest even on the bit pattern
-    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    return narrow_u16((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
   } else {  // rare pairs (float64 vs 16-bit formats, float16 vs bfloat16): exact scalar rounding
-    vu32 o;
+    static_assert(sizeof(Narrow) == 2, "every other pair is handled above");
+    NarrowBits<Narrow> o;
     for (int j = 0; j < W; ++j) {
       const std::int64_t ord = ordered_in(narrow, own, raw_bits(p[j]), v[j]);
-      o[j] = static_cast<std::uint32_t>(ord < 0 ? (std::uint64_t{1} << 15) | static_cast<std::uint64_t>(-ord)
+      o[j] = static_cast<std::uint16_t>(ord < 0 ? (std::uint64_t{1} << 15) | static_cast<std::uint64_t>(-ord)
                                                 : static_cast<std::uint64_t>(ord));
     }
     return o;
@@ -530,8 +559,8 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   constexpr int kNarrowBits = dtype_size(kNarrow) * 8;
 
   const vd zero = {};
-  Acc8 s_abs, s_sq, s_aa, s_bb, s_ab;
-  Acc8 sa, sb;  // plain sums; with s_aa, s_bb, s_ab they give the block's moments
+  Acc8 s_abs, s_sq, s_aa, s_bb;  // Σab follows from the squares (after the loop)
+  Acc8 sa, sb;  // plain sums; with s_aa, s_bb and Σab they give the block's moments
   Acc8 vmx;     // per-lane max |a-b|
   RelMax vrel;  // exact per-lane max ratio (float64 pairs)
   // Narrow pairs screen the ratio against the caller's running maximum without dividing: a lane is
@@ -546,7 +575,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   vl mism = {};                              // float64 pairs: the exact isclose count
   const TolScreen tol(p);                    // narrow pairs: the float32 screen and its two counts
   GtCount above_hi, above_lo;
-  vu32 ulp32 = {};
+  NarrowBits<Narrow> ulpn = {};  // (formats up to 32 bits)
   vul ulp64 = {};
   vl idx = lane_indices(index0);
   std::int64_t hist[kHistBins] = {};
@@ -593,7 +622,6 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     s_sq.fma(d, d);
     s_aa.fma(av, av);
     s_bb.fma(bv, bv);
-    s_ab.fma(av, bv);
     sa.add(av);
     sb.add(bv);
     if constexpr (kTol && kNarrowPair) {
@@ -603,9 +631,8 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
       mism -= not_close(ad, bv, p);
     }
     if constexpr (kNarrowBits <= 32) {
-      const vu32 dist = ulp_distance32(narrow_bits32<TA, Narrow>(a + i, av), narrow_bits32<TB, Narrow>(b + i, bv),
-                                       kNarrowBits);
-      ulp32 = dist > ulp32 ? dist : ulp32;
+      const auto dist = ulp_distance(narrow_bits<TA, Narrow>(a + i, av), narrow_bits<TB, Narrow>(b + i, bv));
+      ulpn = dist > ulpn ? dist : ulpn;
     } else {
       const vl oa = ordered_lanes(Lanes<TA>::bits(a + i), 64), ob = ordered_lanes(Lanes<TB>::bits(b + i), 64);
       const vul dist = vsel(oa >= ob, bitcast<vul>(oa) - bitcast<vul>(ob), bitcast<vul>(ob) - bitcast<vul>(oa));
@@ -686,7 +713,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     for (int j = 0; j < W; ++j) s += v.lane(j);
     return s;
   };
-  double t_abs = total(s_abs), t_sq = total(s_sq), t_aa = total(s_aa), t_bb = total(s_bb), t_ab = total(s_ab);
+  double t_abs = total(s_abs), t_sq = total(s_sq), t_aa = total(s_aa), t_bb = total(s_bb);
   double t_sa = total(sa), t_sb = total(sb);
   double mx = 0, rel = -1.0;
   std::int64_t rel_i = -1, mismatches = 0;
@@ -695,7 +722,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   for (int j = 0; j < W; ++j) {
     mx = vmx.lane(j) > mx ? vmx.lane(j) : mx;
     if constexpr (!kNarrowPair) mismatches += mism[j];
-    const std::uint64_t u = kNarrowBits <= 32 ? ulp32[j] : ulp64[j];
+    const std::uint64_t u = kNarrowBits <= 32 ? ulpn[j] : ulp64[j];
     if (u > max_ulp) max_ulp = u;
   }
   if constexpr (kTol && kNarrowPair) {
@@ -723,7 +750,6 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     t_sq = std::fma(d, d, t_sq);
     t_aa = std::fma(av, av, t_aa);
     t_bb = std::fma(bv, bv, t_bb);
-    t_ab = std::fma(av, bv, t_ab);
     t_sa += av;
     t_sb += bv;
     if (kTol && !is_close(av, bv, ad, p)) ++mismatches;
@@ -734,6 +760,20 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   }
   // Every difference finite <=> the sum of |a-b| is (an overflowing sum also takes the exact path).
   if (!(t_abs <= 1.7976931348623157e308)) return false;
+
+  // Σab = (Σa² + Σb² - Σ(a-b)²) / 2, one FMA per element fewer. Its rounding error is within a few
+  // units of Σa² + Σb², against √(Σa² Σb²) for summing the products: no worse than 1.25x while the
+  // two norms² are within a factor 4 of each other (near-equal tensors, the normal case). Otherwise,
+  // or past float64's range, a pass over the block (in cache) sums the products.
+  double t_ab;
+  if (t_aa <= 4.0 * t_bb && t_bb <= 4.0 * t_aa && t_aa + t_bb <= 1.7976931348623157e308) {
+    t_ab = 0.5 * ((t_aa + t_bb) - t_sq);
+  } else {
+    Acc8 s_ab;
+    for (std::int64_t i = 0; i < n8; i += W) s_ab.fma(Lanes<TA>::value(a + i), Lanes<TB>::value(b + i));
+    t_ab = total(s_ab);
+    for (std::int64_t i = n8; i < n; ++i) t_ab = std::fma(to_f64(a[i]), to_f64(b[i]), t_ab);
+  }
 
   // Locate the first index of the block's max |a-b| when it beats the running maximum.
   std::int64_t mx_i = -1;
@@ -749,7 +789,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   if constexpr (kNarrowPair) {
     // The tail's ratios were exact (rel, rel_i); the vector part is recomputed exactly only when
     // a lane was flagged (or there is no running maximum to screen against).
-    bool flagged = exact_rel_pass;
+    bool flagged = exact_rel_pass || mx >= 1e38;  // (see rel_limit)
     for (int j = 0; j < W; ++j) flagged |= rel_flag[j] != 0;
     if (rel_settled) flagged = false;
     if (flagged) {
