@@ -135,19 +135,38 @@ FP_INLINE vf trunc_f32(vd x) { return narrow_f32(x); }  // never called: kTruncF
 // The ratio screen's bound: an unflagged lane (|a-b| in float32 at most this) has |a-b| < thr * |b|
 // exactly, so its ratio cannot beat the running maximum thr (thr32 = thr * (1 - 2^-16)). The
 // product's relative rounding (at most two roundings of 2^-24) is absorbed by the 2^-16 slack and
-// its absolute rounding near the subnormal range by the 1e-40 margin; a negative bound becomes 0
-// (flag any nonzero difference). A difference past 1e38 could exceed a bound near FLT_MAX while
-// truncating below it (or to FLT_MAX under a bound of +inf): the caller sends such a block to the
-// exact pass whatever the flags say.
+// its absolute rounding near the subnormal range by the 1e-40 margin; a negative bound counts as 0
+// (flag any nonzero difference: see above_clamped). A difference past 1e38 could exceed a bound
+// near FLT_MAX while truncating below it (or to FLT_MAX under a bound of +inf): the caller sends
+// such a block to the exact pass whatever the flags say.
 FP_INLINE vf rel_limit(vf thr32, vf den) {
 #if defined(__FMA__)
-  const __m256 lim = _mm256_fmadd_ps(bitcast<__m256>(thr32), bitcast<__m256>(den), _mm256_set1_ps(-1e-40f));
-  return bitcast<vf>(_mm256_max_ps(lim, _mm256_setzero_ps()));
+  return bitcast<vf>(_mm256_fmadd_ps(bitcast<__m256>(thr32), bitcast<__m256>(den), _mm256_set1_ps(-1e-40f)));
 #else
-  const vf lim = thr32 * den - 1e-40f;
-  return lim > 0.0f ? lim : vf{};
+  return thr32 * den - 1e-40f;
 #endif
 }
+
+// Lanes where ad32 > max(lim, 0), for ad32 >= 0, so a zero difference never counts. AVX-512 masks
+// the compare with the nonzero lanes (`nz`, shared with the histogram) instead of clamping lim: one
+// instruction fewer. LaneMask: a bit mask there, else all-ones lanes.
+#if defined(__AVX512VL__)
+typedef __mmask8 LaneMask;
+FP_INLINE LaneMask nonzero_lanes(vu32 u) { return _mm256_test_epi32_mask(bitcast<__m256i>(u), bitcast<__m256i>(u)); }
+FP_INLINE LaneMask above_clamped(vf ad32, vf lim, LaneMask nz) {
+  return _mm256_mask_cmp_ps_mask(nz, bitcast<__m256>(ad32), bitcast<__m256>(lim), _CMP_GT_OQ);
+}
+FP_INLINE bool any_lane(LaneMask m) { return m != 0; }
+#else
+typedef vi32 LaneMask;
+FP_INLINE LaneMask nonzero_lanes(vu32 u) { return u != 0; }
+FP_INLINE LaneMask above_clamped(vf ad32, vf lim, LaneMask) { return ad32 > (lim > 0.0f ? lim : vf{}); }
+FP_INLINE bool any_lane(LaneMask m) {
+  bool r = false;
+  for (int j = 0; j < W; ++j) r |= m[j] != 0;
+  return r;
+}
+#endif
 
 // x * y + z with one rounding on every ISA (hardware FMA, or std::fma lane by lane on the baseline),
 // so every level gives the same bits. Used for the sums of products.
@@ -209,6 +228,16 @@ struct Acc8 {
 };
 #endif
 
+// 16-bit lanes -> 32-bit lanes, zero-extended (AVX2: one instruction; GCC's generic conversion
+// takes four).
+FP_INLINE vu32 widen_u32(vu16 x) {
+#if defined(__AVX2__)
+  return bitcast<vu32>(_mm256_cvtepu16_epi32(bitcast<__m128i>(x)));
+#else
+  return __builtin_convertvector(x, vu32);
+#endif
+}
+
 // Eight elements as float32 (exact for every format but float64) and float64 (exact), and their
 // raw bit patterns.
 template <typename T> struct Lanes;
@@ -229,7 +258,7 @@ template <> struct Lanes<half_bits> {
 };
 template <> struct Lanes<bf16_bits> {
   static FP_INLINE vf value32(const bf16_bits* p) {
-    return bitcast<vf>(__builtin_convertvector(load<vu16>(p), vu32) << 16);
+    return bitcast<vf>(widen_u32(load<vu16>(p)) << 16);
   }
   static FP_INLINE vd value(const bf16_bits* p) { return widen(value32(p)); }
   static FP_INLINE vul bits(const bf16_bits* p) { return __builtin_convertvector(load<vu16>(p), vul); }
@@ -315,15 +344,15 @@ FP_INLINE NarrowBits<Narrow> narrow_bits(const T* p, vd v) {
   }
 }
 
-// Histogram byte codes of eight truncated differences (bit patterns u): the exponent field, or 255
-// for zero (AVX-512: a masked shift over a constant).
-FP_INLINE vu8 exponent_codes(vu32 u) {
+// Histogram byte codes of eight truncated differences (bit patterns u, nonzero lanes nz): the
+// exponent field, or 255 for zero (AVX-512: a masked shift over a constant).
+FP_INLINE vu8 exponent_codes(vu32 u, LaneMask nz) {
 #if defined(__AVX512VL__)
   const __m256i v = bitcast<__m256i>(u);
-  const __m128i codes = _mm256_cvtepi32_epi8(_mm256_mask_srli_epi32(_mm256_set1_epi32(0xff), _mm256_test_epi32_mask(v, v), v, 23));
+  const __m128i codes = _mm256_cvtepi32_epi8(_mm256_mask_srli_epi32(_mm256_set1_epi32(0xff), nz, v, 23));
   return bitcast<vu8>(_mm_cvtsi128_si64(codes));  // the low eight bytes
 #else
-  return __builtin_convertvector(u != 0 ? u >> 23 : vu32{} + 0xffu, vu8);
+  return __builtin_convertvector(nz != 0 ? u >> 23 : vu32{} + 0xffu, vu8);
 #endif
 }
 
@@ -489,7 +518,7 @@ FP_INLINE float f32_up(double x) {  // the smallest float32 >= x
 // float64 (the definition), every lane is sorted by two float32 bounds of L computed from |b|:
 //   above hi = fl(rtol_hi * |b| + atol_hi)  with rtol_hi >= rtol (1 + 2^-20), atol_hi >= atol (1 + 2^-20) + 2^-140:
 //     hi > L whatever the (one or two) roundings, so ad32 > hi proves |a-b| > L: a mismatch;
-//   at most lo = max(fl(rtol_lo * |b| + atol_lo), 0)  with rtol_lo <= rtol (1 - 2^-20), atol_lo <= atol (1 - 2^-20) - 2^-140:
+//   at most lo = max(fl(rtol_lo * |b| + atol_lo), 0) (above_clamped)  with rtol_lo <= rtol (1 - 2^-20), atol_lo <= atol (1 - 2^-20) - 2^-140:
 //     lo (1 + 2^-23) < L when lo > 0, and |a-b| <= ad32 (1 + 2^-23), so ad32 <= lo proves a match
 //     (lo = 0 means ad32 = 0: a zero difference always matches).
 // A lane between the two is undecided; a block with one (the two counts differ) is counted again
@@ -511,14 +540,7 @@ struct TolScreen {
     }
   }
   FP_INLINE vf hi(vf den) const { return mul_add_f32(r_hi, den, a_hi); }
-  FP_INLINE vf lo(vf den) const {
-    const vf x = mul_add_f32(r_lo, den, a_lo);
-#if defined(__AVX__)
-    return bitcast<vf>(_mm256_max_ps(bitcast<__m256>(x), _mm256_setzero_ps()));
-#else
-    return x > 0.0f ? x : vf{};
-#endif
-  }
+  FP_INLINE vf lo_unclamped(vf den) const { return mul_add_f32(r_lo, den, a_lo); }
 };
 
 // Counts of lanes where x > y, over a loop: mask popcounts on the integer units with AVX-512, else
@@ -526,11 +548,13 @@ struct TolScreen {
 struct GtCount {
 #if defined(__AVX512VL__)
   std::int64_t c = 0;
-  FP_INLINE void add(vf x, vf y) { c += __builtin_popcount(_mm256_cmp_ps_mask(bitcast<__m256>(x), bitcast<__m256>(y), _CMP_GT_OQ)); }
+  FP_INLINE void add(vf x, vf y) { add(_mm256_cmp_ps_mask(bitcast<__m256>(x), bitcast<__m256>(y), _CMP_GT_OQ)); }
+  FP_INLINE void add(LaneMask m) { c += __builtin_popcount(m); }
   FP_INLINE std::int64_t total() const { return c; }
 #else
   vi32 v = {};
   FP_INLINE void add(vf x, vf y) { v -= x > y; }
+  FP_INLINE void add(LaneMask m) { v -= m; }
   FP_INLINE std::int64_t total() const {
     std::int64_t t = 0;
     for (int j = 0; j < W; ++j) t += v[j];
@@ -571,7 +595,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   const bool rel_settled = thr_rel == INFINITY;
   const bool exact_rel_pass = !rel_settled && !(thr_rel >= 0.0 && thr_rel < 1e37);
   const vf thr32 = vf{} + static_cast<float>(exact_rel_pass ? 0.0 : thr_rel * (1.0 - 0x1p-16));
-  vi32 rel_flag = {};
+  LaneMask rel_flag = {};
   vl mism = {};                              // float64 pairs: the exact isclose count
   const TolScreen tol(p);                    // narrow pairs: the float32 screen and its two counts
   GtCount above_hi, above_lo;
@@ -587,9 +611,10 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   const std::int64_t n8 = n - n % W;
   for (std::int64_t i = 0; i < n8; i += W) {
     // the hardware prefetchers alone leave the loop waiting on memory (ad-hoc, one Zen 4 core,
-    // float32: ~0.9 ns/element from DRAM against ~0.7 from L2); 1 KiB ahead brings DRAM to ~0.7
-    __builtin_prefetch(reinterpret_cast<const char*>(a + i) + 1024, 0, 3);
-    __builtin_prefetch(reinterpret_cast<const char*>(b + i) + 1024, 0, 3);
+    // float32: ~0.9 ns/element from DRAM against ~0.7 from L2); 64 iterations ahead (~300 ns)
+    // brings DRAM close to the L2 rate
+    __builtin_prefetch(a + i + 64 * W, 0, 3);
+    __builtin_prefetch(b + i + 64 * W, 0, 3);
     vd av, bv;
     vf den = {};  // |b| in float32 (narrow pairs: exact)
     if constexpr (kNarrowPair) {
@@ -607,11 +632,12 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     vf ad32;
     if constexpr (kTruncF32) ad32 = trunc_f32(ad);
     else if constexpr (kNarrowPair) ad32 = narrow_f32(ad);
+    // nonzero differences (narrow pairs: ad32 is 0 only for a zero difference)
+    const LaneMask nz = nonzero_lanes(bitcast<vu32>(ad32));
     if constexpr (kNarrowPair) {
       // |b| is 0 or >= 2^-149 and exact in float32; ad32 differs from |a-b| by at most 2^-23
-      // relative. A zero b with a nonzero a flags; an equal pair (ratio 0) never does (ad32 is 0
-      // only for a zero difference here).
-      rel_flag |= ad32 > rel_limit(thr32, den);
+      // relative. A zero b with a nonzero a flags; an equal pair (ratio 0) never does.
+      rel_flag |= above_clamped(ad32, rel_limit(thr32, den), nz);
     } else {
       vrel.add(ad, bv, idx);
       idx += W;
@@ -626,7 +652,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     sb.add(bv);
     if constexpr (kTol && kNarrowPair) {
       above_hi.add(ad32, tol.hi(den));
-      above_lo.add(ad32, tol.lo(den));
+      above_lo.add(above_clamped(ad32, tol.lo_unclamped(den), nz));
     } else if constexpr (kTol) {
       mism -= not_close(ad, bv, p);
     }
@@ -643,10 +669,14 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
       // the exponent field E of trunc(|a-b|): 254 at most (past float32's range), 0 for a nonzero
       // difference below 2^-126; the byte 255 marks an exact zero
       vu32 u = bitcast<vu32>(ad32);
+      LaneMask u_nz = nz;
       // a float64 difference below 2^-149 truncates to +0.0f: keep it nonzero (the lowest mantissa
       // bit changes no exponent); narrower pairs differ by 0 or >= 2^-149
-      if constexpr (!kNarrowPair) u |= bitcast<vu32>(__builtin_convertvector(ad != 0.0, vi32)) & 1u;
-      const vu8 e8 = exponent_codes(u);
+      if constexpr (!kNarrowPair) {
+        u |= bitcast<vu32>(__builtin_convertvector(ad != 0.0, vi32)) & 1u;
+        u_nz = nonzero_lanes(u);
+      }
+      const vu8 e8 = exponent_codes(u, u_nz);
       std::memcpy(bins + i, &e8, sizeof(e8));
     } else {
       vu32 hi_word, lo_word;  // of each float64 |a-b|: exponent and top mantissa, low mantissa
@@ -789,8 +819,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   if constexpr (kNarrowPair) {
     // The tail's ratios were exact (rel, rel_i); the vector part is recomputed exactly only when
     // a lane was flagged (or there is no running maximum to screen against).
-    bool flagged = exact_rel_pass || mx >= 1e38;  // (see rel_limit)
-    for (int j = 0; j < W; ++j) flagged |= rel_flag[j] != 0;
+    bool flagged = exact_rel_pass || mx >= 1e38 || any_lane(rel_flag);  // (mx: see rel_limit)
     if (rel_settled) flagged = false;
     if (flagged) {
       // exact ratios, eight lanes at a time (every difference is finite here)
