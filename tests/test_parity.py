@@ -112,6 +112,32 @@ def test_thread_counts_are_bit_identical(monkeypatch):
     assert results[0].max_abs_index == (777_777,)
 
 
+@pytest.mark.parametrize("da,db", [("float32", "float32"), ("bfloat16", "bfloat16"), ("float64", "float64")])
+def test_first_maximum_across_superblocks_and_threads(da, db, monkeypatch):
+    # Threads share the largest maximum found so far so that other superblocks can skip locating
+    # smaller ones. Equal maxima in several superblocks (64 blocks of 4096 each), the later ones
+    # placed where a thread meets them first, must still give the first index, for |a-b| and the
+    # ratio, on every thread count and run.
+    rng = np.random.default_rng(18)
+    sb = 64 * 4096
+    n = 8 * sb  # eight superblocks of exactly 64 blocks (the driver's split for this n)
+    b = rng.uniform(1.0, 2.0, n).astype(DTYPES[db])
+    a = (b.astype(np.float64) * (1 + 1e-3 * rng.uniform(-1, 1, n))).astype(DTYPES[da])
+    # the first in the last block of superblock 0; the next at the start of superblock 1, which
+    # another thread reaches long before that
+    first, others = sb - 5, [sb + 2, 2 * sb + 1, 6 * sb + 100]
+    for i in [first] + others:
+        a[i], b[i] = 3.0, 1.5  # |a-b| = 1.5 and ratio 1, both the maxima
+    want = oracle(a, b)
+    assert want["max_abs_index"] == want["max_rel_index"] == (first,)
+    for threads in ("1", "2", "8", "16"):
+        monkeypatch.setenv("FLASHPARITY_NUM_THREADS", threads)
+        for _ in range(3):
+            s = fp.parity(a, b)
+            assert (s.max_abs_diff, s.max_abs_index) == (1.5, (first,)), threads
+            assert (s.max_rel_diff, s.max_rel_index) == (1.0, (first,)), threads
+
+
 def test_repeat_runs_are_bit_identical():
     rng = np.random.default_rng(1)
     a, b = random_pair(rng, (1_000_003,), "bfloat16", "float32")

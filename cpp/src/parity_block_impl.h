@@ -568,8 +568,9 @@ struct GtCount {
 // exact scalar kernel (NaN/inf rules).
 //
 // The maxima are exact but their indices are located only when the block can change the running
-// result: `thr_abs`/`thr_rel` are the caller's current maxima (-1 before any), and an index of -1
-// means "does not beat them" (accum_merge then ignores the value). For formats narrower than
+// result: `thr_abs`/`thr_rel` are maxima the block must beat to matter (the caller's running maxima
+// from earlier indices, or values strictly below a maximum found anywhere; -1 for none), and an
+// index of -1 means "does not beat them" (accum_merge then ignores the value). For formats narrower than
 // float64 the relative difference is screened in float32 against thr_rel (no division) and
 // computed exactly in float64 only for blocks that may hold a new maximum.
 template <typename TA, typename TB, typename Narrow, bool kTol>

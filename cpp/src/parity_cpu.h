@@ -14,8 +14,9 @@ constexpr std::int64_t kBlock = 4096;
 
 // Reduces one block of n <= kBlock contiguous elements (global indices index0..index0+n-1) into the freshly
 // constructed `out`; false when a difference is not finite (the caller then runs the scalar kernel).
-// thr_abs/thr_rel: the caller's running maxima (-1 before any); the block's maxima get an index
-// only when they beat them (-1 otherwise, which accum_merge ignores).
+// thr_abs/thr_rel: maxima the block must beat to matter (running maxima of earlier indices, or values
+// strictly below a maximum found anywhere; -1 for none); the block's maxima get an index only when
+// they beat them (-1 otherwise, which accum_merge ignores).
 using BlockFn = bool (*)(ParityAccum& out, const void* a, const void* b, std::int64_t n, std::int64_t index0,
                          const ParityParams& p, double thr_abs, double thr_rel);
 
