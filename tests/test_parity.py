@@ -572,6 +572,23 @@ def test_cosine_and_pcc_of_tensors_of_different_scale(level, dtype, monkeypatch)
 
 
 @pytest.mark.parametrize("level", LEVELS)
+def test_cosine_when_the_squared_differences_overflow(level, monkeypatch):
+    # Σa² and Σb² in range but Σ(a-b)² past it (|a-b| ~ 1.4e154): Σab cannot come from the squares;
+    # the cosine (scale-free) must match the one of the same data scaled down.
+    use_level(level, monkeypatch)
+    rng = np.random.default_rng(19)
+    b = rng.standard_normal(4096 + 3) * 1e140
+    a = b * 1.01
+    a[10], b[10] = 9e153, -5e153  # (a-b)² = 1.96e308: past float64's range
+    a[20], b[20] = 3e153, 3e153   # Σa² = 9e307, Σb² = 3.4e307, cosine -0.65
+    s = fp.parity(a, b)
+    scaled = fp.parity(a / 1e150, b / 1e150)
+    assert s.rmse == math.inf
+    assert math.isclose(s.cosine_sim, scaled.cosine_sim, rel_tol=0, abs_tol=1e-12)
+    assert -0.99 < s.cosine_sim < -0.5
+
+
+@pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 def test_infinite_ratio_and_equal_zeros(level, dtype, monkeypatch):
     # A zero reference under a nonzero value makes the relative maximum +inf early; later blocks

@@ -795,9 +795,10 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   // Σab = (Σa² + Σb² - Σ(a-b)²) / 2, one FMA per element fewer. Its rounding error is within a few
   // units of Σa² + Σb², against √(Σa² Σb²) for summing the products: no worse than 1.25x while the
   // two norms² are within a factor 4 of each other (near-equal tensors, the normal case). Otherwise,
-  // or past float64's range, a pass over the block (in cache) sums the products.
+  // or with any of the three sums past float64's range, a pass over the block (in cache) sums the
+  // products.
   double t_ab;
-  if (t_aa <= 4.0 * t_bb && t_bb <= 4.0 * t_aa && t_aa + t_bb <= 1.7976931348623157e308) {
+  if (t_aa <= 4.0 * t_bb && t_bb <= 4.0 * t_aa && (t_aa + t_bb) + t_sq <= 1.7976931348623157e308) {
     t_ab = 0.5 * ((t_aa + t_bb) - t_sq);
   } else {
     Acc8 s_ab;
