@@ -15,9 +15,8 @@ const char* simd_level_name(SimdLevel level);
 // Highest level this CPU (and its OS, which must save the wide registers) supports.
 SimdLevel detected_simd_level();
 
-// The level kernels use: the detected one, capped by FLASHPARITY_SIMD=scalar|avx2|avx512|avx512icl when
-// set.
-// Throws std::invalid_argument on an unknown FLASHPARITY_SIMD value.
+// The level kernels use: the detected one, capped by FLASHPARITY_SIMD (scalar, avx2, avx512 or
+// avx512icl) when set. Throws std::invalid_argument on an unknown FLASHPARITY_SIMD value.
 SimdLevel active_simd_level();
 
 // AVX-512 BF16 dot products usable (CPU support, and the active level is AVX-512 or above).
