@@ -594,7 +594,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   // float32's range) means the exact pass anyway; a maximum of +inf (a zero b met a nonzero a)
   // cannot be beaten by this finite block (its indices come later, so a tie loses): no pass.
   const bool rel_settled = thr_rel == INFINITY;
-  const bool exact_rel_pass = !rel_settled && !(thr_rel >= 0.0 && thr_rel < 1e37);
+  const bool exact_rel_pass = !rel_settled && !(thr_rel >= 0.0 && thr_rel < kRelScreenMax);
   const vf thr32 = vf{} + static_cast<float>(exact_rel_pass ? 0.0 : thr_rel * (1.0 - 0x1p-16));
   LaneMask rel_flag = {};
   vl mism = {};                              // float64 pairs: the exact isclose count

@@ -193,7 +193,7 @@ ParityAccum parity_cpu(const TensorArg& a, const TensorArg& b, const ParityParam
       // the superblock's own maxima come from earlier indices (a tie loses to them); the shared
       // ones are taken strictly below (the ratio's capped where the block kernel still screens)
       const double thr_abs = std::max(acc.max_abs_index < 0 ? -1.0 : acc.max_abs, seen_abs.below(INFINITY));
-      const double thr_rel = std::max(acc.max_rel_index < 0 ? -1.0 : acc.max_rel, seen_rel.below(1e36));
+      const double thr_rel = std::max(acc.max_rel_index < 0 ? -1.0 : acc.max_rel, seen_rel.below(kRelScreenMax / 2));
       if (!vfn(blk, pa, pb, len, start, p, thr_abs, thr_rel)) {
         blk = ParityAccum();
         sfn(blk, pa, pb, len, start, p);

@@ -12,6 +12,10 @@ namespace flashparity {
 // Elements per block: the unit of vector reduction (lane sums of at most 512 terms).
 constexpr std::int64_t kBlock = 4096;
 
+// The block kernels screen ratios in float32 against a running maximum below this; a larger one (or
+// none) sends every block of a narrow pair to the exact ratio pass.
+constexpr double kRelScreenMax = 1e37;
+
 // Reduces one block of n <= kBlock contiguous elements (global indices index0..index0+n-1) into the freshly
 // constructed `out`; false when a difference is not finite (the caller then runs the scalar kernel).
 // thr_abs/thr_rel: maxima the block must beat to matter (running maxima of earlier indices, or values
