@@ -88,14 +88,19 @@ def test_every_simd_level_matches_oracle(level, monkeypatch):
         check_against_oracle(fp.parity(a, b, atol=1e-3, rtol=1e-2), a, b, 1e-3, 1e-2)
 
 
-def test_simd_levels_are_bit_identical(monkeypatch):
+@pytest.mark.parametrize("da,db", [("float32", "float64"), ("float32", "float32"), ("float16", "float32"),
+                                   ("bfloat16", "bfloat16"), ("float16", "bfloat16")])
+def test_simd_levels_are_bit_identical(da, db, monkeypatch):
+    # Levels step over narrow pairs 8 or 16 elements at a time; the last block's 13 leftover
+    # elements must be reduced the same way on each.
     rng = np.random.default_rng(5)
-    a, b = random_pair(rng, (50_001,), "float32", "float64", offset=3.0)
+    a, b = random_pair(rng, (12 * 4096 + 16 * 53 + 13,), da, db, offset=3.0)
     results = []
     for level in LEVELS:
         monkeypatch.setenv("FLASHPARITY_SIMD", level)  # a level above the CPU's runs its own
         results.append(fp.parity(a, b, atol=1e-5))
     assert all(r == results[0] for r in results[1:])
+    assert all(repr(r) == repr(results[0]) for r in results[1:])
 
 
 def test_thread_counts_are_bit_identical(monkeypatch):

@@ -46,6 +46,42 @@ typedef std::uint8_t vbytes __attribute__((vector_size(32)));
 #endif
 constexpr int kByteLanes = sizeof(vbytes);
 
+// Pairs of narrow formats (no float64 side) do their float32-domain work (the ratio and isclose
+// screens, ULP distances, histogram codes) kNL lanes at a time: sixteen with AVX-512 (one zmm
+// register, and the difference truncated by a subtraction with its own rounding mode instead of a
+// float64 conversion), else eight. The float64 sums always take eight lanes at a time in index
+// order, so every level adds the same terms to the same lanes in the same order.
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define FP_NARROW16 1
+constexpr int kNL = 16;
+#else
+constexpr int kNL = 8;
+#endif
+// The vector part of a block is a multiple of kStep elements on every level (the rest is the
+// scalar tail), so levels of different step widths reduce the same elements the same way.
+constexpr int kStep = 16;
+static_assert(kStep % kNL == 0 && kNL % W == 0, "steps must nest");
+
+// float32, 32- and 16-bit vectors of N lanes
+template <int N> struct Vec;
+template <> struct Vec<8> {
+  typedef vf f;
+  typedef vu32 u32;
+  typedef vu16 u16;
+};
+#if defined(FP_NARROW16)
+typedef float vf16 __attribute__((vector_size(64)));
+typedef std::uint32_t vu32x16 __attribute__((vector_size(64)));
+typedef std::uint16_t vu16x16 __attribute__((vector_size(32)));
+template <> struct Vec<16> {
+  typedef vf16 f;
+  typedef vu32x16 u32;
+  typedef vu16x16 u16;
+};
+#endif
+using vfn = Vec<kNL>::f;
+using vun = Vec<kNL>::u32;
+
 template <typename V, typename S>
 FP_INLINE V load(const S* p) {
   V v;
@@ -108,6 +144,13 @@ FP_INLINE vu16 f32_to_half(vf x) {  // round to nearest even
 #endif
 }
 
+#if defined(FP_NARROW16)
+FP_INLINE vf16 half_to_f32(vu16x16 h) { return bitcast<vf16>(_mm512_cvtph_ps(bitcast<__m256i>(h))); }
+FP_INLINE vu16x16 f32_to_half(vf16 x) {
+  return bitcast<vu16x16>(_mm512_cvtps_ph(bitcast<__m512>(x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+#endif
+
 // |a-b| in float32 rounded toward zero where AVX-512 offers it (one instruction). Truncation keeps
 // the binary exponent of every value in float32's normal range, so the histogram bin can be read
 // off it; the ratio screen's error bound holds for either rounding.
@@ -146,6 +189,11 @@ FP_INLINE vf rel_limit(vf thr32, vf den) {
   return thr32 * den - 1e-40f;
 #endif
 }
+#if defined(FP_NARROW16)
+FP_INLINE vf16 rel_limit(vf16 thr32, vf16 den) {
+  return bitcast<vf16>(_mm512_fmadd_ps(bitcast<__m512>(thr32), bitcast<__m512>(den), _mm512_set1_ps(-1e-40f)));
+}
+#endif
 
 // Lanes where ad32 > max(lim, 0), for ad32 >= 0, so a zero difference never counts. AVX-512 masks
 // the compare with the nonzero lanes (`nz`, shared with the histogram) instead of clamping lim: one
@@ -157,6 +205,13 @@ FP_INLINE LaneMask above_clamped(vf ad32, vf lim, LaneMask nz) {
   return _mm256_mask_cmp_ps_mask(nz, bitcast<__m256>(ad32), bitcast<__m256>(lim), _CMP_GT_OQ);
 }
 FP_INLINE bool any_lane(LaneMask m) { return m != 0; }
+#if defined(FP_NARROW16)
+FP_INLINE __mmask16 nonzero_lanes(vu32x16 u) { return _mm512_test_epi32_mask(bitcast<__m512i>(u), bitcast<__m512i>(u)); }
+FP_INLINE __mmask16 above_clamped(vf16 ad32, vf16 lim, __mmask16 nz) {
+  return _mm512_mask_cmp_ps_mask(nz, bitcast<__m512>(ad32), bitcast<__m512>(lim), _CMP_GT_OQ);
+}
+FP_INLINE bool any_lane(__mmask16 m) { return m != 0; }
+#endif
 #else
 typedef vi32 LaneMask;
 FP_INLINE LaneMask nonzero_lanes(vu32 u) { return u != 0; }
@@ -237,9 +292,12 @@ FP_INLINE vu32 widen_u32(vu16 x) {
   return __builtin_convertvector(x, vu32);
 #endif
 }
+#if defined(FP_NARROW16)
+FP_INLINE vu32x16 widen_u32(vu16x16 x) { return bitcast<vu32x16>(_mm512_cvtepu16_epi32(bitcast<__m256i>(x))); }
+#endif
 
-// Eight elements as float32 (exact for every format but float64) and float64 (exact), and their
-// raw bit patterns.
+// Eight elements as float64 (exact), N elements as float32 (exact for every format but float64),
+// and eight raw bit patterns.
 template <typename T> struct Lanes;
 
 template <> struct Lanes<double> {
@@ -247,22 +305,59 @@ template <> struct Lanes<double> {
   static FP_INLINE vul bits(const double* p) { return load<vul>(p); }
 };
 template <> struct Lanes<float> {
-  static FP_INLINE vf value32(const float* p) { return load<vf>(p); }
+  template <int N = W>
+  static FP_INLINE typename Vec<N>::f value32(const float* p) { return load<typename Vec<N>::f>(p); }
   static FP_INLINE vd value(const float* p) { return widen(value32(p)); }
   static FP_INLINE vul bits(const float* p) { return __builtin_convertvector(load<vu32>(p), vul); }
 };
 template <> struct Lanes<half_bits> {
-  static FP_INLINE vf value32(const half_bits* p) { return half_to_f32(load<vu16>(p)); }
+  template <int N = W>
+  static FP_INLINE typename Vec<N>::f value32(const half_bits* p) { return half_to_f32(load<typename Vec<N>::u16>(p)); }
   static FP_INLINE vd value(const half_bits* p) { return widen(value32(p)); }
   static FP_INLINE vul bits(const half_bits* p) { return __builtin_convertvector(load<vu16>(p), vul); }
 };
 template <> struct Lanes<bf16_bits> {
-  static FP_INLINE vf value32(const bf16_bits* p) {
-    return bitcast<vf>(widen_u32(load<vu16>(p)) << 16);
+  template <int N = W>
+  static FP_INLINE typename Vec<N>::f value32(const bf16_bits* p) {
+    return bitcast<typename Vec<N>::f>(widen_u32(load<typename Vec<N>::u16>(p)) << 16);
   }
   static FP_INLINE vd value(const bf16_bits* p) { return widen(value32(p)); }
   static FP_INLINE vul bits(const bf16_bits* p) { return __builtin_convertvector(load<vu16>(p), vul); }
 };
+
+// Lanes [8h, 8h + 8) of a float32 vector.
+template <int H, typename V>
+FP_INLINE vf eight_lanes(V x) {
+  if constexpr (sizeof(V) == sizeof(vf)) {
+    static_assert(H == 0, "one group of eight");
+    return x;
+  } else {
+    return __builtin_shufflevector(x, x, 8 * H, 8 * H + 1, 8 * H + 2, 8 * H + 3, 8 * H + 4, 8 * H + 5, 8 * H + 6,
+                                   8 * H + 7);
+  }
+}
+
+// The eight elements p[8H, 8H + 8) as float64, given p[0, kNL) as float32 lanes x32: float32 inputs
+// are loaded again (a load and a conversion in one instruction), narrower ones taken from x32.
+template <int H, typename T>
+FP_INLINE vd value8(const T* p, vfn x32) {
+  if constexpr (std::is_same_v<T, float>) {
+    return Lanes<float>::value(p + W * H);
+  } else {
+    return widen(eight_lanes<H>(x32));
+  }
+}
+
+// |a - b| of float32 lanes holding narrow formats, rounded toward zero where AVX-512 gives the
+// subtraction its own rounding mode (the same value as truncating the exact float64 difference), to
+// nearest otherwise (the same value as rounding it).
+FP_INLINE vf abs_diff32(vf a, vf b) { return bitcast<vf>(bitcast<vu32>(a - b) & 0x7fffffffu); }
+#if defined(FP_NARROW16)
+FP_INLINE vf16 abs_diff32(vf16 a, vf16 b) {
+  const __m512 d = _mm512_sub_round_ps(bitcast<__m512>(a), bitcast<__m512>(b), _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+  return bitcast<vf16>(bitcast<vu32x16>(d) & 0x7fffffffu);
+}
+#endif
 
 // Ordered integers (see ordered_from_bits) of sign-magnitude patterns `u` of width `w` bits.
 FP_INLINE vl ordered_lanes(vul u, int w) {
@@ -276,28 +371,35 @@ FP_INLINE vd vabs(vd x) { return bitcast<vd>(bitcast<vl>(x) & 0x7fffffffffffffff
 // Distance between the ordered integers of two sign-magnitude patterns (finite values, so the
 // distance fits the lane): the difference of the magnitudes for equal signs, their sum for opposite
 // signs (so +0 and -0 are 0 apart). 16-bit formats stay in 16-bit lanes, float32 in 32-bit lanes.
-FP_INLINE vu32 ulp_distance(vu32 ua, vu32 ub) {
-  const vu32 ma = ua & 0x7fffffffu, mb = ub & 0x7fffffffu;
-  const vi32 t = bitcast<vi32>(ma - mb);  // |t| < 2^31
-  const vu32 same = bitcast<vu32>(t < 0 ? -t : t);
-#if defined(__AVX512VL__)
-  const __mmask8 opposite = _mm256_test_epi32_mask(bitcast<__m256i>(ua ^ ub), _mm256_set1_epi32(INT32_MIN));
-  return bitcast<vu32>(_mm256_mask_add_epi32(bitcast<__m256i>(same), opposite, bitcast<__m256i>(ma), bitcast<__m256i>(mb)));
-#else
-  return ((ua ^ ub) & 0x80000000u) != 0 ? ma + mb : same;
-#endif
+// `same`, with ma + mb in the lanes where the sign bits of ua and ub differ. The 16-lane forms
+// (narrow pairs on AVX-512) are one masked add; GCC's generic select adds everywhere, then blends.
+template <typename VU>
+FP_INLINE VU add_where_signs_differ(VU same, VU ua, VU ub, VU ma, VU mb) {
+  typedef std::remove_reference_t<decltype(ua[0])> S;
+  constexpr S kSign = static_cast<S>(S{1} << (8 * sizeof(S) - 1));
+  return ((ua ^ ub) & kSign) != 0 ? static_cast<VU>(ma + mb) : same;
 }
-FP_INLINE vu16 ulp_distance(vu16 ua, vu16 ub) {
-  typedef std::int16_t vi16 __attribute__((vector_size(16)));
-  const vu16 ma = ua & 0x7fff, mb = ub & 0x7fff;
-  const vi16 t = bitcast<vi16>(static_cast<vu16>(ma - mb));  // |t| < 2^15
-  const vu16 same = bitcast<vu16>(static_cast<vi16>(t < 0 ? -t : t));
-#if defined(__AVX512VL__) && defined(__AVX512BW__)
-  const __mmask8 opposite = _mm_test_epi16_mask(bitcast<__m128i>(ua ^ ub), _mm_set1_epi16(INT16_MIN));
-  return bitcast<vu16>(_mm_mask_add_epi16(bitcast<__m128i>(same), opposite, bitcast<__m128i>(ma), bitcast<__m128i>(mb)));
-#else
-  return ((ua ^ ub) & 0x8000) != 0 ? static_cast<vu16>(ma + mb) : same;
+#if defined(FP_NARROW16)
+FP_INLINE vu32x16 add_where_signs_differ(vu32x16 same, vu32x16 ua, vu32x16 ub, vu32x16 ma, vu32x16 mb) {
+  const __mmask16 m = _mm512_test_epi32_mask(bitcast<__m512i>(ua ^ ub), _mm512_set1_epi32(INT32_MIN));
+  return bitcast<vu32x16>(_mm512_mask_add_epi32(bitcast<__m512i>(same), m, bitcast<__m512i>(ma), bitcast<__m512i>(mb)));
+}
+FP_INLINE vu16x16 add_where_signs_differ(vu16x16 same, vu16x16 ua, vu16x16 ub, vu16x16 ma, vu16x16 mb) {
+  const __mmask16 m = _mm256_test_epi16_mask(bitcast<__m256i>(ua ^ ub), _mm256_set1_epi16(INT16_MIN));
+  return bitcast<vu16x16>(_mm256_mask_add_epi16(bitcast<__m256i>(same), m, bitcast<__m256i>(ma), bitcast<__m256i>(mb)));
+}
 #endif
+
+template <typename VU>
+FP_INLINE VU ulp_distance(VU ua, VU ub) {
+  typedef std::remove_reference_t<decltype(ua[0])> S;  // std::uint32_t or std::uint16_t
+  typedef std::make_signed_t<S> SS;
+  typedef SS VS __attribute__((vector_size(sizeof(VU))));
+  constexpr S kMag = static_cast<S>(static_cast<S>(~S{0}) >> 1);
+  const VU ma = ua & kMag, mb = ub & kMag;
+  const VS t = bitcast<VS>(static_cast<VU>(ma - mb));  // |t| < 2^(bits - 1)
+  const VU same = bitcast<VU>(static_cast<VS>(t < 0 ? -t : t));
+  return add_where_signs_differ(same, ua, ub, ma, mb);
 }
 
 // Eight 32-bit lanes holding values below 2^16 as 16-bit lanes (AVX2: a pack; GCC's generic
@@ -312,31 +414,37 @@ FP_INLINE vu16 narrow_u16(vu32 x) {
   return __builtin_convertvector(x, vu16);
 #endif
 }
+#if defined(FP_NARROW16)
+FP_INLINE vu16x16 narrow_u16(vu32x16 x) { return bitcast<vu16x16>(_mm512_cvtepi32_epi16(bitcast<__m512i>(x))); }
+#endif
 
-// Bit patterns of eight finite elements of T rounded to `Narrow` (float32: 32-bit lanes; 16-bit
-// formats: 16-bit lanes).
-template <typename Narrow>
-using NarrowBits = std::conditional_t<sizeof(Narrow) == 4, vu32, vu16>;
+// Bit patterns of N finite elements of T rounded to `Narrow` (float32: 32-bit lanes; 16-bit
+// formats: 16-bit lanes). `v`: the elements as float64, used (N = 8) to round float64 to float32.
+template <typename Narrow, int N = W>
+using NarrowBits = std::conditional_t<sizeof(Narrow) == 4, typename Vec<N>::u32, typename Vec<N>::u16>;
 
-template <typename T, typename Narrow>
-FP_INLINE NarrowBits<Narrow> narrow_bits(const T* p, vd v) {
+template <typename T, typename Narrow, int N = W>
+FP_INLINE NarrowBits<Narrow, N> narrow_bits(const T* p, vd v) {
   constexpr DType own = DTypeOf<T>::value, narrow = DTypeOf<Narrow>::value;
+  typedef typename Vec<N>::u32 VU32;
   if constexpr (own == narrow && own == DType::Float32) {
-    return load<vu32>(p);
+    return load<VU32>(p);
   } else if constexpr (own == narrow) {  // 16-bit formats
-    return load<vu16>(p);
+    return load<typename Vec<N>::u16>(p);
   } else if constexpr (own == DType::Float64 && narrow == DType::Float32) {
+    static_assert(N == W, "float64 lanes come eight at a time");
     return bitcast<vu32>(narrow_f32(v));  // one rounding, to nearest even
   } else if constexpr (own == DType::Float32 && narrow == DType::Float16) {
-    return f32_to_half(load<vf>(p));  // one rounding, to nearest even
+    return f32_to_half(load<typename Vec<N>::f>(p));  // one rounding, to nearest even
   } else if constexpr (own == DType::Float32 && narrow == DType::BFloat16) {
-    const vu32 u = load<vu32>(p);  // finite: round to nearest even on the bit pattern
-    return narrow_u16((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    const VU32 u = load<VU32>(p);  // finite: round to nearest even on the bit pattern
+    return narrow_u16(static_cast<VU32>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16));
   } else {  // rare pairs (float64 vs 16-bit formats, float16 vs bfloat16): exact scalar rounding
     static_assert(sizeof(Narrow) == 2, "every other pair is handled above");
-    NarrowBits<Narrow> o;
-    for (int j = 0; j < W; ++j) {
-      const std::int64_t ord = ordered_in(narrow, own, raw_bits(p[j]), v[j]);
+    (void)v;
+    NarrowBits<Narrow, N> o;
+    for (int j = 0; j < N; ++j) {
+      const std::int64_t ord = ordered_in(narrow, own, raw_bits(p[j]), to_f64(p[j]));
       o[j] = static_cast<std::uint16_t>(ord < 0 ? (std::uint64_t{1} << 15) | static_cast<std::uint64_t>(-ord)
                                                 : static_cast<std::uint64_t>(ord));
     }
@@ -355,6 +463,12 @@ FP_INLINE vu8 exponent_codes(vu32 u, LaneMask nz) {
   return __builtin_convertvector(nz != 0 ? u >> 23 : vu32{} + 0xffu, vu8);
 #endif
 }
+#if defined(FP_NARROW16)
+FP_INLINE __m128i exponent_codes(vu32x16 u, __mmask16 nz) {
+  const __m512i v = bitcast<__m512i>(u);
+  return _mm512_cvtepi32_epi8(_mm512_mask_srli_epi32(_mm512_set1_epi32(0xff), nz, v, 23));  // sixteen bytes
+}
+#endif
 
 // The smallest and largest byte of p[0, nb) other than 255 (nb a multiple of 128, p 64-byte
 // aligned); lo > hi when every byte is 255.
@@ -504,6 +618,11 @@ FP_INLINE vf mul_add_f32(vf x, vf y, vf z) {
   return x * y + z;
 #endif
 }
+#if defined(FP_NARROW16)
+FP_INLINE vf16 mul_add_f32(vf16 x, vf16 y, vf16 z) {
+  return bitcast<vf16>(_mm512_fmadd_ps(bitcast<__m512>(x), bitcast<__m512>(y), bitcast<__m512>(z)));
+}
+#endif
 
 FP_INLINE float f32_down(double x) {  // the largest float32 <= x
   const float f = static_cast<float>(x);
@@ -526,21 +645,21 @@ FP_INLINE float f32_up(double x) {  // the smallest float32 >= x
 // past FLT_MAX truncates to FLT_MAX, which is above hi); other tolerances leave every nonzero lane
 // undecided and are counted exactly.
 struct TolScreen {
-  vf r_hi, a_hi, r_lo, a_lo;
+  vfn r_hi, a_hi, r_lo, a_lo;
   explicit TolScreen(const ParityParams& p) {
     if (p.rtol <= 0.5 && p.atol <= 1e37) {
-      r_hi = vf{} + f32_up(p.rtol * (1.0 + 0x1p-20));
-      a_hi = vf{} + f32_up(p.atol * (1.0 + 0x1p-20) + 0x1p-140);
-      r_lo = vf{} + f32_down(p.rtol * (1.0 - 0x1p-20));
-      a_lo = vf{} + f32_down(p.atol * (1.0 - 0x1p-20) - 0x1p-140);
+      r_hi = vfn{} + f32_up(p.rtol * (1.0 + 0x1p-20));
+      a_hi = vfn{} + f32_up(p.atol * (1.0 + 0x1p-20) + 0x1p-140);
+      r_lo = vfn{} + f32_down(p.rtol * (1.0 - 0x1p-20));
+      a_lo = vfn{} + f32_down(p.atol * (1.0 - 0x1p-20) - 0x1p-140);
     } else {
-      r_hi = r_lo = vf{};
-      a_hi = vf{} + INFINITY;
-      a_lo = vf{};
+      r_hi = r_lo = vfn{};
+      a_hi = vfn{} + INFINITY;
+      a_lo = vfn{};
     }
   }
-  FP_INLINE vf hi(vf den) const { return mul_add_f32(r_hi, den, a_hi); }
-  FP_INLINE vf lo_unclamped(vf den) const { return mul_add_f32(r_lo, den, a_lo); }
+  FP_INLINE vfn hi(vfn den) const { return mul_add_f32(r_hi, den, a_hi); }
+  FP_INLINE vfn lo_unclamped(vfn den) const { return mul_add_f32(r_lo, den, a_lo); }
 };
 
 // Counts of lanes where x > y, over a loop: mask popcounts on the integer units with AVX-512, else
@@ -550,6 +669,10 @@ struct GtCount {
   std::int64_t c = 0;
   FP_INLINE void add(vf x, vf y) { add(_mm256_cmp_ps_mask(bitcast<__m256>(x), bitcast<__m256>(y), _CMP_GT_OQ)); }
   FP_INLINE void add(LaneMask m) { c += __builtin_popcount(m); }
+#if defined(FP_NARROW16)
+  FP_INLINE void add(vf16 x, vf16 y) { add(_mm512_cmp_ps_mask(bitcast<__m512>(x), bitcast<__m512>(y), _CMP_GT_OQ)); }
+  FP_INLINE void add(__mmask16 m) { c += __builtin_popcount(m); }
+#endif
   FP_INLINE std::int64_t total() const { return c; }
 #else
   vi32 v = {};
@@ -595,12 +718,12 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   // cannot be beaten by this finite block (its indices come later, so a tie loses): no pass.
   const bool rel_settled = thr_rel == INFINITY;
   const bool exact_rel_pass = !rel_settled && !(thr_rel >= 0.0 && thr_rel < kRelScreenMax);
-  const vf thr32 = vf{} + static_cast<float>(exact_rel_pass ? 0.0 : thr_rel * (1.0 - 0x1p-16));
-  LaneMask rel_flag = {};
+  const vfn thr32 = vfn{} + static_cast<float>(exact_rel_pass ? 0.0 : thr_rel * (1.0 - 0x1p-16));
+  decltype(nonzero_lanes(vun{})) rel_flag = {};
   vl mism = {};                              // float64 pairs: the exact isclose count
   const TolScreen tol(p);                    // narrow pairs: the float32 screen and its two counts
   GtCount above_hi, above_lo;
-  NarrowBits<Narrow> ulpn = {};  // (formats up to 32 bits)
+  NarrowBits<Narrow, kNarrowPair ? kNL : W> ulpn = {};  // (formats up to 32 bits)
   vul ulp64 = {};
   vl idx = lane_indices(index0);
   std::int64_t hist[kHistBins] = {};
@@ -609,40 +732,12 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   alignas(64) std::uint8_t bins[kBlock];
   vi32 bin_lo = vi32{} + kHistBins, bin_hi = vi32{} - 1;  // range of nonzero bins (no AVX-512)
 
-  const std::int64_t n8 = n - n % W;
-  for (std::int64_t i = 0; i < n8; i += W) {
-    // the hardware prefetchers alone leave the loop waiting on memory (ad-hoc, one Zen 4 core,
-    // float32: ~0.9 ns/element from DRAM against ~0.7 from L2); 64 iterations ahead (~300 ns)
-    // brings DRAM close to the L2 rate
-    __builtin_prefetch(a + i + 64 * W, 0, 3);
-    __builtin_prefetch(b + i + 64 * W, 0, 3);
-    vd av, bv;
-    vf den = {};  // |b| in float32 (narrow pairs: exact)
-    if constexpr (kNarrowPair) {
-      const vf bf32 = Lanes<TB>::value32(b + i);
-      den = bitcast<vf>(bitcast<vu32>(bf32) & 0x7fffffffu);
-      av = Lanes<TA>::value(a + i);
-      bv = widen(bf32);
-    } else {
-      av = Lanes<TA>::value(a + i);
-      bv = Lanes<TB>::value(b + i);
-    }
+  // The float64 work on the eight elements at i: the sums, the maximum and (without AVX-512) the
+  // histogram bytes. Returns |a-b|.
+  auto wide8 = [&](vd av, vd bv, std::int64_t i) __attribute__((always_inline)) {
     const vd d = av - bv;
     const vd ad = vabs(d);
     vmx.max(ad);
-    vf ad32;
-    if constexpr (kTruncF32) ad32 = trunc_f32(ad);
-    else if constexpr (kNarrowPair) ad32 = narrow_f32(ad);
-    // nonzero differences (narrow pairs: ad32 is 0 only for a zero difference)
-    const LaneMask nz = nonzero_lanes(bitcast<vu32>(ad32));
-    if constexpr (kNarrowPair) {
-      // |b| is 0 or >= 2^-149 and exact in float32; ad32 differs from |a-b| by at most 2^-23
-      // relative. A zero b with a nonzero a flags; an equal pair (ratio 0) never does.
-      rel_flag |= above_clamped(ad32, rel_limit(thr32, den), nz);
-    } else {
-      vrel.add(ad, bv, idx);
-      idx += W;
-    }
     // products of values from formats up to float32 are exact in float64, so a fused multiply-add
     // rounds each term once, exactly as separate operations would; in float64 it rounds once fewer
     s_abs.add(ad);
@@ -651,36 +746,8 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     s_bb.fma(bv, bv);
     sa.add(av);
     sb.add(bv);
-    if constexpr (kTol && kNarrowPair) {
-      above_hi.add(ad32, tol.hi(den));
-      above_lo.add(above_clamped(ad32, tol.lo_unclamped(den), nz));
-    } else if constexpr (kTol) {
-      mism -= not_close(ad, bv, p);
-    }
-    if constexpr (kNarrowBits <= 32) {
-      const auto dist = ulp_distance(narrow_bits<TA, Narrow>(a + i, av), narrow_bits<TB, Narrow>(b + i, bv));
-      ulpn = dist > ulpn ? dist : ulpn;
-    } else {
-      const vl oa = ordered_lanes(Lanes<TA>::bits(a + i), 64), ob = ordered_lanes(Lanes<TB>::bits(b + i), 64);
-      const vul dist = vsel(oa >= ob, bitcast<vul>(oa) - bitcast<vul>(ob), bitcast<vul>(ob) - bitcast<vul>(oa));
-      ulp64 = vsel(bitcast<vl>(dist > ulp64), dist, ulp64);
-    }
-    // histogram byte (ad is finite and >= 0 here)
-    if constexpr (kTruncF32) {
-      // the exponent field E of trunc(|a-b|): 254 at most (past float32's range), 0 for a nonzero
-      // difference below 2^-126; the byte 255 marks an exact zero
-      vu32 u = bitcast<vu32>(ad32);
-      LaneMask u_nz = nz;
-      // a float64 difference below 2^-149 truncates to +0.0f: keep it nonzero (the lowest mantissa
-      // bit changes no exponent); narrower pairs differ by 0 or >= 2^-149
-      if constexpr (!kNarrowPair) {
-        u |= bitcast<vu32>(__builtin_convertvector(ad != 0.0, vi32)) & 1u;
-        u_nz = nonzero_lanes(u);
-      }
-      const vu8 e8 = exponent_codes(u, u_nz);
-      std::memcpy(bins + i, &e8, sizeof(e8));
-    } else {
-      vu32 hi_word, lo_word;  // of each float64 |a-b|: exponent and top mantissa, low mantissa
+    if constexpr (!kTruncF32) {  // histogram bin of each float64 |a-b| (finite, >= 0)
+      vu32 hi_word, lo_word;  // exponent and top mantissa, low mantissa
       split_words(ad, hi_word, lo_word);
       const vi32 e = bitcast<vi32>(hi_word >> 20);
       vi32 bin = e - (1023 + kHistMinExp - 2);
@@ -694,15 +761,75 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
       const vu8 b8 = narrow_bytes(bin);
       std::memcpy(bins + i, &b8, sizeof(b8));
     }
+    return ad;
+  };
+
+  // the hardware prefetchers alone leave the loop waiting on memory (ad-hoc, one Zen 4 core,
+  // float32: ~0.9 ns/element from DRAM against ~0.7 from L2); 512 elements ahead (~300 ns) brings
+  // DRAM close to the L2 rate
+  constexpr std::int64_t kAhead = 64 * W;
+  const std::int64_t nv = n - n % kStep;  // the vector part
+  if constexpr (kNarrowPair) {
+    for (std::int64_t i = 0; i < nv; i += kNL) {
+      __builtin_prefetch(a + i + kAhead, 0, 3);
+      __builtin_prefetch(b + i + kAhead, 0, 3);
+      const vfn a32 = Lanes<TA>::template value32<kNL>(a + i), b32 = Lanes<TB>::template value32<kNL>(b + i);
+      const vfn den = bitcast<vfn>(bitcast<vun>(b32) & 0x7fffffffu);  // |b|, exact
+      const vfn ad32 = abs_diff32(a32, b32);  // 0 only for a zero difference
+      const auto nz = nonzero_lanes(bitcast<vun>(ad32));
+      // |b| is 0 or >= 2^-149 and exact in float32; ad32 differs from |a-b| by at most 2^-23
+      // relative. A zero b with a nonzero a flags; an equal pair (ratio 0) never does.
+      rel_flag |= above_clamped(ad32, rel_limit(thr32, den), nz);
+      if constexpr (kTol) {
+        above_hi.add(ad32, tol.hi(den));
+        above_lo.add(above_clamped(ad32, tol.lo_unclamped(den), nz));
+      }
+      const auto dist = ulp_distance(narrow_bits<TA, Narrow, kNL>(a + i, vd{}), narrow_bits<TB, Narrow, kNL>(b + i, vd{}));
+      ulpn = dist > ulpn ? dist : ulpn;
+      if constexpr (kTruncF32) {
+        // the exponent field E of trunc(|a-b|): 0 for a nonzero difference below 2^-126 (narrow
+        // pairs differ by 0 or >= 2^-149); the byte 255 marks an exact zero
+        const auto e8 = exponent_codes(bitcast<vun>(ad32), nz);
+        std::memcpy(bins + i, &e8, sizeof(e8));
+      }
+      wide8(value8<0>(a + i, a32), value8<0>(b + i, b32), i);
+      if constexpr (kNL == 2 * W) wide8(value8<1>(a + i, a32), value8<1>(b + i, b32), i + W);
+    }
+  } else {
+    for (std::int64_t i = 0; i < nv; i += W) {
+      __builtin_prefetch(a + i + kAhead, 0, 3);
+      __builtin_prefetch(b + i + kAhead, 0, 3);
+      const vd av = Lanes<TA>::value(a + i), bv = Lanes<TB>::value(b + i);
+      const vd ad = wide8(av, bv, i);
+      vrel.add(ad, bv, idx);
+      idx += W;
+      if constexpr (kTol) mism -= not_close(ad, bv, p);
+      if constexpr (kNarrowBits <= 32) {
+        const auto dist = ulp_distance(narrow_bits<TA, Narrow>(a + i, av), narrow_bits<TB, Narrow>(b + i, bv));
+        ulpn = dist > ulpn ? dist : ulpn;
+      } else {
+        const vl oa = ordered_lanes(Lanes<TA>::bits(a + i), 64), ob = ordered_lanes(Lanes<TB>::bits(b + i), 64);
+        const vul dist = vsel(oa >= ob, bitcast<vul>(oa) - bitcast<vul>(ob), bitcast<vul>(ob) - bitcast<vul>(oa));
+        ulp64 = vsel(bitcast<vl>(dist > ulp64), dist, ulp64);
+      }
+      if constexpr (kTruncF32) {
+        // the exponent field E of trunc(|a-b|): 254 at most (past float32's range), 0 for a
+        // nonzero difference below 2^-126; the byte 255 marks an exact zero. A difference below
+        // 2^-149 truncates to +0.0f: keep it nonzero (the lowest mantissa bit changes no exponent)
+        const vu32 u = bitcast<vu32>(trunc_f32(ad)) | (bitcast<vu32>(__builtin_convertvector(ad != 0.0, vi32)) & 1u);
+        const vu8 e8 = exponent_codes(u, nonzero_lanes(u));
+        std::memcpy(bins + i, &e8, sizeof(e8));
+      }
+    }
   }
   // Count the bytes: compares over the block for each value present (a handful of exponents for
   // real data) instead of a scattered increment per element. Exact zeros, the one value every
   // other byte is not, are what remains.
-  if (n8 > 0) {
-    const std::int64_t nb = (n8 + 127) / 128 * 128;
+  if (nv > 0) {
+    const std::int64_t nb = (nv + 127) / 128 * 128;
     // padding: 255 is the zero code of exponent bytes (zeros are the remainder, never counted) and
     // matches no bin byte
-    for (std::int64_t i = n8; i < nb; ++i) bins[i] = 0xff;
+    for (std::int64_t i = nv; i < nb; ++i) bins[i] = 0xff;
     std::int64_t nonzero = 0;
     auto add = [&](int bin, int lo, int hi) {  // the bytes in [lo, hi] belong to `bin`
       const std::int64_t c = count_bytes_in(bins, nb, lo, hi);
@@ -735,10 +862,10 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
       }
       for (int k = lo; k <= hi; ++k) add(k, k, k);
     }
-    hist[0] += n8 - nonzero;
+    hist[0] += nv - nonzero;
   }
 
-  // reductions over lanes in a fixed order, then the tail (< W elements) in index order
+  // reductions over lanes in a fixed order, then the tail (< kStep elements) in index order
   auto total = [](const Acc8& v) {
     double s = 0;
     for (int j = 0; j < W; ++j) s += v.lane(j);
@@ -753,14 +880,15 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   for (int j = 0; j < W; ++j) {
     mx = vmx.lane(j) > mx ? vmx.lane(j) : mx;
     if constexpr (!kNarrowPair) mismatches += mism[j];
-    const std::uint64_t u = kNarrowBits <= 32 ? ulpn[j] : ulp64[j];
-    if (u > max_ulp) max_ulp = u;
+    if (ulp64[j] > max_ulp) max_ulp = ulp64[j];
   }
+  for (int j = 0; j < static_cast<int>(sizeof(ulpn) / sizeof(ulpn[0])); ++j)
+    if (ulpn[j] > max_ulp) max_ulp = ulpn[j];
   if constexpr (kTol && kNarrowPair) {
     mismatches = above_hi.total();
     if (above_lo.total() != mismatches) {  // an undecided lane: count the vector part exactly
       vl m = {};
-      for (std::int64_t i = 0; i < n8; i += W) {
+      for (std::int64_t i = 0; i < nv; i += W) {
         const vd av = Lanes<TA>::value(a + i), bv = Lanes<TB>::value(b + i);
         m -= not_close(vabs(av - bv), bv, p);
       }
@@ -768,7 +896,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
       for (int j = 0; j < W; ++j) mismatches += m[j];
     }
   }
-  for (std::int64_t i = n8; i < n; ++i) {
+  for (std::int64_t i = nv; i < n; ++i) {
     const double av = to_f64(a[i]), bv = to_f64(b[i]);
     const double d = av - bv, ad = d < 0 ? -d : d;
     if (ad > mx) mx = ad;
@@ -802,9 +930,9 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     t_ab = 0.5 * ((t_aa + t_bb) - t_sq);
   } else {
     Acc8 s_ab;
-    for (std::int64_t i = 0; i < n8; i += W) s_ab.fma(Lanes<TA>::value(a + i), Lanes<TB>::value(b + i));
+    for (std::int64_t i = 0; i < nv; i += W) s_ab.fma(Lanes<TA>::value(a + i), Lanes<TB>::value(b + i));
     t_ab = total(s_ab);
-    for (std::int64_t i = n8; i < n; ++i) t_ab = std::fma(to_f64(a[i]), to_f64(b[i]), t_ab);
+    for (std::int64_t i = nv; i < n; ++i) t_ab = std::fma(to_f64(a[i]), to_f64(b[i]), t_ab);
   }
 
   // Locate the first index of the block's max |a-b| when it beats the running maximum.
@@ -827,7 +955,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
       // exact ratios, eight lanes at a time (every difference is finite here)
       RelMax exact;
       vl at = lane_indices(index0);
-      for (std::int64_t i = 0; i < n8; i += W, at += W) {
+      for (std::int64_t i = 0; i < nv; i += W, at += W) {
         const vd av = Lanes<TA>::value(a + i), bv = Lanes<TB>::value(b + i);
         exact.add(vabs(av - bv), bv, at);
       }
@@ -871,7 +999,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     const double ma = r.mom.mean_a, mb = r.mom.mean_b;
     const vd vma = zero + ma, vmb = zero + mb;
     Acc8 xa_s, xb_s, xaa, xbb, xab;
-    for (std::int64_t i = 0; i < n8; i += W) {
+    for (std::int64_t i = 0; i < nv; i += W) {
       const vd xa = Lanes<TA>::value(a + i) - vma, xb = Lanes<TB>::value(b + i) - vmb;
       xa_s.add(xa);
       xb_s.add(xb);
@@ -880,7 +1008,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
       xab.fma(xa, xb);
     }
     double ua = total(xa_s), ub = total(xb_s), uaa = total(xaa), ubb = total(xbb), uab = total(xab);
-    for (std::int64_t i = n8; i < n; ++i) {
+    for (std::int64_t i = nv; i < n; ++i) {
       const double xa = to_f64(a[i]) - ma, xb = to_f64(b[i]) - mb;
       ua += xa;
       ub += xb;
