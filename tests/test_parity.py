@@ -515,6 +515,29 @@ def test_relative_max_across_blocks(level, monkeypatch):
 
 
 @pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("last", [5000, 3 * 4096 + 18])
+def test_max_abs_of_differences_float32_cannot_hold(level, last, monkeypatch):
+    # Narrow pairs bound each block's maximum by its differences in float32 and compute the exact
+    # one only when that bound reaches the running maximum. These float32 differences need more
+    # than float32's 24 bits: equal once truncated to float32, different in float64. The exact
+    # maximum (in a block or in the last block's scalar tail) and its first index must win.
+    use_level(level, monkeypatch)
+    n = 3 * 4096 + 21
+    rng = np.random.default_rng(31)
+    b = rng.uniform(-1e-3, 1e-3, n).astype(np.float32)
+    a = (b + 1e-4 * rng.standard_normal(n)).astype(np.float32)
+    one = np.float32(1 + 2**-23)
+    for i, tiny in [(10, 2**-30), (last, 2**-29), (last + 1, 2**-29), (4096 + 7, 2**-31)]:
+        a[i], b[i] = one, -np.float32(tiny)
+    want = 1 + 2**-23 + 2**-29
+    for threads in ("1", "2", "8"):
+        monkeypatch.setenv("FLASHPARITY_NUM_THREADS", threads)
+        s = fp.parity(a, b)
+        assert (s.max_abs_diff, s.max_abs_index) == (want, (last,))
+    check_against_oracle(s, a, b)
+
+
+@pytest.mark.parametrize("level", LEVELS)
 def test_histogram_edges_at_every_level(level, monkeypatch):
     # Zeros, float64 differences below float32's subnormals (1e-300: nonzero, the "< 2^-40" bin),
     # below 2^-126, the bin edges 2^-40 and 2^18, and past float32's range, in the vector part of a

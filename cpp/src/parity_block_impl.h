@@ -576,28 +576,38 @@ constexpr bool kGroupCount = false;
 FP_INLINE void count_byte_values(const std::uint8_t*, std::int64_t, int, int, std::int64_t*) {}  // never called
 #endif
 
-// Per-lane maximum of the exact ratio |a-b| / |b| (finite differences) with the first index
-// reaching it; lanes are combined by value, then index.
-struct RelMax {
+// Per-lane maximum of non-negative values with the first index reaching it (indices increase along
+// a lane); lanes are combined by value, then index.
+struct LaneMax {
   vd q = vd{} - 1.0;
   vl at = {};
-  FP_INLINE void add(vd ad, vd bv, vl idx) {
-    const vd babs = vabs(bv);
-    const vd r = vsel((babs == 0.0) & (ad == 0.0), vd{}, ad / babs);  // b = 0 < ad: +inf
-    const vl gr = r > q;
-    q = vsel(gr, r, q);
+  FP_INLINE void add(vd x, vl idx) {
+    const vl gr = x > q;
+    q = vsel(gr, x, q);
     at = vsel(gr, idx, at);
   }
-  // folds the lanes into (rel, rel_i)
-  void reduce(double& rel, std::int64_t& rel_i) const {
+  // folds the lanes into (v, v_i)
+  void reduce(double& v, std::int64_t& v_i) const {
     for (int j = 0; j < W; ++j) {
-      if (q[j] > rel || (q[j] == rel && at[j] < rel_i)) {
-        rel = q[j];
-        rel_i = at[j];
+      if (q[j] > v || (q[j] == v && at[j] < v_i)) {
+        v = q[j];
+        v_i = at[j];
       }
     }
   }
 };
+
+// The exact ratio |a-b| / |b| of finite differences (b = 0 < |a-b|: +inf).
+FP_INLINE vd ratio(vd ad, vd bv) {
+  const vd babs = vabs(bv);
+  return vsel((babs == 0.0) & (ad == 0.0), vd{}, ad / babs);
+}
+
+// Lane-wise max of float32 lanes (no NaN here).
+FP_INLINE vf vmaxf(vf a, vf b) { return a > b ? a : b; }
+#if defined(FP_NARROW16)
+FP_INLINE vf16 vmaxf(vf16 a, vf16 b) { return bitcast<vf16>(_mm512_max_ps(bitcast<__m512>(a), bitcast<__m512>(b))); }
+#endif
 
 // Lanes failing isclose (all ones), for finite values: the float64 definition, evaluated plainly.
 FP_INLINE vl not_close(vd ad, vd bv, const ParityParams& p) { return ad > p.atol + p.rtol * vabs(bv); }
@@ -709,8 +719,9 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   const vd zero = {};
   Acc8 s_abs, s_sq, s_aa, s_bb;  // Σab follows from the squares (after the loop)
   Acc8 sa, sb;  // plain sums; with s_aa, s_bb and Σab they give the block's moments
-  Acc8 vmx;     // per-lane max |a-b|
-  RelMax vrel;  // exact per-lane max ratio (float64 pairs)
+  Acc8 vmx;      // float64 pairs: per-lane max |a-b|
+  vfn vmx32 = {};  // narrow pairs: per-lane max of ad32, which bounds the exact maximum (below)
+  LaneMax vrel;  // exact per-lane max ratio (float64 pairs)
   // Narrow pairs screen the ratio against the caller's running maximum without dividing: a lane is
   // flagged when |a-b| > thr * |b| might hold (float32, with slack for every rounding involved);
   // only a block with a flag gets the exact float64 pass. No usable maximum yet (or one past
@@ -737,7 +748,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   auto wide8 = [&](vd av, vd bv, std::int64_t i) __attribute__((always_inline)) {
     const vd d = av - bv;
     const vd ad = vabs(d);
-    vmx.max(ad);
+    if constexpr (!kNarrowPair) vmx.max(ad);
     // products of values from formats up to float32 are exact in float64, so a fused multiply-add
     // rounds each term once, exactly as separate operations would; in float64 it rounds once fewer
     s_abs.add(ad);
@@ -777,6 +788,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
       const vfn den = bitcast<vfn>(bitcast<vun>(b32) & 0x7fffffffu);  // |b|, exact
       const vfn ad32 = abs_diff32(a32, b32);  // 0 only for a zero difference
       const auto nz = nonzero_lanes(bitcast<vun>(ad32));
+      vmx32 = vmaxf(ad32, vmx32);
       // |b| is 0 or >= 2^-149 and exact in float32; ad32 differs from |a-b| by at most 2^-23
       // relative. A zero b with a nonzero a flags; an equal pair (ratio 0) never does.
       rel_flag |= above_clamped(ad32, rel_limit(thr32, den), nz);
@@ -801,7 +813,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
       __builtin_prefetch(b + i + kAhead, 0, 3);
       const vd av = Lanes<TA>::value(a + i), bv = Lanes<TB>::value(b + i);
       const vd ad = wide8(av, bv, i);
-      vrel.add(ad, bv, idx);
+      vrel.add(ratio(ad, bv), idx);
       idx += W;
       if constexpr (kTol) mism -= not_close(ad, bv, p);
       if constexpr (kNarrowBits <= 32) {
@@ -935,9 +947,37 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     for (std::int64_t i = nv; i < n; ++i) t_ab = std::fma(to_f64(a[i]), to_f64(b[i]), t_ab);
   }
 
-  // Locate the first index of the block's max |a-b| when it beats the running maximum.
+  // The block's max |a-b| and, when it beats the running maximum, its first index. Float64 pairs
+  // have the exact maximum already (here mx). Narrow pairs have the tail's (mx) and a bound for the
+  // vector part: its exact maximum is below the float32 successor of the largest ad32 (truncated or
+  // rounded to nearest). Only a bound that reaches the running maximum costs an exact pass, which
+  // locates the index on the way.
   std::int64_t mx_i = -1;
-  if (mx > thr_abs) {
+  if constexpr (kNarrowPair) {
+    float m32 = 0.0f;
+    for (int j = 0; j < kNL; ++j) m32 = vmx32[j] > m32 ? vmx32[j] : m32;
+    const double upper = std::fmax(mx, static_cast<double>(std::nextafter(m32, INFINITY)));
+    if (upper > thr_abs) {
+      LaneMax exact;
+      vl at = lane_indices(index0);
+      for (std::int64_t i = 0; i < nv; i += W, at += W)
+        exact.add(vabs(Lanes<TA>::value(a + i) - Lanes<TB>::value(b + i)), at);
+      double v = -1.0;
+      std::int64_t v_i = -1;
+      exact.reduce(v, v_i);
+      for (std::int64_t i = nv; i < n; ++i) {  // the tail comes later: it must beat, not tie
+        const double ad = std::fabs(to_f64(a[i]) - to_f64(b[i]));
+        if (ad > v) {
+          v = ad;
+          v_i = index0 + i;
+        }
+      }
+      mx = v;
+      if (mx > thr_abs) mx_i = v_i;
+    } else {
+      mx = upper;  // (without an index the caller ignores the value)
+    }
+  } else if (mx > thr_abs) {
     for (std::int64_t i = 0; i < n; ++i) {
       const double d = to_f64(a[i]) - to_f64(b[i]);
       if ((d < 0 ? -d : d) == mx) {
@@ -953,11 +993,11 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     if (rel_settled) flagged = false;
     if (flagged) {
       // exact ratios, eight lanes at a time (every difference is finite here)
-      RelMax exact;
+      LaneMax exact;
       vl at = lane_indices(index0);
       for (std::int64_t i = 0; i < nv; i += W, at += W) {
         const vd av = Lanes<TA>::value(a + i), bv = Lanes<TB>::value(b + i);
-        exact.add(vabs(av - bv), bv, at);
+        exact.add(ratio(vabs(av - bv), bv), at);
       }
       double vrel_max = -1.0;
       std::int64_t vrel_i = -1;
