@@ -117,15 +117,65 @@ def test_thread_counts_are_bit_identical(monkeypatch):
     assert results[0].max_abs_index == (777_777,)
 
 
+def test_concurrent_calls_share_the_thread_pool(monkeypatch):
+    # The GIL is released while reducing: calls from several Python threads at once. One gets the
+    # persistent helpers, the others start threads of their own; each result must be what a call
+    # alone gives.
+    import threading
+
+    monkeypatch.setenv("FLASHPARITY_NUM_THREADS", "2")
+    rng = np.random.default_rng(21)
+    pairs = [random_pair(rng, (5 * 65536 + 77 * k,), "float32", "float32") for k in range(4)]
+    want = [fp.parity(a, b, atol=1e-4) for a, b in pairs]
+    errors = []
+
+    def work(k):
+        for _ in range(15):
+            if fp.parity(*pairs[k], atol=1e-4) != want[k]:
+                errors.append(k)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def _parity_in_child(conn, a, b):
+    conn.send(repr(fp.parity(a, b, atol=1e-4)))
+    conn.close()
+
+
+def test_thread_pool_after_fork(monkeypatch):
+    # A forked child has none of the parent's helper threads: it must build its own pool, not wait
+    # forever on the parent's.
+    import multiprocessing
+
+    monkeypatch.setenv("FLASHPARITY_NUM_THREADS", "2")
+    rng = np.random.default_rng(22)
+    a, b = random_pair(rng, (6 * 65536,), "float32", "float32")
+    want = repr(fp.parity(a, b, atol=1e-4))  # the parent's helpers exist now
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_parity_in_child, args=(send, a, b))
+    child.start()
+    got = recv.recv() if recv.poll(60) else None
+    child.join(10)
+    if child.is_alive():
+        child.kill()
+    assert got == want and child.exitcode == 0
+
+
 @pytest.mark.parametrize("da,db", [("float32", "float32"), ("bfloat16", "bfloat16"), ("float64", "float64")])
 def test_first_maximum_across_superblocks_and_threads(da, db, monkeypatch):
     # Threads share the largest maximum found so far so that other superblocks can skip locating
-    # smaller ones. Equal maxima in several superblocks (64 blocks of 4096 each), the later ones
+    # smaller ones. Equal maxima in several superblocks (16 blocks of 4096 each), the later ones
     # placed where a thread meets them first, must still give the first index, for |a-b| and the
     # ratio, on every thread count and run.
     rng = np.random.default_rng(18)
-    sb = 64 * 4096
-    n = 8 * sb  # eight superblocks of exactly 64 blocks (the driver's split for this n)
+    sb = 16 * 4096
+    n = 8 * sb  # eight superblocks of exactly 16 blocks (the driver's split for this n)
     b = rng.uniform(1.0, 2.0, n).astype(DTYPES[db])
     a = (b.astype(np.float64) * (1 + 1e-3 * rng.uniform(-1, 1, n))).astype(DTYPES[da])
     # the first in the last block of superblock 0; the next at the start of superblock 1, which
@@ -159,7 +209,7 @@ def test_bad_thread_count(monkeypatch):
 
 def test_large_multi_superblock_against_oracle():
     rng = np.random.default_rng(2)
-    a, b = random_pair(rng, (2 * 262144 + 4096 * 3 + 5,), "float32", "float32")
+    a, b = random_pair(rng, (9 * 65536 + 4096 * 3 + 5,), "float32", "float32")
     want = oracle(a, b)
     s = fp.parity(a, b)
     assert s.max_abs_diff == want["max_abs_diff"] and s.max_abs_index == want["max_abs_index"]
