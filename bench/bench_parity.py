@@ -70,19 +70,23 @@ class PeakRSS:
         self.extra = self.peak - self.base
 
 
-def best_times(fns, repeat):
-    """Best time of each function over `repeat` rounds that run them in turn, after a warm-up call
+def sample_times(fns, repeat):
+    """Times of each function over `repeat` rounds that run them in turn, after a warm-up call
     (page faults, thread pools): functions timed together see the same machine (a shared host's
     memory bandwidth drifts from second to second), so their ratio is steadier than their times."""
     for fn in fns:
         fn()
-    best = [math.inf] * len(fns)
+    times = [[] for _ in fns]
     for _ in range(repeat):
         for k, fn in enumerate(fns):
             t0 = time.perf_counter()
             fn()
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return best
+            times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def best_times(fns, repeat):
+    return [min(t) for t in sample_times(fns, repeat)]
 
 
 def timed(fn, repeat, best=None):
@@ -150,8 +154,12 @@ def run_case(n, dtype, repeat, rows):
     # the read limit and fp.parity in alternation: their ratio is the headline
     probe = lambda: _core.read_probe(va.desc, vb.desc)  # noqa: E731
     fused = lambda: fp.parity(a, b, atol=1e-3, rtol=1e-3)  # noqa: E731
-    best_probe, best_fp = best_times([probe, fused], repeat)
-    t_probe = add("read limit (_core.read_probe: both inputs read once)", probe, best=best_probe)
+    probe_times, fp_times = sample_times([probe, fused], repeat)
+    t_probe = add("read limit (_core.read_probe: both inputs read once)", probe, best=min(probe_times))
+    median_probe = sorted(probe_times)[len(probe_times) // 2]
+    if median_probe > 1.25 * t_probe:  # the read limit itself moved during the run: say so
+        rows[-1]["unsteady"] = nbytes / median_probe / 1e9
+    best_fp = min(fp_times)
     t_fp = add("fp.parity (every statistic, one pass)", fused, max_of=lambda s: s.max_abs_diff,
                cos_of=lambda s: s.cosine_sim, best=best_fp)
     rows[-1]["of_limit"] = t_probe / t_fp
@@ -212,8 +220,9 @@ def render(rows, args) -> str:
         f" ({time.strftime('%Y-%m-%d')}).",
         "",
         "Inputs: b ~ N(0, 1), a = b + 1e-3·N(0, 1), rounded to the dtype. Times: best of the repeats; the read"
-        " limit and fp.parity run in alternation, so their ratio compares the same machine state. GB/s counts the"
-        " bytes of a and b once."
+        " limit and fp.parity run in alternation, so their ratio compares the same machine state; a read limit whose"
+        " median is over 1.25x its best is marked unsteady (on a shared host the memory bandwidth can jump for a"
+        " while). GB/s counts the bytes of a and b once."
         " Extra memory: peak resident memory above the level before the call. Errors: against a float64"
         " oracle (max |a-b| exact; cosine from Σ(a-b)² and the norms).",
         "",
@@ -224,6 +233,8 @@ def render(rows, args) -> str:
         note = ""
         if "of_limit" in r:
             note = f"{r['of_limit']:.2f} of read limit"
+        if "unsteady" in r:
+            note = f"unsteady: median {r['unsteady']:.1f} GB/s"
         if "speedup" in r:
             note = f"fp.parity is {r['speedup']:.1f}x faster"
         out.append(
