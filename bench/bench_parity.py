@@ -70,15 +70,39 @@ class PeakRSS:
         self.extra = self.peak - self.base
 
 
+def last_level_cache_bytes() -> int:
+    try:
+        text = Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip()
+        return int(text[:-1]) * {"K": 2**10, "M": 2**20}[text[-1]]
+    except (OSError, ValueError, KeyError):
+        return 64 * 2**20
+
+
+_SCRATCH = []
+
+
+def evict_caches() -> None:
+    """Reads a buffer of three times the last-level cache, so that the next call starts cold: a
+    repeat would otherwise find up to a cache's worth of its inputs left by the previous one (a
+    quarter of two 2^24-element float32 inputs on a 32 MiB L3), which a real comparison of a fresh
+    output never does."""
+    if not _SCRATCH:
+        halves = [np.ones(3 * last_level_cache_bytes() // 8, np.float32) for _ in range(2)]
+        _SCRATCH.extend([halves, [as_view(x, "scratch").desc for x in halves]])
+    _core.read_probe(*_SCRATCH[1])
+
+
 def sample_times(fns, repeat):
     """Times of each function over `repeat` rounds that run them in turn, after a warm-up call
-    (page faults, thread pools): functions timed together see the same machine (a shared host's
-    memory bandwidth drifts from second to second), so their ratio is steadier than their times."""
+    (page faults, thread pools), each call from cold caches: functions timed together see the same
+    machine (a shared host's memory bandwidth drifts from second to second), so their ratio is
+    steadier than their times."""
     for fn in fns:
         fn()
     times = [[] for _ in fns]
     for _ in range(repeat):
         for k, fn in enumerate(fns):
+            evict_caches()
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
@@ -219,7 +243,8 @@ def render(rows, args) -> str:
         f"Command: `python bench/bench_parity.py --sizes {' '.join(map(str, args.sizes))} --repeat {args.repeat}`"
         f" ({time.strftime('%Y-%m-%d')}).",
         "",
-        "Inputs: b ~ N(0, 1), a = b + 1e-3·N(0, 1), rounded to the dtype. Times: best of the repeats; the read"
+        "Inputs: b ~ N(0, 1), a = b + 1e-3·N(0, 1), rounded to the dtype. Times: best of the repeats, each"
+        " started with cold caches (a buffer of 3x the last-level cache read first); the read"
         " limit and fp.parity run in alternation, so their ratio compares the same machine state; a read limit whose"
         " median is over 1.25x its best is marked unsteady (on a shared host the memory bandwidth can jump for a"
         " while). GB/s counts the bytes of a and b once."
