@@ -10,13 +10,14 @@ namespace flashparity {
 namespace {
 
 struct Features {
-  bool avx2, fma, f16c, avx512f, avx512bw, avx512dq, avx512vl, avx512bf16, gfni, avx512bitalg;
+  bool popcnt, avx2, fma, f16c, avx512f, avx512bw, avx512dq, avx512vl, avx512bf16, gfni, avx512bitalg;
 };
 
 Features probe() {
   Features f{};
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
+  f.popcnt = __builtin_cpu_supports("popcnt");
   f.avx2 = __builtin_cpu_supports("avx2");
   f.fma = __builtin_cpu_supports("fma");
   f.f16c = __builtin_cpu_supports("f16c");
@@ -49,9 +50,9 @@ const char* simd_level_name(SimdLevel level) {
 
 SimdLevel detected_simd_level() {
   const Features& f = features();
-  if (f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.avx2 && f.fma && f.f16c)
+  if (f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.avx2 && f.fma && f.f16c && f.popcnt)
     return f.gfni && f.avx512bitalg ? SimdLevel::Avx512Icl : SimdLevel::Avx512;
-  if (f.avx2 && f.fma && f.f16c) return SimdLevel::Avx2;
+  if (f.avx2 && f.fma && f.f16c && f.popcnt) return SimdLevel::Avx2;
   return SimdLevel::Scalar;
 }
 
@@ -75,6 +76,7 @@ bool cpu_has_avx512bf16() { return features().avx512bf16 && active_simd_level() 
 std::vector<std::string> cpu_feature_names() {
   const Features& f = features();
   std::vector<std::string> out;
+  if (f.popcnt) out.emplace_back("popcnt");
   if (f.avx2) out.emplace_back("avx2");
   if (f.fma) out.emplace_back("fma");
   if (f.f16c) out.emplace_back("f16c");

@@ -672,8 +672,8 @@ struct TolScreen {
   FP_INLINE vfn lo_unclamped(vfn den) const { return mul_add_f32(r_lo, den, a_lo); }
 };
 
-// Counts of lanes where x > y, over a loop: mask popcounts on the integer units with AVX-512, else
-// vector counters.
+// Counts of lanes where x > y, over a loop: mask popcounts on the integer units with AVX-512 and
+// AVX2, else vector counters.
 struct GtCount {
 #if defined(__AVX512VL__)
   std::int64_t c = 0;
@@ -683,6 +683,13 @@ struct GtCount {
   FP_INLINE void add(vf16 x, vf16 y) { add(_mm512_cmp_ps_mask(bitcast<__m512>(x), bitcast<__m512>(y), _CMP_GT_OQ)); }
   FP_INLINE void add(__mmask16 m) { c += __builtin_popcount(m); }
 #endif
+  FP_INLINE std::int64_t total() const { return c; }
+#elif defined(__AVX__)
+  // (AVX2: vector counters would join the loop-carried vectors that already outnumber the
+  // sixteen registers)
+  std::int64_t c = 0;
+  FP_INLINE void add(vf x, vf y) { add(x > y); }
+  FP_INLINE void add(LaneMask m) { c += __builtin_popcount(_mm256_movemask_ps(bitcast<__m256>(m))); }
   FP_INLINE std::int64_t total() const { return c; }
 #else
   vi32 v = {};

@@ -22,7 +22,7 @@ SimdLevel active_simd_level();
 // AVX-512 BF16 dot products usable (CPU support, and the active level is AVX-512 or above).
 bool cpu_has_avx512bf16();
 
-// Names of the relevant ISA extensions present (avx2, fma, f16c, avx512f, avx512bf16, ...).
+// Names of the relevant ISA extensions present (popcnt, avx2, fma, f16c, avx512f, avx512bf16, ...).
 std::vector<std::string> cpu_feature_names();
 
 }  // namespace flashparity
