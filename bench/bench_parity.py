@@ -114,7 +114,7 @@ def best_times(fns, repeat):
 
 
 def timed(fn, repeat, best=None):
-    """(best time, peak extra memory, result); `best` when already measured by best_times."""
+    """(best time, peak extra memory, result); `best` when already measured by sample_times."""
     if best is None:
         (best,) = best_times([fn], repeat)
     with PeakRSS() as mem:

@@ -262,6 +262,13 @@ struct ParityResult {
   double max_abs_diff, max_rel_diff, cosine_sim, mean_abs_diff, rmse, snr_db, pcc;
 };
 
+// √(x·y) for x, y > 0: one rounding fewer than √x·√y while the product stays in range, so that
+// cos(x, -x) is exactly -1 and identical inputs give a pcc of exactly 1 (sqrt(fl(x * x)) is x).
+FP_HOST_DEVICE FP_INLINE double sqrt_product(double x, double y) {
+  const double p = x * y;
+  return (p > 2.2250738585072014e-308 && p < INFINITY) ? std::sqrt(p) : std::sqrt(x) * std::sqrt(y);
+}
+
 FP_HOST_DEVICE inline ParityResult accum_finalize(const ParityAccum& s) {
   ParityResult r{};
   const double n = static_cast<double>(s.numel);
@@ -289,11 +296,7 @@ FP_HOST_DEVICE inline ParityResult accum_finalize(const ParityAccum& s) {
     const double denom = 2.0 * na * nb;
     double c;
     if (sq + dn * dn < denom) c = 1.0 - (sq - dn * dn) / denom;
-    else {
-      // one rounding fewer than na * nb while the product stays in range (cos(x, -x) is exactly -1)
-      const double p = aa * bb;
-      c = s.sum_ab.value() / ((p > 2.2250738585072014e-308 && p < INFINITY) ? std::sqrt(p) : na * nb);
-    }
+    else c = s.sum_ab.value() / sqrt_product(aa, bb);
     r.cosine_sim = c > 1.0 ? 1.0 : (c < -1.0 ? -1.0 : c);
   }
   // Pearson: cosine of the centered vectors; a constant input gives 1 only when a and b are
@@ -302,10 +305,7 @@ FP_HOST_DEVICE inline ParityResult accum_finalize(const ParityAccum& s) {
   if (va <= 0.0 || vb <= 0.0) {
     r.pcc = (s.max_abs == 0.0) ? 1.0 : 0.0;
   } else {
-    // as for the cosine: one rounding fewer while the product stays in range, so identical inputs
-    // give exactly 1 (sqrt(fl(x * x)) is x)
-    const double p = va * vb;
-    const double c = s.mom.cab / ((p > 2.2250738585072014e-308 && p < INFINITY) ? std::sqrt(p) : std::sqrt(va) * std::sqrt(vb));
+    const double c = s.mom.cab / sqrt_product(va, vb);
     r.pcc = c > 1.0 ? 1.0 : (c < -1.0 ? -1.0 : c);
   }
   return r;
