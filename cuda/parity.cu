@@ -1,9 +1,10 @@
 // CUDA parity reduction: one pass over two device tensors. Each thread runs the same ElementAccum
 // the CPU's exact path runs, over 8-element chunks (16-byte vector loads when both inputs are
-// contiguous and aligned) in a grid-stride loop; the |a-b| histogram is counted in shared memory
-// with warp-aggregated atomics; each block reduces its threads' states in a fixed tree in shared
-// memory (float64, compensated sums) and writes one partial; the host merges the partials in block
-// order. 64-bit indices throughout.
+// contiguous and aligned, the chunk's elements then unrolled so they stay in registers) in a
+// grid-stride loop; the |a-b| histogram is counted per thread in shared memory (a column of 32-bit
+// counters each, no atomics, no bank conflicts); each block reduces its threads' states in a fixed
+// tree in shared memory (float64, compensated sums) and writes one partial; the host merges the
+// partials in block order. 64-bit indices throughout.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -19,22 +20,30 @@ namespace flashparity {
 
 namespace {
 
-constexpr int kThreads = 128;  // ParityCore per thread in shared memory: 128 x 192 B
-constexpr int kVec = 8;        // elements per thread per iteration
+constexpr int kThreads = 128;
+constexpr int kVec = 8;  // elements per thread per iteration
+// A thread's histogram counters are 32-bit: the grid is sized so that no thread visits 2^32 elements.
+constexpr std::int64_t kMaxPerThread = std::int64_t{1} << 31;
+// Shared memory: the per-thread histogram columns while reducing, then the block's ParityCore tree.
+constexpr std::size_t kHistBytes = sizeof(unsigned) * kHistBins * kThreads;
+constexpr std::size_t kCoreBytes = sizeof(ParityCore) * kThreads;
+constexpr std::size_t kSharedBytes = kHistBytes > kCoreBytes ? kHistBytes : kCoreBytes;
+static_assert(kSharedBytes <= 48 * 1024, "static shared memory");
 
 struct KernelParams {
   CollapsedView a, b;
   std::int64_t n;
   ParityParams p;
   bool vector_loads;  // both contiguous and 16-byte aligned
+  bool typed_loads;   // every element of both inputs aligned to its size (else byte copies)
   ParityAccum* partials;  // [gridDim.x]
 };
 
 template <typename T>
-__device__ FP_INLINE T load_at(const CollapsedView& v, std::int64_t flat) {
+__device__ FP_INLINE T load_at(const CollapsedView& v, std::int64_t flat, bool typed) {
   std::int64_t off;
-  if (v.ndim == 1 && v.strides[0] == static_cast<std::int64_t>(sizeof(T))) {
-    off = flat * static_cast<std::int64_t>(sizeof(T));
+  if (v.ndim == 1) {
+    off = flat * v.strides[0];
   } else {
     off = 0;
     for (int d = v.ndim - 1; d >= 0; --d) {
@@ -43,6 +52,7 @@ __device__ FP_INLINE T load_at(const CollapsedView& v, std::int64_t flat) {
       flat = q;
     }
   }
+  if (typed) return *reinterpret_cast<const T*>(v.base + off);
   T x;
   memcpy(&x, v.base + off, sizeof(T));
   return x;
@@ -59,63 +69,91 @@ __device__ FP_INLINE void load_vec(T (&dst)[kVec], const T* src) {
   memcpy(dst, w, sizeof(dst));
 }
 
-// Lanes of a warp that land in the same bin add once, through their leader.
-__device__ FP_INLINE void hist_add(unsigned long long* hist, int bin) {
-  const unsigned active = __activemask();
-  const unsigned same = __match_any_sync(active, bin);
-  if ((threadIdx.x & 31) == static_cast<unsigned>(__ffs(same) - 1))
-    atomicAdd(&hist[bin], static_cast<unsigned long long>(__popc(same)));
+// One element into the thread's accumulator and its histogram column.
+template <typename TA, typename TB>
+__device__ FP_INLINE void add_element(ElementAccum& e, unsigned* hist, TA x, TB y, std::int64_t i, const ParityParams& p) {
+  ++hist[e.add(to_f64(x), to_f64(y), raw_bits(x), raw_bits(y), DTypeOf<TA>::value, DTypeOf<TB>::value, i, p) * kThreads];
 }
 
 template <typename TA, typename TB>
 __global__ void __launch_bounds__(kThreads) ParityReduceKernel(const KernelParams kp) {
-  __shared__ unsigned long long hist[kHistBins];
-  __shared__ alignas(16) unsigned char core_raw[sizeof(ParityCore) * kThreads];
-  ParityCore* core = reinterpret_cast<ParityCore*>(core_raw);  // [kThreads], every field written below
-  for (int i = threadIdx.x; i < kHistBins; i += blockDim.x) hist[i] = 0;
-  __syncthreads();
+  __shared__ alignas(16) unsigned char smem[kSharedBytes];
+  const int t = static_cast<int>(threadIdx.x);
+  unsigned* hist = reinterpret_cast<unsigned*>(smem) + t;  // this thread's column: bin k at hist[k * kThreads]
+  for (int k = 0; k < kHistBins; ++k) hist[k * kThreads] = 0;
 
+  // the ULP format as a constant (the host checks it is kp.p.narrow), so its conversions fold
+  ParityParams p = kp.p;
+  p.narrow = narrower_dtype(DTypeOf<TA>::value, DTypeOf<TB>::value);
   ElementAccum e;
   const std::int64_t nchunks = (kp.n + kVec - 1) / kVec;
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
-  for (std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < nchunks; c += stride) {
-    const std::int64_t i0 = c * kVec;
-    const int cnt = static_cast<int>(kp.n - i0 < kVec ? kp.n - i0 : kVec);
+  std::int64_t c = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + t;
+  if (kp.vector_loads) {
+    // full chunks through 16-byte loads, the next chunk's loads issued before this chunk's work
+    const std::int64_t nfull = kp.n / kVec;
+    const TA* pa = reinterpret_cast<const TA*>(kp.a.base);
+    const TB* pb = reinterpret_cast<const TB*>(kp.b.base);
     TA av[kVec];
     TB bv[kVec];
-    if (kp.vector_loads && cnt == kVec) {
-      load_vec(av, reinterpret_cast<const TA*>(kp.a.base) + i0);
-      load_vec(bv, reinterpret_cast<const TB*>(kp.b.base) + i0);
-    } else {
-      for (int j = 0; j < cnt; ++j) {
-        av[j] = load_at<TA>(kp.a, i0 + j);
-        bv[j] = load_at<TB>(kp.b, i0 + j);
+    if (c < nfull) {
+      load_vec(av, pa + c * kVec);
+      load_vec(bv, pb + c * kVec);
+    }
+    for (; c < nfull; c += stride) {
+      // (the last iteration loads its own chunk again, from cache: no branch, nothing left unset)
+      const std::int64_t next = c + stride < nfull ? c + stride : c;
+      TA an[kVec];
+      TB bn[kVec];
+      load_vec(an, pa + next * kVec);
+      load_vec(bn, pb + next * kVec);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) add_element(e, hist, av[j], bv[j], c * kVec + j, p);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        av[j] = an[j];
+        bv[j] = bn[j];
       }
     }
-    for (int j = 0; j < cnt; ++j) {
-      const int bin = e.add(to_f64(av[j]), to_f64(bv[j]), raw_bits(av[j]), raw_bits(bv[j]), DTypeOf<TA>::value,
-                            DTypeOf<TB>::value, i0 + j, kp.p);
-      hist_add(hist, bin);
-    }
   }
+  // the rest (every chunk of strided inputs; the short last chunk of vector ones), in index order
+  for (; c < nchunks; c += stride) {
+    const std::int64_t i0 = c * kVec;
+    const int cnt = static_cast<int>(kp.n - i0 < kVec ? kp.n - i0 : kVec);
+    for (int j = 0; j < cnt; ++j)
+      add_element(e, hist, load_at<TA>(kp.a, i0 + j, kp.typed_loads), load_at<TB>(kp.b, i0 + j, kp.typed_loads),
+                  i0 + j, p);
+  }
+
+  // The histogram: thread k < kHistBins sums row k (integers: any order gives the same counts).
+  __syncthreads();
+  std::int64_t bin_count = 0;
+  if (t < kHistBins) {
+    const unsigned* row = reinterpret_cast<const unsigned*>(smem) + t * kThreads;
+    for (int k = 0; k < kThreads; ++k) bin_count += row[k];
+  }
+  __syncthreads();  // the histogram is read: its memory now holds the tree
 
   // Block reduction in a fixed tree: deterministic, and max ties resolve to the smaller index.
-  e.fold_into(core[threadIdx.x]);
+  ParityCore* core = reinterpret_cast<ParityCore*>(smem);  // [kThreads], every field written below
+  e.fold_into(core[t]);
   __syncthreads();
   for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (static_cast<int>(threadIdx.x) < s) accum_merge_core(core[threadIdx.x], core[threadIdx.x + s], 0);
+    if (t < s) accum_merge_core(core[t], core[t + s], 0);
     __syncthreads();
   }
-  if (threadIdx.x == 0) {
-    ParityAccum& out = kp.partials[blockIdx.x];
-    static_cast<ParityCore&>(out) = core[0];
-    for (int i = 0; i < kHistBins; ++i) out.hist[i] = static_cast<std::int64_t>(hist[i]);
-  }
+  ParityAccum& out = kp.partials[blockIdx.x];
+  if (t == 0) static_cast<ParityCore&>(out) = core[0];
+  if (t < kHistBins) out.hist[t] = bin_count;
 }
 
-template <typename TA, typename TB>
-void launch(const KernelParams& kp, int blocks, cudaStream_t s) {
-  ParityReduceKernel<TA, TB><<<blocks, kThreads, 0, s>>>(kp);
+// Every element of v starts at a multiple of its size (base and strides), so it can be read with one
+// typed load.
+bool elements_aligned(const CollapsedView& v) {
+  if (reinterpret_cast<std::uintptr_t>(v.base) % v.esize != 0) return false;
+  for (int d = 0; d < v.ndim; ++d)
+    if (v.strides[d] % v.esize != 0) return false;
+  return true;
 }
 
 }  // namespace
@@ -144,23 +182,37 @@ ParityAccum parity_cuda(const TensorArg& a, const TensorArg& b, const ParityPara
   kp.p = p;
   kp.vector_loads = kp.a.contiguous() && kp.b.contiguous() && reinterpret_cast<std::uintptr_t>(kp.a.base) % 16 == 0 &&
                     reinterpret_cast<std::uintptr_t>(kp.b.base) % 16 == 0;
+  kp.typed_loads = elements_aligned(kp.a) && elements_aligned(kp.b);
+  if (p.narrow != narrower_dtype(a.dtype, b.dtype))  // the kernel takes the ULP format from the dtypes
+    throw std::logic_error("parity_cuda: the ULP format must be the narrower of the two dtypes");
 
   int sms = 0;
   FP_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const std::int64_t chunks = (kp.n + kVec - 1) / kVec;
-  const std::int64_t wanted = (chunks + kThreads - 1) / kThreads;
-  const int blocks = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(wanted, 8LL * sms)));
-
-  DeviceBuffer partials(sizeof(ParityAccum) * blocks, s);
-  kp.partials = static_cast<ParityAccum*>(partials.ptr);
-  FP_DTYPE_SWITCH(a.dtype, TA, [&] { FP_DTYPE_SWITCH(b.dtype, TB, [&] { launch<TA, TB>(kp, blocks, s); }); });
-  FP_CUDA_CHECK(cudaGetLastError());
-
-  std::vector<ParityAccum> host(blocks);
-  FP_CUDA_CHECK(cudaMemcpyAsync(host.data(), partials.ptr, sizeof(ParityAccum) * blocks, cudaMemcpyDeviceToHost, s));
-  FP_CUDA_CHECK(cudaStreamSynchronize(s));
   ParityAccum total;
-  for (const ParityAccum& part : host) accum_merge(total, part, 0);
+  FP_DTYPE_SWITCH(a.dtype, TA, [&] {
+    FP_DTYPE_SWITCH(b.dtype, TB, [&] {
+      // one wave of as many blocks as stay resident (a second, partial wave would leave SMs idle
+      // while it runs: every thread gets the same share of the grid-stride loop); more where a
+      // thread would otherwise visit 2^31 elements
+      int per_sm = 0;
+      FP_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, ParityReduceKernel<TA, TB>, kThreads, 0));
+      const std::int64_t chunks = (kp.n + kVec - 1) / kVec;
+      const std::int64_t wanted = (chunks + kThreads - 1) / kThreads;
+      const std::int64_t floor_blocks = (kp.n + kThreads * kMaxPerThread - 1) / (kThreads * kMaxPerThread);
+      const std::int64_t grid = std::max<std::int64_t>(
+          {1, std::min<std::int64_t>(wanted, static_cast<std::int64_t>(std::max(per_sm, 1)) * sms), floor_blocks});
+      if (grid > 0x7fffffff) throw std::invalid_argument("parity_cuda: tensor too large for one grid");
+      const int blocks = static_cast<int>(grid);
+      DeviceBuffer partials(sizeof(ParityAccum) * blocks, s);
+      kp.partials = static_cast<ParityAccum*>(partials.ptr);
+      ParityReduceKernel<TA, TB><<<blocks, kThreads, 0, s>>>(kp);
+      FP_CUDA_CHECK(cudaGetLastError());
+      std::vector<ParityAccum> host(blocks);
+      FP_CUDA_CHECK(cudaMemcpyAsync(host.data(), partials.ptr, sizeof(ParityAccum) * blocks, cudaMemcpyDeviceToHost, s));
+      FP_CUDA_CHECK(cudaStreamSynchronize(s));
+      for (const ParityAccum& part : host) accum_merge(total, part, 0);
+    });
+  });
   return total;
 }
 

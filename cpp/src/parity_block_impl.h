@@ -931,8 +931,8 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     t_sa += av;
     t_sb += bv;
     if (kTol && !is_close(av, bv, ad, p)) ++mismatches;
-    const std::uint64_t u = ordered_distance(ordered_in(kNarrow, DTypeOf<TA>::value, raw_bits(a[i]), av),
-                                             ordered_in(kNarrow, DTypeOf<TB>::value, raw_bits(b[i]), bv));
+    const std::uint64_t u = ulp_distance_bits(narrow_bits_in(kNarrow, DTypeOf<TA>::value, raw_bits(a[i]), av),
+                                              narrow_bits_in(kNarrow, DTypeOf<TB>::value, raw_bits(b[i]), bv), kNarrowBits);
     if (u > max_ulp) max_ulp = u;
     ++hist[hist_bin(ad)];
   }

@@ -180,6 +180,32 @@ FP_HOST_DEVICE FP_INLINE std::int64_t ordered_in(DType narrow, DType own, std::u
   }
 }
 
+// The bit pattern of a finite value after rounding it to `narrow` (as ordered_in, before ordering).
+FP_HOST_DEVICE FP_INLINE std::uint64_t narrow_bits_in(DType narrow, DType own, std::uint64_t raw, double v) {
+  if (own == narrow) return raw;
+  switch (narrow) {
+    case DType::Float32: return round_to_f32_bits(v);
+    case DType::Float16: return round_to_half_bits(v);
+    case DType::BFloat16: return round_to_bf16_bits(v);
+    default: return double_to_bits(v);
+  }
+}
+
+// ordered_distance(ordered_from_bits(x, w), ordered_from_bits(y, w)) for finite values, without
+// the 64-bit negations: the difference of the magnitudes for equal signs, their sum otherwise. For
+// w <= 32 every step fits 32 bits (two finite magnitudes sum to at most 2 * 0x7f7fffff).
+FP_HOST_DEVICE FP_INLINE std::uint64_t ulp_distance_bits(std::uint64_t x, std::uint64_t y, int w) {
+  if (w <= 32) {
+    const std::uint32_t sign = std::uint32_t{1} << (w - 1);
+    const std::uint32_t mx = static_cast<std::uint32_t>(x) & (sign - 1), my = static_cast<std::uint32_t>(y) & (sign - 1);
+    return ((static_cast<std::uint32_t>(x) ^ static_cast<std::uint32_t>(y)) & sign) ? mx + my
+                                                                                     : (mx > my ? mx - my : my - mx);
+  }
+  const std::uint64_t sign = std::uint64_t{1} << 63;
+  const std::uint64_t mx = x & (sign - 1), my = y & (sign - 1);
+  return ((x ^ y) & sign) ? mx + my : (mx > my ? mx - my : my - mx);
+}
+
 FP_HOST_DEVICE FP_INLINE std::uint64_t raw_bits(double v) { return double_to_bits(v); }
 FP_HOST_DEVICE FP_INLINE std::uint64_t raw_bits(float v) { return float_to_bits(v); }
 FP_HOST_DEVICE FP_INLINE std::uint64_t raw_bits(half_bits v) { return v.x; }

@@ -179,7 +179,8 @@ struct ElementAccum {
     ++n;
     const double d = av - bv;
     const double ad = std::fabs(d);
-    if (max_beats(ad, index, max_abs, max_abs_index)) {
+    // (ad <= max_abs, both numbers, never beats: indices only grow within an accumulator)
+    if (!(ad <= max_abs && max_abs_index >= 0) && max_beats(ad, index, max_abs, max_abs_index)) {
       max_abs = ad;
       max_abs_index = index;
     }
@@ -207,7 +208,8 @@ struct ElementAccum {
     sab += xa * xb;
     if (!is_close(av, bv, ad, p)) ++mismatches;
     if (std::isfinite(av) && std::isfinite(bv)) {
-      const std::uint64_t u = ordered_distance(ordered_in(p.narrow, ta, ra, av), ordered_in(p.narrow, tb, rb, bv));
+      const std::uint64_t u = ulp_distance_bits(narrow_bits_in(p.narrow, ta, ra, av), narrow_bits_in(p.narrow, tb, rb, bv),
+                                                dtype_size(p.narrow) * 8);
       if (u > max_ulp) max_ulp = u;
     } else {
       ++nonfinite;
