@@ -81,6 +81,28 @@ def test_device_agrees_with_cpu_and_is_deterministic():
     assert fp.parity(da, db, atol=1e-3) == gpu  # bit-identical on every run
 
 
+@pytest.mark.parametrize("da,db", [("float32", "float32"), ("bfloat16", "float32"), ("float64", "float16")])
+def test_device_is_the_host_grid_algorithm_bit_for_bit(da, db):
+    # the kernel runs parity_grid.h; the host runs the same functions for the launcher's grid
+    from flashparity import _core
+    from flashparity._tensor import as_view
+    from flashparity.parity import ParityStats
+
+    rng = np.random.default_rng(5)
+    a, b = random_pair(rng, (700_001,), da, db)
+    a[77] = np.nan
+    gpu = fp.parity(dev(a), dev(b), atol=1e-3, rtol=1e-3)
+    va, vb = as_view(a, "a"), as_view(b, "b")
+    blocks = _core.parity_cuda_blocks(va.desc, vb.desc, 0)
+    host = _core.parity_grid_host(va.desc, vb.desc, 1e-3, 1e-3, blocks, 128)
+    assert ParityStats(host, va.shape, (va.dtype, vb.dtype), 1e-3, 1e-3) == gpu
+    if da != "bfloat16":  # a strided device view (cuda-python buffers): the element-wise path
+        gpu = fp.parity(dev(a).view(lambda x: x[::3]), dev(b).view(lambda x: x[::3]))
+        va, vb = as_view(a[::3], "a"), as_view(b[::3], "b")
+        host = _core.parity_grid_host(va.desc, vb.desc, 0.0, 0.0, _core.parity_cuda_blocks(va.desc, vb.desc, 0), 128)
+        assert ParityStats(host, va.shape, (va.dtype, vb.dtype), 0.0, 0.0) == gpu
+
+
 def test_device_errors():
     a = dev(np.ones(4, np.float32))
     with pytest.raises(ValueError, match=r"same shape"):

@@ -8,6 +8,7 @@
 
 #include "glue.h"
 #include "parity_cpu.h"
+#include "parity_grid_host.h"
 
 namespace py = pybind11;
 
@@ -163,6 +164,16 @@ void bind_parity(py::module_& m) {
 
   m.def("parity_host", &parity_host, py::arg("a"), py::arg("b"), py::arg("atol") = 0.0, py::arg("rtol") = 0.0,
         "One fused parity pass on the CPU over two (ptr, dtype, shape, byte strides) descriptors.");
+  m.def("parity_grid_host", [](const py::tuple& a_desc, const py::tuple& b_desc, double atol, double rtol, int blocks,
+                               int threads) {
+        const PreparedParity r = prepare_parity(a_desc, b_desc, atol, rtol);
+        py::gil_scoped_release release;
+        return parity_grid_host(r.a, r.b, r.p, blocks, threads);
+      }, py::arg("a"), py::arg("b"), py::arg("atol"), py::arg("rtol"), py::arg("blocks"), py::arg("threads"),
+      "Test tool: the CUDA parity kernel's algorithm for a grid of blocks x threads, run on the CPU "
+      "(the GPU gives the same bits for the same grid).");
+  m.def("parity_grid_blocks", &parity_grid_blocks, py::arg("n"), py::arg("threads"), py::arg("resident"),
+        "Test tool: the blocks the CUDA parity launcher takes for n elements when `resident` blocks fit at once.");
   m.def("num_threads", &cpu_num_threads, "Worker threads the CPU kernels use now.");
   m.def("read_probe", [](const py::tuple& a_desc, const py::tuple& b_desc) {
         const TensorArg a = tensor_arg(a_desc, "a"), b = tensor_arg(b_desc, "b");

@@ -29,6 +29,12 @@ void bind_parity_cuda(py::module_& m) {
   m.def("parity_cuda", &parity_device, py::arg("a"), py::arg("b"), py::arg("atol") = 0.0, py::arg("rtol") = 0.0,
         py::arg("stream_a") = 0, py::arg("stream_b") = 0,
         "One fused parity pass on the GPU over two device (ptr, dtype, shape, byte strides) descriptors.");
+  m.def("parity_cuda_blocks", [](const py::tuple& a_desc, const py::tuple& b_desc, int device) {
+        const PreparedParity r = prepare_parity(a_desc, b_desc, 0.0, 0.0);  // (descriptors of either side)
+        return parity_cuda_blocks(r.a.dtype, r.b.dtype, r.a.numel(), device);
+      }, py::arg("a"), py::arg("b"), py::arg("device") = 0,
+      "Test tool: the blocks parity_cuda launches on `device` for this pair; parity_grid_host with this grid "
+      "gives the GPU's bits.");
   m.def("cuda_pointer_device", [](std::uintptr_t ptr) { return cuda_pointer_device(ptr); }, py::arg("ptr"),
         "The CUDA device a pointer belongs to.");
 }

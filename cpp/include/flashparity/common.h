@@ -8,9 +8,11 @@
 #if defined(__CUDACC__)
 #define FP_HOST_DEVICE __host__ __device__
 #define FP_INLINE __forceinline__
+#define FP_UNROLL _Pragma("unroll")  // (constant trip counts: arrays stay in registers on the GPU)
 #else
 #define FP_HOST_DEVICE
 #define FP_INLINE inline __attribute__((always_inline))
+#define FP_UNROLL
 #endif
 
 namespace flashparity {

@@ -16,6 +16,10 @@ namespace flashparity {
 ParityAccum parity_cuda(const TensorArg& a, const TensorArg& b, const ParityParams& p, int device,
                         std::uintptr_t stream_a, std::uintptr_t stream_b);
 
+// The blocks (of 128 threads) parity_cuda launches on `device` for n elements of dtypes (a, b):
+// parity_grid_host with this grid gives the same bits on the CPU.
+int parity_cuda_blocks(DType a, DType b, std::int64_t n, int device);
+
 // The device a pointer belongs to; throws std::invalid_argument for a host or unknown pointer.
 int cuda_pointer_device(std::uintptr_t ptr);
 
