@@ -605,6 +605,13 @@ def test_histogram_edges_at_every_level(level, monkeypatch):
     assert s.mismatches == int(np.count_nonzero(a != b))
     s32 = fp.parity(a.astype(np.float32), b.astype(np.float32))
     check_against_oracle(s32, a.astype(np.float32), b.astype(np.float32))
+    # float32 differences of 2^128 and more (opposite signs near FLT_MAX), in a block and its tail
+    a32, b32 = a.astype(np.float32), b.astype(np.float32)
+    big = np.finfo(np.float32).max
+    for i in (12, 4096 + 19, 8196):
+        a32[i], b32[i] = big, -big
+    a32[13], b32[13] = big, -2.0**104
+    check_against_oracle(fp.parity(a32, b32), a32, b32)
 
 
 @pytest.mark.parametrize("level", LEVELS)

@@ -516,6 +516,23 @@ FP_INLINE vu8 narrow_bytes(vi32 x) {
 #endif
 }
 
+// The codes of exponent_codes for eight differences of narrow pairs given as float64 |a-b| (0 or
+// >= 2^-149, so the high word alone tells a zero), in some order of the lanes (a histogram needs
+// none): the float32 exponent field floor(log2 |a-b|) + 127, 0 below 2^-126, 254 at most, 255 for
+// zero. Below AVX-512, where no float32 subtraction truncates.
+FP_INLINE vu8 exponent_codes_f64(vd ad) {
+#if defined(__AVX2__)
+  // the high words of the eight lanes with one in-lane shuffle (lanes 0 1 4 5 | 2 3 6 7)
+  const vu32 hi = bitcast<vu32>(_mm256_shuffle_ps(bitcast<__m256>(lo_half(ad)), bitcast<__m256>(hi_half(ad)), 0xdd));
+#else
+  const vu32 hi = __builtin_convertvector(bitcast<vul>(ad) >> 32, vu32);
+#endif
+  vi32 e = bitcast<vi32>(hi >> 20) - (1023 - 127);
+  e = e < 0 ? vi32{} : e;
+  e = e > 254 ? vi32{} + 254 : e;
+  return narrow_bytes(hi == 0 ? vi32{} + 255 : e);
+}
+
 // How many of the bytes p[0, nb) lie in [lo, hi] (nb a multiple of 128, p 64-byte aligned).
 FP_INLINE std::int64_t count_bytes_in(const std::uint8_t* p, std::int64_t nb, int lo, int hi) {
   static_assert(kBlock / 128 <= 255, "byte counters would overflow");
@@ -534,8 +551,12 @@ FP_INLINE std::int64_t count_bytes_in(const std::uint8_t* p, std::int64_t nb, in
   return _mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_sad_epu8(c0, z), _mm512_sad_epu8(c1, z)));
 #else
   vbytes cnt = {};  // per lane at most nb / kByteLanes
-  for (std::int64_t i = 0; i < nb; i += kByteLanes)
-    cnt -= reinterpret_cast<vbytes>(static_cast<vbytes>(load<vbytes>(p + i) - l) <= span);
+  if (lo == hi) {  // one value (the usual case: an exponent per pass): an equality test
+    for (std::int64_t i = 0; i < nb; i += kByteLanes) cnt -= reinterpret_cast<vbytes>(load<vbytes>(p + i) == l);
+  } else {
+    for (std::int64_t i = 0; i < nb; i += kByteLanes)
+      cnt -= reinterpret_cast<vbytes>(static_cast<vbytes>(load<vbytes>(p + i) - l) <= span);
+  }
   std::int64_t c = 0;
   for (int j = 0; j < kByteLanes; ++j) c += cnt[j];
   return c;
@@ -764,7 +785,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     s_bb.fma(bv, bv);
     sa.add(av);
     sb.add(bv);
-    if constexpr (!kTruncF32) {  // histogram bin of each float64 |a-b| (finite, >= 0)
+    if constexpr (!kTruncF32 && !kNarrowPair) {  // histogram bin of each float64 |a-b| (finite, >= 0)
       vu32 hi_word, lo_word;  // exponent and top mantissa, low mantissa
       split_words(ad, hi_word, lo_word);
       const vi32 e = bitcast<vi32>(hi_word >> 20);
@@ -811,8 +832,12 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
         const auto e8 = exponent_codes(bitcast<vun>(ad32), nz);
         std::memcpy(bins + i, &e8, sizeof(e8));
       }
-      wide8(value8<0>(a + i, a32), value8<0>(b + i, b32), i);
+      const vd ad = wide8(value8<0>(a + i, a32), value8<0>(b + i, b32), i);
       if constexpr (kNL == 2 * W) wide8(value8<1>(a + i, a32), value8<1>(b + i, b32), i + W);
+      if constexpr (!kTruncF32) {  // (kNL == W here) the same codes, from the float64 |a-b|
+        const vu8 e8 = exponent_codes_f64(ad);
+        std::memcpy(bins + i, &e8, sizeof(e8));
+      }
     }
   } else {
     for (std::int64_t i = 0; i < nv; i += W) {
@@ -855,7 +880,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
       hist[bin] += c;
       nonzero += c;
     };
-    if constexpr (kTruncF32) {
+    if constexpr (kTruncF32 || kNarrowPair) {
       // bin of an exponent field E: clamp(E - 85, 1, 58) (E = 0: below 2^-126, bin 1)
       constexpr int kE0 = 127 + kHistMinExp - 2;  // E - kE0 is the bin
       int e_lo, e_hi;
