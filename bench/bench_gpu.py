@@ -64,6 +64,12 @@ def copy_bandwidth(nbytes: int, repeat: int) -> float:
     return 2 * nbytes / t / 1e9
 
 
+def call_latency(repeat) -> float:
+    """fp.parity's fixed cost per call on a device (1024 float32 elements): launch, partials, merge."""
+    x = to_device(np.random.default_rng(1).standard_normal(1024, dtype=np.float32))
+    return best(lambda: fp.parity(x, x), repeat * 10)
+
+
 def parity_rows(sizes, repeat):
     import ml_dtypes
 
@@ -119,7 +125,7 @@ def attention_rows(head_dims, seqlens, dtypes, repeat):
     return rows
 
 
-def render(prows, arows, args) -> str:
+def render(prows, arows, args, latency=None) -> str:
     out = ["## GPU", "", f"Card: {device_name()} (CUDA driver {fp.build_info()['cuda_driver']}).",
            f"Command: `python bench/bench_gpu.py{' --quick' if args.quick else ''} --repeat {args.repeat}`"
            f" ({time.strftime('%Y-%m-%d')}).", ""]
@@ -127,6 +133,9 @@ def render(prows, arows, args) -> str:
             "| elements | dtype | fp.parity ms | GB/s | D2D copy GB/s | ratio |", "|---|---|---|---|---|---|"]
     for e, dt, ms, gbs, copy in prows:
         out.append(f"| 2^{e} | {dt} | {ms:.3f} | {gbs:.0f} | {copy:.0f} | {gbs / copy:.2f} |")
+    if latency is not None:
+        out += ["", f"A call on 1024 elements takes {latency * 1e6:.0f} µs (launch, per-block partials back to the host, "
+                "their merge, Python): the fixed cost inside every time above."]
     out += ["", "### Attention forward", "",
             "| head_dim | seqlen | batch × heads | dtype | causal | flash2 TFLOP/s | SDPA flash TFLOP/s | ratio |",
             "|---|---|---|---|---|---|---|---|"]
@@ -147,11 +156,12 @@ def main():
     args = ap.parse_args()
     if not fp.build_info()["cuda_available"]:
         raise SystemExit("bench_gpu: no usable CUDA device (or a CPU-only build)")
-    sizes = [26] if args.quick else [26, 28]
+    sizes = [26] if args.quick else [26, 28, 30]  # 2^30: the fixed cost of a call (~tens of µs) fades
     seqlens = [512, 4096] if args.quick else [512, 1024, 2048, 4096, 8192, 16384]
     prows = parity_rows(sizes, args.repeat)
+    latency = call_latency(args.repeat)
     arows = attention_rows([64, 128], seqlens, ["float16", "bfloat16"], args.repeat)
-    publish(render(prows, arows, args), "GPU", args.no_write)
+    publish(render(prows, arows, args, latency), "GPU", args.no_write)
 
 
 if __name__ == "__main__":
