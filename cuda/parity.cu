@@ -4,14 +4,13 @@
 // when both inputs are contiguous and aligned, the chunk's elements unrolled in registers. The
 // |a-b| histogram is counted per thread in shared memory (a column of 32-bit counters each: no
 // atomics, no bank conflicts); each block then reduces its threads' states in a fixed tree in
-// shared memory (float64, compensated sums) and writes one partial; the host merges the partials
-// in block order. 64-bit indices throughout.
+// shared memory (float64, compensated sums) and writes one partial; a one-block kernel folds the
+// partials in a fixed order and the host copies back that one state. 64-bit indices throughout.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <stdexcept>
 #include <string>
-#include <vector>
 
 #include "cuda_util.cuh"
 #include "flashparity/parity_cuda.h"
@@ -61,6 +60,23 @@ __global__ void __launch_bounds__(kThreads) ParityReduceKernel(const ParityGridP
   if (t < kHistBins) out.hist[t] = bin_count;
 }
 
+// The block partials folded into one state in a fixed order (parity_grid.h): one block.
+__global__ void __launch_bounds__(kGridFinalThreads) ParityFinalKernel(const ParityAccum* partials, int blocks,
+                                                                       ParityAccum* out) {
+  // partials: [blocks]; out: one state
+  __shared__ alignas(16) unsigned char smem[sizeof(ParityCore) * kGridFinalThreads];
+  ParityCore* core = reinterpret_cast<ParityCore*>(smem);  // [kGridFinalThreads]
+  const int t = static_cast<int>(threadIdx.x);
+  grid_final_thread(partials, blocks, t, core[t]);
+  __syncthreads();
+  for (int s = kGridFinalThreads / 2; s > 0; s >>= 1) {
+    grid_tree_step(core, t, s);
+    __syncthreads();
+  }
+  if (t == 0) static_cast<ParityCore&>(*out) = core[0];
+  if (t < kHistBins) out->hist[t] = grid_final_bin(partials, blocks, t);
+}
+
 // The grid parity_cuda launches on `device` (current) for n elements of the pair (TA, TB).
 template <typename TA, typename TB>
 int launch_blocks(std::int64_t n, int device) {
@@ -106,13 +122,14 @@ ParityAccum parity_cuda(const TensorArg& a, const TensorArg& b, const ParityPara
   FP_DTYPE_SWITCH(a.dtype, TA, [&] {
     FP_DTYPE_SWITCH(b.dtype, TB, [&] {
       const int blocks = launch_blocks<TA, TB>(g.n, device);
-      DeviceBuffer partials(sizeof(ParityAccum) * blocks, s);
-      ParityReduceKernel<TA, TB><<<blocks, kThreads, 0, s>>>(g, static_cast<ParityAccum*>(partials.ptr));
+      DeviceBuffer buf(sizeof(ParityAccum) * (static_cast<std::size_t>(blocks) + 1), s);
+      ParityAccum* partials = static_cast<ParityAccum*>(buf.ptr);  // [blocks], then the total
+      ParityReduceKernel<TA, TB><<<blocks, kThreads, 0, s>>>(g, partials);
       FP_CUDA_CHECK(cudaGetLastError());
-      std::vector<ParityAccum> host(blocks);
-      FP_CUDA_CHECK(cudaMemcpyAsync(host.data(), partials.ptr, sizeof(ParityAccum) * blocks, cudaMemcpyDeviceToHost, s));
+      ParityFinalKernel<<<1, kGridFinalThreads, 0, s>>>(partials, blocks, partials + blocks);
+      FP_CUDA_CHECK(cudaGetLastError());
+      FP_CUDA_CHECK(cudaMemcpyAsync(&total, partials + blocks, sizeof(ParityAccum), cudaMemcpyDeviceToHost, s));
       FP_CUDA_CHECK(cudaStreamSynchronize(s));
-      for (const ParityAccum& part : host) accum_merge(total, part, 0);
     });
   });
   return total;

@@ -1,6 +1,6 @@
 // The CUDA parity kernel's algorithm run on the CPU: every thread of a given grid, one after the
 // other, through the same host/device functions the kernel runs (parity_grid.h), then each block's
-// fold (histogram columns, reduction tree) and the launcher's merge of the block partials. Results
+// fold (histogram columns, reduction tree) and the final kernel's fold of the block partials. Results
 // are bit-identical to the GPU's for the same grid, so the CPU suite checks the kernel's logic:
 // which elements each thread visits and in which order, the vector and element-wise paths, the
 // short last chunk, the tree, the merge. A test tool, not a fast path.
@@ -18,7 +18,7 @@ namespace {
 
 template <typename TA, typename TB>
 ParityAccum run_grid(const ParityGridParams& g, int blocks, int threads) {
-  ParityAccum total;
+  std::vector<ParityAccum> partials(blocks);
   std::vector<unsigned> hist(static_cast<std::size_t>(kHistBins) * threads);  // [bin][thread], as in shared memory
   std::vector<ParityCore> core(threads);
   const std::int64_t stride = static_cast<std::int64_t>(blocks) * threads;
@@ -31,15 +31,22 @@ ParityAccum run_grid(const ParityGridParams& g, int blocks, int threads) {
     }
     for (int s = threads / 2; s > 0; s >>= 1)
       for (int t = 0; t < s; ++t) grid_tree_step(core.data(), t, s);
-    ParityAccum part;
+    ParityAccum& part = partials[blk];
     static_cast<ParityCore&>(part) = core[0];
     for (int k = 0; k < kHistBins; ++k) {
       std::int64_t c = 0;
       for (int t = 0; t < threads; ++t) c += hist[static_cast<std::size_t>(k) * threads + t];
       part.hist[k] = c;
     }
-    accum_merge(total, part, 0);
   }
+  // the second step, as the final kernel runs it
+  std::vector<ParityCore> fin(kGridFinalThreads);
+  for (int t = 0; t < kGridFinalThreads; ++t) grid_final_thread(partials.data(), blocks, t, fin[t]);
+  for (int s = kGridFinalThreads / 2; s > 0; s >>= 1)
+    for (int t = 0; t < s; ++t) grid_tree_step(fin.data(), t, s);
+  ParityAccum total;
+  static_cast<ParityCore&>(total) = fin[0];
+  for (int k = 0; k < kHistBins; ++k) total.hist[k] = grid_final_bin(partials.data(), blocks, k);
   return total;
 }
 

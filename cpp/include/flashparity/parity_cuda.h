@@ -10,8 +10,9 @@ namespace flashparity {
 
 // One fused pass over device tensors a and b (same shape, any strides) on `device`, run on a's
 // producer stream `stream_a` (a cudaStream_t value; 0 or 1 the legacy default stream, 2 the
-// per-thread default stream, as in __cuda_array_interface__) after b's stream `stream_b` is done. Per-block partials come back to the host (a few hundred KB at
-// most) and merge there in block order: deterministic for a given device and input.
+// per-thread default stream, as in __cuda_array_interface__) after b's stream `stream_b` is done.
+// The blocks' partial states fold into one on the device in a fixed order, and that one state comes
+// back: deterministic for a given device and input (parity_grid_host gives the same bits on the CPU).
 // Throws std::runtime_error naming the failed CUDA call and its message.
 ParityAccum parity_cuda(const TensorArg& a, const TensorArg& b, const ParityParams& p, int device,
                         std::uintptr_t stream_a, std::uintptr_t stream_b);

@@ -152,4 +152,24 @@ FP_HOST_DEVICE FP_INLINE void grid_tree_step(ParityCore* core, int t, int s) {  
   if (t < s) accum_merge_core(core[t], core[t + s], 0);
 }
 
+// The launcher's second step: the blocks' partial states folded into one, on the device by one block
+// of kGridFinalThreads threads (so that a call copies one state back, not one per block). Thread t
+// folds partials t, t + T, t + 2T, ... in that order into its own state (grid_final_thread), the
+// threads' states then fold in the fixed tree of grid_tree_step, and each histogram bin adds up
+// over the partials (grid_final_bin). A fixed order: deterministic, and parity_grid_host follows it.
+constexpr int kGridFinalThreads = 128;
+
+FP_HOST_DEVICE FP_INLINE void grid_final_thread(const ParityAccum* partials, int blocks, int t, ParityCore& out) {
+  // partials: [blocks]
+  ParityCore acc;
+  for (int k = t; k < blocks; k += kGridFinalThreads) accum_merge_core(acc, partials[k], 0);
+  out = acc;
+}
+
+FP_HOST_DEVICE FP_INLINE std::int64_t grid_final_bin(const ParityAccum* partials, int blocks, int bin) {
+  std::int64_t c = 0;
+  for (int k = 0; k < blocks; ++k) c += partials[k].hist[bin];
+  return c;
+}
+
 }  // namespace flashparity
