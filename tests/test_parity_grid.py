@@ -2,8 +2,9 @@
 
 ``_core.parity_grid_host`` runs the very functions the kernel runs (parity_grid.h: each thread's
 grid-stride walk over 8-element chunks, the vector and element-wise paths, the histogram columns,
-each block's reduction tree, the launcher's merge), thread by thread: the same bits the GPU gives
-for the same grid. So these tests check the GPU's logic on machines without one, for grids of any
+each block's reduction tree, the launcher's merge), thread by thread: for the same grid, the
+maxima, indices, counts and histogram the GPU gives, and its sums but for the roundings nvcc saves by
+fusing a·b + c. So these tests check the GPU's logic on machines without one, for grids of any
 shape (one thread; many rounds per thread; more threads than elements).
 """
 

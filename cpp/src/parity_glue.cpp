@@ -171,7 +171,7 @@ void bind_parity(py::module_& m) {
         return parity_grid_host(r.a, r.b, r.p, blocks, threads);
       }, py::arg("a"), py::arg("b"), py::arg("atol"), py::arg("rtol"), py::arg("blocks"), py::arg("threads"),
       "Test tool: the CUDA parity kernel's algorithm for a grid of blocks x threads, run on the CPU "
-      "(the GPU gives the same bits for the same grid).");
+      "(for the same grid the GPU gives the same exact fields, and its sums but for fused multiply-adds).");
   m.def("parity_grid_blocks", &parity_grid_blocks, py::arg("n"), py::arg("threads"), py::arg("resident"),
         "Test tool: the blocks the CUDA parity launcher takes for n elements when `resident` blocks fit at once.");
   m.def("num_threads", &cpu_num_threads, "Worker threads the CPU kernels use now.");

@@ -33,8 +33,8 @@ void bind_parity_cuda(py::module_& m) {
         const PreparedParity r = prepare_parity(a_desc, b_desc, 0.0, 0.0);  // (descriptors of either side)
         return parity_cuda_blocks(r.a.dtype, r.b.dtype, r.a.numel(), device);
       }, py::arg("a"), py::arg("b"), py::arg("device") = 0,
-      "Test tool: the blocks parity_cuda launches on `device` for this pair; parity_grid_host with this grid "
-      "gives the GPU's bits.");
+      "Test tool: the blocks parity_cuda launches on `device` for this pair, the grid to give "
+      "parity_grid_host.");
   m.def("cuda_pointer_device", [](std::uintptr_t ptr) { return cuda_pointer_device(ptr); }, py::arg("ptr"),
         "The CUDA device a pointer belongs to.");
 }

@@ -1,7 +1,9 @@
 // The CUDA parity kernel's algorithm run on the CPU: every thread of a given grid, one after the
 // other, through the same host/device functions the kernel runs (parity_grid.h), then each block's
-// fold (histogram columns, reduction tree) and the final kernel's fold of the block partials. Results
-// are bit-identical to the GPU's for the same grid, so the CPU suite checks the kernel's logic:
+// fold (histogram columns, reduction tree) and the final kernel's fold of the block partials. For the
+// same grid the GPU gives the same maxima, indices, counts and histogram, and the same sums but for
+// the roundings nvcc saves by fusing a * b + c (the host build does not fuse), so the CPU suite
+// checks the kernel's logic:
 // which elements each thread visits and in which order, the vector and element-wise paths, the
 // short last chunk, the tree, the merge. A test tool, not a fast path.
 #include "parity_grid_host.h"

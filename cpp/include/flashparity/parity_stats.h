@@ -148,11 +148,17 @@ FP_HOST_DEVICE FP_INLINE double rel_diff(double av, double bv, double ad) {
   return ad / std::fabs(bv);
 }
 
-// torch.isclose(a, b, rtol, atol) with equal_nan=False, evaluated exactly in float64.
+// torch.isclose(a, b, rtol, atol) with equal_nan=False, evaluated exactly in float64: the bound
+// atol + rtol * |b| rounded twice, as NumPy and the CPU kernels round it (nvcc would fuse it into one
+// rounding and so decide borderline elements differently; its intrinsics keep the two).
 FP_HOST_DEVICE FP_INLINE bool is_close(double av, double bv, double ad, const ParityParams& p) {
   if (av == bv) return true;  // equal infinities match
   if (!std::isfinite(av) || !std::isfinite(bv)) return false;
+#if defined(__CUDA_ARCH__)
+  return ad <= __dadd_rn(p.atol, __dmul_rn(p.rtol, std::fabs(bv)));
+#else
   return ad <= p.atol + p.rtol * std::fabs(bv);
+#endif
 }
 
 // The running state of one lane that visits elements one at a time in increasing index order: the
