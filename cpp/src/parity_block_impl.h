@@ -359,7 +359,8 @@ FP_INLINE vf16 abs_diff32(vf16 a, vf16 b) {
 }
 #endif
 
-// Ordered integers (see ordered_from_bits) of sign-magnitude patterns `u` of width `w` bits.
+// Ordered integers of sign-magnitude patterns `u` of width `w` bits (the magnitude, negated for a
+// set sign bit), so that their distance counts the representable values between (ulp_distance_of).
 FP_INLINE vl ordered_lanes(vul u, int w) {
   const vul sign = (u >> (w - 1)) & 1u;
   const vl mag = bitcast<vl>(u & ((std::uint64_t{1} << (w - 1)) - 1));
@@ -444,9 +445,7 @@ FP_INLINE NarrowBits<Narrow, N> narrow_bits(const T* p, vd v) {
     (void)v;
     NarrowBits<Narrow, N> o;
     for (int j = 0; j < N; ++j) {
-      const std::int64_t ord = ordered_in(narrow, own, raw_bits(p[j]), to_f64(p[j]));
-      o[j] = static_cast<std::uint16_t>(ord < 0 ? (std::uint64_t{1} << 15) | static_cast<std::uint64_t>(-ord)
-                                                : static_cast<std::uint64_t>(ord));
+      o[j] = static_cast<std::uint16_t>(narrow_bits_in(narrow, own, raw_bits(p[j]), to_f64(p[j])));
     }
     return o;
   }

@@ -154,33 +154,9 @@ FP_HOST_DEVICE FP_INLINE std::uint16_t round_to_half_bits(double v) {
   return sign | static_cast<std::uint16_t>((exp << 10) | ((f >> 13) & 0x3ffu));
 }
 
-// Sign-magnitude bit pattern of a `bits`-wide float -> integer with the same order as the values
-// (+0 and -0 both map to 0), so |ordered(x) - ordered(y)| counts the representable values between.
-FP_HOST_DEVICE FP_INLINE std::int64_t ordered_from_bits(std::uint64_t u, int bits) {
-  const std::uint64_t sign = std::uint64_t{1} << (bits - 1);
-  const std::int64_t mag = static_cast<std::int64_t>(u & (sign - 1));
-  return (u & sign) ? -mag : mag;
-}
-
-FP_HOST_DEVICE FP_INLINE std::uint64_t ordered_distance(std::int64_t x, std::int64_t y) {
-  return x >= y ? static_cast<std::uint64_t>(x) - static_cast<std::uint64_t>(y)
-                : static_cast<std::uint64_t>(y) - static_cast<std::uint64_t>(x);
-}
-
-// Ordered integer of a finite value after rounding it to the format `narrow`. `own` is the format
+// The bit pattern of a finite value after rounding it to the format `narrow`. `own` is the format
 // the value is stored in and `raw` its bit pattern: a value already in the narrow format is used as
-// is, anything wider is rounded once, from its exact float64 value.
-FP_HOST_DEVICE FP_INLINE std::int64_t ordered_in(DType narrow, DType own, std::uint64_t raw, double v) {
-  if (own == narrow) return ordered_from_bits(raw, dtype_size(own) * 8);
-  switch (narrow) {
-    case DType::Float32: return ordered_from_bits(round_to_f32_bits(v), 32);
-    case DType::Float16: return ordered_from_bits(round_to_half_bits(v), 16);
-    case DType::BFloat16: return ordered_from_bits(round_to_bf16_bits(v), 16);
-    default: return ordered_from_bits(double_to_bits(v), 64);
-  }
-}
-
-// The bit pattern of a finite value after rounding it to `narrow` (as ordered_in, before ordering).
+// is, anything wider is rounded once (to nearest even), from its exact float64 value.
 FP_HOST_DEVICE FP_INLINE std::uint64_t narrow_bits_in(DType narrow, DType own, std::uint64_t raw, double v) {
   if (own == narrow) return raw;
   switch (narrow) {
@@ -191,19 +167,25 @@ FP_HOST_DEVICE FP_INLINE std::uint64_t narrow_bits_in(DType narrow, DType own, s
   }
 }
 
-// ordered_distance(ordered_from_bits(x, w), ordered_from_bits(y, w)) for finite values, without
-// the 64-bit negations: the difference of the magnitudes for equal signs, their sum otherwise. For
-// w <= 32 every step fits 32 bits (two finite magnitudes sum to at most 2 * 0x7f7fffff).
+// Units in the last place between two finite values given as sign-magnitude patterns of type U:
+// the distance between their ordered integers (magnitude, negated for a set sign bit; +0 and -0 both
+// 0), i.e. the difference of the magnitudes for equal signs and their sum otherwise. Two finite
+// magnitudes sum to less than 2^bits, so every step fits U.
+template <typename U>
+FP_HOST_DEVICE FP_INLINE U ulp_distance_of(U x, U y) {
+  constexpr U kSign = static_cast<U>(U{1} << (8 * sizeof(U) - 1));
+  const U mx = x & static_cast<U>(kSign - 1), my = y & static_cast<U>(kSign - 1);
+  return ((x ^ y) & kSign) ? static_cast<U>(mx + my) : (mx > my ? static_cast<U>(mx - my) : static_cast<U>(my - mx));
+}
+
+// ulp_distance_of for patterns of width w (16, 32 or 64 bits): formats up to 32 bits in 32-bit
+// arithmetic, the sign moved to bit 31.
 FP_HOST_DEVICE FP_INLINE std::uint64_t ulp_distance_bits(std::uint64_t x, std::uint64_t y, int w) {
   if (w <= 32) {
-    const std::uint32_t sign = std::uint32_t{1} << (w - 1);
-    const std::uint32_t mx = static_cast<std::uint32_t>(x) & (sign - 1), my = static_cast<std::uint32_t>(y) & (sign - 1);
-    return ((static_cast<std::uint32_t>(x) ^ static_cast<std::uint32_t>(y)) & sign) ? mx + my
-                                                                                     : (mx > my ? mx - my : my - mx);
+    const int shift = 32 - w;
+    return ulp_distance_of(static_cast<std::uint32_t>(x) << shift, static_cast<std::uint32_t>(y) << shift) >> shift;
   }
-  const std::uint64_t sign = std::uint64_t{1} << 63;
-  const std::uint64_t mx = x & (sign - 1), my = y & (sign - 1);
-  return ((x ^ y) & sign) ? mx + my : (mx > my ? mx - my : my - mx);
+  return ulp_distance_of(x, y);
 }
 
 FP_HOST_DEVICE FP_INLINE std::uint64_t raw_bits(double v) { return double_to_bits(v); }
