@@ -1,4 +1,5 @@
-// The CPU attention kernels compiled for AVX-512 with the BF16 dot-product instructions (flags
-// set in CMakeLists.txt); dispatched for bfloat16 inputs only on CPUs that have them.
+// The CPU attention kernels for AVX-512 with the BF16 dot products (isa_target.h); dispatched for
+// bfloat16 inputs only, on CPUs that have them.
+#define FP_ISA FP_ISA_ID_AVX512BF16
 #define FP_ISA_NAMESPACE isa_avx512bf16
 #include "attention_impl.h"

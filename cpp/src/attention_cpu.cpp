@@ -4,7 +4,6 @@
 
 #include <atomic>
 
-#include "flashparity/cpu_features.h"
 #include "threading.h"
 
 namespace flashparity {
@@ -13,27 +12,9 @@ void attention_cpu(const AttnParams& params, AttnImpl impl) {
   static std::atomic<std::uint64_t> calls{0};
   AttnParams p = params;
   p.call_id = ++calls;
-  AttnTaskFn fn;
-  std::int64_t rows_per_task;
-  switch (active_simd_level()) {
-    case SimdLevel::Avx512Icl:  // nothing in attention needs more than AVX-512
-    case SimdLevel::Avx512:
-      if (p.q.dtype == DType::BFloat16 && cpu_has_avx512bf16()) {
-        fn = isa_avx512bf16::attention_task_fn(impl, p.q.dtype);
-        rows_per_task = isa_avx512bf16::attention_rows_per_task(impl);
-      } else {
-        fn = isa_avx512::attention_task_fn(impl, p.q.dtype);
-        rows_per_task = isa_avx512::attention_rows_per_task(impl);
-      }
-      break;
-    case SimdLevel::Avx2:
-      fn = isa_avx2::attention_task_fn(impl, p.q.dtype);
-      rows_per_task = isa_avx2::attention_rows_per_task(impl);
-      break;
-    default:
-      fn = isa_scalar::attention_task_fn(impl, p.q.dtype);
-      rows_per_task = isa_scalar::attention_rows_per_task(impl);
-  }
+  const AttentionTable& kernels = active_attention_table(p.q.dtype);
+  const AttnTaskFn fn = kernels.task_fn(impl, p.q.dtype);
+  const std::int64_t rows_per_task = kernels.rows_per_task(impl);
   const std::int64_t tiles = (p.seqlen_q + rows_per_task - 1) / rows_per_task;
   const std::int64_t tasks = p.batch * p.heads_q * tiles;
   if (tasks == 0) return;
@@ -43,7 +24,7 @@ void attention_cpu(const AttnParams& params, AttnImpl impl) {
     const std::int64_t r0 = tile * rows_per_task;
     fn(p, b, h, r0, std::min(rows_per_task, p.seqlen_q - r0));
   });
-  isa_avx512bf16::attention_release_thread_cache();  // the caller's thread keeps no K/V copy
+  kernels.release_thread_cache();  // the caller's thread keeps no K/V copy
 }
 
 }  // namespace flashparity

@@ -13,23 +13,17 @@ enum class AttnImpl : int { Naive = 0, Flash2 = 1 };
 // Computes query rows r0..r0+rows-1 of head h of batch b (rows <= attention_rows_per_task).
 using AttnTaskFn = void (*)(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64_t r0, std::int64_t rows);
 
-namespace isa_scalar {
-AttnTaskFn attention_task_fn(AttnImpl impl, DType dtype);
-std::int64_t attention_rows_per_task(AttnImpl impl);
-}  // namespace isa_scalar
-namespace isa_avx2 {
-AttnTaskFn attention_task_fn(AttnImpl impl, DType dtype);
-std::int64_t attention_rows_per_task(AttnImpl impl);
-}  // namespace isa_avx2
-namespace isa_avx512 {
-AttnTaskFn attention_task_fn(AttnImpl impl, DType dtype);
-std::int64_t attention_rows_per_task(AttnImpl impl);
-}  // namespace isa_avx512
-namespace isa_avx512bf16 {  // AVX-512 plus the BF16 dot products (bfloat16 flash2)
-AttnTaskFn attention_task_fn(AttnImpl impl, DType dtype);
-std::int64_t attention_rows_per_task(AttnImpl impl);
-void attention_release_thread_cache();  // frees the calling thread's repacked K/V
-}  // namespace isa_avx512bf16
+// One ISA's attention kernels (attention_{scalar,avx2,avx512,avx512bf16}.cpp). Common code reaches
+// a unit's kernels only through its table, picked for the CPU by active_attention_table().
+struct AttentionTable {
+  AttnTaskFn (*task_fn)(AttnImpl impl, DType dtype);
+  std::int64_t (*rows_per_task)(AttnImpl impl);  // the `rows` a task takes at most
+  void (*release_thread_cache)();                // frees what the calling thread keeps between tasks
+};
+
+// The table for the active SIMD level (cpu_dispatch.cpp); bfloat16 inputs get the AVX-512 BF16
+// unit where the CPU has its dot products.
+const AttentionTable& active_attention_table(DType dtype);
 
 // Runs the whole forward on the CPU threads: tasks are (batch, head, query-row tile), each written
 // by one thread, so the output is the same for any thread count.

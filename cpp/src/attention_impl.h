@@ -1,13 +1,13 @@
-// CPU attention forward, written once and compiled per ISA (attention_{scalar,avx2,avx512}.cpp):
-// the naive reference (materialized score rows) and FlashAttention-2's tiled algorithm (online
-// softmax over K/V tiles, one tile of scores at a time). float32 accumulation for float32/16 and
-// bfloat16 inputs, float64 for float64. The inner loops are plain loops over contiguous float
-// buffers that the compiler vectorizes for the unit's ISA; exp is a shared polynomial, so every
-// ISA computes the same function.
+// CPU attention forward, written once and compiled per ISA (attention_{scalar,avx2,avx512,
+// avx512bf16}.cpp; isa_target.h says how): the naive reference (materialized score rows) and
+// FlashAttention-2's tiled algorithm (online softmax over K/V tiles, one tile of scores at a time).
+// float32 accumulation for float32/16 and bfloat16 inputs, float64 for float64. The inner loops are
+// plain loops over contiguous float buffers that the compiler vectorizes for the unit's ISA; exp is
+// a shared polynomial, so every ISA computes the same function.
 //
-// Included only by those translation units, inside an ISA namespace (see parity_block_impl.h for
-// why nothing here may have external linkage).
-#pragma once
+// Included once by each of those units, after it defines FP_ISA and FP_ISA_NAMESPACE. Every header
+// is included here, before the ISA region opens: what they define stays baseline code. The kernels
+// sit in an anonymous namespace; the unit exports only its AttentionTable.
 
 #include <algorithm>
 #include <cmath>
@@ -16,18 +16,20 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__AVX512F__) || defined(__F16C__)
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
 
 #include "attention_cpu.h"
 #include "flashparity/attention_math.h"
 #include "flashparity/dtype.h"
+#include "isa_target.h"
 
 #ifndef FP_ISA_NAMESPACE
 #error "define FP_ISA_NAMESPACE before including attention_impl.h"
 #endif
 
+FP_ISA_BEGIN
 namespace flashparity {
 namespace FP_ISA_NAMESPACE {
 namespace {
@@ -100,7 +102,7 @@ FP_INLINE void convert_row(const char* src, std::int64_t stride, std::int64_t n,
       for (std::int64_t d = 0; d < n; ++d) dst[d] = bits_to_float(static_cast<std::uint32_t>(s[d].x) << 16);
       return;
     }
-#if defined(__F16C__)
+#if FP_ISA_AVX2
     else if constexpr (std::is_same_v<T, half_bits> && std::is_same_v<Acc, float>) {
       std::int64_t d = 0;
       for (; d + 8 <= n; d += 8)
@@ -192,7 +194,7 @@ FP_INLINE Acc finish_scores(Acc* s, std::int64_t n, std::int64_t key0, KeyRange 
 
 // ---- float32 register-blocked micro-kernels -------------------------------------------------------
 // kRB query rows x kBc/16 (=4) key vectors of accumulators stay in registers across head_dim.
-#if defined(__AVX512F__)
+#if FP_ISA_AVX512
 constexpr int kRB = 4;  // 16 zmm accumulators
 #else
 constexpr int kRB = 2;  // 8 accumulators of two ymm each
@@ -263,7 +265,7 @@ void pv_tile(const float* p, std::int64_t ldp, const float* v, std::int64_t dv, 
 // vdpbf16ps adds the products of two adjacent bfloat16 pairs into each float32 lane: twice the
 // multiply-adds of a float32 FMA. Q.K^T pairs adjacent head_dim elements; P.V pairs adjacent keys
 // (P is rounded to bfloat16 first, as FlashAttention-2 does for its second product).
-#if defined(__AVX512BF16__)
+#if FP_ISA_AVX512BF16
 constexpr bool kBf16Dot = true;
 typedef std::uint16_t vbh __attribute__((vector_size(64)));  // 32 bfloat16
 
@@ -620,8 +622,6 @@ void run_flash2(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64_
   else flash2_task<T, float>(p, b, h, r0, rows);
 }
 
-}  // namespace
-
 AttnTaskFn attention_task_fn(AttnImpl impl, DType dtype) {
   return FP_DTYPE_SWITCH(dtype, T, [&]() -> AttnTaskFn {
     return impl == AttnImpl::Naive ? &run_naive<T> : &run_flash2<T>;
@@ -630,7 +630,14 @@ AttnTaskFn attention_task_fn(AttnImpl impl, DType dtype) {
 
 std::int64_t attention_rows_per_task(AttnImpl impl) { return impl == AttnImpl::Naive ? kNaiveRows : kBr; }
 
-void attention_release_thread_cache() { release_packed_kv(); }
+}  // namespace
+}  // namespace FP_ISA_NAMESPACE
+}  // namespace flashparity
+FP_ISA_END
 
+namespace flashparity {
+namespace FP_ISA_NAMESPACE {
+extern const AttentionTable attention_table;  // (declared again in cpu_dispatch.cpp, its one user)
+const AttentionTable attention_table = {&attention_task_fn, &attention_rows_per_task, &release_packed_kv};
 }  // namespace FP_ISA_NAMESPACE
 }  // namespace flashparity

@@ -1,30 +1,31 @@
 // The vectorized parity block kernel, written once with GCC vector extensions (8 float64 lanes) and
-// compiled once per ISA (parity_block_{scalar,avx2,avx512}.cpp, each with its own -m flags).
+// compiled once per ISA (parity_block_{scalar,avx2,avx512,avx512icl}.cpp; isa_target.h says how).
 // Every ISA runs the same lane layout and the same operations (-ffp-contract=off), so results are
 // bit-identical whichever level the CPU dispatches to.
 //
-// Included only by those translation units, inside an ISA-specific namespace: nothing here may have
-// external linkage shared between them (an inline function compiled with AVX-512 must never be the
-// copy a scalar caller gets).
-#pragma once
+// Included once by each of those units, after it defines FP_ISA and FP_ISA_NAMESPACE. Every header
+// is included here, before the ISA region opens: what they define stays baseline code. The kernels
+// sit in an anonymous namespace; the unit exports only its ParityTable.
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
 
-#if defined(__AVX__)
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
 
 #include "flashparity/dtype.h"
 #include "flashparity/parity_stats.h"
+#include "isa_target.h"
 #include "parity_cpu.h"
 
 #ifndef FP_ISA_NAMESPACE
 #error "define FP_ISA_NAMESPACE before including parity_block_impl.h"
 #endif
 
+FP_ISA_BEGIN
 namespace flashparity {
 namespace FP_ISA_NAMESPACE {
 namespace {
@@ -39,7 +40,7 @@ typedef std::int32_t vi32 __attribute__((vector_size(32)));
 typedef std::uint16_t vu16 __attribute__((vector_size(16)));
 typedef std::uint8_t vu8 __attribute__((vector_size(8)));
 // Byte vectors for counting histogram bins: full zmm width only where AVX-512BW makes it cheap.
-#if defined(__AVX512BW__)
+#if FP_ISA_AVX512
 typedef std::uint8_t vbytes __attribute__((vector_size(64)));
 #else
 typedef std::uint8_t vbytes __attribute__((vector_size(32)));
@@ -51,7 +52,7 @@ constexpr int kByteLanes = sizeof(vbytes);
 // register, and the difference truncated by a subtraction with its own rounding mode instead of a
 // float64 conversion), else eight. The float64 sums always take eight lanes at a time in index
 // order, so every level adds the same terms to the same lanes in the same order.
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#if FP_ISA_AVX512
 #define FP_NARROW16 1
 constexpr int kNL = 16;
 #else
@@ -115,7 +116,7 @@ FP_INLINE vd join(vd4 lo, vd4 hi) { return __builtin_shufflevector(lo, hi, 0, 1,
 
 // float32 lanes -> float64 lanes (exact). GCC splits the generic conversion into halves.
 FP_INLINE vd widen(vf x) {
-#if defined(__AVX512F__)
+#if FP_ISA_AVX512
   return bitcast<vd>(_mm512_cvtps_pd(bitcast<__m256>(x)));
 #else
   return __builtin_convertvector(x, vd);
@@ -125,7 +126,7 @@ FP_INLINE vd widen(vf x) {
 // IEEE half <-> float32 lanes: F16C where present (GCC scalarizes the generic _Float16 vector
 // conversions), else the exact scalar conversions of dtype.h.
 FP_INLINE vf half_to_f32(vu16 h) {
-#if defined(__F16C__)
+#if FP_ISA_AVX2
   return bitcast<vf>(_mm256_cvtph_ps(bitcast<__m128i>(h)));
 #else
   vf r;
@@ -135,7 +136,7 @@ FP_INLINE vf half_to_f32(vu16 h) {
 }
 
 FP_INLINE vu16 f32_to_half(vf x) {  // round to nearest even
-#if defined(__F16C__)
+#if FP_ISA_AVX2
   return bitcast<vu16>(_mm256_cvtps_ph(bitcast<__m256>(x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 #else
   vu16 r;
@@ -154,7 +155,7 @@ FP_INLINE vu16x16 f32_to_half(vf16 x) {
 // |a-b| in float32 rounded toward zero where AVX-512 offers it (one instruction). Truncation keeps
 // the binary exponent of every value in float32's normal range, so the histogram bin can be read
 // off it; the ratio screen's error bound holds for either rounding.
-#if defined(__AVX512F__)
+#if FP_ISA_AVX512
 constexpr bool kTruncF32 = true;
 FP_INLINE vf trunc_f32(vd x) {
   return bitcast<vf>(_mm512_cvt_roundpd_ps(bitcast<__m512d>(x), _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
@@ -164,14 +165,14 @@ constexpr bool kTruncF32 = false;
 #endif
 
 FP_INLINE vf narrow_f32(vd x) {
-#if defined(__AVX512F__)
+#if FP_ISA_AVX512
   return bitcast<vf>(_mm512_cvtpd_ps(bitcast<__m512d>(x)));
 #else
   return __builtin_convertvector(x, vf);
 #endif
 }
 
-#if !defined(__AVX512F__)
+#if !FP_ISA_AVX512
 FP_INLINE vf trunc_f32(vd x) { return narrow_f32(x); }  // never called: kTruncF32 is false here
 #endif
 
@@ -183,7 +184,7 @@ FP_INLINE vf trunc_f32(vd x) { return narrow_f32(x); }  // never called: kTruncF
 // near FLT_MAX while truncating below it (or to FLT_MAX under a bound of +inf): the caller sends
 // such a block to the exact pass whatever the flags say.
 FP_INLINE vf rel_limit(vf thr32, vf den) {
-#if defined(__FMA__)
+#if FP_ISA_AVX2
   return bitcast<vf>(_mm256_fmadd_ps(bitcast<__m256>(thr32), bitcast<__m256>(den), _mm256_set1_ps(-1e-40f)));
 #else
   return thr32 * den - 1e-40f;
@@ -198,7 +199,7 @@ FP_INLINE vf16 rel_limit(vf16 thr32, vf16 den) {
 // Lanes where ad32 > max(lim, 0), for ad32 >= 0, so a zero difference never counts. AVX-512 masks
 // the compare with the nonzero lanes (`nz`, shared with the histogram) instead of clamping lim: one
 // instruction fewer. LaneMask: a bit mask there, else all-ones lanes.
-#if defined(__AVX512VL__)
+#if FP_ISA_AVX512
 typedef __mmask8 LaneMask;
 FP_INLINE LaneMask nonzero_lanes(vu32 u) { return _mm256_test_epi32_mask(bitcast<__m256i>(u), bitcast<__m256i>(u)); }
 FP_INLINE LaneMask above_clamped(vf ad32, vf lim, LaneMask nz) {
@@ -226,9 +227,9 @@ FP_INLINE bool any_lane(LaneMask m) {
 // x * y + z with one rounding on every ISA (hardware FMA, or std::fma lane by lane on the baseline),
 // so every level gives the same bits. Used for the sums of products.
 FP_INLINE vd vfma(vd x, vd y, vd z) {
-#if defined(__AVX512F__)
+#if FP_ISA_AVX512
   return bitcast<vd>(_mm512_fmadd_pd(bitcast<__m512d>(x), bitcast<__m512d>(y), bitcast<__m512d>(z)));
-#elif defined(__FMA__)
+#elif FP_ISA_AVX2
   auto f = [](vd4 a, vd4 b, vd4 c) {
     return bitcast<vd4>(_mm256_fmadd_pd(bitcast<__m256d>(a), bitcast<__m256d>(b), bitcast<__m256d>(c)));
   };
@@ -241,9 +242,9 @@ FP_INLINE vd vfma(vd x, vd y, vd z) {
 }
 
 FP_INLINE vd vmaxd(vd a, vd b) {  // a > b ? a : b for non-NaN lanes (NaN blocks take the exact path)
-#if defined(__AVX512F__)
+#if FP_ISA_AVX512
   return bitcast<vd>(_mm512_max_pd(bitcast<__m512d>(b), bitcast<__m512d>(a)));
-#elif defined(__AVX__)
+#elif FP_ISA_AVX2
   auto m = [](vd4 x, vd4 y) { return bitcast<vd4>(_mm256_max_pd(bitcast<__m256d>(y), bitcast<__m256d>(x))); };
   return join(m(lo_half(a), lo_half(b)), m(hi_half(a), hi_half(b)));  // b unless a > b
 #else
@@ -254,7 +255,7 @@ FP_INLINE vd vmaxd(vd a, vd b) {  // a > b ? a : b for non-NaN lanes (NaN blocks
 // Loop-carried float64 accumulators of eight lanes. With AVX-512 one zmm register; below it, two
 // explicit 4-lane halves: GCC keeps a loop-carried 64-byte vector in memory there (moved through
 // general registers every iteration). Same lanes, same operations, so results stay identical.
-#if defined(__AVX512F__)
+#if FP_ISA_AVX512
 struct Acc8 {
   vd v = {};
   FP_INLINE void add(vd x) { v += x; }
@@ -286,7 +287,7 @@ struct Acc8 {
 // 16-bit lanes -> 32-bit lanes, zero-extended (AVX2: one instruction; GCC's generic conversion
 // takes four).
 FP_INLINE vu32 widen_u32(vu16 x) {
-#if defined(__AVX2__)
+#if FP_ISA_AVX2
   return bitcast<vu32>(_mm256_cvtepu16_epi32(bitcast<__m128i>(x)));
 #else
   return __builtin_convertvector(x, vu32);
@@ -406,9 +407,9 @@ FP_INLINE VU ulp_distance(VU ua, VU ub) {
 // Eight 32-bit lanes holding values below 2^16 as 16-bit lanes (AVX2: a pack; GCC's generic
 // conversion takes several shuffles there).
 FP_INLINE vu16 narrow_u16(vu32 x) {
-#if defined(__AVX512VL__)
+#if FP_ISA_AVX512
   return bitcast<vu16>(_mm256_cvtepi32_epi16(bitcast<__m256i>(x)));
-#elif defined(__AVX2__)
+#elif FP_ISA_AVX2
   const __m256i p = _mm256_packus_epi32(bitcast<__m256i>(x), bitcast<__m256i>(x));  // per 128-bit half
   return bitcast<vu16>(_mm256_castsi256_si128(_mm256_permute4x64_epi64(p, 0x08)));
 #else
@@ -454,7 +455,7 @@ FP_INLINE NarrowBits<Narrow, N> narrow_bits(const T* p, vd v) {
 // Histogram byte codes of eight truncated differences (bit patterns u, nonzero lanes nz): the
 // exponent field, or 255 for zero (AVX-512: a masked shift over a constant).
 FP_INLINE vu8 exponent_codes(vu32 u, LaneMask nz) {
-#if defined(__AVX512VL__)
+#if FP_ISA_AVX512
   const __m256i v = bitcast<__m256i>(u);
   const __m128i codes = _mm256_cvtepi32_epi8(_mm256_mask_srli_epi32(_mm256_set1_epi32(0xff), nz, v, 23));
   return bitcast<vu8>(_mm_cvtsi128_si64(codes));  // the low eight bytes
@@ -491,7 +492,7 @@ FP_INLINE void byte_range(const std::uint8_t* p, std::int64_t nb, int& lo, int& 
 // The high and low 32-bit words of eight float64 lanes (AVX2: permutes; GCC scalarizes the generic
 // 64-to-32-bit conversion there).
 FP_INLINE void split_words(vd x, vu32& hi, vu32& lo) {
-#if defined(__AVX2__) && !defined(__AVX512F__)
+#if FP_ISA_AVX2 && !FP_ISA_AVX512
   const __m256i odd = _mm256_setr_epi32(1, 3, 5, 7, 0, 2, 4, 6);  // high words, then low words
   const __m256i a = _mm256_permutevar8x32_epi32(bitcast<__m256i>(lo_half(x)), odd);
   const __m256i b = _mm256_permutevar8x32_epi32(bitcast<__m256i>(hi_half(x)), odd);
@@ -505,7 +506,7 @@ FP_INLINE void split_words(vd x, vu32& hi, vu32& lo) {
 
 // Eight 32-bit lanes holding values 0..255 as eight bytes (AVX2: packs).
 FP_INLINE vu8 narrow_bytes(vi32 x) {
-#if defined(__AVX2__) && !defined(__AVX512F__)
+#if FP_ISA_AVX2 && !FP_ISA_AVX512
   const __m256i w = _mm256_packus_epi32(bitcast<__m256i>(x), bitcast<__m256i>(x));  // per 128-bit half
   const __m256i b = _mm256_packus_epi16(w, w);
   const __m128i lo = _mm256_castsi256_si128(b), hi = _mm256_extracti128_si256(b, 1);
@@ -520,7 +521,7 @@ FP_INLINE vu8 narrow_bytes(vi32 x) {
 // none): the float32 exponent field floor(log2 |a-b|) + 127, 0 below 2^-126, 254 at most, 255 for
 // zero. Below AVX-512, where no float32 subtraction truncates.
 FP_INLINE vu8 exponent_codes_f64(vd ad) {
-#if defined(__AVX2__)
+#if FP_ISA_AVX2
   // the high words of the eight lanes with one in-lane shuffle (lanes 0 1 4 5 | 2 3 6 7)
   const vu32 hi = bitcast<vu32>(_mm256_shuffle_ps(bitcast<__m256>(lo_half(ad)), bitcast<__m256>(hi_half(ad)), 0xdd));
 #else
@@ -536,7 +537,7 @@ FP_INLINE vu8 exponent_codes_f64(vd ad) {
 FP_INLINE std::int64_t count_bytes_in(const std::uint8_t* p, std::int64_t nb, int lo, int hi) {
   static_assert(kBlock / 128 <= 255, "byte counters would overflow");
   const std::uint8_t l = static_cast<std::uint8_t>(lo), span = static_cast<std::uint8_t>(hi - lo);
-#if defined(__AVX512BW__)
+#if FP_ISA_AVX512
   const __m512i lv = _mm512_set1_epi8(static_cast<char>(l)), sv = _mm512_set1_epi8(static_cast<char>(span));
   const __m512i one = _mm512_set1_epi8(1), z = _mm512_setzero_si512();
   __m512i c0 = z, c1 = z;  // two chains; per byte lane at most nb / 128
@@ -562,7 +563,7 @@ FP_INLINE std::int64_t count_bytes_in(const std::uint8_t* p, std::int64_t nb, in
 #endif
 }
 
-#if defined(__GFNI__) && defined(__AVX512BITALG__)
+#if FP_ISA_AVX512ICL
 constexpr bool kGroupCount = true;
 // How many of the bytes p[0, nb) equal each value lo..hi, into cnt[v - lo] (nb a multiple of 64,
 // p 64-byte aligned), eight values per pass instead of one: a masked in-lane shuffle turns every
@@ -642,7 +643,7 @@ FP_INLINE vl lane_indices(std::int64_t index0) {
 // x * y + z in float32 lanes: one rounding with FMA hardware, two without (the isclose screen's
 // bounds below allow for either).
 FP_INLINE vf mul_add_f32(vf x, vf y, vf z) {
-#if defined(__FMA__)
+#if FP_ISA_AVX2
   return bitcast<vf>(_mm256_fmadd_ps(bitcast<__m256>(x), bitcast<__m256>(y), bitcast<__m256>(z)));
 #else
   return x * y + z;
@@ -695,7 +696,7 @@ struct TolScreen {
 // Counts of lanes where x > y, over a loop: mask popcounts on the integer units with AVX-512 and
 // AVX2, else vector counters.
 struct GtCount {
-#if defined(__AVX512VL__)
+#if FP_ISA_AVX512
   std::int64_t c = 0;
   FP_INLINE void add(vf x, vf y) { add(_mm256_cmp_ps_mask(bitcast<__m256>(x), bitcast<__m256>(y), _CMP_GT_OQ)); }
   FP_INLINE void add(LaneMask m) { c += __builtin_popcount(m); }
@@ -704,7 +705,7 @@ struct GtCount {
   FP_INLINE void add(__mmask16 m) { c += __builtin_popcount(m); }
 #endif
   FP_INLINE std::int64_t total() const { return c; }
-#elif defined(__AVX__)
+#elif FP_ISA_AVX2
   // (AVX2: vector counters would join the loop-carried vectors that already outnumber the
   // sixteen registers)
   std::int64_t c = 0;
@@ -1105,8 +1106,6 @@ BlockFn pick(bool with_tolerance) {
   return with_tolerance ? &block_kernel<TA, TB, Narrow, true> : &block_kernel<TA, TB, Narrow, false>;
 }
 
-}  // namespace
-
 std::uint64_t read_probe(const void* p, std::int64_t bytes) {
   // integer sum of 64-byte vectors: the least work that still reads every byte
   const char* c = static_cast<const char*>(p);
@@ -1123,5 +1122,14 @@ BlockFn block_fn(DType a, DType b, bool with_tolerance) {
   return FP_DTYPE_SWITCH(a, TA, [&] { return FP_DTYPE_SWITCH(b, TB, [&] { return pick<TA, TB>(with_tolerance); }); });
 }
 
+}  // namespace
+}  // namespace FP_ISA_NAMESPACE
+}  // namespace flashparity
+FP_ISA_END
+
+namespace flashparity {
+namespace FP_ISA_NAMESPACE {
+extern const ParityTable parity_table;  // (declared again in cpu_dispatch.cpp, its one user)
+const ParityTable parity_table = {&block_fn, &read_probe};
 }  // namespace FP_ISA_NAMESPACE
 }  // namespace flashparity

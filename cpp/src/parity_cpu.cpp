@@ -12,7 +12,6 @@
 #include <thread>
 #include <vector>
 
-#include "flashparity/cpu_features.h"
 #include "parity_cpu.h"
 #include "threading.h"
 
@@ -37,15 +36,6 @@ void scalar_block(ParityAccum& out, const void* a, const void* b, std::int64_t n
 
 ScalarFn scalar_fn(DType a, DType b) {
   return FP_DTYPE_SWITCH(a, TA, [&] { return FP_DTYPE_SWITCH(b, TB, [&] { return &scalar_block<TA, TB>; }); });
-}
-
-BlockFn vector_fn(DType a, DType b, bool with_tolerance) {
-  switch (active_simd_level()) {
-    case SimdLevel::Avx512Icl: return isa_avx512icl::block_fn(a, b, with_tolerance);
-    case SimdLevel::Avx512: return isa_avx512::block_fn(a, b, with_tolerance);
-    case SimdLevel::Avx2: return isa_avx2::block_fn(a, b, with_tolerance);
-    default: return isa_scalar::block_fn(a, b, with_tolerance);
-  }
 }
 
 // Reads the C-order sequence of a strided tensor in runs (gathering strided blocks).
@@ -135,14 +125,7 @@ int cpu_num_threads() {
 }
 
 std::uint64_t read_probe_cpu(const void* a, std::int64_t bytes_a, const void* b, std::int64_t bytes_b) {
-  auto probe = [](const void* p, std::int64_t n) {
-    switch (active_simd_level()) {
-      case SimdLevel::Avx512Icl:
-      case SimdLevel::Avx512: return isa_avx512::read_probe(p, n);
-      case SimdLevel::Avx2: return isa_avx2::read_probe(p, n);
-      default: return isa_scalar::read_probe(p, n);
-    }
-  };
+  const auto probe = active_parity_table().read_probe;
   // the same split as parity_cpu: chunks of both buffers claimed by the threads
   constexpr std::int64_t kChunk = 1 << 20;
   const std::int64_t chunks = (std::max(bytes_a, bytes_b) + kChunk - 1) / kChunk;
@@ -162,7 +145,7 @@ std::uint64_t read_probe_cpu(const void* a, std::int64_t bytes_a, const void* b,
 ParityAccum parity_cpu(const TensorArg& a, const TensorArg& b, const ParityParams& p) {
   const std::int64_t n = a.numel();
   const Walker wa(a), wb(b);
-  const BlockFn vfn = vector_fn(a.dtype, b.dtype, p.atol != 0.0 || p.rtol != 0.0);
+  const BlockFn vfn = active_parity_table().block_fn(a.dtype, b.dtype, p.atol != 0.0 || p.rtol != 0.0);
   const ScalarFn sfn = scalar_fn(a.dtype, b.dtype);
 
   const std::int64_t nsb = std::clamp<std::int64_t>((n + kMinSuperBlock - 1) / kMinSuperBlock, 1, kMaxSuperBlocks);

@@ -24,26 +24,19 @@ constexpr double kRelScreenMax = 1e37;
 using BlockFn = bool (*)(ParityAccum& out, const void* a, const void* b, std::int64_t n, std::int64_t index0,
                          const ParityParams& p, double thr_abs, double thr_rel);
 
-// The kernel for a dtype pair; `with_tolerance` false (atol = rtol = 0) skips the isclose test:
-// a mismatch is then any nonzero difference, counted by the histogram's zero bin.
-// read_probe: sums the bytes of a buffer with the least work that reads them all (the benchmark's
-// fused-read limit).
-namespace isa_scalar {
-BlockFn block_fn(DType a, DType b, bool with_tolerance);
-std::uint64_t read_probe(const void* p, std::int64_t bytes);
-}  // namespace isa_scalar
-namespace isa_avx2 {
-BlockFn block_fn(DType a, DType b, bool with_tolerance);
-std::uint64_t read_probe(const void* p, std::int64_t bytes);
-}  // namespace isa_avx2
-namespace isa_avx512 {
-BlockFn block_fn(DType a, DType b, bool with_tolerance);
-std::uint64_t read_probe(const void* p, std::int64_t bytes);
-}  // namespace isa_avx512
-namespace isa_avx512icl {  // + GFNI and BITALG: the histogram counted eight exponents per pass
-BlockFn block_fn(DType a, DType b, bool with_tolerance);
-std::uint64_t read_probe(const void* p, std::int64_t bytes);
-}  // namespace isa_avx512icl
+// One ISA's parity kernels (parity_block_{scalar,avx2,avx512,avx512icl}.cpp). Common code reaches a
+// unit's kernels only through its table, picked for the CPU by active_parity_table().
+struct ParityTable {
+  // The kernel for a dtype pair; `with_tolerance` false (atol = rtol = 0) skips the isclose test:
+  // a mismatch is then any nonzero difference, counted by the histogram's zero bin.
+  BlockFn (*block_fn)(DType a, DType b, bool with_tolerance);
+  // Sums the bytes of a buffer with the least work that reads them all (the benchmark's fused-read
+  // limit).
+  std::uint64_t (*read_probe)(const void* p, std::int64_t bytes);
+};
+
+// The table for the active SIMD level (cpu_dispatch.cpp).
+const ParityTable& active_parity_table();
 
 // One fused pass over a and b (same shape, any strides) on the CPU. Releases nothing itself: the
 // caller drops the GIL. Deterministic for any thread count.

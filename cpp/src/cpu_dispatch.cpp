@@ -1,0 +1,54 @@
+// Run-time dispatch of the CPU kernels: the one place that names a per-ISA unit's table. Each unit
+// (see isa_target.h) exports nothing but its tables; the level picked here never exceeds what the
+// CPU supports (active_simd_level), so no instruction above the CPU's level can be reached.
+#include "attention_cpu.h"
+#include "flashparity/cpu_features.h"
+#include "parity_cpu.h"
+
+namespace flashparity {
+
+#define FP_DECLARE_PARITY_TABLE(ns) \
+  namespace ns {                    \
+  extern const ParityTable parity_table; \
+  }
+#define FP_DECLARE_ATTENTION_TABLE(ns) \
+  namespace ns {                       \
+  extern const AttentionTable attention_table; \
+  }
+
+FP_DECLARE_PARITY_TABLE(isa_scalar)
+FP_DECLARE_ATTENTION_TABLE(isa_scalar)
+#if defined(__x86_64__) || defined(__i386__)
+FP_DECLARE_PARITY_TABLE(isa_avx2)
+FP_DECLARE_PARITY_TABLE(isa_avx512)
+FP_DECLARE_PARITY_TABLE(isa_avx512icl)
+FP_DECLARE_ATTENTION_TABLE(isa_avx2)
+FP_DECLARE_ATTENTION_TABLE(isa_avx512)
+FP_DECLARE_ATTENTION_TABLE(isa_avx512bf16)
+#endif
+
+const ParityTable& active_parity_table() {
+  switch (active_simd_level()) {
+#if defined(__x86_64__) || defined(__i386__)
+    case SimdLevel::Avx512Icl: return isa_avx512icl::parity_table;
+    case SimdLevel::Avx512: return isa_avx512::parity_table;
+    case SimdLevel::Avx2: return isa_avx2::parity_table;
+#endif
+    default: return isa_scalar::parity_table;
+  }
+}
+
+const AttentionTable& active_attention_table(DType dtype) {
+  switch (active_simd_level()) {
+#if defined(__x86_64__) || defined(__i386__)
+    case SimdLevel::Avx512Icl:  // nothing in attention needs more than AVX-512
+    case SimdLevel::Avx512:
+      return dtype == DType::BFloat16 && cpu_has_avx512bf16() ? isa_avx512bf16::attention_table
+                                                              : isa_avx512::attention_table;
+    case SimdLevel::Avx2: return isa_avx2::attention_table;
+#endif
+    default: return isa_scalar::attention_table;
+  }
+}
+
+}  // namespace flashparity
