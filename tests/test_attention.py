@@ -8,6 +8,7 @@ import pytest
 
 import flashparity as fp
 from attention_ref import reference
+from simd import LEVELS, use_level
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": BF16, "float64": np.float64}
@@ -107,9 +108,9 @@ def test_non_contiguous_inputs(impl):
     assert np.array_equal(fp.attention(q, reversed_k, v, impl=impl, causal=True), out)
 
 
-@pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("level", LEVELS)
 def test_every_simd_level(level, monkeypatch):
-    monkeypatch.setenv("FLASHPARITY_SIMD", level)
+    use_level(level, monkeypatch)
     rng = np.random.default_rng(4)
     q, k, v = make(rng, 1, 70, 90, 4, 2, 48, np.float32)
     for impl in IMPLS:
@@ -122,6 +123,56 @@ def test_every_simd_level(level, monkeypatch):
     naive = fp.attention(q, k, v, impl="naive")
     flash = fp.attention(q, k, v, impl="flash2")
     assert err(flash, ref_out) <= 2 * err(naive, ref_out) + rounding(BF16, ref_out)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_every_head_dim_tail_and_query_tile(impl, dtype):
+    # head_dim 1..9 covers every remainder of the micro-kernels' head_dim blocks; 101 query rows
+    # span several query tiles of one head, each with a partial last vector of queries
+    rng = np.random.default_rng(9)
+    for d in range(1, 10):
+        q, k, v = make(rng, 1, 101, 77, 2, 1, d, DTYPES[dtype])
+        ref_out, ref_lse = reference(q, k, v, causal=True)
+        out, lse = fp.attention(q, k, v, impl=impl, causal=True, return_lse=True)
+        if dtype == "float32":
+            assert err(out, ref_out) < 2e-5, d
+        else:
+            naive = fp.attention(q, k, v, impl="naive", causal=True)
+            assert err(out, ref_out) <= 2 * err(naive, ref_out) + rounding(DTYPES[dtype], ref_out), d
+        # (the bfloat16 dot-product kernel sums the probabilities it rounded to bfloat16 for P.V)
+        assert lse_err(lse, ref_lse) < (2e-5 if dtype == "float32" else 2.0**-8), d
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_long_heads_past_the_kv_cache(impl):
+    # K and V of a head with seqlen_k * head_dim past 2^22 are converted per tile, not kept per worker
+    rng = np.random.default_rng(10)
+    q, k, v = make(rng, 1, 3, 33000, 1, 1, 128, BF16)
+    ref_out, ref_lse = reference(q, k, v, causal=True, window=(20000, -1))
+    out, lse = fp.attention(q, k, v, impl=impl, causal=True, window=(20000, -1), return_lse=True)
+    naive_err = err(fp.attention(q, k, v, impl="naive", causal=True, window=(20000, -1)), ref_out)
+    assert err(out, ref_out) <= 2 * naive_err + rounding(BF16, ref_out)
+    assert lse_err(lse, ref_lse) < 1e-4
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_non_finite_inputs_propagate_as_in_the_reference(impl):
+    # a NaN or infinity in a query or a key reaches exactly the rows whose scores it enters, as in
+    # the float64 reference (never a silent finite answer); a masked key's stays out
+    rng = np.random.default_rng(11)
+    q, k, v = make(rng, 1, 40, 70, 2, 1, 16, np.float32)
+    k[0, 60, 0, 3] = np.nan   # seen by rows 30.. (causal, bottom-right)
+    k[0, 45, 0, 9] = np.inf   # +inf or -inf scores in rows 15..
+    q[0, 5, 1, 2] = np.nan
+    out = fp.attention(q, k, v, impl=impl, causal=True)
+    with np.errstate(invalid="ignore"):
+        ref_out, _ = reference(q, k, v, causal=True)
+    assert np.array_equal(np.isnan(out), np.isnan(ref_out))
+    assert np.isnan(out).any() and np.isnan(out[0, 5, 1]).all()
+    fin = np.isfinite(ref_out)
+    assert np.array_equal(np.isfinite(out), fin)
+    assert err(np.where(fin, out, 0), np.where(fin, ref_out, 0)) < 2e-5
 
 
 def test_thread_count_does_not_change_results(monkeypatch):

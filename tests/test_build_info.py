@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
-import os
 import sys
 from pathlib import Path
 
@@ -48,6 +48,13 @@ def test_cuda_facts_are_consistent():
         assert info["cuda_status"]  # says why no device is visible
     for dev in info["devices"]:
         assert set(dev) >= {"index", "name", "compute_capability", "total_memory", "multiprocessors"}
+
+
+@pytest.mark.skipif(not os.environ.get("FLASHPARITY_EXPECT_SIMD"), reason="set by CI's emulated-CPU stages")
+def test_detected_level_is_the_emulated_cpus():
+    # .ci/run runs the suite under qemu as a Haswell (avx2) and as a Nehalem (scalar): the
+    # dispatcher must see that CPU, else the stage tests the host's level once more
+    assert fp.build_info()["simd_detected"] == os.environ["FLASHPARITY_EXPECT_SIMD"]
 
 
 def test_simd_cap_from_environment(monkeypatch):

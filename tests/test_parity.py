@@ -14,19 +14,11 @@ import pytest
 import flashparity as fp
 from flashparity import _core
 from parity_oracle import DTYPES, check_against_oracle, oracle, random_pair
+from simd import LEVELS, use_level
 
 ALL = list(DTYPES)
 PAIRS = [(x, y) for x in ALL for y in ALL]
 SHAPES = [(1,), (7,), (8,), (4097,), (3, 5, 7), (2, 4096 + 9), (1, 1, 1)]
-LEVELS = ["scalar", "avx2", "avx512", "avx512icl"]  # every CPU code path of the block kernel
-
-
-def use_level(level, monkeypatch):
-    """Run the CPU kernels at `level`; skip when this CPU does not reach it (a cap would run a lower one)."""
-    detected = fp.build_info()["simd_detected"]
-    if LEVELS.index(level) > LEVELS.index(detected):
-        pytest.skip(f"CPU SIMD level is {detected}, below {level}")
-    monkeypatch.setenv("FLASHPARITY_SIMD", level)
 
 
 @pytest.mark.parametrize("da,db", PAIRS, ids=[f"{x}-{y}" for x, y in PAIRS])

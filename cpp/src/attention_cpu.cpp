@@ -2,29 +2,38 @@
 // tasks over the threads.
 #include "attention_cpu.h"
 
-#include <atomic>
+#include <algorithm>
+#include <vector>
 
 #include "threading.h"
 
 namespace flashparity {
 
-void attention_cpu(const AttnParams& params, AttnImpl impl) {
-  static std::atomic<std::uint64_t> calls{0};
-  AttnParams p = params;
-  p.call_id = ++calls;
+void attention_cpu(const AttnParams& p, AttnImpl impl) {
   const AttentionTable& kernels = active_attention_table(p.q.dtype);
   const AttnTaskFn fn = kernels.task_fn(impl, p.q.dtype);
   const std::int64_t rows_per_task = kernels.rows_per_task(impl);
   const std::int64_t tiles = (p.seqlen_q + rows_per_task - 1) / rows_per_task;
   const std::int64_t tasks = p.batch * p.heads_q * tiles;
   if (tasks == 0) return;
-  parallel_for(tasks, [&](std::int64_t t, int) {
+  // one scratch per worker, freed when the call ends: a worker that runs several query tiles of a
+  // head converts its K and V once, and nothing outlives the call
+  std::vector<void*> scratch(static_cast<std::size_t>(parallel_workers(tasks)), nullptr);
+  struct Free {
+    const AttentionTable& k;
+    std::vector<void*>& s;
+    ~Free() {
+      for (void* x : s)
+        if (x) k.scratch_free(x);
+    }
+  } free_scratch{kernels, scratch};
+  for (void*& x : scratch) x = kernels.scratch_new();
+  parallel_for(tasks, [&](std::int64_t t, int w) {
     const std::int64_t tile = t % tiles, bh = t / tiles;
     const std::int64_t h = bh % p.heads_q, b = bh / p.heads_q;
     const std::int64_t r0 = tile * rows_per_task;
-    fn(p, b, h, r0, std::min(rows_per_task, p.seqlen_q - r0));
+    fn(p, scratch[static_cast<std::size_t>(w)], b, h, r0, std::min(rows_per_task, p.seqlen_q - r0));
   });
-  kernels.release_thread_cache();  // the caller's thread keeps no K/V copy
 }
 
 }  // namespace flashparity

@@ -10,15 +10,18 @@ namespace flashparity {
 
 enum class AttnImpl : int { Naive = 0, Flash2 = 1 };
 
-// Computes query rows r0..r0+rows-1 of head h of batch b (rows <= attention_rows_per_task).
-using AttnTaskFn = void (*)(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64_t r0, std::int64_t rows);
+// Computes query rows r0..r0+rows-1 of head h of batch b (rows <= rows_per_task), with the state a
+// worker thread keeps for the length of one call (`scratch`, from the table's scratch_new).
+using AttnTaskFn = void (*)(const AttnParams& p, void* scratch, std::int64_t b, std::int64_t h, std::int64_t r0,
+                            std::int64_t rows);
 
 // One ISA's attention kernels (attention_{scalar,avx2,avx512,avx512bf16}.cpp). Common code reaches
 // a unit's kernels only through its table, picked for the CPU by active_attention_table().
 struct AttentionTable {
   AttnTaskFn (*task_fn)(AttnImpl impl, DType dtype);
   std::int64_t (*rows_per_task)(AttnImpl impl);  // the `rows` a task takes at most
-  void (*release_thread_cache)();                // frees what the calling thread keeps between tasks
+  void* (*scratch_new)();                        // one worker's state for one call (K/V it converted)
+  void (*scratch_free)(void* scratch);
 };
 
 // The table for the active SIMD level (cpu_dispatch.cpp); bfloat16 inputs get the AVX-512 BF16

@@ -1,9 +1,9 @@
 // CPU attention forward, written once and compiled per ISA (attention_{scalar,avx2,avx512,
-// avx512bf16}.cpp; isa_target.h says how): the naive reference (materialized score rows) and
-// FlashAttention-2's tiled algorithm (online softmax over K/V tiles, one tile of scores at a time).
-// float32 accumulation for float32/16 and bfloat16 inputs, float64 for float64. The inner loops are
-// plain loops over contiguous float buffers that the compiler vectorizes for the unit's ISA; exp is
-// a shared polynomial, so every ISA computes the same function.
+// avx512bf16}.cpp; isa_target.h says how): the naive reference (materialized scores of whole rows)
+// and FlashAttention-2's tiled algorithm (online softmax over K/V tiles, one tile of scores at a
+// time). float32 accumulation for float32/16 and bfloat16 inputs, float64 for float64. Vectors are
+// the unit's register width (GCC vector extensions); exp is a shared polynomial, so every ISA
+// computes the same function up to the order of its sums.
 //
 // Included once by each of those units, after it defines FP_ISA and FP_ISA_NAMESPACE. Every header
 // is included here, before the ISA region opens: what they define stays baseline code. The kernels
@@ -13,6 +13,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <utility>
+#include <new>
 #include <type_traits>
 #include <vector>
 
@@ -34,14 +37,27 @@ namespace flashparity {
 namespace FP_ISA_NAMESPACE {
 namespace {
 
-constexpr int kLanes = 16;                  // float lanes of the exp kernel
-constexpr std::int64_t kNaiveRows = 64;     // query rows per naive task
+// Float lanes per vector, and the register blocking of the float micro-kernels: kRK keys (or
+// head_dim entries) x kCV vectors of queries of accumulators (AVX-512: 16 of 32 zmm; AVX2 and
+// SSE2: 12 of 16 ymm/xmm, beside kCV loaded vectors and one broadcast). Vectors are never wider
+// than the unit's registers: GCC splits a wider vector type through the stack.
+#if FP_ISA_AVX512
+constexpr int kLanes = 16;
+constexpr int kRK = 4;
+constexpr int kCV = 4;
+#else
+constexpr int kLanes = FP_ISA_AVX2 ? 8 : 4;
+constexpr int kRK = 4;
+constexpr int kCV = 3;
+#endif
+constexpr int kQB = kCV * kLanes;   // queries per micro-kernel block
+constexpr std::int64_t kBr = 64 / kQB * kQB;  // query rows per task (flash2 and naive)
+constexpr std::int64_t kBc = 64;    // flash2 key tile
 constexpr std::int64_t kNaiveKeyChunk = 256;
-constexpr std::int64_t kBr = 64;            // flash2 query tile
-constexpr std::int64_t kBc = 64;            // flash2 key tile
+static_assert(kBr % kQB == 0 && kBc % kRK == 0 && kNaiveKeyChunk % kBc == 0, "tiles must nest");
 
-typedef float vf __attribute__((vector_size(64)));
-typedef std::int32_t vi __attribute__((vector_size(64)));
+typedef float vf __attribute__((vector_size(4 * kLanes)));
+typedef std::int32_t vi __attribute__((vector_size(4 * kLanes)));
 
 template <typename To, typename From>
 FP_INLINE To bitcast(const From& f) {
@@ -50,10 +66,37 @@ FP_INLINE To bitcast(const From& f) {
   return t;
 }
 
-// exp(x) for 16 floats: x = n*ln2 + r with |r| <= ln2/2, a degree-6 polynomial for exp(r), 2^n
+FP_INLINE vf loadv(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+FP_INLINE void storev(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
+
+// *p in every lane, loaded by one broadcast. (`vf{} + x` costs an addition, -0.0 + 0.0 being
+// +0.0, and GCC splits a generic lane-by-lane splat into two halves on AVX2.)
+FP_INLINE vf splat(const float* p) {
+#if FP_ISA_AVX512
+  return bitcast<vf>(_mm512_set1_ps(*p));
+#elif FP_ISA_AVX2
+  return bitcast<vf>(_mm256_broadcast_ss(p));
+#else
+  vf v;
+  for (int k = 0; k < kLanes; ++k) v[k] = *p;
+  return v;
+#endif
+}
+
+FP_INLINE bool any_lane(vi m) {
+  int r = 0;
+  for (int j = 0; j < kLanes; ++j) r |= m[j];
+  return r != 0;
+}
+
+// exp(x) for kLanes floats: x = n*ln2 + r with |r| <= ln2/2, a degree-6 polynomial for exp(r), 2^n
 // through the exponent field (Cephes' expf coefficients; <= 2 ulp). -inf and anything below the
 // float32 range give 0; NaN stays NaN.
-FP_INLINE vf exp16(vf x) {
+FP_INLINE vf vexp(vf x) {
   const vf zero = {};
   vf xc = x > 88.3762626647949f ? zero + 88.3762626647949f : x;
   xc = xc < -87.33654475f ? zero - 87.33654475f : xc;
@@ -74,20 +117,34 @@ FP_INLINE vf exp16(vf x) {
   return x != x ? x : e;
 }
 
-// x[j] = exp(x[j] - shift) for j < n (n a multiple of kLanes; padding holds -inf).
-FP_INLINE void exp_shifted(float* x, std::int64_t n, float shift) {
-  for (std::int64_t j = 0; j < n; j += kLanes) {
-    vf v;
-    std::memcpy(&v, x + j, sizeof(v));
-    v = exp16(v - shift);
-    std::memcpy(x + j, &v, sizeof(v));
-  }
-}
-FP_INLINE void exp_shifted(double* x, std::int64_t n, double shift) {
-  for (std::int64_t j = 0; j < n; ++j) x[j] = std::exp(x[j] - shift);
-}
-
 FP_INLINE std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
+
+// Scratch floats on a 64-byte boundary: rows of whole vectors never straddle two cache lines (with
+// malloc's 16-byte alignment every other AVX2 load did, and the kernels ran up to 1.4x slower).
+class FloatBuf {
+ public:
+  FloatBuf() = default;
+  FloatBuf(std::int64_t n, float fill) {
+    float* p = resize(n);
+    std::fill(p, p + n, fill);
+  }
+  float* resize(std::int64_t n) {  // contents are not kept
+    if (n > cap_) {
+      p_.reset(static_cast<float*>(::operator new(static_cast<std::size_t>(n) * sizeof(float), std::align_val_t(64))));
+      cap_ = n;
+    }
+    return p_.get();
+  }
+  float* data() const { return p_.get(); }
+  float& operator[](std::int64_t i) const { return p_.get()[i]; }
+
+ private:
+  struct Free {
+    void operator()(float* p) const { ::operator delete(p, std::align_val_t(64)); }
+  };
+  std::unique_ptr<float, Free> p_;
+  std::int64_t cap_ = 0;
+};
 
 // One row of n elements (byte stride `stride`) as Acc. Contiguous rows take a loop the compiler
 // vectorizes (a copy for float32, a shift for bfloat16, F16C for float16 where present).
@@ -152,13 +209,19 @@ void load_rows_t(const TensorArg& t, std::int64_t b, std::int64_t h, std::int64_
   }
 }
 
-// Writes a finished row: out = acc / l (0 for a row that saw no key), in the output's dtype.
+FP_INLINE void store_lse(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64_t i, float lse) {
+  if (p.lse) p.lse[(b * p.heads_q + h) * p.seqlen_q + i] = lse;
+}
+
+// Writes a finished row: out = acc[d * stride] / l, in the output's dtype: 0 for a row that saw no
+// key (l = 0), NaN for a row whose sum is NaN (a NaN or an infinity among its scores).
 template <typename T, typename Acc>
-void store_row(const AttnParams& p, std::int64_t b, std::int64_t i, std::int64_t h, const Acc* acc, Acc l) {
+void store_row(const AttnParams& p, std::int64_t b, std::int64_t i, std::int64_t h, const Acc* acc, Acc l,
+               std::int64_t stride = 1) {
   T* out = static_cast<T*>(p.out) + ((b * p.seqlen_q + i) * p.heads_q + h) * p.head_dim;
-  const Acc inv = l > Acc(0) ? Acc(1) / l : Acc(0);
+  const Acc inv = Acc(1) / l;
   for (std::int64_t d = 0; d < p.head_dim; ++d) {
-    const Acc v = l > Acc(0) ? acc[d] * inv : Acc(0);
+    const Acc v = l == Acc(0) ? Acc(0) : acc[d * stride] * inv;
     out[d] = from_f64<T>(static_cast<double>(v));
   }
 }
@@ -170,10 +233,8 @@ FP_INLINE Acc finish_scores(Acc* s, std::int64_t n, std::int64_t key0, KeyRange 
     if (cap == 0.0f && kr.lo <= key0 && key0 + n <= kr.hi && n % kLanes == 0) {  // all visible: vectors
       vf mx = vf{} - INFINITY;
       for (std::int64_t j = 0; j < n; j += kLanes) {
-        vf v;
-        std::memcpy(&v, s + j, sizeof(v));
-        v *= scale;
-        std::memcpy(s + j, &v, sizeof(v));
+        const vf v = loadv(s + j) * scale;
+        storev(s + j, v);
         mx = v > mx ? v : mx;
       }
       float m = -INFINITY;
@@ -192,72 +253,247 @@ FP_INLINE Acc finish_scores(Acc* s, std::int64_t n, std::int64_t key0, KeyRange 
   return mx;
 }
 
-// ---- float32 register-blocked micro-kernels -------------------------------------------------------
-// kRB query rows x kBc/16 (=4) key vectors of accumulators stay in registers across head_dim.
-#if FP_ISA_AVX512
-constexpr int kRB = 4;  // 16 zmm accumulators
-#else
-constexpr int kRB = 2;  // 8 accumulators of two ymm each
-#endif
-constexpr int kKV = kBc / kLanes;  // key vectors per score row
-
-FP_INLINE vf loadv(const float* p) {
-  vf v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
+// x[j] = exp(x[j] - shift) for j < n (n a multiple of kLanes; padding holds -inf).
+FP_INLINE void exp_shifted(float* x, std::int64_t n, float shift) {
+  for (std::int64_t j = 0; j < n; j += kLanes) storev(x + j, vexp(loadv(x + j) - shift));
 }
-FP_INLINE void storev(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
+FP_INLINE void exp_shifted(double* x, std::int64_t n, double shift) {
+  for (std::int64_t j = 0; j < n; ++j) x[j] = std::exp(x[j] - shift);
+}
 
-// s[rows][0:kBc] (row stride lds) = q[rows][0:D] (row stride ldq) . kt[0:D][0:kBc] (row stride
-// ldk); rows a multiple of kRB (callers pad q with zero rows).
-void scores_tile(const float* q, std::int64_t ldq, const float* kt, std::int64_t ldk, std::int64_t D,
-                 std::int64_t rows, float* s, std::int64_t lds) {
-  for (std::int64_t i0 = 0; i0 < rows; i0 += kRB) {
-    vf acc[kRB][kKV] = {};
-    for (std::int64_t d = 0; d < D; ++d) {
-      vf kv[kKV];
-      for (int c = 0; c < kKV; ++c) kv[c] = loadv(kt + d * ldk + c * kLanes);
-      for (int r = 0; r < kRB; ++r) {
-        const vf qb = vf{} + q[(i0 + r) * ldq + d];
-        for (int c = 0; c < kKV; ++c) acc[r][c] += qb * kv[c];
+// ---- float accumulation (float32, float16, bfloat16 inputs): queries in the lanes --------------
+// A task holds its query rows transposed, qt[d][i] (zero past its rows), and computes the scores
+// of a key tile transposed too, st[j][i] = K[j] . Q[i]: every vector runs over queries. K and V are
+// read row by row, their natural layout, through scalar broadcasts (in place for float32 with a
+// contiguous head_dim), so no tile is ever transposed; the online softmax's row statistics (max,
+// sum, rescale) are lane-wise; and the output accumulates transposed, ot[d][i], written out as rows
+// once at the end. Queries padded to whole vectors compute zeros nobody stores.
+
+struct Rows {  // row j at p + j * ld
+  const float* p;
+  std::int64_t ld;
+};
+
+// st[j0 + r][i0 + 0:kQB] = K[j0 + r][0:D] . qt[0:D][i0 + 0:kQB] for r < R.
+template <int R>
+FP_INLINE void scores_block(Rows k, const float* qt, std::int64_t ldq, std::int64_t D, float* st, std::int64_t lds,
+                            std::int64_t j0, std::int64_t i0) {
+  vf acc[R][kCV] = {};
+  const float* kr = k.p + j0 * k.ld;
+  const float* q = qt + i0;
+  for (std::int64_t d = 0; d < D; ++d) {
+    vf qv[kCV];
+    for (int c = 0; c < kCV; ++c) qv[c] = loadv(q + d * ldq + c * kLanes);
+    for (int r = 0; r < R; ++r) {
+      const vf kb = splat(kr + r * k.ld + d);
+      for (int c = 0; c < kCV; ++c) acc[r][c] += kb * qv[c];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < kCV; ++c) storev(st + (j0 + r) * lds + i0 + c * kLanes, acc[r][c]);
+}
+
+// st[0:nk][0:nq] = K[0:nk] . qt (nk a multiple of kRK: the rows past the tile exist, e.g. zeros).
+void scores_t(Rows k, std::int64_t nk, const float* qt, std::int64_t ldq, std::int64_t nq, std::int64_t D, float* st,
+              std::int64_t lds) {
+  for (std::int64_t j0 = 0; j0 < nk; j0 += kRK)
+    for (std::int64_t i0 = 0; i0 < nq; i0 += kQB) scores_block<kRK>(k, qt, ldq, D, st, lds, j0, i0);
+}
+
+// ot[d0 + r][i0 + 0:kQB] += sum_j V[j][d0 + r] pt[j][i0 + 0:kQB] for r < R, j < nk.
+template <int R>
+FP_INLINE void pv_block(Rows v, std::int64_t nk, const float* pt, std::int64_t ldp, float* ot, std::int64_t ldo,
+                        std::int64_t d0, std::int64_t i0) {
+  vf acc[R][kCV];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < kCV; ++c) acc[r][c] = loadv(ot + (d0 + r) * ldo + i0 + c * kLanes);
+  const float* vr = v.p + d0;
+  const float* pr = pt + i0;
+  for (std::int64_t j = 0; j < nk; ++j) {
+    vf pv[kCV];
+    for (int c = 0; c < kCV; ++c) pv[c] = loadv(pr + j * ldp + c * kLanes);
+    for (int r = 0; r < R; ++r) {
+      const vf vb = splat(vr + j * v.ld + r);
+      for (int c = 0; c < kCV; ++c) acc[r][c] += vb * pv[c];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < kCV; ++c) storev(ot + (d0 + r) * ldo + i0 + c * kLanes, acc[r][c]);
+}
+
+template <int R>
+FP_INLINE void pv_tail(Rows v, std::int64_t nk, const float* pt, std::int64_t ldp, float* ot, std::int64_t ldo,
+                       std::int64_t d0, std::int64_t i0, int left) {
+  if constexpr (R > 0) {
+    if (left == R) return pv_block<R>(v, nk, pt, ldp, ot, ldo, d0, i0);
+    pv_tail<R - 1>(v, nk, pt, ldp, ot, ldo, d0, i0, left);
+  }
+}
+
+// ot[0:D][0:nq] += V[0:nk]^T . pt[0:nk][0:nq]
+void pv_t(Rows v, std::int64_t nk, const float* pt, std::int64_t ldp, std::int64_t nq, std::int64_t D, float* ot,
+          std::int64_t ldo) {
+  for (std::int64_t i0 = 0; i0 < nq; i0 += kQB) {
+    std::int64_t d0 = 0;
+    for (; d0 + kRK <= D; d0 += kRK) pv_block<kRK>(v, nk, pt, ldp, ot, ldo, d0, i0);
+    pv_tail<kRK - 1>(v, nk, pt, ldp, ot, ldo, d0, i0, static_cast<int>(D - d0));
+  }
+}
+
+// A worker's K and V of one (batch, kv head) as float rows [round_up(Sk, kBc)][D] (zeros past Sk),
+// converted tile by tile as its tasks first need them and reused by its next query tiles of that
+// head: each head's K and V are converted once per worker, not once per query tile, and the rows are
+// contiguous whatever the input's strides (rows 4 KiB apart alias in the L1 cache). A head too long
+// to keep (more than kMaxCachedFloats per tensor) is converted per use into tile buffers.
+constexpr std::int64_t kMaxCachedFloats = std::int64_t{1} << 22;  // 16 MiB per tensor
+
+struct KVRows {
+  std::int64_t b = -1, hk = -1, D = 0, Sk = 0;
+  bool cached = false;
+  FloatBuf k, v;              // the cached rows, or the rows of the last use
+  std::vector<char> ready;    // per kBc tile
+
+  void bind(const AttnParams& p, std::int64_t b_, std::int64_t hk_) {
+    if (b_ == b && hk_ == hk) return;
+    b = b_;
+    hk = hk_;
+    D = p.head_dim;
+    Sk = p.seqlen_k;
+    const std::int64_t rows = round_up(Sk, kBc);
+    cached = rows * D <= kMaxCachedFloats;
+    if (cached) {
+      k.resize(rows * D);
+      v.resize(rows * D);
+      ready.assign(static_cast<std::size_t>(rows / kBc), 0);
+    }
+  }
+
+  // K and V rows j0 .. j0 + n (n <= kNaiveKeyChunk; rows past Sk read as zeros).
+  template <typename T>
+  std::pair<Rows, Rows> rows(const AttnParams& p, std::int64_t j0, std::int64_t n) {
+    if (!cached) {
+      load_rows<T, float>(p.k, b, hk, j0, n, Sk, D, k.resize(n * D), D);
+      load_rows<T, float>(p.v, b, hk, j0, n, Sk, D, v.resize(n * D), D);
+      return {{k.data(), D}, {v.data(), D}};
+    }
+    for (std::int64_t t = j0 / kBc; t * kBc < j0 + n; ++t) {
+      if (ready[static_cast<std::size_t>(t)]) continue;
+      load_rows<T, float>(p.k, b, hk, t * kBc, kBc, Sk, D, k.data() + t * kBc * D, D);
+      load_rows<T, float>(p.v, b, hk, t * kBc, kBc, Sk, D, v.data() + t * kBc * D, D);
+      ready[static_cast<std::size_t>(t)] = 1;
+    }
+    return {{k.data() + j0 * D, D}, {v.data() + j0 * D, D}};
+  }
+};
+
+// Query lanes' key ranges: row i sees keys [lo[i], hi[i]); padding lanes see everything.
+struct QueryRanges {
+  std::vector<std::int64_t> lo, hi;
+  QueryRanges(const AttnParams& p, std::int64_t r0, std::int64_t rows, std::int64_t nq) : lo(nq, 0), hi(nq, INT64_MAX) {
+    for (std::int64_t i = 0; i < rows; ++i) {
+      const KeyRange kr = key_range(r0 + i, p);
+      lo[i] = kr.lo;
+      hi[i] = kr.hi;
+    }
+  }
+};
+
+// Softmax step of one key tile, keys key0 .. key0 + nk, for every query lane (nq of them):
+// st[j][i] becomes the probability exp(s - m_new) in place, m and l are updated, and what ot
+// accumulated so far is rescaled by exp(m_old - m_new) (FlashAttention-2's online softmax; the naive
+// kernel runs it once over all keys).
+void softmax_tile(float* st, std::int64_t lds, std::int64_t nk, std::int64_t key0, std::int64_t nq,
+                  const QueryRanges& qr, float scale, float cap, float* m, float* l, float* ot, std::int64_t ldo,
+                  std::int64_t D) {
+  for (std::int64_t i0 = 0; i0 < nq; i0 += kLanes) {
+    // lanes' visible keys relative to the tile, clamped to [0, nk]
+    vi lo, hi;
+    bool all_visible = true;
+    for (int k = 0; k < kLanes; ++k) {
+      const std::int64_t a = std::clamp<std::int64_t>(qr.lo[i0 + k] - key0, 0, nk);
+      const std::int64_t e = std::clamp<std::int64_t>(qr.hi[i0 + k] - key0, 0, nk);
+      lo[k] = static_cast<std::int32_t>(a);
+      hi[k] = static_cast<std::int32_t>(e);
+      all_visible &= a == 0 && e == nk;
+    }
+    const vf vscale = vf{} + scale;
+    vf mt = vf{} - INFINITY;
+    if (all_visible && cap == 0.0f) {
+      for (std::int64_t j = 0; j < nk; ++j) {
+        const vf s = loadv(st + j * lds + i0) * vscale;
+        storev(st + j * lds + i0, s);
+        mt = s > mt ? s : mt;
+      }
+    } else {
+      for (std::int64_t j = 0; j < nk; ++j) {
+        vf s = loadv(st + j * lds + i0) * vscale;
+        if (cap > 0.0f)
+          for (int k = 0; k < kLanes; ++k) s[k] = apply_softcap(s[k], cap);
+        const vi jj = vi{} + static_cast<std::int32_t>(j);
+        s = (jj >= lo) & (jj < hi) ? s : vf{} - INFINITY;
+        storev(st + j * lds + i0, s);
+        mt = s > mt ? s : mt;
       }
     }
-    for (int r = 0; r < kRB; ++r)
-      for (int c = 0; c < kKV; ++c) storev(s + (i0 + r) * lds + c * kLanes, acc[r][c]);
+    const vf m_old = loadv(m + i0);
+    const vf m_new = mt > m_old ? mt : m_old;
+    // a lane that has seen no key keeps m = -inf and shifts by 0: its exp(-inf) are zeros, no NaN
+    const vf shift = m_new == -INFINITY ? vf{} : m_new;
+    vf sum = {};
+    for (std::int64_t j = 0; j < nk; ++j) {
+      const vf e = vexp(loadv(st + j * lds + i0) - shift);
+      storev(st + j * lds + i0, e);
+      sum += e;
+    }
+    const vf alpha = m_old == m_new ? vf{} + 1.0f : vexp(m_old - shift);
+    storev(l + i0, loadv(l + i0) * alpha + sum);
+    storev(m + i0, m_new);
+    if (any_lane(alpha != 1.0f))
+      for (std::int64_t d = 0; d < D; ++d) storev(ot + d * ldo + i0, loadv(ot + d * ldo + i0) * alpha);
   }
 }
 
-// o[rows][0:dv] (row stride dv, a multiple of kLanes) += p[rows][0:nj] (row stride ldp) .
-// v[0:nj][0:dv] (row stride dv); head_dim in chunks of NV vectors.
-template <int NV>
-FP_INLINE void pv_chunk(const float* p, std::int64_t ldp, const float* v, std::int64_t dv, std::int64_t nj, float* o,
-                        std::int64_t i0, std::int64_t d0) {
-  vf acc[kRB][NV];
-  for (int r = 0; r < kRB; ++r)
-    for (int c = 0; c < NV; ++c) acc[r][c] = loadv(o + (i0 + r) * dv + d0 + c * kLanes);
-  for (std::int64_t j = 0; j < nj; ++j) {
-    vf vv[NV];
-    for (int c = 0; c < NV; ++c) vv[c] = loadv(v + j * dv + d0 + c * kLanes);
-    for (int r = 0; r < kRB; ++r) {
-      const vf pb = vf{} + p[(i0 + r) * ldp + j];
-      for (int c = 0; c < NV; ++c) acc[r][c] += pb * vv[c];
+// The shared skeleton of both float kernels: a task is (batch, head, up to kBr query rows); the
+// keys are visited in tiles of `tile` (kBc for flash2; all of them at once for naive).
+template <typename T>
+void float_task(const AttnParams& p, KVRows& kv, std::int64_t b, std::int64_t h, std::int64_t r0, std::int64_t rows,
+                bool naive) {
+  const std::int64_t D = p.head_dim, Sk = p.seqlen_k;
+  const std::int64_t hk = h / (p.heads_q / p.heads_kv);
+  const std::int64_t nq = round_up(rows, kQB);  // query lanes
+  const float scale = static_cast<float>(p.scale), cap = static_cast<float>(p.softcap);
+  FloatBuf qt(D * nq, 0.0f), ot(D * nq, 0.0f), m(nq, -INFINITY), l(nq, 0.0f);
+  std::vector<float> stage;
+  kv.bind(p, b, hk);
+  load_rows_t<T, float>(p.q, b, h, r0, rows, r0 + rows, D, D, qt.data(), nq, stage);
+  const QueryRanges qr(p, r0, rows, nq);
+  const TileSpan tiles = row_block_key_tiles(r0, rows, p, kBc);
+  const std::int64_t k_begin = tiles.begin * kBc, k_end = std::min(tiles.end * kBc, Sk);
+  if (naive) {  // every visible key's score of the rows at once, then one softmax, then P.V
+    const std::int64_t nk = k_end - k_begin;
+    FloatBuf st(round_up(std::max<std::int64_t>(nk, 1), kRK) * nq, 0.0f);
+    for (std::int64_t j0 = k_begin; j0 < k_end; j0 += kNaiveKeyChunk) {
+      const std::int64_t n_pad = round_up(std::min(kNaiveKeyChunk, k_end - j0), kRK);
+      scores_t(kv.rows<T>(p, j0, n_pad).first, n_pad, qt.data(), nq, nq, D, st.data() + (j0 - k_begin) * nq, nq);
+    }
+    softmax_tile(st.data(), nq, nk, k_begin, nq, qr, scale, cap, m.data(), l.data(), ot.data(), nq, D);
+    for (std::int64_t j0 = k_begin; j0 < k_end; j0 += kNaiveKeyChunk) {
+      const std::int64_t n = std::min(kNaiveKeyChunk, k_end - j0);
+      pv_t(kv.rows<T>(p, j0, n).second, n, st.data() + (j0 - k_begin) * nq, nq, nq, D, ot.data(), nq);
+    }
+  } else {
+    FloatBuf st(kBc * nq, 0.0f);
+    for (std::int64_t j0 = k_begin; j0 < k_end; j0 += kBc) {
+      const std::int64_t n = std::min(kBc, Sk - j0), n_pad = round_up(n, kRK);
+      const auto [krows, vrows] = kv.rows<T>(p, j0, n_pad);
+      scores_t(krows, n_pad, qt.data(), nq, nq, D, st.data(), nq);
+      softmax_tile(st.data(), nq, n, j0, nq, qr, scale, cap, m.data(), l.data(), ot.data(), nq, D);
+      pv_t(vrows, n, st.data(), nq, nq, D, ot.data(), nq);
     }
   }
-  for (int r = 0; r < kRB; ++r)
-    for (int c = 0; c < NV; ++c) storev(o + (i0 + r) * dv + d0 + c * kLanes, acc[r][c]);
-}
-
-void pv_tile(const float* p, std::int64_t ldp, const float* v, std::int64_t dv, std::int64_t nj, std::int64_t rows,
-             float* o) {
-  for (std::int64_t i0 = 0; i0 < rows; i0 += kRB) {
-    std::int64_t d0 = 0;
-    for (; d0 + 4 * kLanes <= dv; d0 += 4 * kLanes) pv_chunk<4>(p, ldp, v, dv, nj, o, i0, d0);
-    switch ((dv - d0) / kLanes) {
-      case 3: pv_chunk<3>(p, ldp, v, dv, nj, o, i0, d0); break;
-      case 2: pv_chunk<2>(p, ldp, v, dv, nj, o, i0, d0); break;
-      case 1: pv_chunk<1>(p, ldp, v, dv, nj, o, i0, d0); break;
-      default: break;
-    }
+  for (std::int64_t i = 0; i < rows; ++i) {
+    store_row<T, float>(p, b, r0 + i, h, ot.data() + i, l[i], nq);
+    store_lse(p, b, h, r0 + i, row_lse(m[i], l[i]));
   }
 }
 
@@ -267,6 +503,8 @@ void pv_tile(const float* p, std::int64_t ldp, const float* v, std::int64_t dv, 
 // (P is rounded to bfloat16 first, as FlashAttention-2 does for its second product).
 #if FP_ISA_AVX512BF16
 constexpr bool kBf16Dot = true;
+constexpr int kRB = 4;              // query rows per micro-kernel block
+constexpr int kKV = kBc / kLanes;  // key vectors per score row
 typedef std::uint16_t vbh __attribute__((vector_size(64)));  // 32 bfloat16
 
 FP_INLINE vf dpbf16(vf acc, std::uint32_t pair, vbh x) {
@@ -343,28 +581,25 @@ void pv_tile_bf16(const std::uint16_t* p2, const std::uint16_t* v2, std::int64_t
   }
 }
 
-// K/V tiles in the pair layouts, packed once per (call, batch, kv head) on each thread and reused
-// by the query tiles it runs next (the tasks of one head are claimed consecutively). Worker threads
-// end with the call; the calling thread's copy is released by attention_release_thread_cache.
+// K/V tiles in the pair layouts, packed once per (batch, kv head) by each worker and reused by the
+// query tiles it runs next (the tasks of one head are claimed consecutively); part of the worker's
+// scratch, which lives for one call.
 struct PackedKV {
-  std::uint64_t call = 0;
   std::int64_t b = -1, hk = -1;
   std::vector<std::uint16_t> kt2, v2;
   std::vector<char> ready;
 };
-thread_local PackedKV packed_kv;
 
 // flash2 for bfloat16 inputs on the dot-product instructions; same tiling and online softmax.
-void flash2_task_bf16(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64_t r0, std::int64_t rows) {
+void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std::int64_t h, std::int64_t r0,
+                      std::int64_t rows) {
   const std::int64_t D = p.head_dim, Sk = p.seqlen_k;
   const std::int64_t Dp = round_up(D, kLanes);
   const std::int64_t hk = h / (p.heads_q / p.heads_kv);
   const float scale = static_cast<float>(p.scale), cap = static_cast<float>(p.softcap);
   std::vector<std::uint16_t> q2(kBr * Dp), krows(kBc * Dp), vrows(kBc * Dp), p2(kBr * kBc);
-  PackedKV& cache = packed_kv;
   const std::int64_t n_tiles = (Sk + kBc - 1) / kBc, tile_elems = Dp * kBc;
-  if (cache.call != p.call_id || cache.b != b || cache.hk != hk) {
-    cache.call = p.call_id;
+  if (cache.b != b || cache.hk != hk) {
     cache.b = b;
     cache.hk = hk;
     cache.kt2.resize(static_cast<std::size_t>(n_tiles * tile_elems));
@@ -372,7 +607,7 @@ void flash2_task_bf16(const AttnParams& p, std::int64_t b, std::int64_t h, std::
     cache.ready.assign(static_cast<std::size_t>(n_tiles), 0);
   }
   std::vector<float> s(kBr * kBc), o(kBr * Dp, 0.0f), m(kBr, -INFINITY), l(kBr, 0.0f);
-  const std::int64_t rows_p = std::min<std::int64_t>(round_up(rows, 4), kBr);
+  const std::int64_t rows_p = std::min<std::int64_t>(round_up(rows, kRB), kBr);
   load_bf16_rows(p.q, b, h, r0, rows_p, r0 + rows, D, q2.data(), Dp);
   const TileSpan tiles = row_block_key_tiles(r0, rows, p, kBc);
   for (std::int64_t j0 = tiles.begin * kBc; j0 < tiles.end * kBc; j0 += kBc) {
@@ -445,21 +680,28 @@ void flash2_task_bf16(const AttnParams& p, std::int64_t b, std::int64_t h, std::
     if (p.lse) p.lse[(b * p.heads_q + h) * p.seqlen_q + r0 + i] = row_lse(m[i], l[i]);
   }
 }
-void release_packed_kv() { packed_kv = PackedKV(); }
 #else
 constexpr bool kBf16Dot = false;
-void flash2_task_bf16(const AttnParams&, std::int64_t, std::int64_t, std::int64_t, std::int64_t) {}
-void release_packed_kv() {}
+struct PackedKV {};
+void flash2_task_bf16(const AttnParams&, PackedKV&, std::int64_t, std::int64_t, std::int64_t, std::int64_t) {}
 #endif
 
-// ---- naive: one task = (batch, head, up to kNaiveRows query rows) --------------------------------
-// Scores for all keys of the rows are materialized (rows x seqlen_k), softmax is max-subtracted
-// over each full row, then P.V; keys are loaded in chunks so only the score rows grow with seqlen_k.
-template <typename T, typename Acc>
-void naive_task(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64_t r0, std::int64_t rows) {
+// What a worker keeps for the length of one call.
+struct Scratch {
+  KVRows kv;        // float kernels
+  PackedKV packed;  // bfloat16 dot products
+};
+void* scratch_new() { return new Scratch(); }
+void scratch_free(void* s) { delete static_cast<Scratch*>(s); }
+
+// ---- float64: plain loops, one query row at a time ------------------------------------------------
+// naive: scores for all keys of the rows are materialized (rows x seqlen_k), softmax is
+// max-subtracted over each full row, then P.V; keys are loaded in chunks so only the score rows
+// grow with seqlen_k.
+template <typename T, typename Acc = double>
+void naive_task_f64(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64_t r0, std::int64_t rows) {
   const std::int64_t D = p.head_dim, Sk = p.seqlen_k;
-  const std::int64_t Dp = round_up(D, kLanes);
-  const std::int64_t rows_p = round_up(rows, 4);  // zero rows for the micro-kernels' row blocks
+  const std::int64_t Dp = D, rows_p = rows;
   const std::int64_t hk = h / (p.heads_q / p.heads_kv);
   const std::int64_t ld = round_up(std::max<std::int64_t>(Sk, 1), kNaiveKeyChunk);  // score row stride
   const Acc scale = static_cast<Acc>(p.scale), cap = static_cast<Acc>(p.softcap);
@@ -469,17 +711,12 @@ void naive_task(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64_
   for (std::int64_t j0 = 0; j0 < Sk; j0 += kNaiveKeyChunk) {
     const std::int64_t nj = std::min(kNaiveKeyChunk, Sk - j0);
     load_rows_t<T, Acc>(p.k, b, hk, j0, nj, Sk, D, D, kt.data(), kNaiveKeyChunk, stage);
-    if constexpr (std::is_same_v<Acc, float>) {
-      for (std::int64_t c = 0; c < nj; c += kBc)
-        scores_tile(q.data(), Dp, kt.data() + c, kNaiveKeyChunk, D, rows_p, s.data() + j0 + c, ld);
-    } else {
-      for (std::int64_t i = 0; i < rows; ++i) {
-        Acc* __restrict srow = s.data() + i * ld + j0;
-        for (std::int64_t d = 0; d < D; ++d) {
-          const Acc qd = q[i * Dp + d];
-          const Acc* __restrict kd = kt.data() + d * kNaiveKeyChunk;
-          for (std::int64_t j = 0; j < nj; ++j) srow[j] += qd * kd[j];
-        }
+    for (std::int64_t i = 0; i < rows; ++i) {
+      Acc* __restrict srow = s.data() + i * ld + j0;
+      for (std::int64_t d = 0; d < D; ++d) {
+        const Acc qd = q[i * Dp + d];
+        const Acc* __restrict kd = kt.data() + d * kNaiveKeyChunk;
+        for (std::int64_t j = 0; j < nj; ++j) srow[j] += qd * kd[j];
       }
     }
   }
@@ -508,17 +745,13 @@ void naive_task(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64_
   for (std::int64_t j0 = 0; j0 < Sk; j0 += kNaiveKeyChunk) {
     const std::int64_t nj = std::min(kNaiveKeyChunk, Sk - j0);
     load_rows<T, Acc>(p.v, b, hk, j0, nj, Sk, D, v.data(), Dp);
-    if constexpr (std::is_same_v<Acc, float>) {
-      pv_tile(s.data() + j0, ld, v.data(), Dp, nj, rows_p, acc.data());
-    } else {
-      for (std::int64_t i = 0; i < rows; ++i) {
-        Acc* __restrict arow = acc.data() + i * Dp;
-        const Acc* prow = s.data() + i * ld + j0;
-        for (std::int64_t j = 0; j < nj; ++j) {
-          const Acc pj = prow[j];
-          const Acc* __restrict vr = v.data() + j * Dp;
-          for (std::int64_t d = 0; d < Dp; ++d) arow[d] += pj * vr[d];
-        }
+    for (std::int64_t i = 0; i < rows; ++i) {
+      Acc* __restrict arow = acc.data() + i * Dp;
+      const Acc* prow = s.data() + i * ld + j0;
+      for (std::int64_t j = 0; j < nj; ++j) {
+        const Acc pj = prow[j];
+        const Acc* __restrict vr = v.data() + j * Dp;
+        for (std::int64_t d = 0; d < Dp; ++d) arow[d] += pj * vr[d];
       }
     }
   }
@@ -528,18 +761,16 @@ void naive_task(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64_
   }
 }
 
-// ---- flash2: one task = (batch, head, kBr query rows) ---------------------------------------------
-template <typename T, typename Acc>
-void flash2_task(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64_t r0, std::int64_t rows) {
+// flash2: the online softmax over key tiles.
+template <typename T, typename Acc = double>
+void flash2_task_f64(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64_t r0, std::int64_t rows) {
   const std::int64_t D = p.head_dim, Sk = p.seqlen_k;
-  const std::int64_t Dp = round_up(D, kLanes);
+  const std::int64_t Dp = D;
   const std::int64_t hk = h / (p.heads_q / p.heads_kv);
   const Acc scale = static_cast<Acc>(p.scale), cap = static_cast<Acc>(p.softcap);
   std::vector<Acc> q(kBr * Dp), kt(Dp * kBc), v(kBc * Dp), s(kBr * kBc), o(kBr * Dp, Acc(0)), stage;
   std::vector<Acc> m(kBr, -INFINITY), l(kBr, Acc(0));
-  // rows rounded up to the micro-kernel's row block; the padding rows are zeros and never stored
-  const std::int64_t rows_p = std::min<std::int64_t>(round_up(rows, 4), kBr);
-  load_rows<T, Acc>(p.q, b, h, r0, rows_p, r0 + rows, D, q.data(), Dp);
+  load_rows<T, Acc>(p.q, b, h, r0, rows, r0 + rows, D, q.data(), Dp);
 
   const TileSpan tiles = row_block_key_tiles(r0, rows, p, kBc);
   for (std::int64_t j0 = tiles.begin * kBc; j0 < tiles.end * kBc; j0 += kBc) {
@@ -547,17 +778,13 @@ void flash2_task(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64
     load_rows_t<T, Acc>(p.k, b, hk, j0, nj, Sk, D, Dp, kt.data(), kBc, stage);
     load_rows<T, Acc>(p.v, b, hk, j0, nj, Sk, D, v.data(), Dp);
     // S = Q K^T for the tile
-    if constexpr (std::is_same_v<Acc, float>) {
-      scores_tile(q.data(), Dp, kt.data(), kBc, D, rows_p, s.data(), kBc);
-    } else {
-      for (std::int64_t i = 0; i < rows; ++i) {
-        Acc* __restrict srow = s.data() + i * kBc;
-        for (std::int64_t j = 0; j < kBc; ++j) srow[j] = Acc(0);
-        for (std::int64_t d = 0; d < D; ++d) {
-          const Acc qd = q[i * Dp + d];
-          const Acc* __restrict kd = kt.data() + d * kBc;
-          for (std::int64_t j = 0; j < kBc; ++j) srow[j] += qd * kd[j];
-        }
+    for (std::int64_t i = 0; i < rows; ++i) {
+      Acc* __restrict srow = s.data() + i * kBc;
+      for (std::int64_t j = 0; j < kBc; ++j) srow[j] = Acc(0);
+      for (std::int64_t d = 0; d < D; ++d) {
+        const Acc qd = q[i * Dp + d];
+        const Acc* __restrict kd = kt.data() + d * kBc;
+        for (std::int64_t j = 0; j < kBc; ++j) srow[j] += qd * kd[j];
       }
     }
     // online softmax: rescale what each row accumulated, add this tile's probabilities
@@ -573,13 +800,7 @@ void flash2_task(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64
       }
       exp_shifted(srow, kBc, st.m_new);
       Acc rs = 0;
-      if constexpr (std::is_same_v<Acc, float>) {  // lanes, then across them (padding is 0 here)
-        vf sum = {};
-        for (std::int64_t j = 0; j < kBc; j += kLanes) sum += loadv(srow + j);
-        for (int k2 = 0; k2 < kLanes; ++k2) rs += sum[k2];
-      } else {
-        for (std::int64_t j = 0; j < nj; ++j) rs += srow[j];
-      }
+      for (std::int64_t j = 0; j < nj; ++j) rs += srow[j];
       l[i] = l[i] * st.alpha + rs;
       m[i] = st.m_new;
       if (st.alpha != Acc(1)) {
@@ -588,18 +809,14 @@ void flash2_task(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64
       }
     }
     // O += P V
-    if constexpr (std::is_same_v<Acc, float>) {
-      pv_tile(s.data(), kBc, v.data(), Dp, nj, rows_p, o.data());
-    } else {
-      for (std::int64_t i = 0; i < rows; ++i) {
-        Acc* __restrict orow = o.data() + i * Dp;
-        const Acc* prow = s.data() + i * kBc;
-        for (std::int64_t j = 0; j < nj; ++j) {
-          const Acc pj = prow[j];
-          if (pj == Acc(0)) continue;
-          const Acc* __restrict vr = v.data() + j * Dp;
-          for (std::int64_t d = 0; d < Dp; ++d) orow[d] += pj * vr[d];
-        }
+    for (std::int64_t i = 0; i < rows; ++i) {
+      Acc* __restrict orow = o.data() + i * Dp;
+      const Acc* prow = s.data() + i * kBc;
+      for (std::int64_t j = 0; j < nj; ++j) {
+        const Acc pj = prow[j];
+        if (pj == Acc(0)) continue;
+        const Acc* __restrict vr = v.data() + j * Dp;
+        for (std::int64_t d = 0; d < Dp; ++d) orow[d] += pj * vr[d];
       }
     }
   }
@@ -610,16 +827,17 @@ void flash2_task(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64
 }
 
 template <typename T>
-void run_naive(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64_t r0, std::int64_t rows) {
-  if constexpr (std::is_same_v<T, double>) naive_task<T, double>(p, b, h, r0, rows);
-  else naive_task<T, float>(p, b, h, r0, rows);
+void run_naive(const AttnParams& p, void* scratch, std::int64_t b, std::int64_t h, std::int64_t r0, std::int64_t rows) {
+  if constexpr (std::is_same_v<T, double>) naive_task_f64<T>(p, b, h, r0, rows);
+  else float_task<T>(p, static_cast<Scratch*>(scratch)->kv, b, h, r0, rows, /*naive=*/true);
 }
 
 template <typename T>
-void run_flash2(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64_t r0, std::int64_t rows) {
-  if constexpr (std::is_same_v<T, double>) flash2_task<T, double>(p, b, h, r0, rows);
-  else if constexpr (std::is_same_v<T, bf16_bits> && kBf16Dot) flash2_task_bf16(p, b, h, r0, rows);
-  else flash2_task<T, float>(p, b, h, r0, rows);
+void run_flash2(const AttnParams& p, void* scratch, std::int64_t b, std::int64_t h, std::int64_t r0, std::int64_t rows) {
+  Scratch& s = *static_cast<Scratch*>(scratch);
+  if constexpr (std::is_same_v<T, double>) flash2_task_f64<T>(p, b, h, r0, rows);
+  else if constexpr (std::is_same_v<T, bf16_bits> && kBf16Dot) flash2_task_bf16(p, s.packed, b, h, r0, rows);
+  else float_task<T>(p, s.kv, b, h, r0, rows, /*naive=*/false);
 }
 
 AttnTaskFn attention_task_fn(AttnImpl impl, DType dtype) {
@@ -628,7 +846,7 @@ AttnTaskFn attention_task_fn(AttnImpl impl, DType dtype) {
   });
 }
 
-std::int64_t attention_rows_per_task(AttnImpl impl) { return impl == AttnImpl::Naive ? kNaiveRows : kBr; }
+std::int64_t attention_rows_per_task(AttnImpl) { return kBr; }
 
 }  // namespace
 }  // namespace FP_ISA_NAMESPACE
@@ -638,6 +856,6 @@ FP_ISA_END
 namespace flashparity {
 namespace FP_ISA_NAMESPACE {
 extern const AttentionTable attention_table;  // (declared again in cpu_dispatch.cpp, its one user)
-const AttentionTable attention_table = {&attention_task_fn, &attention_rows_per_task, &release_packed_kv};
+const AttentionTable attention_table = {&attention_task_fn, &attention_rows_per_task, &scratch_new, &scratch_free};
 }  // namespace FP_ISA_NAMESPACE
 }  // namespace flashparity

@@ -21,7 +21,6 @@ struct AttnParams {
   double scale = 1.0;          // applied to q.k before the softcap
   double softcap = 0.0;        // > 0: s -> softcap * tanh(s / softcap)
   std::int64_t window_left = -1, window_right = -1;  // -1: unbounded; causal is folded in as right <= 0
-  std::uint64_t call_id = 0;   // unique per forward call: keys per-thread caches of repacked K/V
 };
 
 // Keys [lo, hi) that query row i sees. Bottom-right aligned as FlashAttention >= 2.1: row i sees key
