@@ -62,6 +62,8 @@ constexpr int kNL = 8;
 // scalar tail), so levels of different step widths reduce the same elements the same way.
 constexpr int kStep = 16;
 static_assert(kStep % kNL == 0 && kNL % W == 0, "steps must nest");
+// Narrow pairs below AVX-512: the float64 sums and the float32 screens in separate passes (below).
+constexpr bool kSplitPasses = !FP_ISA_AVX512;
 
 // float32, 32- and 16-bit vectors of N lanes
 template <int N> struct Vec;
@@ -218,10 +220,30 @@ typedef vi32 LaneMask;
 FP_INLINE LaneMask nonzero_lanes(vu32 u) { return u != 0; }
 FP_INLINE LaneMask above_clamped(vf ad32, vf lim, LaneMask) { return ad32 > (lim > 0.0f ? lim : vf{}); }
 FP_INLINE bool any_lane(LaneMask m) {
+#if FP_ISA_AVX2
+  return _mm256_movemask_ps(bitcast<__m256>(m)) != 0;
+#else
   bool r = false;
   for (int j = 0; j < W; ++j) r |= m[j] != 0;
   return r;
+#endif
 }
+#endif
+
+// Comparisons of eight float64 lanes as all-ones lane masks. Below AVX-512 GCC lowers the generic
+// comparison of 64-byte vectors to eight scalar compares and branches (a bfloat16 pair's exact
+// maximum pass ran at 4 ns an element); AVX2 compares the two halves.
+#if FP_ISA_AVX2 && !FP_ISA_AVX512
+template <int kPredicate>
+FP_INLINE vl vcmp(vd a, vd b) {
+  auto c = [](vd4 x, vd4 y) { return bitcast<vd4>(_mm256_cmp_pd(bitcast<__m256d>(x), bitcast<__m256d>(y), kPredicate)); };
+  return bitcast<vl>(join(c(lo_half(a), lo_half(b)), c(hi_half(a), hi_half(b))));
+}
+FP_INLINE vl vgt(vd a, vd b) { return vcmp<_CMP_GT_OQ>(a, b); }
+FP_INLINE vl veq(vd a, vd b) { return vcmp<_CMP_EQ_OQ>(a, b); }
+#else
+FP_INLINE vl vgt(vd a, vd b) { return a > b; }
+FP_INLINE vl veq(vd a, vd b) { return a == b; }
 #endif
 
 // x * y + z with one rounding on every ISA (hardware FMA, or std::fma lane by lane on the baseline),
@@ -248,7 +270,7 @@ FP_INLINE vd vmaxd(vd a, vd b) {  // a > b ? a : b for non-NaN lanes (NaN blocks
   auto m = [](vd4 x, vd4 y) { return bitcast<vd4>(_mm256_max_pd(bitcast<__m256d>(y), bitcast<__m256d>(x))); };
   return join(m(lo_half(a), lo_half(b)), m(hi_half(a), hi_half(b)));  // b unless a > b
 #else
-  return vsel(a > b, a, b);
+  return vsel(vgt(a, b), a, b);
 #endif
 }
 
@@ -533,6 +555,31 @@ FP_INLINE vu8 exponent_codes_f64(vd ad) {
   return narrow_bytes(hi == 0 ? vi32{} + 255 : e);
 }
 
+// exponent_codes_f64 of sixteen differences into out[0, 16), in some order. AVX2 packs the two
+// groups of eight together and saturates instead of clamping: 15 instructions where two calls take
+// 24.
+FP_INLINE void store_exponent_codes_f64(vd ad0, vd ad1, std::uint8_t* out) {
+#if FP_ISA_AVX2 && !FP_ISA_AVX512
+  auto hi_words = [](vd ad) {  // lanes 0 1 4 5 | 2 3 6 7
+    return _mm256_castps_si256(_mm256_shuffle_ps(bitcast<__m256>(lo_half(ad)), bitcast<__m256>(hi_half(ad)), 0xdd));
+  };
+  const __m256i h0 = hi_words(ad0), h1 = hi_words(ad1), z = _mm256_setzero_si256();
+  const __m256i bias = _mm256_set1_epi32(1023 - 127);
+  // E - 896 to 16 bits, negatives (below 2^-126) saturating to 0, then at most 254
+  __m256i w = _mm256_packus_epi32(_mm256_sub_epi32(_mm256_srli_epi32(h0, 20), bias),
+                                  _mm256_sub_epi32(_mm256_srli_epi32(h1, 20), bias));
+  w = _mm256_min_epu16(w, _mm256_set1_epi16(254));
+  const __m256i zero = _mm256_packs_epi32(_mm256_cmpeq_epi32(h0, z), _mm256_cmpeq_epi32(h1, z));
+  w = _mm256_blendv_epi8(w, _mm256_set1_epi16(255), zero);
+  const __m256i b = _mm256_permute4x64_epi64(_mm256_packus_epi16(w, w), 0x08);  // qwords 0 and 2
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(b));
+#else
+  const vu8 e0 = exponent_codes_f64(ad0), e1 = exponent_codes_f64(ad1);
+  std::memcpy(out, &e0, sizeof(e0));
+  std::memcpy(out + 8, &e1, sizeof(e1));
+#endif
+}
+
 // How many of the bytes p[0, nb) lie in [lo, hi] (nb a multiple of 128, p 64-byte aligned).
 FP_INLINE std::int64_t count_bytes_in(const std::uint8_t* p, std::int64_t nb, int lo, int hi) {
   static_assert(kBlock / 128 <= 255, "byte counters would overflow");
@@ -592,6 +639,29 @@ FP_INLINE void count_byte_values(const std::uint8_t* p, std::int64_t nb, int lo,
     for (int i = 0; i < 8 && g + i <= hi; ++i) cnt[g + i - lo] = w[i] + w[8 + i] + w[16 + i] + w[24 + i];
   }
 }
+#elif FP_ISA_AVX2
+constexpr bool kGroupCount = true;
+// The same counts eight values per pass with AVX2: the bytes are loaded once for eight equality
+// tests into eight byte counters (at most nb / 32 = 128 per byte lane), instead of one pass each
+// (which took a sixth of the block kernel's time with the dozen exponents real differences have).
+FP_INLINE void count_byte_values(const std::uint8_t* p, std::int64_t nb, int lo, int hi, std::int64_t* cnt) {
+  static_assert(kBlock / 32 <= 255, "byte counters would overflow");
+  const __m256i z = _mm256_setzero_si256();
+  for (int g = lo; g <= hi; g += 8) {
+    __m256i acc[8];
+    for (int k = 0; k < 8; ++k) acc[k] = z;
+    for (std::int64_t i = 0; i < nb; i += 32) {
+      const __m256i x = _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i));
+      for (int k = 0; k < 8; ++k)
+        acc[k] = _mm256_sub_epi8(acc[k], _mm256_cmpeq_epi8(x, _mm256_set1_epi8(static_cast<char>(g + k))));
+    }
+    for (int k = 0; k < 8 && g + k <= hi; ++k) {
+      const __m256i s = _mm256_sad_epu8(acc[k], z);  // four partial sums
+      cnt[g + k - lo] = _mm256_extract_epi64(s, 0) + _mm256_extract_epi64(s, 1) + _mm256_extract_epi64(s, 2) +
+                        _mm256_extract_epi64(s, 3);
+    }
+  }
+}
 #else
 constexpr bool kGroupCount = false;
 FP_INLINE void count_byte_values(const std::uint8_t*, std::int64_t, int, int, std::int64_t*) {}  // never called
@@ -603,7 +673,7 @@ struct LaneMax {
   vd q = vd{} - 1.0;
   vl at = {};
   FP_INLINE void add(vd x, vl idx) {
-    const vl gr = x > q;
+    const vl gr = vgt(x, q);
     q = vsel(gr, x, q);
     at = vsel(gr, idx, at);
   }
@@ -621,8 +691,12 @@ struct LaneMax {
 // The exact ratio |a-b| / |b| of finite differences (b = 0 < |a-b|: +inf).
 FP_INLINE vd ratio(vd ad, vd bv) {
   const vd babs = vabs(bv);
-  return vsel((babs == 0.0) & (ad == 0.0), vd{}, ad / babs);
+  return vsel(veq(babs, vd{}) & veq(ad, vd{}), vd{}, ad / babs);
 }
+
+// Lanes of m that are not in n (bit masks or all-ones lanes).
+template <typename M>
+FP_INLINE M and_not(M m, M n) { return static_cast<M>(m & ~n); }
 
 // Lane-wise max of float32 lanes (no NaN here).
 FP_INLINE vf vmaxf(vf a, vf b) { return a > b ? a : b; }
@@ -631,7 +705,7 @@ FP_INLINE vf16 vmaxf(vf16 a, vf16 b) { return bitcast<vf16>(_mm512_max_ps(bitcas
 #endif
 
 // Lanes failing isclose (all ones), for finite values: the float64 definition, evaluated plainly.
-FP_INLINE vl not_close(vd ad, vd bv, const ParityParams& p) { return ad > p.atol + p.rtol * vabs(bv); }
+FP_INLINE vl not_close(vd ad, vd bv, const ParityParams& p) { return vgt(ad, p.atol + p.rtol * vabs(bv)); }
 
 // The flat indices index0 + 0..7 of eight lanes.
 FP_INLINE vl lane_indices(std::int64_t index0) {
@@ -693,36 +767,40 @@ struct TolScreen {
   FP_INLINE vfn lo_unclamped(vfn den) const { return mul_add_f32(r_lo, den, a_lo); }
 };
 
-// Counts of lanes where x > y, over a loop: mask popcounts on the integer units with AVX-512 and
-// AVX2, else vector counters.
-struct GtCount {
+// Lanes where x > y (float32), and how many lanes a mask holds: mask registers and popcounts with
+// AVX-512, movemask and popcount with AVX2 (vector counters would join the loop-carried vectors
+// that already outnumber its sixteen registers), else a loop.
 #if FP_ISA_AVX512
-  std::int64_t c = 0;
-  FP_INLINE void add(vf x, vf y) { add(_mm256_cmp_ps_mask(bitcast<__m256>(x), bitcast<__m256>(y), _CMP_GT_OQ)); }
-  FP_INLINE void add(LaneMask m) { c += __builtin_popcount(m); }
+FP_INLINE LaneMask gt_lanes(vf x, vf y) { return _mm256_cmp_ps_mask(bitcast<__m256>(x), bitcast<__m256>(y), _CMP_GT_OQ); }
+FP_INLINE int count_lanes(LaneMask m) { return __builtin_popcount(m); }
 #if defined(FP_NARROW16)
-  FP_INLINE void add(vf16 x, vf16 y) { add(_mm512_cmp_ps_mask(bitcast<__m512>(x), bitcast<__m512>(y), _CMP_GT_OQ)); }
-  FP_INLINE void add(__mmask16 m) { c += __builtin_popcount(m); }
+FP_INLINE __mmask16 gt_lanes(vf16 x, vf16 y) {
+  return _mm512_cmp_ps_mask(bitcast<__m512>(x), bitcast<__m512>(y), _CMP_GT_OQ);
+}
+FP_INLINE int count_lanes(__mmask16 m) { return __builtin_popcount(m); }
 #endif
-  FP_INLINE std::int64_t total() const { return c; }
-#elif FP_ISA_AVX2
-  // (AVX2: vector counters would join the loop-carried vectors that already outnumber the
-  // sixteen registers)
-  std::int64_t c = 0;
-  FP_INLINE void add(vf x, vf y) { add(x > y); }
-  FP_INLINE void add(LaneMask m) { c += __builtin_popcount(_mm256_movemask_ps(bitcast<__m256>(m))); }
-  FP_INLINE std::int64_t total() const { return c; }
+FP_INLINE int count_lanes(vl m) { return __builtin_popcount(_mm512_movepi64_mask(bitcast<__m512i>(m))); }
 #else
-  vi32 v = {};
-  FP_INLINE void add(vf x, vf y) { v -= x > y; }
-  FP_INLINE void add(LaneMask m) { v -= m; }
-  FP_INLINE std::int64_t total() const {
-    std::int64_t t = 0;
-    for (int j = 0; j < W; ++j) t += v[j];
-    return t;
-  }
+FP_INLINE LaneMask gt_lanes(vf x, vf y) { return x > y; }
+#if FP_ISA_AVX2
+FP_INLINE int count_lanes(LaneMask m) { return __builtin_popcount(_mm256_movemask_ps(bitcast<__m256>(m))); }
+FP_INLINE int count_lanes(vl m) {
+  return __builtin_popcount(_mm256_movemask_pd(bitcast<__m256d>(lo_half(bitcast<vd>(m)))) |
+                            (_mm256_movemask_pd(bitcast<__m256d>(hi_half(bitcast<vd>(m)))) << 4));
+}
+#else
+FP_INLINE int count_lanes(LaneMask m) {
+  int c = 0;
+  for (int j = 0; j < W; ++j) c += m[j] != 0;
+  return c;
+}
+FP_INLINE int count_lanes(vl m) {
+  int c = 0;
+  for (int j = 0; j < W; ++j) c += m[j] != 0;
+  return c;
+}
 #endif
-};
+#endif
 
 // One block of n contiguous elements into the freshly constructed `out`. Returns false, leaving
 // `out` untouched, when any difference is not finite: the caller then reduces the block with the
@@ -747,8 +825,8 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   const vd zero = {};
   Acc8 s_abs, s_sq, s_aa, s_bb;  // Σab follows from the squares (after the loop)
   Acc8 sa, sb;  // plain sums; with s_aa, s_bb and Σab they give the block's moments
-  Acc8 vmx;      // float64 pairs: per-lane max |a-b|
-  vfn vmx32 = {};  // narrow pairs: per-lane max of ad32, which bounds the exact maximum (below)
+  Acc8 vmx;      // per-lane max |a-b| (narrow pairs in one pass: see vmx32)
+  vfn vmx32 = {};  // narrow pairs in one pass: per-lane max of ad32, which bounds the exact maximum
   LaneMax vrel;  // exact per-lane max ratio (float64 pairs)
   // Narrow pairs screen the ratio against the caller's running maximum without dividing: a lane is
   // flagged when |a-b| > thr * |b| might hold (float32, with slack for every rounding involved);
@@ -758,10 +836,12 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   const bool rel_settled = thr_rel == INFINITY;
   const bool exact_rel_pass = !rel_settled && !(thr_rel >= 0.0 && thr_rel < kRelScreenMax);
   const vfn thr32 = vfn{} + static_cast<float>(exact_rel_pass ? 0.0 : thr_rel * (1.0 - 0x1p-16));
-  decltype(nonzero_lanes(vun{})) rel_flag = {};
-  vl mism = {};                              // float64 pairs: the exact isclose count
-  const TolScreen tol(p);                    // narrow pairs: the float32 screen and its two counts
-  GtCount above_hi, above_lo;
+  // the groups of kNL elements with a flagged lane: only those get the exact pass
+  std::uint8_t rel_groups[kBlock / kNL];
+  bool rel_any = false;
+  std::int64_t mism = 0;                     // float64 pairs: the exact isclose count
+  const TolScreen tol(p);                    // narrow pairs: the float32 screen, its count of lanes
+  std::int64_t above_hi = 0, undecided = 0;  // lanes above hi, and between lo and hi
   NarrowBits<Narrow, kNarrowPair ? kNL : W> ulpn = {};  // (formats up to 32 bits)
   vul ulp64 = {};
   vl idx = lane_indices(index0);
@@ -776,7 +856,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   auto wide8 = [&](vd av, vd bv, std::int64_t i) __attribute__((always_inline)) {
     const vd d = av - bv;
     const vd ad = vabs(d);
-    if constexpr (!kNarrowPair) vmx.max(ad);
+    if constexpr (!kNarrowPair || kSplitPasses) vmx.max(ad);
     // products of values from formats up to float32 are exact in float64, so a fused multiply-add
     // rounds each term once, exactly as separate operations would; in float64 it rounds once fewer
     s_abs.add(ad);
@@ -809,20 +889,23 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   constexpr std::int64_t kAhead = 64 * W;
   const std::int64_t nv = n - n % kStep;  // the vector part
   if constexpr (kNarrowPair) {
-    for (std::int64_t i = 0; i < nv; i += kNL) {
-      __builtin_prefetch(a + i + kAhead, 0, 3);
-      __builtin_prefetch(b + i + kAhead, 0, 3);
-      const vfn a32 = Lanes<TA>::template value32<kNL>(a + i), b32 = Lanes<TB>::template value32<kNL>(b + i);
+    // the float32 screens of kNL elements at i; (a32, b32) for the float64 work of the same elements
+    auto screens = [&](std::int64_t i, vfn& a32, vfn& b32) __attribute__((always_inline)) {
+      a32 = Lanes<TA>::template value32<kNL>(a + i);
+      b32 = Lanes<TB>::template value32<kNL>(b + i);
       const vfn den = bitcast<vfn>(bitcast<vun>(b32) & 0x7fffffffu);  // |b|, exact
       const vfn ad32 = abs_diff32(a32, b32);  // 0 only for a zero difference
       const auto nz = nonzero_lanes(bitcast<vun>(ad32));
-      vmx32 = vmaxf(ad32, vmx32);
+      if constexpr (!kSplitPasses) vmx32 = vmaxf(ad32, vmx32);
       // |b| is 0 or >= 2^-149 and exact in float32; ad32 differs from |a-b| by at most 2^-23
       // relative. A zero b with a nonzero a flags; an equal pair (ratio 0) never does.
-      rel_flag |= above_clamped(ad32, rel_limit(thr32, den), nz);
+      const bool flag = any_lane(above_clamped(ad32, rel_limit(thr32, den), nz));
+      rel_groups[i / kNL] = flag;
+      rel_any |= flag;
       if constexpr (kTol) {
-        above_hi.add(ad32, tol.hi(den));
-        above_lo.add(above_clamped(ad32, tol.lo_unclamped(den), nz));
+        const auto hi = gt_lanes(ad32, tol.hi(den));
+        above_hi += count_lanes(hi);
+        undecided += count_lanes(and_not(above_clamped(ad32, tol.lo_unclamped(den), nz), hi));
       }
       const auto dist = ulp_distance(narrow_bits<TA, Narrow, kNL>(a + i, vd{}), narrow_bits<TB, Narrow, kNL>(b + i, vd{}));
       ulpn = dist > ulpn ? dist : ulpn;
@@ -832,11 +915,48 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
         const auto e8 = exponent_codes(bitcast<vun>(ad32), nz);
         std::memcpy(bins + i, &e8, sizeof(e8));
       }
-      const vd ad = wide8(value8<0>(a + i, a32), value8<0>(b + i, b32), i);
-      if constexpr (kNL == 2 * W) wide8(value8<1>(a + i, a32), value8<1>(b + i, b32), i + W);
-      if constexpr (!kTruncF32) {  // (kNL == W here) the same codes, from the float64 |a-b|
-        const vu8 e8 = exponent_codes_f64(ad);
-        std::memcpy(bins + i, &e8, sizeof(e8));
+    };
+    if constexpr (kSplitPasses) {
+      // Below AVX-512 the float64 sums alone hold twelve of the sixteen registers: with the float32
+      // screens in the same loop, GCC spilled a dozen vectors per iteration. Three passes over the
+      // block (the later two read it from L1/L2) keep each in registers, and leave room for the
+      // exact float64 maximum, so a block that ties the running maximum needs no exact pass.
+      for (std::int64_t i = 0; i < nv; i += W) {  // the values' sums, as the block comes in
+        __builtin_prefetch(a + i + kAhead, 0, 3);
+        __builtin_prefetch(b + i + kAhead, 0, 3);
+        const vd av = Lanes<TA>::value(a + i), bv = Lanes<TB>::value(b + i);
+        s_aa.fma(av, av);
+        s_bb.fma(bv, bv);
+        sa.add(av);
+        sb.add(bv);
+      }
+      for (std::int64_t i = 0; i < nv; i += 2 * W) {  // the differences' sums and histogram codes
+        vd ad[2];
+        for (int h = 0; h < 2; ++h) {
+          const vd d = Lanes<TA>::value(a + i + W * h) - Lanes<TB>::value(b + i + W * h);
+          ad[h] = vabs(d);
+          vmx.max(ad[h]);
+          s_abs.add(ad[h]);
+          s_sq.fma(d, d);
+        }
+        store_exponent_codes_f64(ad[0], ad[1], bins + i);
+      }
+      for (std::int64_t i = 0; i < nv; i += kNL) {  // the float32 screens
+        vfn a32, b32;
+        screens(i, a32, b32);
+      }
+    } else {
+      for (std::int64_t i = 0; i < nv; i += kNL) {
+        __builtin_prefetch(a + i + kAhead, 0, 3);
+        __builtin_prefetch(b + i + kAhead, 0, 3);
+        vfn a32, b32;
+        screens(i, a32, b32);
+        const vd ad = wide8(value8<0>(a + i, a32), value8<0>(b + i, b32), i);
+        if constexpr (kNL == 2 * W) wide8(value8<1>(a + i, a32), value8<1>(b + i, b32), i + W);
+        if constexpr (!kTruncF32) {  // (kNL == W here) the same codes, from the float64 |a-b|
+          const vu8 e8 = exponent_codes_f64(ad);
+          std::memcpy(bins + i, &e8, sizeof(e8));
+        }
       }
     }
   } else {
@@ -847,7 +967,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
       const vd ad = wide8(av, bv, i);
       vrel.add(ratio(ad, bv), idx);
       idx += W;
-      if constexpr (kTol) mism -= not_close(ad, bv, p);
+      if constexpr (kTol) mism += count_lanes(not_close(ad, bv, p));
       if constexpr (kNarrowBits <= 32) {
         const auto dist = ulp_distance(narrow_bits<TA, Narrow>(a + i, av), narrow_bits<TB, Narrow>(b + i, bv));
         ulpn = dist > ulpn ? dist : ulpn;
@@ -923,21 +1043,27 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   if constexpr (!kNarrowPair) vrel.reduce(rel, rel_i);
   for (int j = 0; j < W; ++j) {
     mx = vmx.lane(j) > mx ? vmx.lane(j) : mx;
-    if constexpr (!kNarrowPair) mismatches += mism[j];
     if (ulp64[j] > max_ulp) max_ulp = ulp64[j];
   }
   for (int j = 0; j < static_cast<int>(sizeof(ulpn) / sizeof(ulpn[0])); ++j)
     if (ulpn[j] > max_ulp) max_ulp = ulpn[j];
+  if constexpr (!kNarrowPair) mismatches = mism;
   if constexpr (kTol && kNarrowPair) {
-    mismatches = above_hi.total();
-    if (above_lo.total() != mismatches) {  // an undecided lane: count the vector part exactly
-      vl m = {};
-      for (std::int64_t i = 0; i < nv; i += W) {
-        const vd av = Lanes<TA>::value(a + i), bv = Lanes<TB>::value(b + i);
-        m -= not_close(vabs(av - bv), bv, p);
+    // with an undecided lane (rare: a difference within 2^-20 of its allowance), the groups that
+    // hold one are counted exactly in float64, in place of the screen's count
+    mismatches = above_hi;
+    for (std::int64_t i = 0; undecided > 0 && i < nv; i += kNL) {
+      const vfn a32 = Lanes<TA>::template value32<kNL>(a + i), b32 = Lanes<TB>::template value32<kNL>(b + i);
+      const vfn den = bitcast<vfn>(bitcast<vun>(b32) & 0x7fffffffu);
+      const vfn ad32 = abs_diff32(a32, b32);
+      const auto hi = gt_lanes(ad32, tol.hi(den));
+      const auto lo = above_clamped(ad32, tol.lo_unclamped(den), nonzero_lanes(bitcast<vun>(ad32)));
+      if (!any_lane(and_not(lo, hi))) continue;
+      mismatches -= count_lanes(hi);
+      for (std::int64_t h = i; h < i + kNL; h += W) {
+        const vd av = Lanes<TA>::value(a + h), bv = Lanes<TB>::value(b + h);
+        mismatches += count_lanes(not_close(vabs(av - bv), bv, p));
       }
-      mismatches = 0;
-      for (int j = 0; j < W; ++j) mismatches += m[j];
     }
   }
   for (std::int64_t i = nv; i < n; ++i) {
@@ -979,13 +1105,16 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     for (std::int64_t i = nv; i < n; ++i) t_ab = std::fma(to_f64(a[i]), to_f64(b[i]), t_ab);
   }
 
-  // The block's max |a-b| and, when it beats the running maximum, its first index. Float64 pairs
-  // have the exact maximum already (here mx). Narrow pairs have the tail's (mx) and a bound for the
-  // vector part: its exact maximum is below the float32 successor of the largest ad32 (truncated or
-  // rounded to nearest). Only a bound that reaches the running maximum costs an exact pass, which
-  // locates the index on the way.
+  // The block's max |a-b| and, when it beats the running maximum (a tie loses to the earlier
+  // index), its first index. Float64 pairs, and narrow pairs in separate passes, have the exact
+  // maximum already (here mx). Narrow pairs in one pass have the tail's (mx) and a bound for the vector
+  // part: its exact maximum is below the float32 successor of the largest ad32 (truncated or
+  // rounded to nearest), which costs one float32 max per step instead of two float64 ones; only a
+  // bound that reaches the running maximum costs an exact pass, which locates the index on the way.
+  // (Quantized formats tie with the running maximum in many blocks, each then taking that pass: the
+  // price of the cheaper step where AVX-512 runs one pass.)
   std::int64_t mx_i = -1;
-  if constexpr (kNarrowPair) {
+  if constexpr (kNarrowPair && !kSplitPasses) {
     float m32 = 0.0f;
     for (int j = 0; j < kNL; ++j) m32 = vmx32[j] > m32 ? vmx32[j] : m32;
     const double upper = std::fmax(mx, static_cast<double>(std::nextafter(m32, INFINITY)));
@@ -1021,13 +1150,15 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   if constexpr (kNarrowPair) {
     // The tail's ratios were exact (rel, rel_i); the vector part is recomputed exactly only when
     // a lane was flagged (or there is no running maximum to screen against).
-    bool flagged = exact_rel_pass || mx >= 1e38 || any_lane(rel_flag);  // (mx: see rel_limit)
-    if (rel_settled) flagged = false;
-    if (flagged) {
-      // exact ratios, eight lanes at a time (every difference is finite here)
+    const bool every_group = exact_rel_pass || mx >= 1e38;  // (mx: see rel_limit)
+    if (!rel_settled && (every_group || rel_any)) {
+      // exact ratios, eight lanes at a time (every difference is finite here), of the flagged
+      // groups: an unflagged lane cannot beat the running maximum (quantized formats tie with it in
+      // many blocks, each with a lane or two flagged)
       LaneMax exact;
       vl at = lane_indices(index0);
       for (std::int64_t i = 0; i < nv; i += W, at += W) {
+        if (!every_group && !rel_groups[i / kNL]) continue;
         const vd av = Lanes<TA>::value(a + i), bv = Lanes<TB>::value(b + i);
         exact.add(ratio(vabs(av - bv), bv), at);
       }
@@ -1107,13 +1238,22 @@ BlockFn pick(bool with_tolerance) {
 }
 
 std::uint64_t read_probe(const void* p, std::int64_t bytes) {
-  // integer sum of 64-byte vectors: the least work that still reads every byte
+  // integer sums of register-wide vectors, four at a time: the least work that still reads every
+  // byte (a 64-byte accumulator below AVX-512 went through memory and read at a third of the limit)
+  typedef std::uint64_t vreg __attribute__((vector_size(FP_ISA_AVX512 ? 64 : FP_ISA_AVX2 ? 32 : 16)));
+  constexpr std::int64_t kStride = 4 * sizeof(vreg);
   const char* c = static_cast<const char*>(p);
-  vul acc = {};
+  vreg a0 = {}, a1 = {}, a2 = {}, a3 = {};
   std::int64_t i = 0;
-  for (; i + 64 <= bytes; i += 64) acc += load<vul>(c + i);
+  for (; i + kStride <= bytes; i += kStride) {
+    a0 += load<vreg>(c + i);
+    a1 += load<vreg>(c + i + sizeof(vreg));
+    a2 += load<vreg>(c + i + 2 * sizeof(vreg));
+    a3 += load<vreg>(c + i + 3 * sizeof(vreg));
+  }
+  const vreg acc = (a0 + a1) + (a2 + a3);
   std::uint64_t s = 0;
-  for (int j = 0; j < W; ++j) s += acc[j];
+  for (std::size_t j = 0; j < sizeof(vreg) / 8; ++j) s += acc[j];
   for (; i < bytes; ++i) s += static_cast<unsigned char>(c[i]);
   return s;
 }
