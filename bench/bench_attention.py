@@ -7,6 +7,7 @@ GFLOP/s counts 4·B·H·S²·D (halved for causal).
 
     python bench/bench_attention.py
     python bench/bench_attention.py --shapes 1,16,1024,64 --repeat 2 --no-write
+    python bench/bench_attention.py --simd avx2   # the AVX2 kernels, torch held to AVX2 (simd_env.py)
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import math
 import time
+
+import simd_env  # noqa: I001  (first: it sets what the libraries read when they load)
 
 import numpy as np
 
@@ -78,30 +81,36 @@ def run(shape, dtype, causal, repeat, rows):
 
 def render(rows, args):
     out = [
-        "## Attention forward (CPU)",
+        "## " + simd_env.title("Attention forward (CPU)", args.simd),
         "",
         f"Machine: {machine()}.",
-        f"Command: `python bench/bench_attention.py --repeat {args.repeat}` ({time.strftime('%Y-%m-%d')}).",
+        f"Command: `python bench/bench_attention.py --repeat {args.repeat}"
+        + (f" --simd {args.simd}" if args.simd else "") + f"` ({time.strftime('%Y-%m-%d')}).",
+        *simd_env.held_to(args.simd),
         "GFLOP/s = 4·B·H·S²·D / time (halved for causal); torch is `scaled_dot_product_attention` on BHSD",
         "tensors, numpy a float32 matmul/softmax/matmul on BHSD arrays, flashparity `fp.attention` on BSHD.",
         "",
         "| (B, H, S, D) | dtype | causal | torch SDPA | fp flash2 | fp naive | numpy | flash2 / torch | naive / numpy |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    ratios = {}
+    ratios, naive_ratios = {}, []
     for r in rows:
         t, f, n, npy = r.get("torch"), r["flash2"], r["naive"], r.get("numpy")
         ft = f / t if t else None
         nn = n / npy if npy else None
         if ft:
             ratios.setdefault(r["dtype"], []).append(ft)
+        if nn:
+            naive_ratios.append(nn)
         cell = lambda x: "–" if x is None else f"{x:.1f}"  # noqa: E731
         out.append(f"| {r['shape']} | {r['dtype']} | {r['causal']} | {cell(t)} | {cell(f)} | {cell(n)} | {cell(npy)} | "
                    f"{'–' if ft is None else f'{ft:.2f}'} | {'–' if nn is None else f'{nn:.2f}'} |")
     out.append("")
+    gmean = lambda xs: math.exp(sum(math.log(x) for x in xs) / len(xs))  # noqa: E731
     for dt, rs in ratios.items():
-        gm = math.exp(sum(math.log(x) for x in rs) / len(rs))
-        out.append(f"Geometric mean flash2 / torch SDPA, {dt}: {gm:.2f}.")
+        out.append(f"Geometric mean flash2 / torch SDPA, {dt}: {gmean(rs):.2f}.")
+    if naive_ratios:
+        out.append(f"Geometric mean naive / numpy, float32: {gmean(naive_ratios):.2f}.")
     return "\n".join(out) + "\n"
 
 
@@ -111,6 +120,8 @@ def main():
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--simd", choices=simd_env.LEVELS,
+                    help="run at this SIMD level, NumPy and PyTorch held to the same (simd_env.py)")
     args = ap.parse_args()
     rows = []
     for sh in args.shapes:
@@ -120,7 +131,7 @@ def main():
                 continue
             for causal in (False, True):
                 run(shape, dt, causal, args.repeat, rows)
-    publish(render(rows, args), "Attention forward (CPU)", args.no_write)
+    publish(render(rows, args), simd_env.title("Attention forward (CPU)", args.simd), args.no_write)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Writes the "Parity reductions" section of BENCHMARKS.md (other sections are kept
 
     python bench/bench_parity.py                  # CPU, 2^24 and 2^26 elements, f32/f16/bf16
     python bench/bench_parity.py --sizes 24 --repeat 3
+    python bench/bench_parity.py --simd avx2      # the AVX2 code path, its own section (simd_env.py)
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import re
 import threading
 import time
 from pathlib import Path
+
+import simd_env  # noqa: I001  (first: it sets what the libraries read when they load)
 
 import numpy as np
 
@@ -187,7 +190,7 @@ def run_case(n, dtype, repeat, rows):
     t_fp = add("fp.parity (every statistic, one pass)", fused, max_of=lambda s: s.max_abs_diff,
                cos_of=lambda s: s.cosine_sim, best=best_fp)
     rows[-1]["of_limit"] = t_probe / t_fp
-    if fp.build_info()["simd_detected"].startswith("avx512"):
+    if simd_env.LEVEL is None and fp.build_info()["simd_detected"].startswith("avx512"):
         # what a CPU without AVX-512 runs (AVX2 + FMA), on this machine: the code path, not that CPU
         def fused_avx2():
             before = os.environ.get("FLASHPARITY_SIMD")
@@ -243,7 +246,8 @@ def machine() -> str:
     flags = fp.build_info()
     return (f"{model}, {os.cpu_count()} cores, {_core.num_threads()} threads used, SIMD {flags['simd']}; "
             f"Python {platform.python_version()}, NumPy {np.__version__}"
-            + (f", PyTorch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else ", no PyTorch"))
+            + (f", PyTorch {torch.__version__} ({torch.get_num_threads()} threads, ATen CPU capability "
+               f"{torch.backends.cpu.get_cpu_capability()})" if torch else ", no PyTorch"))
 
 
 def fmt(v, spec):
@@ -252,11 +256,12 @@ def fmt(v, spec):
 
 def render(rows, args) -> str:
     out = [
-        "## Parity reductions (CPU)",
+        "## " + simd_env.title("Parity reductions (CPU)", args.simd),
         "",
         f"Machine: {machine()}.",
-        f"Command: `python bench/bench_parity.py --sizes {' '.join(map(str, args.sizes))} --repeat {args.repeat}`"
-        f" ({time.strftime('%Y-%m-%d')}).",
+        f"Command: `python bench/bench_parity.py --sizes {' '.join(map(str, args.sizes))} --repeat {args.repeat}"
+        + (f" --simd {args.simd}" if args.simd else "") + f"` ({time.strftime('%Y-%m-%d')}).",
+        *simd_env.held_to(args.simd),
         "",
         "Inputs: b ~ N(0, 1), a = b + 1e-3·N(0, 1), rounded to the dtype. Times: best of the repeats, each"
         " started with cold caches (a buffer of 3x the last-level cache read first); the read"
@@ -305,6 +310,8 @@ def main():
     ap.add_argument("--dtypes", nargs="+", default=["float32", "float16", "bfloat16"])
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    ap.add_argument("--simd", choices=simd_env.LEVELS,
+                    help="run at this SIMD level, NumPy and PyTorch held to the same (simd_env.py)")
     args = ap.parse_args()
     rows = []
     for e in args.sizes:
@@ -313,7 +320,7 @@ def main():
                 continue
             print(f"2^{e} {dt} ...", flush=True)
             run_case(1 << e, dt, args.repeat, rows)
-    publish(render(rows, args), "Parity reductions (CPU)", args.no_write)
+    publish(render(rows, args), simd_env.title("Parity reductions (CPU)", args.simd), args.no_write)
 
 
 if __name__ == "__main__":

@@ -62,8 +62,9 @@ constexpr int kNL = 8;
 // scalar tail), so levels of different step widths reduce the same elements the same way.
 constexpr int kStep = 16;
 static_assert(kStep % kNL == 0 && kNL % W == 0, "steps must nest");
-// Narrow pairs below AVX-512: the float64 sums and the float32 screens in separate passes (below).
-constexpr bool kSplitPasses = !FP_ISA_AVX512;
+// Narrow pairs on AVX2: the float64 sums and the float32 screens in separate passes (below). Not on
+// the baseline, where float16 converts in software and three passes would convert three times.
+constexpr bool kSplitPasses = FP_ISA_AVX2 && !FP_ISA_AVX512;
 
 // float32, 32- and 16-bit vectors of N lanes
 template <int N> struct Vec;
@@ -282,6 +283,7 @@ struct Acc8 {
   vd v = {};
   FP_INLINE void add(vd x) { v += x; }
   FP_INLINE void fma(vd x, vd y) { v = vfma(x, y, v); }
+  FP_INLINE void fma_exact(vd x, vd y) { fma(x, y); }
   FP_INLINE void max(vd x) { v = vmaxd(x, v); }
   FP_INLINE double lane(int j) const { return v[j]; }
 };
@@ -296,6 +298,15 @@ struct Acc8 {
     const vd r = vfma(x, y, join(lo, hi));
     lo = lo_half(r);
     hi = hi_half(r);
+  }
+  // fma for an exact product x * y (values from formats up to float32): the same bits as the fused
+  // multiply-add, which the baseline computes in software (std::fma, ~10x the cost)
+  FP_INLINE void fma_exact(vd x, vd y) {
+#if FP_ISA_AVX2
+    fma(x, y);
+#else
+    add(x * y);
+#endif
   }
   FP_INLINE void max(vd x) {
     const vd r = vmaxd(x, join(lo, hi));
@@ -821,6 +832,12 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   constexpr bool kNarrowPair = DTypeOf<TA>::value != DType::Float64 && DTypeOf<TB>::value != DType::Float64;
   constexpr DType kNarrow = DTypeOf<Narrow>::value;
   constexpr int kNarrowBits = dtype_size(kNarrow) * 8;
+  // products of values from formats up to float32 are exact in float64
+  constexpr bool kExactA = DTypeOf<TA>::value != DType::Float64, kExactB = DTypeOf<TB>::value != DType::Float64;
+  auto fma_square = [](Acc8& acc, vd x, bool exact) __attribute__((always_inline)) {
+    if (exact) acc.fma_exact(x, x);
+    else acc.fma(x, x);
+  };
 
   const vd zero = {};
   Acc8 s_abs, s_sq, s_aa, s_bb;  // Σab follows from the squares (after the loop)
@@ -861,8 +878,8 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     // rounds each term once, exactly as separate operations would; in float64 it rounds once fewer
     s_abs.add(ad);
     s_sq.fma(d, d);
-    s_aa.fma(av, av);
-    s_bb.fma(bv, bv);
+    fma_square(s_aa, av, kExactA);
+    fma_square(s_bb, bv, kExactB);
     sa.add(av);
     sb.add(bv);
     if constexpr (!kTruncF32 && !kNarrowPair) {  // histogram bin of each float64 |a-b| (finite, >= 0)
@@ -917,7 +934,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
       }
     };
     if constexpr (kSplitPasses) {
-      // Below AVX-512 the float64 sums alone hold twelve of the sixteen registers: with the float32
+      // With AVX2 the float64 sums alone hold twelve of the sixteen registers: with the float32
       // screens in the same loop, GCC spilled a dozen vectors per iteration. Three passes over the
       // block (the later two read it from L1/L2) keep each in registers, and leave room for the
       // exact float64 maximum, so a block that ties the running maximum needs no exact pass.
@@ -925,8 +942,8 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
         __builtin_prefetch(a + i + kAhead, 0, 3);
         __builtin_prefetch(b + i + kAhead, 0, 3);
         const vd av = Lanes<TA>::value(a + i), bv = Lanes<TB>::value(b + i);
-        s_aa.fma(av, av);
-        s_bb.fma(bv, bv);
+        fma_square(s_aa, av, kExactA);
+        fma_square(s_bb, bv, kExactB);
         sa.add(av);
         sb.add(bv);
       }
@@ -1100,7 +1117,10 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
     t_ab = 0.5 * ((t_aa + t_bb) - t_sq);
   } else {
     Acc8 s_ab;
-    for (std::int64_t i = 0; i < nv; i += W) s_ab.fma(Lanes<TA>::value(a + i), Lanes<TB>::value(b + i));
+    for (std::int64_t i = 0; i < nv; i += W) {
+      if constexpr (kExactA && kExactB) s_ab.fma_exact(Lanes<TA>::value(a + i), Lanes<TB>::value(b + i));
+      else s_ab.fma(Lanes<TA>::value(a + i), Lanes<TB>::value(b + i));
+    }
     t_ab = total(s_ab);
     for (std::int64_t i = nv; i < n; ++i) t_ab = std::fma(to_f64(a[i]), to_f64(b[i]), t_ab);
   }
