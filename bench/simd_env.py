@@ -1,6 +1,7 @@
 """`--simd LEVEL` for the CPU benchmarks: flashparity runs at LEVEL (FLASHPARITY_SIMD), and the
-libraries it is compared with are held to the same instruction set, so that a machine with AVX-512
-measures what a CPU with only AVX2 (or no AVX) gets from each. Imported first by each benchmark
+libraries it is compared with are held to the same instruction set (`scalar`: the lowest their
+settings name, SSE4.x, above flashparity's SSE2), so that a machine with AVX-512 measures what a
+CPU with only AVX2 (or no AVX) gets from each. Imported first by each benchmark
 script: the libraries read these variables when they load.
 
     PyTorch's ATen kernels   ATEN_CPU_CAPABILITY
@@ -55,7 +56,8 @@ def held_to(level: str | None) -> list[str]:
     if level is None:
         return []
     caps = ", ".join(f"{k}={v}" for k, v in CAPS.get(level, {}).items())
-    return ["", f"flashparity at FLASHPARITY_SIMD={level}" + (f"; the others held to it by {caps}" if caps else "") + "."]
+    held = "as low as their settings go" if level == "scalar" else "to it"
+    return ["", f"flashparity at FLASHPARITY_SIMD={level}" + (f"; the others held {held} by {caps}" if caps else "") + "."]
 
 
 # OpenBLAS's idle threads spin for a while after each call (2^28 cycles by default), taking a core

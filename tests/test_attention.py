@@ -146,7 +146,7 @@ def test_every_head_dim_tail_and_query_tile(impl, dtype):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_long_heads_past_the_kv_cache(impl):
-    # K and V of a head with seqlen_k * head_dim past 2^22 are converted per tile, not kept per worker
+    # K and V of a head with seqlen_k * head_dim past 2^20 are converted per tile, not kept per worker
     rng = np.random.default_rng(10)
     q, k, v = make(rng, 1, 3, 33000, 1, 1, 128, BF16)
     ref_out, ref_lse = reference(q, k, v, causal=True, window=(20000, -1))

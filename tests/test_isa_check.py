@@ -66,8 +66,8 @@ float kernel(float* p) {{
 }} }}
 {epilogue}
 namespace flashparity {{ namespace isa_avx512 {{
-extern float (*const table)(float*);
-float (*const table)(float*) = &kernel;
+extern float (*const parity_table)(float*);
+float (*const parity_table)(float*) = &kernel;
 }} }}
 """
 AVX512 = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mprefer-vector-width=512")
@@ -128,6 +128,57 @@ int get() { return seed; }""")
     assert any("level avx2 but no instruction of it" in e for e in errs), errs
 
 
+def test_what_a_unit_exports_and_runs_at_load_time(tmp_path):
+    region = "#define FP_ISA FP_ISA_ID_AVX2\n#include \"isa_target.h\"\n"
+    body = """typedef float vf __attribute__((vector_size(32)));
+FP_ISA_BEGIN
+namespace { __attribute__((noinline)) void twice(vf* x) { *x = *x + *x; } }
+FP_ISA_END
+"""
+    cases = {
+        # a baseline function outside the region that calls the region's code directly
+        "helper": "namespace flashparity { void helper(vf* x) { twice(x); } }",
+        # the region's code exported as data under another name than the unit's tables
+        "pointer": "namespace flashparity { extern void (*const kernel_ptr)(vf*); void (*const kernel_ptr)(vf*) = &twice; }",
+        # a table of another unit's namespace
+        "foreign table": "namespace flashparity { namespace isa_avx512 { extern void (*const parity_table)(vf*); "
+                         "void (*const parity_table)(vf*) = &twice; } }",
+        # code that runs when the module loads (a priority puts it in .init_array.00101) or unloads
+        "constructor": "volatile float sink; __attribute__((constructor(101))) static void init() "
+                       "{ vf x = {sink}; twice(&x); sink = x[0]; }",
+        "destructor": "volatile float sink; __attribute__((destructor)) static void fini() "
+                      "{ vf x = {sink}; twice(&x); sink = x[0]; }",
+    }
+    expect = {"helper": "exports flashparity::helper(", "pointer": "exports flashparity::kernel_ptr",
+              "foreign table": "exports flashparity::isa_avx512::parity_table",
+              "constructor": "per-ISA unit has .init_array", "destructor": "per-ISA unit has .fini_array"}
+    for case, code in cases.items():
+        obj = compile_obj(tmp_path, f"{case.replace(' ', '_')}_avx2.cpp.o", region + body + code, "-Wno-psabi")
+        errs = errors(obj)
+        assert any(expect[case] in e for e in errs), (case, errs)
+    # a weak (inline) function that reaches the region's code through a local baseline function
+    weak = region + body + """namespace { __attribute__((noinline)) void relay(vf* x) { twice(x); } }
+namespace flashparity { inline __attribute__((noinline)) void shared(vf* x) { relay(x); }
+void (*get())(vf*) { return &shared; } }"""
+    errs = errors(compile_obj(tmp_path, "weak_avx2.cpp.o", weak, "-Wno-psabi"))
+    assert any("weak function flashparity::shared(" in e and "reaches code above the baseline" in e
+               for e in errs), errs
+
+
+def test_extensions_no_level_has(tmp_path):
+    src = """#include <immintrin.h>
+namespace { __attribute__((target("avx2,aes,sha,vaes,vpclmulqdq"), noinline))
+__m256i f(__m256i a, __m256i b, __m128i c, __m128i d) {
+  return _mm256_xor_si256(_mm256_aesenc_epi128(a, b), _mm256_castsi128_si256(_mm_sha1rnds4_epu32(c, d, 0)));
+} }
+__m256i (*get())(__m256i, __m256i, __m128i, __m128i) { return &f; }"""
+    errs = errors(compile_obj(tmp_path, "crypto_avx2.cpp.o", src, "-Wno-psabi"))
+    assert any("aes (" in e for e in errs) and any("sha (" in e for e in errs), errs
+    # a baseline count of trailing zeros is `rep bsf`, which objdump prints as tzcnt: baseline
+    ctz = "int ctz(unsigned x) { return __builtin_ctz(x); }"
+    assert errors(compile_obj(tmp_path, "ctz.cpp.o", ctz)) == []
+
+
 def test_instruction_features():
     feat = check_isa.instruction_feature
     assert feat([0x48, 0x01, 0xC4], "add") is None  # c4 as a ModRM byte, not a VEX prefix
@@ -140,3 +191,11 @@ def test_instruction_features():
     assert feat([0xC4, 0xE2, 0x78, 0xF2, 0xC1], "andn") == "bmi"
     assert feat([0x62, 0xF5, 0x7C, 0x48, 0x58, 0xC1], "vaddph") == "avx512fp16"
     assert feat([0x66, 0x0F, 0x58, 0xC1], "addpd") is None
+    assert feat([0xF3, 0x0F, 0xBC, 0xC7], "tzcnt") is None  # rep bsf: BSF on CPUs without BMI
+    assert feat([0xF3, 0x0F, 0xBD, 0xC7], "lzcnt") == "lzcnt"  # not BSR's result
+    assert feat([0x66, 0x0F, 0x38, 0xDC, 0xC1], "aesenc") == "aes"
+    assert feat([0xC4, 0xE2, 0x7D, 0xDC, 0xC1], "vaesenc") == "aes"
+    assert feat([0x8F, 0xE8, 0x78, 0xC0, 0xC1, 0x01], "vprotb") == "xop"
+    assert feat([0x8F, 0xC0], "pop") is None
+    assert feat([0x62, 0xF4, 0x7C, 0x48, 0x00, 0xC1], "add") == "evex-map4"  # APX
+    assert feat([0x62, 0xF3, 0x7C, 0x48, 0x66, 0xC1, 0x00], "vfpclassph") == "avx512fp16"

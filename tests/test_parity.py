@@ -80,6 +80,40 @@ def test_every_simd_level_matches_oracle(level, monkeypatch):
         check_against_oracle(fp.parity(a, b, atol=1e-3, rtol=1e-2), a, b, 1e-3, 1e-2)
 
 
+def _edge_case(case, dtype, rng, n):
+    """Inputs that send blocks down the kernel's rarer paths, and the tolerances that do."""
+    dt = DTYPES[dtype]
+    if case == "scale":  # norms 9x apart: Σab summed from the products, not derived from the squares
+        b = rng.standard_normal(n)
+        return (3 * b + 1e-2 * rng.standard_normal(n)).astype(dt), b.astype(dt), 1e-3, 1e-3
+    if case == "ties":  # differences exactly atol + rtol |b|: undecided screen lanes, counted in float64
+        b = rng.choice([1.0, 2.0, 0.5, -1.0, -4.0], n)
+        off = np.where(rng.random(n) < 0.3, 0.25 + 0.25 * np.abs(b), rng.standard_normal(n))
+        return (b + off).astype(dt), b.astype(dt), 0.25, 0.25
+    # quantized: a few values one step apart, so the blocks' maxima tie the running ones
+    b = rng.choice([1.0, 0.5, 0.25, 3.0, -2.0], n).astype(dt)
+    step = np.where(rng.random(n) < 0.2, rng.choice([1, -1, 2], n), 0)
+    a = (b.astype(np.float64) * (1 + step * float(np.finfo(dt).eps if dt != DTYPES["bfloat16"] else 2.0**-7)))
+    return a.astype(dt), b, 0.0, 0.0
+
+
+@pytest.mark.parametrize("case", ["scale", "ties", "quantized"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_simd_levels_agree_on_the_rare_paths(case, dtype, monkeypatch):
+    # every level the CPU has, on inputs that take the exact passes and fallbacks, against the oracle
+    rng = np.random.default_rng(14)
+    a, b, atol, rtol = _edge_case(case, dtype, rng, 9 * 4096 + 16 * 21 + 5)
+    detected = fp.build_info()["simd_detected"]
+    results = []
+    for level in LEVELS[: LEVELS.index(detected) + 1]:
+        monkeypatch.setenv("FLASHPARITY_SIMD", level)
+        results.append((level, fp.parity(a, b, atol=atol, rtol=rtol)))
+    check_against_oracle(results[0][1], a, b, atol, rtol)
+    for level, r in results[1:]:
+        assert repr(r) == repr(results[0][1]), level
+        assert r == results[0][1], level
+
+
 @pytest.mark.parametrize("da,db", [("float32", "float64"), ("float32", "float32"), ("float16", "float32"),
                                    ("bfloat16", "bfloat16"), ("float16", "bfloat16")])
 def test_simd_levels_are_bit_identical(da, db, monkeypatch):

@@ -18,7 +18,8 @@ void attention_cpu(const AttnParams& p, AttnImpl impl) {
   if (tasks == 0) return;
   // one scratch per worker, freed when the call ends: a worker that runs several query tiles of a
   // head converts its K and V once, and nothing outlives the call
-  std::vector<void*> scratch(static_cast<std::size_t>(parallel_workers(tasks)), nullptr);
+  const int workers = parallel_workers(tasks);
+  std::vector<void*> scratch(static_cast<std::size_t>(workers), nullptr);
   struct Free {
     const AttentionTable& k;
     std::vector<void*>& s;
@@ -28,7 +29,7 @@ void attention_cpu(const AttnParams& p, AttnImpl impl) {
     }
   } free_scratch{kernels, scratch};
   for (void*& x : scratch) x = kernels.scratch_new();
-  parallel_for(tasks, [&](std::int64_t t, int w) {
+  parallel_for(tasks, workers, [&](std::int64_t t, int w) {
     const std::int64_t tile = t % tiles, bh = t / tiles;
     const std::int64_t h = bh % p.heads_q, b = bh / p.heads_q;
     const std::int64_t r0 = tile * rows_per_task;

@@ -14,7 +14,6 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <utility>
 #include <new>
 #include <type_traits>
 #include <vector>
@@ -344,14 +343,15 @@ void pv_t(Rows v, std::int64_t nk, const float* pt, std::int64_t ldp, std::int64
 // converted tile by tile as its tasks first need them and reused by its next query tiles of that
 // head: each head's K and V are converted once per worker, not once per query tile, and the rows are
 // contiguous whatever the input's strides (rows 4 KiB apart alias in the L1 cache). A head too long
-// to keep (more than kMaxCachedFloats per tensor) is converted per use into tile buffers.
-constexpr std::int64_t kMaxCachedFloats = std::int64_t{1} << 22;  // 16 MiB per tensor
+// to keep (more than kMaxCachedFloats per tensor: 8 MiB a worker for K and V) is converted per use
+// into tile buffers.
+constexpr std::int64_t kMaxCachedFloats = std::int64_t{1} << 20;
 
 struct KVRows {
   std::int64_t b = -1, hk = -1, D = 0, Sk = 0;
   bool cached = false;
-  FloatBuf k, v;              // the cached rows, or the rows of the last use
-  std::vector<char> ready;    // per kBc tile
+  FloatBuf k, v;                    // the cached rows, or the rows of the last use
+  std::vector<char> k_ready, v_ready;  // per kBc tile
 
   void bind(const AttnParams& p, std::int64_t b_, std::int64_t hk_) {
     if (b_ == b && hk_ == hk) return;
@@ -364,25 +364,34 @@ struct KVRows {
     if (cached) {
       k.resize(rows * D);
       v.resize(rows * D);
-      ready.assign(static_cast<std::size_t>(rows / kBc), 0);
+      k_ready.assign(static_cast<std::size_t>(rows / kBc), 0);
+      v_ready.assign(static_cast<std::size_t>(rows / kBc), 0);
     }
   }
 
-  // K and V rows j0 .. j0 + n (n <= kNaiveKeyChunk; rows past Sk read as zeros).
+  // K (or V) rows j0 .. j0 + n (n <= kNaiveKeyChunk; rows past Sk read as zeros).
   template <typename T>
-  std::pair<Rows, Rows> rows(const AttnParams& p, std::int64_t j0, std::int64_t n) {
+  Rows keys(const AttnParams& p, std::int64_t j0, std::int64_t n) {
+    return fetch<T>(p.k, k, k_ready, j0, n);
+  }
+  template <typename T>
+  Rows values(const AttnParams& p, std::int64_t j0, std::int64_t n) {
+    return fetch<T>(p.v, v, v_ready, j0, n);
+  }
+
+ private:
+  template <typename T>
+  Rows fetch(const TensorArg& t, FloatBuf& buf, std::vector<char>& ready, std::int64_t j0, std::int64_t n) {
     if (!cached) {
-      load_rows<T, float>(p.k, b, hk, j0, n, Sk, D, k.resize(n * D), D);
-      load_rows<T, float>(p.v, b, hk, j0, n, Sk, D, v.resize(n * D), D);
-      return {{k.data(), D}, {v.data(), D}};
+      load_rows<T, float>(t, b, hk, j0, n, Sk, D, buf.resize(n * D), D);
+      return {buf.data(), D};
     }
-    for (std::int64_t t = j0 / kBc; t * kBc < j0 + n; ++t) {
-      if (ready[static_cast<std::size_t>(t)]) continue;
-      load_rows<T, float>(p.k, b, hk, t * kBc, kBc, Sk, D, k.data() + t * kBc * D, D);
-      load_rows<T, float>(p.v, b, hk, t * kBc, kBc, Sk, D, v.data() + t * kBc * D, D);
-      ready[static_cast<std::size_t>(t)] = 1;
+    for (std::int64_t tile = j0 / kBc; tile * kBc < j0 + n; ++tile) {
+      if (ready[static_cast<std::size_t>(tile)]) continue;
+      load_rows<T, float>(t, b, hk, tile * kBc, kBc, Sk, D, buf.data() + tile * kBc * D, D);
+      ready[static_cast<std::size_t>(tile)] = 1;
     }
-    return {{k.data() + j0 * D, D}, {v.data() + j0 * D, D}};
+    return {buf.data() + j0 * D, D};
   }
 };
 
@@ -454,7 +463,7 @@ void softmax_tile(float* st, std::int64_t lds, std::int64_t nk, std::int64_t key
 }
 
 // The shared skeleton of both float kernels: a task is (batch, head, up to kBr query rows); the
-// keys are visited in tiles of `tile` (kBc for flash2; all of them at once for naive).
+// keys are visited in tiles of kBc (flash2) or all of them at once (naive).
 template <typename T>
 void float_task(const AttnParams& p, KVRows& kv, std::int64_t b, std::int64_t h, std::int64_t r0, std::int64_t rows,
                 bool naive) {
@@ -471,24 +480,25 @@ void float_task(const AttnParams& p, KVRows& kv, std::int64_t b, std::int64_t h,
   const std::int64_t k_begin = tiles.begin * kBc, k_end = std::min(tiles.end * kBc, Sk);
   if (naive) {  // every visible key's score of the rows at once, then one softmax, then P.V
     const std::int64_t nk = k_end - k_begin;
-    FloatBuf st(round_up(std::max<std::int64_t>(nk, 1), kRK) * nq, 0.0f);
+    FloatBuf st;  // (every row the softmax and P.V read is written by the scores first)
+    st.resize(round_up(std::max<std::int64_t>(nk, 1), kRK) * nq);
     for (std::int64_t j0 = k_begin; j0 < k_end; j0 += kNaiveKeyChunk) {
       const std::int64_t n_pad = round_up(std::min(kNaiveKeyChunk, k_end - j0), kRK);
-      scores_t(kv.rows<T>(p, j0, n_pad).first, n_pad, qt.data(), nq, nq, D, st.data() + (j0 - k_begin) * nq, nq);
+      scores_t(kv.keys<T>(p, j0, n_pad), n_pad, qt.data(), nq, nq, D, st.data() + (j0 - k_begin) * nq, nq);
     }
     softmax_tile(st.data(), nq, nk, k_begin, nq, qr, scale, cap, m.data(), l.data(), ot.data(), nq, D);
     for (std::int64_t j0 = k_begin; j0 < k_end; j0 += kNaiveKeyChunk) {
       const std::int64_t n = std::min(kNaiveKeyChunk, k_end - j0);
-      pv_t(kv.rows<T>(p, j0, n).second, n, st.data() + (j0 - k_begin) * nq, nq, nq, D, ot.data(), nq);
+      pv_t(kv.values<T>(p, j0, n), n, st.data() + (j0 - k_begin) * nq, nq, nq, D, ot.data(), nq);
     }
   } else {
-    FloatBuf st(kBc * nq, 0.0f);
+    FloatBuf st;  // (as above)
+    st.resize(kBc * nq);
     for (std::int64_t j0 = k_begin; j0 < k_end; j0 += kBc) {
       const std::int64_t n = std::min(kBc, Sk - j0), n_pad = round_up(n, kRK);
-      const auto [krows, vrows] = kv.rows<T>(p, j0, n_pad);
-      scores_t(krows, n_pad, qt.data(), nq, nq, D, st.data(), nq);
+      scores_t(kv.keys<T>(p, j0, n_pad), n_pad, qt.data(), nq, nq, D, st.data(), nq);
       softmax_tile(st.data(), nq, n, j0, nq, qr, scale, cap, m.data(), l.data(), ot.data(), nq, D);
-      pv_t(vrows, n, st.data(), nq, nq, D, ot.data(), nq);
+      pv_t(kv.values<T>(p, j0, n), n, st.data(), nq, nq, D, ot.data(), nq);
     }
   }
   for (std::int64_t i = 0; i < rows; ++i) {
@@ -599,12 +609,14 @@ void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std:
   const float scale = static_cast<float>(p.scale), cap = static_cast<float>(p.softcap);
   std::vector<std::uint16_t> q2(kBr * Dp), krows(kBc * Dp), vrows(kBc * Dp), p2(kBr * kBc);
   const std::int64_t n_tiles = (Sk + kBc - 1) / kBc, tile_elems = Dp * kBc;
+  // (a head past the float kernels' cache size is packed per use, into one tile slot)
+  const bool cached = n_tiles * tile_elems <= 2 * kMaxCachedFloats;
   if (cache.b != b || cache.hk != hk) {
     cache.b = b;
     cache.hk = hk;
-    cache.kt2.resize(static_cast<std::size_t>(n_tiles * tile_elems));
-    cache.v2.resize(static_cast<std::size_t>(n_tiles * tile_elems));
-    cache.ready.assign(static_cast<std::size_t>(n_tiles), 0);
+    cache.kt2.resize(static_cast<std::size_t>((cached ? n_tiles : 1) * tile_elems));
+    cache.v2.resize(static_cast<std::size_t>((cached ? n_tiles : 1) * tile_elems));
+    cache.ready.assign(static_cast<std::size_t>(cached ? n_tiles : 1), 0);
   }
   std::vector<float> s(kBr * kBc), o(kBr * Dp, 0.0f), m(kBr, -INFINITY), l(kBr, 0.0f);
   const std::int64_t rows_p = std::min<std::int64_t>(round_up(rows, kRB), kBr);
@@ -612,10 +624,10 @@ void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std:
   const TileSpan tiles = row_block_key_tiles(r0, rows, p, kBc);
   for (std::int64_t j0 = tiles.begin * kBc; j0 < tiles.end * kBc; j0 += kBc) {
     const std::int64_t nj = std::min(kBc, Sk - j0);
-    const std::int64_t t = j0 / kBc;
+    const std::int64_t t = cached ? j0 / kBc : 0;
     std::uint16_t* kt2 = cache.kt2.data() + t * tile_elems;
     std::uint16_t* v2 = cache.v2.data() + t * tile_elems;
-    if (!cache.ready[static_cast<std::size_t>(t)]) {
+    if (!cached || !cache.ready[static_cast<std::size_t>(t)]) {
       load_bf16_rows(p.k, b, hk, j0, kBc, Sk, D, krows.data(), Dp);
       load_bf16_rows(p.v, b, hk, j0, kBc, Sk, D, vrows.data(), Dp);
       // pair layouts: kt2[d/2][j][d%2] (head_dim pairs per key), v2[j/2][d][j%2] (key pairs per dim)
@@ -677,7 +689,7 @@ void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std:
   }
   for (std::int64_t i = 0; i < rows; ++i) {
     store_row<bf16_bits, float>(p, b, r0 + i, h, o.data() + i * Dp, l[i]);
-    if (p.lse) p.lse[(b * p.heads_q + h) * p.seqlen_q + r0 + i] = row_lse(m[i], l[i]);
+    store_lse(p, b, h, r0 + i, row_lse(m[i], l[i]));
   }
 }
 #else
@@ -701,12 +713,12 @@ void scratch_free(void* s) { delete static_cast<Scratch*>(s); }
 template <typename T, typename Acc = double>
 void naive_task_f64(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64_t r0, std::int64_t rows) {
   const std::int64_t D = p.head_dim, Sk = p.seqlen_k;
-  const std::int64_t Dp = D, rows_p = rows;
+  const std::int64_t Dp = D;
   const std::int64_t hk = h / (p.heads_q / p.heads_kv);
   const std::int64_t ld = round_up(std::max<std::int64_t>(Sk, 1), kNaiveKeyChunk);  // score row stride
   const Acc scale = static_cast<Acc>(p.scale), cap = static_cast<Acc>(p.softcap);
-  std::vector<Acc> q(rows_p * Dp), s(rows_p * ld, Acc(0)), kt(Dp * kNaiveKeyChunk), v(kNaiveKeyChunk * Dp), stage;
-  load_rows<T, Acc>(p.q, b, h, r0, rows_p, r0 + rows, D, q.data(), Dp);
+  std::vector<Acc> q(rows * Dp), s(rows * ld, Acc(0)), kt(Dp * kNaiveKeyChunk), v(kNaiveKeyChunk * Dp), stage;
+  load_rows<T, Acc>(p.q, b, h, r0, rows, r0 + rows, D, q.data(), Dp);
   // scores, one key chunk at a time: s[i][j] = q_i . k_j
   for (std::int64_t j0 = 0; j0 < Sk; j0 += kNaiveKeyChunk) {
     const std::int64_t nj = std::min(kNaiveKeyChunk, Sk - j0);
@@ -722,12 +734,8 @@ void naive_task_f64(const AttnParams& p, std::int64_t b, std::int64_t h, std::in
   }
   // softmax per row (max-subtracted), then P.V one key chunk at a time
   std::vector<Acc> lsum(rows), mrow(rows);
-  for (std::int64_t i = 0; i < rows_p; ++i) {
+  for (std::int64_t i = 0; i < rows; ++i) {
     Acc* srow = s.data() + i * ld;
-    if (i >= rows) {  // padding rows: no probabilities
-      std::fill(srow, srow + ld, Acc(0));
-      continue;
-    }
     const KeyRange kr = key_range(r0 + i, p);
     const Acc mx = finish_scores(srow, Sk, 0, kr, scale, cap);
     for (std::int64_t j = Sk; j < ld; ++j) srow[j] = -INFINITY;
@@ -741,7 +749,7 @@ void naive_task_f64(const AttnParams& p, std::int64_t b, std::int64_t h, std::in
     }
     lsum[i] = l;
   }
-  std::vector<Acc> acc(rows_p * Dp, Acc(0));
+  std::vector<Acc> acc(rows * Dp, Acc(0));
   for (std::int64_t j0 = 0; j0 < Sk; j0 += kNaiveKeyChunk) {
     const std::int64_t nj = std::min(kNaiveKeyChunk, Sk - j0);
     load_rows<T, Acc>(p.v, b, hk, j0, nj, Sk, D, v.data(), Dp);
@@ -757,7 +765,7 @@ void naive_task_f64(const AttnParams& p, std::int64_t b, std::int64_t h, std::in
   }
   for (std::int64_t i = 0; i < rows; ++i) {
     store_row<T, Acc>(p, b, r0 + i, h, acc.data() + i * Dp, lsum[i]);
-    if (p.lse) p.lse[(b * p.heads_q + h) * p.seqlen_q + r0 + i] = row_lse(mrow[i], lsum[i]);
+    store_lse(p, b, h, r0 + i, row_lse(mrow[i], lsum[i]));
   }
 }
 
@@ -822,7 +830,7 @@ void flash2_task_f64(const AttnParams& p, std::int64_t b, std::int64_t h, std::i
   }
   for (std::int64_t i = 0; i < rows; ++i) {
     store_row<T, Acc>(p, b, r0 + i, h, o.data() + i * Dp, l[i]);
-    if (p.lse) p.lse[(b * p.heads_q + h) * p.seqlen_q + r0 + i] = row_lse(m[i], l[i]);
+    store_lse(p, b, h, r0 + i, row_lse(m[i], l[i]));
   }
 }
 

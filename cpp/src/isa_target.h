@@ -9,7 +9,7 @@
 // shared header (std::vector's members, std::fill, dtype.h's helpers) is baseline code: when the
 // linker keeps one copy of such a symbol out of several units, any copy is safe on every CPU.
 // Inside the region everything sits in an anonymous namespace, reachable only through the unit's
-// dispatch table (cpu_dispatch.cpp picks the table for the CPU). cmake/check_isa.py proves both
+// dispatch table (cpu_dispatch.cpp picks the table for the CPU). cmake/check_isa.py checks both
 // properties on the compiled objects at every build.
 //
 // The feature macros FP_ISA_AVX2, FP_ISA_AVX512, ... (0 or 1) are what the kernels test; they do

@@ -1,7 +1,9 @@
 // The vectorized parity block kernel, written once with GCC vector extensions (8 float64 lanes) and
 // compiled once per ISA (parity_block_{scalar,avx2,avx512,avx512icl}.cpp; isa_target.h says how).
-// Every ISA runs the same lane layout and the same operations (-ffp-contract=off), so results are
-// bit-identical whichever level the CPU dispatches to.
+// Every ISA adds the same terms to the same lanes in the same order, with the same roundings
+// (-ffp-contract=off, FMAs where written): the results are bit-identical whichever level the CPU
+// dispatches to. What differs between levels (one pass or three, float32 screens of 8 or 16 lanes,
+// which blocks take an exact pass) only decides how much work is done, never a result.
 //
 // Included once by each of those units, after it defines FP_ISA and FP_ISA_NAMESPACE. Every header
 // is included here, before the ISA region opens: what they define stays baseline code. The kernels
@@ -269,7 +271,7 @@ FP_INLINE vd vmaxd(vd a, vd b) {  // a > b ? a : b for non-NaN lanes (NaN blocks
   return bitcast<vd>(_mm512_max_pd(bitcast<__m512d>(b), bitcast<__m512d>(a)));
 #elif FP_ISA_AVX2
   auto m = [](vd4 x, vd4 y) { return bitcast<vd4>(_mm256_max_pd(bitcast<__m256d>(y), bitcast<__m256d>(x))); };
-  return join(m(lo_half(a), lo_half(b)), m(hi_half(a), hi_half(b)));  // b unless a > b
+  return join(m(lo_half(a), lo_half(b)), m(hi_half(a), hi_half(b)));  // a unless b > a
 #else
   return vsel(vgt(a, b), a, b);
 #endif
@@ -756,8 +758,8 @@ FP_INLINE float f32_up(double x) {  // the smallest float32 >= x
 //   at most lo = max(fl(rtol_lo * |b| + atol_lo), 0) (above_clamped)  with rtol_lo <= rtol (1 - 2^-20), atol_lo <= atol (1 - 2^-20) - 2^-140:
 //     lo (1 + 2^-23) < L when lo > 0, and |a-b| <= ad32 (1 + 2^-23), so ad32 <= lo proves a match
 //     (lo = 0 means ad32 = 0: a zero difference always matches).
-// A lane between the two is undecided; a block with one (the two counts differ) is counted again
-// exactly in float64. rtol <= 0.5 and atol <= 1e37 keep every bound finite in float32 (a difference
+// A lane between the two is undecided; the groups of elements holding one are counted again exactly
+// in float64. rtol <= 0.5 and atol <= 1e37 keep every bound finite in float32 (a difference
 // past FLT_MAX truncates to FLT_MAX, which is above hi); other tolerances leave every nonzero lane
 // undecided and are counted exactly.
 struct TolScreen {
@@ -873,7 +875,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   auto wide8 = [&](vd av, vd bv, std::int64_t i) __attribute__((always_inline)) {
     const vd d = av - bv;
     const vd ad = vabs(d);
-    if constexpr (!kNarrowPair || kSplitPasses) vmx.max(ad);
+    if constexpr (!kNarrowPair) vmx.max(ad);
     // products of values from formats up to float32 are exact in float64, so a fused multiply-add
     // rounds each term once, exactly as separate operations would; in float64 it rounds once fewer
     s_abs.add(ad);
@@ -1274,6 +1276,7 @@ std::uint64_t read_probe(const void* p, std::int64_t bytes) {
   const vreg acc = (a0 + a1) + (a2 + a3);
   std::uint64_t s = 0;
   for (std::size_t j = 0; j < sizeof(vreg) / 8; ++j) s += acc[j];
+  for (; i + 8 <= bytes; i += 8) s += load<std::uint64_t>(c + i);  // (the same sum on every level)
   for (; i < bytes; ++i) s += static_cast<unsigned char>(c[i]);
   return s;
 }

@@ -129,9 +129,10 @@ std::uint64_t read_probe_cpu(const void* a, std::int64_t bytes_a, const void* b,
   // the same split as parity_cpu: chunks of both buffers claimed by the threads
   constexpr std::int64_t kChunk = 1 << 20;
   const std::int64_t chunks = (std::max(bytes_a, bytes_b) + kChunk - 1) / kChunk;
-  std::vector<std::uint64_t> sums(static_cast<std::size_t>(parallel_workers(chunks)), 0);
+  const int workers = parallel_workers(chunks);
+  std::vector<std::uint64_t> sums(static_cast<std::size_t>(workers), 0);
   const double fa = static_cast<double>(bytes_a) / chunks, fb = static_cast<double>(bytes_b) / chunks;
-  parallel_for(chunks, [&](std::int64_t c, int w) {
+  parallel_for(chunks, workers, [&](std::int64_t c, int w) {
     const std::int64_t a0 = static_cast<std::int64_t>(fa * c), a1 = static_cast<std::int64_t>(fa * (c + 1));
     const std::int64_t b0 = static_cast<std::int64_t>(fb * c), b1 = static_cast<std::int64_t>(fb * (c + 1));
     sums[w] += probe(static_cast<const char*>(a) + a0, (c + 1 == chunks ? bytes_a : a1) - a0);
@@ -157,7 +158,7 @@ ParityAccum parity_cpu(const TensorArg& a, const TensorArg& b, const ParityParam
   const int workers = parallel_workers(num_sb);
   std::vector<std::vector<std::uint64_t>> buf_a(workers), buf_b(workers);
   SharedMax seen_abs, seen_rel;
-  parallel_for(num_sb, [&](std::int64_t sb, int w) {
+  parallel_for(num_sb, workers, [&](std::int64_t sb, int w) {
     if (!wa.contiguous()) buf_a[w].resize(kBlock);
     if (!wb.contiguous()) buf_b[w].resize(kBlock);
     ParityAccum& acc = partial[sb];

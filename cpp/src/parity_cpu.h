@@ -30,8 +30,8 @@ struct ParityTable {
   // The kernel for a dtype pair; `with_tolerance` false (atol = rtol = 0) skips the isclose test:
   // a mismatch is then any nonzero difference, counted by the histogram's zero bin.
   BlockFn (*block_fn)(DType a, DType b, bool with_tolerance);
-  // Sums the bytes of a buffer with the least work that reads them all (the benchmark's fused-read
-  // limit).
+  // Reads every byte of a buffer with the least work (the benchmarks' read limit): the wrapping sum
+  // of its 8-byte words, then of its last bytes.
   std::uint64_t (*read_probe)(const void* p, std::int64_t bytes);
 };
 

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <exception>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -25,26 +27,42 @@ inline int parallel_workers(std::int64_t num_tasks) {
 // own). A forked child gets a fresh pool.
 bool run_on_pool(int threads, void (*body)(void* ctx, int worker), void* ctx);
 
-// Calls fn(task, worker) for every task in [0, num_tasks), worker in [0, parallel_workers(num_tasks)).
-// fn must not throw.
+// Calls fn(task, worker) for every task in [0, num_tasks) on `threads` workers, worker in
+// [0, threads): size per-worker state with the same `threads` (parallel_workers(num_tasks), read
+// once: FLASHPARITY_NUM_THREADS or the CPU affinity may change meanwhile). An exception from fn
+// (an allocation that fails) stops the claiming of tasks; the first one is rethrown once every
+// worker has stopped.
 template <typename Fn>
-void parallel_for(std::int64_t num_tasks, Fn&& fn) {
-  const int threads = parallel_workers(num_tasks);
+void parallel_for(std::int64_t num_tasks, int threads, Fn&& fn) {
+  if (threads < 1) threads = 1;
   std::atomic<std::int64_t> next{0};
+  std::exception_ptr error;
+  std::mutex error_lock;
   auto worker = [&](int w) {
-    for (std::int64_t t = next++; t < num_tasks; t = next++) fn(t, w);
+    for (std::int64_t t = next++; t < num_tasks; t = next++) {
+      try {
+        fn(t, w);
+      } catch (...) {
+        const std::lock_guard<std::mutex> hold(error_lock);
+        if (!error) error = std::current_exception();
+        next = num_tasks;
+        return;
+      }
+    }
   };
   if (threads == 1) {
     worker(0);
-    return;
+  } else {
+    auto body = [](void* ctx, int w) { (*static_cast<decltype(worker)*>(ctx))(w); };
+    if (!run_on_pool(threads, body, &worker)) {
+      std::vector<std::thread> pool;
+      pool.reserve(threads - 1);
+      for (int w = 1; w < threads; ++w) pool.emplace_back(worker, w);
+      worker(0);
+      for (auto& th : pool) th.join();
+    }
   }
-  auto body = [](void* ctx, int w) { (*static_cast<decltype(worker)*>(ctx))(w); };
-  if (run_on_pool(threads, body, &worker)) return;
-  std::vector<std::thread> pool;
-  pool.reserve(threads - 1);
-  for (int w = 1; w < threads; ++w) pool.emplace_back(worker, w);
-  worker(0);
-  for (auto& th : pool) th.join();
+  if (error) std::rethrow_exception(error);
 }
 
 }  // namespace flashparity
