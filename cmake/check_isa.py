@@ -276,6 +276,10 @@ def referenced_functions(obj: Object, fn: Function) -> list[Function]:
 
 
 def check(objdump: str, objects: list[str]) -> list[str]:
+    version = run(objdump, "--version").splitlines()[:1]
+    if not version or "GNU objdump" not in version[0]:
+        return [f"{objdump}: not GNU objdump ({version[0] if version else 'no version'}); its output is the "
+                f"format this check reads"]
     errors: list[str] = []
     objs = [read_object(objdump, p) for p in objects]
     exported_by_units: dict[str, str] = {}  # symbol -> unit

@@ -439,7 +439,7 @@ void softmax_tile(float* st, std::int64_t lds, std::int64_t nk, std::int64_t key
         if (cap > 0.0f)
           for (int k = 0; k < kLanes; ++k) s[k] = apply_softcap(s[k], cap);
         const vi jj = vi{} + static_cast<std::int32_t>(j);
-        s = (jj >= lo) & (jj < hi) ? s : vf{} - INFINITY;
+        s = ((jj >= lo) & (jj < hi)) ? s : vf{} - INFINITY;
         storev(st + j * lds + i0, s);
         mt = s > mt ? s : mt;
       }
@@ -695,7 +695,7 @@ void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std:
 #else
 constexpr bool kBf16Dot = false;
 struct PackedKV {};
-void flash2_task_bf16(const AttnParams&, PackedKV&, std::int64_t, std::int64_t, std::int64_t, std::int64_t) {}
+[[maybe_unused]] void flash2_task_bf16(const AttnParams&, PackedKV&, std::int64_t, std::int64_t, std::int64_t, std::int64_t) {}
 #endif
 
 // What a worker keeps for the length of one call.

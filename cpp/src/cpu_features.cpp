@@ -1,6 +1,11 @@
-// Run-time ISA detection (cpuid + OS register-state checks via libgcc's __builtin_cpu_supports).
+// Run-time ISA detection: CPUID feature bits and the register state the OS saves (XGETBV).
 #include "flashparity/cpu_features.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
+#include <cstdint>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -13,21 +18,42 @@ struct Features {
   bool popcnt, avx2, fma, f16c, avx512f, avx512bw, avx512dq, avx512vl, avx512bf16, gfni, avx512bitalg;
 };
 
+// CPUID's feature bits, and XGETBV's: the OS must save the YMM (AVX) and the opmask and ZMM
+// (AVX-512) registers for those instructions to be usable. (Read directly: libgcc's
+// __builtin_cpu_supports does the same, but Clang's knows fewer feature names.)
 Features probe() {
   Features f{};
 #if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  f.popcnt = __builtin_cpu_supports("popcnt");
-  f.avx2 = __builtin_cpu_supports("avx2");
-  f.fma = __builtin_cpu_supports("fma");
-  f.f16c = __builtin_cpu_supports("f16c");
-  f.avx512f = __builtin_cpu_supports("avx512f");
-  f.avx512bw = __builtin_cpu_supports("avx512bw");
-  f.avx512dq = __builtin_cpu_supports("avx512dq");
-  f.avx512vl = __builtin_cpu_supports("avx512vl");
-  f.avx512bf16 = __builtin_cpu_supports("avx512bf16");
-  f.gfni = __builtin_cpu_supports("gfni");
-  f.avx512bitalg = __builtin_cpu_supports("avx512bitalg");
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+  const bool osxsave = c & (1u << 27), avx = c & (1u << 28);
+  f.popcnt = c & (1u << 23);
+  std::uint64_t xcr0 = 0;
+  if (osxsave) {
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    xcr0 = (static_cast<std::uint64_t>(hi) << 32) | lo;
+  }
+  const bool ymm = avx && (xcr0 & 0x6) == 0x6;      // XMM and YMM state
+  const bool zmm = ymm && (xcr0 & 0xe0) == 0xe0;     // + opmask, ZMM_Hi256, Hi16_ZMM
+  f.fma = ymm && (c & (1u << 12));
+  f.f16c = ymm && (c & (1u << 29));
+  unsigned max_leaf = __get_cpuid_max(0, nullptr);
+  if (max_leaf >= 7) {
+    __cpuid_count(7, 0, a, b, c, d);
+    f.avx2 = ymm && (b & (1u << 5));
+    f.avx512f = zmm && (b & (1u << 16));
+    f.avx512dq = zmm && (b & (1u << 17));
+    f.avx512bw = zmm && (b & (1u << 30));
+    f.avx512vl = zmm && (b & (1u << 31));
+    f.gfni = c & (1u << 8);
+    f.avx512bitalg = zmm && (c & (1u << 12));
+    const unsigned sub_leaves = a;
+    if (sub_leaves >= 1) {
+      __cpuid_count(7, 1, a, b, c, d);
+      f.avx512bf16 = zmm && (a & (1u << 5));
+    }
+  }
 #endif
   return f;
 }

@@ -36,16 +36,22 @@
 #error "x86 ISA units are built on x86 only"
 #endif
 
+// GCC also takes prefer-vector-width=512 in a target string (its auto-vectorizer would otherwise use
+// 256-bit vectors with AVX-512); Clang refuses it there, and the kernels' own vector types are zmm
+// wide anyway.
+#if defined(__clang__)
+#define FP_ISA_WIDE ""
+#else
+#define FP_ISA_WIDE ",prefer-vector-width=512"
+#endif
 #if FP_ISA == FP_ISA_ID_AVX2
 #define FP_ISA_TARGET "avx2,fma,f16c,popcnt"
 #elif FP_ISA == FP_ISA_ID_AVX512
-#define FP_ISA_TARGET "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,popcnt,prefer-vector-width=512"
+#define FP_ISA_TARGET "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,popcnt" FP_ISA_WIDE
 #elif FP_ISA == FP_ISA_ID_AVX512ICL
-#define FP_ISA_TARGET \
-  "avx512f,avx512bw,avx512dq,avx512vl,gfni,avx512bitalg,avx2,fma,f16c,popcnt,prefer-vector-width=512"
+#define FP_ISA_TARGET "avx512f,avx512bw,avx512dq,avx512vl,gfni,avx512bitalg,avx2,fma,f16c,popcnt" FP_ISA_WIDE
 #elif FP_ISA == FP_ISA_ID_AVX512BF16
-#define FP_ISA_TARGET \
-  "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,f16c,popcnt,prefer-vector-width=512"
+#define FP_ISA_TARGET "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,f16c,popcnt" FP_ISA_WIDE
 #endif
 
 #define FP_ISA_PRAGMA_(x) _Pragma(#x)
