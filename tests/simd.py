@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 import flashparity as fp
+from flashparity import _core
 
-LEVELS = ["scalar", "avx2", "avx512", "avx512icl"]  # every CPU code path, lowest first
+LEVELS = _core.simd_levels()  # every CPU code path of this architecture, lowest first
 
 
 def use_level(level, monkeypatch):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from emulation import python_command
 
 import flashparity as fp
 from flashparity.cli import main
@@ -186,7 +187,7 @@ def test_info(capsys):
 def test_console_script_and_module_entry_points(tmp_path):
     body = write(tmp_path, "b.json", {"attn_impl": "naive", "fallback": "requested"})
     exe = shutil.which("flashparity")
-    commands = [[sys.executable, "-m", "flashparity"]]
+    commands = [[*python_command(), "-m", "flashparity"]]
     if exe is not None:
         commands.append([exe])
     for cmd in commands:
@@ -202,7 +203,7 @@ def test_console_script_and_module_entry_points(tmp_path):
 
 
 def test_help_is_true():
-    res = subprocess.run([sys.executable, "-m", "flashparity", "classify", "--help"], capture_output=True, text=True)
+    res = subprocess.run([*python_command(), "-m", "flashparity", "classify", "--help"], capture_output=True, text=True)
     assert res.returncode == 0
     for flag in ("--parity-file", "--provenance-file", "--head-dim-error-file", "--tol-abs", "--tol-cos",
                  "--kernel-source-prefix", "--json"):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import struct
 import subprocess
-import sys
 
 import ml_dtypes
 import numpy as np
 import pytest
+from emulation import python_command
 
 import flashparity as fp
 from flashparity import files
@@ -195,7 +195,7 @@ def test_large_files_stream_with_bounded_memory(tmp_path):
         "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1), file=sys.stderr)\n"
         "sys.exit(rc)\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    res = subprocess.run([*python_command(), "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     body = json.loads(res.stdout)
     (row,) = body["tensors"]

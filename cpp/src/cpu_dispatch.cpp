@@ -38,7 +38,7 @@ const ParityTable& active_parity_table() {
   }
 }
 
-const AttentionTable& active_attention_table(DType dtype) {
+const AttentionTable& active_attention_table([[maybe_unused]] DType dtype) {
   switch (active_simd_level()) {
 #if defined(__x86_64__) || defined(__i386__)
     case SimdLevel::Avx512Icl:  // nothing in attention needs more than AVX-512

@@ -3,12 +3,16 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
+#elif defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
 #endif
 
 #include <cstdint>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace flashparity {
 
@@ -16,6 +20,7 @@ namespace {
 
 struct Features {
   bool popcnt, avx2, fma, f16c, avx512f, avx512bw, avx512dq, avx512vl, avx512bf16, gfni, avx512bitalg;
+  bool asimd, fphp, asimdhp, bf16, i8mm, sve, sve2;  // aarch64
 };
 
 // CPUID's feature bits, and XGETBV's: the OS must save the YMM (AVX) and the opmask and ZMM
@@ -54,6 +59,16 @@ Features probe() {
       f.avx512bf16 = zmm && (a & (1u << 5));
     }
   }
+#elif defined(__aarch64__) && defined(__linux__)
+  // the kernel's HWCAP bits (asm/hwcap.h; spelled out: older headers lack the newer ones)
+  const unsigned long hw = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);
+  f.asimd = hw & (1ul << 1);
+  f.fphp = hw & (1ul << 9);
+  f.asimdhp = hw & (1ul << 10);
+  f.sve = hw & (1ul << 22);
+  f.sve2 = hw2 & (1ul << 1);
+  f.i8mm = hw2 & (1ul << 13);
+  f.bf16 = hw2 & (1ul << 14);
 #endif
   return f;
 }
@@ -63,56 +78,71 @@ const Features& features() {
   return f;
 }
 
+struct LevelName {
+  SimdLevel level;
+  const char* name;
+};
+#if defined(__x86_64__) || defined(__i386__)
+constexpr LevelName kLevels[] = {{SimdLevel::Scalar, "scalar"}, {SimdLevel::Avx2, "avx2"},
+                                 {SimdLevel::Avx512, "avx512"}, {SimdLevel::Avx512Icl, "avx512icl"}};
+#elif defined(__aarch64__)
+constexpr LevelName kLevels[] = {{SimdLevel::Neon, "neon"}};
+#else
+constexpr LevelName kLevels[] = {{SimdLevel::Scalar, "scalar"}};
+#endif
+
 }  // namespace
 
 const char* simd_level_name(SimdLevel level) {
-  switch (level) {
-    case SimdLevel::Avx512Icl: return "avx512icl";
-    case SimdLevel::Avx512: return "avx512";
-    case SimdLevel::Avx2: return "avx2";
-    default: return "scalar";
-  }
+  for (const LevelName& l : kLevels)
+    if (l.level == level) return l.name;
+  return "unknown";
+}
+
+std::vector<std::string> simd_level_names() {
+  std::vector<std::string> out;
+  for (const LevelName& l : kLevels) out.emplace_back(l.name);
+  return out;
 }
 
 SimdLevel detected_simd_level() {
+#if defined(__x86_64__) || defined(__i386__)
   const Features& f = features();
   if (f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.avx2 && f.fma && f.f16c && f.popcnt)
     return f.gfni && f.avx512bitalg ? SimdLevel::Avx512Icl : SimdLevel::Avx512;
   if (f.avx2 && f.fma && f.f16c && f.popcnt) return SimdLevel::Avx2;
-  return SimdLevel::Scalar;
+#endif
+  return kLevels[0].level;
 }
 
 SimdLevel active_simd_level() {
-  SimdLevel level = detected_simd_level();
+  const SimdLevel level = detected_simd_level();
   const char* env = std::getenv("FLASHPARITY_SIMD");
   if (env == nullptr || *env == '\0') return level;
   const std::string want(env);
-  SimdLevel cap;
-  if (want == "scalar") cap = SimdLevel::Scalar;
-  else if (want == "avx2") cap = SimdLevel::Avx2;
-  else if (want == "avx512") cap = SimdLevel::Avx512;
-  else if (want == "avx512icl") cap = SimdLevel::Avx512Icl;
-  else
-    throw std::invalid_argument("FLASHPARITY_SIMD must be scalar, avx2, avx512 or avx512icl, got '" + want + "'");
-  return static_cast<int>(cap) < static_cast<int>(level) ? cap : level;
+  for (const LevelName& l : kLevels)  // a cap: never above the CPU's level
+    if (want == l.name) return static_cast<int>(l.level) < static_cast<int>(level) ? l.level : level;
+  std::string names;
+  const int n = static_cast<int>(sizeof(kLevels) / sizeof(kLevels[0]));
+  for (int i = 0; i < n; ++i) names += std::string(i == 0 ? "" : i + 1 == n ? " or " : ", ") + kLevels[i].name;
+  throw std::invalid_argument("FLASHPARITY_SIMD must be " + names + ", got '" + want + "'");
 }
 
 bool cpu_has_avx512bf16() { return features().avx512bf16 && active_simd_level() >= SimdLevel::Avx512; }
 
 std::vector<std::string> cpu_feature_names() {
   const Features& f = features();
+  const std::pair<bool, const char*> all[] = {
+      {f.popcnt, "popcnt"},     {f.avx2, "avx2"},         {f.fma, "fma"},
+      {f.f16c, "f16c"},         {f.avx512f, "avx512f"},   {f.avx512bw, "avx512bw"},
+      {f.avx512dq, "avx512dq"}, {f.avx512vl, "avx512vl"}, {f.avx512bf16, "avx512bf16"},
+      {f.gfni, "gfni"},         {f.avx512bitalg, "avx512bitalg"},
+      {f.asimd, "asimd"},       {f.fphp, "fphp"},         {f.asimdhp, "asimdhp"},
+      {f.bf16, "bf16"},         {f.i8mm, "i8mm"},         {f.sve, "sve"},
+      {f.sve2, "sve2"}};
   std::vector<std::string> out;
-  if (f.popcnt) out.emplace_back("popcnt");
-  if (f.avx2) out.emplace_back("avx2");
-  if (f.fma) out.emplace_back("fma");
-  if (f.f16c) out.emplace_back("f16c");
-  if (f.avx512f) out.emplace_back("avx512f");
-  if (f.avx512bw) out.emplace_back("avx512bw");
-  if (f.avx512dq) out.emplace_back("avx512dq");
-  if (f.avx512vl) out.emplace_back("avx512vl");
-  if (f.avx512bf16) out.emplace_back("avx512bf16");
-  if (f.gfni) out.emplace_back("gfni");
-  if (f.avx512bitalg) out.emplace_back("avx512bitalg");
+  for (const auto& [present, name] : all)
+    if (present) out.emplace_back(name);
   return out;
 }
 

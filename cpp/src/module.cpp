@@ -63,6 +63,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("build_info", &build_info, "Build facts and what this machine offers, as a dict.");
   m.def("simd_level", [] { return std::string(simd_level_name(active_simd_level())); },
         "The SIMD level the CPU kernels use now (FLASHPARITY_SIMD caps the detected one).");
+  m.def("simd_levels", &simd_level_names, "This architecture's SIMD level names, lowest first.");
   bind_parity(m);
   bind_dlpack(m);
   bind_attention(m);

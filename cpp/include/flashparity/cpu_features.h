@@ -6,23 +6,29 @@
 
 namespace flashparity {
 
-// Ordered: a kernel compiled for level L runs on any CPU whose level is >= L.
-// Avx512Icl is AVX-512 with Ice Lake's (and Zen 4's) GFNI and BITALG byte instructions.
-enum class SimdLevel : int { Scalar = 0, Avx2 = 1, Avx512 = 2, Avx512Icl = 3 };
+// The levels of one architecture are ordered: a kernel compiled for level L runs on any CPU whose
+// level is >= L. x86-64: Scalar (SSE2, the baseline), Avx2, Avx512, Avx512Icl (AVX-512 with Ice
+// Lake's and Zen 4's GFNI and BITALG byte instructions). aarch64: Neon (ASIMD, the baseline; the
+// generic kernels, which GCC compiles to NEON there). Any other architecture: Scalar.
+enum class SimdLevel : int { Scalar = 0, Avx2 = 1, Avx512 = 2, Avx512Icl = 3, Neon = 16 };
 
 const char* simd_level_name(SimdLevel level);
+
+// This architecture's level names, lowest first ("scalar", "avx2", ... on x86-64; "neon" on aarch64).
+std::vector<std::string> simd_level_names();
 
 // Highest level this CPU (and its OS, which must save the wide registers) supports.
 SimdLevel detected_simd_level();
 
-// The level kernels use: the detected one, capped by FLASHPARITY_SIMD (scalar, avx2, avx512 or
-// avx512icl) when set. Throws std::invalid_argument on an unknown FLASHPARITY_SIMD value.
+// The level kernels use: the detected one, capped by FLASHPARITY_SIMD (a level name of this
+// architecture: simd_level_names()) when set. Throws std::invalid_argument on any other value.
 SimdLevel active_simd_level();
 
 // AVX-512 BF16 dot products usable (CPU support, and the active level is AVX-512 or above).
 bool cpu_has_avx512bf16();
 
-// Names of the relevant ISA extensions present (popcnt, avx2, fma, f16c, avx512f, avx512bf16, ...).
+// Names of the relevant ISA extensions present (x86-64: popcnt, avx2, fma, f16c, avx512f, avx512bf16,
+// ...; aarch64: asimd, fphp, asimdhp, bf16, i8mm, sve, sve2).
 std::vector<std::string> cpu_feature_names();
 
 }  // namespace flashparity

@@ -1,0 +1,14 @@
+"""The Python that a test's subprocesses run. Natively, this interpreter. Under an emulator of
+another architecture (.ci/aarch64) a subprocess cannot run this interpreter's binary on the host,
+so the stage names the emulated command line in FLASHPARITY_TEST_PYTHON."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+
+
+def python_command() -> list[str]:
+    cmd = os.environ.get("FLASHPARITY_TEST_PYTHON")
+    return shlex.split(cmd) if cmd else [sys.executable]
