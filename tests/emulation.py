@@ -6,9 +6,16 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import sys
 
 
 def python_command() -> list[str]:
     cmd = os.environ.get("FLASHPARITY_TEST_PYTHON")
     return shlex.split(cmd) if cmd else [sys.executable]
+
+
+def console_script(name: str) -> str | None:
+    """An installed console script, run as a subprocess: not under emulation, where the one on PATH
+    belongs to the host's Python."""
+    return None if os.environ.get("FLASHPARITY_TEST_PYTHON") else shutil.which(name)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import subprocess
 import sys
 
 import pytest
-from emulation import python_command
+from emulation import console_script, python_command
 
 import flashparity as fp
 from flashparity.cli import main
@@ -186,7 +185,7 @@ def test_info(capsys):
 
 def test_console_script_and_module_entry_points(tmp_path):
     body = write(tmp_path, "b.json", {"attn_impl": "naive", "fallback": "requested"})
-    exe = shutil.which("flashparity")
+    exe = console_script("flashparity")
     commands = [[*python_command(), "-m", "flashparity"]]
     if exe is not None:
         commands.append([exe])

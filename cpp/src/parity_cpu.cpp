@@ -1,7 +1,9 @@
 // CPU driver of the fused parity reduction: splits the flat C-order index space into fixed
 // superblocks and blocks, gathers strided blocks into contiguous buffers, dispatches each block to
 // the ISA kernel picked at run time, and merges partial results in index order.
+#if defined(__linux__)
 #include <sched.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -119,8 +121,10 @@ int cpu_num_threads() {
                                   env + "'");
     return static_cast<int>(v);
   }
-  cpu_set_t set;
+#if defined(__linux__)
+  cpu_set_t set;  // (the CPUs this process may run on: a container's or taskset's share)
   if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+#endif
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
