@@ -273,51 +273,42 @@ struct Rows {  // row j at p + j * ld
   std::int64_t ld;
 };
 
-// st[j0 + r][i0 + 0:kQB] = K[j0 + r][0:D] . qt[0:D][i0 + 0:kQB] for r < R.
+// The micro-kernel of both products, an outer product over t of R broadcasts and kCV vectors:
+// out[r][0:kQB] (row stride ldo) = (accumulate ? out : 0) + sum_{t < n} x[r * xr + t * xt] * y[t * ly + 0:kQB].
+// Scores: x = K rows (r: keys, t: head_dim), y = Q^T. Output: x = V rows read down a column (r:
+// head_dim, t: keys), y = P^T.
 template <int R>
-FP_INLINE void scores_block(Rows k, const float* qt, std::int64_t ldq, std::int64_t D, float* st, std::int64_t lds,
-                            std::int64_t j0, std::int64_t i0) {
+FP_INLINE void outer_block(const float* x, std::int64_t xr, std::int64_t xt, const float* y, std::int64_t ly,
+                           std::int64_t n, float* out, std::int64_t ldo, bool accumulate) {
   vf acc[R][kCV] = {};
-  const float* kr = k.p + j0 * k.ld;
-  const float* q = qt + i0;
-  for (std::int64_t d = 0; d < D; ++d) {
-    vf qv[kCV];
-    for (int c = 0; c < kCV; ++c) qv[c] = loadv(q + d * ldq + c * kLanes);
+  if (accumulate)
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < kCV; ++c) acc[r][c] = loadv(out + r * ldo + c * kLanes);
+  for (std::int64_t t = 0; t < n; ++t) {
+    vf yv[kCV];
+    for (int c = 0; c < kCV; ++c) yv[c] = loadv(y + t * ly + c * kLanes);
     for (int r = 0; r < R; ++r) {
-      const vf kb = splat(kr + r * k.ld + d);
-      for (int c = 0; c < kCV; ++c) acc[r][c] += kb * qv[c];
+      const vf xb = splat(x + r * xr + t * xt);
+      for (int c = 0; c < kCV; ++c) acc[r][c] += xb * yv[c];
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < kCV; ++c) storev(st + (j0 + r) * lds + i0 + c * kLanes, acc[r][c]);
+    for (int c = 0; c < kCV; ++c) storev(out + r * ldo + c * kLanes, acc[r][c]);
 }
 
 // st[0:nk][0:nq] = K[0:nk] . qt (nk a multiple of kRK: the rows past the tile exist, e.g. zeros).
 void scores_t(Rows k, std::int64_t nk, const float* qt, std::int64_t ldq, std::int64_t nq, std::int64_t D, float* st,
               std::int64_t lds) {
   for (std::int64_t j0 = 0; j0 < nk; j0 += kRK)
-    for (std::int64_t i0 = 0; i0 < nq; i0 += kQB) scores_block<kRK>(k, qt, ldq, D, st, lds, j0, i0);
+    for (std::int64_t i0 = 0; i0 < nq; i0 += kQB)
+      outer_block<kRK>(k.p + j0 * k.ld, k.ld, 1, qt + i0, ldq, D, st + j0 * lds + i0, lds, false);
 }
 
 // ot[d0 + r][i0 + 0:kQB] += sum_j V[j][d0 + r] pt[j][i0 + 0:kQB] for r < R, j < nk.
 template <int R>
 FP_INLINE void pv_block(Rows v, std::int64_t nk, const float* pt, std::int64_t ldp, float* ot, std::int64_t ldo,
                         std::int64_t d0, std::int64_t i0) {
-  vf acc[R][kCV];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < kCV; ++c) acc[r][c] = loadv(ot + (d0 + r) * ldo + i0 + c * kLanes);
-  const float* vr = v.p + d0;
-  const float* pr = pt + i0;
-  for (std::int64_t j = 0; j < nk; ++j) {
-    vf pv[kCV];
-    for (int c = 0; c < kCV; ++c) pv[c] = loadv(pr + j * ldp + c * kLanes);
-    for (int r = 0; r < R; ++r) {
-      const vf vb = splat(vr + j * v.ld + r);
-      for (int c = 0; c < kCV; ++c) acc[r][c] += vb * pv[c];
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < kCV; ++c) storev(ot + (d0 + r) * ldo + i0 + c * kLanes, acc[r][c]);
+  outer_block<R>(v.p + d0, 1, v.ld, pt + i0, ldp, nk, ot + d0 * ldo + i0, ldo, true);
 }
 
 template <int R>
