@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, as one prepared run for a lent machine (about 10 minutes on an H100):
 # build with CUDA, the GPU tests, compute-sanitizer (memcheck, racecheck) on the flash2 and parity
-# GPU tests, and the GPU benchmark. Logs go to $OUT (or ./gpu-logs): seven files.
+# GPU tests, and the GPU benchmark. Logs go to $OUT (or ./gpu-logs): eight files.
 #
 #     bash bench/gpu_session.sh            # full
 #     QUICK=1 bash bench/gpu_session.sh    # benchmark --quick
@@ -24,6 +24,7 @@ FLASHPARITY_CUDA=ON "$py" -m pip install -q --no-build-isolation --no-deps --no-
   --config-settings=cmake.define.FLASHPARITY_CUDA_ARCHITECTURES="${arch:-90}" . 2>&1 | tail -20 | tee "$out/build.txt"
 echo "build: $((SECONDS - t0)) s (sm_${arch:-90})" | tee -a "$out/build.txt"
 "$py" -m flashparity info 2>&1 | tee -a "$out/build.txt"
+"$py" -m flashparity info --json > "$out/info.json" 2>&1  # attention_occupancy per specialisation
 
 "$py" -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$out/gpu-tests.txt" | tail -15
 
@@ -34,6 +35,9 @@ if [ -n "$sanitizer" ]; then
       "tests/test_attention_gpu.py::test_decode_split_kv" \
       "tests/test_attention_gpu.py::test_flash2_every_head_dim_specialisation" \
       "tests/test_attention_gpu.py::test_non_contiguous_device_views" \
+      "tests/test_attention_gpu.py::test_masked_keys_contribute_nothing_on_the_gpu" \
+      "tests/test_attention_gpu.py::test_inputs_whose_elements_are_not_aligned" \
+      "tests/test_attention_gpu.py::test_empty_inputs_give_empty_outputs" \
       tests/test_parity_gpu.py 2>&1 | tail -20 > "$out/sanitizer-$tool.txt"
     echo "compute-sanitizer $tool: exit ${PIPESTATUS[0]}" | tee -a "$out/sanitizer-$tool.txt"
   done

@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdlib>
-#include <cstring>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -94,7 +94,9 @@ __global__ void __launch_bounds__(kThreads) Flash2SimtKernel(const Args a, std::
       for (int c = 0; c < DPT; ++c) o[c] *= st.alpha;
 #pragma unroll
       for (int jj = 0; jj < kSimtKeys; ++jj) {
-        if (s[jj] == Acc(0)) continue;  // masked keys (and keys past seqlen_k) have p = 0
+        // masked keys (and keys past seqlen_k) contribute nothing, whatever their values (0 * inf
+        // would be NaN); every visible key does. The warp owns the row: no divergence.
+        if (j0 + jj < kr.lo || j0 + jj >= kr.hi) continue;
         const char* vrow = vbase + (j0 + jj) * p.v.strides[1];
 #pragma unroll
         for (int c = 0; c < DPT; ++c) {
@@ -178,6 +180,19 @@ void launch_simt(const Args& a, dim3 grid, std::int64_t q_blocks, cudaStream_t s
   FP_CUDA_CHECK(cudaGetLastError());
 }
 
+template <int D>
+void add_mma_occupancy(std::vector<AttnKernelOccupancy>& out) {
+  out.push_back({"flash2-mma", "float16", D, kThreads, mma_smem_bytes(D), mma_blocks_per_sm<false, D>()});
+  out.push_back({"flash2-mma", "bfloat16", D, kThreads, mma_smem_bytes(D), mma_blocks_per_sm<true, D>()});
+}
+
+template <typename T, typename Acc, int DPT>
+void add_simt_occupancy(std::vector<AttnKernelOccupancy>& out, const char* dtype) {
+  int blocks = 0;
+  FP_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, Flash2SimtKernel<T, Acc, DPT>, kThreads, 0));
+  out.push_back({"flash2-fma", dtype, 32 * DPT, kThreads, 0, blocks});
+}
+
 int env_splits() {
   const char* s = std::getenv("FLASHPARITY_CUDA_SPLITS");
   if (s == nullptr || *s == '\0') return 0;
@@ -192,12 +207,17 @@ int env_splits() {
 
 }  // namespace flash2
 
-void attention_flash2_cuda(const AttnParams& p, int device, std::uintptr_t stream_handle) {
+void attention_flash2_cuda(const AttnParams& params, int device, std::uintptr_t stream_handle,
+                           const std::vector<std::uintptr_t>& after) {
   using namespace flash2;
   DeviceGuard guard(device);
   const cudaStream_t stream = as_stream(stream_handle);
-  const std::int64_t bh = p.batch * p.heads_q;
-  if (bh == 0 || p.seqlen_q == 0) return;
+  const std::int64_t bh = params.batch * params.heads_q;
+  if (bh == 0 || params.seqlen_q == 0) return;
+  for (std::uintptr_t s : after) stream_wait(stream, s);
+  AttnParams p = params;
+  AttnInputCopies copies;
+  align_attention_inputs(p, copies, stream);
   int sms = 0, major = 0, minor = 0;
   FP_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   FP_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
@@ -235,11 +255,12 @@ void attention_flash2_cuda(const AttnParams& p, int device, std::uintptr_t strea
                           : flash2_split_count(bh * q_blocks, sms, key_tiles);
 
   const std::size_t acc_size = p.q.dtype == DType::Float64 ? sizeof(double) : sizeof(float);
-  const std::size_t slots = static_cast<std::size_t>(a.n_splits > 1 ? a.n_splits : 0) * bh * p.seqlen_q;
-  DeviceBuffer o_part(std::max<std::size_t>(slots * a.dpad * acc_size, 1), stream);
-  DeviceBuffer lse_part(std::max<std::size_t>(slots * acc_size, 1), stream);
-  a.o_part = o_part.ptr;
-  a.lse_part = lse_part.ptr;
+  std::optional<DeviceBuffer> o_part, lse_part;  // split-KV partials: allocated only when splitting
+  if (a.n_splits > 1) {
+    const std::size_t slots = static_cast<std::size_t>(a.n_splits) * bh * p.seqlen_q;
+    a.o_part = o_part.emplace(slots * a.dpad * acc_size, stream).ptr;
+    a.lse_part = lse_part.emplace(slots * acc_size, stream).ptr;
+  }
 
   const dim3 grid(static_cast<unsigned>(bh), static_cast<unsigned>(std::min<std::int64_t>(q_blocks, 65535)),
                   static_cast<unsigned>(a.n_splits));
@@ -258,6 +279,29 @@ void attention_flash2_cuda(const AttnParams& p, int device, std::uintptr_t strea
     FP_CUDA_CHECK(cudaGetLastError());
   }
   FP_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+std::vector<AttnKernelOccupancy> attention_occupancy_cuda(int device) {
+  using namespace flash2;
+  DeviceGuard guard(device);
+  std::vector<AttnKernelOccupancy> out;
+  add_mma_occupancy<32>(out);
+  add_mma_occupancy<64>(out);
+  add_mma_occupancy<96>(out);
+  add_mma_occupancy<128>(out);
+  add_mma_occupancy<160>(out);
+  add_mma_occupancy<192>(out);
+  add_mma_occupancy<224>(out);
+  add_mma_occupancy<256>(out);
+  add_simt_occupancy<float, float, 1>(out, "float32");
+  add_simt_occupancy<float, float, 2>(out, "float32");
+  add_simt_occupancy<float, float, 4>(out, "float32");
+  add_simt_occupancy<float, float, 8>(out, "float32");
+  add_simt_occupancy<double, double, 1>(out, "float64");
+  add_simt_occupancy<double, double, 2>(out, "float64");
+  add_simt_occupancy<double, double, 4>(out, "float64");
+  add_simt_occupancy<double, double, 8>(out, "float64");
+  return out;
 }
 
 }  // namespace flashparity

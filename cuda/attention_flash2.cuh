@@ -37,9 +37,15 @@ constexpr int mma_smem_bytes(int dpad) { return (kMmaRows + 4 * mma_key_tile(dpa
 template <bool kBf16, int D>
 void launch_mma(const Args& a, dim3 grid, cudaStream_t stream);
 
+// Resident blocks per SM of the kernel on the current device (cudaOccupancyMaxActiveBlocksPerMultiprocessor).
+template <bool kBf16, int D>
+int mma_blocks_per_sm();
+
 #define FP_FLASH2_MMA_EXTERN(D)                                            \
   extern template void launch_mma<false, D>(const Args&, dim3, cudaStream_t); \
-  extern template void launch_mma<true, D>(const Args&, dim3, cudaStream_t);
+  extern template void launch_mma<true, D>(const Args&, dim3, cudaStream_t);  \
+  extern template int mma_blocks_per_sm<false, D>();                          \
+  extern template int mma_blocks_per_sm<true, D>();
 FP_FLASH2_MMA_EXTERN(32)
 FP_FLASH2_MMA_EXTERN(64)
 FP_FLASH2_MMA_EXTERN(96)

@@ -19,8 +19,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
-#include <cstring>
 
 #include "attention_flash2.cuh"
 #include "cuda_util.cuh"
@@ -36,23 +36,30 @@ __device__ FP_INLINE unsigned smem_addr(const void* p) {
 // 16 bytes global -> shared, asynchronous; ok = false writes 16 zero bytes and reads nothing.
 __device__ FP_INLINE void cp_async16(void* dst, const void* src, bool ok) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-               "r"(ok ? 16 : 0));
+               "r"(ok ? 16 : 0)
+               : "memory");
 }
-__device__ FP_INLINE void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// The "memory" clobbers: these statements read or write shared memory the compiler cannot see
+// through their register operands; without them it could move ordinary loads and stores of the
+// tiles (the scan and fix-up of masked tiles below) across them. Every use is also separated by
+// __syncthreads(), which orders the other threads' accesses.
+__device__ FP_INLINE void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>
 __device__ FP_INLINE void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 __device__ FP_INLINE void ldmatrix_x4(unsigned (&r)[4], const void* row_addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(row_addr)));
+               : "r"(smem_addr(row_addr))
+               : "memory");
 }
 __device__ FP_INLINE void ldmatrix_x4_trans(unsigned (&r)[4], const void* row_addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(row_addr)));
+               : "r"(smem_addr(row_addr))
+               : "memory");
 }
 
 // c += a b on one 16x8x16 tile, float32 accumulators.
@@ -91,6 +98,33 @@ __device__ FP_INLINE std::uint16_t to_bits(float x) {
   else return __half_as_ushort(__float2half_rn(x));
 }
 
+template <bool kBf16>
+__device__ FP_INLINE float from_bits(std::uint16_t x) {
+  if constexpr (kBf16) return __bfloat162float(__ushort_as_bfloat16(x));
+  else return __half2float(__ushort_as_half(x));
+}
+
+// The exponent field of the format: all ones is inf or NaN.
+template <bool kBf16>
+constexpr std::uint32_t kExpBits = kBf16 ? 0x7f80u : 0x7c00u;
+
+template <bool kBf16>
+__device__ FP_INLINE bool non_finite(std::uint16_t x) {
+  return (x & kExpBits<kBf16>) == kExpBits<kBf16>;
+}
+
+// Whether any of the eight elements of a 16-byte chunk is inf or NaN.
+template <bool kBf16>
+__device__ FP_INLINE bool any_non_finite(uint4 w) {
+  constexpr std::uint32_t e2 = kExpBits<kBf16> | (kExpBits<kBf16> << 16);
+  bool bad = false;
+  for (const std::uint32_t x : {w.x, w.y, w.z, w.w}) {
+    const std::uint32_t m = x & e2;
+    bad |= (m & 0xffffu) == kExpBits<kBf16> || (m >> 16) == kExpBits<kBf16>;
+  }
+  return bad;
+}
+
 // Rows [s0, s0 + ROWS) of head h of t into a shared tile of pitch D + 8 elements; rows past `seqlen`
 // and columns past head_dim are zeros (masked keys then meet V rows of 0, never stale data).
 template <int ROWS, int D>
@@ -105,11 +139,12 @@ __device__ FP_INLINE void load_tile(std::uint16_t* dst, const TensorArg& t, std:
       const bool ok = s0 + r < seqlen && d0 < head_dim;
       cp_async16(dst + r * P + d0, ok ? base + (s0 + r) * t.strides[1] + d0 * 2 : t.data, ok);
     }
-  } else {  // any strides: element by element through registers
+  } else {  // any element-aligned strides: element by element through registers (typed 16-bit loads)
     for (int e = threadIdx.x; e < ROWS * D; e += kThreads) {
       const int r = e / D, d = e % D;
       std::uint16_t x = 0;
-      if (s0 + r < seqlen && d < head_dim) memcpy(&x, base + (s0 + r) * t.strides[1] + d * t.strides[3], 2);
+      if (s0 + r < seqlen && d < head_dim)
+        x = *reinterpret_cast<const std::uint16_t*>(base + (s0 + r) * t.strides[1] + d * t.strides[3]);
       dst[r * P + d] = x;
     }
   }
@@ -165,7 +200,34 @@ __global__ void __launch_bounds__(kThreads) Flash2MmaKernel(const Args a) {
     cp_async_wait<1>();  // everything but the group just issued has landed
     __syncthreads();
     const std::uint16_t* kt = sK + buf * BC * P;
-    const std::uint16_t* vt = sV + buf * BC * P;
+    std::uint16_t* vt = sV + buf * BC * P;
+    const std::int64_t j0 = t * BC;
+    const bool masked = j0 < all_lo || j0 + BC > all_hi;  // block-uniform
+
+    // Masked keys contribute nothing, whatever their values: P V below multiplies every key of the
+    // tile into every row, with p = 0 where a row does not see it, and 0 * inf is NaN. In a masked
+    // tile every warp reads the whole V tile (16-byte chunks) and keeps the same mask of keys that
+    // hold an inf or NaN; when there is one, those values are zeroed in shared memory and each row
+    // that sees such a key adds p * value for it after the product (the fix-up below). Tiles every
+    // row sees entirely, and masked tiles of finite values (the usual case), take no other step.
+    std::uint64_t bad_keys = 0;
+    if (masked) {
+      constexpr int kChunksPerRow = D / 8, kChunks = BC * kChunksPerRow;
+      static_assert(kChunks % 32 == 0, "whole warps over the tile");
+      for (int c0 = 0; c0 < kChunks; c0 += 32) {
+        const int c = c0 + lane;
+        const uint4 w = *reinterpret_cast<const uint4*>(vt + (c / kChunksPerRow) * P + (c % kChunksPerRow) * 8);
+        for (unsigned m = __ballot_sync(0xffffffffu, any_non_finite<kBf16>(w)); m != 0; m &= m - 1)
+          bad_keys |= std::uint64_t{1} << ((c0 + __ffs(m) - 1) / kChunksPerRow);
+      }
+      if (__syncthreads_or(bad_keys != 0)) {  // every warp has read the tile: zero its non-finite values
+        for (int e = threadIdx.x; e < BC * D; e += kThreads) {
+          std::uint16_t& x = vt[(e / D) * P + e % D];
+          if (non_finite<kBf16>(x)) x = 0;
+        }
+        __syncthreads();
+      }
+    }
 
     // S = Q K^T: 16 rows x BC keys per warp
     float acc_s[BC / 8][4];
@@ -185,8 +247,6 @@ __global__ void __launch_bounds__(kThreads) Flash2MmaKernel(const Args a) {
     }
 
     // scale, softcap, mask; the row maxima over the quad of lanes that share a row
-    const std::int64_t j0 = t * BC;
-    const bool masked = j0 < all_lo || j0 + BC > all_hi;
     float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int n = 0; n < BC / 8; ++n) {
@@ -247,6 +307,38 @@ __global__ void __launch_bounds__(kThreads) Flash2MmaKernel(const Args a) {
         mma16816<kBf16>(acc_o[2 * np + 1], pa, vb[2], vb[3]);
       }
     }
+    // The fix-up of a masked tile with non-finite V values (rare: garbage in slots some rows cannot
+    // see): for each such key, the p of this lane's two rows comes from the lane of its quad that
+    // holds that column, and the rows that see the key add p * value for each non-finite value,
+    // read again from global memory (the tile has them zeroed).
+    // (n-tiles unrolled, so acc_s is indexed by constants only and stays in registers)
+#pragma unroll
+    for (int n = 0; n < BC / 8; ++n) {
+      for (unsigned bits = static_cast<unsigned>(bad_keys >> (8 * n)) & 0xffu; bits != 0; bits &= bits - 1) {
+        const int c = __ffs(bits) - 1;  // the key's column in n-tile n; warp-uniform
+        const float mine0 = (c & 1) ? acc_s[n][1] : acc_s[n][0], mine1 = (c & 1) ? acc_s[n][3] : acc_s[n][2];
+        const int src = (lane & ~3) | (c >> 1);
+        const float pr0 = __shfl_sync(0xffffffffu, mine0, src), pr1 = __shfl_sync(0xffffffffu, mine1, src);
+        const std::int64_t key = j0 + n * 8 + c;
+        const bool sees0 = key >= kr[0].lo && key < kr[0].hi, sees1 = key >= kr[1].lo && key < kr[1].hi;
+        if (key >= p.seqlen_k || !(sees0 || sees1)) continue;
+        // (one pointer walked along the row: per-column offsets would be loop-invariant, and the
+        // compiler would keep all D/4 of them in registers for the whole kernel)
+        const std::int64_t s3 = p.v.strides[3];
+        const char* vp = static_cast<const char*>(p.v.data) + b * p.v.strides[0] + key * p.v.strides[1] +
+                         hk * p.v.strides[2] + col0 * s3;
+#pragma unroll
+        for (int n2 = 0; n2 < D / 8; ++n2, vp += 8 * s3)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            if (n2 * 8 + col0 + e >= p.head_dim) continue;
+            const std::uint16_t x = *reinterpret_cast<const std::uint16_t*>(vp + e * s3);
+            if (!non_finite<kBf16>(x)) continue;
+            if (sees0) acc_o[n2][e] += pr0 * from_bits<kBf16>(x);
+            if (sees1) acc_o[n2][2 + e] += pr1 * from_bits<kBf16>(x);
+          }
+      }
+    }
     __syncthreads();  // the buffer is refilled by the next iteration's loads
   }
 
@@ -284,17 +376,41 @@ __global__ void __launch_bounds__(kThreads) Flash2MmaKernel(const Args a) {
 #endif
 }
 
+// The kernel's dynamic shared memory past 48 KiB is allowed once per device (the attribute sticks
+// to the function), not on every call.
+template <bool kBf16, int D>
+void allow_smem() {
+  static std::atomic<std::uint64_t> done{0};  // bit d: device d is set up
+  int device = 0;
+  FP_CUDA_CHECK(cudaGetDevice(&device));
+  const std::uint64_t bit = device < 64 ? std::uint64_t{1} << device : 0;
+  if (bit != 0 && (done.load(std::memory_order_acquire) & bit) != 0) return;
+  FP_CUDA_CHECK(cudaFuncSetAttribute(Flash2MmaKernel<kBf16, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     mma_smem_bytes(D)));
+  done.fetch_or(bit, std::memory_order_acq_rel);
+}
+
 template <bool kBf16, int D>
 void launch_mma(const Args& a, dim3 grid, cudaStream_t stream) {
-  constexpr int bytes = mma_smem_bytes(D);
-  FP_CUDA_CHECK(cudaFuncSetAttribute(Flash2MmaKernel<kBf16, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  Flash2MmaKernel<kBf16, D><<<grid, kThreads, bytes, stream>>>(a);
+  allow_smem<kBf16, D>();
+  Flash2MmaKernel<kBf16, D><<<grid, kThreads, mma_smem_bytes(D), stream>>>(a);
   FP_CUDA_CHECK(cudaGetLastError());
+}
+
+template <bool kBf16, int D>
+int mma_blocks_per_sm() {
+  allow_smem<kBf16, D>();
+  int blocks = 0;
+  FP_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, Flash2MmaKernel<kBf16, D>, kThreads,
+                                                              mma_smem_bytes(D)));
+  return blocks;
 }
 
 #define FP_FLASH2_MMA_INSTANTIATE(D)                                        \
   template void launch_mma<false, D>(const Args&, dim3, cudaStream_t);      \
-  template void launch_mma<true, D>(const Args&, dim3, cudaStream_t);
+  template void launch_mma<true, D>(const Args&, dim3, cudaStream_t);       \
+  template int mma_blocks_per_sm<false, D>();                               \
+  template int mma_blocks_per_sm<true, D>();
 
 }  // namespace flash2
 }  // namespace flashparity

@@ -94,9 +94,10 @@ __global__ void NaivePVKernel(const AttnParams p, std::int64_t r0, std::int64_t 
   if (d >= p.head_dim || i >= p.seqlen_q) return;
   const std::int64_t b = bh / p.heads_q, h = bh % p.heads_q, hk = h / (p.heads_q / p.heads_kv);
   const Acc* row = scores + (bh * rows + r) * p.seqlen_k;
+  // masked keys contribute nothing, whatever their values (0 * inf would be NaN); visible ones all do
+  const KeyRange kr = key_range(i, p);
   Acc acc = 0;
-  for (std::int64_t j = 0; j < p.seqlen_k; ++j)
-    if (row[j] != Acc(0)) acc += row[j] * static_cast<Acc>(load<T>(p.v, b, j, hk, d));
+  for (std::int64_t j = kr.lo; j < kr.hi; ++j) acc += row[j] * static_cast<Acc>(load<T>(p.v, b, j, hk, d));
   const Acc l = lsum[bh * rows + r];
   T* out = static_cast<T*>(p.out) + ((b * p.seqlen_q + i) * p.heads_q + h) * p.head_dim + d;
   *out = from_f64<T>(static_cast<double>(l > Acc(0) ? acc / l : Acc(0)));
@@ -104,7 +105,7 @@ __global__ void NaivePVKernel(const AttnParams p, std::int64_t r0, std::int64_t 
 
 template <typename T, typename Acc>
 void run(const AttnParams& p, cudaStream_t stream) {
-  const std::int64_t bh = p.batch * p.heads_q;
+  const std::int64_t bh = p.batch * p.heads_q;  // > 0: the caller returns first on empty outputs
   const std::int64_t sk = std::max<std::int64_t>(p.seqlen_k, 1);
   std::int64_t rows = static_cast<std::int64_t>(kScratchBytes / (sizeof(Acc) * static_cast<std::size_t>(bh * sk)));
   rows = std::max<std::int64_t>(1, std::min<std::int64_t>({rows, p.seqlen_q, 65535}));
@@ -133,11 +134,18 @@ void run(const AttnParams& p, cudaStream_t stream) {
 
 }  // namespace
 
-void attention_naive_cuda(const AttnParams& p, int device, std::uintptr_t stream) {
+void attention_naive_cuda(const AttnParams& params, int device, std::uintptr_t stream_handle,
+                          const std::vector<std::uintptr_t>& after) {
   DeviceGuard guard(device);
+  if (params.batch * params.heads_q == 0 || params.seqlen_q == 0) return;
+  const cudaStream_t stream = as_stream(stream_handle);
+  for (std::uintptr_t s : after) stream_wait(stream, s);
+  AttnParams p = params;
+  AttnInputCopies copies;
+  align_attention_inputs(p, copies, stream);
   FP_DTYPE_SWITCH(p.q.dtype, T, [&] {
-    if constexpr (std::is_same_v<T, double>) run<T, double>(p, as_stream(stream));
-    else run<T, float>(p, as_stream(stream));
+    if constexpr (std::is_same_v<T, double>) run<T, double>(p, stream);
+    else run<T, float>(p, stream);
   });
 }
 

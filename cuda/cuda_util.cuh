@@ -1,5 +1,6 @@
 // Shared by the CUDA translation units: the checked-call macro, stream handles as the array
-// protocols give them, and a guard that restores the calling thread's current device.
+// protocols give them, stream ordering between them, a guard that restores the calling thread's
+// current device, typed element loads, and the attention inputs' alignment.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -10,6 +11,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "flashparity/attention_math.h"
 #include "flashparity/dtype.h"
 
 #define FP_CUDA_CHECK(call)                                                                          \
@@ -44,12 +46,12 @@ struct DeviceGuard {
   DeviceGuard& operator=(const DeviceGuard&) = delete;
 };
 
-// The exact float64 value of one element of T at any (possibly unaligned) address.
+// The exact float64 value of one element of T at an address aligned to sizeof(T): one typed load
+// (ld.global.u16 / f32 / f64). The attention kernels only ever see element-aligned inputs
+// (align_attention_inputs); a test reads their PTX for byte loads.
 template <typename T>
 __device__ FP_INLINE double load_value(const void* addr) {
-  T x;
-  memcpy(&x, addr, sizeof(T));
-  return to_f64(x);
+  return to_f64(*static_cast<const T*>(addr));
 }
 
 // A stream-ordered device allocation, freed on every path.
@@ -63,5 +65,24 @@ struct DeviceBuffer {
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
 };
+
+// Orders `stream` after the work queued so far on `producer` (a stream as the protocols name it)
+// without blocking the host: an event recorded there, waited on here. Nothing when they are the same.
+void stream_wait(cudaStream_t stream, std::uintptr_t producer);
+
+// Each of q, k and v whose pointer or byte strides are not multiples of its element size (a view at
+// an odd byte offset, which the array protocols allow) is copied once, on `stream`, into a
+// contiguous buffer owned by `storage`, and `p` is pointed at it; aligned inputs (the usual case)
+// are read in place. The kernels then load every element with one typed load.
+struct AttnInputCopies {
+  DeviceBuffer* bufs[3] = {nullptr, nullptr, nullptr};
+  AttnInputCopies() = default;
+  ~AttnInputCopies() {
+    for (DeviceBuffer* b : bufs) delete b;
+  }
+  AttnInputCopies(const AttnInputCopies&) = delete;
+  AttnInputCopies& operator=(const AttnInputCopies&) = delete;
+};
+void align_attention_inputs(AttnParams& p, AttnInputCopies& storage, cudaStream_t stream);
 
 }  // namespace flashparity

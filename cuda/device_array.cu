@@ -35,4 +35,10 @@ void copy_to_host(void* dst, const void* src, std::size_t bytes, int device) {
   FP_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
 }
 
+int current_device() {
+  int device = 0;
+  FP_CUDA_CHECK(cudaGetDevice(&device));
+  return device;
+}
+
 }  // namespace flashparity

@@ -39,12 +39,15 @@ __global__ void __launch_bounds__(kThreads) ParityReduceKernel(const ParityGridP
   parity_grid_thread<TA, TB>(g, static_cast<std::int64_t>(blockIdx.x) * kThreads + t,
                              static_cast<std::int64_t>(gridDim.x) * kThreads, e, hist, kThreads);
 
-  // The histogram: thread k < kHistBins sums row k (integers: any order gives the same counts).
+  // The histogram: thread k < kHistBins sums row k (integers: any order gives the same counts),
+  // starting at its own column, so the lanes of a warp read 32 different banks at each step (rows
+  // are kThreads = 128 words apart: without the rotation all lanes would hit one bank).
   __syncthreads();
   std::int64_t bin_count = 0;
   if (t < kHistBins) {
     const unsigned* row = reinterpret_cast<const unsigned*>(smem) + t * kThreads;
-    for (int k = 0; k < kThreads; ++k) bin_count += row[k];
+    static_assert((kThreads & (kThreads - 1)) == 0, "a power of two: the rotation is a mask");
+    for (int k = 0; k < kThreads; ++k) bin_count += row[(k + t) & (kThreads - 1)];
   }
   __syncthreads();  // the histogram is read: its memory now holds the tree
 
@@ -113,7 +116,7 @@ ParityAccum parity_cuda(const TensorArg& a, const TensorArg& b, const ParityPara
                         std::uintptr_t stream_a, std::uintptr_t stream_b) {
   DeviceGuard guard(device);
   const cudaStream_t s = as_stream(stream_a);
-  if (as_stream(stream_b) != s) FP_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream_b)));
+  stream_wait(s, stream_b);  // b's producer stream: ordered on the device, the host does not block
   if (p.narrow != narrower_dtype(a.dtype, b.dtype))  // the kernel takes the ULP format from the dtypes
     throw std::logic_error("parity_cuda: the ULP format must be the narrower of the two dtypes");
   const ParityGridParams g = grid_params(a, b, p);

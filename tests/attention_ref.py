@@ -20,6 +20,19 @@ def visible(sq: int, sk: int, causal: bool, window: tuple[int, int]) -> np.ndarr
     return ok
 
 
+def _masked_pv(p: np.ndarray, v: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """sum over the keys each row sees of p * v: a masked key contributes nothing, whatever its
+    values (p @ v would give 0 * inf = NaN); non-finite values of visible keys propagate."""
+    bad = ~np.isfinite(v)
+    if not bad.any():
+        return p @ v
+    out = p @ np.where(bad, 0.0, v)
+    for j, d in zip(*np.nonzero(bad)):
+        with np.errstate(invalid="ignore"):
+            out[ok[:, j], d] += p[ok[:, j], j] * v[j, d]
+    return out
+
+
 def reference(q, k, v, *, causal=False, window=(-1, -1), softcap=0.0, softmax_scale=None):
     """(out, lse) in float64; rows that see no key give 0 and -inf."""
     q, k, v = (np.asarray(x).astype(np.float64) for x in (q, k, v))
@@ -41,6 +54,6 @@ def reference(q, k, v, *, causal=False, window=(-1, -1), softcap=0.0, softmax_sc
             p = np.where(ok, np.exp(s - m[:, None]), 0.0)
             l = p.sum(axis=1)
             safe = np.where(seen, l, 1.0)
-            out[bi, :, h, :] = np.where(seen[:, None], (p @ v[bi, :, h // group, :]) / safe[:, None], 0.0)
+            out[bi, :, h, :] = np.where(seen[:, None], _masked_pv(p, v[bi, :, h // group, :], ok) / safe[:, None], 0.0)
             lse[bi, h] = np.where(seen, np.log(safe) + m, -np.inf)
     return out, lse

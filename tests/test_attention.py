@@ -343,3 +343,52 @@ def test_tensor_core_tile_layouts(d, bc):
         assert _core._mma_layout_check(d, bc, warp) == ""
     with pytest.raises(ValueError, match="multiples of 16"):
         _core._mma_layout_check(40, 64, 0)
+
+
+MASK_CASES = [  # (sq, sk, causal, window): every one has keys that some rows see and others do not
+    (64, 64, True, (-1, -1)),       # the case: v[:, 63] is seen by row 63 only
+    (37, 150, True, (-1, -1)),      # bottom-right causal over several key tiles
+    (90, 90, False, (7, 5)),        # a sliding window: edge keys on both sides of each row
+    (20, 10, False, (-1, 2)),       # rows before the first key see nothing
+]
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("case", MASK_CASES, ids=[f"{c[0]}x{c[1]}{'-causal' if c[2] else ''}{c[3]}" for c in MASK_CASES])
+def test_masked_keys_contribute_nothing_whatever_their_values(case, impl, dtype, level, monkeypatch):
+    # A key outside a row's visible range contributes nothing to it, whatever its value: garbage in
+    # slots a row cannot see (paged caches, padding) never reaches it. Rows that do see a non-finite
+    # key are non-finite; every other row is bit for bit the row computed with finite values there.
+    use_level(level, monkeypatch)
+    sq, sk, causal, window = case
+    rng = np.random.default_rng(sq * 1000 + sk)
+    q, k, v = make(rng, 2, sq, sk, 4, 2, 24, DTYPES[dtype])
+    ok = __import__("attention_ref").visible(sq, sk, causal, window)
+    # garbage keys: each one seen by some rows but not all of them
+    partial = [j for j in range(sk) if ok[:, j].any() and not ok[:, j].all()]
+    garbage = sorted(set(partial[:: max(1, len(partial) // 4)][:4] + [sk - 1]))
+    k_bad, v_bad = k.copy(), v.copy()
+    for n, j in enumerate(garbage):
+        val = (np.inf, -np.inf, np.nan)[n % 3]
+        v_bad[0, j, 1, n % 24] = val           # batch 0, kv head 1 (query heads 2 and 3)
+        k_bad[1, j, 0, (5 * n) % 24] = val     # batch 1, kv head 0 (query heads 0 and 1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        ref_out, _ = reference(q, k_bad, v_bad, causal=causal, window=window)
+    out = fp.attention(q, k_bad, v_bad, impl=impl, causal=causal, window=window).astype(np.float64)
+    clean = fp.attention(q, k, v, impl=impl, causal=causal, window=window).astype(np.float64)
+    sees = ok[:, garbage].any(axis=1)  # rows that see a garbage key
+    for b, heads in ((0, [2, 3]), (1, [0, 1])):
+        for h in heads:
+            if b == 0:  # a non-finite value in a visible V row always reaches the row
+                assert not np.isfinite(out[b, sees, h]).all(axis=-1).any()
+            # (a visible -inf score only takes that key's weight to 0: the reference says which rows)
+            np.testing.assert_array_equal(out[b, ~sees, h], clean[b, ~sees, h])
+    # the heads without garbage are untouched, and the finite rows agree with the reference
+    np.testing.assert_array_equal(out[0, :, :2], clean[0, :, :2])
+    np.testing.assert_array_equal(out[1, :, 2:], clean[1, :, 2:])
+    fin = np.isfinite(ref_out)
+    assert np.array_equal(np.isfinite(out), fin)
+    tol = {"float64": 1e-12, "float32": 1e-5}.get(dtype, 0.1)
+    assert err(np.where(fin, out, 0), np.where(fin, ref_out, 0)) < tol

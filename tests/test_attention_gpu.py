@@ -159,3 +159,144 @@ def test_kernel_parity_on_device():
     for dtype in ("float16", "bfloat16"):
         body = fp.kernel_parity("flash2", device="cuda", seq_len=512, dtype=dtype)
         assert body["device"] == "cuda" and body["fa2_rule_ok"], body
+
+
+# ---- issue 21: streams, empty inputs, masked keys, unaligned inputs, occupancy ------------------
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_kernels_wait_for_every_inputs_stream(impl):
+    # k and v are written on a second non-blocking stream behind a long chain of copies, q lives on a
+    # first one: the kernels (on q's stream) must be ordered after k's and v's producers, or they
+    # read the NaNs the buffers hold before the copies land.
+    from cuda_buffers import DeviceArray, Stream, device_synchronize, fill_late
+
+    rng = np.random.default_rng(21)
+    q, k, v = make(rng, 2, 96, 700, 4, 2, 64, np.float32)
+    ref_out, _ = reference(q, k, v, causal=True)
+    s_q, s_kv = Stream(), Stream()
+    scratch = DeviceArray(np.zeros(16 << 20, np.uint8))
+    for _ in range(50):
+        dq = DeviceArray(q)
+        dk, dv = DeviceArray(np.full_like(k, np.nan)), DeviceArray(np.full_like(v, np.nan))
+        dq.stream = s_q.ptr
+        dk.stream = dv.stream = s_kv.ptr
+        keep = (fill_late(dk, k, s_kv, scratch), fill_late(dv, v, s_kv, scratch))
+        out = to_host(fp.attention(dq, dk, dv, impl=impl, causal=True), np.float32)
+        device_synchronize()
+        assert err(out, ref_out) < 2e-5
+        del keep
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_out_is_written_after_its_streams_readers(impl):
+    # out is still being overwritten (with NaNs) on its own stream when the call starts: the kernels
+    # wait for that stream, so the attention output is what remains
+    from cuda_buffers import DeviceArray, Stream, device_synchronize, fill_late
+
+    rng = np.random.default_rng(22)
+    q, k, v = make(rng, 1, 64, 300, 2, 2, 32, np.float32)
+    ref_out, _ = reference(q, k, v)
+    s_out = Stream()
+    scratch = DeviceArray(np.zeros(16 << 20, np.uint8))
+    for _ in range(20):
+        out = DeviceArray(np.zeros_like(q))
+        out.stream = s_out.ptr
+        keep = fill_late(out, np.full_like(q, np.nan), s_out, scratch)
+        fp.attention(DeviceArray(q), DeviceArray(k), DeviceArray(v), impl=impl, out=out)
+        device_synchronize()
+        got = np.empty_like(q)
+        from cuda.bindings import runtime as rt
+
+        rt.cudaMemcpy(got.ctypes.data, out.ptr, got.nbytes, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+        assert err(got, ref_out) < 2e-5
+        del keep
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_empty_inputs_give_empty_outputs(impl, dtype):
+    from cuda_buffers import DeviceArray
+
+    rng = np.random.default_rng(3)
+    q, k, v = make(rng, 2, 5, 7, 4, 2, 16, DTYPES[dtype])
+    dq, dk, dv = DeviceArray(q), DeviceArray(k), DeviceArray(v)
+    # batch 0 through a view that keeps a non-null pointer (q[:0]): no division by zero, no launch
+    out, lse = fp.attention(dq.view(lambda a: a[:0]), dk.view(lambda a: a[:0]), dv.view(lambda a: a[:0]),
+                            impl=impl, return_lse=True)
+    assert out.shape == (0, 5, 4, 16) and lse.shape == (0, 4, 5)
+    # heads_q 0 passes the GQA check (0 is a multiple of heads_kv) and must not crash either
+    out = fp.attention(dq.view(lambda a: a[:, :, :0]), dk, dv, impl=impl)
+    assert out.shape == (2, 5, 0, 16)
+    # seqlen_q 0
+    out = fp.attention(dq.view(lambda a: a[:, :0]), dk, dv, impl=impl)
+    assert out.shape == (2, 0, 4, 16)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_no_keys_with_a_null_pointer_gives_zeros_and_minus_inf(impl):
+    from cuda_buffers import DeviceArray
+
+    rng = np.random.default_rng(4)
+    q = rng.standard_normal((1, 3, 2, 8)).astype(np.float32)
+    empty = type("Empty", (), {"__cuda_array_interface__": {
+        "shape": (1, 0, 2, 8), "typestr": "<f4", "data": (0, False), "strides": None, "version": 3, "stream": 1}})()
+    out, lse = fp.attention(DeviceArray(q), empty, empty, impl=impl, return_lse=True)
+    assert np.array_equal(to_host(out, np.float32), np.zeros_like(q))
+    assert np.isneginf(to_host(lse, np.float32)).all()
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("splits", ["1", "3"])
+def test_masked_keys_contribute_nothing_on_the_gpu(impl, dtype, splits, monkeypatch):
+    # the rule of the CPU kernels, on every CUDA path (naive, FMA flash2, tensor-core flash2, split-KV):
+    # garbage in keys a row cannot see never reaches it; rows that see it are non-finite
+    monkeypatch.setenv("FLASHPARITY_CUDA_SPLITS", splits)
+    rng = np.random.default_rng(5)
+    for sq, sk, causal, window in [(64, 64, True, (-1, -1)), (100, 300, True, (-1, -1)), (90, 90, False, (7, 5))]:
+        q, k, v = make(rng, 1, sq, sk, 2, 1, 64, DTYPES[dtype])
+        k_bad, v_bad = k.copy(), v.copy()
+        v_bad[0, sk - 1, 0, 3] = np.inf
+        v_bad[0, sk // 2, 0, 10] = np.nan
+        k_bad[0, sk // 3, 0, 7] = np.inf
+        kw = dict(impl=impl, causal=causal, window=window)
+        out = run(q, k_bad, v_bad, **kw).astype(np.float64)
+        cpu = fp.attention(q, k_bad, v_bad, **kw).astype(np.float64)
+        clean = run(q, k, v, **kw).astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            ref_out, _ = reference(q, k_bad, v_bad, causal=causal, window=window)
+        fin = np.isfinite(ref_out)
+        assert np.array_equal(np.isfinite(out), fin) and np.array_equal(np.isfinite(cpu), fin)
+        ok = __import__("attention_ref").visible(sq, sk, causal, window)
+        untouched = ~ok[:, [sk - 1, sk // 2, sk // 3]].any(axis=1)
+        np.testing.assert_array_equal(out[0, untouched], clean[0, untouched])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_inputs_whose_elements_are_not_aligned(impl, dtype):
+    # views at an odd byte offset (the protocols allow any pointer): copied once into an aligned
+    # buffer, then the same kernels; the answer is the aligned one
+    from cuda_buffers import DeviceArray
+
+    rng = np.random.default_rng(6)
+    q, k, v = make(rng, 1, 33, 70, 2, 1, 32, dtype)
+    raw = np.zeros(q.nbytes + k.nbytes + v.nbytes + 64, np.uint8)
+    offs = (1, q.nbytes + 3, q.nbytes + k.nbytes + 5)
+    for x, o in zip((q, k, v), offs):
+        raw[o:o + x.nbytes] = np.frombuffer(x.tobytes(), np.uint8)
+    buf = DeviceArray(raw)
+    dq, dk, dv = (buf.at_byte_offset(o, dtype, x.shape) for x, o in zip((q, k, v), offs))
+    out = to_host(fp.attention(dq, dk, dv, impl=impl, causal=True), dtype)
+    aligned = run(q, k, v, impl=impl, causal=True)
+    np.testing.assert_array_equal(out, aligned)
+
+
+def test_occupancy_is_reported_per_specialisation():
+    info = fp.build_info()
+    for dev_info in info["devices"]:
+        occ = dev_info["attention_occupancy"]
+        kinds = {(o["kernel"], o["dtype"], o["head_dim"]) for o in occ}
+        assert ("flash2-mma", "bfloat16", 128) in kinds and ("flash2-fma", "float32", 256) in kinds
+        assert all(o["blocks_per_sm"] >= 1 for o in occ), occ

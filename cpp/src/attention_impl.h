@@ -330,6 +330,88 @@ void pv_t(Rows v, std::int64_t nk, const float* pt, std::int64_t ldp, std::int64
   }
 }
 
+// Query lanes' key ranges: row i sees keys [lo[i], hi[i]); padding lanes see everything.
+struct QueryRanges {
+  std::vector<std::int64_t> lo, hi;
+  QueryRanges(const AttnParams& p, std::int64_t r0, std::int64_t rows, std::int64_t nq) : lo(nq, 0), hi(nq, INT64_MAX) {
+    for (std::int64_t i = 0; i < rows; ++i) {
+      const KeyRange kr = key_range(r0 + i, p);
+      lo[i] = kr.lo;
+      hi[i] = kr.hi;
+    }
+  }
+};
+
+// Masked keys contribute nothing, whatever their values: the one rule of every path (and of the
+// float64 reference). The vector P.V multiplies each key's V row into every query lane, with p = 0
+// in the lanes of rows that do not see the key; exact for finite values, but 0 * inf is NaN. So the
+// "edge" keys of a tile (those outside the range that every row of the task sees) are scanned for
+// non-finite values first (n x D compares against the product's nq x n x D multiply-adds, and on
+// edge keys only). Where one is found, P.V runs on a copy with those values zeroed, and each row
+// that does see such a key adds p * value for it afterwards, so non-finite values of visible keys
+// still propagate.
+FP_INLINE bool finite_bits(float x) { return (float_to_bits(x) & 0x7f800000u) != 0x7f800000u; }
+
+struct CommonRange {  // keys [lo, hi) every real row of a task sees
+  std::int64_t lo = 0, hi = INT64_MAX;
+};
+
+CommonRange common_range(const AttnParams& p, std::int64_t r0, std::int64_t rows) {
+  CommonRange c;
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const KeyRange kr = key_range(r0 + i, p);
+    c.lo = std::max(c.lo, kr.lo);
+    c.hi = std::min(c.hi, kr.hi);
+  }
+  return c;
+}
+
+// Whether any edge key of keys [key0, key0 + n) (row j at row(j)) holds a non-finite value in its
+// first D elements; calls bad(j) for each such key.
+template <typename RowAt, typename Bad>
+bool scan_edge_keys(std::int64_t key0, std::int64_t n, CommonRange all, std::int64_t D, RowAt row, Bad bad) {
+  const std::int64_t in_lo = std::clamp<std::int64_t>(all.lo - key0, 0, n);
+  const std::int64_t in_hi = std::clamp<std::int64_t>(all.hi - key0, in_lo, n);
+  bool any = false;
+  for (std::int64_t j = 0; j < n; ++j) {
+    if (j == in_lo) j = in_hi;
+    if (j >= n) break;
+    std::uint32_t ones = 0;  // exponent bits all set somewhere: inf or NaN
+    for (std::int64_t d = 0; d < D; ++d) ones |= static_cast<std::uint32_t>(!finite_bits(row(j)[d]));
+    if (ones) {
+      any = true;
+      bad(j);
+    }
+  }
+  return any;
+}
+
+// ot[0:D][0:nq] += V[0:n]^T . pt[0:n][0:nq] (keys key0 ..) under the rule above; qr: the lanes' ranges.
+void pv_t_masked(Rows v, std::int64_t n, std::int64_t key0, const float* pt, std::int64_t ldp, std::int64_t nq,
+                 std::int64_t rows, std::int64_t D, const QueryRanges& qr, CommonRange all, float* ot,
+                 std::int64_t ldo, FloatBuf& tmp, std::vector<std::int64_t>& bad_keys) {
+  bad_keys.clear();
+  if (!scan_edge_keys(key0, n, all, D, [&](std::int64_t j) { return v.p + j * v.ld; },
+                      [&](std::int64_t j) { bad_keys.push_back(j); })) {
+    pv_t(v, n, pt, ldp, nq, D, ot, ldo);
+    return;
+  }
+  float* c = tmp.resize(n * D);
+  for (std::int64_t j = 0; j < n; ++j) std::memcpy(c + j * D, v.p + j * v.ld, static_cast<std::size_t>(D) * 4);
+  for (std::int64_t j : bad_keys)
+    for (std::int64_t d = 0; d < D; ++d)
+      if (!finite_bits(c[j * D + d])) c[j * D + d] = 0.0f;
+  pv_t({c, D}, n, pt, ldp, nq, D, ot, ldo);
+  for (std::int64_t j : bad_keys)
+    for (std::int64_t i = 0; i < rows; ++i) {
+      if (key0 + j < qr.lo[i] || key0 + j >= qr.hi[i]) continue;
+      for (std::int64_t d = 0; d < D; ++d) {
+        const float x = v.p[j * v.ld + d];
+        if (!finite_bits(x)) ot[d * ldo + i] += pt[j * ldp + i] * x;
+      }
+    }
+}
+
 // A worker's K and V of one (batch, kv head) as float rows [round_up(Sk, kBc)][D] (zeros past Sk),
 // converted tile by tile as its tasks first need them and reused by its next query tiles of that
 // head: each head's K and V are converted once per worker, not once per query tile, and the rows are
@@ -386,17 +468,6 @@ struct KVRows {
   }
 };
 
-// Query lanes' key ranges: row i sees keys [lo[i], hi[i]); padding lanes see everything.
-struct QueryRanges {
-  std::vector<std::int64_t> lo, hi;
-  QueryRanges(const AttnParams& p, std::int64_t r0, std::int64_t rows, std::int64_t nq) : lo(nq, 0), hi(nq, INT64_MAX) {
-    for (std::int64_t i = 0; i < rows; ++i) {
-      const KeyRange kr = key_range(r0 + i, p);
-      lo[i] = kr.lo;
-      hi[i] = kr.hi;
-    }
-  }
-};
 
 // Softmax step of one key tile, keys key0 .. key0 + nk, for every query lane (nq of them):
 // st[j][i] becomes the probability exp(s - m_new) in place, m and l are updated, and what ot
@@ -469,6 +540,9 @@ void float_task(const AttnParams& p, KVRows& kv, std::int64_t b, std::int64_t h,
   const QueryRanges qr(p, r0, rows, nq);
   const TileSpan tiles = row_block_key_tiles(r0, rows, p, kBc);
   const std::int64_t k_begin = tiles.begin * kBc, k_end = std::min(tiles.end * kBc, Sk);
+  const CommonRange all = common_range(p, r0, rows);
+  FloatBuf vtmp;
+  std::vector<std::int64_t> bad_keys;
   if (naive) {  // every visible key's score of the rows at once, then one softmax, then P.V
     const std::int64_t nk = k_end - k_begin;
     FloatBuf st;  // (every row the softmax and P.V read is written by the scores first)
@@ -480,7 +554,8 @@ void float_task(const AttnParams& p, KVRows& kv, std::int64_t b, std::int64_t h,
     softmax_tile(st.data(), nq, nk, k_begin, nq, qr, scale, cap, m.data(), l.data(), ot.data(), nq, D);
     for (std::int64_t j0 = k_begin; j0 < k_end; j0 += kNaiveKeyChunk) {
       const std::int64_t n = std::min(kNaiveKeyChunk, k_end - j0);
-      pv_t(kv.values<T>(p, j0, n), n, st.data() + (j0 - k_begin) * nq, nq, nq, D, ot.data(), nq);
+      pv_t_masked(kv.values<T>(p, j0, n), n, j0, st.data() + (j0 - k_begin) * nq, nq, nq, rows, D, qr, all,
+                  ot.data(), nq, vtmp, bad_keys);
     }
   } else {
     FloatBuf st;  // (as above)
@@ -489,7 +564,7 @@ void float_task(const AttnParams& p, KVRows& kv, std::int64_t b, std::int64_t h,
       const std::int64_t n = std::min(kBc, Sk - j0), n_pad = round_up(n, kRK);
       scores_t(kv.keys<T>(p, j0, n_pad), n_pad, qt.data(), nq, nq, D, st.data(), nq);
       softmax_tile(st.data(), nq, n, j0, nq, qr, scale, cap, m.data(), l.data(), ot.data(), nq, D);
-      pv_t(kv.values<T>(p, j0, n), n, st.data(), nq, nq, D, ot.data(), nq);
+      pv_t_masked(kv.values<T>(p, j0, n), n, j0, st.data(), nq, nq, rows, D, qr, all, ot.data(), nq, vtmp, bad_keys);
     }
   }
   for (std::int64_t i = 0; i < rows; ++i) {
@@ -589,6 +664,7 @@ struct PackedKV {
   std::int64_t b = -1, hk = -1;
   std::vector<std::uint16_t> kt2, v2;
   std::vector<char> ready;
+  std::vector<char> v_nonfinite;  // per tile: some V value is inf or NaN (then masked keys need care)
 };
 
 // flash2 for bfloat16 inputs on the dot-product instructions; same tiling and online softmax.
@@ -608,11 +684,16 @@ void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std:
     cache.kt2.resize(static_cast<std::size_t>((cached ? n_tiles : 1) * tile_elems));
     cache.v2.resize(static_cast<std::size_t>((cached ? n_tiles : 1) * tile_elems));
     cache.ready.assign(static_cast<std::size_t>(cached ? n_tiles : 1), 0);
+    cache.v_nonfinite.assign(static_cast<std::size_t>(cached ? n_tiles : 1), 0);
   }
   std::vector<float> s(kBr * kBc), o(kBr * Dp, 0.0f), m(kBr, -INFINITY), l(kBr, 0.0f);
   const std::int64_t rows_p = std::min<std::int64_t>(round_up(rows, kRB), kBr);
   load_bf16_rows(p.q, b, h, r0, rows_p, r0 + rows, D, q2.data(), Dp);
   const TileSpan tiles = row_block_key_tiles(r0, rows, p, kBc);
+  const CommonRange all = common_range(p, r0, rows);
+  std::vector<std::int64_t> bad_keys;
+  std::vector<float> vrow(D);
+  std::vector<std::uint16_t> vclean;
   for (std::int64_t j0 = tiles.begin * kBc; j0 < tiles.end * kBc; j0 += kBc) {
     const std::int64_t nj = std::min(kBc, Sk - j0);
     const std::int64_t t = cached ? j0 / kBc : 0;
@@ -636,6 +717,9 @@ void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std:
           out[2 * d + 1] = vb[d];
         }
       }
+      std::uint16_t ones = 0;  // exponent bits all set somewhere: inf or NaN
+      for (std::int64_t e = 0; e < kBc * Dp; ++e) ones |= static_cast<std::uint16_t>((vrows[e] & 0x7f80u) == 0x7f80u);
+      cache.v_nonfinite[static_cast<std::size_t>(t)] = ones != 0;
       cache.ready[static_cast<std::size_t>(t)] = 1;
     }
     scores_tile_bf16(q2.data(), Dp, kt2, rows_p, s.data());
@@ -676,7 +760,35 @@ void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std:
         for (std::int64_t d = 0; d < Dp; ++d) orow[d] *= st.alpha;
       }
     }
-    pv_tile_bf16(p2.data(), v2, Dp, kBc, rows_p, o.data());
+    // masked keys contribute nothing, whatever their values (the rule of pv_t_masked, on the pair layout)
+    const auto v_at = [&](std::int64_t j, std::int64_t d) -> std::uint16_t& { return v2[(j / 2) * Dp * 2 + d * 2 + (j & 1)]; };
+    bad_keys.clear();
+    const bool bad = cache.v_nonfinite[static_cast<std::size_t>(t)] && scan_edge_keys(
+        j0, nj, all, D,
+        [&](std::int64_t j) {
+          for (std::int64_t d = 0; d < D; ++d) vrow[d] = bf16_to_float(v_at(j, d));
+          return vrow.data();
+        },
+        [&](std::int64_t j) { bad_keys.push_back(j); });
+    if (!bad) {
+      pv_tile_bf16(p2.data(), v2, Dp, kBc, rows_p, o.data());
+      continue;
+    }
+    vclean.assign(v2, v2 + tile_elems);
+    for (std::int64_t j : bad_keys)
+      for (std::int64_t d = 0; d < D; ++d) {
+        std::uint16_t& x = vclean[(j / 2) * Dp * 2 + d * 2 + (j & 1)];
+        if ((x & 0x7f80u) == 0x7f80u) x = 0;
+      }
+    pv_tile_bf16(p2.data(), vclean.data(), Dp, kBc, rows_p, o.data());
+    for (std::int64_t j : bad_keys)
+      for (std::int64_t i = 0; i < rows; ++i) {
+        const KeyRange kr = key_range(r0 + i, p);
+        if (j0 + j < kr.lo || j0 + j >= kr.hi) continue;
+        const float pj = bf16_to_float(p2[i * kBc + j]);
+        for (std::int64_t d = 0; d < D; ++d)
+          if ((v_at(j, d) & 0x7f80u) == 0x7f80u) o[i * Dp + d] += pj * bf16_to_float(v_at(j, d));
+      }
   }
   for (std::int64_t i = 0; i < rows; ++i) {
     store_row<bf16_bits, float>(p, b, r0 + i, h, o.data() + i * Dp, l[i]);
@@ -747,7 +859,9 @@ void naive_task_f64(const AttnParams& p, std::int64_t b, std::int64_t h, std::in
     for (std::int64_t i = 0; i < rows; ++i) {
       Acc* __restrict arow = acc.data() + i * Dp;
       const Acc* prow = s.data() + i * ld + j0;
-      for (std::int64_t j = 0; j < nj; ++j) {
+      const KeyRange kr = key_range(r0 + i, p);  // masked keys contribute nothing, whatever their values
+      const std::int64_t j_lo = std::clamp<std::int64_t>(kr.lo - j0, 0, nj), j_hi = std::clamp<std::int64_t>(kr.hi - j0, j_lo, nj);
+      for (std::int64_t j = j_lo; j < j_hi; ++j) {
         const Acc pj = prow[j];
         const Acc* __restrict vr = v.data() + j * Dp;
         for (std::int64_t d = 0; d < Dp; ++d) arow[d] += pj * vr[d];
@@ -811,9 +925,10 @@ void flash2_task_f64(const AttnParams& p, std::int64_t b, std::int64_t h, std::i
     for (std::int64_t i = 0; i < rows; ++i) {
       Acc* __restrict orow = o.data() + i * Dp;
       const Acc* prow = s.data() + i * kBc;
-      for (std::int64_t j = 0; j < nj; ++j) {
+      const KeyRange kr = key_range(r0 + i, p);  // masked keys contribute nothing, whatever their values
+      const std::int64_t j_lo = std::clamp<std::int64_t>(kr.lo - j0, 0, nj), j_hi = std::clamp<std::int64_t>(kr.hi - j0, j_lo, nj);
+      for (std::int64_t j = j_lo; j < j_hi; ++j) {
         const Acc pj = prow[j];
-        if (pj == Acc(0)) continue;
         const Acc* __restrict vr = v.data() + j * Dp;
         for (std::int64_t d = 0; d < Dp; ++d) orow[d] += pj * vr[d];
       }

@@ -115,23 +115,39 @@ DeviceArrayPtr from_host(std::uintptr_t host_ptr, int dtype_code, std::vector<st
   return a;
 }
 
+// The device of a call: that of every non-empty tensor among q, k, v and out (an empty one may
+// carry any pointer, null included, and is never read); the current device when all are empty.
+int attention_device_of(const AttnParams& p, std::uintptr_t out_ptr) {
+  int device = -1;
+  const auto check = [&](const char* name, std::uintptr_t ptr, std::int64_t numel) {
+    if (numel == 0) return;
+    const int d = cuda_pointer_device(ptr);
+    if (device < 0) device = d;
+    else if (d != device)
+      throw std::invalid_argument(std::string(name) + " is on CUDA device " + std::to_string(d) +
+                                  ", the other tensors on device " + std::to_string(device));
+  };
+  check("q", reinterpret_cast<std::uintptr_t>(p.q.data), p.q.numel());
+  check("k", reinterpret_cast<std::uintptr_t>(p.k.data), p.k.numel());
+  check("v", reinterpret_cast<std::uintptr_t>(p.v.data), p.v.numel());
+  if (out_ptr != 0) check("out", out_ptr, p.q.numel());
+  return device >= 0 ? device : current_device();
+}
+
 // out_ptr 0: a new DeviceArray; else the caller's C-contiguous device buffer of q's shape and dtype
-// (checked in Python), returned as None.
+// (checked in Python), returned as None. The kernels run on `stream`, after the work queued so far
+// on each stream of `after` (the producer streams of k, v and out).
 py::tuple attention_device(const py::tuple& q_desc, const py::tuple& k_desc, const py::tuple& v_desc, int impl,
                            double scale, double softcap, std::int64_t left, std::int64_t right, bool want_lse,
-                           std::uintptr_t stream, std::uintptr_t out_ptr) {
+                           std::uintptr_t stream, std::uintptr_t out_ptr, const std::vector<std::uintptr_t>& after) {
   AttnParams p = make_attn_params(q_desc, k_desc, v_desc, impl, scale, softcap, left, right);
-  const int device = cuda_pointer_device(reinterpret_cast<std::uintptr_t>(p.q.data));
-  for (const TensorArg* t : {&p.k, &p.v})
-    if (cuda_pointer_device(reinterpret_cast<std::uintptr_t>(t->data)) != device)
-      throw std::invalid_argument("q, k and v must be on the same CUDA device");
+  const int device = attention_device_of(p, out_ptr);
   DeviceArrayPtr out;
   if (out_ptr == 0) {
     out = std::make_shared<DeviceArray>(p.q.dtype, std::vector<std::int64_t>{p.batch, p.seqlen_q, p.heads_q, p.head_dim},
                                         device);
     p.out = out->ptr;
   } else {
-    if (cuda_pointer_device(out_ptr) != device) throw std::invalid_argument("out must be on the device of q, k and v");
     p.out = reinterpret_cast<void*>(out_ptr);
   }
   DeviceArrayPtr lse;
@@ -141,8 +157,8 @@ py::tuple attention_device(const py::tuple& q_desc, const py::tuple& k_desc, con
   p.lse = lse ? static_cast<float*>(lse->ptr) : nullptr;
   {
     py::gil_scoped_release release;
-    if (impl == 0) attention_naive_cuda(p, device, stream);
-    else attention_flash2_cuda(p, device, stream);
+    if (impl == 0) attention_naive_cuda(p, device, stream, after);
+    else attention_flash2_cuda(p, device, stream, after);
   }
   return py::make_tuple(out ? py::cast(out) : py::none(), lse ? py::cast(lse) : py::none());
 }
@@ -163,8 +179,23 @@ void bind_device_cuda(py::module_& m) {
                   "A device copy of a contiguous host buffer.");
   m.def("attention_cuda", &attention_device, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("impl"),
         py::arg("scale"), py::arg("softcap"), py::arg("window_left"), py::arg("window_right"), py::arg("want_lse"),
-        py::arg("stream") = 0, py::arg("out") = 0,
-        "Attention forward on device tensors: (out DeviceArray or None when written to `out`, lse DeviceArray or None).");
+        py::arg("stream") = 0, py::arg("out") = 0, py::arg("after") = std::vector<std::uintptr_t>{},
+        "Attention forward on device tensors: (out DeviceArray or None when written to `out`, lse DeviceArray or None).\n"
+        "Runs on `stream`, ordered after the work queued on each stream of `after`; returns when it is done.");
+  m.def("cuda_attention_occupancy", [](int device) {
+    py::list out;
+    for (const AttnKernelOccupancy& o : attention_occupancy_cuda(device)) {
+      py::dict d;
+      d["kernel"] = o.kernel;
+      d["dtype"] = o.dtype;
+      d["head_dim"] = o.head_dim;
+      d["threads"] = o.threads;
+      d["dynamic_smem_bytes"] = o.dynamic_smem_bytes;
+      d["blocks_per_sm"] = o.blocks_per_sm;
+      out.append(d);
+    }
+    return out;
+  }, py::arg("device"), "Resident blocks per SM of each CUDA flash2 kernel specialisation on `device`.");
 }
 
 }  // namespace flashparity

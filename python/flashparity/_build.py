@@ -61,12 +61,22 @@ def _driver_error(driver: Any, err: Any) -> str:
         return str(err)
 
 
+def _attention_occupancy(index: int) -> list[dict[str, Any]] | str:
+    """Resident blocks per SM of each CUDA flash2 specialisation on device `index`, or why not known."""
+    try:
+        return _core.cuda_attention_occupancy(index)
+    except Exception as exc:  # a device the runtime lists but cannot use (e.g. out of memory, busy)
+        return f"unavailable: {exc}"
+
+
 def build_info() -> dict[str, Any]:
     """Version, CUDA build and devices, the CPU SIMD level in use, and the kernel sources.
 
     Keys: ``version``, ``cuda`` (CUDA kernels compiled in), ``cuda_available`` (compiled in and a
     device is visible), ``cuda_runtime``, ``cuda_driver``, ``cuda_architectures``, ``devices``
-    (a list, empty when there is no driver or GPU), ``device_discovery`` (``"cudart"``,
+    (a list, empty when there is no driver or GPU; with the CUDA build each entry has
+    ``attention_occupancy``: resident blocks per SM of every flash2 kernel specialisation, with
+    its threads and dynamic shared memory), ``device_discovery`` (``"cudart"``,
     ``"cuda-python"`` or None), ``cuda_status`` (why no device is visible, or None), ``simd``
     (level used now), ``simd_detected``, ``cpu_features``, ``kernel_digest`` and
     ``kernel_source`` (``{impl: "flashparity:<impl>@<digest>"}``), compilers and build type.
@@ -74,6 +84,8 @@ def build_info() -> dict[str, Any]:
     info = dict(_core.build_info())
     if info["cuda"]:
         info["device_discovery"] = "cudart"
+        for dev in info["devices"]:
+            dev["attention_occupancy"] = _attention_occupancy(dev["index"])
     else:
         devices, status = _discover_with_cuda_python()
         if devices:

@@ -50,8 +50,9 @@ class DeviceArray:  # CUDA builds: owned, C-contiguous device memory
     def from_host(ptr: int, dtype: int, shape: list[int], device: int) -> "DeviceArray": ...
 
 def attention_cuda(q: Desc, k: Desc, v: Desc, impl: int, scale: float, softcap: float, window_left: int,
-                   window_right: int, want_lse: bool, stream: int = 0,
-                   out: int = 0) -> tuple[DeviceArray | None, DeviceArray | None]: ...  # CUDA builds
+                   window_right: int, want_lse: bool, stream: int = 0, out: int = 0,
+                   after: list[int] = ...) -> tuple[DeviceArray | None, DeviceArray | None]: ...  # CUDA builds
+def cuda_attention_occupancy(device: int) -> list[dict[str, int | str]]: ...  # CUDA builds
 
 # the split-KV math of the CUDA flash2 (attention_math.h), exposed for the CPU tests
 def _merge_split_lse(lse_parts: list[float]) -> tuple[float, list[float]]: ...

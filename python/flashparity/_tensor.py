@@ -33,6 +33,23 @@ def c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
 # DLPack device types.
 _KDL_CPU, _KDL_CUDA, _KDL_CUDA_HOST, _KDL_CUDA_MANAGED = 1, 2, 3, 13
 
+# CUDA streams as __cuda_array_interface__ v3 and DLPack name them: 1 is the legacy default stream,
+# 2 the per-thread default stream, anything larger a cudaStream_t.
+LEGACY_DEFAULT_STREAM = 1
+
+
+def consumer_stream(obj: Any) -> int:
+    """The stream a CUDA kernel that reads `obj` first runs on: the producer stream its
+    ``__cuda_array_interface__`` (v3) names, else the legacy default stream. Inputs exported
+    through DLPack are then asked for that stream (``__dlpack__(stream=...)``), so their producers
+    order their work before it, as the DLPack protocol specifies."""
+    try:
+        cai = obj.__cuda_array_interface__
+    except Exception:  # no CAI (NumPy, DLPack-only objects), or one PyTorch refuses (bfloat16)
+        return LEGACY_DEFAULT_STREAM
+    stream = cai.get("stream") if isinstance(cai, dict) and cai.get("version", 0) >= 3 else None
+    return int(stream) if isinstance(stream, int) and not isinstance(stream, bool) and stream > 0 else LEGACY_DEFAULT_STREAM
+
 
 @dataclass(frozen=True)
 class TensorView:
@@ -71,6 +88,17 @@ class TensorView:
         lo = self.ptr + sum(st * (n - 1) for st, n in zip(self.strides, self.shape) if st < 0)
         hi = self.ptr + sum(st * (n - 1) for st, n in zip(self.strides, self.shape) if st > 0) + self.itemsize
         return (lo, hi)
+
+
+def producer_waits(stream: int, views: tuple[TensorView | None, ...]) -> list[int]:
+    """The producer streams (from ``__cuda_array_interface__`` v3) a kernel running on `stream` must
+    be ordered after: each one named, other than `stream`, once."""
+    after: list[int] = []
+    for view in views:
+        s = view.stream if view is not None else None
+        if s is not None and s != stream and s not in after:
+            after.append(int(s))
+    return after
 
 
 def _unsupported(name: str, dtype: Any) -> TypeError:
@@ -114,11 +142,12 @@ def _from_cuda_array_interface(obj: Any, cai: dict, name: str) -> TensorView:
     return TensorView(ptr, dt.name, shape, tuple(int(s) for s in strides), "cuda", -1, obj, stream)
 
 
-def _from_dlpack(obj: Any, name: str) -> TensorView:
+def _from_dlpack(obj: Any, name: str, stream: int) -> TensorView:
     dev_type, dev_id = obj.__dlpack_device__()
     if dev_type in (_KDL_CUDA, _KDL_CUDA_MANAGED):
-        # stream=None: the producer makes its work visible to the legacy default stream's order
-        capsule = obj.__dlpack__(stream=None)
+        # the stream the kernel will run on: the producer orders its pending work before it (an
+        # explicit integer, never None, whose meaning PyTorch versions have changed)
+        capsule = obj.__dlpack__(stream=stream)
         device = "cuda"
     elif dev_type in (_KDL_CPU, _KDL_CUDA_HOST):
         capsule = obj.__dlpack__()
@@ -129,8 +158,9 @@ def _from_dlpack(obj: Any, name: str) -> TensorView:
     return TensorView(ptr, DTYPE_NAMES[code], tuple(shape), tuple(strides), device, dl_id, (obj, owner))
 
 
-def as_view(obj: Any, name: str) -> TensorView:
-    """A zero-copy TensorView of `obj` (see the module docstring for what is accepted)."""
+def as_view(obj: Any, name: str, stream: int = LEGACY_DEFAULT_STREAM) -> TensorView:
+    """A zero-copy TensorView of `obj` (see the module docstring for what is accepted). `stream`:
+    the CUDA stream the consuming kernel runs on, passed to a CUDA tensor's ``__dlpack__``."""
     if isinstance(obj, np.ndarray):
         return _from_numpy(obj, name)
     try:
@@ -142,7 +172,7 @@ def as_view(obj: Any, name: str) -> TensorView:
     if cai is not None:
         return _from_cuda_array_interface(obj, cai, name)
     if hasattr(obj, "__dlpack__") and hasattr(obj, "__dlpack_device__"):
-        return _from_dlpack(obj, name)
+        return _from_dlpack(obj, name, stream)
     if isinstance(obj, (bool, int, float, complex, np.generic)) and not isinstance(obj, np.floating):
         raise _unsupported(name, np.asarray(obj).dtype)
     try:

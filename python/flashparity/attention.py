@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._tensor import TensorView, as_view
+from ._tensor import TensorView, as_view, consumer_stream, producer_waits
 
 __all__ = ["attention", "UnsupportedHeadDimError", "IMPLS", "FLASH2_MAX_HEAD_DIM"]
 
@@ -39,8 +39,8 @@ def _check_int(name: str, value: Any) -> int:
     return int(value)
 
 
-def _views(q: Any, k: Any, v: Any) -> tuple[TensorView, TensorView, TensorView]:
-    vq, vk, vv = as_view(q, "q"), as_view(k, "k"), as_view(v, "v")
+def _views(q: Any, k: Any, v: Any, stream: int) -> tuple[TensorView, TensorView, TensorView]:
+    vq, vk, vv = as_view(q, "q", stream), as_view(k, "k", stream), as_view(v, "v", stream)
     for name, view, what in (("q", vq, "(batch, seqlen_q, heads_q, head_dim)"),
                              ("k", vk, "(batch, seqlen_k, heads_kv, head_dim)"),
                              ("v", vv, "(batch, seqlen_k, heads_kv, head_dim)")):
@@ -83,14 +83,18 @@ def attention(
     ``causal`` and ``window=(left, right)`` are bottom-right aligned: query i sees key j iff
     ``i + sk - sq - left <= j <= i + sk - sq + right`` (-1: unbounded), causal is (-1, 0).
     ``softcap > 0`` maps scaled scores s to ``softcap * tanh(s / softcap)``. A row that sees no key
-    gives output 0 and lse -inf. ``impl="naive"`` materializes score rows (any head_dim);
+    gives output 0 and lse -inf. A key outside a row's visible range contributes nothing to it,
+    whatever its values (inf or NaN in masked K/V never reach the row); non-finite values in keys
+    the row sees propagate to it. ``impl="naive"`` materializes score rows (any head_dim);
     ``impl="flash2"`` tiles with an online softmax (head_dim 1..256, else
     :class:`UnsupportedHeadDimError`). Accumulation is float32 (float64 for float64 inputs).
 
     ``out``: a C-contiguous array of q's shape and dtype on q's device to write the output into
     (returned in place of a new array); it must not overlap q, k or v.
 
-    Device tensors (``__cuda_array_interface__`` / ``__dlpack__``) run on their GPU and return
+    Device tensors (``__cuda_array_interface__`` / ``__dlpack__``) run on their GPU, on q's
+    stream (else the legacy default stream) after the work queued on k's, v's and out's streams
+    (DLPack producers are asked for that stream), and return
     :class:`flashparity._core.DeviceArray` outputs (zero-copy to PyTorch/CuPy). On the GPU flash2
     runs float16/bfloat16 on tensor cores (``mma.sync`` m16n8k16, float32 accumulators; compute
     capability 8.0+) and float32/float64 on FMA units (no tf32), with split-KV for decode.
@@ -109,7 +113,8 @@ def attention(
     if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real) or not math.isfinite(softcap) or softcap < 0:
         raise ValueError(f"softcap must be a finite number >= 0, got {softcap!r}")
 
-    vq, vk, vv = _views(q, k, v)
+    stream = consumer_stream(q)  # where CUDA kernels run; DLPack producers are ordered before it
+    vq, vk, vv = _views(q, k, v, stream)
     batch, seqlen_q, heads_q, head_dim = vq.shape
     heads_kv = vk.shape[2]
     if head_dim < 1:
@@ -128,9 +133,9 @@ def attention(
             raise ValueError(f"softmax_scale must be a finite number, got {softmax_scale!r}")
         scale = float(softmax_scale)
 
-    vout = _out_view(out, vq, (vk, vv)) if out is not None else None
+    vout = _out_view(out, vq, (vk, vv), stream) if out is not None else None
     if vq.device == "cuda":
-        res, lse = _attention_cuda(vq, vk, vv, impl, scale, float(softcap), left, right, return_lse, vout)
+        res, lse = _attention_cuda(vq, vk, vv, impl, scale, float(softcap), left, right, return_lse, vout, stream)
         res = out if out is not None else res
         return (res, lse) if return_lse else res
     if out is None:
@@ -150,8 +155,8 @@ def attention(
     return (out, lse) if return_lse else out
 
 
-def _out_view(out: Any, vq: TensorView, inputs: tuple[TensorView, TensorView]) -> TensorView:
-    vout = as_view(out, "out")
+def _out_view(out: Any, vq: TensorView, inputs: tuple[TensorView, TensorView], stream: int) -> TensorView:
+    vout = as_view(out, "out", stream)
     if vout.device != vq.device:
         raise ValueError(f"out must live on q's device ({vq.device}), got {vout.device}")
     if vout.shape != vq.shape or vout.dtype != vq.dtype:
@@ -172,9 +177,12 @@ def _out_view(out: Any, vq: TensorView, inputs: tuple[TensorView, TensorView]) -
 
 
 def _attention_cuda(vq: TensorView, vk: TensorView, vv: TensorView, impl: str, scale: float, softcap: float,
-                    left: int, right: int, return_lse: bool, vout: TensorView | None):
+                    left: int, right: int, return_lse: bool, vout: TensorView | None, stream: int):
     if not hasattr(_core, "attention_cuda"):
         raise RuntimeError("q, k and v are CUDA tensors but this flashparity build has no CUDA kernels "
                            "(rebuild with FLASHPARITY_CUDA=ON)")
+    # the kernels run on q's stream, after the work queued on k's, v's and out's (an out still being
+    # read or written there is not overwritten early); the call returns when the output is complete
     return _core.attention_cuda(vq.desc, vk.desc, vv.desc, _KERNEL_CODES[impl], scale, softcap, left, right,
-                                return_lse, vq.stream or 0, vout.ptr if vout is not None and vout.numel else 0)
+                                return_lse, stream, vout.ptr if vout is not None and vout.numel else 0,
+                                producer_waits(stream, (vk, vv, vout)))

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._tensor import TensorView, as_view
+from ._tensor import TensorView, as_view, consumer_stream
 
 __all__ = ["ParityStats", "parity", "max_abs_diff", "cosine_sim", "assert_parity", "HISTOGRAM_BINS"]
 
@@ -219,13 +219,14 @@ def parity(a: Any, b: Any, *, atol: float = 0.0, rtol: float = 0.0) -> ParitySta
     """
     atol = _tolerance("atol", atol)
     rtol = _tolerance("rtol", rtol)
-    va, vb = as_view(a, "a"), as_view(b, "b")
+    stream = consumer_stream(a)  # where a CUDA reduction runs; DLPack producers are ordered before it
+    va, vb = as_view(a, "a", stream), as_view(b, "b", stream)
     _check_pair(va, vb)
     if va.device == "cuda":
         if not hasattr(_core, "parity_cuda"):
             raise RuntimeError("a and b are CUDA tensors but this flashparity build has no CUDA kernels "
                                "(rebuild with FLASHPARITY_CUDA=ON)")
-        acc = _core.parity_cuda(va.desc, vb.desc, atol, rtol, va.stream or 0, vb.stream or 0)
+        acc = _core.parity_cuda(va.desc, vb.desc, atol, rtol, stream, vb.stream if vb.stream is not None else stream)
     else:
         acc = _core.parity_host(va.desc, vb.desc, atol, rtol)
     return ParityStats(acc, va.shape, (va.dtype, vb.dtype), atol, rtol)

@@ -12,5 +12,6 @@ void* device_alloc(std::size_t bytes, int device);
 void device_free(void* ptr, int device) noexcept;
 void copy_to_device(void* dst, const void* src, std::size_t bytes, int device);
 void copy_to_host(void* dst, const void* src, std::size_t bytes, int device);
+int current_device();  // the calling thread's current CUDA device
 
 }  // namespace flashparity

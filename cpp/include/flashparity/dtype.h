@@ -129,18 +129,25 @@ FP_HOST_DEVICE FP_INLINE double round_to_format(double v, int man, int emin, int
   return r;
 }
 
-// Bit patterns of a double rounded (RNE) to each format. Finite inputs only.
+// Bit patterns of a double rounded (RNE) to each format; +-inf stay infinite and a NaN stays a
+// quiet NaN with its sign and top payload bits, as the hardware's float32 -> float16 conversion
+// (vcvtps2ph, cvt.rn.f16.f32) and bfloat16 conversions keep them.
 FP_HOST_DEVICE FP_INLINE std::uint32_t round_to_f32_bits(double v) {
   return float_to_bits(static_cast<float>(v));  // the hardware conversion rounds to nearest even
 }
 
 FP_HOST_DEVICE FP_INLINE std::uint16_t round_to_bf16_bits(double v) {
+  if (v != v) return static_cast<std::uint16_t>((float_to_bits(static_cast<float>(v)) >> 16) | 0x0040u);
   // the result is exactly representable in float32 (same exponent range), so the cast is exact
   const double r = round_to_format(v, 7, -126, 127);
   return static_cast<std::uint16_t>(float_to_bits(static_cast<float>(r)) >> 16);
 }
 
 FP_HOST_DEVICE FP_INLINE std::uint16_t round_to_half_bits(double v) {
+  if (v != v) {
+    const std::uint32_t f = float_to_bits(static_cast<float>(v));
+    return static_cast<std::uint16_t>(((f >> 16) & 0x8000u) | 0x7e00u | ((f >> 13) & 0x3ffu));
+  }
   const double r = round_to_format(v, 10, -14, 15);
   const std::uint16_t sign = std::signbit(r) ? 0x8000u : 0u;
   const double a = std::fabs(r);
