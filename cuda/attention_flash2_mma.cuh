@@ -377,14 +377,15 @@ __global__ void __launch_bounds__(kThreads) Flash2MmaKernel(const Args a) {
 }
 
 // The kernel's dynamic shared memory past 48 KiB is allowed once per device (the attribute sticks
-// to the function), not on every call.
+// to the function), not on every call. `force` sets it again: after a cudaDeviceReset the
+// attribute is gone while the bit stays, and the launch below then retries once with it set.
 template <bool kBf16, int D>
-void allow_smem() {
+void allow_smem(bool force = false) {
   static std::atomic<std::uint64_t> done{0};  // bit d: device d is set up
   int device = 0;
   FP_CUDA_CHECK(cudaGetDevice(&device));
   const std::uint64_t bit = device < 64 ? std::uint64_t{1} << device : 0;
-  if (bit != 0 && (done.load(std::memory_order_acquire) & bit) != 0) return;
+  if (!force && bit != 0 && (done.load(std::memory_order_acquire) & bit) != 0) return;
   FP_CUDA_CHECK(cudaFuncSetAttribute(Flash2MmaKernel<kBf16, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      mma_smem_bytes(D)));
   done.fetch_or(bit, std::memory_order_acq_rel);
@@ -394,6 +395,11 @@ template <bool kBf16, int D>
 void launch_mma(const Args& a, dim3 grid, cudaStream_t stream) {
   allow_smem<kBf16, D>();
   Flash2MmaKernel<kBf16, D><<<grid, kThreads, mma_smem_bytes(D), stream>>>(a);
+  if (mma_smem_bytes(D) > 48 * 1024 && cudaPeekAtLastError() == cudaErrorInvalidValue) {
+    cudaGetLastError();  // (a launch-configuration error: not sticky)
+    allow_smem<kBf16, D>(/*force=*/true);
+    Flash2MmaKernel<kBf16, D><<<grid, kThreads, mma_smem_bytes(D), stream>>>(a);
+  }
   FP_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -43,9 +43,17 @@ void stream_wait(cudaStream_t stream, std::uintptr_t producer) {
   if (from == stream) return;
   cudaEvent_t ev;
   FP_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
-  cudaError_t err = cudaEventRecord(ev, from);
-  if (err == cudaSuccess) err = cudaStreamWaitEvent(stream, ev, 0);
-  cudaEventDestroy(ev);  // released once the wait has been satisfied
+  const cudaError_t recorded = cudaEventRecord(ev, from);
+  if (recorded != cudaSuccess) {
+    // a stream of another device or context (the event belongs to the current one): the host
+    // waits for it instead
+    cudaEventDestroy(ev);
+    cudaGetLastError();
+    FP_CUDA_CHECK(cudaStreamSynchronize(from));
+    return;
+  }
+  const cudaError_t err = cudaStreamWaitEvent(stream, ev, 0);  // captures the event's state now
+  cudaEventDestroy(ev);  // legal while the wait is pending: its resources are released afterwards
   FP_CUDA_CHECK(err);
 }
 

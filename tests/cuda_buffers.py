@@ -93,6 +93,7 @@ def fill_late(dst: DeviceArray, host: np.ndarray, stream: Stream, scratch: Devic
     from cuda.bindings import runtime as rt
 
     staged = DeviceArray(np.ascontiguousarray(host))  # on the device now; copied into dst last
+    device_synchronize()  # (a copy from pageable memory may return before it lands)
     half = scratch.nbytes // 2
     d2d = rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice
     for _ in range(rounds):

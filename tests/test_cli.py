@@ -180,7 +180,7 @@ def test_info(capsys):
     code, out, _ = run(["info", "--json"], capsys)
     assert code == 0
     info = json.loads(out)
-    assert info["version"] == fp.__version__ and info == json.loads(json.dumps(fp.build_info()))
+    assert info["version"] == fp.__version__ and info == json.loads(json.dumps(fp.build_info(occupancy=True)))
 
 
 def test_console_script_and_module_entry_points(tmp_path):

@@ -72,3 +72,33 @@ def test_dlpack_inputs_are_exported_for_the_kernels_stream(q_stream):
     with pytest.raises(Exported):
         fp.parity(a, CAI((3,)))
     assert a.streams == [LEGACY_DEFAULT_STREAM]
+
+
+class CAIv2AndDLPack(DLPackCuda):
+    """Like a PyTorch CUDA tensor: a version-2 __cuda_array_interface__ (no stream) and DLPack."""
+
+    __cuda_array_interface__ = {"shape": (1, 4, 2, 8), "typestr": "<f4", "data": (0x10000, False),
+                                "strides": None, "version": 2}
+
+
+def test_an_interface_without_a_stream_goes_through_dlpack_for_its_ordering():
+    # version 2 names no producer stream, so nothing could be waited for: DLPack, asked for the
+    # kernel's stream, orders the producer's work before it
+    k = CAIv2AndDLPack()
+    with pytest.raises(Exported):
+        fp.attention(CAI((1, 4, 2, 8), stream=0x9000), k, k)
+    assert k.streams == [0x9000]
+
+
+def test_integer_types_name_streams_too():
+    assert consumer_stream(CAI((2,), stream=np.int64(0x7f00))) == 0x7f00
+    assert as_view(CAI((2,), stream=np.uint64(0x7f00)), "x").stream == 0x7f00
+    assert as_view(CAI((2,), stream="0x7f00"), "x").stream is None  # not an integer: no stream
+
+
+def test_out_must_be_aligned_to_its_element_size():
+    q = np.random.default_rng(0).standard_normal((1, 4, 2, 8)).astype(np.float32)
+    raw = np.zeros(q.nbytes + 4, np.uint8)
+    out = raw[1:1 + q.nbytes].view(np.float32).reshape(q.shape)  # NumPy allows an odd byte offset
+    with pytest.raises(ValueError, match="aligned to its element size"):
+        fp.attention(q, q, q, out=out)

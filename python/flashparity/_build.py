@@ -69,14 +69,15 @@ def _attention_occupancy(index: int) -> list[dict[str, Any]] | str:
         return f"unavailable: {exc}"
 
 
-def build_info() -> dict[str, Any]:
+def build_info(*, occupancy: bool = False) -> dict[str, Any]:
     """Version, CUDA build and devices, the CPU SIMD level in use, and the kernel sources.
 
     Keys: ``version``, ``cuda`` (CUDA kernels compiled in), ``cuda_available`` (compiled in and a
     device is visible), ``cuda_runtime``, ``cuda_driver``, ``cuda_architectures``, ``devices``
-    (a list, empty when there is no driver or GPU; with the CUDA build each entry has
-    ``attention_occupancy``: resident blocks per SM of every flash2 kernel specialisation, with
-    its threads and dynamic shared memory), ``device_discovery`` (``"cudart"``,
+    (a list, empty when there is no driver or GPU; with ``occupancy=True`` and the CUDA build each
+    entry has ``attention_occupancy``: resident blocks per SM of every flash2 kernel
+    specialisation, with its threads and dynamic shared memory; this starts a CUDA context on
+    each device, so only ``flashparity info`` asks for it), ``device_discovery`` (``"cudart"``,
     ``"cuda-python"`` or None), ``cuda_status`` (why no device is visible, or None), ``simd``
     (level used now), ``simd_detected``, ``cpu_features``, ``kernel_digest`` and
     ``kernel_source`` (``{impl: "flashparity:<impl>@<digest>"}``), compilers and build type.
@@ -84,8 +85,9 @@ def build_info() -> dict[str, Any]:
     info = dict(_core.build_info())
     if info["cuda"]:
         info["device_discovery"] = "cudart"
-        for dev in info["devices"]:
-            dev["attention_occupancy"] = _attention_occupancy(dev["index"])
+        if occupancy:
+            for dev in info["devices"]:
+                dev["attention_occupancy"] = _attention_occupancy(dev["index"])
     else:
         devices, status = _discover_with_cuda_python()
         if devices:

@@ -9,6 +9,7 @@ copied: a dtype the kernels do not support is a ``TypeError``, never a silent co
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,8 +48,21 @@ def consumer_stream(obj: Any) -> int:
         cai = obj.__cuda_array_interface__
     except Exception:  # no CAI (NumPy, DLPack-only objects), or one PyTorch refuses (bfloat16)
         return LEGACY_DEFAULT_STREAM
-    stream = cai.get("stream") if isinstance(cai, dict) and cai.get("version", 0) >= 3 else None
-    return int(stream) if isinstance(stream, int) and not isinstance(stream, bool) and stream > 0 else LEGACY_DEFAULT_STREAM
+    stream = _cai_stream(cai)
+    return stream if stream is not None and stream > 0 else LEGACY_DEFAULT_STREAM
+
+
+def _cai_stream(cai: Any) -> int | None:
+    """The producer stream a ``__cuda_array_interface__`` dict names (version 3), or None."""
+    if not isinstance(cai, dict) or not isinstance(cai.get("version", 0), int) or cai.get("version", 0) < 3:
+        return None
+    stream = cai.get("stream")
+    if stream is None or isinstance(stream, bool):
+        return None
+    try:
+        return operator.index(stream)  # an int, or an integer type such as numpy.int64
+    except TypeError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -137,7 +151,7 @@ def _from_cuda_array_interface(obj: Any, cai: dict, name: str) -> TensorView:
     if strides is None:  # C-contiguous
         strides = c_strides(shape, dt.itemsize)
     ptr = int(cai["data"][0])
-    stream = cai.get("stream") if cai.get("version", 0) >= 3 else None
+    stream = _cai_stream(cai)
     # the device is read from the pointer by the CUDA glue, when (and only if) a kernel runs
     return TensorView(ptr, dt.name, shape, tuple(int(s) for s in strides), "cuda", -1, obj, stream)
 
@@ -169,9 +183,12 @@ def as_view(obj: Any, name: str, stream: int = LEGACY_DEFAULT_STREAM) -> TensorV
         cai = None
     except Exception:  # e.g. PyTorch refuses CAI for bfloat16: DLPack below still works
         cai = None
-    if cai is not None:
+    has_dlpack = hasattr(obj, "__dlpack__") and hasattr(obj, "__dlpack_device__")
+    if cai is not None and not (has_dlpack and _cai_stream(cai) is None):
         return _from_cuda_array_interface(obj, cai, name)
-    if hasattr(obj, "__dlpack__") and hasattr(obj, "__dlpack_device__"):
+    # (an interface that names no stream, such as PyTorch's version 2, gives no ordering: DLPack,
+    # asked for the kernel's stream, does)
+    if has_dlpack:
         return _from_dlpack(obj, name, stream)
     if isinstance(obj, (bool, int, float, complex, np.generic)) and not isinstance(obj, np.floating):
         raise _unsupported(name, np.asarray(obj).dtype)

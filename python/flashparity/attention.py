@@ -163,6 +163,8 @@ def _out_view(out: Any, vq: TensorView, inputs: tuple[TensorView, TensorView], s
         raise ValueError(f"out must have q's shape {vq.shape} and dtype {vq.dtype}, got {vout.shape} {vout.dtype}")
     if not vout.c_contiguous:
         raise ValueError(f"out must be C-contiguous, got strides {vout.strides}")
+    if vout.numel and vout.ptr % vout.itemsize:
+        raise ValueError(f"out must be aligned to its element size ({vout.itemsize} bytes), got address {vout.ptr:#x}")
     if isinstance(out, np.ndarray) and not out.flags.writeable:
         raise ValueError("out is read-only")
     cai = getattr(out, "__cuda_array_interface__", None) if vout.device == "cuda" else None
@@ -185,4 +187,4 @@ def _attention_cuda(vq: TensorView, vk: TensorView, vv: TensorView, impl: str, s
     # read or written there is not overwritten early); the call returns when the output is complete
     return _core.attention_cuda(vq.desc, vk.desc, vv.desc, _KERNEL_CODES[impl], scale, softcap, left, right,
                                 return_lse, stream, vout.ptr if vout is not None and vout.numel else 0,
-                                producer_waits(stream, (vk, vv, vout)))
+                                producer_waits(stream, (vq, vk, vv, vout)))

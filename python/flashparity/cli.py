@@ -94,7 +94,7 @@ def _read_json(path: str) -> Any:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    info = build_info()
+    info = build_info(occupancy=True)
     if args.json:
         print(_dump(info))
         return EXIT_OK
