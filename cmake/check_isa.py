@@ -35,7 +35,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-BASE = {"sse3", "sse4", "popcnt", "avx2"}
+BASE = {"sse3", "sse4", "popcnt", "avx2", "pclmul"}
 LEVELS = {
     "baseline": set(),
     "scalar": set(),

@@ -214,3 +214,61 @@ def test_fortran_order_npy_compares_in_c_order(tmp_path, capsys):
     code, out, _ = run_cli(["compare", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--json"], capsys)
     row = json.loads(out)["tensors"][0]
     assert code == 0 and row["max_abs_index"] == [5, 6] and row["max_abs_diff"] == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["stored", "deflated"])
+def test_npz_members_stream_in_chunks(tmp_path, capsys, monkeypatch, compress):
+    # stored members are byte ranges of the archive (positioned reads, CRC-32 checked on the way);
+    # deflated ones stream through zlib; both in many chunks, both exact
+    monkeypatch.setattr(files, "CHUNK_BYTES", 1000)  # not a multiple of any element size
+    rng = np.random.default_rng(8)
+    a = {"w": rng.standard_normal((97, 13)).astype(np.float32), "h": rng.standard_normal(301).astype(np.float16)}
+    b = {k: (v + v.dtype.type(1e-2) * rng.standard_normal(v.shape).astype(v.dtype)).astype(v.dtype) for k, v in a.items()}
+    save = np.savez_compressed if compress else np.savez
+    save(tmp_path / "a.npz", **a)
+    save(tmp_path / "b.npz", **b)
+    code, out, _ = run_cli(["compare", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--json"], capsys)
+    assert code == 0
+    rows = {r["name"]: r for r in json.loads(out)["tensors"]}
+    for name in a:
+        want = fp.parity(a[name], b[name]).to_dict()
+        for key in EXACT:
+            assert rows[name][key] == json.loads(json.dumps(want[key])), (name, key)
+
+
+def _flip_a_data_byte(path):
+    # the one member's data lies between its local header and the central directory
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[26:30])
+    start, end = 30 + name_len + extra_len, raw.rfind(b"PK\x01\x02")
+    raw[(start + end) // 2] ^= 0x40
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["stored", "deflated"])
+def test_npz_corruption_is_a_bad_file(tmp_path, capsys, monkeypatch, compress):
+    monkeypatch.setattr(files, "CHUNK_BYTES", 4096)
+    x = np.random.default_rng(9).standard_normal(5000).astype(np.float32)
+    (np.savez_compressed if compress else np.savez)(tmp_path / "a.npz", x=x)
+    np.savez(tmp_path / "b.npz", x=x)
+    _flip_a_data_byte(tmp_path / "a.npz")
+    code, out, err = run_cli(["compare", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--json"], capsys)
+    body = json.loads(out)
+    assert code == 1 and body["error"].startswith("bad-file:"), body
+    assert ("CRC" in body["error"] or "corrupt" in body["error"]) and "Traceback" not in err
+
+
+def test_a_file_truncated_while_it_is_read_is_an_error(tmp_path):
+    # the header promised more than the file holds once reading starts: an error, never an answer
+    x = np.arange(100_000, dtype=np.float32)
+    np.save(tmp_path / "a.npy", x)
+    np.save(tmp_path / "b.npy", x)
+    (ta,) = files.open_tensors(str(tmp_path / "a.npy"))
+    with open(tmp_path / "a.npy", "r+b") as fh:
+        fh.truncate(50_000)
+    (tb,) = files.open_tensors(str(tmp_path / "b.npy"))
+    streamer = files._PairStreamer(16 << 10)
+    with pytest.raises(files.BadFile, match="ended early"):
+        for _ in streamer.chunks(ta, tb):
+            pass
+    streamer.close()

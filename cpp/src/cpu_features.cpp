@@ -19,7 +19,7 @@ namespace flashparity {
 namespace {
 
 struct Features {
-  bool popcnt, avx2, fma, f16c, avx512f, avx512bw, avx512dq, avx512vl, avx512bf16, gfni, avx512bitalg;
+  bool popcnt, pclmul, avx2, fma, f16c, avx512f, avx512bw, avx512dq, avx512vl, avx512bf16, gfni, avx512bitalg;
   bool asimd, fphp, asimdhp, bf16, i8mm, sve, sve2;  // aarch64
 };
 
@@ -33,6 +33,7 @@ Features probe() {
   if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
   const bool osxsave = c & (1u << 27), avx = c & (1u << 28);
   f.popcnt = c & (1u << 23);
+  f.pclmul = c & (1u << 1);
   std::uint64_t xcr0 = 0;
   if (osxsave) {
     unsigned lo, hi;
@@ -108,9 +109,10 @@ std::vector<std::string> simd_level_names() {
 SimdLevel detected_simd_level() {
 #if defined(__x86_64__) || defined(__i386__)
   const Features& f = features();
-  if (f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.avx2 && f.fma && f.f16c && f.popcnt)
+  const bool avx2_level = f.avx2 && f.fma && f.f16c && f.popcnt && f.pclmul;  // every AVX2 CPU has PCLMULQDQ
+  if (f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && avx2_level)
     return f.gfni && f.avx512bitalg ? SimdLevel::Avx512Icl : SimdLevel::Avx512;
-  if (f.avx2 && f.fma && f.f16c && f.popcnt) return SimdLevel::Avx2;
+  if (avx2_level) return SimdLevel::Avx2;
 #endif
   return kLevels[0].level;
 }
@@ -133,7 +135,7 @@ bool cpu_has_avx512bf16() { return features().avx512bf16 && active_simd_level() 
 std::vector<std::string> cpu_feature_names() {
   const Features& f = features();
   const std::pair<bool, const char*> all[] = {
-      {f.popcnt, "popcnt"},     {f.avx2, "avx2"},         {f.fma, "fma"},
+      {f.popcnt, "popcnt"},     {f.pclmul, "pclmul"},     {f.avx2, "avx2"},         {f.fma, "fma"},
       {f.f16c, "f16c"},         {f.avx512f, "avx512f"},   {f.avx512bw, "avx512bw"},
       {f.avx512dq, "avx512dq"}, {f.avx512vl, "avx512vl"}, {f.avx512bf16, "avx512bf16"},
       {f.gfni, "gfni"},         {f.avx512bitalg, "avx512bitalg"},

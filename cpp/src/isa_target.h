@@ -45,13 +45,13 @@
 #define FP_ISA_WIDE ",prefer-vector-width=512"
 #endif
 #if FP_ISA == FP_ISA_ID_AVX2
-#define FP_ISA_TARGET "avx2,fma,f16c,popcnt"
+#define FP_ISA_TARGET "avx2,fma,f16c,popcnt,pclmul"
 #elif FP_ISA == FP_ISA_ID_AVX512
-#define FP_ISA_TARGET "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,popcnt" FP_ISA_WIDE
+#define FP_ISA_TARGET "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c,popcnt,pclmul" FP_ISA_WIDE
 #elif FP_ISA == FP_ISA_ID_AVX512ICL
-#define FP_ISA_TARGET "avx512f,avx512bw,avx512dq,avx512vl,gfni,avx512bitalg,avx2,fma,f16c,popcnt" FP_ISA_WIDE
+#define FP_ISA_TARGET "avx512f,avx512bw,avx512dq,avx512vl,gfni,avx512bitalg,avx2,fma,f16c,popcnt,pclmul" FP_ISA_WIDE
 #elif FP_ISA == FP_ISA_ID_AVX512BF16
-#define FP_ISA_TARGET "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,f16c,popcnt" FP_ISA_WIDE
+#define FP_ISA_TARGET "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,f16c,popcnt,pclmul" FP_ISA_WIDE
 #endif
 
 #define FP_ISA_PRAGMA_(x) _Pragma(#x)

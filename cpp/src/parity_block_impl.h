@@ -21,6 +21,7 @@
 #include "flashparity/dtype.h"
 #include "flashparity/parity_stats.h"
 #include "isa_target.h"
+#include "crc32_impl.h"  // (outside the target region: its inline code is baseline in every unit)
 #include "parity_cpu.h"
 
 #ifndef FP_ISA_NAMESPACE
@@ -1281,6 +1282,52 @@ std::uint64_t read_probe(const void* p, std::int64_t bytes) {
   return s;
 }
 
+#if FP_ISA_AVX2
+// The register form of the CRC-32 of n bytes (n >= 64, a multiple of 16): four 16-byte lanes fold
+// 64 bytes a step (x -> x.lo * k1 ^ x.hi * k2 ^ next), fold into one lane, take the remaining
+// 16-byte blocks, then reduce 128 -> 64 -> 32 bits (Barrett, with the bit-reflected polynomial).
+std::uint32_t crc32_clmul(std::uint32_t crc, const unsigned char* p, std::int64_t n) {
+  const __m128i k1k2 = _mm_set_epi64x(0x1c6e41596, 0x154442bd4);  // (high, low) qwords
+  const __m128i k3k4 = _mm_set_epi64x(0x0ccaa009e, 0x1751997d0);
+  const __m128i k5 = _mm_set_epi64x(0, 0x163cd6124);
+  const __m128i poly = _mm_set_epi64x(0x1f7011641, 0x1db710641);  // (mu, P)
+  const __m128i mask32 = _mm_set_epi32(0, 0, 0, -1);
+  const auto at = [](const unsigned char* q) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(q)); };
+  const auto fold = [](__m128i x, __m128i k, __m128i next) {
+    return _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x00), _mm_clmulepi64_si128(x, k, 0x11)), next);
+  };
+  __m128i x1 = _mm_xor_si128(at(p), _mm_cvtsi32_si128(static_cast<int>(crc)));
+  __m128i x2 = at(p + 16), x3 = at(p + 32), x4 = at(p + 48);
+  for (p += 64, n -= 64; n >= 64; p += 64, n -= 64) {
+    x1 = fold(x1, k1k2, at(p));
+    x2 = fold(x2, k1k2, at(p + 16));
+    x3 = fold(x3, k1k2, at(p + 32));
+    x4 = fold(x4, k1k2, at(p + 48));
+  }
+  x1 = fold(fold(fold(x1, k3k4, x2), k3k4, x3), k3k4, x4);
+  for (; n >= 16; p += 16, n -= 16) x1 = fold(x1, k3k4, at(p));
+  x1 = _mm_xor_si128(_mm_srli_si128(x1, 8), _mm_clmulepi64_si128(x1, k3k4, 0x10));  // 128 -> 64 bits
+  x1 = _mm_xor_si128(_mm_srli_si128(x1, 4), _mm_clmulepi64_si128(_mm_and_si128(x1, mask32), k5, 0x00));
+  __m128i t = _mm_clmulepi64_si128(_mm_and_si128(x1, mask32), poly, 0x10);  // Barrett: 64 -> 32 bits
+  t = _mm_clmulepi64_si128(_mm_and_si128(t, mask32), poly, 0x00);
+  return static_cast<std::uint32_t>(_mm_extract_epi32(_mm_xor_si128(x1, t), 1));
+}
+#endif
+
+std::uint32_t crc32(std::uint32_t crc, const void* data, std::int64_t bytes) {
+  const unsigned char* p = static_cast<const unsigned char*>(data);
+  std::uint32_t c = ~crc;
+#if FP_ISA_AVX2
+  if (bytes >= 64) {
+    const std::int64_t bulk = bytes & ~std::int64_t{15};
+    c = crc32_clmul(c, p, bulk);
+    p += bulk;
+    bytes -= bulk;
+  }
+#endif
+  return ~crc32_detail::crc32_tables(c, p, bytes);
+}
+
 BlockFn block_fn(DType a, DType b, bool with_tolerance) {
   return FP_DTYPE_SWITCH(a, TA, [&] { return FP_DTYPE_SWITCH(b, TB, [&] { return pick<TA, TB>(with_tolerance); }); });
 }
@@ -1293,6 +1340,6 @@ FP_ISA_END
 namespace flashparity {
 namespace FP_ISA_NAMESPACE {
 extern const ParityTable parity_table;  // (declared again in cpu_dispatch.cpp, its one user)
-const ParityTable parity_table = {&block_fn, &read_probe};
+const ParityTable parity_table = {&block_fn, &read_probe, &crc32};
 }  // namespace FP_ISA_NAMESPACE
 }  // namespace flashparity

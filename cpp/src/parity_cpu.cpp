@@ -128,6 +128,10 @@ int cpu_num_threads() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
+std::uint32_t crc32_cpu(std::uint32_t crc, const void* p, std::int64_t bytes) {
+  return active_parity_table().crc32(crc, p, bytes);
+}
+
 std::uint64_t read_probe_cpu(const void* a, std::int64_t bytes_a, const void* b, std::int64_t bytes_b) {
   const auto probe = active_parity_table().read_probe;
   // the same split as parity_cpu: chunks of both buffers claimed by the threads

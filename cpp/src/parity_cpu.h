@@ -33,6 +33,8 @@ struct ParityTable {
   // Reads every byte of a buffer with the least work (the benchmarks' read limit): the wrapping sum
   // of its 8-byte words, then of its last bytes.
   std::uint64_t (*read_probe)(const void* p, std::int64_t bytes);
+  // zlib's crc32(crc, p, bytes): the CRC-32 of the zip format, continued from `crc` (0 to start).
+  std::uint32_t (*crc32)(std::uint32_t crc, const void* p, std::int64_t bytes);
 };
 
 // The table for the active SIMD level (cpu_dispatch.cpp).
@@ -45,6 +47,9 @@ ParityAccum parity_cpu(const TensorArg& a, const TensorArg& b, const ParityParam
 // Reads two contiguous buffers once with the same threads and blocks as parity_cpu but no
 // arithmetic to speak of: the memory-read limit parity_cpu is measured against.
 std::uint64_t read_probe_cpu(const void* a, std::int64_t bytes_a, const void* b, std::int64_t bytes_b);
+
+// zlib's crc32(crc, p, bytes) on the active SIMD level (carry-less multiplies from AVX2 up).
+std::uint32_t crc32_cpu(std::uint32_t crc, const void* p, std::int64_t bytes);
 
 // Worker threads used by the CPU kernels: FLASHPARITY_NUM_THREADS, else the CPUs this process may
 // run on. Throws std::invalid_argument on a malformed FLASHPARITY_NUM_THREADS.

@@ -1,8 +1,15 @@
-"""Tensor files for the CLI: .npy (memory-mapped), .npz and .safetensors, read safely and in chunks.
+"""Tensor files for the CLI: .npy, .npz and .safetensors, read safely and in chunks.
 
 Untrusted files are handled defensively: no pickles, headers validated against the file (sizes,
 offsets, overlaps, dtypes) before any data is read, and every problem is a :class:`BadFile` with a
 message naming the file and what is wrong.
+
+Reading is built for storage speed. The data of a .npy file, a .safetensors tensor and a stored
+(uncompressed) .npz member is one byte range of its file: chunks of it are read with positioned
+reads (``os.preadv``) straight into two pairs of buffers allocated once per comparison, and a
+reader thread fills one pair while the reduction runs on the other (both release the GIL), so
+nothing is allocated per chunk and reading overlaps the arithmetic. Deflated .npz members stream
+forward through zlib into the same buffers. Memory: 4 x ``CHUNK_BYTES`` whatever the file sizes.
 """
 
 from __future__ import annotations
@@ -12,14 +19,21 @@ import math
 import os
 import struct
 import zipfile
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
-__all__ = ["BadFile", "TensorSource", "open_tensors", "load_npy"]
+from . import _core
 
-CHUNK_BYTES = 32 << 20  # per input per read: memory stays bounded whatever the file size
+__all__ = ["BadFile", "TensorSource", "open_tensors", "load_npy", "compare_files"]
+
+# Bytes per input per chunk (two chunks in flight per input): large enough that a read and a
+# reduction each amortise their fixed costs, small enough to stay in the last-level cache between
+# the read that writes a chunk and the reduction that reads it (bench/bench_compare.py measured it).
+CHUNK_BYTES = 4 << 20
 
 
 class BadFile(Exception):
@@ -43,23 +57,149 @@ def _element_dtype(descr: np.dtype, label: str, void2_as_bfloat16: bool) -> np.d
     return descr
 
 
+class Reader(Protocol):
+    """An open tensor: fills caller buffers with flat C-order element ranges."""
+
+    def read_into(self, start: int, out: np.ndarray) -> None:
+        """Elements start .. start + len(out) into `out` (1-D, the tensor's dtype); BadFile when the
+        file holds fewer bytes than its header promised (it was truncated, or changed while read)."""
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class TensorSource:
-    """One tensor of a file: its shape and dtype, and a reader of flat C-order element ranges."""
+    """One tensor of a file: its shape and dtype, and how to open a reader of its elements."""
 
     name: str
     shape: tuple[int, ...]
     dtype: np.dtype
-    read: Callable[[int, int], np.ndarray]  # (start element, count) -> 1-D array
+    open: Callable[[], Reader]
     fortran_order: bool = False
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
 
+    def read(self, start: int, count: int) -> np.ndarray:
+        """Elements start .. start + count as a new 1-D array (one-off reads; streaming uses open())."""
+        out = np.empty(count, self.dtype)
+        reader = self.open()
+        try:
+            reader.read_into(start, out)
+        finally:
+            reader.close()
+        return out
+
     def chunks(self, elements: int) -> Iterator[tuple[int, np.ndarray]]:
         for start in range(0, self.numel, elements):
             yield start, self.read(start, min(elements, self.numel - start))
+
+
+class _RangeReader:
+    """A byte range of a file (data_offset ..), read with positioned reads into caller buffers: no
+    allocation per read, no shared file position, the GIL released during the read. A stored .npz
+    member also has its CRC-32 checked (``_core.crc32``: carry-less multiplies from the AVX2 level
+    up, slicing-by-8 tables below), when its bytes are read in order to the end."""
+
+    def __init__(self, path: str, data_offset: int, dtype: np.dtype, label: str,
+                 crc: tuple[bytes, int, int] | None = None):
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self.offset, self.itemsize, self.label = data_offset, dtype.itemsize, label
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self.fd, data_offset, 0, os.POSIX_FADV_SEQUENTIAL)
+        # crc: (the member's bytes before the data, the member's data length, the CRC the zip
+        # directory records); checked when the last data byte has been read in order
+        self.crc_prefix, self.crc_len, self.crc_want = crc if crc is not None else (b"", -1, 0)
+        self.crc = _core.crc32(self.crc_prefix) if crc is not None else 0
+        self.crc_pos = 0  # data bytes covered by self.crc, in order
+
+    def read_into(self, start: int, out: np.ndarray) -> None:
+        view = memoryview(out.view(np.uint8))
+        pos, want = self.offset + start * self.itemsize, view.nbytes
+        got = 0
+        while got < want:
+            n = os.preadv(self.fd, [view[got:]], pos + got)
+            if n == 0:
+                raise BadFile(f"{self.label} ended early: {want - got} bytes missing at offset {pos + got} "
+                              "(the file is truncated or changed while it was read)")
+            got += n
+        if self.crc_len >= 0 and start * self.itemsize == self.crc_pos:
+            self.crc = _core.crc32(view, self.crc)  # zlib.crc32's value, at 10+ GB/s with PCLMULQDQ
+            self.crc_pos += want
+            if self.crc_pos == self.crc_len and self.crc != self.crc_want:
+                raise BadFile(f"{self.label} fails its CRC-32 check (the zip records {self.crc_want:#010x}, "
+                              f"the data gives {self.crc:#010x})")
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class _ZipStreamReader:
+    """A deflated .npz member: decompressed forward through zlib into caller buffers (zipfile checks
+    its CRC-32 at the end); a read behind the current position starts the member over."""
+
+    def __init__(self, path: str, info: zipfile.ZipInfo, data_offset: int, dtype: np.dtype, label: str):
+        self.member, self.size, self.offset, self.itemsize = info.filename, info.file_size, data_offset, dtype.itemsize
+        self.label = label
+        try:
+            self.zf = zipfile.ZipFile(path)
+        except zipfile.BadZipFile as exc:
+            raise BadFile(f"{label}: {exc}") from None
+        self.fh = None
+        self.pos = 0  # member bytes consumed
+
+    def _rewind(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+        self.fh = self.zf.open(self.member)
+        self.pos = 0
+
+    def read_into(self, start: int, out: np.ndarray) -> None:
+        target = self.offset + start * self.itemsize
+        try:
+            if self.fh is None or target < self.pos:
+                self._rewind()
+            while self.pos < target:  # skip forward
+                skipped = len(self.fh.read(min(target - self.pos, CHUNK_BYTES)))
+                if skipped == 0:
+                    break
+                self.pos += skipped
+            view = memoryview(out.view(np.uint8))
+            got = 0
+            while got < view.nbytes and self.pos == target + got:
+                n = self.fh.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+                self.pos += n
+            if got == view.nbytes and self.pos == self.size:
+                self.fh.read(1)  # at the member's end: zipfile verifies its CRC-32 (if this read did not)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError) as exc:
+            raise BadFile(f"{self.label} is corrupt: {exc}") from None
+        if got != view.nbytes:
+            raise BadFile(f"{self.label} ended early: {view.nbytes - got} bytes missing")
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+        self.zf.close()
+
+
+class _FortranReader:
+    """A Fortran-ordered .npy file, read in C order through a read-only mapping (slow path)."""
+
+    def __init__(self, path: str, shape: tuple[int, ...], void2: bool):
+        self.arr, self.shape = load_npy(path, void2_as_bfloat16=void2), shape
+
+    def read_into(self, start: int, out: np.ndarray) -> None:
+        idx = np.unravel_index(np.arange(start, start + len(out)), self.shape)
+        out[:] = self.arr[idx]
+
+    def close(self) -> None:
+        self.arr = None
 
 
 def _npy_header(fh, label: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
@@ -102,21 +242,13 @@ def _npy_source(path: str, name: str, void2: bool) -> TensorSource:
     shape, fortran, dtype, offset = _npy_layout(path, void2)
     fortran = fortran and len(shape) > 1
     if fortran:
-        arr = load_npy(path, void2_as_bfloat16=void2)
+        return TensorSource(name, shape, dtype, lambda: _FortranReader(path, shape, void2), fortran_order=True)
+    return TensorSource(name, shape, dtype, lambda: _RangeReader(path, offset, dtype, repr(path)))
 
-        def read(start: int, count: int) -> np.ndarray:  # C order through the mapped F-order view
-            idx = np.unravel_index(np.arange(start, start + count), shape)
-            return np.asarray(arr[idx])
-    else:
-        def read(start: int, count: int) -> np.ndarray:  # plain reads: no mapping grows the RSS
-            with open(path, "rb") as fh:
-                fh.seek(offset + start * dtype.itemsize)
-                data = fh.read(count * dtype.itemsize)
-            if len(data) != count * dtype.itemsize:
-                raise BadFile(f"{path!r} ended early")
-            return np.frombuffer(data, dtype=dtype)
 
-    return TensorSource(name, shape, dtype, read, fortran_order=fortran)
+# What zipfile raises for a damaged or unsupported archive (bad CRC, bad magic, a member name that
+# differs from its directory entry, encryption, an unknown compression method, a truncated stream).
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError, OSError)
 
 
 def _npz_sources(path: str, void2: bool) -> list[TensorSource]:
@@ -124,6 +256,18 @@ def _npz_sources(path: str, void2: bool) -> list[TensorSource]:
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:
         raise BadFile(f"{path!r} is not a valid .npz file: {exc}") from None
+    try:
+        with zf:
+            return _npz_members(path, zf, void2)
+    except BadFile:
+        raise
+    except _ZIP_ERRORS as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, zipfile.BadZipFile) and exc.errno is not None:
+            raise  # the file could not be read at all: the caller reports that
+        raise BadFile(f"{path!r} is not a valid .npz file: {exc}") from None
+
+
+def _npz_members(path: str, zf: zipfile.ZipFile, void2: bool) -> list[TensorSource]:
     sources = []
     for info in zf.infolist():
         if not info.filename.endswith(".npy"):
@@ -138,25 +282,34 @@ def _npz_sources(path: str, void2: bool) -> list[TensorSource]:
         numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
         if info.file_size < offset + numel * dtype.itemsize:
             raise BadFile(f"{label} is truncated")
-
-        def read(start: int, count: int, info=info, offset=offset, dtype=dtype) -> np.ndarray:
-            with zf.open(info) as fh:  # a zip member streams forward only: skip to the range
-                _skip(fh, offset + start * dtype.itemsize)
-                data = fh.read(count * dtype.itemsize)
-            if len(data) != count * dtype.itemsize:
-                raise BadFile(f"{path!r} member {info.filename!r} ended early")
-            return np.frombuffer(data, dtype=dtype)
-
-        sources.append(TensorSource(name, shape, dtype, read))
+        if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1:
+            start = _stored_data_start(path, info, label)
+            with open(path, "rb") as fh:  # the member's own npy header, for its CRC-32
+                fh.seek(start)
+                prefix = fh.read(offset)
+            crc = (prefix, info.file_size - offset, info.CRC)
+            opener = (lambda start=start, offset=offset, dtype=dtype, label=label, crc=crc:
+                      _RangeReader(path, start + offset, dtype, label, crc))
+        else:
+            opener = (lambda info=info, offset=offset, dtype=dtype, label=label:
+                      _ZipStreamReader(path, info, offset, dtype, label))
+        sources.append(TensorSource(name, shape, dtype, opener))
     return sources
 
 
-def _skip(fh, n: int) -> None:
-    while n > 0:
-        got = fh.read(min(n, CHUNK_BYTES))
-        if not got:
-            return
-        n -= len(got)
+def _stored_data_start(path: str, info: zipfile.ZipInfo, label: str) -> int:
+    """Where a stored member's bytes begin in the archive: after its local file header."""
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        local = fh.read(30)
+        size = os.fstat(fh.fileno()).st_size
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        raise BadFile(f"{label}: bad local file header at offset {info.header_offset}")
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    start = info.header_offset + 30 + name_len + extra_len
+    if start + info.file_size > size:
+        raise BadFile(f"{label} is truncated: its {info.file_size} bytes end past the archive ({size} bytes)")
+    return start
 
 
 SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
@@ -217,13 +370,10 @@ def _safetensors_sources(path: str) -> list[TensorSource]:
                           f"({numel * itemsize} expected)")
         spans.append((begin, end, name))
 
-        def read(start: int, count: int, begin=begin, dtype=dtype) -> np.ndarray:
-            with open(path, "rb") as fh:
-                fh.seek(data_start + begin + start * dtype.itemsize)
-                data = fh.read(count * dtype.itemsize)
-            return np.frombuffer(data, dtype=dtype)
-
-        sources.append(TensorSource(name, tuple(shape), dtype if dtype is not None else np.dtype("V1"), read))
+        edtype = dtype if dtype is not None else np.dtype("V1")
+        opener = (lambda begin=begin, edtype=edtype, name=name:
+                  _RangeReader(path, data_start + begin, edtype, f"{path!r} tensor {name!r}"))
+        sources.append(TensorSource(name, tuple(shape), edtype, opener))
     spans.sort()
     for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
         if b1 < e0:
@@ -251,6 +401,61 @@ def open_tensors(path: str, *, void2_as_bfloat16: bool = False) -> list[TensorSo
 COMPARABLE = ("float64", "float32", "float16", "bfloat16")
 
 
+class _PairStreamer:
+    """Chunks of two tensors, read ahead: a reader thread fills one pair of buffers while the caller
+    reduces the other. The four buffers (chunk_bytes each) are allocated once and reused."""
+
+    def __init__(self, chunk_bytes: int):
+        self.chunk_bytes = max(16, chunk_bytes)
+        self.bufs = [(np.empty(self.chunk_bytes, np.uint8), np.empty(self.chunk_bytes, np.uint8)) for _ in range(2)]
+        self.pool: ThreadPoolExecutor | None = None
+
+    def chunks(self, a: TensorSource, b: TensorSource) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(count, a's elements, b's elements) for consecutive ranges covering both tensors; each
+        pair of arrays is valid until the next one is asked for."""
+        step = max(1, self.chunk_bytes // max(a.dtype.itemsize, b.dtype.itemsize))
+        n = a.numel
+        ra = a.open()
+        try:
+            rb = b.open()
+        except BaseException:
+            ra.close()
+            raise
+        try:
+            def fill(slot: int, start: int) -> tuple[int, np.ndarray, np.ndarray]:
+                count = min(step, n - start)
+                xa = self.bufs[slot][0][: count * a.dtype.itemsize].view(a.dtype)
+                xb = self.bufs[slot][1][: count * b.dtype.itemsize].view(b.dtype)
+                ra.read_into(start, xa)
+                rb.read_into(start, xb)
+                return count, xa, xb
+
+            if n <= step:  # one chunk: nothing to overlap
+                yield fill(0, 0)
+                return
+            if self.pool is None:
+                self.pool = ThreadPoolExecutor(1, thread_name_prefix="flashparity-read")
+            ahead = self.pool.submit(fill, 0, 0)
+            slot = 0
+            try:
+                for start in range(0, n, step):
+                    ready = ahead.result()
+                    ahead = self.pool.submit(fill, slot ^ 1, start + step) if start + step < n else None
+                    yield ready
+                    slot ^= 1
+            finally:
+                if ahead is not None:  # stopped early (an error, or the caller left): let it finish
+                    ahead.cancel() or ahead.exception()
+        finally:
+            ra.close()
+            rb.close()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+            self.pool = None
+
+
 def _match(ta: list[TensorSource], tb: list[TensorSource]):
     if len(ta) == 1 and len(tb) == 1:  # one tensor each (e.g. two .npy files): compare them
         return [(ta[0].name or tb[0].name or "tensor", ta[0], tb[0])], [], []
@@ -276,27 +481,29 @@ def compare_files(path_a: str, path_b: str, *, atol: float = 0.0, rtol: float = 
     rows = []
     total = sum(a.numel for _, a, _ in pairs)
     done = 0
-    for name, a, b in pairs:
-        row: dict = {"name": name, "shape": list(a.shape), "dtypes": [a.dtype.name, b.dtype.name]}
-        if a.shape != b.shape:
-            row["error"] = f"shape-mismatch: {a.shape} vs {b.shape}"
-        elif a.dtype.name not in COMPARABLE or b.dtype.name not in COMPARABLE:
-            row["error"] = f"unsupported-dtype: {a.dtype.name} vs {b.dtype.name} (only float tensors are compared)"
-        elif a.numel == 0:
-            row["numel"] = 0
-        else:
-            step = max(1, CHUNK_BYTES // max(a.dtype.itemsize, b.dtype.itemsize))
-            acc = None
-            for start in range(0, a.numel, step):
-                count = min(step, a.numel - start)
-                part = parity(a.read(start, count), b.read(start, count), atol=atol, rtol=rtol)
-                acc = part if acc is None else acc.merge(part)
-                done += count
-                if progress is not None:
-                    progress(name, done, total)
-            stats = ParityStats(acc._acc, a.shape, acc.dtypes, atol, rtol)
-            row.update({k: v for k, v in stats.to_dict().items() if k not in ("shape", "dtypes", "atol", "rtol")})
-        rows.append(row)
+    streamer = _PairStreamer(CHUNK_BYTES)
+    try:
+        for name, a, b in pairs:
+            row: dict = {"name": name, "shape": list(a.shape), "dtypes": [a.dtype.name, b.dtype.name]}
+            if a.shape != b.shape:
+                row["error"] = f"shape-mismatch: {a.shape} vs {b.shape}"
+            elif a.dtype.name not in COMPARABLE or b.dtype.name not in COMPARABLE:
+                row["error"] = f"unsupported-dtype: {a.dtype.name} vs {b.dtype.name} (only float tensors are compared)"
+            elif a.numel == 0:
+                row["numel"] = 0
+            else:
+                acc = None
+                for count, xa, xb in streamer.chunks(a, b):
+                    part = parity(xa, xb, atol=atol, rtol=rtol)
+                    acc = part if acc is None else acc.merge(part)
+                    done += count
+                    if progress is not None:
+                        progress(name, done, total)
+                stats = ParityStats(acc._acc, a.shape, acc.dtypes, atol, rtol)
+                row.update({k: v for k, v in stats.to_dict().items() if k not in ("shape", "dtypes", "atol", "rtol")})
+            rows.append(row)
+    finally:
+        streamer.close()
     compared = [r for r in rows if "max_abs_diff" in r]
     worst_abs = max((r["max_abs_diff"] for r in compared), key=lambda x: (x != x, x), default=0.0)
     worst_cos = min((r["cosine_sim"] for r in compared), key=lambda x: (x == x, x), default=1.0)
