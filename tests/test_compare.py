@@ -272,3 +272,87 @@ def test_a_file_truncated_while_it_is_read_is_an_error(tmp_path):
         for _ in streamer.chunks(ta, tb):
             pass
     streamer.close()
+
+
+def test_big_endian_npy_compares_like_native(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(files, "CHUNK_BYTES", 1000)
+    rng = np.random.default_rng(10)
+    a = rng.standard_normal(3001).astype(np.float32)
+    b = a + np.float32(1e-3)
+    np.save(tmp_path / "a.npy", a.astype(">f4"))
+    np.save(tmp_path / "b.npy", b)
+    code, out, _ = run_cli(["compare", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--json"], capsys)
+    row = json.loads(out)["tensors"][0]
+    want = fp.parity(a, b).to_dict()
+    assert code == 0 and all(row[k] == json.loads(json.dumps(want[k])) for k in EXACT)
+
+
+def _npy_bytes(header: str, data: bytes) -> bytes:
+    h = header.encode() + b" " * (64 - 10 - len(header) - 1) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(h)) + h + data
+
+
+@pytest.mark.parametrize("make, msg", [
+    (lambda p: p.write_bytes(_npy_bytes("{'descr': '<f4', 'fortran_order': False, 'shape': (-3,), }", b"")),
+     "negative dimension"),
+    (lambda p: _zip_with_member(p, "x.npy", np.save, extra=b"0123456789abcdef"), "holds"),
+    (lambda p: _zip_with_member(p, "x\udcff.npy", np.save, utf8_flag=True), "not a valid .npz"),
+], ids=["negative-dim", "bytes-after-member-data", "bad-utf8-name"])
+def test_more_malformed_files_are_bad_files(make, msg, tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    make(bad)
+    np.save(tmp_path / "ok.npy", np.ones(4, np.float32))
+    code, out, err = run_cli(["compare", str(bad), str(tmp_path / "ok.npy"), "--json"], capsys)
+    body = json.loads(out)
+    assert code == 1 and body["error"].startswith("bad-file:") and msg in body["error"], body
+    assert "Traceback" not in err
+
+
+def _zip_with_member(path, name, save, extra=b"", utf8_flag=False):
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    save(buf, np.arange(8, dtype=np.float32))
+    payload = buf.getvalue() + extra
+    raw = io.BytesIO()
+    with zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("x.npy", payload)
+    data = bytearray(raw.getvalue())
+    if utf8_flag:  # the name's bytes are not UTF-8 although the zip says they are
+        for sig, flag_at, name_at in ((b"PK\x03\x04", 6, 30), (b"PK\x01\x02", 8, 46)):
+            at = data.find(sig)
+            data[at + flag_at + 1] |= 0x08  # general purpose bit 11 (high byte): UTF-8 names
+            data[at + name_at] = 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_deflated_members_share_one_directory_read(tmp_path, capsys, monkeypatch):
+    # many small deflated members: the archive's directory is read once per file, not per member
+    import zipfile
+
+    arrays = {f"t{i}": np.full(4, i, np.float32) for i in range(300)}
+    np.savez_compressed(tmp_path / "a.npz", **arrays)
+    np.savez_compressed(tmp_path / "b.npz", **arrays)
+    opened = []
+    real = zipfile.ZipFile
+
+    class Counting(real):
+        def __init__(self, *a, **kw):
+            opened.append(a[0] if a else kw.get("file"))
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(zipfile, "ZipFile", Counting)
+    code, out, _ = run_cli(["compare", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--json"], capsys)
+    assert code == 0 and len(json.loads(out)["tensors"]) == 300
+    assert len(opened) == 2, opened
+
+
+def test_files_are_read_never_mapped(tmp_path, monkeypatch):
+    a = np.asfortranarray(np.arange(12, dtype=np.float32).reshape(3, 4))
+    np.save(tmp_path / "f.npy", a)
+    got = files.load_npy(str(tmp_path / "f.npy"))
+    assert type(got) is np.ndarray and not isinstance(got, np.memmap) and np.array_equal(got, a)
+    monkeypatch.setattr(files, "FORTRAN_MAX_BYTES", 16)
+    with pytest.raises(files.BadFile, match="re-save it in C order"):
+        files.open_tensors(str(tmp_path / "f.npy"))

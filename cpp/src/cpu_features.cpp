@@ -109,10 +109,9 @@ std::vector<std::string> simd_level_names() {
 SimdLevel detected_simd_level() {
 #if defined(__x86_64__) || defined(__i386__)
   const Features& f = features();
-  const bool avx2_level = f.avx2 && f.fma && f.f16c && f.popcnt && f.pclmul;  // every AVX2 CPU has PCLMULQDQ
-  if (f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && avx2_level)
+  if (f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.avx2 && f.fma && f.f16c && f.popcnt)
     return f.gfni && f.avx512bitalg ? SimdLevel::Avx512Icl : SimdLevel::Avx512;
-  if (avx2_level) return SimdLevel::Avx2;
+  if (f.avx2 && f.fma && f.f16c && f.popcnt) return SimdLevel::Avx2;
 #endif
   return kLevels[0].level;
 }
@@ -129,6 +128,8 @@ SimdLevel active_simd_level() {
   for (int i = 0; i < n; ++i) names += std::string(i == 0 ? "" : i + 1 == n ? " or " : ", ") + kLevels[i].name;
   throw std::invalid_argument("FLASHPARITY_SIMD must be " + names + ", got '" + want + "'");
 }
+
+bool cpu_has_pclmul() { return features().pclmul; }
 
 bool cpu_has_avx512bf16() { return features().avx512bf16 && active_simd_level() >= SimdLevel::Avx512; }
 

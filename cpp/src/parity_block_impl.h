@@ -21,6 +21,7 @@
 #include "flashparity/dtype.h"
 #include "flashparity/parity_stats.h"
 #include "isa_target.h"
+#include "flashparity/cpu_features.h"
 #include "crc32_impl.h"  // (outside the target region: its inline code is baseline in every unit)
 #include "parity_cpu.h"
 
@@ -1318,7 +1319,8 @@ std::uint32_t crc32(std::uint32_t crc, const void* data, std::int64_t bytes) {
   const unsigned char* p = static_cast<const unsigned char*>(data);
   std::uint32_t c = ~crc;
 #if FP_ISA_AVX2
-  if (bytes >= 64) {
+  static const bool clmul = cpu_has_pclmul();
+  if (bytes >= 64 && clmul) {
     const std::int64_t bulk = bytes & ~std::int64_t{15};
     c = crc32_clmul(c, p, bulk);
     p += bulk;

@@ -183,13 +183,18 @@ void bind_parity(py::module_& m) {
         return read_probe_cpu(a.data, na, b.data, nb);
       }, py::arg("a"), py::arg("b"),
       "Benchmark helper: read both contiguous inputs once with the parity threads (the fused-read limit).");
-  m.def("crc32", [](const py::buffer& data, std::uint32_t crc) {
-        const py::buffer_info info = data.request();  // (a contiguous buffer: bytes, memoryview, array)
-        if (info.ndim > 1 && info.strides.back() != info.itemsize)
-          throw std::invalid_argument("crc32 needs a contiguous buffer");
-        const std::int64_t bytes = info.size * info.itemsize;
-        py::gil_scoped_release release;
-        return crc32_cpu(crc, info.ptr, bytes);
+  m.def("crc32", [](const py::object& data, const py::int_& crc) {
+        // a C-contiguous buffer, as zlib.crc32 takes (PyBUF_SIMPLE refuses strided views)
+        Py_buffer view;
+        if (PyObject_GetBuffer(data.ptr(), &view, PyBUF_SIMPLE) != 0) throw py::error_already_set();
+        const std::uint32_t seed = static_cast<std::uint32_t>(PyLong_AsUnsignedLongLongMask(crc.ptr()));  // mod 2^32
+        std::uint32_t out;
+        {
+          py::gil_scoped_release release;
+          out = crc32_cpu(seed, view.buf, static_cast<std::int64_t>(view.len));
+        }
+        PyBuffer_Release(&view);
+        return out;
       }, py::arg("data"), py::arg("crc") = 0,
       "zlib.crc32(data, crc), at the active SIMD level's speed (carry-less multiplies from AVX2 up); "
       "the GIL is released.");

@@ -32,7 +32,8 @@ __all__ = ["BadFile", "TensorSource", "open_tensors", "load_npy", "compare_files
 
 # Bytes per input per chunk (two chunks in flight per input): large enough that a read and a
 # reduction each amortise their fixed costs, small enough to stay in the last-level cache between
-# the read that writes a chunk and the reduction that reads it (bench/bench_compare.py measured it).
+# the read that writes a chunk and the reduction that reads it (bench/bench_compare.py's chunk-size
+# rows: 1 to 16 MiB measured within noise of each other on a 2-core Zen 4).
 CHUNK_BYTES = 4 << 20
 
 
@@ -91,10 +92,6 @@ class TensorSource:
             reader.close()
         return out
 
-    def chunks(self, elements: int) -> Iterator[tuple[int, np.ndarray]]:
-        for start in range(0, self.numel, elements):
-            yield start, self.read(start, min(elements, self.numel - start))
-
 
 class _RangeReader:
     """A byte range of a file (data_offset ..), read with positioned reads into caller buffers: no
@@ -104,10 +101,13 @@ class _RangeReader:
 
     def __init__(self, path: str, data_offset: int, dtype: np.dtype, label: str,
                  crc: tuple[bytes, int, int] | None = None):
-        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        self.offset, self.itemsize, self.label = data_offset, dtype.itemsize, label
+        self.path, self.offset, self.itemsize, self.label = path, data_offset, dtype.itemsize, label
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0))
         if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(self.fd, data_offset, 0, os.POSIX_FADV_SEQUENTIAL)
+            try:
+                os.posix_fadvise(self.fd, data_offset, 0, os.POSIX_FADV_SEQUENTIAL)
+            except OSError:
+                pass  # (a hint: some file systems refuse it)
         # crc: (the member's bytes before the data, the member's data length, the CRC the zip
         # directory records); checked when the last data byte has been read in order
         self.crc_prefix, self.crc_len, self.crc_want = crc if crc is not None else (b"", -1, 0)
@@ -119,7 +119,11 @@ class _RangeReader:
         pos, want = self.offset + start * self.itemsize, view.nbytes
         got = 0
         while got < want:
-            n = os.preadv(self.fd, [view[got:]], pos + got)
+            try:
+                n = _pread_into(self.fd, view[got:], pos + got)
+            except OSError as exc:
+                exc.filename = self.path  # (the CLI names the file it could not read)
+                raise
             if n == 0:
                 raise BadFile(f"{self.label} ended early: {want - got} bytes missing at offset {pos + got} "
                               "(the file is truncated or changed while it was read)")
@@ -137,24 +141,32 @@ class _RangeReader:
             self.fd = -1
 
 
+if hasattr(os, "preadv"):
+    def _pread_into(fd: int, view: memoryview, pos: int) -> int:
+        return os.preadv(fd, [view], pos)
+else:  # Windows, macOS before 11: the reader owns its descriptor, so seek + read is as safe
+    def _pread_into(fd: int, view: memoryview, pos: int) -> int:
+        os.lseek(fd, pos, os.SEEK_SET)
+        data = os.read(fd, min(view.nbytes, 1 << 30))
+        view[: len(data)] = data
+        return len(data)
+
+
 class _ZipStreamReader:
     """A deflated .npz member: decompressed forward through zlib into caller buffers (zipfile checks
-    its CRC-32 at the end); a read behind the current position starts the member over."""
+    its CRC-32 at the end); a read behind the current position starts the member over. The archive's
+    directory is read once per file (`zf`, shared by its members' readers)."""
 
-    def __init__(self, path: str, info: zipfile.ZipInfo, data_offset: int, dtype: np.dtype, label: str):
-        self.member, self.size, self.offset, self.itemsize = info.filename, info.file_size, data_offset, dtype.itemsize
-        self.label = label
-        try:
-            self.zf = zipfile.ZipFile(path)
-        except zipfile.BadZipFile as exc:
-            raise BadFile(f"{label}: {exc}") from None
+    def __init__(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo, data_offset: int, dtype: np.dtype, label: str):
+        self.zf, self.info, self.size = zf, info, info.file_size
+        self.offset, self.itemsize, self.label = data_offset, dtype.itemsize, label
         self.fh = None
         self.pos = 0  # member bytes consumed
 
     def _rewind(self) -> None:
         if self.fh is not None:
             self.fh.close()
-        self.fh = self.zf.open(self.member)
+        self.fh = self.zf.open(self.info)
         self.pos = 0
 
     def read_into(self, start: int, out: np.ndarray) -> None:
@@ -185,18 +197,22 @@ class _ZipStreamReader:
     def close(self) -> None:
         if self.fh is not None:
             self.fh.close()
-        self.zf.close()
+            self.fh = None
+
+
+# A Fortran-ordered .npy file's C-order chunks are scattered over the whole file: it is read into
+# memory once (up to this size; larger ones are refused with a way out), never mapped.
+FORTRAN_MAX_BYTES = 256 << 20
 
 
 class _FortranReader:
-    """A Fortran-ordered .npy file, read in C order through a read-only mapping (slow path)."""
+    """A Fortran-ordered .npy file, read whole, served in C order."""
 
-    def __init__(self, path: str, shape: tuple[int, ...], void2: bool):
-        self.arr, self.shape = load_npy(path, void2_as_bfloat16=void2), shape
+    def __init__(self, path: str, void2: bool):
+        self.arr = load_npy(path, void2_as_bfloat16=void2)
 
     def read_into(self, start: int, out: np.ndarray) -> None:
-        idx = np.unravel_index(np.arange(start, start + len(out)), self.shape)
-        out[:] = self.arr[idx]
+        out[:] = self.arr.flat[start:start + len(out)]  # (the flat iterator walks C order)
 
     def close(self) -> None:
         self.arr = None
@@ -215,7 +231,10 @@ def _npy_header(fh, label: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
         raise
     except Exception as exc:
         raise BadFile(f"{label} is not a valid .npy file: {exc}") from None
-    return tuple(int(s) for s in shape), bool(fortran), dtype, fh.tell()
+    shape = tuple(int(s) for s in shape)
+    if any(s < 0 for s in shape):
+        raise BadFile(f"{label} has a negative dimension in its shape {shape}")
+    return shape, bool(fortran), dtype, fh.tell()
 
 
 def _npy_layout(path: str, void2: bool) -> tuple[tuple[int, ...], bool, np.dtype, int]:
@@ -231,18 +250,27 @@ def _npy_layout(path: str, void2: bool) -> tuple[tuple[int, ...], bool, np.dtype
 
 
 def load_npy(path: str, *, void2_as_bfloat16: bool = False) -> np.ndarray:
-    """A .npy file memory-mapped read-only (never unpickled), its size checked against the header."""
+    """A .npy file read into memory (never unpickled, never mapped: a file truncated meanwhile is a
+    BadFile, not a SIGBUS), its size checked against the header; in the file's own order."""
     shape, fortran, dtype, offset = _npy_layout(path, void2_as_bfloat16)
-    if math.prod(shape) == 0:
-        return np.empty(shape, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+    arr = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
+    if arr.size:
+        reader = _RangeReader(path, offset, dtype, repr(path))
+        try:
+            reader.read_into(0, arr.reshape(-1, order="F" if fortran else "C"))  # (a view of its memory)
+        finally:
+            reader.close()
+    return arr
 
 
 def _npy_source(path: str, name: str, void2: bool) -> TensorSource:
     shape, fortran, dtype, offset = _npy_layout(path, void2)
     fortran = fortran and len(shape) > 1
     if fortran:
-        return TensorSource(name, shape, dtype, lambda: _FortranReader(path, shape, void2), fortran_order=True)
+        if math.prod(shape) * dtype.itemsize > FORTRAN_MAX_BYTES:
+            raise BadFile(f"{path!r} is Fortran-ordered and larger than {FORTRAN_MAX_BYTES >> 20} MiB: its C-order "
+                          "chunks are spread over the whole file; re-save it in C order to stream it")
+        return TensorSource(name, shape, dtype, lambda: _FortranReader(path, void2), fortran_order=True)
     return TensorSource(name, shape, dtype, lambda: _RangeReader(path, offset, dtype, repr(path)))
 
 
@@ -252,13 +280,9 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, Ru
 
 
 def _npz_sources(path: str, void2: bool) -> list[TensorSource]:
+    # (the ZipFile stays open for the deflated members' readers: its directory is read once)
     try:
-        zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as exc:
-        raise BadFile(f"{path!r} is not a valid .npz file: {exc}") from None
-    try:
-        with zf:
-            return _npz_members(path, zf, void2)
+        return _npz_members(path, zipfile.ZipFile(path), void2)
     except BadFile:
         raise
     except _ZIP_ERRORS as exc:
@@ -279,9 +303,9 @@ def _npz_members(path: str, zf: zipfile.ZipFile, void2: bool) -> list[TensorSour
         dtype = _element_dtype(descr, label, void2)
         if fortran and len(shape) > 1:
             raise BadFile(f"{label} is Fortran-ordered; re-save it in C order to stream it")
-        numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        if info.file_size < offset + numel * dtype.itemsize:
-            raise BadFile(f"{label} is truncated")
+        numel = math.prod(shape)
+        if info.file_size != offset + numel * dtype.itemsize:  # (exact: the CRC covers every byte read)
+            raise BadFile(f"{label} holds {info.file_size} bytes; its header promises {offset + numel * dtype.itemsize}")
         if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1:
             start = _stored_data_start(path, info, label)
             with open(path, "rb") as fh:  # the member's own npy header, for its CRC-32
@@ -292,7 +316,7 @@ def _npz_members(path: str, zf: zipfile.ZipFile, void2: bool) -> list[TensorSour
                       _RangeReader(path, start + offset, dtype, label, crc))
         else:
             opener = (lambda info=info, offset=offset, dtype=dtype, label=label:
-                      _ZipStreamReader(path, info, offset, dtype, label))
+                      _ZipStreamReader(zf, info, offset, dtype, label))
         sources.append(TensorSource(name, shape, dtype, opener))
     return sources
 
@@ -401,6 +425,16 @@ def open_tensors(path: str, *, void2_as_bfloat16: bool = False) -> list[TensorSo
 COMPARABLE = ("float64", "float32", "float16", "bfloat16")
 
 
+def _read_native(reader: Reader, dtype: np.dtype, buf: np.ndarray, start: int, count: int) -> np.ndarray:
+    """Elements start .. start + count into `buf`, in native byte order (a big-endian file's chunk is
+    swapped in place, in the reader thread)."""
+    x = buf[: count * dtype.itemsize].view(dtype)
+    reader.read_into(start, x)
+    if not dtype.isnative:
+        x = x.byteswap(inplace=True).view(dtype.newbyteorder("="))
+    return x
+
+
 class _PairStreamer:
     """Chunks of two tensors, read ahead: a reader thread fills one pair of buffers while the caller
     reduces the other. The four buffers (chunk_bytes each) are allocated once and reused."""
@@ -424,11 +458,8 @@ class _PairStreamer:
         try:
             def fill(slot: int, start: int) -> tuple[int, np.ndarray, np.ndarray]:
                 count = min(step, n - start)
-                xa = self.bufs[slot][0][: count * a.dtype.itemsize].view(a.dtype)
-                xb = self.bufs[slot][1][: count * b.dtype.itemsize].view(b.dtype)
-                ra.read_into(start, xa)
-                rb.read_into(start, xb)
-                return count, xa, xb
+                return count, _read_native(ra, a.dtype, self.bufs[slot][0], start, count), \
+                    _read_native(rb, b.dtype, self.bufs[slot][1], start, count)
 
             if n <= step:  # one chunk: nothing to overlap
                 yield fill(0, 0)

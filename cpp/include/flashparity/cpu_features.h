@@ -26,6 +26,9 @@ SimdLevel active_simd_level();
 
 // AVX-512 BF16 dot products usable (CPU support, and the active level is AVX-512 or above).
 bool cpu_has_avx512bf16();
+// Whether the CPU has PCLMULQDQ (carry-less multiplies: the CRC-32 folding of the AVX2 units, which
+// check it themselves; a VM may show AVX2 without it, and then gets the table CRC, not a lower level).
+bool cpu_has_pclmul();
 
 // Names of the relevant ISA extensions present (x86-64: popcnt, avx2, fma, f16c, avx512f, avx512bf16,
 // ...; aarch64: asimd, fphp, asimdhp, bf16, i8mm, sve, sve2).
