@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from emulation import console_script, python_command
 
@@ -207,3 +208,43 @@ def test_help_is_true():
     for flag in ("--parity-file", "--provenance-file", "--head-dim-error-file", "--tol-abs", "--tol-cos",
                  "--kernel-source-prefix", "--json"):
         assert flag in res.stdout
+
+
+def test_files_are_written_atomically(tmp_path):
+    # a temporary file in the same directory, renamed into place once complete: an error or an
+    # interrupt midway leaves the previous file (or none), and no temporary behind
+    from flashparity.cli import write_atomically
+
+    target = tmp_path / "report.json"
+    target.write_text("old\n")
+
+    def half_then(exc):
+        def write(fh):
+            fh.write(b'{"half": ')
+            raise exc
+        return write
+
+    for exc in (OSError("disk full"), KeyboardInterrupt()):
+        with pytest.raises(type(exc)):
+            write_atomically(str(target), half_then(exc))
+        assert target.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+    write_atomically(str(target), lambda fh: fh.write(b"new\n"))
+    assert target.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+    assert (target.stat().st_mode & 0o777) == 0o666 & ~_umask()
+
+
+def _umask():
+    import os
+
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+def test_run_out_is_written_where_asked(tmp_path, capsys):
+    out = tmp_path / "attn.out"  # no .npy suffix: written to exactly this path
+    code = main(["run", "--attn", "flash2", "--seq-len", "8", "--num-heads", "2", "--num-kv-heads", "2",
+                 "--head-dim", "16", "--out", str(out), "--json"])
+    capsys.readouterr()
+    assert code == 0 and out.exists() and np.load(out, allow_pickle=False).shape == (1, 1, 2, 16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["attn.out"]

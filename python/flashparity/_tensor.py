@@ -140,20 +140,34 @@ def _from_numpy(arr: np.ndarray, name: str) -> TensorView:
 
 
 def _from_cuda_array_interface(obj: Any, cai: dict, name: str) -> TensorView:
-    typestr = cai["typestr"]
-    dt = np.dtype(typestr)
+    # validated before anything can read the pointer: a malformed description is a TypeError or
+    # ValueError naming what is wrong
+    if not isinstance(cai, dict):
+        raise TypeError(f"{name}.__cuda_array_interface__ is not a dict ({type(cai).__name__})")
+    try:
+        typestr, shape, data = cai["typestr"], tuple(cai["shape"]), cai["data"]
+        dt = np.dtype(typestr)
+        shape = tuple(operator.index(s) for s in shape)
+        ptr = operator.index(data[0])
+        strides = cai.get("strides")
+        strides = None if strides is None else tuple(operator.index(s) for s in strides)
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise TypeError(f"{name} has a malformed __cuda_array_interface__ ({type(exc).__name__}: {exc})") from None
     if dt.kind != "f" or dt.name not in DTYPE_CODES:
         raise _unsupported(name, dt)
     if not dt.isnative:
         raise TypeError(f"{name} has non-native byte order ({typestr})")
-    shape = tuple(int(s) for s in cai["shape"])
-    strides = cai.get("strides")
+    if any(s < 0 for s in shape):
+        raise ValueError(f"{name} has a negative dimension in its shape {shape}")
+    if strides is not None and len(strides) != len(shape):
+        raise ValueError(f"{name} has {len(strides)} strides for {len(shape)} dimensions")
+    if ptr == 0 and math.prod(shape) > 0:
+        raise ValueError(f"{name} has a null data pointer and {math.prod(shape)} elements")
     if strides is None:  # C-contiguous
         strides = c_strides(shape, dt.itemsize)
-    ptr = int(cai["data"][0])
     stream = _cai_stream(cai)
     # the device is read from the pointer by the CUDA glue, when (and only if) a kernel runs
-    return TensorView(ptr, dt.name, shape, tuple(int(s) for s in strides), "cuda", -1, obj, stream)
+    return TensorView(ptr, dt.name, shape, tuple(strides), "cuda", -1, obj, stream)
 
 
 def _from_dlpack(obj: Any, name: str, stream: int) -> TensorView:

@@ -7,10 +7,13 @@ Exit codes everywhere: 0 success / gate passed; 1 gate failed or the input was r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import sys
-from typing import Any, Sequence
+import tempfile
+from typing import Any, BinaryIO, Callable, Sequence
 
 from . import classify as C
 from ._build import build_info, kernel_source
@@ -209,12 +212,32 @@ def _reject(args: argparse.Namespace, exc: Exception) -> int:
     return EXIT_FAILED
 
 
+def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Write `path` through a temporary file in its directory, renamed over it once complete and
+    flushed: an error or an interrupt (Ctrl-C included) leaves the previous file, or none, never
+    half a file. The file gets the permissions a plain open() would give it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".partial", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def _emit(args: argparse.Namespace, body: dict, human: str) -> None:
     text = _dump(body)
     if getattr(args, "output", None):
         try:
-            with open(args.output, "w", encoding="utf-8") as fh:
-                fh.write(text + "\n")
+            write_atomically(args.output, lambda fh: fh.write((text + "\n").encode("utf-8")))
         except OSError as exc:
             raise UsageError(f"cannot write {args.output!r}: {exc.strerror or exc}") from None
     print(text if args.json else human)
@@ -343,8 +366,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.out:
         import numpy as np
 
-        try:
-            np.save(args.out, out, allow_pickle=False)
+        try:  # (to the path as given: np.save on a file object adds no .npy suffix)
+            write_atomically(args.out, lambda fh: np.save(fh, out, allow_pickle=False))
         except OSError as exc:
             raise UsageError(f"cannot write --out {args.out!r}: {exc.strerror or exc}") from None
     body = {
@@ -517,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--void2-as-bfloat16", action="store_true",
                        help="read 2-byte void .npy elements (NumPy's way of saving bfloat16) as bfloat16")
     case_flags(p_run)
-    p_run.add_argument("--out", metavar="FILE", help="write the output as .npy")
+    p_run.add_argument("--out", metavar="FILE", help="write the output as .npy to FILE (atomically: a temporary file renamed into place)")
     p_run.add_argument("--json", action="store_true", help="(the body is always JSON; accepted for apr)")
     p_run.set_defaults(func=_cmd_run)
 

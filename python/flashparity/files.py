@@ -285,9 +285,7 @@ def _npz_sources(path: str, void2: bool) -> list[TensorSource]:
         return _npz_members(path, zipfile.ZipFile(path), void2)
     except BadFile:
         raise
-    except _ZIP_ERRORS as exc:
-        if isinstance(exc, OSError) and not isinstance(exc, zipfile.BadZipFile) and exc.errno is not None:
-            raise  # the file could not be read at all: the caller reports that
+    except _ZIP_ERRORS as exc:  # (the file itself opened: an OSError here is a seek its offsets forged)
         raise BadFile(f"{path!r} is not a valid .npz file: {exc}") from None
 
 
