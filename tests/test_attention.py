@@ -395,3 +395,21 @@ def test_masked_keys_contribute_nothing_whatever_their_values(case, impl, dtype,
     fin = np.isfinite(ref_out)
     tol = {"float64": 1e-12, "float32": 1e-5}.get(dtype, 0.1)
     assert err(np.where(fin, out, 0), np.where(fin, ref_out, 0)) < tol
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_inputs_at_odd_byte_offsets(impl, dtype):
+    # views whose elements are not aligned to their size (NumPy allows them): read element by
+    # element, the same answer as aligned copies, bit for bit
+    rng = np.random.default_rng(12)
+    q, k, v = make(rng, 1, 21, 37, 2, 1, 24, DTYPES[dtype])
+    views = []
+    for x in (q, k, v):
+        raw = np.zeros(x.nbytes + 1, np.uint8)
+        raw[1:] = np.frombuffer(x.tobytes(), np.uint8)
+        views.append(raw[1:].view(x.dtype).reshape(x.shape))
+    assert not views[0].flags.aligned
+    got = fp.attention(*views, impl=impl, causal=True)
+    want = fp.attention(q, k, v, impl=impl, causal=True)
+    np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))

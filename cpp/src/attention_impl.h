@@ -146,10 +146,11 @@ class FloatBuf {
 };
 
 // One row of n elements (byte stride `stride`) as Acc. Contiguous rows take a loop the compiler
-// vectorizes (a copy for float32, a shift for bfloat16, F16C for float16 where present).
+// vectorizes (a copy for float32, a shift for bfloat16, F16C for float16 where present); a row
+// not aligned to its element size (a view at an odd byte offset) goes element by element (memcpy).
 template <typename T, typename Acc>
 FP_INLINE void convert_row(const char* src, std::int64_t stride, std::int64_t n, Acc* __restrict dst) {
-  if (stride == static_cast<std::int64_t>(sizeof(T))) {
+  if (stride == static_cast<std::int64_t>(sizeof(T)) && reinterpret_cast<std::uintptr_t>(src) % alignof(T) == 0) {
     const T* __restrict s = reinterpret_cast<const T*>(src);
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
       for (std::int64_t d = 0; d < n; ++d) dst[d] = static_cast<Acc>(s[d]);

@@ -44,6 +44,10 @@ ScalarFn scalar_fn(DType a, DType b) {
 struct Walker : CollapsedView {
   explicit Walker(const TensorArg& t) : CollapsedView(collapse_dims(t)) {}
 
+  // Read in place: contiguous and aligned to the element size (the kernels load elements through
+  // typed pointers). A view at an odd byte offset is gathered like a strided one (memcpy per element).
+  bool direct() const { return contiguous() && reinterpret_cast<std::uintptr_t>(base) % esize == 0; }
+
   // Copy elements [start, start + n) of the C-order sequence into dst.
   void gather(std::int64_t start, std::int64_t n, void* dst) const {
     std::int64_t idx[kMaxDims];
@@ -167,19 +171,19 @@ ParityAccum parity_cpu(const TensorArg& a, const TensorArg& b, const ParityParam
   std::vector<std::vector<std::uint64_t>> buf_a(workers), buf_b(workers);
   SharedMax seen_abs, seen_rel;
   parallel_for(num_sb, workers, [&](std::int64_t sb, int w) {
-    if (!wa.contiguous()) buf_a[w].resize(kBlock);
-    if (!wb.contiguous()) buf_b[w].resize(kBlock);
+    if (!wa.direct()) buf_a[w].resize(kBlock);
+    if (!wb.direct()) buf_b[w].resize(kBlock);
     ParityAccum& acc = partial[sb];
     const std::int64_t end = std::min(n, (sb + 1) * sb_size);
     for (std::int64_t start = sb * sb_size; start < end; start += kBlock) {
       const std::int64_t len = std::min(kBlock, end - start);
       const void* pa = wa.base + start * wa.esize;
       const void* pb = wb.base + start * wb.esize;
-      if (!wa.contiguous()) {
+      if (!wa.direct()) {
         wa.gather(start, len, buf_a[w].data());
         pa = buf_a[w].data();
       }
-      if (!wb.contiguous()) {
+      if (!wb.direct()) {
         wb.gather(start, len, buf_b[w].data());
         pb = buf_b[w].data();
       }
