@@ -82,16 +82,6 @@ class TensorSource:
     def numel(self) -> int:
         return math.prod(self.shape)
 
-    def read(self, start: int, count: int) -> np.ndarray:
-        """Elements start .. start + count as a new 1-D array (one-off reads; streaming uses open())."""
-        out = np.empty(count, self.dtype)
-        reader = self.open()
-        try:
-            reader.read_into(start, out)
-        finally:
-            reader.close()
-        return out
-
 
 class _RangeReader:
     """A byte range of a file (data_offset ..), read with positioned reads into caller buffers: no
