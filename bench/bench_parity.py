@@ -292,7 +292,8 @@ def render(rows, args) -> str:
 def write_section(text: str, title: str) -> None:
     path = ROOT / "BENCHMARKS.md"
     doc = path.read_text() if path.exists() else "# Benchmarks\n\nEvery number here comes from a script in `bench/`; each section names its machine and command.\n"
-    pattern = re.compile(rf"^## {re.escape(title)}.*?(?=^## |\Z)", re.S | re.M)
+    # (the whole title line: "X" must not also replace "X (cold page cache)")
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     doc = pattern.sub(text + "\n", doc) if pattern.search(doc) else doc.rstrip() + "\n\n" + text
     path.write_text(doc)
 

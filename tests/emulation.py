@@ -19,3 +19,9 @@ def console_script(name: str) -> str | None:
     """An installed console script, run as a subprocess: not under emulation, where the one on PATH
     belongs to the host's Python."""
     return None if os.environ.get("FLASHPARITY_TEST_PYTHON") else shutil.which(name)
+
+
+def emulated() -> bool:
+    """Under an emulator of another architecture: a subprocess must go through the emulator, so
+    anything that execs sys.executable itself (multiprocessing's spawn) cannot run."""
+    return bool(os.environ.get("FLASHPARITY_TEST_PYTHON"))

@@ -2,13 +2,14 @@
 
 Public API (see the README and SPEC): :func:`build_info`; the fused parity reductions
 :func:`parity` (-> :class:`ParityStats`), :func:`max_abs_diff`, :func:`cosine_sim`; the
-attention forward :func:`attention` (naive and flash2, on the CPU); and the
-classifiers in :mod:`flashparity.classify`. The compiled core is the private module ``flashparity._core``.
+attention forward :func:`attention` (naive and flash2, on the CPU); the
+classifiers in :mod:`flashparity.classify`; parity over torch.distributed ranks in
+:mod:`flashparity.distributed`. The compiled core is the private module ``flashparity._core``.
 """
 
 from __future__ import annotations
 
-from . import classify
+from . import classify, distributed
 from ._build import build_info
 from ._core import __version__
 from .attention import UnsupportedHeadDimError, attention
@@ -19,6 +20,7 @@ __all__ = [
     "__version__",
     "build_info",
     "classify",
+    "distributed",
     "parity",
     "ParityStats",
     "max_abs_diff",

@@ -36,6 +36,21 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
+def _count(name: str):
+    """argparse type: an integer >= 1."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer >= 1, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer >= 1, got {text!r}")
+        return value
+
+    return parse
+
+
 def _tolerance(name: str):
     def parse(text: str) -> float:
         try:
@@ -395,29 +410,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 class _Progress:
-    """One self-erasing status line on stderr, at most five updates a second."""
+    """A tqdm bar of the bytes compared (both sides), on stderr when it is a terminal."""
 
     def __init__(self, enabled: bool):
-        import time
-
         self.enabled = enabled
-        self.t0 = self.last = time.perf_counter()
+        self.bar = None
 
-    def __call__(self, name: str, done: int, total: int) -> None:
-        import time
-
-        now = time.perf_counter()
-        if not self.enabled or (now - self.last < 0.2 and done < total):
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
             return
-        self.last = now
-        rate = done / max(now - self.t0, 1e-9)
-        sys.stderr.write(f"\rcomparing {name[:40]}: {100.0 * done / total:5.1f}% ({rate / 1e6:.0f} M elements/s)\x1b[K")
-        sys.stderr.flush()
+        if self.bar is None:
+            try:
+                from tqdm import tqdm
+            except ImportError:  # (a dependency; without it, no bar)
+                self.enabled = False
+                return
+            self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="compare",
+                            file=sys.stderr, leave=False, dynamic_ncols=True, mininterval=0.2)
+        self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -426,7 +441,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     progress = _Progress(enabled=not args.quiet and sys.stderr is not None and sys.stderr.isatty())
     try:
         body = compare_files(args.a, args.b, atol=args.atol, rtol=args.rtol,
-                             void2_as_bfloat16=args.void2_as_bfloat16, progress=progress)
+                             void2_as_bfloat16=args.void2_as_bfloat16, progress=progress,
+                             workers=args.workers, dask=args.dask)
+    except (ImportError, ConnectionError) as exc:  # --dask without dask.distributed, or no scheduler there
+        raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"cannot read {exc.filename!r}: {exc.strerror or exc}") from None
     except BadFile as exc:
@@ -544,12 +562,24 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--json", action="store_true", help="(the body is always JSON; accepted for apr)")
     p_run.set_defaults(func=_cmd_run)
 
-    p_cmp = sub.add_parser("compare", help="parity of two tensor files (.npy, .npz, .safetensors)",
-                           description="Streams both files in chunks (bounded memory) and reports per-tensor "
-                           "parity. Multi-tensor files are matched by name; tensors only in one file are listed and "
-                           "make the exit code 1. With --check, the worst max_abs_diff and cosine_sim are gated.")
-    p_cmp.add_argument("a", metavar="A", help="file under test")
-    p_cmp.add_argument("b", metavar="B", help="reference file")
+    p_cmp = sub.add_parser("compare", help="parity of two tensor files or directories (.npy, .npz, .safetensors)",
+                           description="Streams both sides in chunks (bounded memory) and reports per-tensor "
+                           "parity. A side is a file or a directory: a sharded checkpoint with a "
+                           "*.safetensors.index.json (the two sides may be sharded differently), or any tree of "
+                           "tensor files (.safetensors tensors under their own names, a .npy file under its relative "
+                           "path without the suffix, a .npz member as that path/member). Tensors are matched by "
+                           "name; tensors on one side only are listed and make the exit code 1. With --check, the "
+                           "worst max_abs_diff and cosine_sim are gated. The work is split into tasks (tensors, "
+                           "64 MiB ranges of large ones) run in this process, on --workers N local processes or on "
+                           "a Dask cluster (--dask); the report is the same, bit for bit, in every mode.")
+    p_cmp.add_argument("a", metavar="A", help="file or directory under test")
+    p_cmp.add_argument("b", metavar="B", help="reference file or directory")
+    where = p_cmp.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_count("--workers"), metavar="N",
+                       help="run the tasks on N local worker processes (default: in this process)")
+    where.add_argument("--dask", metavar="ADDRESS",
+                       help="run the tasks on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786); "
+                       "its workers read the files at the same paths (needs flashparity[dask])")
     p_cmp.add_argument("--atol", type=_tolerance("--atol"), default=0.0, metavar="X", help="isclose atol (0)")
     p_cmp.add_argument("--rtol", type=_tolerance("--rtol"), default=0.0, metavar="X", help="isclose rtol (0)")
     p_cmp.add_argument("--void2-as-bfloat16", action="store_true",

@@ -14,12 +14,15 @@ forward through zlib into the same buffers. Memory: 4 x ``CHUNK_BYTES`` whatever
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import struct
+import threading
 import zipfile
 import zlib
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
@@ -28,7 +31,7 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["BadFile", "TensorSource", "open_tensors", "load_npy", "compare_files"]
+__all__ = ["BadFile", "TensorSource", "open_tensors", "open_side", "load_npy", "compare_files", "RangeTask", "run_task"]
 
 # Bytes per input per chunk (two chunks in flight per input): large enough that a read and a
 # reduction each amortise their fixed costs, small enough to stay in the last-level cache between
@@ -77,6 +80,11 @@ class TensorSource:
     dtype: np.dtype
     open: Callable[[], Reader]
     fortran_order: bool = False
+    path: str = ""  # the file holding it
+    key: str = ""  # its name within that file (what open_tensors(path) lists it under)
+    # any element range can be read on its own at no extra cost (one byte range of the file: a C-order
+    # .npy, a .safetensors tensor), so a comparison may split it into tasks
+    splittable: bool = False
 
     @property
     def numel(self) -> int:
@@ -260,8 +268,10 @@ def _npy_source(path: str, name: str, void2: bool) -> TensorSource:
         if math.prod(shape) * dtype.itemsize > FORTRAN_MAX_BYTES:
             raise BadFile(f"{path!r} is Fortran-ordered and larger than {FORTRAN_MAX_BYTES >> 20} MiB: its C-order "
                           "chunks are spread over the whole file; re-save it in C order to stream it")
-        return TensorSource(name, shape, dtype, lambda: _FortranReader(path, void2), fortran_order=True)
-    return TensorSource(name, shape, dtype, lambda: _RangeReader(path, offset, dtype, repr(path)))
+        return TensorSource(name, shape, dtype, lambda: _FortranReader(path, void2), fortran_order=True,
+                            path=path, key=name)
+    return TensorSource(name, shape, dtype, lambda: _RangeReader(path, offset, dtype, repr(path)), path=path, key=name,
+                        splittable=True)
 
 
 # What zipfile raises for a damaged or unsupported archive (bad CRC, bad magic, a member name that
@@ -305,7 +315,9 @@ def _npz_members(path: str, zf: zipfile.ZipFile, void2: bool) -> list[TensorSour
         else:
             opener = (lambda info=info, offset=offset, dtype=dtype, label=label:
                       _ZipStreamReader(zf, info, offset, dtype, label))
-        sources.append(TensorSource(name, shape, dtype, opener))
+        # (not splittable: a stored member's CRC-32 is checked over one in-order read, a deflated one
+        # decompresses from its start)
+        sources.append(TensorSource(name, shape, dtype, opener, path=path, key=name))
     return sources
 
 
@@ -385,7 +397,7 @@ def _safetensors_sources(path: str) -> list[TensorSource]:
         edtype = dtype if dtype is not None else np.dtype("V1")
         opener = (lambda begin=begin, edtype=edtype, name=name:
                   _RangeReader(path, data_start + begin, edtype, f"{path!r} tensor {name!r}"))
-        sources.append(TensorSource(name, tuple(shape), edtype, opener))
+        sources.append(TensorSource(name, tuple(shape), edtype, opener, path=path, key=name, splittable=True))
     spans.sort()
     for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
         if b1 < e0:
@@ -410,7 +422,204 @@ def open_tensors(path: str, *, void2_as_bfloat16: bool = False) -> list[TensorSo
 
 
 
+# ---- directories ----------------------------------------------------------------------------------
+
+TENSOR_SUFFIXES = (".safetensors", ".npy", ".npz")
+INDEX_SUFFIX = ".safetensors.index.json"
+MAX_INDEX_BYTES = 100 << 20
+
+
+def _renamed(src: TensorSource, name: str) -> TensorSource:
+    return dataclasses.replace(src, name=name)
+
+
+def _add(found: dict[str, tuple[TensorSource, str]], src: TensorSource, where: str) -> None:
+    if src.name in found:
+        raise BadFile(f"tensor {src.name!r} is in both {found[src.name][1]!r} and {where!r}")
+    found[src.name] = (src, where)
+
+
+def _index_file(path: str) -> str | None:
+    names = sorted(f for f in os.listdir(path) if f.endswith(INDEX_SUFFIX))
+    if not names:
+        return None
+    if "model" + INDEX_SUFFIX in names:
+        return os.path.join(path, "model" + INDEX_SUFFIX)
+    if len(names) > 1:
+        raise BadFile(f"{path!r} holds several checkpoint indexes ({', '.join(names)}); compare their shards' "
+                      "directory by naming one index's files, or keep one index")
+    return os.path.join(path, names[0])
+
+
+def _indexed_sources(path: str, index: str) -> list[TensorSource]:
+    """A sharded checkpoint (Hugging Face's `*.safetensors.index.json`): its weight_map says which shard
+    holds each tensor; every tensor of the shards it names is compared, under its own name."""
+    if os.path.getsize(index) > MAX_INDEX_BYTES:
+        raise BadFile(f"{index!r} is larger than {MAX_INDEX_BYTES >> 20} MiB")
+    with open(index, "rb") as fh:
+        try:
+            doc = json.loads(fh.read().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadFile(f"{index!r} is not valid JSON: {exc}") from None
+    wmap = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(wmap, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wmap.items()):
+        raise BadFile(f"{index!r} has no weight_map object of tensor name -> shard file")
+    root = os.path.realpath(path)
+    shards: dict[str, dict[str, TensorSource]] = {}
+    for shard in dict.fromkeys(wmap.values()):  # (each shard once, in order of first mention)
+        full = os.path.realpath(os.path.join(root, shard))
+        if os.path.isabs(shard) or os.path.commonpath([root, full]) != root:
+            raise BadFile(f"{index!r} names a shard outside its directory: {shard!r}")
+        if not os.path.isfile(full):
+            raise BadFile(f"{index!r} names a shard that does not exist: {shard!r}")
+        shards[shard] = {t.name: t for t in open_tensors(full)}
+    found: dict[str, tuple[TensorSource, str]] = {}
+    for name, shard in wmap.items():
+        if name not in shards[shard]:
+            raise BadFile(f"{index!r} maps tensor {name!r} to {shard!r}, which has no such tensor")
+        _add(found, shards[shard][name], shard)
+    for shard, tensors in shards.items():  # tensors the map leaves out are loaded with their shard too
+        for name, src in tensors.items():
+            if found.get(name, (None, None))[1] != shard:
+                _add(found, src, shard)
+    return [src for src, _ in found.values()]
+
+
+def _directory_sources(path: str, void2: bool) -> list[TensorSource]:
+    """Every tensor of the .safetensors, .npy and .npz files under `path` (walked in sorted order): a
+    .safetensors tensor under its own name (so checkpoints sharded differently still match), a .npy
+    file under its relative path without the suffix, a .npz member as that path / the member name."""
+    found: dict[str, tuple[TensorSource, str]] = {}
+    for top, dirs, names in os.walk(path):
+        dirs.sort()
+        for fname in sorted(names):
+            if not fname.endswith(TENSOR_SUFFIXES):
+                continue
+            full = os.path.join(top, fname)
+            rel = os.path.relpath(full, path).replace(os.sep, "/")
+            stem = rel.rsplit(".", 1)[0]
+            for src in open_tensors(full, void2_as_bfloat16=void2):
+                if fname.endswith(".npy"):
+                    name = stem
+                elif fname.endswith(".npz"):
+                    name = f"{stem}/{src.key}"
+                else:
+                    name = src.key
+                _add(found, _renamed(src, name), rel)
+    if not found:
+        raise BadFile(f"{path!r} holds no {', '.join(TENSOR_SUFFIXES)} files")
+    return [src for src, _ in found.values()]
+
+
+def open_side(path: str, *, void2_as_bfloat16: bool = False) -> list[TensorSource]:
+    """The tensors of one side of a comparison: a file (:func:`open_tensors`) or a directory (a sharded
+    checkpoint with an index, or any tree of tensor files)."""
+    if not os.path.isdir(path):
+        return open_tensors(path, void2_as_bfloat16=void2_as_bfloat16)
+    index = _index_file(path)
+    if index is not None:
+        return _indexed_sources(path, index)
+    return _directory_sources(path, void2_as_bfloat16)
+
+
+# ---- comparison tasks --------------------------------------------------------------------------
+
 COMPARABLE = ("float64", "float32", "float16", "bfloat16")
+
+# A splittable tensor is compared in tasks of TASK_CHUNKS chunks: the unit a --workers pool or a Dask
+# cluster runs, and the unit the in-process path merges by too, so every mode merges the same partial
+# results in the same order and reports the same bits. (64 MiB a side per task: a task's fixed cost,
+# 2.2 ms on a Dask LocalCluster, 1 ms on the pool (bench/bench_scale.py), is under 10% of the ~25 ms a
+# task takes to read from a warm page cache, 2% cold.)
+TASK_CHUNKS = 16
+
+
+@dataclass(frozen=True)
+class RangeTask:
+    """Elements start..stop (C order) of tensor `key_a` of file `path_a` against `key_b` of `path_b`,
+    reduced in chunks of `step` elements merged in order. A worker opens the files itself: a task
+    carries file paths, never data."""
+
+    path_a: str
+    key_a: str
+    path_b: str
+    key_b: str
+    shape: tuple[int, ...]
+    dtypes: tuple[str, str]
+    start: int
+    stop: int
+    step: int
+    atol: float
+    rtol: float
+    void2: bool
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the task reads, both sides (the progress unit)."""
+        n = self.stop - self.start
+        return n * sum(_dtype_of(d).itemsize for d in self.dtypes)
+
+
+def _dtype_of(name: str) -> np.dtype:
+    return _bf16() if name == "bfloat16" else np.dtype(name)
+
+
+def _plan(a: TensorSource, b: TensorSource, atol: float, rtol: float, void2: bool) -> list[RangeTask]:
+    step = max(1, CHUNK_BYTES // max(a.dtype.itemsize, b.dtype.itemsize))
+    n = a.numel
+    span = step * TASK_CHUNKS if a.splittable and b.splittable else max(n, 1)
+    return [RangeTask(os.path.abspath(a.path), a.key, os.path.abspath(b.path), b.key, a.shape,
+                      (a.dtype.name, b.dtype.name), start, min(n, start + span), step, atol, rtol, void2)
+            for start in range(0, n, span)]
+
+
+_SOURCES_LOCK = threading.Lock()
+_SOURCES: OrderedDict[tuple, dict[str, TensorSource]] = OrderedDict()  # a worker's recently opened files
+_LOCAL = threading.local()  # the worker thread's chunk buffers
+
+
+def _task_source(path: str, key: str, void2: bool, shape: tuple[int, ...], dtype: str) -> TensorSource:
+    st = os.stat(path)
+    ident = (path, void2, st.st_size, st.st_mtime_ns, st.st_ino)
+    with _SOURCES_LOCK:
+        tensors = _SOURCES.get(ident)
+        if tensors is not None:
+            _SOURCES.move_to_end(ident)
+    if tensors is None:
+        tensors = {t.key: t for t in open_tensors(path, void2_as_bfloat16=void2)}
+        with _SOURCES_LOCK:
+            _SOURCES[ident] = tensors
+            while len(_SOURCES) > 64:
+                _SOURCES.popitem(last=False)
+    src = tensors.get(key)
+    if src is None or src.shape != shape or src.dtype.name != dtype:
+        raise BadFile(f"{path!r}: tensor {key!r} changed while being compared (now "
+                      f"{'absent' if src is None else f'{src.dtype.name} {src.shape}'}, planned {dtype} {shape})")
+    return src
+
+
+def run_task(task: RangeTask, opened: dict[tuple[str, str], TensorSource] | None = None):
+    """One task's ParityStats (flat, indices from task.start): what a --workers process or a Dask worker
+    runs. The chunks are read ahead on a thread of the worker's own (buffers reused across tasks).
+    `opened`: tensors already open in this process, by (absolute path, key)."""
+    from .parity import parity
+
+    opened = opened or {}
+    a = opened.get((task.path_a, task.key_a)) or _task_source(task.path_a, task.key_a, task.void2, task.shape,
+                                                              task.dtypes[0])
+    b = opened.get((task.path_b, task.key_b)) or _task_source(task.path_b, task.key_b, task.void2, task.shape,
+                                                              task.dtypes[1])
+    need = task.step * max(a.dtype.itemsize, b.dtype.itemsize)  # (the planner's chunks, whatever CHUNK_BYTES is here)
+    streamer = getattr(_LOCAL, "streamer", None)
+    if streamer is None or streamer.chunk_bytes < need:
+        if streamer is not None:
+            streamer.close()
+        streamer = _LOCAL.streamer = _PairStreamer(max(need, CHUNK_BYTES))
+    acc = None
+    for _count, xa, xb in streamer.chunks(a, b, task.start, task.stop, task.step):
+        part = parity(xa, xb, atol=task.atol, rtol=task.rtol)
+        acc = part if acc is None else acc.merge(part)
+    return acc
 
 
 def _read_native(reader: Reader, dtype: np.dtype, buf: np.ndarray, start: int, count: int) -> np.ndarray:
@@ -432,11 +641,14 @@ class _PairStreamer:
         self.bufs = [(np.empty(self.chunk_bytes, np.uint8), np.empty(self.chunk_bytes, np.uint8)) for _ in range(2)]
         self.pool: ThreadPoolExecutor | None = None
 
-    def chunks(self, a: TensorSource, b: TensorSource) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """(count, a's elements, b's elements) for consecutive ranges covering both tensors; each
-        pair of arrays is valid until the next one is asked for."""
-        step = max(1, self.chunk_bytes // max(a.dtype.itemsize, b.dtype.itemsize))
-        n = a.numel
+    def chunks(self, a: TensorSource, b: TensorSource, start: int = 0, stop: int | None = None,
+               step: int | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(count, a's elements, b's elements) for consecutive ranges of `step` elements (at most what a
+        buffer holds) covering elements start..stop of both tensors; each pair of arrays is valid until
+        the next one is asked for."""
+        fits = max(1, self.chunk_bytes // max(a.dtype.itemsize, b.dtype.itemsize))
+        step = fits if step is None else min(step, fits)
+        n = a.numel if stop is None else stop
         ra = a.open()
         try:
             rb = b.open()
@@ -444,22 +656,22 @@ class _PairStreamer:
             ra.close()
             raise
         try:
-            def fill(slot: int, start: int) -> tuple[int, np.ndarray, np.ndarray]:
-                count = min(step, n - start)
-                return count, _read_native(ra, a.dtype, self.bufs[slot][0], start, count), \
-                    _read_native(rb, b.dtype, self.bufs[slot][1], start, count)
+            def fill(slot: int, first: int) -> tuple[int, np.ndarray, np.ndarray]:
+                count = min(step, n - first)
+                return count, _read_native(ra, a.dtype, self.bufs[slot][0], first, count), \
+                    _read_native(rb, b.dtype, self.bufs[slot][1], first, count)
 
-            if n <= step:  # one chunk: nothing to overlap
-                yield fill(0, 0)
+            if n - start <= step:  # one chunk: nothing to overlap
+                yield fill(0, start)
                 return
             if self.pool is None:
                 self.pool = ThreadPoolExecutor(1, thread_name_prefix="flashparity-read")
-            ahead = self.pool.submit(fill, 0, 0)
+            ahead = self.pool.submit(fill, 0, start)
             slot = 0
             try:
-                for start in range(0, n, step):
+                for first in range(start, n, step):
                     ready = ahead.result()
-                    ahead = self.pool.submit(fill, slot ^ 1, start + step) if start + step < n else None
+                    ahead = self.pool.submit(fill, slot ^ 1, first + step) if first + step < n else None
                     yield ready
                     slot ^= 1
             finally:
@@ -475,8 +687,8 @@ class _PairStreamer:
             self.pool = None
 
 
-def _match(ta: list[TensorSource], tb: list[TensorSource]):
-    if len(ta) == 1 and len(tb) == 1:  # one tensor each (e.g. two .npy files): compare them
+def _match(ta: list[TensorSource], tb: list[TensorSource], by_name: bool):
+    if not by_name and len(ta) == 1 and len(tb) == 1:  # one tensor each (e.g. two .npy files): compare them
         return [(ta[0].name or tb[0].name or "tensor", ta[0], tb[0])], [], []
     ia = {t.name: t for t in ta}
     ib = {t.name: t for t in tb}
@@ -484,45 +696,90 @@ def _match(ta: list[TensorSource], tb: list[TensorSource]):
     return pairs, [n for n in ia if n not in ib], [n for n in ib if n not in ia]
 
 
-def compare_files(path_a: str, path_b: str, *, atol: float = 0.0, rtol: float = 0.0, void2_as_bfloat16: bool = False,
-                  progress: Callable[[str, int, int], None] | None = None) -> dict:
-    """Parity of the tensors of two files, streamed in chunks merged exactly (ParityStats.merge).
+def _run_in_process(tasks: list[RangeTask], opened: dict[tuple[str, str], TensorSource],
+                    done: Callable[[int, object], None]) -> None:
+    try:
+        for i, task in enumerate(tasks):
+            done(i, run_task(task, opened))
+    finally:  # (this thread's buffers and reader thread: released with the comparison)
+        streamer = getattr(_LOCAL, "streamer", None)
+        if streamer is not None:
+            streamer.close()
+            del _LOCAL.streamer
 
-    Returns the compare body: per-tensor stats (or an error), the names found in only one file, and
+
+def compare_files(path_a: str, path_b: str, *, atol: float = 0.0, rtol: float = 0.0, void2_as_bfloat16: bool = False,
+                  progress: Callable[[int, int], None] | None = None, workers: int | None = None,
+                  dask: object = None) -> dict:
+    """Parity of the tensors of two files or directories, streamed in chunks merged exactly.
+
+    Files: .npy, .npz, .safetensors; a directory is a sharded checkpoint with a
+    ``*.safetensors.index.json`` or any tree of tensor files (see :func:`open_side`); tensors are
+    matched by name (two single-tensor files are compared whatever their names). The work is split
+    into tasks (tensors, and 64 MiB ranges of large ones), run in this process (the default), on a
+    pool of ``workers`` local processes, or on a Dask cluster (``dask``: a scheduler address or a
+    ``distributed.Client``); each task's stats are merged in a fixed order, so every mode gives the
+    same report, bit for bit. ``progress(done_bytes, total_bytes)`` is called as tasks finish.
+
+    Returns the compare body: per-tensor stats (or an error), the names found on one side only, and
     the worst max_abs_diff / cosine_sim over the tensors. OSError for unreadable files, BadFile for
     invalid ones.
     """
-    from .parity import ParityStats, parity
+    from .parity import ParityStats
 
-    ta = open_tensors(path_a, void2_as_bfloat16=void2_as_bfloat16)
-    tb = open_tensors(path_b, void2_as_bfloat16=void2_as_bfloat16)
-    pairs, only_a, only_b = _match(ta, tb)
-    rows = []
-    total = sum(a.numel for _, a, _ in pairs)
-    done = 0
-    streamer = _PairStreamer(CHUNK_BYTES)
-    try:
-        for name, a, b in pairs:
-            row: dict = {"name": name, "shape": list(a.shape), "dtypes": [a.dtype.name, b.dtype.name]}
-            if a.shape != b.shape:
-                row["error"] = f"shape-mismatch: {a.shape} vs {b.shape}"
-            elif a.dtype.name not in COMPARABLE or b.dtype.name not in COMPARABLE:
-                row["error"] = f"unsupported-dtype: {a.dtype.name} vs {b.dtype.name} (only float tensors are compared)"
-            elif a.numel == 0:
-                row["numel"] = 0
-            else:
-                acc = None
-                for count, xa, xb in streamer.chunks(a, b):
-                    part = parity(xa, xb, atol=atol, rtol=rtol)
-                    acc = part if acc is None else acc.merge(part)
-                    done += count
-                    if progress is not None:
-                        progress(name, done, total)
-                stats = ParityStats(acc._acc, a.shape, acc.dtypes, atol, rtol)
-                row.update({k: v for k, v in stats.to_dict().items() if k not in ("shape", "dtypes", "atol", "rtol")})
-            rows.append(row)
-    finally:
-        streamer.close()
+    ta = open_side(path_a, void2_as_bfloat16=void2_as_bfloat16)
+    tb = open_side(path_b, void2_as_bfloat16=void2_as_bfloat16)
+    pairs, only_a, only_b = _match(ta, tb, by_name=os.path.isdir(path_a) or os.path.isdir(path_b))
+    rows: list[dict] = []
+    tasks: list[RangeTask] = []
+    owner: list[int] = []  # the row of each task
+    for name, a, b in pairs:
+        row: dict = {"name": name, "shape": list(a.shape), "dtypes": [a.dtype.name, b.dtype.name]}
+        if a.shape != b.shape:
+            row["error"] = f"shape-mismatch: {a.shape} vs {b.shape}"
+        elif a.dtype.name not in COMPARABLE or b.dtype.name not in COMPARABLE:
+            row["error"] = f"unsupported-dtype: {a.dtype.name} vs {b.dtype.name} (only float tensors are compared)"
+        elif a.numel == 0:
+            row["numel"] = 0
+        else:
+            planned = _plan(a, b, atol, rtol, void2_as_bfloat16)
+            tasks += planned
+            owner += [len(rows)] * len(planned)
+        rows.append(row)
+
+    results: list = [None] * len(tasks)
+    total = sum(t.nbytes for t in tasks)
+    finished = 0
+
+    def done(i: int, stats) -> None:
+        nonlocal finished
+        results[i] = stats
+        finished += tasks[i].nbytes
+        if progress is not None:
+            progress(finished, total)
+
+    if dask is not None and workers is not None:
+        raise ValueError("give workers or dask, not both")
+    if dask is not None:
+        from ._parallel import run_on_dask
+
+        run_on_dask(tasks, dask, done)
+    elif workers is not None:
+        from ._parallel import run_on_pool
+
+        run_on_pool(tasks, workers, done)
+    else:
+        opened = {(os.path.abspath(t.path), t.key): t for _, a, b in pairs for t in (a, b)}
+        _run_in_process(tasks, opened, done)
+
+    merged: dict[int, object] = {}
+    for i, stats in enumerate(results):  # in task order: the same merge whatever ran the tasks
+        merged[owner[i]] = stats if owner[i] not in merged else merged[owner[i]].merge(stats)
+    for r, acc in merged.items():
+        row = rows[r]
+        stats = ParityStats(acc._acc, tuple(row["shape"]), acc.dtypes, atol, rtol)
+        row.update({k: v for k, v in stats.to_dict().items() if k not in ("shape", "dtypes", "atol", "rtol")})
+
     compared = [r for r in rows if "max_abs_diff" in r]
     worst_abs = max((r["max_abs_diff"] for r in compared), key=lambda x: (x != x, x), default=0.0)
     worst_cos = min((r["cosine_sim"] for r in compared), key=lambda x: (x == x, x), default=1.0)
