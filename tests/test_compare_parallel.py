@@ -96,6 +96,45 @@ def test_directories_of_npy_and_npz_match_by_relative_path(tmp_path, capsys):
     assert body["tensors"][1]["max_abs_diff"] == pytest.approx(1e-9, rel=1e-6)
 
 
+def test_untrusted_index_files(checkpoints, capsys):
+    a, b, _, _ = checkpoints
+    index = a / "model.safetensors.index.json"
+    for wmap, why in (({}, "maps no tensors"), ({"x": "sh\u0000ard"}, "outside its directory"),
+                      ({"x": "/etc/passwd"}, "outside its directory"), ({"x": "nope.safetensors"}, "does not exist")):
+        index.write_text(json.dumps({"weight_map": wmap}))
+        code, out, _ = run_cli(["compare", str(a), str(b), "--json"], capsys)
+        assert code == 1 and why in json.loads(out)["error"], (wmap, out)
+
+
+def test_a_symlinked_shard_is_followed(checkpoints, tmp_path, capsys):
+    # (a Hugging Face cache snapshot links each file to a blob outside the snapshot directory)
+    a, b, _, _ = checkpoints
+    snap = tmp_path / "snapshot"
+    snap.mkdir()
+    for f in a.iterdir():
+        (snap / f.name).symlink_to(f)
+    code, out, _ = run_cli(["compare", str(snap), str(b), "--json"], capsys)
+    assert code == 0 and len(json.loads(out)["tensors"]) == 5
+
+
+def test_in_process_progress_is_per_chunk_and_merges_as_one_pass(tmp_path, monkeypatch):
+    monkeypatch.setattr(files, "CHUNK_BYTES", 4096)
+    rng = np.random.default_rng(12)
+    b = rng.standard_normal(100_000).astype(np.float32)
+    a = (b * (1 + 1e-4 * rng.standard_normal(b.shape))).astype(np.float32)
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    calls = []
+    body = files.compare_files(str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), progress=lambda d, t: calls.append(d))
+    assert len(calls) == -(-100_000 // 1024) and calls[-1] == 800_000
+    # the chunks merged one after another, as one pass over them would (not per task)
+    one_pass = None
+    for s in range(0, 100_000, 1024):
+        part = fp.parity(a[s:s + 1024], b[s:s + 1024])
+        one_pass = part if one_pass is None else one_pass.merge(part)
+    assert body["tensors"][0]["pcc"] == one_pass.pcc and body["tensors"][0]["cosine_sim"] == one_pass.cosine_sim
+
+
 def test_a_name_in_two_files_of_a_directory_is_an_error(tmp_path, capsys):
     d = tmp_path / "d"
     d.mkdir()
@@ -162,6 +201,7 @@ def test_a_killed_pool_worker_has_its_tasks_rerun(many_tasks, monkeypatch):
             super().__init__(*args, **kw)
 
     monkeypatch.setattr(_parallel, "ProcessPoolExecutor", Counted)
+    monkeypatch.setattr(files, "TASK_CHUNKS", 1)  # (~180 tasks: most still pending at the kill)
     a, b = many_tasks
     serial = files.compare_files(a, b)
     state = {"killed": 0, "done": 0}
@@ -202,13 +242,14 @@ def cluster():
 
 
 @needs_spawn
-def test_dask_gives_the_same_bits_and_survives_a_killed_worker(many_tasks, cluster):
+def test_dask_gives_the_same_bits_and_survives_a_killed_worker(many_tasks, cluster, monkeypatch):
     a, b = many_tasks
     c, client = cluster
     serial = files.compare_files(a, b, atol=1e-5)
     on_dask = files.compare_files(a, b, atol=1e-5, dask=client)
     assert canonical(on_dask) == canonical(serial)
 
+    monkeypatch.setattr(files, "TASK_CHUNKS", 1)  # (~180 tasks: most still to run at the kill)
     pids = list(client.run(os.getpid).values())
     state = {"done": 0, "killed": False, "indices": []}
 
@@ -219,8 +260,10 @@ def test_dask_gives_the_same_bits_and_survives_a_killed_worker(many_tasks, clust
             os.kill(pids[0], signal.SIGKILL)
             state["killed"] = True
 
+    serial1 = files.compare_files(a, b, atol=1e-5)  # (the same bits with 1-chunk tasks)
+    assert canonical(serial1) == canonical(serial)
     again = files.compare_files(a, b, atol=1e-5, dask=c.scheduler_address, progress=progress)
-    assert state["killed"]
+    assert state["killed"] and state["done"] > 3
     assert canonical(again) == canonical(serial)
     assert state["last"][0] == state["last"][1]  # every byte once: the reruns are not counted twice
 
@@ -245,6 +288,7 @@ def test_an_unreachable_scheduler_is_a_usage_error(many_tasks, capsys, monkeypat
 
 
 def test_the_progress_bar_counts_bytes(capsys):
+    pytest.importorskip("tqdm")
     from flashparity.cli import _Progress
 
     bar = _Progress(enabled=True)

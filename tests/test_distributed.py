@@ -141,3 +141,20 @@ def test_state_buffer_round_trips_every_field():
     back = distributed._decode(buf, 0)
     assert back["shape_a"] == (1000,) and back["dtypes"] == s.dtypes and (back["atol"], back["rtol"]) == (0.5, 0.25)
     assert fp.ParityStats(back["acc"], (1000,), s.dtypes, 0.5, 0.25) == s
+
+
+def test_a_bad_tolerance_on_one_rank_fails_every_rank(tmp_path):
+    rng = np.random.default_rng(3)
+    arrays = {"a": rng.standard_normal((4, 2)), "b": rng.standard_normal((4, 2)), "split": np.array([0, 2, 4]),
+              "atol1": np.array(-1.0)}
+    results = run_ranks(tmp_path, 2, arrays)
+    assert results[1] == ("ValueError", "atol must be a finite number >= 0, got -1.0")
+    assert results[0] == ("ValueError", "rank 1's shard was rejected: atol must be a finite number >= 0, got -1.0")
+
+
+def test_different_tolerances_across_ranks_are_an_error(tmp_path):
+    rng = np.random.default_rng(4)
+    arrays = {"a": rng.standard_normal((4, 2)), "b": rng.standard_normal((4, 2)), "split": np.array([0, 2, 4]),
+              "atol1": np.array(0.5)}
+    for kind, msg in run_ranks(tmp_path, 2, arrays):
+        assert kind == "ValueError" and "different tolerances" in msg

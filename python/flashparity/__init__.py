@@ -14,6 +14,7 @@ from ._build import build_info
 from ._core import __version__
 from .attention import UnsupportedHeadDimError, attention
 from .kernel_parity import kernel_parity
+from .modules import ModuleReport, compare_modules, dump
 from .parity import ParityStats, assert_parity, cosine_sim, max_abs_diff, parity
 
 __all__ = [
@@ -29,4 +30,7 @@ __all__ = [
     "UnsupportedHeadDimError",
     "kernel_parity",
     "assert_parity",
+    "compare_modules",
+    "ModuleReport",
+    "dump",
 ]

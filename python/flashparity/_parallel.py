@@ -25,9 +25,20 @@ POOL_RESTARTS = 3
 CONNECT_TIMEOUT_S = 30
 
 
+class WorkersFailed(RuntimeError):
+    """The pool's worker processes kept dying (killed, out of memory): POOL_RESTARTS restarts did not help."""
+
+
 def _init_worker(threads: int) -> None:
-    # (set before the first reduction starts the C++ thread pool: workers share the CPUs)
-    os.environ.setdefault("FLASHPARITY_NUM_THREADS", str(threads))
+    # (set before the first reduction starts the C++ thread pool: the workers share the CPUs)
+    os.environ["FLASHPARITY_NUM_THREADS"] = str(threads)
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # (the CPUs this process may run on, as the C++ pool counts)
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def run_on_pool(tasks: list[RangeTask], workers: int, done: Callable[[int, Any], None]) -> None:
@@ -36,7 +47,7 @@ def run_on_pool(tasks: list[RangeTask], workers: int, done: Callable[[int, Any],
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     pending = set(range(len(tasks)))
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, int(os.environ.get("FLASHPARITY_NUM_THREADS") or _cpus()) // workers)
     restarts = 0
     while pending:
         pool = ProcessPoolExecutor(min(workers, len(pending)), mp_context=multiprocessing.get_context("spawn"),
@@ -60,7 +71,7 @@ def run_on_pool(tasks: list[RangeTask], workers: int, done: Callable[[int, Any],
         if pending:
             restarts += 1
             if restarts > POOL_RESTARTS:
-                raise RuntimeError(f"the worker processes died {restarts} times; {len(pending)} of {len(tasks)} "
+                raise WorkersFailed(f"the worker processes died {restarts} times; {len(pending)} of {len(tasks)} "
                                    "tasks could not be run (out of memory?)")
 
 
@@ -83,6 +94,11 @@ def run_on_dask(tasks: list[RangeTask], cluster: Any, done: Callable[[int, Any],
     else:
         client = cluster
     try:
+        try:
+            client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError) as exc:
+            raise ConnectionError(f"the Dask cluster at {client.scheduler.address!r} has no workers "
+                                  f"(waited {CONNECT_TIMEOUT_S} s): {exc}") from None
         token = uuid.uuid4().hex
         keys = [f"flashparity-compare-{token}-{i}" for i in range(len(tasks))]
         futures = client.map(run_task, tasks, key=keys, pure=False)

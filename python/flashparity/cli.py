@@ -36,6 +36,17 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
+def _nonempty(name: str):
+    """argparse type: a non-empty string."""
+
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"{name} needs a scheduler address such as tcp://host:8786")
+        return text
+
+    return parse
+
+
 def _count(name: str):
     """argparse type: an integer >= 1."""
 
@@ -435,17 +446,59 @@ class _Progress:
             self.bar = None
 
 
+def _is_dump(path: str) -> bool:
+    from .modules import is_dump
+
+    return is_dump(path)
+
+
+def _compare_dumps(args: argparse.Namespace, progress) -> int:
+    """Two fp.dump directories: compare_modules' verdicts, in A's execution order."""
+    from .modules import compare_dumps
+
+    if args.check:
+        raise UsageError("--check gates files; two dumps are judged per module output (exit 1 on a divergence)")
+    rep = compare_dumps(args.a, args.b, atol=args.atol, rtol=args.rtol, workers=args.workers, dask=args.dask,
+                        progress=progress, void2_as_bfloat16=args.void2_as_bfloat16)
+    progress.close()
+    if args.html:
+        try:
+            rep.to_html(args.html)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.html!r}: {exc.strerror or exc}") from None
+    body = rep.to_dict()
+    fd = rep.first_divergence
+    human = str(rep)
+    if fd is not None:
+        human += f"\nfirst_divergence: {fd.key}"
+    _emit(args, body, human)
+    return EXIT_OK if rep.ok else EXIT_FAILED
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
+    from ._parallel import WorkersFailed
     from .files import BadFile, compare_files
 
     progress = _Progress(enabled=not args.quiet and sys.stderr is not None and sys.stderr.isatty())
     try:
-        body = compare_files(args.a, args.b, atol=args.atol, rtol=args.rtol,
+        if _is_dump(args.a) and _is_dump(args.b):
+            return _compare_dumps(args, progress)
+        if args.html:
+            raise UsageError("--html is for two dump directories (fp.dump); A and B are not both dumps")
+        body = compare_files(args.a, args.b, atol=args.atol or 0.0, rtol=args.rtol or 0.0,
                              void2_as_bfloat16=args.void2_as_bfloat16, progress=progress,
                              workers=args.workers, dask=args.dask)
+    except ModuleNotFoundError as exc:
+        if args.dask is None:
+            raise
+        raise UsageError(f"a Dask worker cannot import {exc.name!r}: install flashparity on the workers") from None
     except (ImportError, ConnectionError) as exc:  # --dask without dask.distributed, or no scheduler there
         raise UsageError(str(exc)) from None
+    except WorkersFailed as exc:
+        return _reject(args, Rejected("workers-failed", str(exc)))
     except OSError as exc:
+        if exc.filename is None:
+            raise UsageError(f"compare failed: {exc.strerror or exc}") from None
         raise UsageError(f"cannot read {exc.filename!r}: {exc.strerror or exc}") from None
     except BadFile as exc:
         return _reject(args, Rejected("bad-file", str(exc)))
@@ -571,17 +624,23 @@ def build_parser() -> argparse.ArgumentParser:
                            "name; tensors on one side only are listed and make the exit code 1. With --check, the "
                            "worst max_abs_diff and cosine_sim are gated. The work is split into tasks (tensors, "
                            "64 MiB ranges of large ones) run in this process, on --workers N local processes or on "
-                           "a Dask cluster (--dask); the report is the same, bit for bit, in every mode.")
+                           "a Dask cluster (--dask); the report is the same, bit for bit, in every mode. Two "
+                           "fp.dump directories are judged per module output in A's execution order (default "
+                           "tolerances: torch.testing.assert_close's per dtype) and the first divergence is printed; "
+                           "exit 0 match, 1 divergence, 2 usage error.")
     p_cmp.add_argument("a", metavar="A", help="file or directory under test")
     p_cmp.add_argument("b", metavar="B", help="reference file or directory")
     where = p_cmp.add_mutually_exclusive_group()
     where.add_argument("--workers", type=_count("--workers"), metavar="N",
                        help="run the tasks on N local worker processes (default: in this process)")
-    where.add_argument("--dask", metavar="ADDRESS",
+    where.add_argument("--dask", metavar="ADDRESS", type=_nonempty("--dask"),
                        help="run the tasks on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786); "
                        "its workers read the files at the same paths (needs flashparity[dask])")
-    p_cmp.add_argument("--atol", type=_tolerance("--atol"), default=0.0, metavar="X", help="isclose atol (0)")
-    p_cmp.add_argument("--rtol", type=_tolerance("--rtol"), default=0.0, metavar="X", help="isclose rtol (0)")
+    p_cmp.add_argument("--atol", type=_tolerance("--atol"), default=None, metavar="X",
+                       help="isclose atol (0; for two dumps, torch.testing.assert_close's per dtype)")
+    p_cmp.add_argument("--rtol", type=_tolerance("--rtol"), default=None, metavar="X",
+                       help="isclose rtol (0; for two dumps, torch.testing.assert_close's per dtype)")
+    p_cmp.add_argument("--html", metavar="FILE", help="two dumps: also write the HTML report to FILE")
     p_cmp.add_argument("--void2-as-bfloat16", action="store_true",
                        help="read 2-byte void .npy elements (NumPy's way of saving bfloat16) as bfloat16")
     gate_flags(p_cmp)

@@ -122,9 +122,10 @@ def parity(a_local: Any, b_local: Any, *, atol: float = 0.0, rtol: float = 0.0, 
     :func:`flashparity.parity` on the whole tensors, exactly for the counts, maxima, NaN propagation,
     global indices, histogram and ULP distance; the sums to the compensated merge's accuracy.
 
-    A bad shard on any rank (shapes that differ, an unsupported dtype, mismatched trailing
-    dimensions or tolerances across ranks) raises ``ValueError`` (``TypeError`` for a dtype) on
-    every rank, naming the rank, so no rank is left waiting.
+    A bad shard on any rank (shapes that differ, an unsupported dtype, a bad tolerance, mismatched
+    trailing dimensions or tolerances across ranks) raises on every rank, so no rank is left
+    waiting: the rank at fault its own error, the others ``ValueError`` (``TypeError`` for a
+    dtype, ``RuntimeError`` for anything else) naming that rank.
     """
     import torch
     import torch.distributed as dist
@@ -132,21 +133,23 @@ def parity(a_local: Any, b_local: Any, *, atol: float = 0.0, rtol: float = 0.0, 
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("fp.distributed.parity needs an initialized torch.distributed process group "
                            "(torch.distributed.init_process_group)")
-    atol = _tolerance("atol", atol)
-    rtol = _tolerance("rtol", rtol)
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
-    error: BaseException | None = None
-    try:
+    error: Exception | None = None
+    try:  # (any error here is sent to the other ranks, so none is left waiting in the all_gather)
+        atol = _tolerance("atol", atol)
+        rtol = _tolerance("rtol", rtol)
         shape, dtypes, acc = _local(a_local, b_local, atol, rtol)
         buf = _encode(shape, shape, dtypes, atol, rtol, acc, None)
-    except (ValueError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 (re-raised below, after the collective)
         error = exc
-        buf = _encode((), (), None, atol, rtol, None, f"{type(exc).__name__}: {exc}")
+        buf = _encode((), (), None, 0.0, 0.0, None, f"{type(exc).__name__}: {exc}")
 
     device = torch.device("cpu")
-    if str(dist.get_backend(group)) == "nccl":  # NCCL moves device buffers only
-        device = torch.device("cuda", torch.cuda.current_device())
+    if str(dist.get_backend(group)) == "nccl":  # NCCL moves device buffers only: the shard's device
+        dev = getattr(a_local, "device", None)
+        device = dev if isinstance(dev, torch.device) and dev.type == "cuda" else \
+            torch.device("cuda", torch.cuda.current_device())
     mine = torch.from_numpy(buf).to(device)
     gathered = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(gathered, mine, group=group)
@@ -157,8 +160,9 @@ def parity(a_local: Any, b_local: Any, *, atol: float = 0.0, rtol: float = 0.0, 
     bad = [(r, s["error"]) for r, s in enumerate(states) if "error" in s]
     if bad:
         r, msg = bad[0]
-        kind = TypeError if msg.startswith("TypeError") else ValueError
-        raise kind(f"rank {r}'s shard was rejected: {msg.split(': ', 1)[-1]}")
+        name, _, text = msg.partition(": ")
+        kind = {"TypeError": TypeError, "ValueError": ValueError}.get(name, RuntimeError)
+        raise kind(f"rank {r}'s shard was rejected: {text if kind is not RuntimeError else msg}")
     first = states[0]
     for r, s in enumerate(states[1:], 1):
         if s["shape_a"][1:] != first["shape_a"][1:] or len(s["shape_a"]) != len(first["shape_a"]):

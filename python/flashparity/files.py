@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import stat
 import struct
 import threading
 import zipfile
@@ -451,7 +452,20 @@ def _index_file(path: str) -> str | None:
     return os.path.join(path, names[0])
 
 
-def _indexed_sources(path: str, index: str) -> list[TensorSource]:
+def _inside(root: str, rel: str) -> str | None:
+    """`root`/`rel` if `rel` names a place inside directory `root` by its own words (relative, no way
+    up through '..'), else None. Symlinks are followed as the directory's owner made them (a Hugging
+    Face cache snapshot links every file to a blob outside it)."""
+    if "\0" in rel or os.path.isabs(rel) or os.path.splitdrive(rel)[0]:
+        return None
+    full = os.path.normpath(os.path.join(root, rel))
+    try:
+        return full if os.path.commonpath([root, full]) == root else None
+    except ValueError:
+        return None
+
+
+def _indexed_sources(path: str, index: str, void2: bool) -> list[TensorSource]:
     """A sharded checkpoint (Hugging Face's `*.safetensors.index.json`): its weight_map says which shard
     holds each tensor; every tensor of the shards it names is compared, under its own name."""
     if os.path.getsize(index) > MAX_INDEX_BYTES:
@@ -464,15 +478,17 @@ def _indexed_sources(path: str, index: str) -> list[TensorSource]:
     wmap = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(wmap, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wmap.items()):
         raise BadFile(f"{index!r} has no weight_map object of tensor name -> shard file")
-    root = os.path.realpath(path)
+    if not wmap:
+        raise BadFile(f"{index!r} maps no tensors (its weight_map is empty)")
+    root = os.path.normpath(path)
     shards: dict[str, dict[str, TensorSource]] = {}
     for shard in dict.fromkeys(wmap.values()):  # (each shard once, in order of first mention)
-        full = os.path.realpath(os.path.join(root, shard))
-        if os.path.isabs(shard) or os.path.commonpath([root, full]) != root:
+        full = _inside(root, shard)
+        if full is None:
             raise BadFile(f"{index!r} names a shard outside its directory: {shard!r}")
         if not os.path.isfile(full):
             raise BadFile(f"{index!r} names a shard that does not exist: {shard!r}")
-        shards[shard] = {t.name: t for t in open_tensors(full)}
+        shards[shard] = {t.name: t for t in open_tensors(full, void2_as_bfloat16=void2)}
     found: dict[str, tuple[TensorSource, str]] = {}
     for name, shard in wmap.items():
         if name not in shards[shard]:
@@ -497,6 +513,8 @@ def _directory_sources(path: str, void2: bool) -> list[TensorSource]:
                 continue
             full = os.path.join(top, fname)
             rel = os.path.relpath(full, path).replace(os.sep, "/")
+            if not stat.S_ISREG(os.stat(full).st_mode):  # (following a symlink)
+                raise BadFile(f"{full!r} is not a regular file (a FIFO or a device is never read)")
             stem = rel.rsplit(".", 1)[0]
             for src in open_tensors(full, void2_as_bfloat16=void2):
                 if fname.endswith(".npy"):
@@ -518,7 +536,7 @@ def open_side(path: str, *, void2_as_bfloat16: bool = False) -> list[TensorSourc
         return open_tensors(path, void2_as_bfloat16=void2_as_bfloat16)
     index = _index_file(path)
     if index is not None:
-        return _indexed_sources(path, index)
+        return _indexed_sources(path, index, void2_as_bfloat16)
     return _directory_sources(path, void2_as_bfloat16)
 
 
@@ -575,7 +593,6 @@ def _plan(a: TensorSource, b: TensorSource, atol: float, rtol: float, void2: boo
 
 _SOURCES_LOCK = threading.Lock()
 _SOURCES: OrderedDict[tuple, dict[str, TensorSource]] = OrderedDict()  # a worker's recently opened files
-_LOCAL = threading.local()  # the worker thread's chunk buffers
 
 
 def _task_source(path: str, key: str, void2: bool, shape: tuple[int, ...], dtype: str) -> TensorSource:
@@ -589,7 +606,7 @@ def _task_source(path: str, key: str, void2: bool, shape: tuple[int, ...], dtype
         tensors = {t.key: t for t in open_tensors(path, void2_as_bfloat16=void2)}
         with _SOURCES_LOCK:
             _SOURCES[ident] = tensors
-            while len(_SOURCES) > 64:
+            while len(_SOURCES) > 16:
                 _SOURCES.popitem(last=False)
     src = tensors.get(key)
     if src is None or src.shape != shape or src.dtype.name != dtype:
@@ -598,10 +615,14 @@ def _task_source(path: str, key: str, void2: bool, shape: tuple[int, ...], dtype
     return src
 
 
-def run_task(task: RangeTask, opened: dict[tuple[str, str], TensorSource] | None = None):
-    """One task's ParityStats (flat, indices from task.start): what a --workers process or a Dask worker
-    runs. The chunks are read ahead on a thread of the worker's own (buffers reused across tasks).
-    `opened`: tensors already open in this process, by (absolute path, key)."""
+def run_task(task: RangeTask, opened: dict[tuple[str, str], TensorSource] | None = None,
+             streamer: _PairStreamer | None = None, on_chunk: Callable[[int], None] | None = None) -> list:
+    """The ParityStats of each chunk of a task, in order (flat, indices from the chunk's start): what a
+    --workers process or a Dask worker runs. The caller merges every chunk of a tensor in order, so
+    the merge is the same whoever ran the tasks (and the same as one pass over the chunks). The
+    chunks are read ahead on a thread of a `streamer` (the caller's, or one for this task).
+    `opened`: tensors already open in this process, by (absolute path, key); `on_chunk(bytes)`
+    after each chunk."""
     from .parity import parity
 
     opened = opened or {}
@@ -610,16 +631,19 @@ def run_task(task: RangeTask, opened: dict[tuple[str, str], TensorSource] | None
     b = opened.get((task.path_b, task.key_b)) or _task_source(task.path_b, task.key_b, task.void2, task.shape,
                                                               task.dtypes[1])
     need = task.step * max(a.dtype.itemsize, b.dtype.itemsize)  # (the planner's chunks, whatever CHUNK_BYTES is here)
-    streamer = getattr(_LOCAL, "streamer", None)
-    if streamer is None or streamer.chunk_bytes < need:
-        if streamer is not None:
+    own = streamer is None or streamer.chunk_bytes < need
+    if own:
+        streamer = _PairStreamer(max(need, CHUNK_BYTES))
+    try:
+        parts = []
+        for count, xa, xb in streamer.chunks(a, b, task.start, task.stop, task.step):
+            parts.append(parity(xa, xb, atol=task.atol, rtol=task.rtol))
+            if on_chunk is not None:
+                on_chunk(count * (a.dtype.itemsize + b.dtype.itemsize))
+        return parts
+    finally:
+        if own:  # (nothing kept in a long-lived worker between tasks)
             streamer.close()
-        streamer = _LOCAL.streamer = _PairStreamer(max(need, CHUNK_BYTES))
-    acc = None
-    for _count, xa, xb in streamer.chunks(a, b, task.start, task.stop, task.step):
-        part = parity(xa, xb, atol=task.atol, rtol=task.rtol)
-        acc = part if acc is None else acc.merge(part)
-    return acc
 
 
 def _read_native(reader: Reader, dtype: np.dtype, buf: np.ndarray, start: int, count: int) -> np.ndarray:
@@ -697,20 +721,19 @@ def _match(ta: list[TensorSource], tb: list[TensorSource], by_name: bool):
 
 
 def _run_in_process(tasks: list[RangeTask], opened: dict[tuple[str, str], TensorSource],
-                    done: Callable[[int, object], None]) -> None:
+                    done: Callable[[int, list], None], on_chunk: Callable[[int], None]) -> None:
+    streamer = _PairStreamer(CHUNK_BYTES)  # (its buffers and reader thread serve every task)
     try:
         for i, task in enumerate(tasks):
-            done(i, run_task(task, opened))
-    finally:  # (this thread's buffers and reader thread: released with the comparison)
-        streamer = getattr(_LOCAL, "streamer", None)
-        if streamer is not None:
-            streamer.close()
-            del _LOCAL.streamer
+            done(i, run_task(task, opened, streamer, on_chunk))
+    finally:
+        streamer.close()
 
 
 def compare_files(path_a: str, path_b: str, *, atol: float = 0.0, rtol: float = 0.0, void2_as_bfloat16: bool = False,
                   progress: Callable[[int, int], None] | None = None, workers: int | None = None,
-                  dask: object = None) -> dict:
+                  dask: object = None, tolerance: Callable[[str, str, str], tuple[float, float]] | None = None,
+                  stats_out: dict | None = None) -> dict:
     """Parity of the tensors of two files or directories, streamed in chunks merged exactly.
 
     Files: .npy, .npz, .safetensors; a directory is a sharded checkpoint with a
@@ -720,6 +743,8 @@ def compare_files(path_a: str, path_b: str, *, atol: float = 0.0, rtol: float = 
     pool of ``workers`` local processes, or on a Dask cluster (``dask``: a scheduler address or a
     ``distributed.Client``); each task's stats are merged in a fixed order, so every mode gives the
     same report, bit for bit. ``progress(done_bytes, total_bytes)`` is called as tasks finish.
+    ``tolerance(name, dtype_a, dtype_b) -> (atol, rtol)`` sets each tensor's tolerances instead of
+    ``atol``/``rtol``; ``stats_out``, a dict, receives each compared tensor's ``ParityStats`` by name.
 
     Returns the compare body: per-tensor stats (or an error), the names found on one side only, and
     the worst max_abs_diff / cosine_sim over the tensors. OSError for unreadable files, BadFile for
@@ -742,43 +767,58 @@ def compare_files(path_a: str, path_b: str, *, atol: float = 0.0, rtol: float = 
         elif a.numel == 0:
             row["numel"] = 0
         else:
-            planned = _plan(a, b, atol, rtol, void2_as_bfloat16)
+            t_atol, t_rtol = (atol, rtol) if tolerance is None else tolerance(name, a.dtype.name, b.dtype.name)
+            planned = _plan(a, b, t_atol, t_rtol, void2_as_bfloat16)
             tasks += planned
             owner += [len(rows)] * len(planned)
         rows.append(row)
 
-    results: list = [None] * len(tasks)
     total = sum(t.nbytes for t in tasks)
     finished = 0
+    merged: dict[int, ParityStats] = {}  # row -> the stats of its chunks so far
+    ready: dict[int, list] = {}  # finished tasks waiting for an earlier one
+    next_task = 0
 
-    def done(i: int, stats) -> None:
+    def advance(nbytes: int) -> None:
         nonlocal finished
-        results[i] = stats
-        finished += tasks[i].nbytes
+        finished += nbytes
         if progress is not None:
             progress(finished, total)
+
+    def done(i: int, parts: list) -> None:
+        # every chunk of a tensor merged in order, whatever order the tasks finished in: the same
+        # bits in every mode (and as one pass over the chunks)
+        nonlocal next_task
+        ready[i] = parts
+        while next_task in ready:
+            r = owner[next_task]
+            for part in ready.pop(next_task):
+                merged[r] = part if r not in merged else merged[r].merge(part)
+            next_task += 1
 
     if dask is not None and workers is not None:
         raise ValueError("give workers or dask, not both")
     if dask is not None:
         from ._parallel import run_on_dask
 
-        run_on_dask(tasks, dask, done)
+        run_on_dask(tasks, dask, lambda i, parts: (done(i, parts), advance(tasks[i].nbytes)))
     elif workers is not None:
         from ._parallel import run_on_pool
 
-        run_on_pool(tasks, workers, done)
+        run_on_pool(tasks, workers, lambda i, parts: (done(i, parts), advance(tasks[i].nbytes)))
     else:
         opened = {(os.path.abspath(t.path), t.key): t for _, a, b in pairs for t in (a, b)}
-        _run_in_process(tasks, opened, done)
+        _run_in_process(tasks, opened, done, advance)
+    assert next_task == len(tasks) and not ready
 
-    merged: dict[int, object] = {}
-    for i, stats in enumerate(results):  # in task order: the same merge whatever ran the tasks
-        merged[owner[i]] = stats if owner[i] not in merged else merged[owner[i]].merge(stats)
     for r, acc in merged.items():
         row = rows[r]
-        stats = ParityStats(acc._acc, tuple(row["shape"]), acc.dtypes, atol, rtol)
+        stats = ParityStats(acc._acc, tuple(row["shape"]), acc.dtypes, acc.atol, acc.rtol)
         row.update({k: v for k, v in stats.to_dict().items() if k not in ("shape", "dtypes", "atol", "rtol")})
+        if tolerance is not None:
+            row.update(atol=stats.atol, rtol=stats.rtol)
+        if stats_out is not None:
+            stats_out[row["name"]] = stats
 
     compared = [r for r in rows if "max_abs_diff" in r]
     worst_abs = max((r["max_abs_diff"] for r in compared), key=lambda x: (x != x, x), default=0.0)

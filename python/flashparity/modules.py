@@ -1,0 +1,599 @@
+"""Where two models diverge: every submodule's outputs of two (or three) PyTorch runs, compared as
+they are produced (``fp.compare_modules``), and dumps of one run for a comparison elsewhere
+(``fp.dump``).
+
+compare_modules runs the models side by side, one thread each, in lockstep: a forward hook on
+every submodule hands the module's output to a rendezvous, and the thread that brings the last copy
+of an output reduces the pair (``fp.parity``, on the tensors' device, zero copy) while the others
+wait, holding their output by reference (it cannot change while its thread waits). So at most one
+output per model is held, the model's own. Only when the models' structures differ (a module one
+model has and the other has not) would both threads wait forever; then one goes on, keeping a copy
+of its unmatched output until its twin comes or its run ends. torch is imported only here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import threading
+from collections.abc import Mapping
+from typing import Any, Callable, Iterable
+
+from .parity import ParityStats, parity
+
+__all__ = ["compare_modules", "ModuleReport", "ModuleEntry", "default_tolerances", "dump", "DUMP_MANIFEST"]
+
+# torch.testing.assert_close's default (rtol, atol) per dtype
+_ASSERT_CLOSE = {"float16": (1e-3, 1e-5), "bfloat16": (1.6e-2, 1e-5), "float32": (1.3e-6, 1e-5),
+                 "float64": (1e-7, 1e-7)}
+_COMPARED = tuple(_ASSERT_CLOSE)
+# FlashAttention-2's rule against a gold run: err(b) <= 2 * err(a) + REFERENCE_EPS (max-abs)
+REFERENCE_EPS = 1e-5
+DUMP_MANIFEST = "flashparity-dump.json"
+
+
+def default_tolerances(dtype_a: str, dtype_b: str) -> tuple[float, float]:
+    """(atol, rtol): torch.testing.assert_close's defaults for the pair, the looser of the two dtypes'."""
+    ra, aa = _ASSERT_CLOSE[dtype_a]
+    rb, ab = _ASSERT_CLOSE[dtype_b]
+    return max(aa, ab), max(ra, rb)
+
+
+def _dtype_name(t: Any) -> str:
+    return str(t.dtype).replace("torch.", "")
+
+
+def leaves(obj: Any, path: str = "") -> list[tuple[str, Any]]:
+    """The tensors in a module's output, with their paths: '' for a tensor, '[0]' for a tuple item,
+    '.logits' for a mapping's or dataclass's field (Hugging Face ModelOutput is both)."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return [(path, obj)]
+    out: list[tuple[str, Any]] = []
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            out += leaves(v, f"{path}.{k}")
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            out += leaves(getattr(obj, f.name), f"{path}.{f.name}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            out += leaves(v, f"{path}[{i}]")
+    return out
+
+
+# ---- the report ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ModuleEntry:
+    """One tensor of one module call: ``name`` (qualified module name, after ``name_map``), ``call``
+    (0 for the first call of that module), ``path`` (the tensor's place in the output), ``stats``
+    (model_a's tensor against model_b's), ``ok`` and ``rule`` (what judged it), ``error`` (why it
+    could not be compared: shapes, dtypes, a side missing), and with a reference model ``ref``:
+    ``{"err_a", "err_b", "ratio"}`` (max-abs errors against the gold run)."""
+
+    name: str
+    call: int
+    path: str
+    order: int
+    stats: ParityStats | None
+    ok: bool
+    rule: str
+    error: str | None = None
+    ref: dict | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.name or '<model>'}#{self.call}{self.path}"
+
+    @property
+    def badness(self) -> float:
+        """How far from passing (for sorting, worst first): the rule's ratio or max_abs over atol."""
+        if self.error is not None:
+            return math.inf
+        if self.ref is not None:
+            return _nan_inf(self.ref["ratio"])
+        s = self.stats
+        return _nan_inf(s.max_abs_diff / (s.atol + s.rtol) if s.atol + s.rtol > 0 else s.max_abs_diff)
+
+    def to_dict(self) -> dict:
+        d = {"name": self.name, "call": self.call, "path": self.path, "key": self.key, "ok": self.ok,
+             "rule": self.rule}
+        if self.error is not None:
+            d["error"] = self.error
+        if self.stats is not None:
+            d["stats"] = self.stats.to_dict()
+        if self.ref is not None:
+            d["ref"] = dict(self.ref)
+        return d
+
+
+def _nan_inf(x: float) -> float:
+    return math.inf if x != x else x
+
+
+class ModuleReport:
+    """What ``compare_modules`` (or a dump comparison) found: ``entries`` in execution order (the order
+    in which model_a's forward calls finished), ``ok``, ``first_divergence`` (the first failing entry,
+    or None), the module outputs found in one run only, and where it ran."""
+
+    def __init__(self, entries: list[ModuleEntry], only: dict[str, list[str]], meta: dict):
+        self.entries = sorted(entries, key=lambda e: e.order)
+        self.only = only
+        self.meta = meta
+
+    @property
+    def ok(self) -> bool:
+        return all(e.ok for e in self.entries) and not any(self.only.values())
+
+    @property
+    def first_divergence(self) -> ModuleEntry | None:
+        return next((e for e in self.entries if not e.ok), None)
+
+    def to_dict(self) -> dict:
+        fd = self.first_divergence
+        return {
+            "ok": self.ok,
+            "first_divergence": None if fd is None else fd.key,
+            "entries": [e.to_dict() for e in self.entries],
+            **{f"only_in_{side}": list(keys) for side, keys in self.only.items()},
+            "meta": dict(self.meta),
+        }
+
+    def to_html(self, path: str | os.PathLike) -> None:
+        """Write the self-contained HTML report (inline SVG, no network) to ``path``."""
+        from .report import render_html
+
+        from .cli import write_atomically
+
+        data = render_html(self).encode("utf-8")
+        write_atomically(os.fspath(path), lambda fh: fh.write(data))
+
+    def __str__(self) -> str:
+        fd = self.first_divergence
+        head = (f"compare_modules: {'OK' if self.ok else 'DIVERGED'}, {len(self.entries)} module outputs"
+                + (f"; first divergence: {fd.key} ({fd.rule})" if fd is not None else ""))
+        lines = [head, f"{'module output':<48} {'ok':<3} {'max_abs_diff':>12} {'cosine_sim':>14} {'mismatch':>9} "
+                       f"{'ref ratio':>9}  rule"]
+        for e in sorted(self.entries, key=lambda e: (e.ok, -e.badness, e.order)):
+            if e.error is not None:
+                lines.append(f"{e.key[:48]:<48} {'NO':<3} {e.error}")
+                continue
+            s = e.stats
+            ratio = f"{e.ref['ratio']:9.3g}" if e.ref is not None else f"{'':9}"
+            lines.append(f"{e.key[:48]:<48} {'ok' if e.ok else 'NO':<3} {s.max_abs_diff:12.4g} {s.cosine_sim:14.10f} "
+                         f"{s.mismatch_fraction:9.3%} {ratio}  {e.rule}")
+        for side, keys in self.only.items():
+            if keys:
+                lines.append(f"only in {side}: {', '.join(keys[:20])}" + (" ..." if len(keys) > 20 else ""))
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+# ---- judging -------------------------------------------------------------------------------------
+
+
+class _Judge:
+    def __init__(self, atol, rtol, min_cosine, max_mismatch_ratio, with_reference: bool):
+        self.atol, self.rtol, self.min_cosine = atol, rtol, min_cosine
+        self.max_mismatch_ratio = max_mismatch_ratio
+        self.with_reference = with_reference
+
+    def tolerances(self, da: str, db: str) -> tuple[float, float]:
+        if self.atol is not None and self.rtol is not None:
+            return self.atol, self.rtol
+        atol, rtol = default_tolerances(da, db)
+        return (self.atol if self.atol is not None else atol), (self.rtol if self.rtol is not None else rtol)
+
+    def entry(self, name: str, call: int, path: str, order: int, a: Any, b: Any, gold: Any = None,
+              stats: ParityStats | None = None, gold_stats: tuple | None = None) -> ModuleEntry:
+        """Judge one tensor pair (tensors, or stats already taken: a dump comparison)."""
+        if stats is None:
+            da, db = _dtype_name(a), _dtype_name(b)
+            if tuple(a.shape) != tuple(b.shape):
+                return ModuleEntry(name, call, path, order, None, False, "shapes",
+                                   f"shape-mismatch: {tuple(a.shape)} vs {tuple(b.shape)}")
+            if da not in _COMPARED or db not in _COMPARED:
+                return ModuleEntry(name, call, path, order, None, True, "not compared",
+                                   f"not a float tensor: {da} vs {db}")
+            if a.numel() == 0:
+                return ModuleEntry(name, call, path, order, None, True, "empty")
+            atol, rtol = self.tolerances(da, db)
+            stats = parity(a.detach(), b.detach(), atol=atol, rtol=rtol)
+        if self.with_reference:
+            if gold_stats is None:
+                if tuple(gold.shape) != tuple(a.shape):
+                    return ModuleEntry(name, call, path, order, stats, False, "shapes",
+                                       f"shape-mismatch against the reference: {tuple(gold.shape)}")
+                gold_stats = (parity(a.detach(), gold.detach()), parity(b.detach(), gold.detach()))
+            err_a, err_b = gold_stats[0].max_abs_diff, gold_stats[1].max_abs_diff
+            bound = 2.0 * err_a + REFERENCE_EPS
+            ok = bool(err_b <= bound)  # (False when err_b is NaN)
+            ratio = err_b / bound if bound > 0 else (0.0 if err_b == 0 else math.inf)
+            rule = f"max|b-gold| <= 2*max|a-gold| + {REFERENCE_EPS:g}"
+            return ModuleEntry(name, call, path, order, stats, ok, rule,
+                               ref={"err_a": err_a, "err_b": err_b, "ratio": ratio})
+        frac = stats.mismatches / stats.numel
+        ok = frac <= self.max_mismatch_ratio
+        rule = f"isclose(atol={stats.atol:g}, rtol={stats.rtol:g})"
+        if self.max_mismatch_ratio:
+            rule += f", mismatches <= {self.max_mismatch_ratio:g}"
+        if self.min_cosine is not None:
+            ok = ok and stats.cosine_sim >= self.min_cosine
+            rule += f", cosine >= {self.min_cosine:g}"
+        return ModuleEntry(name, call, path, order, stats, bool(ok), rule)
+
+
+# ---- the lockstep rendezvous ---------------------------------------------------------------------
+
+
+class _Rendezvous:
+    """N runs hand in their module outputs by key; the last to bring a key's output judges it while
+    the others wait. A run waits until its key is complete, unless every other run is waiting too or
+    done (their structures differ): then it copies its output and goes on."""
+
+    def __init__(self, n: int, judge: Callable[[tuple, dict], None]):
+        self.n = n
+        self.judge = judge
+        self.cv = threading.Condition()
+        self.pending: dict[tuple, dict[int, list]] = {}
+        self.done: set[tuple] = set()
+        self.waiting: list[tuple | None] = [None] * n  # the key a run waits for
+        self.finished = [False] * n
+        self.failed: BaseException | None = None
+
+    def arrive(self, side: int, key: tuple, outs: list) -> None:
+        with self.cv:
+            if self.failed is not None:
+                raise RuntimeError("another run failed") from self.failed
+            slot = self.pending.setdefault(key, {})
+            slot[side] = outs
+            complete = len(slot) == self.n
+            if complete:
+                del self.pending[key]
+        if complete:
+            try:
+                self.judge(key, slot)
+            finally:
+                with self.cv:
+                    self.done.add(key)
+                    self.cv.notify_all()
+            return
+        with self.cv:
+            self.waiting[side] = key
+            self.cv.notify_all()  # (a waiter may now see that everyone waits)
+            try:
+                while key not in self.done and self.failed is None:
+                    # stuck: waiting for a key not yet complete (a run woken for a completed key but
+                    # not yet running again is not stuck)
+                    if all(self.finished[i] or (self.waiting[i] is not None and self.waiting[i] not in self.done)
+                           for i in range(self.n) if i != side):
+                        break  # nobody can bring this key now: go on without it
+                    self.cv.wait()
+            finally:
+                self.waiting[side] = None
+            if key in self.done or self.failed is not None:
+                return
+            if key in self.pending and side in self.pending[key]:
+                if all(self.finished[i] for i in range(self.n) if i != side):
+                    return  # (stays pending: reported as found in this run only)
+                self.pending[key][side] = [(p, t.detach().clone()) for p, t in outs]
+            self.cv.notify_all()
+
+    def finish(self, side: int, error: BaseException | None = None) -> None:
+        with self.cv:
+            self.finished[side] = True
+            if error is not None and self.failed is None:
+                self.failed = error
+            self.cv.notify_all()
+
+
+def _hook_modules(model: Any, side: int, canon: Callable[[str], str | None], arrive: Callable, order: Callable | None):
+    calls: dict[str, int] = {}
+    handles = []
+    for qname, module in model.named_modules():
+        name = canon(qname)
+        if name is None:
+            continue
+
+        def hook(_module, _inputs, output, name=name):
+            call = calls.get(name, 0)
+            calls[name] = call + 1
+            if order is not None:
+                order((name, call))
+            arrive(side, (name, call), leaves(output))
+
+        handles.append(module.register_forward_hook(hook))
+    return handles
+
+
+def _canon(name_map, include, exclude) -> Callable[[str], str | None]:
+    inc = [re.compile(p) for p in ([include] if isinstance(include, str) else include or [])]
+    exc = [re.compile(p) for p in ([exclude] if isinstance(exclude, str) else exclude or [])]
+    mapping = name_map if name_map is None or callable(name_map) else dict(name_map)
+
+    def canon(qname: str) -> str | None:
+        name = mapping(qname) if callable(mapping) else (mapping or {}).get(qname, qname)
+        if name is None:
+            return None
+        if inc and not any(p.search(name) for p in inc):
+            return None
+        if any(p.search(name) for p in exc):
+            return None
+        return name
+
+    return canon
+
+
+def _check_number(name: str, value: Any, allow_none: bool = True) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0{' or None' if allow_none else ''}, got {value!r}")
+    return float(value)
+
+
+def compare_modules(model_a: Any, model_b: Any, *args: Any, atol: float | None = None, rtol: float | None = None,
+                    min_cosine: float | None = None, max_mismatch_ratio: float = 0.0, reference: Any = None,
+                    name_map: Mapping[str, str] | Callable[[str], str | None] | None = None,
+                    include: str | Iterable[str] | None = None, exclude: str | Iterable[str] | None = None,
+                    **kwargs: Any) -> ModuleReport:
+    """Run ``model_a(*args, **kwargs)`` and ``model_b(...)`` (and ``reference(...)``) under
+    ``torch.no_grad()`` with forward hooks on every submodule, and compare each module output of
+    model_a with model_b's (model_b is the reference of ``ParityStats``) as soon as both exist.
+
+    Outputs are matched by qualified module name (after ``name_map``: ``{name: canonical name}`` or a
+    function, applied to every model's names; None drops a module), with the call index for modules
+    called several times, and each tensor of a tuple/dict/dataclass output by its path. ``include``
+    / ``exclude``: regexes (``re.search``) on the names. An entry passes when its mismatch fraction
+    at ``atol``/``rtol`` (default: ``torch.testing.assert_close``'s per dtype) is at most
+    ``max_mismatch_ratio`` and, if given, its cosine is at least ``min_cosine``. With
+    ``reference`` (a third model, e.g. a float64 copy on the same device), each entry is judged by
+    FlashAttention-2's rule instead: ``max|b - gold| <= 2 * max|a - gold| + 1e-5``, so model_a is
+    the baseline (the same dtype as model_b, another implementation) and model_b the candidate.
+
+    Memory: the runs go in lockstep (one thread each), so besides each model's own activations at
+    most one module output per model is held at a time (by reference, while its run waits); a
+    module found in one model only is copied and kept until its run ends. Returns a
+    :class:`ModuleReport`.
+    """
+    import torch
+
+    atol = _check_number("atol", atol)
+    rtol = _check_number("rtol", rtol)
+    min_cosine = None if min_cosine is None else float(min_cosine)
+    max_mismatch_ratio = _check_number("max_mismatch_ratio", max_mismatch_ratio, allow_none=False)
+    models = [model_a, model_b] + ([reference] if reference is not None else [])
+    for i, m in enumerate(models):
+        if not isinstance(m, torch.nn.Module):
+            raise TypeError(f"{('model_a', 'model_b', 'reference')[i]} must be a torch.nn.Module, got {type(m).__name__}")
+    judge = _Judge(atol, rtol, min_cosine, max_mismatch_ratio, reference is not None)
+    canon = _canon(name_map, include, exclude)
+    order_a: dict[tuple, int] = {}
+    entries: list[ModuleEntry] = []
+    lock = threading.Lock()
+
+    def on_complete(key: tuple, slot: dict) -> None:
+        name, call = key
+        outs = [dict(slot[i]) for i in range(len(models))]
+        new = []
+        for path, ta in slot[0]:
+            order = order_a[key] + len(new) * 1e-6  # (leaves keep their order within the output)
+            if path not in outs[1] or (reference is not None and path not in outs[2]):
+                new.append(ModuleEntry(name, call, path, order, None, False, "structure",
+                                       "missing in " + ("model_b" if path not in outs[1] else "reference")))
+                continue
+            new.append(judge.entry(name, call, path, order, ta, outs[1][path],
+                                   outs[2][path] if reference is not None else None))
+        for path in outs[1]:
+            if path not in outs[0]:
+                new.append(ModuleEntry(name, call, path, order_a[key] + 0.5, None, False, "structure",
+                                       "missing in model_a"))
+        with lock:
+            entries.extend(new)
+
+    def note_order(key: tuple) -> None:
+        order_a[key] = len(order_a)
+
+    rv = _Rendezvous(len(models), on_complete)
+    handles = []
+    for side, model in enumerate(models):
+        handles += _hook_modules(model, side, canon, rv.arrive, note_order if side == 0 else None)
+
+    def run(side: int) -> None:
+        err = None
+        try:
+            with torch.no_grad():  # (grad mode is per thread)
+                models[side](*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 (re-raised in the caller)
+            err = exc
+        finally:
+            rv.finish(side, err)
+
+    threads = [threading.Thread(target=run, args=(i,), name=f"flashparity-run-{i}") for i in range(len(models))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for h in handles:
+            h.remove()
+    if rv.failed is not None:
+        raise rv.failed
+    names = ("a", "b", "reference")
+    only: dict[str, list[str]] = {names[i]: [] for i in range(len(models))}
+    for (name, call), slot in rv.pending.items():
+        for side in slot:
+            only[names[side]].append(f"{name or '<model>'}#{call}")
+    devices = sorted({str(p.device) for m in models for p in list(m.parameters())[:1]})
+    meta = {"torch": torch.__version__, "devices": devices,
+            "dtypes": [str(next(iter(m.parameters())).dtype).replace("torch.", "") if any(True for _ in m.parameters())
+                       else None for m in models],
+            "reference": reference is not None}
+    return ModuleReport(entries, only, meta)
+
+
+# ---- dumps ---------------------------------------------------------------------------------------
+
+# A dump shard is closed once it holds this many bytes (a tensor never spans two shards).
+DUMP_SHARD_BYTES = 1 << 30
+_ST_CODES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
+             "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+             "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}
+
+
+class _ShardWriter:
+    """Safetensors shards written as tensors arrive: each tensor's bytes go to a data file at once
+    (one tensor in host memory at a time); closing a shard writes its header and then the data."""
+
+    def __init__(self, directory: str, shard_bytes: int):
+        self.dir, self.shard_bytes = directory, shard_bytes
+        self.index = 0
+        self.files: list[str] = []
+        self._open()
+
+    def _open(self) -> None:
+        self.header: dict[str, dict] = {}
+        self.size = 0
+        self.tmp = os.path.join(self.dir, f".shard-{self.index:05d}.data")
+        self.fh = open(self.tmp, "wb")
+
+    def add(self, key: str, t: Any) -> str:
+        import torch
+
+        dtype = _dtype_name(t)
+        if dtype not in _ST_CODES:
+            raise TypeError(f"cannot dump {key!r}: dtype {dtype} has no safetensors code")
+        host = t.detach().to("cpu").contiguous()
+        raw = host.reshape(-1).view(torch.uint8).numpy() if host.numel() else b""
+        nbytes = host.numel() * host.element_size()
+        if self.size and self.size + nbytes > self.shard_bytes:
+            self.close_shard()
+            self._open()
+        self.fh.write(memoryview(raw).cast("B") if nbytes else b"")
+        self.header[key] = {"dtype": _ST_CODES[dtype], "shape": list(host.shape),
+                            "data_offsets": [self.size, self.size + nbytes]}
+        self.size += nbytes
+        return f"dump-{self.index:05d}.safetensors"
+
+    def close_shard(self) -> None:
+        import shutil
+
+        self.fh.close()
+        if self.header:
+            raw = json.dumps(self.header, separators=(",", ":")).encode()
+            raw += b" " * (-(8 + len(raw)) % 8)
+            name = f"dump-{self.index:05d}.safetensors"
+            with open(os.path.join(self.dir, name), "wb") as out, open(self.tmp, "rb") as data:
+                out.write(len(raw).to_bytes(8, "little") + raw)
+                shutil.copyfileobj(data, out, 16 << 20)
+            self.files.append(name)
+            self.index += 1
+        os.remove(self.tmp)
+
+    def close(self) -> None:
+        self.close_shard()
+
+
+def dump(model: Any, directory: str | os.PathLike, *args: Any, **kwargs: Any) -> dict:
+    """Run ``model(*args, **kwargs)`` once under ``torch.no_grad()`` and write every submodule's
+    output tensors to safetensors shards in ``directory`` (created; it must be empty or absent), with
+    a manifest (``flashparity-dump.json``: execution order, names, call indices, paths, shapes,
+    dtypes, the torch version and the device). Memory: one output tensor at a time is copied to the
+    host and written. Compare two dumps with ``flashparity compare DIR_A DIR_B``. Returns the manifest.
+    """
+    import torch
+
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    if os.listdir(directory):
+        raise ValueError(f"dump directory {directory!r} is not empty")
+    writer = _ShardWriter(directory, DUMP_SHARD_BYTES)
+    entries: list[dict] = []
+    calls: dict[str, int] = {}
+    handles = []
+    for qname, module in model.named_modules():
+        def hook(_module, _inputs, output, name=qname):
+            call = calls.get(name, 0)
+            calls[name] = call + 1
+            for path, t in leaves(output):
+                key = f"{name or '<model>'}#{call}{path}"
+                shard = writer.add(key, t)
+                entries.append({"key": key, "name": name, "call": call, "path": path, "shape": list(t.shape),
+                                "dtype": _dtype_name(t), "device": str(t.device), "file": shard})
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+        writer.close()
+    manifest = {"format": "flashparity-dump", "version": 1, "torch": torch.__version__,
+                "device": sorted({e["device"] for e in entries}), "entries": entries}
+    from .cli import write_atomically
+
+    data = (json.dumps(manifest, indent=1) + "\n").encode("utf-8")
+    write_atomically(os.path.join(directory, DUMP_MANIFEST), lambda fh: fh.write(data))
+    return manifest
+
+
+def is_dump(path: str) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, DUMP_MANIFEST))
+
+
+def _manifest(path: str) -> dict:
+    from .files import BadFile
+
+    with open(os.path.join(path, DUMP_MANIFEST), "rb") as fh:
+        try:
+            doc = json.loads(fh.read().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadFile(f"{path!r}: {DUMP_MANIFEST} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != "flashparity-dump" or not isinstance(doc.get("entries"), list):
+        raise BadFile(f"{path!r}: {DUMP_MANIFEST} is not a flashparity dump manifest")
+    for e in doc["entries"]:
+        if not isinstance(e, dict) or not {"key", "name", "call", "path"} <= set(e):
+            raise BadFile(f"{path!r}: {DUMP_MANIFEST} has a malformed entry: {e!r}")
+    return doc
+
+
+def compare_dumps(path_a: str, path_b: str, *, atol: float | None = None, rtol: float | None = None,
+                  min_cosine: float | None = None, max_mismatch_ratio: float = 0.0, **compare_kw: Any) -> ModuleReport:
+    """Two ``fp.dump`` directories compared with compare_modules' verdicts (model_b's dump is the
+    reference), in model_a's execution order; ``compare_kw`` goes to ``files.compare_files``
+    (``workers``, ``dask``, ``progress``)."""
+    from .files import compare_files
+
+    man_a, man_b = _manifest(path_a), _manifest(path_b)
+    judge = _Judge(atol, rtol, min_cosine, max_mismatch_ratio, False)
+    stats: dict[str, ParityStats] = {}
+    body = compare_files(path_a, path_b, tolerance=lambda _n, da, db: judge.tolerances(da, db)
+                         if da in _COMPARED and db in _COMPARED else (0.0, 0.0), stats_out=stats, **compare_kw)
+    rows = {r["name"]: r for r in body["tensors"]}
+    entries = []
+    for order, e in enumerate(man_a["entries"]):
+        key, row = e["key"], rows.get(e["key"])
+        if row is None:
+            continue  # (only in a: listed below)
+        if key in stats:
+            entries.append(judge.entry(e["name"], e["call"], e["path"], order, None, None, stats=stats[key]))
+        else:
+            err = row.get("error")
+            entries.append(ModuleEntry(e["name"], e["call"], e["path"], order, None,
+                                       err is None or err.startswith("unsupported-dtype"),
+                                       "not compared" if err else "empty", err))
+    only = {"a": list(body["only_in_a"]), "b": list(body["only_in_b"])}
+    meta = {"torch": f"{man_a.get('torch')} / {man_b.get('torch')}",
+            "devices": [f"a: {', '.join(man_a.get('device', []))}", f"b: {', '.join(man_b.get('device', []))}"],
+            "dtypes": sorted({e.get('dtype', '?') for e in man_a["entries"]}),
+            "a": path_a, "b": path_b}
+    return ModuleReport(entries, only, meta)
