@@ -65,6 +65,13 @@ def test_sharded_checkpoints_compare_by_name(checkpoints, capsys):
             assert r[k] == want[k] or (r[k] != r[k] and want[k] != want[k]), (name, k)
 
 
+def test_a_checkpoint_named_by_a_relative_path(checkpoints, capsys, monkeypatch):
+    a, b, _, _ = checkpoints
+    monkeypatch.chdir(a)
+    code, out, _ = run_cli(["compare", ".", str(b), "--json"], capsys)
+    assert code == 0 and len(json.loads(out)["tensors"]) == 5
+
+
 def test_index_errors_name_the_problem(checkpoints, capsys):
     a, b, _, _ = checkpoints
     index = a / "model.safetensors.index.json"

@@ -96,7 +96,64 @@ def test_structural_differences_are_reported_not_hung():
     assert not rep.ok
     assert "layers.1.mlp.act.0#0" in rep.only["b"] and "layers.1.mlp.act.1#0" in rep.only["b"]
     assert not rep.only["a"]
-    assert all(e.ok for e in rep.entries)  # everything else still matches
+    assert all(e.ok for e in rep.entries if e.stats is not None)  # everything else still matches
+    fd = rep.first_divergence
+    assert (fd.key, fd.rule, fd.error) == ("layers.1.mlp.act.0#0", "structure", "only in model_b")
+
+
+@pytest.mark.parametrize("where", ["a", "b", "reference"])
+def test_an_extra_module_holds_nothing_back(where, held):
+    a, b, ids = pair(10)
+    gold = copy.deepcopy(a).double()
+    model = {"a": a, "b": b, "reference": gold}[where]
+    model.layers[0].mlp.act = torch.nn.Sequential(model.layers[0].mlp.act, torch.nn.Identity())
+    rep = fp.compare_modules(a, b, ids, reference=gold)
+    assert max(held) <= 2, max(held)
+    assert rep.only[where] == ["layers.0.mlp.act.0#0", "layers.0.mlp.act.1#0"]
+    assert rep.ok == (where == "reference")  # (a module only the reference has is listed, not a divergence)
+
+
+def test_the_same_model_twice_and_shared_submodules():
+    a, b, ids = pair(11)
+    assert fp.compare_modules(a, a, ids).ok  # (a determinism check: hooks of both runs on one module)
+    b.embed = a.embed
+    rep = fp.compare_modules(a, b, ids)
+    assert rep.ok and rep.entries[0].key == "embed#0"
+
+
+def test_empty_and_infinite_outputs_print_and_render(tmp_path):
+    class M(torch.nn.Module):
+        def __init__(self, big):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+            self.big = big
+
+        def forward(self, x):
+            y = self.lin(x)
+            return y[:, :0], y * self.big, torch.argmax(y, -1)
+
+    torch.manual_seed(0)
+    a, b = M(1.0), M(float("inf"))
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(3, 4)
+    rep = fp.compare_modules(a, b, x)
+    text = str(rep)
+    assert "<model>#0[0]" in text and "<model>#0[2]" in text
+    assert rep.first_divergence.key == "<model>#0[1]"
+    rep.to_html(tmp_path / "r.html")
+    assert ">inf<" in (tmp_path / "r.html").read_text()
+
+
+def test_the_gold_rule_counts_equal_infinities_as_equal():
+    class M(torch.nn.Module):
+        def forward(self, x):
+            return x.masked_fill(x > 0.5, float("-inf"))
+
+    x = torch.rand(8, 8)
+    rep = fp.compare_modules(M(), M(), x.bfloat16(), reference=M())
+    # (the gold run gets the same bf16 input: -inf at the same places, equal elsewhere)
+    assert rep.ok, str(rep)
+    assert rep.entries[0].ref["err_a"] == 0.0
 
 
 def test_a_run_that_raises_is_raised_and_nothing_hangs():
@@ -105,18 +162,24 @@ def test_a_run_that_raises_is_raised_and_nothing_hangs():
         fp.compare_modules(a, b, torch.tensor([[1000]]))  # out of the embedding's range
 
 
-def test_the_runs_hold_one_output_each_at_most(monkeypatch):
+@pytest.fixture
+def held(monkeypatch):
+    """The number of outputs waiting in the rendezvous, seen at each arrival."""
     from flashparity import modules
 
-    held = []
+    counts = []
     real = modules._Rendezvous.arrive
 
     def arrive(self, side, key, outs):
         with self.cv:
-            held.append(sum(len(v) for v in self.pending.values()))
+            counts.append(sum(len(v) for v in self.pending.values()))
         return real(self, side, key, outs)
 
     monkeypatch.setattr(modules._Rendezvous, "arrive", arrive)
+    return counts
+
+
+def test_the_runs_hold_one_output_each_at_most(held):
     a, b, ids = pair(6)
     gold = copy.deepcopy(a).double()
     fp.compare_modules(a, b, ids, reference=gold)

@@ -36,6 +36,21 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
+def _fraction(name: str):
+    """argparse type: a number in [0, 1]."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number from 0 to 1, got {text!r}") from None
+        if not 0.0 <= value <= 1.0:
+            raise argparse.ArgumentTypeError(f"{name} must be a number from 0 to 1, got {text!r}")
+        return value
+
+    return parse
+
+
 def _nonempty(name: str):
     """argparse type: a non-empty string."""
 
@@ -458,7 +473,8 @@ def _compare_dumps(args: argparse.Namespace, progress) -> int:
 
     if args.check:
         raise UsageError("--check gates files; two dumps are judged per module output (exit 1 on a divergence)")
-    rep = compare_dumps(args.a, args.b, atol=args.atol, rtol=args.rtol, workers=args.workers, dask=args.dask,
+    rep = compare_dumps(args.a, args.b, atol=args.atol, rtol=args.rtol, min_cosine=args.min_cosine,
+                        max_mismatch_ratio=args.max_mismatch_ratio or 0.0, workers=args.workers, dask=args.dask,
                         progress=progress, void2_as_bfloat16=args.void2_as_bfloat16)
     progress.close()
     if args.html:
@@ -468,9 +484,7 @@ def _compare_dumps(args: argparse.Namespace, progress) -> int:
             raise UsageError(f"cannot write {args.html!r}: {exc.strerror or exc}") from None
     body = rep.to_dict()
     fd = rep.first_divergence
-    human = str(rep)
-    if fd is not None:
-        human += f"\nfirst_divergence: {fd.key}"
+    human = "" if args.json else str(rep) + (f"\nfirst_divergence: {fd.key}" if fd is not None else "")
     _emit(args, body, human)
     return EXIT_OK if rep.ok else EXIT_FAILED
 
@@ -483,8 +497,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     try:
         if _is_dump(args.a) and _is_dump(args.b):
             return _compare_dumps(args, progress)
-        if args.html:
-            raise UsageError("--html is for two dump directories (fp.dump); A and B are not both dumps")
+        if args.html or args.min_cosine is not None or args.max_mismatch_ratio is not None:
+            raise UsageError("--html, --min-cosine and --max-mismatch-ratio are for two dump directories "
+                             "(fp.dump); A and B are not both dumps")
         body = compare_files(args.a, args.b, atol=args.atol or 0.0, rtol=args.rtol or 0.0,
                              void2_as_bfloat16=args.void2_as_bfloat16, progress=progress,
                              workers=args.workers, dask=args.dask)
@@ -641,6 +656,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_cmp.add_argument("--rtol", type=_tolerance("--rtol"), default=None, metavar="X",
                        help="isclose rtol (0; for two dumps, torch.testing.assert_close's per dtype)")
     p_cmp.add_argument("--html", metavar="FILE", help="two dumps: also write the HTML report to FILE")
+    p_cmp.add_argument("--min-cosine", type=float, metavar="Y",
+                       help="two dumps: an output also fails below this cosine similarity")
+    p_cmp.add_argument("--max-mismatch-ratio", type=_fraction("--max-mismatch-ratio"), metavar="F",
+                       help="two dumps: the fraction of elements an output may have outside atol/rtol (0)")
     p_cmp.add_argument("--void2-as-bfloat16", action="store_true",
                        help="read 2-byte void .npy elements (NumPy's way of saving bfloat16) as bfloat16")
     gate_flags(p_cmp)

@@ -480,7 +480,7 @@ def _indexed_sources(path: str, index: str, void2: bool) -> list[TensorSource]:
         raise BadFile(f"{index!r} has no weight_map object of tensor name -> shard file")
     if not wmap:
         raise BadFile(f"{index!r} maps no tensors (its weight_map is empty)")
-    root = os.path.normpath(path)
+    root = os.path.abspath(path)  # (normalized, symlinks kept: "." works)
     shards: dict[str, dict[str, TensorSource]] = {}
     for shard in dict.fromkeys(wmap.values()):  # (each shard once, in order of first mention)
         full = _inside(root, shard)

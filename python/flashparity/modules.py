@@ -13,6 +13,7 @@ of its unmatched output until its twin comes or its run ends. torch is imported 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -94,8 +95,8 @@ class ModuleEntry:
     @property
     def badness(self) -> float:
         """How far from passing (for sorting, worst first): the rule's ratio or max_abs over atol."""
-        if self.error is not None:
-            return math.inf
+        if self.stats is None:  # (not compared: an error if it failed, else nothing to rank)
+            return math.inf if not self.ok else -math.inf
         if self.ref is not None:
             return _nan_inf(self.ref["ratio"])
         s = self.stats
@@ -129,7 +130,8 @@ class ModuleReport:
 
     @property
     def ok(self) -> bool:
-        return all(e.ok for e in self.entries) and not any(self.only.values())
+        # (an output only the reference run has is listed, not a divergence of a from b)
+        return all(e.ok for e in self.entries) and not any(v for k, v in self.only.items() if k != "reference")
 
     @property
     def first_divergence(self) -> ModuleEntry | None:
@@ -161,8 +163,8 @@ class ModuleReport:
         lines = [head, f"{'module output':<48} {'ok':<3} {'max_abs_diff':>12} {'cosine_sim':>14} {'mismatch':>9} "
                        f"{'ref ratio':>9}  rule"]
         for e in sorted(self.entries, key=lambda e: (e.ok, -e.badness, e.order)):
-            if e.error is not None:
-                lines.append(f"{e.key[:48]:<48} {'NO':<3} {e.error}")
+            if e.stats is None:
+                lines.append(f"{e.key[:48]:<48} {'ok' if e.ok else 'NO':<3} {e.error or e.rule}")
                 continue
             s = e.stats
             ratio = f"{e.ref['ratio']:9.3g}" if e.ref is not None else f"{'':9}"
@@ -191,9 +193,11 @@ class _Judge:
         atol, rtol = default_tolerances(da, db)
         return (self.atol if self.atol is not None else atol), (self.rtol if self.rtol is not None else rtol)
 
-    def entry(self, name: str, call: int, path: str, order: int, a: Any, b: Any, gold: Any = None,
-              stats: ParityStats | None = None, gold_stats: tuple | None = None) -> ModuleEntry:
+    def entry(self, name: str, call: int, path: str, order: float, a: Any, b: Any, gold: Any = None,
+              stats: ParityStats | None = None, gold_stats: tuple | None = None,
+              use_reference: bool | None = None) -> ModuleEntry:
         """Judge one tensor pair (tensors, or stats already taken: a dump comparison)."""
+        with_reference = self.with_reference if use_reference is None else use_reference
         if stats is None:
             da, db = _dtype_name(a), _dtype_name(b)
             if tuple(a.shape) != tuple(b.shape):
@@ -206,16 +210,17 @@ class _Judge:
                 return ModuleEntry(name, call, path, order, None, True, "empty")
             atol, rtol = self.tolerances(da, db)
             stats = parity(a.detach(), b.detach(), atol=atol, rtol=rtol)
-        if self.with_reference:
+        if with_reference:
             if gold_stats is None:
                 if tuple(gold.shape) != tuple(a.shape):
                     return ModuleEntry(name, call, path, order, stats, False, "shapes",
                                        f"shape-mismatch against the reference: {tuple(gold.shape)}")
-                gold_stats = (parity(a.detach(), gold.detach()), parity(b.detach(), gold.detach()))
-            err_a, err_b = gold_stats[0].max_abs_diff, gold_stats[1].max_abs_diff
+                err_a, err_b = _gold_error(a, gold), _gold_error(b, gold)
+            else:
+                err_a, err_b = gold_stats[0].max_abs_diff, gold_stats[1].max_abs_diff
             bound = 2.0 * err_a + REFERENCE_EPS
-            ok = bool(err_b <= bound)  # (False when err_b is NaN)
-            ratio = err_b / bound if bound > 0 else (0.0 if err_b == 0 else math.inf)
+            ok = bool(err_b <= bound)  # (False when either error is NaN)
+            ratio = err_b / bound  # (NaN when either is: consistent with ok)
             rule = f"max|b-gold| <= 2*max|a-gold| + {REFERENCE_EPS:g}"
             return ModuleEntry(name, call, path, order, stats, ok, rule,
                                ref={"err_a": err_a, "err_b": err_b, "ratio": ratio})
@@ -230,31 +235,63 @@ class _Judge:
         return ModuleEntry(name, call, path, order, stats, bool(ok), rule)
 
 
+def _gold_error(x: Any, gold: Any) -> float:
+    """max |x - gold| where equal values (the same infinity included) count 0: NaN only where x and
+    the gold run truly differ by NaN (a NaN in one of them and not the other, opposite infinities)."""
+    err = parity(x.detach(), gold.detach()).max_abs_diff
+    if err == err:
+        return err
+    import torch
+
+    xd, gd = x.detach(), gold.detach()
+    if xd.dtype != gd.dtype:  # (rare: a NaN or an infinity on the way; one temporary of the tensor's size)
+        xd = xd.to(torch.promote_types(xd.dtype, gd.dtype))
+        gd = gd.to(xd.dtype)
+    same = (xd == gd) | (torch.isnan(xd) & torch.isnan(gd))
+    diff = torch.where(same, torch.zeros((), dtype=xd.dtype, device=xd.device), (xd - gd).abs())
+    return float(diff.max().double()) if diff.numel() else 0.0
+
+
 # ---- the lockstep rendezvous ---------------------------------------------------------------------
 
 
 class _Rendezvous:
-    """N runs hand in their module outputs by key; the last to bring a key's output judges it while
-    the others wait. A run waits until its key is complete, unless every other run is waiting too or
-    done (their structures differ): then it copies its output and goes on."""
+    """N runs hand in their module outputs by key (name, call); the last to bring a key's output
+    judges it while the others wait, holding theirs by reference. A key is expected from the runs
+    whose models have a module of that name (a name model_a or model_b lacks is never waited for:
+    it is recorded as found in one run). If a model calls a module more often than another, runs can
+    still wait on each other; then the run that has waited longest goes on, keeping a copy of its
+    output while the others run (none once they have all finished)."""
 
-    def __init__(self, n: int, judge: Callable[[tuple, dict], None]):
-        self.n = n
+    def __init__(self, names: list[set[str]], judge: Callable[[tuple, dict], None]):
+        self.n = len(names)
+        self.names = names
         self.judge = judge
         self.cv = threading.Condition()
-        self.pending: dict[tuple, dict[int, list]] = {}
+        self.pending: dict[tuple, dict[int, Any]] = {}
         self.done: set[tuple] = set()
-        self.waiting: list[tuple | None] = [None] * n  # the key a run waits for
-        self.finished = [False] * n
+        self.waiting: list[tuple | None] = [None] * self.n  # the key a run waits for
+        self.since = [0] * self.n  # when it began to wait (a sequence number)
+        self.seq = 0
+        self.finished = [False] * self.n
         self.failed: BaseException | None = None
+        self.unmatched: list[tuple[int, tuple, list[str], float]] = []  # (side, key, leaf paths, order hint)
+        self.order_hint: Callable[[], float] = lambda: 0.0
+
+    def expected(self, name: str) -> set[int]:
+        return {i for i in range(self.n) if name in self.names[i]}
 
     def arrive(self, side: int, key: tuple, outs: list) -> None:
+        expected = self.expected(key[0])
         with self.cv:
             if self.failed is not None:
                 raise RuntimeError("another run failed") from self.failed
+            if not {0, 1} <= expected:  # model_a or model_b has no such module: nothing to compare it with
+                self.unmatched.append((side, key, [p for p, _ in outs], self.order_hint()))
+                return
             slot = self.pending.setdefault(key, {})
             slot[side] = outs
-            complete = len(slot) == self.n
+            complete = set(slot) >= expected
             if complete:
                 del self.pending[key]
         if complete:
@@ -266,25 +303,34 @@ class _Rendezvous:
                     self.cv.notify_all()
             return
         with self.cv:
-            self.waiting[side] = key
+            self.seq += 1
+            self.waiting[side], self.since[side] = key, self.seq
             self.cv.notify_all()  # (a waiter may now see that everyone waits)
             try:
-                while key not in self.done and self.failed is None:
-                    # stuck: waiting for a key not yet complete (a run woken for a completed key but
-                    # not yet running again is not stuck)
-                    if all(self.finished[i] or (self.waiting[i] is not None and self.waiting[i] not in self.done)
-                           for i in range(self.n) if i != side):
-                        break  # nobody can bring this key now: go on without it
+                while key not in self.done and self.failed is None and not self._released(side):
                     self.cv.wait()
             finally:
                 self.waiting[side] = None
             if key in self.done or self.failed is not None:
                 return
-            if key in self.pending and side in self.pending[key]:
+            slot = self.pending.get(key)
+            if slot is not None and side in slot:
                 if all(self.finished[i] for i in range(self.n) if i != side):
-                    return  # (stays pending: reported as found in this run only)
-                self.pending[key][side] = [(p, t.detach().clone()) for p, t in outs]
+                    slot[side] = None  # (never to be matched: only its name is kept)
+                else:
+                    slot[side] = [(p, t.detach().clone()) for p, t in outs]
             self.cv.notify_all()
+
+    def _stuck(self, i: int) -> bool:
+        """Run i waits for a key not yet complete (a run woken for a completed key is not stuck)."""
+        return self.waiting[i] is not None and self.waiting[i] not in self.done
+
+    def _released(self, side: int) -> bool:
+        """Every other run is stuck or finished, and this one has waited longest: it goes on."""
+        others = [i for i in range(self.n) if i != side]
+        if not all(self.finished[i] or self._stuck(i) for i in others):
+            return False
+        return all(self.finished[i] or self.since[i] > self.since[side] for i in others)
 
     def finish(self, side: int, error: BaseException | None = None) -> None:
         with self.cv:
@@ -294,15 +340,23 @@ class _Rendezvous:
             self.cv.notify_all()
 
 
-def _hook_modules(model: Any, side: int, canon: Callable[[str], str | None], arrive: Callable, order: Callable | None):
+_RUN = threading.local()  # which run (side) the current thread executes
+
+
+def _hook_modules(model: Any, side: int, canon: Callable[[str], str | None], arrive: Callable,
+                  order: Callable | None) -> tuple[list, set[str]]:
     calls: dict[str, int] = {}
     handles = []
+    names = set()
     for qname, module in model.named_modules():
         name = canon(qname)
         if name is None:
             continue
+        names.add(name)
 
         def hook(_module, _inputs, output, name=name):
+            if getattr(_RUN, "side", None) != side:
+                return  # (a module the models share is hooked once per model: each hook serves its own run)
             call = calls.get(name, 0)
             calls[name] = call + 1
             if order is not None:
@@ -310,7 +364,7 @@ def _hook_modules(model: Any, side: int, canon: Callable[[str], str | None], arr
             arrive(side, (name, call), leaves(output))
 
         handles.append(module.register_forward_hook(hook))
-    return handles
+    return handles, names
 
 
 def _canon(name_map, include, exclude) -> Callable[[str], str | None]:
@@ -378,19 +432,24 @@ def compare_modules(model_a: Any, model_b: Any, *args: Any, atol: float | None =
     order_a: dict[tuple, int] = {}
     entries: list[ModuleEntry] = []
     lock = threading.Lock()
+    side_names = ("model_a", "model_b", "reference")
 
     def on_complete(key: tuple, slot: dict) -> None:
         name, call = key
-        outs = [dict(slot[i]) for i in range(len(models))]
+        outs = [dict(slot[i]) if i in slot else None for i in range(len(models))]
+        with_gold = outs[-1] is not None if reference is not None else False
         new = []
         for path, ta in slot[0]:
             order = order_a[key] + len(new) * 1e-6  # (leaves keep their order within the output)
-            if path not in outs[1] or (reference is not None and path not in outs[2]):
+            if path not in outs[1] or (with_gold and path not in outs[2]):
                 new.append(ModuleEntry(name, call, path, order, None, False, "structure",
                                        "missing in " + ("model_b" if path not in outs[1] else "reference")))
                 continue
-            new.append(judge.entry(name, call, path, order, ta, outs[1][path],
-                                   outs[2][path] if reference is not None else None))
+            e = judge.entry(name, call, path, order, ta, outs[1][path], outs[2][path] if with_gold else None,
+                            use_reference=with_gold)
+            if reference is not None and not with_gold:
+                e.rule += " (the reference has no such module)"
+            new.append(e)
         for path in outs[1]:
             if path not in outs[0]:
                 new.append(ModuleEntry(name, call, path, order_a[key] + 0.5, None, False, "structure",
@@ -401,19 +460,32 @@ def compare_modules(model_a: Any, model_b: Any, *args: Any, atol: float | None =
     def note_order(key: tuple) -> None:
         order_a[key] = len(order_a)
 
-    rv = _Rendezvous(len(models), on_complete)
-    handles = []
+    handles, names = [], []
+    rv = _Rendezvous([set() for _ in models], on_complete)  # (the names are filled in below)
+    rv.order_hint = lambda: len(order_a) - 0.5
     for side, model in enumerate(models):
-        handles += _hook_modules(model, side, canon, rv.arrive, note_order if side == 0 else None)
+        h, n = _hook_modules(model, side, canon, rv.arrive, note_order if side == 0 else None)
+        handles += h
+        rv.names[side] = n
+
+    grad_ctx = torch.inference_mode if torch.is_inference_mode_enabled() else torch.no_grad
+    autocast = [(dev, torch.get_autocast_dtype(dev)) for dev in ("cpu", "cuda")
+                if torch.is_autocast_enabled(dev)]
 
     def run(side: int) -> None:
         err = None
+        _RUN.side = side
         try:
-            with torch.no_grad():  # (grad mode is per thread)
+            # (grad mode and autocast are per thread: the caller's carried over)
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(grad_ctx())
+                for dev, dtype in autocast:
+                    stack.enter_context(torch.autocast(dev, dtype=dtype))
                 models[side](*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 (re-raised in the caller)
             err = exc
         finally:
+            _RUN.side = None
             rv.finish(side, err)
 
     threads = [threading.Thread(target=run, args=(i,), name=f"flashparity-run-{i}") for i in range(len(models))]
@@ -427,11 +499,16 @@ def compare_modules(model_a: Any, model_b: Any, *args: Any, atol: float | None =
             h.remove()
     if rv.failed is not None:
         raise rv.failed
-    names = ("a", "b", "reference")
-    only: dict[str, list[str]] = {names[i]: [] for i in range(len(models))}
-    for (name, call), slot in rv.pending.items():
-        for side in slot:
-            only[names[side]].append(f"{name or '<model>'}#{call}")
+    only: dict[str, list[str]] = {("a", "b", "reference")[i]: [] for i in range(len(models))}
+    found = [(side, key, [p for p, _ in outs] if outs else [""], order_a.get(key, len(order_a)))
+             for key, slot in rv.pending.items() for side, outs in slot.items()]
+    for side, (name, call), paths, order in rv.unmatched + found:
+        label = ("a", "b", "reference")[side]
+        for path in paths:
+            only[label].append(f"{name or '<model>'}#{call}{path}")
+        if side < 2 or reference is None:  # (a module only the reference has is listed, not a divergence)
+            entries.append(ModuleEntry(name, call, paths[0] if len(paths) == 1 else "", order + 0.25, None, False,
+                                       "structure", f"only in {side_names[side]}"))
     devices = sorted({str(p.device) for m in models for p in list(m.parameters())[:1]})
     meta = {"torch": torch.__version__, "devices": devices,
             "dtypes": [str(next(iter(m.parameters())).dtype).replace("torch.", "") if any(True for _ in m.parameters())
@@ -445,7 +522,8 @@ def compare_modules(model_a: Any, model_b: Any, *args: Any, atol: float | None =
 # A dump shard is closed once it holds this many bytes (a tensor never spans two shards).
 DUMP_SHARD_BYTES = 1 << 30
 _ST_CODES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
-             "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+             "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "uint16": "U16", "uint32": "U32",
+             "uint64": "U64", "bool": "BOOL",
              "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}
 
 
@@ -525,9 +603,13 @@ def dump(model: Any, directory: str | os.PathLike, *args: Any, **kwargs: Any) ->
             calls[name] = call + 1
             for path, t in leaves(output):
                 key = f"{name or '<model>'}#{call}{path}"
-                shard = writer.add(key, t)
-                entries.append({"key": key, "name": name, "call": call, "path": path, "shape": list(t.shape),
-                                "dtype": _dtype_name(t), "device": str(t.device), "file": shard})
+                entry = {"key": key, "name": name, "call": call, "path": path, "shape": list(t.shape),
+                         "dtype": _dtype_name(t), "device": str(t.device)}
+                if entry["dtype"] in _ST_CODES:
+                    entry["file"] = writer.add(key, t)
+                else:
+                    entry["skipped"] = f"no safetensors dtype for {entry['dtype']}"
+                entries.append(entry)
 
         handles.append(module.register_forward_hook(hook))
     try:
@@ -561,8 +643,10 @@ def _manifest(path: str) -> dict:
     if not isinstance(doc, dict) or doc.get("format") != "flashparity-dump" or not isinstance(doc.get("entries"), list):
         raise BadFile(f"{path!r}: {DUMP_MANIFEST} is not a flashparity dump manifest")
     for e in doc["entries"]:
-        if not isinstance(e, dict) or not {"key", "name", "call", "path"} <= set(e):
-            raise BadFile(f"{path!r}: {DUMP_MANIFEST} has a malformed entry: {e!r}")
+        if (not isinstance(e, dict) or not {"key", "name", "call", "path"} <= set(e)
+                or not all(isinstance(e[k], str) for k in ("key", "name", "path"))
+                or isinstance(e["call"], bool) or not isinstance(e["call"], int)):
+            raise BadFile(f"{path!r}: {DUMP_MANIFEST} has a malformed entry: {str(e)[:200]}")
     return doc
 
 
@@ -579,11 +663,18 @@ def compare_dumps(path_a: str, path_b: str, *, atol: float | None = None, rtol: 
     body = compare_files(path_a, path_b, tolerance=lambda _n, da, db: judge.tolerances(da, db)
                          if da in _COMPARED and db in _COMPARED else (0.0, 0.0), stats_out=stats, **compare_kw)
     rows = {r["name"]: r for r in body["tensors"]}
+    only_a, only_b = set(body["only_in_a"]), set(body["only_in_b"])
     entries = []
     for order, e in enumerate(man_a["entries"]):
         key, row = e["key"], rows.get(e["key"])
         if row is None:
-            continue  # (only in a: listed below)
+            if "skipped" in e:
+                entries.append(ModuleEntry(e["name"], e["call"], e["path"], order, None, True, "not compared",
+                                           e["skipped"]))
+            elif key in only_a:
+                entries.append(ModuleEntry(e["name"], e["call"], e["path"], order, None, False, "structure",
+                                           "only in a"))
+            continue
         if key in stats:
             entries.append(judge.entry(e["name"], e["call"], e["path"], order, None, None, stats=stats[key]))
         else:
@@ -591,6 +682,10 @@ def compare_dumps(path_a: str, path_b: str, *, atol: float | None = None, rtol: 
             entries.append(ModuleEntry(e["name"], e["call"], e["path"], order, None,
                                        err is None or err.startswith("unsupported-dtype"),
                                        "not compared" if err else "empty", err))
+    for order, e in enumerate(man_b["entries"]):  # (placed by b's order: near where a would have it)
+        if e["key"] in only_b:
+            entries.append(ModuleEntry(e["name"], e["call"], e["path"], order + 0.25, None, False, "structure",
+                                       "only in b"))
     only = {"a": list(body["only_in_a"]), "b": list(body["only_in_b"])}
     meta = {"torch": f"{man_a.get('torch')} / {man_b.get('torch')}",
             "devices": [f"a: {', '.join(man_a.get('device', []))}", f"b: {', '.join(man_b.get('device', []))}"],

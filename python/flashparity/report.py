@@ -37,9 +37,9 @@ def _series(report) -> list[tuple[str, str, list[tuple[int, float | None, bool]]
 def _panel(title: str, points: list[tuple[int, float | None, bool]], n: int, first: int | None,
            threshold: float | None, keys: list[str]) -> str:
     def logv(v: float) -> float | None:
-        if v is None or v != v:
+        if v is None or not math.isfinite(v) or v <= 0:  # (NaN and infinities: marks on top; 0: the floor)
             return None
-        return math.log10(max(v, 1e-30)) if v > 0 else None
+        return math.log10(max(v, 1e-300))
 
     vals = [logv(v) for _, v, _ in points]
     finite = [v for v in vals if v is not None]
@@ -72,8 +72,9 @@ def _panel(title: str, points: list[tuple[int, float | None, bool]], n: int, fir
     path = []
     for (i, v, ok), lv in zip(points, vals):
         if lv is None:
-            if v is not None and v != v:  # NaN: a mark on top
-                out.append(f'<text x="{x(i):.1f}" y="{_PAD_T + 8}" class="nan" text-anchor="middle">NaN</text>')
+            if v is not None and not math.isfinite(v):  # NaN or an infinity: a mark on top
+                out.append(f'<text x="{x(i):.1f}" y="{_PAD_T + 8}" class="nan" text-anchor="middle">'
+                           f'{"NaN" if v != v else "inf"}<title>#{i} {_esc(keys[i])}: {_fmt(v)}</title></text>')
             elif v is not None and v == 0:
                 out.append(f'<circle cx="{x(i):.1f}" cy="{_H - _PAD_B:.1f}" r="2.5" fill="{_GREY}"/>')
             continue
@@ -166,7 +167,7 @@ def render_html(report) -> str:
         cls = "" if e.ok else " class=fail"
         if e.stats is None:
             parts.append(f"<tr{cls}><td class=l>{i}</td><td class=l>{_esc(e.key)}</td><td>{'yes' if e.ok else 'NO'}</td>"
-                         f"<td colspan={7 if with_ref else 4} class=l>{_esc(e.error or '')}</td></tr>")
+                         f"<td colspan={7 if with_ref else 4} class=l>{_esc(e.error or e.rule)}</td></tr>")
             continue
         s = e.stats
         ref = (f"<td>{_fmt(e.ref['err_a'])}</td><td>{_fmt(e.ref['err_b'])}</td><td>{_fmt(e.ref['ratio'])}</td>"
