@@ -25,7 +25,7 @@ def _fmt(x: float) -> str:
 def _series(report) -> list[tuple[str, str, list[tuple[int, float | None, bool]]]]:
     """(title, y label, [(x, value or None, ok)]) per panel; values on a log10 axis."""
     rows = [e for e in report.entries]
-    panels = [("max |a − b|  (grey at the floor: exactly 0)", "log10", [(i, e.stats.max_abs_diff if e.stats else None, e.ok) for i, e in enumerate(rows)]),
+    panels = [("max |a − b|  (grey at the floor: exactly 0; red triangles on top: NaN or inf)", "log10", [(i, e.stats.max_abs_diff if e.stats else None, e.ok) for i, e in enumerate(rows)]),
               ("1 − cosine", "log10", [(i, (1.0 - e.stats.cosine_sim) if e.stats else None, e.ok)
                                        for i, e in enumerate(rows)])]
     if any(e.ref is not None for e in rows):
@@ -72,9 +72,10 @@ def _panel(title: str, points: list[tuple[int, float | None, bool]], n: int, fir
     path = []
     for (i, v, ok), lv in zip(points, vals):
         if lv is None:
-            if v is not None and not math.isfinite(v):  # NaN or an infinity: a mark on top
-                out.append(f'<text x="{x(i):.1f}" y="{_PAD_T + 8}" class="nan" text-anchor="middle">'
-                           f'{"NaN" if v != v else "inf"}<title>#{i} {_esc(keys[i])}: {_fmt(v)}</title></text>')
+            if v is not None and not math.isfinite(v):  # NaN or an infinity: a red triangle on top
+                xi = x(i)
+                out.append(f'<path d="M{xi - 4:.1f},{_PAD_T} L{xi + 4:.1f},{_PAD_T} L{xi:.1f},{_PAD_T + 7} Z" '
+                           f'fill="{_RED}"><title>#{i} {_esc(keys[i])}: {_fmt(v)}</title></path>')
             elif v is not None and v == 0:
                 out.append(f'<circle cx="{x(i):.1f}" cy="{_H - _PAD_B:.1f}" r="2.5" fill="{_GREY}"/>')
             continue
@@ -122,7 +123,6 @@ h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:24px 0 8px}
 .panel{display:block;margin:4px 0} .ptitle{font-size:12px;font-weight:600;fill:#424242}
 .tick{font-size:10px;fill:#757575} .grid{stroke:#eee} .thr{stroke:#c62828;stroke-dasharray:4 3}
 .first{stroke:#c62828;stroke-width:2} .line{fill:none;stroke:#90a4ae;stroke-width:1}
-.nan{font-size:9px;fill:#c62828;font-weight:700}
 .hists{display:flex;flex-wrap:wrap;gap:12px} .hist{margin:0} figcaption{font-size:11px;color:#424242;max-width:300px}
 table{border-collapse:collapse;font-size:12px} th,td{padding:3px 8px;border-bottom:1px solid #eee;text-align:right}
 th{background:#fafafa;position:sticky;top:0} td.l,th.l{text-align:left;font-family:ui-monospace,monospace}
