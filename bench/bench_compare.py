@@ -234,11 +234,9 @@ def main():
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = ap.parse_args()
     text = render(run(args), args)
-    print(text)
-    if not args.no_write:
-        from bench_parity import write_section
+    from bench_parity import publish
 
-        write_section(text, title(args))
+    publish(text, title(args), args.no_write)
 
 
 if __name__ == "__main__":

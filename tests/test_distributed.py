@@ -136,7 +136,7 @@ def test_state_buffer_round_trips_every_field():
     a, b = rng.standard_normal(1000), rng.standard_normal(1000)
     a[17] = np.nan
     s = fp.parity(a, b, atol=0.5, rtol=0.25)
-    buf = distributed._encode((1000,), (1000,), s.dtypes, 0.5, 0.25, s._acc, None)
+    buf = distributed._encode((1000,), s.dtypes, 0.5, 0.25, s._acc, None)
     assert buf.nbytes == distributed._BYTES
     back = distributed._decode(buf, 0)
     assert back["shape_a"] == (1000,) and back["dtypes"] == s.dtypes and (back["atol"], back["rtol"]) == (0.5, 0.25)

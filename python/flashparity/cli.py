@@ -62,21 +62,6 @@ def _nonempty(name: str):
     return parse
 
 
-def _count(name: str):
-    """argparse type: an integer >= 1."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer >= 1, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer >= 1, got {text!r}")
-        return value
-
-    return parse
-
-
 def _tolerance(name: str):
     def parse(text: str) -> float:
         try:
@@ -646,7 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_cmp.add_argument("a", metavar="A", help="file or directory under test")
     p_cmp.add_argument("b", metavar="B", help="reference file or directory")
     where = p_cmp.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=_count("--workers"), metavar="N",
+    where.add_argument("--workers", type=_int_at_least("--workers", 1), metavar="N",
                        help="run the tasks on N local worker processes (default: in this process)")
     where.add_argument("--dask", metavar="ADDRESS", type=_nonempty("--dask"),
                        help="run the tasks on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786); "

@@ -24,9 +24,9 @@ _MAGIC = 0x46505344  # "FPSD": a flashparity state buffer, layout version 1
 _MAX_DIMS = 64
 _DTYPES = ("float64", "float32", "float16", "bfloat16")
 _MESSAGE_BYTES = 1024
-# words: magic, ok, ndim, a dims, b dims (MAX_DIMS each), dtype a, dtype b, atol, rtol, state (24 words + the histogram)
+# words: magic, ok, ndim, dims (MAX_DIMS), dtype a, dtype b, atol, rtol, state (24 words + the histogram)
 _STATE_WORDS = 24 + _core.HIST_BINS
-_WORDS = 3 + 2 * _MAX_DIMS + 4 + _STATE_WORDS
+_WORDS = 3 + _MAX_DIMS + 4 + _STATE_WORDS
 _BYTES = 8 * _WORDS + _MESSAGE_BYTES
 
 
@@ -54,14 +54,13 @@ def _unpack_state(w: list[int]) -> Any:
                                          int(w[21]), int(w[22]), max_ulp, tuple(int(x) for x in w[24:])))
 
 
-def _encode(shape_a, shape_b, dtypes, atol: float, rtol: float, acc: Any, error: str | None) -> np.ndarray:
+def _encode(shape, dtypes, atol: float, rtol: float, acc: Any, error: str | None) -> np.ndarray:
     words = np.zeros(_WORDS, np.int64)
     words[0], words[1] = _MAGIC, 0 if error else 1
     if error is None:
-        words[2] = len(shape_a)
-        words[3:3 + len(shape_a)] = shape_a
-        words[3 + _MAX_DIMS:3 + _MAX_DIMS + len(shape_b)] = shape_b
-        o = 3 + 2 * _MAX_DIMS
+        words[2] = len(shape)
+        words[3:3 + len(shape)] = shape
+        o = 3 + _MAX_DIMS
         words[o], words[o + 1] = _DTYPES.index(dtypes[0]), _DTYPES.index(dtypes[1])
         words[o + 2], words[o + 3] = _f2w(atol), _f2w(rtol)
         words[o + 4:] = _pack_state(acc)
@@ -80,7 +79,7 @@ def _decode(buf: np.ndarray, rank: int) -> dict:
         msg = bytes(buf[8 * _WORDS:]).rstrip(b"\0").decode("utf-8", "replace")
         return {"error": msg}
     ndim = int(words[2])
-    o = 3 + 2 * _MAX_DIMS
+    o = 3 + _MAX_DIMS
     return {
         "shape_a": tuple(int(x) for x in words[3:3 + ndim]),
         "dtypes": (_DTYPES[int(words[o])], _DTYPES[int(words[o + 1])]),
@@ -140,10 +139,10 @@ def parity(a_local: Any, b_local: Any, *, atol: float = 0.0, rtol: float = 0.0, 
         atol = _tolerance("atol", atol)
         rtol = _tolerance("rtol", rtol)
         shape, dtypes, acc = _local(a_local, b_local, atol, rtol)
-        buf = _encode(shape, shape, dtypes, atol, rtol, acc, None)
+        buf = _encode(shape, dtypes, atol, rtol, acc, None)
     except Exception as exc:  # noqa: BLE001 (re-raised below, after the collective)
         error = exc
-        buf = _encode((), (), None, 0.0, 0.0, None, f"{type(exc).__name__}: {exc}")
+        buf = _encode((), None, 0.0, 0.0, None, f"{type(exc).__name__}: {exc}")
 
     device = torch.device("cpu")
     if str(dist.get_backend(group)) == "nccl":  # NCCL moves device buffers only: the shard's device
