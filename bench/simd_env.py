@@ -13,9 +13,12 @@ script: the libraries read these variables when they load.
 from __future__ import annotations
 
 import os
+import platform
 import sys
 
-LEVELS = ("scalar", "avx2", "avx512", "avx512icl")
+# this architecture's levels (flashparity's _core.simd_levels(), which cannot be imported yet)
+LEVELS = ("neon", "neonbf16") if platform.machine().lower() in ("aarch64", "arm64") else (
+    "scalar", "avx2", "avx512", "avx512icl")
 CAPS = {
     "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
              "OPENBLAS_CORETYPE": "Haswell"},
@@ -23,7 +26,7 @@ CAPS = {
                "OPENBLAS_CORETYPE": "Nehalem"},
 }
 TITLES = {"scalar": "scalar level, no AVX", "avx2": "AVX2 level", "avx512": "AVX-512 level",
-          "avx512icl": "AVX-512 level"}
+          "avx512icl": "AVX-512 level", "neon": "NEON level", "neonbf16": "NEON BF16 level"}
 
 
 def level_from_argv(argv: list[str]) -> str | None:

@@ -117,7 +117,8 @@ def test_every_simd_level(level, monkeypatch):
         out = fp.attention(q, k, v, impl=impl, causal=True, softcap=5.0)
         ref_out, _ = reference(q, k, v, causal=True, softcap=5.0)
         assert err(out, ref_out) < 2e-5
-    # bfloat16: the float32 path below AVX-512, the BF16 dot products at AVX-512 where the CPU has them
+    # bfloat16: the float32 path below AVX-512 and at neon, the BF16 dot products at AVX-512 where the
+    # CPU has them and at neonbf16 (BFDOT)
     q, k, v = make(rng, 1, 130, 200, 4, 2, 64, BF16)
     ref_out, _ = reference(q, k, v)
     naive = fp.attention(q, k, v, impl="naive")

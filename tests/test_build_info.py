@@ -26,7 +26,8 @@ def test_build_info_keys_and_types():
     assert isinstance(info["cuda_available"], bool)
     assert isinstance(info["devices"], list)
     assert info["simd"] in _core.simd_levels() and info["simd_detected"] in _core.simd_levels()
-    assert _core.simd_levels() in (["scalar", "avx2", "avx512", "avx512icl"], ["neon"], ["scalar"])
+    assert _core.simd_levels() in (["scalar", "avx2", "avx512", "avx512icl"], ["neon", "neonbf16"], ["scalar"])
+    assert info["simd_levels"] == _core.simd_levels()
     assert HEX40.fullmatch(info["kernel_digest"])
     assert info["kernel_source"] == {
         "flash2": f"flashparity:flash2@{info['kernel_digest']}",

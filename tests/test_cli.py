@@ -178,6 +178,7 @@ def test_info(capsys):
     assert code == 0
     assert out.startswith(f"flashparity {fp.__version__}\n")
     assert fp.build_info()["kernel_digest"] in out
+    assert f"  simd levels   {' '.join(fp.build_info()['simd_levels'])} (" in out
     code, out, _ = run(["info", "--json"], capsys)
     assert code == 0
     info = json.loads(out)

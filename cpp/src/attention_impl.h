@@ -20,6 +20,8 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
 #endif
 
 #include "attention_cpu.h"
@@ -38,12 +40,18 @@ namespace {
 
 // Float lanes per vector, and the register blocking of the float micro-kernels: kRK keys (or
 // head_dim entries) x kCV vectors of queries of accumulators (AVX-512: 16 of 32 zmm; AVX2 and
-// SSE2: 12 of 16 ymm/xmm, beside kCV loaded vectors and one broadcast). Vectors are never wider
-// than the unit's registers: GCC splits a wider vector type through the stack.
+// SSE2: 12 of 16 ymm/xmm; NEON: 20 of 32 q registers, beside kCV loaded vectors and one broadcast).
+// Vectors are never wider than the unit's registers: GCC splits a wider vector type through the
+// stack. Per step of the micro-kernel: kCV vector loads, kRK broadcast loads, kRK x kCV FMAs
+// (NEON: 5 + 4 loads for 20 FMAs of 4 lanes).
 #if FP_ISA_AVX512
 constexpr int kLanes = 16;
 constexpr int kRK = 4;
 constexpr int kCV = 4;
+#elif FP_ISA_NEON
+constexpr int kLanes = 4;
+constexpr int kRK = 4;
+constexpr int kCV = 5;
 #else
 constexpr int kLanes = FP_ISA_AVX2 ? 8 : 4;
 constexpr int kRK = 4;
@@ -79,6 +87,8 @@ FP_INLINE vf splat(const float* p) {
   return bitcast<vf>(_mm512_set1_ps(*p));
 #elif FP_ISA_AVX2
   return bitcast<vf>(_mm256_broadcast_ss(p));
+#elif FP_ISA_NEON
+  return bitcast<vf>(vld1q_dup_f32(p));  // LD1R
 #else
   vf v;
   for (int k = 0; k < kLanes; ++k) v[k] = *p;
@@ -87,6 +97,9 @@ FP_INLINE vf splat(const float* p) {
 }
 
 FP_INLINE bool any_lane(vi m) {
+#if FP_ISA_NEON
+  return vmaxvq_u32(bitcast<uint32x4_t>(m)) != 0;
+#endif
   int r = 0;
   for (int j = 0; j < kLanes; ++j) r |= m[j];
   return r != 0;
@@ -164,6 +177,13 @@ FP_INLINE void convert_row(const char* src, std::int64_t stride, std::int64_t n,
       std::int64_t d = 0;
       for (; d + 8 <= n; d += 8)
         _mm256_storeu_ps(dst + d, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + d))));
+      for (; d < n; ++d) dst[d] = half_to_float(s[d].x);
+      return;
+    }
+#elif FP_ISA_NEON
+    else if constexpr (std::is_same_v<T, half_bits> && std::is_same_v<Acc, float>) {
+      std::int64_t d = 0;  // FCVTL: four halves a conversion, exact
+      for (; d + 4 <= n; d += 4) vst1q_f32(dst + d, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(&s[d].x))));
       for (; d < n; ++d) dst[d] = half_to_float(s[d].x);
       return;
     }
@@ -574,19 +594,29 @@ void float_task(const AttnParams& p, KVRows& kv, std::int64_t b, std::int64_t h,
   }
 }
 
-// ---- bfloat16 dot products (AVX-512 BF16) -------------------------------------------------------
-// vdpbf16ps adds the products of two adjacent bfloat16 pairs into each float32 lane: twice the
-// multiply-adds of a float32 FMA. Q.K^T pairs adjacent head_dim elements; P.V pairs adjacent keys
-// (P is rounded to bfloat16 first, as FlashAttention-2 does for its second product).
-#if FP_ISA_AVX512BF16
+// ---- bfloat16 dot products (AVX-512 BF16, NEON BFDOT) -------------------------------------------
+// vdpbf16ps (x86) and BFDOT (aarch64) add the products of two adjacent bfloat16 pairs into each
+// float32 lane: twice the multiply-adds of a float32 FMA. Q.K^T pairs adjacent head_dim elements;
+// P.V pairs adjacent keys (P is rounded to bfloat16 first, as FlashAttention-2 does for its second
+// product).
+#if FP_ISA_AVX512BF16 || FP_ISA_NEONBF16
 constexpr bool kBf16Dot = true;
 constexpr int kRB = 4;              // query rows per micro-kernel block
 constexpr int kKV = kBc / kLanes;  // key vectors per score row
-typedef std::uint16_t vbh __attribute__((vector_size(64)));  // 32 bfloat16
+// key vectors per micro-kernel block: kRB x kKC accumulators (AVX-512: all 4 of a row; NEON: 4 of
+// 16, so 16 accumulators and 4 loaded vectors of its 32 registers)
+constexpr int kKC = kKV < 4 ? kKV : 4;
+static_assert(kKV % kKC == 0, "key vectors come in whole blocks");
+typedef std::uint16_t vbh __attribute__((vector_size(4 * kLanes)));  // 2 kLanes bfloat16
 
 FP_INLINE vf dpbf16(vf acc, std::uint32_t pair, vbh x) {
+#if FP_ISA_AVX512BF16
   const __m512i bp = _mm512_set1_epi32(static_cast<int>(pair));
   return bitcast<vf>(_mm512_dpbf16_ps(bitcast<__m512>(acc), (__m512bh)bp, bitcast<__m512bh>(x)));
+#else
+  const bfloat16x8_t bp = vreinterpretq_bf16_u32(vdupq_n_u32(pair));
+  return bitcast<vf>(vbfdotq_f32(bitcast<float32x4_t>(acc), bp, bitcast<bfloat16x8_t>(x)));
+#endif
 }
 
 // Raw bfloat16 rows [count][ld] (zero-padded like load_rows).
@@ -607,20 +637,21 @@ void load_bf16_rows(const TensorArg& t, std::int64_t b, std::int64_t h, std::int
 // s[rows][kBc] = q2[rows][0:Dp] . k[0:kBc][0:Dp] with kt2 = [Dp/2][kBc][2] (head_dim pairs).
 void scores_tile_bf16(const std::uint16_t* q2, std::int64_t Dp, const std::uint16_t* kt2, std::int64_t rows,
                       float* s) {
-  for (std::int64_t i0 = 0; i0 < rows; i0 += kRB) {
-    vf acc[kRB][kKV] = {};
-    for (std::int64_t dp = 0; dp < Dp / 2; ++dp) {
-      vbh kv[kKV];
-      for (int c = 0; c < kKV; ++c) std::memcpy(&kv[c], kt2 + dp * kBc * 2 + c * 32, 64);
-      for (int r = 0; r < kRB; ++r) {
-        std::uint32_t pair;
-        std::memcpy(&pair, q2 + (i0 + r) * Dp + 2 * dp, 4);
-        for (int c = 0; c < kKV; ++c) acc[r][c] = dpbf16(acc[r][c], pair, kv[c]);
+  for (std::int64_t i0 = 0; i0 < rows; i0 += kRB)
+    for (int c0 = 0; c0 < kKV; c0 += kKC) {
+      vf acc[kRB][kKC] = {};
+      for (std::int64_t dp = 0; dp < Dp / 2; ++dp) {
+        vbh kv[kKC];
+        for (int c = 0; c < kKC; ++c) std::memcpy(&kv[c], kt2 + (dp * kBc + (c0 + c) * kLanes) * 2, sizeof(vbh));
+        for (int r = 0; r < kRB; ++r) {
+          std::uint32_t pair;
+          std::memcpy(&pair, q2 + (i0 + r) * Dp + 2 * dp, 4);
+          for (int c = 0; c < kKC; ++c) acc[r][c] = dpbf16(acc[r][c], pair, kv[c]);
+        }
       }
+      for (int r = 0; r < kRB; ++r)
+        for (int c = 0; c < kKC; ++c) storev(s + (i0 + r) * kBc + (c0 + c) * kLanes, acc[r][c]);
     }
-    for (int r = 0; r < kRB; ++r)
-      for (int c = 0; c < kKV; ++c) storev(s + (i0 + r) * kBc + c * kLanes, acc[r][c]);
-  }
 }
 
 // o[rows][0:Dp] += p2[rows][0:kBc] . v with v2 = [kBc/2][Dp][2] (key pairs), in 64-wide chunks.
@@ -632,7 +663,7 @@ FP_INLINE void pv_chunk_bf16(const std::uint16_t* p2, const std::uint16_t* v2, s
     for (int c = 0; c < NV; ++c) acc[r][c] = loadv(o + (i0 + r) * Dp + d0 + c * kLanes);
   for (std::int64_t jp = 0; jp < npairs; ++jp) {
     vbh vv[NV];
-    for (int c = 0; c < NV; ++c) std::memcpy(&vv[c], v2 + jp * Dp * 2 + (d0 + c * kLanes) * 2, 64);
+    for (int c = 0; c < NV; ++c) std::memcpy(&vv[c], v2 + jp * Dp * 2 + (d0 + c * kLanes) * 2, sizeof(vbh));
     for (int r = 0; r < kRB; ++r) {
       std::uint32_t pair;
       std::memcpy(&pair, p2 + (i0 + r) * kBc + 2 * jp, 4);
@@ -742,13 +773,13 @@ void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std:
       exp_shifted(srow, kBc, st.m_new);
       // probabilities in [0, 1] to bfloat16, round to nearest even on the bit pattern; the
       // normalizer sums the rounded values P.V actually uses
-      typedef std::uint32_t vu32x16 __attribute__((vector_size(64)));
-      typedef std::uint16_t vu16x16 __attribute__((vector_size(32)));
+      typedef std::uint32_t vu32l __attribute__((vector_size(4 * kLanes)));
+      typedef std::uint16_t vu16l __attribute__((vector_size(2 * kLanes)));
       vf sum = {};
       for (std::int64_t j = 0; j < kBc; j += kLanes) {
-        const vu32x16 u = bitcast<vu32x16>(loadv(srow + j));
-        const vu32x16 r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;  // finite, >= 0
-        const vu16x16 pb = __builtin_convertvector(r, vu16x16);
+        const vu32l u = bitcast<vu32l>(loadv(srow + j));
+        const vu32l r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;  // finite, >= 0
+        const vu16l pb = __builtin_convertvector(r, vu16l);
         std::memcpy(prow + j, &pb, sizeof(pb));
         sum += bitcast<vf>(r << 16);
       }

@@ -25,6 +25,10 @@ FP_DECLARE_PARITY_TABLE(isa_avx512icl)
 FP_DECLARE_ATTENTION_TABLE(isa_avx2)
 FP_DECLARE_ATTENTION_TABLE(isa_avx512)
 FP_DECLARE_ATTENTION_TABLE(isa_avx512bf16)
+#elif defined(__aarch64__)
+FP_DECLARE_PARITY_TABLE(isa_neon)
+FP_DECLARE_ATTENTION_TABLE(isa_neon)
+FP_DECLARE_ATTENTION_TABLE(isa_neonbf16)
 #endif
 
 const ParityTable& active_parity_table() {
@@ -33,6 +37,9 @@ const ParityTable& active_parity_table() {
     case SimdLevel::Avx512Icl: return isa_avx512icl::parity_table;
     case SimdLevel::Avx512: return isa_avx512::parity_table;
     case SimdLevel::Avx2: return isa_avx2::parity_table;
+#elif defined(__aarch64__)
+    case SimdLevel::NeonBf16:  // (nothing in parity needs more than NEON)
+    case SimdLevel::Neon: return isa_neon::parity_table;
 #endif
     default: return isa_scalar::parity_table;
   }
@@ -46,6 +53,10 @@ const AttentionTable& active_attention_table([[maybe_unused]] DType dtype) {
       return dtype == DType::BFloat16 && cpu_has_avx512bf16() ? isa_avx512bf16::attention_table
                                                               : isa_avx512::attention_table;
     case SimdLevel::Avx2: return isa_avx2::attention_table;
+#elif defined(__aarch64__)
+    case SimdLevel::NeonBf16:
+      return dtype == DType::BFloat16 ? isa_neonbf16::attention_table : isa_neon::attention_table;
+    case SimdLevel::Neon: return isa_neon::attention_table;
 #endif
     default: return isa_scalar::attention_table;
   }

@@ -5,6 +5,8 @@
 #include <cpuid.h>
 #elif defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
+#elif defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
 #endif
 
 #include <cstdint>
@@ -20,7 +22,7 @@ namespace {
 
 struct Features {
   bool popcnt, pclmul, avx2, fma, f16c, avx512f, avx512bw, avx512dq, avx512vl, avx512bf16, gfni, avx512bitalg;
-  bool asimd, fphp, asimdhp, bf16, i8mm, sve, sve2;  // aarch64
+  bool asimd, crc32, fphp, asimdhp, asimdfhm, bf16, i8mm, sve, sve2;  // aarch64
 };
 
 // CPUID's feature bits, and XGETBV's: the OS must save the YMM (AVX) and the opmask and ZMM
@@ -64,12 +66,27 @@ Features probe() {
   // the kernel's HWCAP bits (asm/hwcap.h; spelled out: older headers lack the newer ones)
   const unsigned long hw = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);
   f.asimd = hw & (1ul << 1);
+  f.crc32 = hw & (1ul << 7);
   f.fphp = hw & (1ul << 9);
   f.asimdhp = hw & (1ul << 10);
   f.sve = hw & (1ul << 22);
+  f.asimdfhm = hw & (1ul << 23);
   f.sve2 = hw2 & (1ul << 1);
   f.i8mm = hw2 & (1ul << 13);
   f.bf16 = hw2 & (1ul << 14);
+#elif defined(__aarch64__) && defined(__APPLE__)
+  // macOS names the features in sysctl (hw.optional.arm.FEAT_*); ASIMD, FP16 and CRC32 are on every M1
+  const auto has = [](const char* name) {
+    int v = 0;
+    size_t len = sizeof(v);
+    return sysctlbyname(name, &v, &len, nullptr, 0) == 0 && v != 0;
+  };
+  f.asimd = true;
+  f.crc32 = has("hw.optional.armv8_crc32");
+  f.fphp = f.asimdhp = has("hw.optional.arm.FEAT_FP16");
+  f.asimdfhm = has("hw.optional.arm.FEAT_FHM");
+  f.bf16 = has("hw.optional.arm.FEAT_BF16");
+  f.i8mm = has("hw.optional.arm.FEAT_I8MM");
 #endif
   return f;
 }
@@ -87,7 +104,7 @@ struct LevelName {
 constexpr LevelName kLevels[] = {{SimdLevel::Scalar, "scalar"}, {SimdLevel::Avx2, "avx2"},
                                  {SimdLevel::Avx512, "avx512"}, {SimdLevel::Avx512Icl, "avx512icl"}};
 #elif defined(__aarch64__)
-constexpr LevelName kLevels[] = {{SimdLevel::Neon, "neon"}};
+constexpr LevelName kLevels[] = {{SimdLevel::Neon, "neon"}, {SimdLevel::NeonBf16, "neonbf16"}};
 #else
 constexpr LevelName kLevels[] = {{SimdLevel::Scalar, "scalar"}};
 #endif
@@ -112,6 +129,8 @@ SimdLevel detected_simd_level() {
   if (f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.avx2 && f.fma && f.f16c && f.popcnt)
     return f.gfni && f.avx512bitalg ? SimdLevel::Avx512Icl : SimdLevel::Avx512;
   if (f.avx2 && f.fma && f.f16c && f.popcnt) return SimdLevel::Avx2;
+#elif defined(__aarch64__)
+  if (features().bf16) return SimdLevel::NeonBf16;
 #endif
   return kLevels[0].level;
 }
@@ -131,6 +150,8 @@ SimdLevel active_simd_level() {
 
 bool cpu_has_pclmul() { return features().pclmul; }
 
+bool cpu_has_crc32() { return features().crc32; }
+
 bool cpu_has_avx512bf16() { return features().avx512bf16 && active_simd_level() >= SimdLevel::Avx512; }
 
 std::vector<std::string> cpu_feature_names() {
@@ -140,7 +161,8 @@ std::vector<std::string> cpu_feature_names() {
       {f.f16c, "f16c"},         {f.avx512f, "avx512f"},   {f.avx512bw, "avx512bw"},
       {f.avx512dq, "avx512dq"}, {f.avx512vl, "avx512vl"}, {f.avx512bf16, "avx512bf16"},
       {f.gfni, "gfni"},         {f.avx512bitalg, "avx512bitalg"},
-      {f.asimd, "asimd"},       {f.fphp, "fphp"},         {f.asimdhp, "asimdhp"},
+      {f.asimd, "asimd"},       {f.crc32, "crc32"},       {f.fphp, "fphp"},
+      {f.asimdhp, "asimdhp"},   {f.asimdfhm, "asimdfhm"},
       {f.bf16, "bf16"},         {f.i8mm, "i8mm"},         {f.sve, "sve"},
       {f.sve2, "sve2"}};
   std::vector<std::string> out;

@@ -22,18 +22,26 @@
 #define FP_ISA_ID_AVX512 2      // + AVX-512 F, BW, DQ, VL (Skylake-X)
 #define FP_ISA_ID_AVX512ICL 3   // + GFNI, BITALG (Ice Lake, Zen 4)
 #define FP_ISA_ID_AVX512BF16 4  // AVX-512 + the BF16 dot products (Cooper Lake, Sapphire Rapids, Zen 4)
+#define FP_ISA_ID_NEON 16       // aarch64: ASIMD, the baseline (every ARMv8-A CPU)
+#define FP_ISA_ID_NEONBF16 17   // + BFDOT (FEAT_BF16: Neoverse V1/V2/N2, Graviton3+, Grace, Apple M2+)
 
 #ifndef FP_ISA
 #error "a per-ISA unit defines FP_ISA (one of the FP_ISA_ID_* values) before including isa_target.h"
 #endif
 
-#define FP_ISA_AVX2 (FP_ISA >= FP_ISA_ID_AVX2)
-#define FP_ISA_AVX512 (FP_ISA >= FP_ISA_ID_AVX512)
+#define FP_ISA_X86 (FP_ISA >= FP_ISA_ID_AVX2 && FP_ISA < FP_ISA_ID_NEON)
+#define FP_ISA_AVX2 (FP_ISA_X86 && FP_ISA >= FP_ISA_ID_AVX2)
+#define FP_ISA_AVX512 (FP_ISA_X86 && FP_ISA >= FP_ISA_ID_AVX512)
 #define FP_ISA_AVX512ICL (FP_ISA == FP_ISA_ID_AVX512ICL)
 #define FP_ISA_AVX512BF16 (FP_ISA == FP_ISA_ID_AVX512BF16)
+#define FP_ISA_NEON (FP_ISA >= FP_ISA_ID_NEON)
+#define FP_ISA_NEONBF16 (FP_ISA == FP_ISA_ID_NEONBF16)
 
-#if FP_ISA != FP_ISA_ID_SCALAR && !(defined(__x86_64__) || defined(__i386__))
+#if FP_ISA_X86 && !(defined(__x86_64__) || defined(__i386__))
 #error "x86 ISA units are built on x86 only"
+#endif
+#if FP_ISA_NEON && !defined(__aarch64__)
+#error "NEON units are built on aarch64 only"
 #endif
 
 // GCC also takes prefer-vector-width=512 in a target string (its auto-vectorizer would otherwise use
@@ -52,11 +60,15 @@
 #define FP_ISA_TARGET "avx512f,avx512bw,avx512dq,avx512vl,gfni,avx512bitalg,avx2,fma,f16c,popcnt,pclmul" FP_ISA_WIDE
 #elif FP_ISA == FP_ISA_ID_AVX512BF16
 #define FP_ISA_TARGET "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,f16c,popcnt,pclmul" FP_ISA_WIDE
+#elif FP_ISA == FP_ISA_ID_NEONBF16
+// (GCC's arm_neon.h declares the BF16 intrinsics for armv8.2-a+bf16; every CPU with BF16 is 8.2 or later)
+#define FP_ISA_TARGET "arch=armv8.2-a+bf16"
 #endif
+// FP_ISA_ID_NEON has no target string: ASIMD is aarch64's baseline, so its units are baseline code.
 
 #define FP_ISA_PRAGMA_(x) _Pragma(#x)
 #define FP_ISA_PRAGMA(x) FP_ISA_PRAGMA_(x)  // (expands FP_ISA_TARGET first)
-#if !defined(FP_ISA_TARGET)  // the scalar unit: baseline code, like the rest of the module
+#if !defined(FP_ISA_TARGET)  // the scalar and NEON units: baseline code, like the rest of the module
 #define FP_ISA_BEGIN
 #define FP_ISA_END
 #elif defined(__clang__)

@@ -16,6 +16,9 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_acle.h>
+#include <arm_neon.h>
 #endif
 
 #include "flashparity/dtype.h"
@@ -130,11 +133,37 @@ FP_INLINE vd widen(vf x) {
 #endif
 }
 
-// IEEE half <-> float32 lanes: F16C where present (GCC scalarizes the generic _Float16 vector
-// conversions), else the exact scalar conversions of dtype.h.
+#if FP_ISA_NEON
+// Eight lanes as two NEON registers and back: shuffles of 16-byte generic vectors, which GCC keeps
+// in registers (and which convert to and from the intrinsics' types by a bitcast of equal size).
+typedef float vf4 __attribute__((vector_size(16)));
+typedef double vd2 __attribute__((vector_size(16)));
+typedef std::uint32_t vu32x4 __attribute__((vector_size(16)));
+FP_INLINE float32x4_t lo4(vf x) { return bitcast<float32x4_t>(__builtin_shufflevector(x, x, 0, 1, 2, 3)); }
+FP_INLINE float32x4_t hi4(vf x) { return bitcast<float32x4_t>(__builtin_shufflevector(x, x, 4, 5, 6, 7)); }
+FP_INLINE vf join4(float32x4_t lo, float32x4_t hi) {
+  return __builtin_shufflevector(bitcast<vf4>(lo), bitcast<vf4>(hi), 0, 1, 2, 3, 4, 5, 6, 7);
+}
+template <int Q>
+FP_INLINE float64x2_t quarter(vd x) {
+  return bitcast<float64x2_t>(__builtin_shufflevector(x, x, 2 * Q, 2 * Q + 1));
+}
+FP_INLINE vd join2(float64x2_t a, float64x2_t b, float64x2_t c, float64x2_t d) {
+  const vd4 lo = __builtin_shufflevector(bitcast<vd2>(a), bitcast<vd2>(b), 0, 1, 2, 3);
+  const vd4 hi = __builtin_shufflevector(bitcast<vd2>(c), bitcast<vd2>(d), 0, 1, 2, 3);
+  return join(lo, hi);
+}
+#endif
+
+// IEEE half <-> float32 lanes: F16C or NEON's FCVTL/FCVTN where present (GCC scalarizes the
+// generic _Float16 vector conversions), else the exact scalar conversions of dtype.h. (All three
+// round to nearest even, exactly as the scalar conversion does.)
 FP_INLINE vf half_to_f32(vu16 h) {
 #if FP_ISA_AVX2
   return bitcast<vf>(_mm256_cvtph_ps(bitcast<__m128i>(h)));
+#elif FP_ISA_NEON
+  const float16x8_t x = bitcast<float16x8_t>(h);
+  return join4(vcvt_f32_f16(vget_low_f16(x)), vcvt_high_f32_f16(x));
 #else
   vf r;
   for (int j = 0; j < W; ++j) r[j] = half_to_float(h[j]);
@@ -145,6 +174,8 @@ FP_INLINE vf half_to_f32(vu16 h) {
 FP_INLINE vu16 f32_to_half(vf x) {  // round to nearest even
 #if FP_ISA_AVX2
   return bitcast<vu16>(_mm256_cvtps_ph(bitcast<__m256>(x), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#elif FP_ISA_NEON
+  return bitcast<vu16>(vcvt_high_f16_f32(vcvt_f16_f32(lo4(x)), hi4(x)));
 #else
   vu16 r;
   for (int j = 0; j < W; ++j) r[j] = round_to_half_bits(static_cast<double>(x[j]));
@@ -193,6 +224,9 @@ FP_INLINE vf trunc_f32(vd x) { return narrow_f32(x); }  // never called: kTruncF
 FP_INLINE vf rel_limit(vf thr32, vf den) {
 #if FP_ISA_AVX2
   return bitcast<vf>(_mm256_fmadd_ps(bitcast<__m256>(thr32), bitcast<__m256>(den), _mm256_set1_ps(-1e-40f)));
+#elif FP_ISA_NEON
+  const float32x4_t m = vdupq_n_f32(-1e-40f);
+  return join4(vfmaq_f32(m, lo4(thr32), lo4(den)), vfmaq_f32(m, hi4(thr32), hi4(den)));
 #else
   return thr32 * den - 1e-40f;
 #endif
@@ -227,6 +261,10 @@ FP_INLINE LaneMask above_clamped(vf ad32, vf lim, LaneMask) { return ad32 > (lim
 FP_INLINE bool any_lane(LaneMask m) {
 #if FP_ISA_AVX2
   return _mm256_movemask_ps(bitcast<__m256>(m)) != 0;
+#elif FP_ISA_NEON
+  const vu32x4 lo = bitcast<vu32x4>(__builtin_shufflevector(m, m, 0, 1, 2, 3));
+  const vu32x4 hi = bitcast<vu32x4>(__builtin_shufflevector(m, m, 4, 5, 6, 7));
+  return vmaxvq_u32(bitcast<uint32x4_t>(lo | hi)) != 0;
 #else
   bool r = false;
   for (int j = 0; j < W; ++j) r |= m[j] != 0;
@@ -261,6 +299,9 @@ FP_INLINE vd vfma(vd x, vd y, vd z) {
     return bitcast<vd4>(_mm256_fmadd_pd(bitcast<__m256d>(a), bitcast<__m256d>(b), bitcast<__m256d>(c)));
   };
   return join(f(lo_half(x), lo_half(y), lo_half(z)), f(hi_half(x), hi_half(y), hi_half(z)));
+#elif FP_ISA_NEON
+  return join2(vfmaq_f64(quarter<0>(z), quarter<0>(x), quarter<0>(y)), vfmaq_f64(quarter<1>(z), quarter<1>(x), quarter<1>(y)),
+               vfmaq_f64(quarter<2>(z), quarter<2>(x), quarter<2>(y)), vfmaq_f64(quarter<3>(z), quarter<3>(x), quarter<3>(y)));
 #else
   vd r;
   for (int j = 0; j < W; ++j) r[j] = std::fma(x[j], y[j], z[j]);
@@ -304,9 +345,9 @@ struct Acc8 {
     hi = hi_half(r);
   }
   // fma for an exact product x * y (values from formats up to float32): the same bits as the fused
-  // multiply-add, which the baseline computes in software (std::fma, ~10x the cost)
+  // multiply-add, which the x86 baseline computes in software (std::fma, ~10x the cost)
   FP_INLINE void fma_exact(vd x, vd y) {
-#if FP_ISA_AVX2
+#if FP_ISA_AVX2 || FP_ISA_NEON
     fma(x, y);
 #else
     add(x * y);
@@ -734,6 +775,8 @@ FP_INLINE vl lane_indices(std::int64_t index0) {
 FP_INLINE vf mul_add_f32(vf x, vf y, vf z) {
 #if FP_ISA_AVX2
   return bitcast<vf>(_mm256_fmadd_ps(bitcast<__m256>(x), bitcast<__m256>(y), bitcast<__m256>(z)));
+#elif FP_ISA_NEON
+  return join4(vfmaq_f32(lo4(z), lo4(x), lo4(y)), vfmaq_f32(hi4(z), hi4(x), hi4(y)));
 #else
   return x * y + z;
 #endif
@@ -1315,6 +1358,52 @@ std::uint32_t crc32_clmul(std::uint32_t crc, const unsigned char* p, std::int64_
 }
 #endif
 
+#if FP_ISA_NEON
+// The CRC-32 of the zip format is the one ARM's CRC32X/W/H/B compute (FEAT_CRC32, not CRC32C's
+// CRC32CX): eight bytes an instruction, in four independent streams, whose CRCs are combined by
+// zlib's shift rule. One stream is bound by the instruction's latency (3 cycles on Neoverse cores)
+// at a third of its throughput; four streams of kPart bytes each keep it busy.
+constexpr std::int64_t kCrcPart = 1024;
+__attribute__((target("+crc"))) std::uint32_t crc32_stream(std::uint32_t c, const unsigned char* p, std::int64_t n) {
+  for (; n >= 8; p += 8, n -= 8) c = __crc32d(c, load<std::uint64_t>(p));
+  for (; n > 0; ++p, --n) c = __crc32b(c, *p);
+  return c;
+}
+// x * 2^k mod P in the bit-reflected domain: multiplies of GF(2) polynomials, for shifting a
+// stream's CRC past the bytes of the streams after it.
+std::uint32_t gf2_mulmod(std::uint32_t a, std::uint32_t b) {
+  std::uint32_t r = 0;
+  for (int i = 0; i < 32; ++i) {
+    r ^= (b & 0x80000000u) ? a : 0u;
+    b <<= 1;
+    a = (a & 1u) ? (a >> 1) ^ 0xedb88320u : a >> 1;
+  }
+  return r;
+}
+__attribute__((target("+crc"))) std::uint32_t crc32_hw(std::uint32_t c, const unsigned char* p, std::int64_t n) {
+  // x^(8 * kCrcPart * k) mod P for k = 1..3, in the reflected domain (x^0 is 0x80000000)
+  static const std::array<std::uint32_t, 4> shift = [] {
+    std::array<std::uint32_t, 4> s{0x80000000u, 0, 0, 0};
+    std::uint32_t x8 = 0x80000000u >> 8;  // x^8
+    std::uint32_t part = 0x80000000u;      // x^(8 * kCrcPart)
+    for (std::int64_t i = 0; i < kCrcPart; ++i) part = gf2_mulmod(part, x8);
+    for (int k = 1; k < 4; ++k) s[k] = gf2_mulmod(s[k - 1], part);
+    return s;
+  }();
+  for (; n >= 4 * kCrcPart; p += 4 * kCrcPart, n -= 4 * kCrcPart) {
+    std::uint32_t c0 = c, c1 = 0, c2 = 0, c3 = 0;
+    for (std::int64_t i = 0; i < kCrcPart; i += 8) {
+      c0 = __crc32d(c0, load<std::uint64_t>(p + i));
+      c1 = __crc32d(c1, load<std::uint64_t>(p + kCrcPart + i));
+      c2 = __crc32d(c2, load<std::uint64_t>(p + 2 * kCrcPart + i));
+      c3 = __crc32d(c3, load<std::uint64_t>(p + 3 * kCrcPart + i));
+    }
+    c = gf2_mulmod(c0, shift[3]) ^ gf2_mulmod(c1, shift[2]) ^ gf2_mulmod(c2, shift[1]) ^ c3;
+  }
+  return crc32_stream(c, p, n);
+}
+#endif
+
 std::uint32_t crc32(std::uint32_t crc, const void* data, std::int64_t bytes) {
   const unsigned char* p = static_cast<const unsigned char*>(data);
   std::uint32_t c = ~crc;
@@ -1326,6 +1415,9 @@ std::uint32_t crc32(std::uint32_t crc, const void* data, std::int64_t bytes) {
     p += bulk;
     bytes -= bulk;
   }
+#elif FP_ISA_NEON
+  static const bool hw = cpu_has_crc32();
+  if (hw) return ~crc32_hw(c, p, bytes);
 #endif
   return ~crc32_detail::crc32_tables(c, p, bytes);
 }

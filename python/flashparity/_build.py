@@ -79,7 +79,8 @@ def build_info(*, occupancy: bool = False) -> dict[str, Any]:
     specialisation, with its threads and dynamic shared memory; this starts a CUDA context on
     each device, so only ``flashparity info`` asks for it), ``device_discovery`` (``"cudart"``,
     ``"cuda-python"`` or None), ``cuda_status`` (why no device is visible, or None), ``simd``
-    (level used now), ``simd_detected``, ``cpu_features``, ``kernel_digest`` and
+    (level used now), ``simd_detected``, ``simd_levels`` (this architecture's levels, lowest first:
+    the values ``FLASHPARITY_SIMD`` takes), ``cpu_features``, ``kernel_digest`` and
     ``kernel_source`` (``{impl: "flashparity:<impl>@<digest>"}``), compilers and build type.
     """
     info = dict(_core.build_info())
@@ -98,9 +99,10 @@ def build_info(*, occupancy: bool = False) -> dict[str, Any]:
             info["device_discovery"] = None
     info["cuda_available"] = bool(info["cuda"] and info["devices"])
     info["kernel_source"] = {impl: kernel_source(impl) for impl in KERNEL_IMPLS}
+    info["simd_levels"] = list(_core.simd_levels())
     order = [
         "version", "cuda", "cuda_available", "cuda_runtime", "cuda_driver", "cuda_architectures",
-        "devices", "device_discovery", "cuda_status", "simd", "simd_detected", "cpu_features",
+        "devices", "device_discovery", "cuda_status", "simd", "simd_detected", "simd_levels", "cpu_features",
         "kernel_digest", "kernel_source", "build_type", "cxx_compiler", "cuda_compiler",
     ]
     return {k: info[k] for k in order if k in info} | {k: v for k, v in info.items() if k not in order}

@@ -146,6 +146,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"  cuda driver   {info['cuda_driver'] or 'none'}",
         f"  devices       {devs}",
         f"  cpu simd      {info['simd']} (detected {info['simd_detected']}: {' '.join(info['cpu_features']) or '-'})",
+        f"  simd levels   {' '.join(info['simd_levels'])} (FLASHPARITY_SIMD caps the level)",
         f"  kernel digest {info['kernel_digest']}",
     ]
     lines += [f"  kernel        {src}" for src in info["kernel_source"].values()]

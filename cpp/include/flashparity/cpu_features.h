@@ -8,13 +8,14 @@ namespace flashparity {
 
 // The levels of one architecture are ordered: a kernel compiled for level L runs on any CPU whose
 // level is >= L. x86-64: Scalar (SSE2, the baseline), Avx2, Avx512, Avx512Icl (AVX-512 with Ice
-// Lake's and Zen 4's GFNI and BITALG byte instructions). aarch64: Neon (ASIMD, the baseline; the
-// generic kernels, which GCC compiles to NEON there). Any other architecture: Scalar.
-enum class SimdLevel : int { Scalar = 0, Avx2 = 1, Avx512 = 2, Avx512Icl = 3, Neon = 16 };
+// Lake's and Zen 4's GFNI and BITALG byte instructions). aarch64: Neon (ASIMD, the baseline),
+// NeonBf16 (+ FEAT_BF16's BFDOT, for bfloat16 attention). Any other architecture: Scalar.
+enum class SimdLevel : int { Scalar = 0, Avx2 = 1, Avx512 = 2, Avx512Icl = 3, Neon = 16, NeonBf16 = 17 };
 
 const char* simd_level_name(SimdLevel level);
 
-// This architecture's level names, lowest first ("scalar", "avx2", ... on x86-64; "neon" on aarch64).
+// This architecture's level names, lowest first ("scalar", "avx2", ... on x86-64; "neon", "neonbf16"
+// on aarch64).
 std::vector<std::string> simd_level_names();
 
 // Highest level this CPU (and its OS, which must save the wide registers) supports.
@@ -29,9 +30,12 @@ bool cpu_has_avx512bf16();
 // Whether the CPU has PCLMULQDQ (carry-less multiplies: the CRC-32 folding of the AVX2 units, which
 // check it themselves; a VM may show AVX2 without it, and then gets the table CRC, not a lower level).
 bool cpu_has_pclmul();
+// Whether an aarch64 CPU has the CRC32 instructions (FEAT_CRC32: the zip polynomial; optional in
+// ARMv8.0, present on every core shipped in servers and laptops). False elsewhere.
+bool cpu_has_crc32();
 
 // Names of the relevant ISA extensions present (x86-64: popcnt, avx2, fma, f16c, avx512f, avx512bf16,
-// ...; aarch64: asimd, fphp, asimdhp, bf16, i8mm, sve, sve2).
+// ...; aarch64: asimd, crc32, fphp, asimdhp, asimdfhm, bf16, i8mm, sve, sve2).
 std::vector<std::string> cpu_feature_names();
 
 }  // namespace flashparity
