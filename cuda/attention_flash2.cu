@@ -38,8 +38,7 @@ __global__ void __launch_bounds__(kThreads) Flash2SimtKernel(const Args a, std::
   const std::int64_t bh = blockIdx.x, b = bh / p.heads_q, h = bh % p.heads_q;
   const std::int64_t hk = h / (p.heads_q / p.heads_kv);
   const Acc scale = static_cast<Acc>(p.scale), cap = static_cast<Acc>(p.softcap);
-  const char* kbase = static_cast<const char*>(p.k.data) + b * p.k.strides[0] + hk * p.k.strides[2];
-  const char* vbase = static_cast<const char*>(p.v.data) + b * p.v.strides[0] + hk * p.v.strides[2];
+  const Acc slope = static_cast<Acc>(alibi_slope(p, b, h));
 
   for (std::int64_t qb = blockIdx.y; qb < q_blocks; qb += gridDim.y) {
     const std::int64_t m0 = qb * kSimtRows, i = m0 + (threadIdx.x >> 5);
@@ -66,7 +65,7 @@ __global__ void __launch_bounds__(kThreads) Flash2SimtKernel(const Args a, std::
         const std::int64_t key = j0 + jj;
         Acc dot = 0;
         if (key < p.seqlen_k) {
-          const char* krow = kbase + key * p.k.strides[1];
+          const char* krow = kv_row(p, p.k, b, key, hk);
 #pragma unroll
           for (int c = 0; c < DPT; ++c) {
             const std::int64_t d = lane + 32 * c;
@@ -76,7 +75,9 @@ __global__ void __launch_bounds__(kThreads) Flash2SimtKernel(const Args a, std::
         // butterfly over the warp: every lane ends with the same sum (addition commutes)
 #pragma unroll
         for (int off = 16; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
-        const Acc sc = (key >= kr.lo && key < kr.hi) ? apply_softcap(dot * scale, cap) : Acc(-INFINITY);
+        const Acc sc = (key >= kr.lo && key < kr.hi)
+                           ? apply_softcap(dot * scale, cap) + (slope != Acc(0) ? alibi_bias(slope, i, key, p) : Acc(0))
+                           : Acc(-INFINITY);
         s[jj] = sc;
         tile_max = sc > tile_max ? sc : tile_max;
       }
@@ -97,7 +98,7 @@ __global__ void __launch_bounds__(kThreads) Flash2SimtKernel(const Args a, std::
         // masked keys (and keys past seqlen_k) contribute nothing, whatever their values (0 * inf
         // would be NaN); every visible key does. The warp owns the row: no divergence.
         if (j0 + jj < kr.lo || j0 + jj >= kr.hi) continue;
-        const char* vrow = vbase + (j0 + jj) * p.v.strides[1];
+        const char* vrow = kv_row(p, p.v, b, j0 + jj, hk);
 #pragma unroll
         for (int c = 0; c < DPT; ++c) {
           const std::int64_t d = lane + 32 * c;
@@ -112,7 +113,7 @@ __global__ void __launch_bounds__(kThreads) Flash2SimtKernel(const Args a, std::
 #pragma unroll
       for (int c = 0; c < DPT; ++c)
         if (lane + 32 * c < p.head_dim) out[lane + 32 * c] = static_cast<T>(o[c] * inv);
-      if (lane == 0 && p.lse != nullptr) p.lse[bh * p.seqlen_q + i] = row_lse(m, l);
+      if (lane == 0 && p.lse != nullptr) p.lse[lse_index(p, b, h, i)] = row_lse(m, l);
     } else {
       const std::int64_t slot = (blockIdx.z * p.batch * p.heads_q + bh) * p.seqlen_q + i;
       Acc* op = static_cast<Acc*>(a.o_part) + slot * a.dpad;
@@ -143,7 +144,7 @@ __global__ void __launch_bounds__(kThreads) Flash2CombineKernel(const Args a) {
     }
     out[d] = from_f64<T>(static_cast<double>(acc));
   }
-  if (threadIdx.x == 0 && p.lse != nullptr) p.lse[r] = static_cast<float>(lse);
+  if (threadIdx.x == 0 && p.lse != nullptr) p.lse[lse_index(p, b, h, i)] = static_cast<float>(lse);
 }
 
 bool vec_ok(const TensorArg& t, std::int64_t head_dim) {

@@ -126,25 +126,28 @@ __device__ FP_INLINE bool any_non_finite(uint4 w) {
 }
 
 // Rows [s0, s0 + ROWS) of head h of t into a shared tile of pitch D + 8 elements; rows past `seqlen`
-// and columns past head_dim are zeros (masked keys then meet V rows of 0, never stale data).
+// and columns past head_dim are zeros (masked keys then meet V rows of 0, never stale data). `kv`:
+// the call's parameters when t is k or v (rows through kv_row: a paged cache's blocks), else null.
 template <int ROWS, int D>
 __device__ FP_INLINE void load_tile(std::uint16_t* dst, const TensorArg& t, std::int64_t b, std::int64_t s0,
-                                    std::int64_t h, std::int64_t seqlen, std::int64_t head_dim, bool vec) {
+                                    std::int64_t h, std::int64_t seqlen, std::int64_t head_dim, bool vec,
+                                    const AttnParams* kv = nullptr) {
   constexpr int P = D + 8;
   const char* base = static_cast<const char*>(t.data) + b * t.strides[0] + h * t.strides[2];
+  const auto row = [&](std::int64_t s) { return kv != nullptr ? kv_row(*kv, t, b, s, h) : base + s * t.strides[1]; };
   if (vec) {  // unit stride, 16-byte aligned rows, head_dim % 8 == 0: a chunk is all in or all out
     constexpr int kChunksPerRow = D / 8;
     for (int c = threadIdx.x; c < ROWS * kChunksPerRow; c += kThreads) {
       const int r = c / kChunksPerRow, d0 = (c % kChunksPerRow) * 8;
       const bool ok = s0 + r < seqlen && d0 < head_dim;
-      cp_async16(dst + r * P + d0, ok ? base + (s0 + r) * t.strides[1] + d0 * 2 : t.data, ok);
+      cp_async16(dst + r * P + d0, ok ? row(s0 + r) + d0 * 2 : t.data, ok);
     }
   } else {  // any element-aligned strides: element by element through registers (typed 16-bit loads)
     for (int e = threadIdx.x; e < ROWS * D; e += kThreads) {
       const int r = e / D, d = e % D;
       std::uint16_t x = 0;
       if (s0 + r < seqlen && d < head_dim)
-        x = *reinterpret_cast<const std::uint16_t*>(base + (s0 + r) * t.strides[1] + d * t.strides[3]);
+        x = *reinterpret_cast<const std::uint16_t*>(row(s0 + r) + d * t.strides[3]);
       dst[r * P + d] = x;
     }
   }
@@ -178,6 +181,7 @@ __global__ void __launch_bounds__(kThreads) Flash2MmaKernel(const Args a) {
   const std::int64_t row[2] = {m0 + warp * 16 + g, m0 + warp * 16 + g + 8};
   const KeyRange kr[2] = {key_range(row[0], p), key_range(row[1], p)};
   const float scale = static_cast<float>(p.scale), cap = static_cast<float>(p.softcap);
+  const float slope = alibi_slope(p, b, h);
 
   float acc_o[D / 8][4];
 #pragma unroll
@@ -186,15 +190,15 @@ __global__ void __launch_bounds__(kThreads) Flash2MmaKernel(const Args a) {
 
   if (tiles.begin < tiles.end) {
     load_tile<BR, D>(sQ, p.q, b, m0, h, p.seqlen_q, p.head_dim, a.vec_q);
-    load_tile<BC, D>(sK, p.k, b, tiles.begin * BC, hk, p.seqlen_k, p.head_dim, a.vec_k);
-    load_tile<BC, D>(sV, p.v, b, tiles.begin * BC, hk, p.seqlen_k, p.head_dim, a.vec_v);
+    load_tile<BC, D>(sK, p.k, b, tiles.begin * BC, hk, p.seqlen_k, p.head_dim, a.vec_k, &p);
+    load_tile<BC, D>(sV, p.v, b, tiles.begin * BC, hk, p.seqlen_k, p.head_dim, a.vec_v, &p);
     cp_async_commit();
   }
   for (std::int64_t t = tiles.begin; t < tiles.end; ++t) {
     const int buf = static_cast<int>((t - tiles.begin) & 1);
     if (t + 1 < tiles.end) {  // the next tile streams in while this one is computed
-      load_tile<BC, D>(sK + (buf ^ 1) * BC * P, p.k, b, (t + 1) * BC, hk, p.seqlen_k, p.head_dim, a.vec_k);
-      load_tile<BC, D>(sV + (buf ^ 1) * BC * P, p.v, b, (t + 1) * BC, hk, p.seqlen_k, p.head_dim, a.vec_v);
+      load_tile<BC, D>(sK + (buf ^ 1) * BC * P, p.k, b, (t + 1) * BC, hk, p.seqlen_k, p.head_dim, a.vec_k, &p);
+      load_tile<BC, D>(sV + (buf ^ 1) * BC * P, p.v, b, (t + 1) * BC, hk, p.seqlen_k, p.head_dim, a.vec_v, &p);
     }
     cp_async_commit();
     cp_async_wait<1>();  // everything but the group just issued has landed
@@ -253,10 +257,9 @@ __global__ void __launch_bounds__(kThreads) Flash2MmaKernel(const Args a) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         float s = apply_softcap(acc_s[n][e] * scale, cap);
-        if (masked) {
-          const std::int64_t key = j0 + n * 8 + col0 + (e & 1);
-          if (key < kr[e >> 1].lo || key >= kr[e >> 1].hi) s = -INFINITY;
-        }
+        const std::int64_t key = j0 + n * 8 + col0 + (e & 1);
+        if (slope != 0.f) s += alibi_bias(slope, row[e >> 1], key, p);
+        if (masked && (key < kr[e >> 1].lo || key >= kr[e >> 1].hi)) s = -INFINITY;
         acc_s[n][e] = s;
         tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s);
       }
@@ -325,8 +328,7 @@ __global__ void __launch_bounds__(kThreads) Flash2MmaKernel(const Args a) {
         // (one pointer walked along the row: per-column offsets would be loop-invariant, and the
         // compiler would keep all D/4 of them in registers for the whole kernel)
         const std::int64_t s3 = p.v.strides[3];
-        const char* vp = static_cast<const char*>(p.v.data) + b * p.v.strides[0] + key * p.v.strides[1] +
-                         hk * p.v.strides[2] + col0 * s3;
+        const char* vp = kv_row(p, p.v, b, key, hk) + col0 * s3;
 #pragma unroll
         for (int n2 = 0; n2 < D / 8; ++n2, vp += 8 * s3)
 #pragma unroll
@@ -359,7 +361,7 @@ __global__ void __launch_bounds__(kThreads) Flash2MmaKernel(const Args a) {
         if (d < p.head_dim) out[d] = to_bits<kBf16>(acc_o[n][2 * r] * inv);
         if (d + 1 < p.head_dim) out[d + 1] = to_bits<kBf16>(acc_o[n][2 * r + 1] * inv);
       }
-      if (col0 == 0 && p.lse != nullptr) p.lse[bh * p.seqlen_q + row[r]] = lse;
+      if (col0 == 0 && p.lse != nullptr) p.lse[lse_index(p, b, h, row[r])] = lse;
     } else {
       const std::int64_t slot = (blockIdx.z * BH + bh) * p.seqlen_q + row[r];
       float* o = static_cast<float*>(a.o_part) + slot * D;

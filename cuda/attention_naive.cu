@@ -39,8 +39,10 @@ __global__ void NaiveScoresKernel(const AttnParams p, std::int64_t r0, std::int6
   if (j >= kr.lo && j < kr.hi) {
     Acc dot = 0;
     for (std::int64_t d = 0; d < p.head_dim; ++d)
-      dot += static_cast<Acc>(load<T>(p.q, b, i, h, d)) * static_cast<Acc>(load<T>(p.k, b, j, hk, d));
+      dot += static_cast<Acc>(load<T>(p.q, b, i, h, d)) *
+             static_cast<Acc>(load_value<T>(kv_row(p, p.k, b, j, hk) + d * p.k.strides[3]));
     s = apply_softcap(dot * static_cast<Acc>(p.scale), static_cast<Acc>(p.softcap));
+    if (p.alibi != nullptr) s += alibi_bias(static_cast<Acc>(alibi_slope(p, b, h)), i, j, p);
   }
   scores[(bh * rows + r) * p.seqlen_k + j] = s;
 }
@@ -79,7 +81,7 @@ __global__ void NaiveSoftmaxKernel(const AttnParams p, std::int64_t r0, std::int
     lsum[bh * rows + r] = red[0];
     if (p.lse != nullptr) {
       const std::int64_t b = bh / p.heads_q, h = bh % p.heads_q;
-      p.lse[(b * p.heads_q + h) * p.seqlen_q + i] = row_lse(m, red[0]);
+      p.lse[lse_index(p, b, h, i)] = row_lse(m, red[0]);
     }
   }
 }
@@ -97,7 +99,8 @@ __global__ void NaivePVKernel(const AttnParams p, std::int64_t r0, std::int64_t 
   // masked keys contribute nothing, whatever their values (0 * inf would be NaN); visible ones all do
   const KeyRange kr = key_range(i, p);
   Acc acc = 0;
-  for (std::int64_t j = kr.lo; j < kr.hi; ++j) acc += row[j] * static_cast<Acc>(load<T>(p.v, b, j, hk, d));
+  for (std::int64_t j = kr.lo; j < kr.hi; ++j)
+    acc += row[j] * static_cast<Acc>(load_value<T>(kv_row(p, p.v, b, j, hk) + d * p.v.strides[3]));
   const Acc l = lsum[bh * rows + r];
   T* out = static_cast<T*>(p.out) + ((b * p.seqlen_q + i) * p.heads_q + h) * p.head_dim + d;
   *out = from_f64<T>(static_cast<double>(l > Acc(0) ? acc / l : Acc(0)));

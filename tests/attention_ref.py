@@ -1,4 +1,5 @@
-"""NumPy float64 reference of the attention forward (BSHD, GQA, bottom-right causal/window, softcap)."""
+"""NumPy float64 reference of the attention forward (BSHD, GQA, bottom-right causal/window, softcap,
+ALiBi)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,16 @@ def _masked_pv(p: np.ndarray, v: np.ndarray, ok: np.ndarray) -> np.ndarray:
     return out
 
 
-def reference(q, k, v, *, causal=False, window=(-1, -1), softcap=0.0, softmax_scale=None):
+def alibi_bias(slopes, bi: int, h: int, sq: int, sk: int) -> np.ndarray:
+    """FlashAttention-2's ALiBi bias of batch bi, head h: -slope * |i + sk - sq - j| ([sq, sk])."""
+    s = np.asarray(slopes, dtype=np.float64)
+    slope = s[h] if s.ndim == 1 else s[bi, h]
+    i = np.arange(sq)[:, None]
+    j = np.arange(sk)[None, :]
+    return -slope * np.abs(i + sk - sq - j)
+
+
+def reference(q, k, v, *, causal=False, window=(-1, -1), softcap=0.0, softmax_scale=None, alibi_slopes=None):
     """(out, lse) in float64; rows that see no key give 0 and -inf."""
     q, k, v = (np.asarray(x).astype(np.float64) for x in (q, k, v))
     b, sq, hq, d = q.shape
@@ -48,6 +58,8 @@ def reference(q, k, v, *, causal=False, window=(-1, -1), softcap=0.0, softmax_sc
             s = scale * (q[bi, :, h, :] @ k[bi, :, h // group, :].T)
             if softcap > 0:
                 s = softcap * np.tanh(s / softcap)
+            if alibi_slopes is not None:
+                s = s + alibi_bias(alibi_slopes, bi, h, sq, sk)
             s = np.where(ok, s, -np.inf)
             seen = ok.any(axis=1)
             m = np.where(seen, s.max(axis=1, initial=-np.inf), 0.0)

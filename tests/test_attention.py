@@ -414,3 +414,76 @@ def test_inputs_at_odd_byte_offsets(impl, dtype):
     got = fp.attention(*views, impl=impl, causal=True)
     want = fp.attention(q, k, v, impl=impl, causal=True)
     np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+
+
+ALIBI_CASES = [  # (b, sq, sk, hq, hk, d, causal, window, softcap, slopes per batch)
+    (2, 37, 53, 4, 2, 40, False, (-1, -1), 0.0, False),
+    (2, 70, 50, 2, 1, 64, True, (-1, -1), 0.0, True),    # causal with sq > sk, [batch, heads_q] slopes
+    (1, 65, 130, 3, 3, 17, False, (5, 3), 10.0, False),  # window + softcap
+    (1, 1, 200, 8, 1, 128, True, (-1, -1), 0.0, True),   # decode
+    (1, 130, 1, 2, 2, 8, False, (-1, -1), 0.0, False),   # seqlen_k 1
+]
+
+
+def alibi_slopes(rng, b, hq, per_batch):
+    # the usual geometric slopes, jittered so each (batch, head) differs, and one negative
+    base = 2.0 ** (-8.0 * np.arange(1, hq + 1) / hq)
+    s = base * rng.uniform(0.5, 1.5, (b, hq) if per_batch else hq)
+    s.reshape(-1)[-1] *= -1
+    return s.astype(np.float32)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+@pytest.mark.parametrize("case", ALIBI_CASES, ids=[str(c[:6]) + ("-causal" if c[6] else "") for c in ALIBI_CASES])
+def test_alibi_matches_reference(impl, dtype, case):
+    b, sq, sk, hq, hk, d, causal, window, softcap, per_batch = case
+    rng = np.random.default_rng(sum(case[:6]) + 11)
+    q, k, v = make(rng, b, sq, sk, hq, hk, d, DTYPES[dtype])
+    slopes = alibi_slopes(rng, b, hq, per_batch)
+    kw = dict(causal=causal, window=window, softcap=softcap)
+    out, lse = fp.attention(q, k, v, impl=impl, return_lse=True, alibi_slopes=slopes, **kw)
+    ref_out, ref_lse = reference(q, k, v, alibi_slopes=slopes, **kw)
+    plain, plain_lse = reference(q, k, v, **kw)
+    # the bias changes the answer (one key: only the lse), so the test can fail
+    assert err(plain, ref_out) > 1e-3 if sk > 1 else lse_err(plain_lse, ref_lse) > 1e-3
+    if dtype in ("float32", "float64"):
+        tol = 1e-12 if dtype == "float64" else 2e-5
+        assert err(out, ref_out) < tol
+        assert lse_err(lse, ref_lse) < 2e-5
+    else:  # FlashAttention-2's rule against the naive kernel in the same dtype
+        naive = fp.attention(q, k, v, impl="naive", alibi_slopes=slopes, **kw)
+        assert err(out, ref_out) <= 2 * err(naive, ref_out) + rounding(DTYPES[dtype], ref_out)
+        assert lse_err(lse, ref_lse) < 1e-2
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_alibi_every_simd_level(level, monkeypatch):
+    use_level(level, monkeypatch)
+    rng = np.random.default_rng(12)
+    for dtype in (np.float32, BF16):
+        q, k, v = make(rng, 2, 70, 90, 4, 2, 48, dtype)
+        slopes = alibi_slopes(rng, 2, 4, True)
+        ref_out, _ = reference(q, k, v, causal=True, alibi_slopes=slopes)
+        naive = fp.attention(q, k, v, impl="naive", causal=True, alibi_slopes=slopes)
+        flash = fp.attention(q, k, v, impl="flash2", causal=True, alibi_slopes=slopes)
+        assert err(flash, ref_out) <= 2 * err(naive, ref_out) + rounding(dtype, ref_out) + 2e-6
+
+
+def test_alibi_slopes_forms_and_errors():
+    rng = np.random.default_rng(13)
+    q, k, v = make(rng, 2, 9, 11, 4, 2, 8, np.float32)
+    s = np.float32([0.5, 0.25, 0.125, 0.0625])
+    a = fp.attention(q, k, v, alibi_slopes=s)
+    assert np.array_equal(a, fp.attention(q, k, v, alibi_slopes=list(map(float, s))))  # a list of numbers
+    assert np.array_equal(a, fp.attention(q, k, v, alibi_slopes=np.stack([s, s])))  # [batch, heads_q]
+    assert np.array_equal(a, fp.attention(q, k, v, alibi_slopes=np.stack([s, s, s, s], 1)[:, ::1].T[:2]))  # strided
+    assert np.array_equal(fp.attention(q, k, v, alibi_slopes=np.zeros(4, np.float32)), fp.attention(q, k, v))
+    with pytest.raises(ValueError, match=r"alibi_slopes must have shape \(4,\) or \(2, 4\).*got \(3,\)"):
+        fp.attention(q, k, v, alibi_slopes=np.ones(3, np.float32))
+    with pytest.raises(ValueError, match=r"got \(4, 2\)"):
+        fp.attention(q, k, v, alibi_slopes=np.ones((4, 2), np.float32))
+    with pytest.raises(TypeError, match="alibi_slopes must be float32, got float64"):
+        fp.attention(q, k, v, alibi_slopes=np.ones(4))
+    with pytest.raises(ValueError, match="alibi_slopes must be finite, got nan"):
+        fp.attention(q, k, v, alibi_slopes=np.float32([0.5, np.nan, 0.1, 0.1]))

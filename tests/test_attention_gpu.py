@@ -10,7 +10,7 @@ import pytest
 import flashparity as fp
 from attention_ref import reference
 from flashparity.kernel_parity import to_device, to_host
-from test_attention import BF16, CASES, DTYPES, IMPLS, err, lse_err, make, rounding
+from test_attention import ALIBI_CASES, BF16, CASES, DTYPES, IMPLS, alibi_slopes, err, lse_err, make, rounding
 
 pytestmark = pytest.mark.gpu
 
@@ -320,3 +320,24 @@ def test_occupancy_is_reported_per_specialisation():
         kinds = {(o["kernel"], o["dtype"], o["head_dim"]) for o in occ}
         assert ("flash2-mma", "bfloat16", 128) in kinds and ("flash2-fma", "float32", 256) in kinds
         assert all(o["blocks_per_sm"] >= 1 for o in occ), occ
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("slopes_on", ["host", "device"])
+@pytest.mark.parametrize("case", ALIBI_CASES, ids=[str(c[:6]) + ("-causal" if c[6] else "") for c in ALIBI_CASES])
+def test_alibi_matches_reference(impl, dtype, slopes_on, case):
+    b, sq, sk, hq, hk, d, causal, window, softcap, per_batch = case
+    rng = np.random.default_rng(sum(case[:6]) + 11)
+    q, k, v = make(rng, b, sq, sk, hq, hk, d, DTYPES[dtype])
+    slopes = alibi_slopes(rng, b, hq, per_batch)
+    kw = dict(causal=causal, window=window, softcap=softcap)
+    out, lse = run(q, k, v, impl=impl, return_lse=True, alibi_slopes=slopes if slopes_on == "host" else dev(slopes),
+                   **kw)
+    ref_out, ref_lse = reference(q, k, v, alibi_slopes=slopes, **kw)
+    if dtype in ("float32", "float64"):
+        assert err(out, ref_out) < (1e-12 if dtype == "float64" else 2e-5)
+    else:
+        naive = fp.attention(q, k, v, impl="naive", alibi_slopes=slopes, **kw)
+        assert err(out, ref_out) <= 2 * err(naive, ref_out) + rounding(dtype, ref_out)
+    assert lse_err(lse, ref_lse) < 1e-2 if dtype in ("float16", "bfloat16") else lse_err(lse, ref_lse) < 1e-4

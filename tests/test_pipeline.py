@@ -76,12 +76,67 @@ def test_kernel_parity_low_precision_fa2_rule():
 def test_kernel_parity_sweep_worst_case():
     body = fp.kernel_parity(sweep=True, seq_len=64)
     cases = body["cases"]
-    assert len(cases) == 24
+    assert len(cases) == 36  # 24 plain; per dtype an ALiBi prefill and decode, a varlen batch, a paged cache
+    assert sum(c["alibi"] for c in cases) == 6
+    assert sum(c["varlen"] is not None and c["page_size"] is None for c in cases) == 3
+    assert sum(c["page_size"] == 16 for c in cases) == 3
     assert body["max_abs_diff"] == max(c["max_abs_diff"] for c in cases)
     assert body["cosine_sim"] == min(c["cosine_sim"] for c in cases)
     assert body["fa2_rule_ok"] == all(c["fa2_rule_ok"] for c in cases)
     assert {c["dtype"] for c in cases} == {"float32", "bfloat16", "float16"}
     assert {c["regime"] for c in cases} == {"decode", "prefill"}
+
+
+def test_kernel_parity_alibi():
+    body = fp.kernel_parity(alibi=True, seqlen_q=48, seq_len=80, causal=True, num_heads=6, num_kv_heads=2)
+    plain = fp.kernel_parity(seqlen_q=48, seq_len=80, causal=True, num_heads=6, num_kv_heads=2)
+    assert body["alibi"] is True and plain["alibi"] is False and body["fa2_rule_ok"]
+    assert body["max_abs_diff"] < 1e-5 and body["max_abs_diff"] != plain["max_abs_diff"]
+    with pytest.raises(ValueError, match="alibi must be a bool, got 1"):
+        fp.kernel_parity(alibi=1)
+
+
+@pytest.mark.parametrize("kw", [dict(varlen=(37, 1, 0, 90), causal=True), dict(page_size=7, batch=3, seqlen_q=4),
+                                dict(varlen=(300, 0, 5), page_size=16, alibi=True)])
+def test_kernel_parity_serving_layouts(kw):
+    body = fp.kernel_parity(num_kv_heads=2, **kw)
+    assert body["fa2_rule_ok"] and body["max_abs_diff"] < 1e-5 and body["cosine_sim"] > 0.999999
+    assert body["varlen"] == (list(kw["varlen"]) if "varlen" in kw else None)
+    assert body["page_size"] == kw.get("page_size")
+    total = sum(kw["varlen"]) if "page_size" not in kw else len(kw.get("varlen", ())) or kw["batch"]
+    assert body["numel"] == total * (kw.get("seqlen_q", 1) if "page_size" in kw else 1) * 8 * 64
+    with pytest.raises(ValueError, match="varlen must be a non-empty list of lengths >= 0"):
+        fp.kernel_parity(varlen=())
+    with pytest.raises(ValueError, match="page_size must be an integer >= 1, got 0"):
+        fp.kernel_parity(page_size=0)
+
+
+def test_cli_serving_flags(tmp_path, capsys):
+    code, out, _ = run_cli(["kernel", "parity", "--varlen", "5,0,9", "--page-size", "4", "--json"], capsys)
+    body = json.loads(out)
+    assert code == 0 and body["varlen"] == [5, 0, 9] and body["page_size"] == 4 and body["fa2_rule_ok"]
+    out_path = tmp_path / "o.npy"
+    code, out, _ = run_cli(["run", "--varlen", "3,5", "--causal", "--out", str(out_path)], capsys)
+    assert code == 0 and json.loads(out)["q_shape"] == [8, 8, 64]
+    from flashparity.kernel_parity import Case, case_inputs
+
+    q, k, v, meta = case_inputs(Case(varlen=(3, 5)))
+    cu = meta["cu_seqlens"]
+    assert np.array_equal(np.load(out_path), fp.attention_varlen(q, k, v, cu, cu, causal=True))
+    code, _, err = run_cli(["kernel", "parity", "--varlen", "3,-1"], capsys)
+    assert code == 2 and "--varlen lengths must be >= 0, got '3,-1'" in err
+    code, _, err = run_cli(["run", "--varlen", "3", "--q", "a.npy", "--k", "b.npy", "--v", "c.npy"], capsys)
+    assert code == 2 and "--varlen and --page-size make seeded inputs" in err
+
+
+def test_alibi_slopes_are_the_papers():
+    from flashparity.kernel_parity import alibi_slopes
+
+    assert np.array_equal(alibi_slopes(8), np.float32([2.0 ** -(i + 1) for i in range(8)]))
+    # 12 heads: the 8-head sequence, then the odd members of the 16-head one
+    s16 = [2.0 ** (-0.5 * (i + 1)) for i in range(16)]
+    assert np.array_equal(alibi_slopes(12), np.float32([2.0 ** -(i + 1) for i in range(8)] + s16[0::2][:4]))
+    assert alibi_slopes(1).tolist() == [2.0 ** -8]
 
 
 def test_kernel_parity_unsupported_head_dim():
@@ -143,7 +198,8 @@ def test_cli_kernel_parity_device_without_gpu(capsys):
 
 def test_cli_kernel_parity_human_and_sweep(capsys):
     code, out, _ = run_cli(["kernel", "parity", "--sweep", "--seq-len", "32"], capsys)
-    assert code == 0 and "24 cases" in out and "FAILED" not in out
+    assert code == 0 and "36 cases" in out and "FAILED" not in out and "prefill+alibi" in out
+    assert "prefill+varlen" in out and "decode+paged" in out
 
 
 @pytest.mark.parametrize("argv,msg", [
@@ -171,6 +227,18 @@ def test_cli_run_provenance(capsys):
     code, out, _ = run_cli(["run", "--attn", "naive"], capsys)
     body = json.loads(out)
     assert body["attn_impl"] == "naive" and body["fallback"] == "requested" and classify_provenance(body).ok
+    assert body["alibi"] is False
+
+
+def test_cli_run_alibi(tmp_path, capsys):
+    out_path = tmp_path / "o.npy"
+    code, out, _ = run_cli(["run", "--alibi", "--seqlen-q", "9", "--seq-len", "20", "--num-heads", "3",
+                            "--num-kv-heads", "1", "--out", str(out_path)], capsys)
+    assert code == 0 and json.loads(out)["alibi"] is True
+    from flashparity.kernel_parity import Case, alibi_slopes, make_inputs
+
+    q, k, v = make_inputs(Case(seqlen_q=9, seq_len=20, num_heads=3, num_kv_heads=1))
+    assert np.array_equal(np.load(out_path), fp.attention(q, k, v, alibi_slopes=alibi_slopes(3)))
 
 
 def test_cli_run_files_and_out(tmp_path, capsys):

@@ -32,4 +32,8 @@ const AttentionTable& active_attention_table(DType dtype);
 // by one thread, so the output is the same for any thread count.
 void attention_cpu(const AttnParams& p, AttnImpl impl);
 
+// Several problems of one dtype (the sequences of a varlen batch or a KV cache) on the threads at
+// once: tasks are (problem, batch, head, query-row tile).
+void attention_cpu(const AttnParams* problems, std::int64_t n, AttnImpl impl);
+
 }  // namespace flashparity

@@ -9,14 +9,22 @@
 #include <pybind11/stl.h>
 
 #include "attention_cpu.h"
+#include "attention_seqs.h"
 #include "glue.h"
 
 namespace py = pybind11;
 
 namespace flashparity {
 
+void set_alibi(AttnParams& p, const py::tuple& alibi) {
+  if (alibi.size() != 3) throw std::invalid_argument("alibi must be (pointer, batch stride, head stride)");
+  p.alibi = reinterpret_cast<const float*>(alibi[0].cast<std::uintptr_t>());
+  p.alibi_stride_b = alibi[1].cast<std::int64_t>();
+  p.alibi_stride_h = alibi[2].cast<std::int64_t>();
+}
+
 AttnParams make_attn_params(const py::tuple& q_desc, const py::tuple& k_desc, const py::tuple& v_desc, int impl,
-                            double scale, double softcap, std::int64_t left, std::int64_t right) {
+                            double scale, double softcap, std::int64_t left, std::int64_t right, bool kv_pool) {
   AttnParams p;
   p.q = tensor_arg(q_desc, "q");
   p.k = tensor_arg(k_desc, "k");
@@ -32,7 +40,7 @@ AttnParams make_attn_params(const py::tuple& q_desc, const py::tuple& k_desc, co
   p.head_dim = p.q.shape[3];
   p.seqlen_k = p.k.shape[1];
   p.heads_kv = p.k.shape[2];
-  if (p.k.shape[0] != p.batch || p.k.shape[3] != p.head_dim)
+  if ((!kv_pool && p.k.shape[0] != p.batch) || p.k.shape[3] != p.head_dim)
     throw std::invalid_argument("q and k must have the same batch size and head_dim");
   if (p.head_dim < 1 || p.heads_kv < 1 || p.heads_q % p.heads_kv != 0)
     throw std::invalid_argument("heads_q must be a positive multiple of heads_kv, head_dim >= 1");
@@ -48,12 +56,44 @@ AttnParams make_attn_params(const py::tuple& q_desc, const py::tuple& k_desc, co
   return p;
 }
 
+std::vector<AttnParams> sequence_problems_from_python(const AttnParams& base, const py::tuple& layout,
+                                                      const std::int32_t* block_table) {
+  if (layout.size() != 6) throw std::invalid_argument("malformed sequence layout");
+  const auto ptr = [&](int i) { return reinterpret_cast<const std::int32_t*>(layout[i].cast<std::uintptr_t>()); };
+  SeqLayout L;
+  L.batch = layout[0].cast<std::int64_t>();
+  L.cu_q = ptr(1);
+  L.cu_k = ptr(2);
+  L.cache_seqlens = ptr(3);
+  L.block_table = ptr(4) != nullptr ? block_table : nullptr;
+  L.block_table_stride = layout[5].cast<std::int64_t>();
+  if (L.batch < 0 || (L.cu_q == nullptr) != (L.cu_k == nullptr) || (L.cu_q == nullptr && L.cache_seqlens == nullptr))
+    throw std::invalid_argument("malformed sequence layout");
+  return sequence_problems(base, L);
+}
+
 namespace {
+
+// fp.attention_varlen / fp.attention_kvcache on the CPU: every sequence a problem of its own.
+void attention_seqs_host(const py::tuple& q_desc, const py::tuple& k_desc, const py::tuple& v_desc, std::uintptr_t out,
+                         std::uintptr_t lse, int impl, double scale, double softcap, std::int64_t left,
+                         std::int64_t right, const py::tuple& alibi, const py::tuple& layout) {
+  const bool paged = layout[4].cast<std::uintptr_t>() != 0;
+  AttnParams base = make_attn_params(q_desc, k_desc, v_desc, impl, scale, softcap, left, right, paged);
+  set_alibi(base, alibi);
+  base.out = reinterpret_cast<void*>(out);
+  base.lse = reinterpret_cast<float*>(lse);
+  const std::vector<AttnParams> seqs = sequence_problems_from_python(
+      base, layout, reinterpret_cast<const std::int32_t*>(layout[4].cast<std::uintptr_t>()));
+  py::gil_scoped_release release;
+  attention_cpu(seqs.data(), static_cast<std::int64_t>(seqs.size()), static_cast<AttnImpl>(impl));
+}
 
 void attention_host(const py::tuple& q_desc, const py::tuple& k_desc, const py::tuple& v_desc, std::uintptr_t out,
                     std::uintptr_t lse, int impl, double scale, double softcap, std::int64_t left,
-                    std::int64_t right) {
+                    std::int64_t right, const py::tuple& alibi) {
   AttnParams p = make_attn_params(q_desc, k_desc, v_desc, impl, scale, softcap, left, right);
+  set_alibi(p, alibi);
   p.out = reinterpret_cast<void*>(out);
   p.lse = reinterpret_cast<float*>(lse);
   py::gil_scoped_release release;
@@ -108,7 +148,14 @@ void bind_attention(py::module_& m) {
         "The key tiles query rows [r0, r0 + rows) visit.");
   m.def("attention_host", &attention_host, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"),
         py::arg("impl"), py::arg("scale"), py::arg("softcap"), py::arg("window_left"), py::arg("window_right"),
-        "CPU attention forward into a contiguous `out` (q's dtype) and optional float32 `lse` (0: none).");
+        py::arg("alibi") = py::make_tuple(0, 0, 1),
+        "CPU attention forward into a contiguous `out` (q's dtype) and optional float32 `lse` (0: none);\n"
+        "alibi = (float32 slopes pointer or 0, batch stride, head stride), strides in elements.");
+  m.def("attention_seqs_host", &attention_seqs_host, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
+        py::arg("lse"), py::arg("impl"), py::arg("scale"), py::arg("softcap"), py::arg("window_left"),
+        py::arg("window_right"), py::arg("alibi"), py::arg("layout"),
+        "CPU attention over a varlen batch or a KV cache, one problem per sequence; layout = (batch,\n"
+        "cu_seqlens_q, cu_seqlens_k, cache_seqlens, block_table, block_table_stride) host int32 pointers or 0.");
   m.attr("FLASH2_MAX_HEAD_DIM") = 256;
 }
 

@@ -196,12 +196,19 @@ FP_INLINE void convert_row(const char* src, std::int64_t stride, std::int64_t n,
   }
 }
 
+// Row s of head h of batch b: q's rows (kv null) by strides, k's and v's through kv_row (a paged
+// cache's block table).
+FP_INLINE const char* row_at(const TensorArg& t, const AttnParams* kv, std::int64_t b, std::int64_t s, std::int64_t h) {
+  return kv != nullptr ? kv_row(*kv, t, b, s, h)
+                       : static_cast<const char*>(t.data) + b * t.strides[0] + s * t.strides[1] + h * t.strides[2];
+}
+
 // Loads `count` rows (sequence positions s0..) of head h of batch b into dst[count][ld] as Acc,
-// zero-padding columns head_dim..ld and rows at or past `seqlen`.
+// zero-padding columns head_dim..ld and rows at or past `seqlen`. `kv`: the call's parameters when
+// t is k or v (paged caches), null for q.
 template <typename T, typename Acc>
 void load_rows(const TensorArg& t, std::int64_t b, std::int64_t h, std::int64_t s0, std::int64_t count,
-               std::int64_t seqlen, std::int64_t head_dim, Acc* dst, std::int64_t ld) {
-  const char* base = static_cast<const char*>(t.data) + b * t.strides[0] + h * t.strides[2];
+               std::int64_t seqlen, std::int64_t head_dim, Acc* dst, std::int64_t ld, const AttnParams* kv = nullptr) {
   for (std::int64_t r = 0; r < count; ++r) {
     Acc* row = dst + r * ld;
     const std::int64_t s = s0 + r;
@@ -209,7 +216,7 @@ void load_rows(const TensorArg& t, std::int64_t b, std::int64_t h, std::int64_t 
       std::fill(row, row + ld, Acc(0));
       continue;
     }
-    convert_row<T, Acc>(base + s * t.strides[1], t.strides[3], head_dim, row);
+    convert_row<T, Acc>(row_at(t, kv, b, s, h), t.strides[3], head_dim, row);
     std::fill(row + head_dim, row + ld, Acc(0));
   }
 }
@@ -219,9 +226,9 @@ void load_rows(const TensorArg& t, std::int64_t b, std::int64_t h, std::int64_t 
 template <typename T, typename Acc>
 void load_rows_t(const TensorArg& t, std::int64_t b, std::int64_t h, std::int64_t s0, std::int64_t count,
                  std::int64_t seqlen, std::int64_t head_dim, std::int64_t dpad, Acc* dst, std::int64_t ld,
-                 std::vector<Acc>& stage) {
+                 std::vector<Acc>& stage, const AttnParams* kv = nullptr) {
   stage.resize(static_cast<std::size_t>(count * dpad));
-  load_rows<T, Acc>(t, b, h, s0, count, seqlen, head_dim, stage.data(), dpad);
+  load_rows<T, Acc>(t, b, h, s0, count, seqlen, head_dim, stage.data(), dpad, kv);
   for (std::int64_t d = 0; d < dpad; ++d) {
     Acc* __restrict out = dst + d * ld;
     for (std::int64_t r = 0; r < count; ++r) out[r] = stage[r * dpad + d];
@@ -230,7 +237,7 @@ void load_rows_t(const TensorArg& t, std::int64_t b, std::int64_t h, std::int64_
 }
 
 FP_INLINE void store_lse(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64_t i, float lse) {
-  if (p.lse) p.lse[(b * p.heads_q + h) * p.seqlen_q + i] = lse;
+  if (p.lse) p.lse[lse_index(p, b, h, i)] = lse;
 }
 
 // Writes a finished row: out = acc[d * stride] / l, in the output's dtype: 0 for a row that saw no
@@ -246,11 +253,13 @@ void store_row(const AttnParams& p, std::int64_t b, std::int64_t i, std::int64_t
   }
 }
 
-// Scaled, capped, masked scores of one row in place: s[j] for keys key0 + j, j < n.
+// Scaled, capped, masked scores of one row in place: s[j] for keys key0 + j, j < n; with ALiBi
+// (slope != 0) the row's bias -slope * |diag - key| added, diag = i + seqlen_k - seqlen_q.
 template <typename Acc>
-FP_INLINE Acc finish_scores(Acc* s, std::int64_t n, std::int64_t key0, KeyRange kr, Acc scale, Acc cap) {
+FP_INLINE Acc finish_scores(Acc* s, std::int64_t n, std::int64_t key0, KeyRange kr, Acc scale, Acc cap,
+                            Acc slope = 0, std::int64_t diag = 0) {
   if constexpr (std::is_same_v<Acc, float>) {
-    if (cap == 0.0f && kr.lo <= key0 && key0 + n <= kr.hi && n % kLanes == 0) {  // all visible: vectors
+    if (cap == 0.0f && slope == 0.0f && kr.lo <= key0 && key0 + n <= kr.hi && n % kLanes == 0) {  // all visible: vectors
       vf mx = vf{} - INFINITY;
       for (std::int64_t j = 0; j < n; j += kLanes) {
         const vf v = loadv(s + j) * scale;
@@ -266,7 +275,10 @@ FP_INLINE Acc finish_scores(Acc* s, std::int64_t n, std::int64_t key0, KeyRange 
   for (std::int64_t j = 0; j < n; ++j) {
     const std::int64_t key = key0 + j;
     Acc v = -INFINITY;
-    if (key >= kr.lo && key < kr.hi) v = apply_softcap(s[j] * scale, cap);
+    if (key >= kr.lo && key < kr.hi) {
+      v = apply_softcap(s[j] * scale, cap);
+      if (slope != Acc(0)) v += -slope * static_cast<Acc>(diag > key ? diag - key : key - diag);
+    }
     s[j] = v;
     mx = v > mx ? v : mx;
   }
@@ -294,60 +306,81 @@ struct Rows {  // row j at p + j * ld
   std::int64_t ld;
 };
 
-// The micro-kernel of both products, an outer product over t of R broadcasts and kCV vectors:
-// out[r][0:kQB] (row stride ldo) = (accumulate ? out : 0) + sum_{t < n} x[r * xr + t * xt] * y[t * ly + 0:kQB].
+// The micro-kernel of both products, an outer product over t of R broadcasts and CV vectors:
+// out[r][0:CV*kLanes] (row stride ldo) = (accumulate ? out : 0) + sum_{t < n} x[r * xr + t * xt] * y[t * ly + 0:CV*kLanes].
 // Scores: x = K rows (r: keys, t: head_dim), y = Q^T. Output: x = V rows read down a column (r:
-// head_dim, t: keys), y = P^T.
-template <int R>
+// head_dim, t: keys), y = P^T. CV is kCV but for the last query vectors of a task whose rows do not
+// fill a block (decode: one query row takes one vector, not kCV).
+template <int R, int CV = kCV>
 FP_INLINE void outer_block(const float* x, std::int64_t xr, std::int64_t xt, const float* y, std::int64_t ly,
                            std::int64_t n, float* out, std::int64_t ldo, bool accumulate) {
-  vf acc[R][kCV] = {};
+  vf acc[R][CV] = {};
   if (accumulate)
     for (int r = 0; r < R; ++r)
-      for (int c = 0; c < kCV; ++c) acc[r][c] = loadv(out + r * ldo + c * kLanes);
+      for (int c = 0; c < CV; ++c) acc[r][c] = loadv(out + r * ldo + c * kLanes);
   for (std::int64_t t = 0; t < n; ++t) {
-    vf yv[kCV];
-    for (int c = 0; c < kCV; ++c) yv[c] = loadv(y + t * ly + c * kLanes);
+    vf yv[CV];
+    for (int c = 0; c < CV; ++c) yv[c] = loadv(y + t * ly + c * kLanes);
     for (int r = 0; r < R; ++r) {
       const vf xb = splat(x + r * xr + t * xt);
-      for (int c = 0; c < kCV; ++c) acc[r][c] += xb * yv[c];
+      for (int c = 0; c < CV; ++c) acc[r][c] += xb * yv[c];
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < kCV; ++c) storev(out + r * ldo + c * kLanes, acc[r][c]);
+    for (int c = 0; c < CV; ++c) storev(out + r * ldo + c * kLanes, acc[r][c]);
 }
 
-// st[0:nk][0:nq] = K[0:nk] . qt (nk a multiple of kRK: the rows past the tile exist, e.g. zeros).
+// f(std::integral_constant<int, cv>) for the query vectors cv = 1..kCV of a block, chosen at run time.
+template <typename F>
+FP_INLINE void with_vectors(std::int64_t cv, F&& f) {
+  switch (cv) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: if constexpr (kCV >= 2) f(std::integral_constant<int, 2>{}); break;
+    case 3: if constexpr (kCV >= 3) f(std::integral_constant<int, 3>{}); break;
+    case 4: if constexpr (kCV >= 4) f(std::integral_constant<int, 4>{}); break;
+    case 5: if constexpr (kCV >= 5) f(std::integral_constant<int, 5>{}); break;
+    default: break;
+  }
+  static_assert(kCV <= 5, "with_vectors covers kCV <= 5");
+}
+
+// st[0:nk][0:nq] = K[0:nk] . qt (nk a multiple of kRK: the rows past the tile exist, e.g. zeros;
+// nq a multiple of kLanes).
 void scores_t(Rows k, std::int64_t nk, const float* qt, std::int64_t ldq, std::int64_t nq, std::int64_t D, float* st,
               std::int64_t lds) {
-  for (std::int64_t j0 = 0; j0 < nk; j0 += kRK)
-    for (std::int64_t i0 = 0; i0 < nq; i0 += kQB)
-      outer_block<kRK>(k.p + j0 * k.ld, k.ld, 1, qt + i0, ldq, D, st + j0 * lds + i0, lds, false);
-}
-
-// ot[d0 + r][i0 + 0:kQB] += sum_j V[j][d0 + r] pt[j][i0 + 0:kQB] for r < R, j < nk.
-template <int R>
-FP_INLINE void pv_block(Rows v, std::int64_t nk, const float* pt, std::int64_t ldp, float* ot, std::int64_t ldo,
-                        std::int64_t d0, std::int64_t i0) {
-  outer_block<R>(v.p + d0, 1, v.ld, pt + i0, ldp, nk, ot + d0 * ldo + i0, ldo, true);
-}
-
-template <int R>
-FP_INLINE void pv_tail(Rows v, std::int64_t nk, const float* pt, std::int64_t ldp, float* ot, std::int64_t ldo,
-                       std::int64_t d0, std::int64_t i0, int left) {
-  if constexpr (R > 0) {
-    if (left == R) return pv_block<R>(v, nk, pt, ldp, ot, ldo, d0, i0);
-    pv_tail<R - 1>(v, nk, pt, ldp, ot, ldo, d0, i0, left);
+  for (std::int64_t i0 = 0; i0 < nq; i0 += kQB) {
+    with_vectors(std::min<std::int64_t>(kQB, nq - i0) / kLanes, [&](auto cv) {
+      for (std::int64_t j0 = 0; j0 < nk; j0 += kRK)
+        outer_block<kRK, cv()>(k.p + j0 * k.ld, k.ld, 1, qt + i0, ldq, D, st + j0 * lds + i0, lds, false);
+    });
   }
 }
 
-// ot[0:D][0:nq] += V[0:nk]^T . pt[0:nk][0:nq]
+// ot[d0 + r][i0 + 0:CV*kLanes] += sum_j V[j][d0 + r] pt[j][i0 + 0:CV*kLanes] for r < R, j < nk.
+template <int R, int CV>
+FP_INLINE void pv_block(Rows v, std::int64_t nk, const float* pt, std::int64_t ldp, float* ot, std::int64_t ldo,
+                        std::int64_t d0, std::int64_t i0) {
+  outer_block<R, CV>(v.p + d0, 1, v.ld, pt + i0, ldp, nk, ot + d0 * ldo + i0, ldo, true);
+}
+
+template <int R, int CV>
+FP_INLINE void pv_tail(Rows v, std::int64_t nk, const float* pt, std::int64_t ldp, float* ot, std::int64_t ldo,
+                       std::int64_t d0, std::int64_t i0, int left) {
+  if constexpr (R > 0) {
+    if (left == R) return pv_block<R, CV>(v, nk, pt, ldp, ot, ldo, d0, i0);
+    pv_tail<R - 1, CV>(v, nk, pt, ldp, ot, ldo, d0, i0, left);
+  }
+}
+
+// ot[0:D][0:nq] += V[0:nk]^T . pt[0:nk][0:nq] (nq a multiple of kLanes)
 void pv_t(Rows v, std::int64_t nk, const float* pt, std::int64_t ldp, std::int64_t nq, std::int64_t D, float* ot,
           std::int64_t ldo) {
   for (std::int64_t i0 = 0; i0 < nq; i0 += kQB) {
-    std::int64_t d0 = 0;
-    for (; d0 + kRK <= D; d0 += kRK) pv_block<kRK>(v, nk, pt, ldp, ot, ldo, d0, i0);
-    pv_tail<kRK - 1>(v, nk, pt, ldp, ot, ldo, d0, i0, static_cast<int>(D - d0));
+    with_vectors(std::min<std::int64_t>(kQB, nq - i0) / kLanes, [&](auto cv) {
+      std::int64_t d0 = 0;
+      for (; d0 + kRK <= D; d0 += kRK) pv_block<kRK, cv()>(v, nk, pt, ldp, ot, ldo, d0, i0);
+      pv_tail<kRK - 1, cv()>(v, nk, pt, ldp, ot, ldo, d0, i0, static_cast<int>(D - d0));
+    });
   }
 }
 
@@ -443,14 +476,22 @@ constexpr std::int64_t kMaxCachedFloats = std::int64_t{1} << 20;
 
 struct KVRows {
   std::int64_t b = -1, hk = -1, D = 0, Sk = 0;
+  // which sequence's rows these are: a call's sequences (varlen, KV cache) each come with their own
+  // parameters, whose k/v pointers or block table tell them apart
+  const void* k_data = nullptr;
+  const std::int32_t* blocks = nullptr;
+  const AttnParams* params = nullptr;
   bool cached = false;
   FloatBuf k, v;                    // the cached rows, or the rows of the last use
   std::vector<char> k_ready, v_ready;  // per kBc tile
 
   void bind(const AttnParams& p, std::int64_t b_, std::int64_t hk_) {
-    if (b_ == b && hk_ == hk) return;
+    params = &p;
+    if (b_ == b && hk_ == hk && p.k.data == k_data && p.block_table == blocks && p.seqlen_k == Sk) return;
     b = b_;
     hk = hk_;
+    k_data = p.k.data;
+    blocks = p.block_table;
     D = p.head_dim;
     Sk = p.seqlen_k;
     const std::int64_t rows = round_up(Sk, kBc);
@@ -477,12 +518,12 @@ struct KVRows {
   template <typename T>
   Rows fetch(const TensorArg& t, FloatBuf& buf, std::vector<char>& ready, std::int64_t j0, std::int64_t n) {
     if (!cached) {
-      load_rows<T, float>(t, b, hk, j0, n, Sk, D, buf.resize(n * D), D);
+      load_rows<T, float>(t, b, hk, j0, n, Sk, D, buf.resize(n * D), D, params);
       return {buf.data(), D};
     }
     for (std::int64_t tile = j0 / kBc; tile * kBc < j0 + n; ++tile) {
       if (ready[static_cast<std::size_t>(tile)]) continue;
-      load_rows<T, float>(t, b, hk, tile * kBc, kBc, Sk, D, buf.data() + tile * kBc * D, D);
+      load_rows<T, float>(t, b, hk, tile * kBc, kBc, Sk, D, buf.data() + tile * kBc * D, D, params);
       ready[static_cast<std::size_t>(tile)] = 1;
     }
     return {buf.data() + j0 * D, D};
@@ -494,9 +535,15 @@ struct KVRows {
 // st[j][i] becomes the probability exp(s - m_new) in place, m and l are updated, and what ot
 // accumulated so far is rescaled by exp(m_old - m_new) (FlashAttention-2's online softmax; the naive
 // kernel runs it once over all keys).
+// ALiBi: the lanes' bias -slope * |diag_i - key| with diag_i = diag0 + i (slope 0: none).
+struct AlibiRows {
+  float slope = 0.0f;
+  std::int64_t diag0 = 0;
+};
+
 void softmax_tile(float* st, std::int64_t lds, std::int64_t nk, std::int64_t key0, std::int64_t nq,
                   const QueryRanges& qr, float scale, float cap, float* m, float* l, float* ot, std::int64_t ldo,
-                  std::int64_t D) {
+                  std::int64_t D, AlibiRows alibi) {
   for (std::int64_t i0 = 0; i0 < nq; i0 += kLanes) {
     // lanes' visible keys relative to the tile, clamped to [0, nk]
     vi lo, hi;
@@ -510,7 +557,12 @@ void softmax_tile(float* st, std::int64_t lds, std::int64_t nk, std::int64_t key
     }
     const vf vscale = vf{} + scale;
     vf mt = vf{} - INFINITY;
-    if (all_visible && cap == 0.0f) {
+    // ALiBi distances |diag_i - key0 - j| as lanes (diag_i - key0 fits 32 bits: |i - j| < 2^31)
+    vf dist0 = {};
+    const bool bias = alibi.slope != 0.0f;
+    if (bias)
+      for (int k = 0; k < kLanes; ++k) dist0[k] = static_cast<float>(alibi.diag0 + i0 + k - key0);
+    if (all_visible && cap == 0.0f && !bias) {
       for (std::int64_t j = 0; j < nk; ++j) {
         const vf s = loadv(st + j * lds + i0) * vscale;
         storev(st + j * lds + i0, s);
@@ -521,6 +573,10 @@ void softmax_tile(float* st, std::int64_t lds, std::int64_t nk, std::int64_t key
         vf s = loadv(st + j * lds + i0) * vscale;
         if (cap > 0.0f)
           for (int k = 0; k < kLanes; ++k) s[k] = apply_softcap(s[k], cap);
+        if (bias) {  // (distances below 2^24 are exact in float32, as FlashAttention-2 computes them)
+          const vf dd = dist0 - static_cast<float>(j);
+          s += -alibi.slope * (dd < 0.0f ? -dd : dd);
+        }
         const vi jj = vi{} + static_cast<std::int32_t>(j);
         s = ((jj >= lo) & (jj < hi)) ? s : vf{} - INFINITY;
         storev(st + j * lds + i0, s);
@@ -552,8 +608,9 @@ void float_task(const AttnParams& p, KVRows& kv, std::int64_t b, std::int64_t h,
                 bool naive) {
   const std::int64_t D = p.head_dim, Sk = p.seqlen_k;
   const std::int64_t hk = h / (p.heads_q / p.heads_kv);
-  const std::int64_t nq = round_up(rows, kQB);  // query lanes
+  const std::int64_t nq = round_up(rows, kLanes);  // query lanes (whole vectors; a decode row takes one)
   const float scale = static_cast<float>(p.scale), cap = static_cast<float>(p.softcap);
+  const AlibiRows alibi{alibi_slope(p, b, h), r0 + Sk - p.seqlen_q};
   FloatBuf qt(D * nq, 0.0f), ot(D * nq, 0.0f), m(nq, -INFINITY), l(nq, 0.0f);
   std::vector<float> stage;
   kv.bind(p, b, hk);
@@ -572,7 +629,7 @@ void float_task(const AttnParams& p, KVRows& kv, std::int64_t b, std::int64_t h,
       const std::int64_t n_pad = round_up(std::min(kNaiveKeyChunk, k_end - j0), kRK);
       scores_t(kv.keys<T>(p, j0, n_pad), n_pad, qt.data(), nq, nq, D, st.data() + (j0 - k_begin) * nq, nq);
     }
-    softmax_tile(st.data(), nq, nk, k_begin, nq, qr, scale, cap, m.data(), l.data(), ot.data(), nq, D);
+    softmax_tile(st.data(), nq, nk, k_begin, nq, qr, scale, cap, m.data(), l.data(), ot.data(), nq, D, alibi);
     for (std::int64_t j0 = k_begin; j0 < k_end; j0 += kNaiveKeyChunk) {
       const std::int64_t n = std::min(kNaiveKeyChunk, k_end - j0);
       pv_t_masked(kv.values<T>(p, j0, n), n, j0, st.data() + (j0 - k_begin) * nq, nq, nq, rows, D, qr, all,
@@ -584,7 +641,7 @@ void float_task(const AttnParams& p, KVRows& kv, std::int64_t b, std::int64_t h,
     for (std::int64_t j0 = k_begin; j0 < k_end; j0 += kBc) {
       const std::int64_t n = std::min(kBc, Sk - j0), n_pad = round_up(n, kRK);
       scores_t(kv.keys<T>(p, j0, n_pad), n_pad, qt.data(), nq, nq, D, st.data(), nq);
-      softmax_tile(st.data(), nq, n, j0, nq, qr, scale, cap, m.data(), l.data(), ot.data(), nq, D);
+      softmax_tile(st.data(), nq, n, j0, nq, qr, scale, cap, m.data(), l.data(), ot.data(), nq, D, alibi);
       pv_t_masked(kv.values<T>(p, j0, n), n, j0, st.data(), nq, nq, rows, D, qr, all, ot.data(), nq, vtmp, bad_keys);
     }
   }
@@ -621,13 +678,13 @@ FP_INLINE vf dpbf16(vf acc, std::uint32_t pair, vbh x) {
 
 // Raw bfloat16 rows [count][ld] (zero-padded like load_rows).
 void load_bf16_rows(const TensorArg& t, std::int64_t b, std::int64_t h, std::int64_t s0, std::int64_t count,
-                    std::int64_t seqlen, std::int64_t head_dim, std::uint16_t* dst, std::int64_t ld) {
-  const char* base = static_cast<const char*>(t.data) + b * t.strides[0] + h * t.strides[2];
+                    std::int64_t seqlen, std::int64_t head_dim, std::uint16_t* dst, std::int64_t ld,
+                    const AttnParams* kv = nullptr) {
   for (std::int64_t r = 0; r < count; ++r) {
     std::uint16_t* row = dst + r * ld;
     std::fill(row, row + ld, std::uint16_t{0});
     if (s0 + r >= seqlen) continue;
-    const char* src = base + (s0 + r) * t.strides[1];
+    const char* src = row_at(t, kv, b, s0 + r, h);
     if (t.strides[3] == 2) std::memcpy(row, src, static_cast<std::size_t>(head_dim) * 2);
     else
       for (std::int64_t d = 0; d < head_dim; ++d) std::memcpy(row + d, src + d * t.strides[3], 2);
@@ -693,7 +750,9 @@ void pv_tile_bf16(const std::uint16_t* p2, const std::uint16_t* v2, std::int64_t
 // query tiles it runs next (the tasks of one head are claimed consecutively); part of the worker's
 // scratch, which lives for one call.
 struct PackedKV {
-  std::int64_t b = -1, hk = -1;
+  std::int64_t b = -1, hk = -1, Sk = -1;
+  const void* k_data = nullptr;  // (which sequence: as KVRows)
+  const std::int32_t* blocks = nullptr;
   std::vector<std::uint16_t> kt2, v2;
   std::vector<char> ready;
   std::vector<char> v_nonfinite;  // per tile: some V value is inf or NaN (then masked keys need care)
@@ -706,13 +765,17 @@ void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std:
   const std::int64_t Dp = round_up(D, kLanes);
   const std::int64_t hk = h / (p.heads_q / p.heads_kv);
   const float scale = static_cast<float>(p.scale), cap = static_cast<float>(p.softcap);
+  const float slope = alibi_slope(p, b, h);
   std::vector<std::uint16_t> q2(kBr * Dp), krows(kBc * Dp), vrows(kBc * Dp), p2(kBr * kBc);
   const std::int64_t n_tiles = (Sk + kBc - 1) / kBc, tile_elems = Dp * kBc;
   // (a head past the float kernels' cache size is packed per use, into one tile slot)
   const bool cached = n_tiles * tile_elems <= 2 * kMaxCachedFloats;
-  if (cache.b != b || cache.hk != hk) {
+  if (cache.b != b || cache.hk != hk || cache.k_data != p.k.data || cache.blocks != p.block_table || cache.Sk != Sk) {
     cache.b = b;
     cache.hk = hk;
+    cache.k_data = p.k.data;
+    cache.blocks = p.block_table;
+    cache.Sk = Sk;
     cache.kt2.resize(static_cast<std::size_t>((cached ? n_tiles : 1) * tile_elems));
     cache.v2.resize(static_cast<std::size_t>((cached ? n_tiles : 1) * tile_elems));
     cache.ready.assign(static_cast<std::size_t>(cached ? n_tiles : 1), 0);
@@ -732,8 +795,8 @@ void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std:
     std::uint16_t* kt2 = cache.kt2.data() + t * tile_elems;
     std::uint16_t* v2 = cache.v2.data() + t * tile_elems;
     if (!cached || !cache.ready[static_cast<std::size_t>(t)]) {
-      load_bf16_rows(p.k, b, hk, j0, kBc, Sk, D, krows.data(), Dp);
-      load_bf16_rows(p.v, b, hk, j0, kBc, Sk, D, vrows.data(), Dp);
+      load_bf16_rows(p.k, b, hk, j0, kBc, Sk, D, krows.data(), Dp, &p);
+      load_bf16_rows(p.v, b, hk, j0, kBc, Sk, D, vrows.data(), Dp, &p);
       // pair layouts: kt2[d/2][j][d%2] (head_dim pairs per key), v2[j/2][d][j%2] (key pairs per dim)
       for (std::int64_t j = 0; j < kBc; ++j) {
         const std::uint32_t* kr = reinterpret_cast<const std::uint32_t*>(krows.data() + j * Dp);
@@ -763,7 +826,7 @@ void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std:
         continue;
       }
       const KeyRange kr = key_range(r0 + i, p);
-      const float tile_max = finish_scores(srow, nj, j0, kr, scale, cap);
+      const float tile_max = finish_scores(srow, nj, j0, kr, scale, cap, slope, r0 + i + Sk - p.seqlen_q);
       for (std::int64_t j = nj; j < kBc; ++j) srow[j] = -INFINITY;
       const OnlineSoftmaxStep<float> st = online_softmax_step(m[i], tile_max);
       if (st.m_new == -INFINITY) {
@@ -852,12 +915,13 @@ void naive_task_f64(const AttnParams& p, std::int64_t b, std::int64_t h, std::in
   const std::int64_t hk = h / (p.heads_q / p.heads_kv);
   const std::int64_t ld = round_up(std::max<std::int64_t>(Sk, 1), kNaiveKeyChunk);  // score row stride
   const Acc scale = static_cast<Acc>(p.scale), cap = static_cast<Acc>(p.softcap);
+  const Acc slope = static_cast<Acc>(alibi_slope(p, b, h));
   std::vector<Acc> q(rows * Dp), s(rows * ld, Acc(0)), kt(Dp * kNaiveKeyChunk), v(kNaiveKeyChunk * Dp), stage;
   load_rows<T, Acc>(p.q, b, h, r0, rows, r0 + rows, D, q.data(), Dp);
   // scores, one key chunk at a time: s[i][j] = q_i . k_j
   for (std::int64_t j0 = 0; j0 < Sk; j0 += kNaiveKeyChunk) {
     const std::int64_t nj = std::min(kNaiveKeyChunk, Sk - j0);
-    load_rows_t<T, Acc>(p.k, b, hk, j0, nj, Sk, D, D, kt.data(), kNaiveKeyChunk, stage);
+    load_rows_t<T, Acc>(p.k, b, hk, j0, nj, Sk, D, D, kt.data(), kNaiveKeyChunk, stage, &p);
     for (std::int64_t i = 0; i < rows; ++i) {
       Acc* __restrict srow = s.data() + i * ld + j0;
       for (std::int64_t d = 0; d < D; ++d) {
@@ -872,7 +936,7 @@ void naive_task_f64(const AttnParams& p, std::int64_t b, std::int64_t h, std::in
   for (std::int64_t i = 0; i < rows; ++i) {
     Acc* srow = s.data() + i * ld;
     const KeyRange kr = key_range(r0 + i, p);
-    const Acc mx = finish_scores(srow, Sk, 0, kr, scale, cap);
+    const Acc mx = finish_scores(srow, Sk, 0, kr, scale, cap, slope, r0 + i + Sk - p.seqlen_q);
     for (std::int64_t j = Sk; j < ld; ++j) srow[j] = -INFINITY;
     mrow[i] = mx;
     Acc l = 0;
@@ -887,7 +951,7 @@ void naive_task_f64(const AttnParams& p, std::int64_t b, std::int64_t h, std::in
   std::vector<Acc> acc(rows * Dp, Acc(0));
   for (std::int64_t j0 = 0; j0 < Sk; j0 += kNaiveKeyChunk) {
     const std::int64_t nj = std::min(kNaiveKeyChunk, Sk - j0);
-    load_rows<T, Acc>(p.v, b, hk, j0, nj, Sk, D, v.data(), Dp);
+    load_rows<T, Acc>(p.v, b, hk, j0, nj, Sk, D, v.data(), Dp, &p);
     for (std::int64_t i = 0; i < rows; ++i) {
       Acc* __restrict arow = acc.data() + i * Dp;
       const Acc* prow = s.data() + i * ld + j0;
@@ -913,6 +977,7 @@ void flash2_task_f64(const AttnParams& p, std::int64_t b, std::int64_t h, std::i
   const std::int64_t Dp = D;
   const std::int64_t hk = h / (p.heads_q / p.heads_kv);
   const Acc scale = static_cast<Acc>(p.scale), cap = static_cast<Acc>(p.softcap);
+  const Acc slope = static_cast<Acc>(alibi_slope(p, b, h));
   std::vector<Acc> q(kBr * Dp), kt(Dp * kBc), v(kBc * Dp), s(kBr * kBc), o(kBr * Dp, Acc(0)), stage;
   std::vector<Acc> m(kBr, -INFINITY), l(kBr, Acc(0));
   load_rows<T, Acc>(p.q, b, h, r0, rows, r0 + rows, D, q.data(), Dp);
@@ -920,8 +985,8 @@ void flash2_task_f64(const AttnParams& p, std::int64_t b, std::int64_t h, std::i
   const TileSpan tiles = row_block_key_tiles(r0, rows, p, kBc);
   for (std::int64_t j0 = tiles.begin * kBc; j0 < tiles.end * kBc; j0 += kBc) {
     const std::int64_t nj = std::min(kBc, Sk - j0);
-    load_rows_t<T, Acc>(p.k, b, hk, j0, nj, Sk, D, Dp, kt.data(), kBc, stage);
-    load_rows<T, Acc>(p.v, b, hk, j0, nj, Sk, D, v.data(), Dp);
+    load_rows_t<T, Acc>(p.k, b, hk, j0, nj, Sk, D, Dp, kt.data(), kBc, stage, &p);
+    load_rows<T, Acc>(p.v, b, hk, j0, nj, Sk, D, v.data(), Dp, &p);
     // S = Q K^T for the tile
     for (std::int64_t i = 0; i < rows; ++i) {
       Acc* __restrict srow = s.data() + i * kBc;
@@ -936,7 +1001,7 @@ void flash2_task_f64(const AttnParams& p, std::int64_t b, std::int64_t h, std::i
     for (std::int64_t i = 0; i < rows; ++i) {
       Acc* srow = s.data() + i * kBc;
       const KeyRange kr = key_range(r0 + i, p);
-      const Acc tile_max = finish_scores(srow, nj, j0, kr, scale, cap);
+      const Acc tile_max = finish_scores(srow, nj, j0, kr, scale, cap, slope, r0 + i + Sk - p.seqlen_q);
       for (std::int64_t j = nj; j < kBc; ++j) srow[j] = -INFINITY;
       const OnlineSoftmaxStep<Acc> st = online_softmax_step(m[i], tile_max);
       if (st.m_new == -INFINITY) {  // nothing seen yet: the tile contributes nothing

@@ -5,6 +5,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <pybind11/stl.h>
@@ -137,11 +138,44 @@ int attention_device_of(const AttnParams& p, std::uintptr_t out_ptr) {
 // out_ptr 0: a new DeviceArray; else the caller's C-contiguous device buffer of q's shape and dtype
 // (checked in Python), returned as None. The kernels run on `stream`, after the work queued so far
 // on each stream of `after` (the producer streams of k, v and out).
+// Host slopes ([batch, heads_q], contiguous) copied to the device for the call; device slopes checked
+// to be on `device`.
+DeviceArrayPtr place_alibi(AttnParams& p, bool alibi_on_host, int device, std::int64_t batch) {
+  DeviceArrayPtr slopes;
+  if (p.alibi != nullptr && alibi_on_host) {
+    slopes = std::make_shared<DeviceArray>(DType::Float32, std::vector<std::int64_t>{batch * p.heads_q}, device);
+    if (slopes->nbytes() > 0) {
+      py::gil_scoped_release release;
+      copy_to_device(slopes->ptr, p.alibi, slopes->nbytes(), device);
+    }
+    p.alibi = static_cast<const float*>(slopes->ptr);
+    p.alibi_stride_b = p.heads_q;
+    p.alibi_stride_h = 1;
+  } else if (p.alibi != nullptr && cuda_pointer_device(reinterpret_cast<std::uintptr_t>(p.alibi)) != device) {
+    throw std::invalid_argument("alibi_slopes is on CUDA device " +
+                                std::to_string(cuda_pointer_device(reinterpret_cast<std::uintptr_t>(p.alibi))) +
+                                ", q, k and v on device " + std::to_string(device));
+  }
+  return slopes;
+}
+
+void run_device(const AttnParams& p, int impl, int device, std::uintptr_t stream,
+                const std::vector<std::uintptr_t>& after) {
+  if (impl == 0) attention_naive_cuda(p, device, stream, after);
+  else attention_flash2_cuda(p, device, stream, after);
+}
+
+// out_ptr 0: a new DeviceArray; else the caller's C-contiguous device buffer of q's shape and dtype
+// (checked in Python), returned as None. The kernels run on `stream`, after the work queued so far
+// on each stream of `after` (the producer streams of k, v and out).
 py::tuple attention_device(const py::tuple& q_desc, const py::tuple& k_desc, const py::tuple& v_desc, int impl,
                            double scale, double softcap, std::int64_t left, std::int64_t right, bool want_lse,
-                           std::uintptr_t stream, std::uintptr_t out_ptr, const std::vector<std::uintptr_t>& after) {
+                           std::uintptr_t stream, std::uintptr_t out_ptr, const std::vector<std::uintptr_t>& after,
+                           const py::tuple& alibi, bool alibi_on_host) {
   AttnParams p = make_attn_params(q_desc, k_desc, v_desc, impl, scale, softcap, left, right);
+  set_alibi(p, alibi);
   const int device = attention_device_of(p, out_ptr);
+  const DeviceArrayPtr slopes = place_alibi(p, alibi_on_host, device, p.batch);
   DeviceArrayPtr out;
   if (out_ptr == 0) {
     out = std::make_shared<DeviceArray>(p.q.dtype, std::vector<std::int64_t>{p.batch, p.seqlen_q, p.heads_q, p.head_dim},
@@ -157,10 +191,81 @@ py::tuple attention_device(const py::tuple& q_desc, const py::tuple& k_desc, con
   p.lse = lse ? static_cast<float*>(lse->ptr) : nullptr;
   {
     py::gil_scoped_release release;
-    if (impl == 0) attention_naive_cuda(p, device, stream, after);
-    else attention_flash2_cuda(p, device, stream, after);
+    run_device(p, impl, device, stream, after);
   }
   return py::make_tuple(out ? py::cast(out) : py::none(), lse ? py::cast(lse) : py::none());
+}
+
+// fp.attention_varlen / fp.attention_kvcache on device tensors: one problem per sequence, run one
+// after the other on `stream` (the first waits for `after`). A host block table (int32, contiguous
+// [batch, block_table_stride]) is copied to the device for the call; out_shape and lse_shape are the
+// user-facing shapes of the outputs; out_ptr as attention_device.
+py::tuple attention_seqs_device(const py::tuple& q_desc, const py::tuple& k_desc, const py::tuple& v_desc, int impl,
+                                double scale, double softcap, std::int64_t left, std::int64_t right, bool want_lse,
+                                std::uintptr_t stream, std::uintptr_t out_ptr, const std::vector<std::uintptr_t>& after,
+                                const py::tuple& alibi, bool alibi_on_host, const py::tuple& layout,
+                                std::vector<std::int64_t> out_shape, std::vector<std::int64_t> lse_shape) {
+  const std::uintptr_t host_table = layout[4].cast<std::uintptr_t>();
+  AttnParams base = make_attn_params(q_desc, k_desc, v_desc, impl, scale, softcap, left, right, host_table != 0);
+  set_alibi(base, alibi);
+  const int device = attention_device_of(base, out_ptr);
+  const DeviceArrayPtr slopes = place_alibi(base, alibi_on_host, device, layout[0].cast<std::int64_t>());
+  DeviceArrayPtr table;
+  if (host_table != 0) {
+    const std::int64_t n = layout[0].cast<std::int64_t>() * layout[5].cast<std::int64_t>();
+    table = std::make_shared<DeviceArray>(DType::Float32, std::vector<std::int64_t>{n}, device);  // (int32 words)
+    if (n > 0) {
+      py::gil_scoped_release release;
+      copy_to_device(table->ptr, reinterpret_cast<const void*>(host_table), static_cast<std::size_t>(n) * 4, device);
+    }
+  }
+  DeviceArrayPtr out;
+  if (out_ptr == 0) {
+    out = std::make_shared<DeviceArray>(base.q.dtype, std::move(out_shape), device);
+    base.out = out->ptr;
+  } else {
+    base.out = reinterpret_cast<void*>(out_ptr);
+  }
+  DeviceArrayPtr lse;
+  if (want_lse) lse = std::make_shared<DeviceArray>(DType::Float32, std::move(lse_shape), device);
+  base.lse = lse ? static_cast<float*>(lse->ptr) : nullptr;
+  const std::vector<AttnParams> seqs = sequence_problems_from_python(
+      base, layout, table ? static_cast<const std::int32_t*>(table->ptr) : nullptr);
+  {
+    py::gil_scoped_release release;
+    for (std::size_t i = 0; i < seqs.size(); ++i)
+      run_device(seqs[i], impl, device, stream, i == 0 ? after : std::vector<std::uintptr_t>{});
+  }
+  return py::make_tuple(out ? py::cast(out) : py::none(), lse ? py::cast(lse) : py::none());
+}
+
+// fp.merge_attention_states on device tensors: new DeviceArrays of the caller's shapes (out_shape,
+// lse_shape: o's and lse's as the user gave them, 3-D/2-D or 4-D/3-D).
+py::tuple merge_states_device(const py::tuple& oa, const py::tuple& lsea, const py::tuple& ob, const py::tuple& lseb,
+                              std::vector<std::int64_t> out_shape, std::vector<std::int64_t> lse_shape,
+                              std::uintptr_t stream, const std::vector<std::uintptr_t>& after) {
+  MergeParams p = merge_params_from_python(oa, lsea, ob, lseb, 0, 0);
+  int device = -1;
+  const std::pair<const char*, const TensorArg*> inputs[] = {{"o_a", &p.oa}, {"lse_a", &p.lsea}, {"o_b", &p.ob},
+                                                             {"lse_b", &p.lseb}};
+  for (const auto& [name, t] : inputs) {
+    if (t->numel() == 0) continue;
+    const int d = cuda_pointer_device(reinterpret_cast<std::uintptr_t>(t->data));
+    if (device < 0) device = d;
+    else if (d != device)
+      throw std::invalid_argument(std::string(name) + " is on CUDA device " + std::to_string(d) +
+                                  ", the other tensors on device " + std::to_string(device));
+  }
+  if (device < 0) device = current_device();
+  auto out = std::make_shared<DeviceArray>(p.oa.dtype, std::move(out_shape), device);
+  auto lse = std::make_shared<DeviceArray>(p.lsea.dtype, std::move(lse_shape), device);
+  p.out = out->ptr;
+  p.lse_out = lse->ptr;
+  {
+    py::gil_scoped_release release;
+    merge_states_cuda(p, device, stream, after);
+  }
+  return py::make_tuple(out, lse);
 }
 
 }  // namespace
@@ -180,8 +285,27 @@ void bind_device_cuda(py::module_& m) {
   m.def("attention_cuda", &attention_device, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("impl"),
         py::arg("scale"), py::arg("softcap"), py::arg("window_left"), py::arg("window_right"), py::arg("want_lse"),
         py::arg("stream") = 0, py::arg("out") = 0, py::arg("after") = std::vector<std::uintptr_t>{},
+        py::arg("alibi") = py::make_tuple(0, 0, 1), py::arg("alibi_on_host") = false,
         "Attention forward on device tensors: (out DeviceArray or None when written to `out`, lse DeviceArray or None).\n"
         "Runs on `stream`, ordered after the work queued on each stream of `after`; returns when it is done.");
+  m.def("attention_seqs_cuda", &attention_seqs_device, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("impl"),
+        py::arg("scale"), py::arg("softcap"), py::arg("window_left"), py::arg("window_right"), py::arg("want_lse"),
+        py::arg("stream"), py::arg("out"), py::arg("after"), py::arg("alibi"), py::arg("alibi_on_host"),
+        py::arg("layout"), py::arg("out_shape"), py::arg("lse_shape"),
+        "Attention over a varlen batch or KV cache of device tensors, one problem per sequence: (out, lse).");
+  m.def("copy_device_to_host", [](std::uintptr_t ptr, std::size_t nbytes) {
+    std::string buf(nbytes, '\0');
+    if (nbytes > 0) {
+      const int device = cuda_pointer_device(ptr);
+      py::gil_scoped_release release;
+      copy_to_host(buf.data(), reinterpret_cast<const void*>(ptr), nbytes, device);
+    }
+    return py::bytes(buf);
+  }, py::arg("ptr"), py::arg("nbytes"), "A host copy of `nbytes` of device memory (the metadata of varlen and KV-cache calls).");
+  m.def("merge_states_cuda", &merge_states_device, py::arg("o_a"), py::arg("lse_a"), py::arg("o_b"), py::arg("lse_b"),
+        py::arg("out_shape"), py::arg("lse_shape"), py::arg("stream") = 0,
+        py::arg("after") = std::vector<std::uintptr_t>{},
+        "merge_attention_states on device tensors: (out DeviceArray, lse DeviceArray) of the given shapes.");
   m.def("cuda_attention_occupancy", [](int device) {
     py::list out;
     for (const AttnKernelOccupancy& o : attention_occupancy_cuda(device)) {

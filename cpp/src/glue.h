@@ -2,10 +2,12 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include <pybind11/pybind11.h>
 
 #include "flashparity/attention_math.h"
+#include "flashparity/merge_states.h"
 #include "flashparity/parity_stats.h"
 #include "flashparity/tensor.h"
 
@@ -30,10 +32,22 @@ pybind11::dict accum_to_dict(const ParityAccum& s);
 void bind_parity(pybind11::module_& m);
 void bind_dlpack(pybind11::module_& m);
 void bind_attention(pybind11::module_& m);
+void bind_merge_states(pybind11::module_& m);
 
 // Checked attention parameters from the descriptors (out/lse left for the caller).
+// `kv_pool`: k and v are a paged cache's blocks (their dim 0 is not the batch).
 AttnParams make_attn_params(const pybind11::tuple& q, const pybind11::tuple& k, const pybind11::tuple& v, int impl,
-                            double scale, double softcap, std::int64_t left, std::int64_t right);
+                            double scale, double softcap, std::int64_t left, std::int64_t right, bool kv_pool = false);
+// A varlen batch's or KV cache's sequences as one-sequence problems, from Python's layout tuple
+// (batch, cu_seqlens_q, cu_seqlens_k, cache_seqlens, block_table, block_table_stride: host int32
+// pointers or 0); the block table pointer is left for the caller to place where the kernels run.
+std::vector<AttnParams> sequence_problems_from_python(const AttnParams& base, const pybind11::tuple& layout,
+                                                      const std::int32_t* block_table_in_kernel_memory);
+// Checked merge_attention_states parameters from the descriptors (merge_states.cpp).
+MergeParams merge_params_from_python(const pybind11::tuple& oa, const pybind11::tuple& lsea, const pybind11::tuple& ob,
+                                     const pybind11::tuple& lseb, std::uintptr_t out, std::uintptr_t lse_out);
+// ALiBi slopes from Python's (pointer or 0, batch stride, head stride) (attention.py checked them).
+void set_alibi(AttnParams& p, const pybind11::tuple& alibi);
 // CPU emulation of one warp of the tensor-core flash2 tile math (mma_layout_check.cpp): "" when
 // S = Q K^T and O = P V come out exact, else what differed. d and bc multiples of 16, warp 0..3.
 std::string mma_layout_check(int d, int bc, int warp);

@@ -2,7 +2,9 @@
 
 Public API (see the README and SPEC): :func:`build_info`; the fused parity reductions
 :func:`parity` (-> :class:`ParityStats`), :func:`max_abs_diff`, :func:`cosine_sim`; the
-attention forward :func:`attention` (naive and flash2, on the CPU); the
+attention forward :func:`attention` (naive and flash2, on the CPU and the GPU) and
+:func:`merge_attention_states`; serving layouts :func:`attention_varlen` and
+:func:`attention_kvcache` (paged); the
 classifiers in :mod:`flashparity.classify`; parity over torch.distributed ranks in
 :mod:`flashparity.distributed`. The compiled core is the private module ``flashparity._core``.
 """
@@ -12,8 +14,9 @@ from __future__ import annotations
 from . import classify, distributed
 from ._build import build_info
 from ._core import __version__
-from .attention import UnsupportedHeadDimError, attention
+from .attention import UnsupportedHeadDimError, attention, merge_attention_states
 from .kernel_parity import kernel_parity
+from .serving import attention_kvcache, attention_varlen
 from .modules import ModuleReport, compare_modules, dump
 from .parity import ParityStats, assert_parity, cosine_sim, max_abs_diff, parity
 
@@ -27,6 +30,9 @@ __all__ = [
     "max_abs_diff",
     "cosine_sim",
     "attention",
+    "attention_varlen",
+    "attention_kvcache",
+    "merge_attention_states",
     "UnsupportedHeadDimError",
     "kernel_parity",
     "assert_parity",

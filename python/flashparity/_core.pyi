@@ -37,7 +37,8 @@ def parity_cuda(a: Desc, b: Desc, atol: float = 0.0, rtol: float = 0.0, stream_a
 def parity_cuda_blocks(a: Desc, b: Desc, device: int = 0) -> int: ...  # CUDA builds: parity_cuda's grid
 
 def attention_host(q: Desc, k: Desc, v: Desc, out: int, lse: int, impl: int, scale: float, softcap: float,
-                   window_left: int, window_right: int) -> None: ...
+                   window_left: int, window_right: int, alibi: tuple[int, int, int] = ...) -> None: ...
+def merge_states_host(o_a: Desc, lse_a: Desc, o_b: Desc, lse_b: Desc, out: int, lse_out: int) -> None: ...
 
 class DeviceArray:  # CUDA builds: owned, C-contiguous device memory
     shape: tuple[int, ...]
@@ -52,7 +53,10 @@ class DeviceArray:  # CUDA builds: owned, C-contiguous device memory
 
 def attention_cuda(q: Desc, k: Desc, v: Desc, impl: int, scale: float, softcap: float, window_left: int,
                    window_right: int, want_lse: bool, stream: int = 0, out: int = 0,
-                   after: list[int] = ...) -> tuple[DeviceArray | None, DeviceArray | None]: ...  # CUDA builds
+                   after: list[int] = ..., alibi: tuple[int, int, int] = ...,
+                   alibi_on_host: bool = False) -> tuple[DeviceArray | None, DeviceArray | None]: ...  # CUDA builds
+def merge_states_cuda(o_a: Desc, lse_a: Desc, o_b: Desc, lse_b: Desc, out_shape: list[int], lse_shape: list[int],
+                      stream: int = 0, after: list[int] = ...) -> tuple[DeviceArray, DeviceArray]: ...  # CUDA builds
 def cuda_attention_occupancy(device: int) -> list[dict[str, int | str]]: ...  # CUDA builds
 
 # the split-KV math of the CUDA flash2 (attention_math.h), exposed for the CPU tests

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from typing import Any
@@ -11,7 +12,8 @@ import numpy as np
 from . import _core
 from ._tensor import TensorView, as_view, consumer_stream, producer_waits
 
-__all__ = ["attention", "UnsupportedHeadDimError", "IMPLS", "FLASH2_MAX_HEAD_DIM"]
+__all__ = ["attention", "attention_varlen", "attention_kvcache", "merge_attention_states", "UnsupportedHeadDimError",
+           "IMPLS", "FLASH2_MAX_HEAD_DIM"]
 
 IMPLS = ("flash2", "naive")
 FLASH2_MAX_HEAD_DIM = _core.FLASH2_MAX_HEAD_DIM
@@ -72,6 +74,7 @@ def attention(
     softcap: float = 0.0,
     return_lse: bool = False,
     out: Any = None,
+    alibi_slopes: Any = None,
 ):
     """softmax(scale · q kᵀ) v per (batch, head), as FlashAttention-2's forward.
 
@@ -82,7 +85,10 @@ def attention(
 
     ``causal`` and ``window=(left, right)`` are bottom-right aligned: query i sees key j iff
     ``i + sk - sq - left <= j <= i + sk - sq + right`` (-1: unbounded), causal is (-1, 0).
-    ``softcap > 0`` maps scaled scores s to ``softcap * tanh(s / softcap)``. A row that sees no key
+    ``softcap > 0`` maps scaled scores s to ``softcap * tanh(s / softcap)``. ``alibi_slopes``
+    (float32 ``[heads_q]`` or ``[batch, heads_q]``, on q's device or on the host) adds
+    FlashAttention-2's ALiBi bias ``-slope * |i + sk - sq - j|`` to the scaled, capped score of query
+    i and key j (the lse includes it). A row that sees no key
     gives output 0 and lse -inf. A key outside a row's visible range contributes nothing to it,
     whatever its values (inf or NaN in masked K/V never reach the row); non-finite values in keys
     the row sees propagate to it. ``impl="naive"`` materializes score rows (any head_dim);
@@ -99,6 +105,47 @@ def attention(
     runs float16/bfloat16 on tensor cores (``mma.sync`` m16n8k16, float32 accumulators; compute
     capability 8.0+) and float32/float64 on FMA units (no tf32), with split-KV for decode.
     """
+    left, right = _check_options(impl, causal, window, softcap)
+    stream = consumer_stream(q)  # where CUDA kernels run; DLPack producers are ordered before it
+    vq, vk, vv = _views(q, k, v, stream)
+    batch, seqlen_q, heads_q, head_dim = vq.shape
+    scale = _check_heads(impl, heads_q, vk.shape[2], head_dim, softmax_scale)
+
+    vout = _out_view(out, vq, (vk, vv), stream) if out is not None else None
+    alibi = _alibi(alibi_slopes, batch, heads_q, vq.device, stream)
+    if vq.device == "cuda":
+        res, lse = _attention_cuda(vq, vk, vv, impl, scale, float(softcap), left, right, return_lse, vout, stream,
+                                   alibi)
+        res = out if out is not None else res
+        return (res, lse) if return_lse else res
+    out, out_ptr, lse, lse_ptr = _host_outputs(out, vout, vq, (batch, heads_q, seqlen_q), return_lse)
+    if out_ptr or lse_ptr:
+        _core.attention_host(
+            vq.desc, vk.desc, vv.desc,
+            out_ptr,
+            lse_ptr,
+            _KERNEL_CODES[impl],
+            scale, float(softcap), left, right,
+            alibi.args,
+        )
+    return (out, lse) if return_lse else out
+
+
+def _host_outputs(out: Any, vout: TensorView | None, vq: TensorView, lse_shape: tuple[int, ...], return_lse: bool):
+    """(out, its pointer, lse or None, its pointer) for a host call: a new array of q's shape and
+    dtype unless the caller gave `out`; pointers 0 for empty outputs."""
+    if out is None:
+        out = np.empty(vq.shape, dtype=_numpy_dtype(vq.dtype))
+        out_ptr = out.__array_interface__["data"][0] if out.size else 0
+    else:
+        out_ptr = vout.ptr if vout.numel else 0
+    lse = np.empty(lse_shape, dtype=np.float32) if return_lse else None
+    lse_ptr = lse.__array_interface__["data"][0] if lse is not None and lse.size else 0
+    return out, out_ptr, lse, lse_ptr
+
+
+def _check_options(impl: str, causal: Any, window: Any, softcap: Any) -> tuple[int, int]:
+    """The checked window bounds (left, right) with causal folded in."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {impl!r}")
     if not isinstance(causal, (bool, np.bool_)):
@@ -112,11 +159,11 @@ def attention(
         right = 0 if right < 0 else min(right, 0)
     if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real) or not math.isfinite(softcap) or softcap < 0:
         raise ValueError(f"softcap must be a finite number >= 0, got {softcap!r}")
+    return left, right
 
-    stream = consumer_stream(q)  # where CUDA kernels run; DLPack producers are ordered before it
-    vq, vk, vv = _views(q, k, v, stream)
-    batch, seqlen_q, heads_q, head_dim = vq.shape
-    heads_kv = vk.shape[2]
+
+def _check_heads(impl: str, heads_q: int, heads_kv: int, head_dim: int, softmax_scale: Any) -> float:
+    """Checks the head counts and head_dim for `impl`; the softmax scale (default 1/sqrt(head_dim))."""
     if head_dim < 1:
         raise ValueError(f"head_dim must be >= 1, got {head_dim}")
     if heads_kv < 1 or heads_q % heads_kv != 0:
@@ -127,32 +174,10 @@ def attention(
             "(impl='naive' supports any head_dim)"
         )
     if softmax_scale is None:
-        scale = 1.0 / math.sqrt(head_dim)
-    else:
-        if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real) or not math.isfinite(softmax_scale):
-            raise ValueError(f"softmax_scale must be a finite number, got {softmax_scale!r}")
-        scale = float(softmax_scale)
-
-    vout = _out_view(out, vq, (vk, vv), stream) if out is not None else None
-    if vq.device == "cuda":
-        res, lse = _attention_cuda(vq, vk, vv, impl, scale, float(softcap), left, right, return_lse, vout, stream)
-        res = out if out is not None else res
-        return (res, lse) if return_lse else res
-    if out is None:
-        out = np.empty(vq.shape, dtype=_numpy_dtype(vq.dtype))
-        out_ptr = out.__array_interface__["data"][0] if out.size else 0
-    else:
-        out_ptr = vout.ptr if vout.numel else 0
-    lse = np.empty((batch, heads_q, seqlen_q), dtype=np.float32) if return_lse else None
-    if out_ptr or (lse is not None and lse.size):
-        _core.attention_host(
-            vq.desc, vk.desc, vv.desc,
-            out_ptr,
-            lse.__array_interface__["data"][0] if lse is not None and lse.size else 0,
-            _KERNEL_CODES[impl],
-            scale, float(softcap), left, right,
-        )
-    return (out, lse) if return_lse else out
+        return 1.0 / math.sqrt(head_dim)
+    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real) or not math.isfinite(softmax_scale):
+        raise ValueError(f"softmax_scale must be a finite number, got {softmax_scale!r}")
+    return float(softmax_scale)
 
 
 def _out_view(out: Any, vq: TensorView, inputs: tuple[TensorView, TensorView], stream: int) -> TensorView:
@@ -178,8 +203,47 @@ def _out_view(out: Any, vq: TensorView, inputs: tuple[TensorView, TensorView], s
     return vout
 
 
+class _Alibi:
+    """ALiBi slopes as the kernels take them: (pointer or 0, batch stride, head stride) in elements,
+    whether they live on the host, and what keeps them alive."""
+
+    def __init__(self, args: tuple[int, int, int] = (0, 0, 1), on_host: bool = True, view: TensorView | None = None,
+                 owner: Any = None):
+        self.args, self.on_host, self.view, self.owner = args, on_host, view, owner
+
+
+def _alibi(slopes: Any, batch: int, heads_q: int, device: str, stream: int) -> _Alibi:
+    """Checks `alibi_slopes` (float32 [heads_q] or [batch, heads_q]): host slopes become a contiguous
+    [batch, heads_q] copy (tiny) after a finiteness check; device slopes are read in place on q's GPU."""
+    if slopes is None:
+        return _Alibi()
+    if isinstance(slopes, (list, tuple)):  # plain numbers: taken as float32
+        slopes = np.asarray(slopes, dtype=np.float32)
+    view = as_view(slopes, "alibi_slopes", stream)
+    if view.dtype != "float32":
+        raise TypeError(f"alibi_slopes must be float32, got {view.dtype}")
+    if view.shape not in ((heads_q,), (batch, heads_q)):
+        raise ValueError(f"alibi_slopes must have shape ({heads_q},) or ({batch}, {heads_q}) "
+                         f"([heads_q] or [batch, heads_q]), got {view.shape}")
+    if view.device == "cuda":
+        if device != "cuda":
+            raise ValueError("alibi_slopes is a CUDA tensor but q, k and v are on the host")
+        if any(s % 4 for s in view.strides) or view.ptr % 4:
+            raise ValueError(f"alibi_slopes must be aligned to its element size, got strides {view.strides}")
+        st = [s // 4 for s in view.strides]
+        args = (view.ptr, 0, st[0]) if len(view.shape) == 1 else (view.ptr, st[0], st[1])
+        return _Alibi(args if view.numel else (0, 0, 1), on_host=False, view=view, owner=slopes)
+    host = np.asarray(slopes, dtype=np.float32)
+    if not np.isfinite(host).all():
+        bad = host.reshape(-1)[~np.isfinite(host.reshape(-1))][0]
+        raise ValueError(f"alibi_slopes must be finite, got {bad}")
+    arr = np.ascontiguousarray(np.broadcast_to(host, (batch, heads_q)), dtype=np.float32)
+    return _Alibi((arr.__array_interface__["data"][0] if arr.size else 0, heads_q, 1), on_host=True, owner=arr)
+
+
 def _attention_cuda(vq: TensorView, vk: TensorView, vv: TensorView, impl: str, scale: float, softcap: float,
-                    left: int, right: int, return_lse: bool, vout: TensorView | None, stream: int):
+                    left: int, right: int, return_lse: bool, vout: TensorView | None, stream: int,
+                    alibi: _Alibi):
     if not hasattr(_core, "attention_cuda"):
         raise RuntimeError("q, k and v are CUDA tensors but this flashparity build has no CUDA kernels "
                            "(rebuild with FLASHPARITY_CUDA=ON)")
@@ -187,4 +251,63 @@ def _attention_cuda(vq: TensorView, vk: TensorView, vv: TensorView, impl: str, s
     # read or written there is not overwritten early); the call returns when the output is complete
     return _core.attention_cuda(vq.desc, vk.desc, vv.desc, _KERNEL_CODES[impl], scale, softcap, left, right,
                                 return_lse, stream, vout.ptr if vout is not None and vout.numel else 0,
-                                producer_waits(stream, (vq, vk, vv, vout)))
+                                producer_waits(stream, (vq, vk, vv, vout, alibi.view)), alibi.args, alibi.on_host)
+
+
+def _with_batch(view: TensorView, ndim: int) -> TensorView:
+    """A view with a leading batch dimension of 1 when it has `ndim` - 1 dimensions."""
+    if len(view.shape) == ndim:
+        return view
+    return dataclasses.replace(view, shape=(1, *view.shape), strides=(0, *view.strides))
+
+
+def merge_attention_states(o_a: Any, lse_a: Any, o_b: Any, lse_b: Any):
+    """Combines two partial attentions over disjoint key sets into one: (o, lse).
+
+    What split-KV and cascade kernels do between their parts (vLLM's ``merge_attn_states``,
+    FlashInfer's ``merge_state``), for checking them. o_a, o_b: ``[seqlen, heads, head_dim]`` or
+    ``[batch, seqlen, heads, head_dim]`` (one dtype: float64, float32, float16 or bfloat16; any
+    strides); lse_a, lse_b: ``[heads, seqlen]`` or ``[batch, heads, seqlen]`` (float32 or float64),
+    the layouts :func:`attention` and :func:`attention_varlen` return. Per row,
+    ``lse = log(exp(lse_a) + exp(lse_b))`` and ``o = exp(lse_a - lse) o_a + exp(lse_b - lse) o_b``,
+    computed in float64 and rounded once to o's dtype (lse to lse's). An lse of -inf is a part that
+    saw no key: it weighs 0 and its o values are not read (both -inf: o = 0, lse = -inf); +inf,
+    FlashAttention-2's lse for such a row, counts as -inf (as vLLM reads it); NaN propagates.
+    Host inputs give NumPy arrays; device tensors run on their GPU and give
+    :class:`flashparity._core.DeviceArray` outputs.
+    """
+    stream = consumer_stream(o_a)
+    va, vb = as_view(o_a, "o_a", stream), as_view(o_b, "o_b", stream)
+    la, lb = as_view(lse_a, "lse_a", stream), as_view(lse_b, "lse_b", stream)
+    if len(va.shape) not in (3, 4):
+        raise ValueError(f"o_a must be [seqlen, heads, head_dim] or [batch, seqlen, heads, head_dim], got {va.shape}")
+    if vb.shape != va.shape:
+        raise ValueError(f"o_b must have o_a's shape {va.shape}, got {vb.shape}")
+    if va.dtype != vb.dtype:
+        raise TypeError(f"o_a and o_b must have the same dtype, got {va.dtype} and {vb.dtype}")
+    want = (*va.shape[:-3], va.shape[-2], va.shape[-3])
+    for name, lv in (("lse_a", la), ("lse_b", lb)):
+        if lv.shape != want:
+            raise ValueError(f"{name} must have shape {want} ([batch,] heads, seqlen of o), got {lv.shape}")
+        if lv.dtype not in ("float32", "float64"):
+            raise TypeError(f"{name} must be float32 or float64, got {lv.dtype}")
+    if la.dtype != lb.dtype:
+        raise TypeError(f"lse_a and lse_b must have the same dtype, got {la.dtype} and {lb.dtype}")
+    devices = {v.device for v in (va, vb, la, lb)}
+    if len(devices) > 1:
+        raise ValueError(f"o_a, lse_a, o_b and lse_b must live on one device, got {', '.join(sorted(devices))}")
+    args = (_with_batch(va, 4).desc, _with_batch(la, 3).desc, _with_batch(vb, 4).desc, _with_batch(lb, 3).desc)
+    if va.device == "cuda":
+        if not hasattr(_core, "merge_states_cuda"):
+            raise RuntimeError("the inputs are CUDA tensors but this flashparity build has no CUDA kernels "
+                               "(rebuild with FLASHPARITY_CUDA=ON)")
+        for name, v in (("o_a", va), ("lse_a", la), ("o_b", vb), ("lse_b", lb)):
+            if v.numel and (v.ptr % v.itemsize or any(s % v.itemsize for s in v.strides)):
+                raise ValueError(f"{name} must be aligned to its element size on the GPU, got strides {v.strides}")
+        return _core.merge_states_cuda(*args, list(va.shape), list(la.shape), stream,
+                                       producer_waits(stream, (va, la, vb, lb)))
+    out = np.empty(va.shape, dtype=_numpy_dtype(va.dtype))
+    lse = np.empty(la.shape, dtype=np.dtype(la.dtype))
+    _core.merge_states_host(*args, out.__array_interface__["data"][0] if out.size else 0,
+                            lse.__array_interface__["data"][0] if lse.size else 0)
+    return out, lse

@@ -89,6 +89,17 @@ def _int_at_least(name: str, minimum: int):
     return parse
 
 
+def _lengths(text: str) -> tuple[int, ...]:
+    """--varlen: comma-separated sequence lengths >= 0."""
+    try:
+        lens = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--varlen must be comma-separated integers, got {text!r}") from None
+    if any(n < 0 for n in lens):
+        raise argparse.ArgumentTypeError(f"--varlen lengths must be >= 0, got {text!r}")
+    return lens
+
+
 def _dump(obj: Any) -> str:
     # Python's json writes NaN/Infinity as bare tokens: a parity report never hides a NaN.
     return json.dumps(obj, allow_nan=True)
@@ -291,8 +302,8 @@ def _case_from(args: argparse.Namespace):
     try:
         return Case(seq_len=args.seq_len, num_heads=args.num_heads, num_kv_heads=args.num_kv_heads,
                     head_dim=args.head_dim, seed=args.seed, batch=args.batch, seqlen_q=args.seqlen_q,
-                    causal=args.causal, window=tuple(args.window), softcap=args.softcap, dtype=args.dtype,
-                    device=args.device)
+                    causal=args.causal, window=tuple(args.window), softcap=args.softcap, alibi=args.alibi,
+                    varlen=args.varlen, page_size=args.page_size, dtype=args.dtype, device=args.device)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -312,12 +323,19 @@ def _cmd_kernel_parity(args: argparse.Namespace) -> int:
     if "cases" in body:
         lines = [f"kernel parity {body['kernel']} vs {body['reference']}: {len(body['cases'])} cases"]
         for c in body["cases"]:
-            lines.append(f"  {c['dtype']:<8} {c['regime']:<7} D={c['head_dim']:<3} max_abs_diff {c['max_abs_diff']:.3g}"
+            regime = c["regime"] + ("+alibi" if c["alibi"] else "") + (
+                "+paged" if c["page_size"] else "+varlen" if c["varlen"] else "")
+            lines.append(f"  {c['dtype']:<8} {regime:<14} D={c['head_dim']:<3} max_abs_diff {c['max_abs_diff']:.3g}"
                          f"  cosine {c['cosine_sim']:.8f}  fa2_rule {'ok' if c['fa2_rule_ok'] else 'FAILED'}")
     else:
         lines = [f"kernel parity {body['kernel']} vs {body['reference']} ({body['regime']}, {body['dtype']}, "
-                 f"B={body['batch']} Sq={body['seqlen_q']} Sk={body['seq_len']} H={body['num_heads']}/"
-                 f"{body['num_kv_heads']} D={body['head_dim']}, seed {body['seed']})",
+                 + ("ALiBi, " if body["alibi"] else "")
+                 + (f"varlen {body['varlen']}, " if body["varlen"] and not body["page_size"] else "")
+                 + (f"paged KV (pages of {body['page_size']}), " if body["page_size"] else "")
+                 + (f"caches {body['varlen']} Sq={body['seqlen_q']} " if body["varlen"] and body["page_size"]
+                    else "" if body["varlen"] else
+                    f"B={body['batch']} Sq={body['seqlen_q']} Sk={body['seq_len']} ") +
+                 f"H={body['num_heads']}/{body['num_kv_heads']} D={body['head_dim']}, seed {body['seed']})",
                  f"  max_abs_diff {body['max_abs_diff']:.6g} at {tuple(body['max_abs_index'])}, "
                  f"cosine_sim {body['cosine_sim']:.10g}",
                  f"  FA2 rule: kernel error {body['ref_max_abs_diff']:.3g} vs naive {body['baseline_max_abs_diff']:.3g}"
@@ -336,11 +354,13 @@ def _cmd_kernel_parity(args: argparse.Namespace) -> int:
 
 def _load_inputs(args: argparse.Namespace):
     from .files import BadFile, load_npy
-    from .kernel_parity import make_inputs
+    from .kernel_parity import case_inputs
 
     given = [args.q, args.k, args.v]
     if any(given) and not all(given):
         raise UsageError("run: give all of --q, --k and --v, or none (then the shape flags and --seed make them)")
+    if any(given) and (args.varlen or args.page_size):
+        raise UsageError("run: --varlen and --page-size make seeded inputs; they do not take --q/--k/--v")
     if all(given):
         arrays = []
         for flag, path in zip(("--q", "--k", "--v"), given):
@@ -350,8 +370,8 @@ def _load_inputs(args: argparse.Namespace):
                 raise UsageError(f"cannot read {flag} {path!r}: {exc.strerror or exc}") from None
             except BadFile as exc:
                 raise Rejected("bad-file", str(exc)) from None
-        return tuple(arrays)
-    return make_inputs(_case_from(args))
+        return (*arrays, {})
+    return case_inputs(_case_from(args))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -361,7 +381,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .kernel_parity import run_attention
 
     try:
-        q, k, v = _load_inputs(args)
+        q, k, v, meta = _load_inputs(args)
     except Rejected as exc:
         return _reject(args, exc)
     impl = {"tiled": "flash2"}.get(args.attn, args.attn)
@@ -375,8 +395,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         device, impl, fallback = "cpu", "naive", code
 
     def forward(impl: str):
+        from .kernel_parity import alibi_slopes
+
+        heads = q.shape[-2]
         return run_attention(impl, q, k, v, device=device, causal=args.causal, window=tuple(args.window),
-                             softcap=args.softcap)
+                             softcap=args.softcap, alibi=alibi_slopes(heads) if args.alibi else None, meta=meta)
 
     t0 = time.perf_counter()
     try:
@@ -409,6 +432,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "causal": args.causal,
         "window": list(args.window),
         "softcap": args.softcap,
+        "alibi": args.alibi,
+        "varlen": None if args.varlen is None else list(args.varlen),
+        "page_size": args.page_size,
         "out": args.out,
         "elapsed_ms": elapsed * 1e3,
     }
@@ -570,6 +596,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sliding window (-1: unbounded)")
         p.add_argument("--softcap", type=_tolerance("--softcap"), default=0.0, metavar="C",
                        help="softcap·tanh(s/softcap) on the scores (0: off)")
+        p.add_argument("--alibi", action="store_true",
+                       help="ALiBi with the paper's slopes for --num-heads (-slope·|i + Sk - Sq - j| on the scores)")
+        p.add_argument("--varlen", type=_lengths, metavar="LENS",
+                       help="a packed varlen batch (fp.attention_varlen): comma-separated sequence lengths, each "
+                       "sequence's queries and keys; with --page-size, the KV cache lengths")
+        p.add_argument("--page-size", type=_int_at_least("--page-size", 1), metavar="N",
+                       help="a paged KV cache of N-key pages and a seeded block table (fp.attention_kvcache): "
+                       "--batch caches of --seq-len keys (or --varlen's lengths), --seqlen-q queries each")
 
     def gate_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--check", action="store_true",
@@ -593,7 +627,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_kp.add_argument("--ref", choices=("naive", "flash2", "tiled"), default="naive", help="reference (naive)")
     case_flags(p_kp)
     p_kp.add_argument("--sweep", action="store_true",
-                      help="a grid of prefill and decode cases across head dims 64/128/96/80 and float32/bfloat16/float16")
+                      help="a grid of prefill and decode cases across head dims 64/128/96/80 and float32/bfloat16/float16, "
+                      "plus per dtype ALiBi prefill and decode cases, a varlen prefill batch and a paged decode cache")
     gate_flags(p_kp)
     p_kp.add_argument("--json", action="store_true", help="print the JSON body")
     p_kp.add_argument("-o", "--output", metavar="FILE", help="also write the JSON body to FILE")

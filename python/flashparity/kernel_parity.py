@@ -3,7 +3,8 @@
 ``fp.kernel_parity`` returns the body of ``flashparity kernel parity --json``, a drop-in for
 ``apr kernel parity --json``: apr's keys (kernel, reference, seq_len, num_heads, num_kv_heads,
 head_dim, seed, regime, max_abs_diff, cosine_sim, attn_impl, kernel_source, fallback), the case
-(batch, seqlen_q, causal, window, softcap, dtype, device), the rest of the parity statistics, and
+(batch, seqlen_q, causal, window, softcap, alibi, varlen, page_size, dtype, device), the rest of the
+parity statistics, and
 FlashAttention-2's test rule (ref_max_abs_diff, baseline_max_abs_diff, fa2_rule_ok).
 """
 
@@ -18,7 +19,8 @@ from ._build import kernel_source
 from .attention import IMPLS, _numpy_dtype, attention
 from .parity import parity
 
-__all__ = ["Case", "kernel_parity", "make_inputs", "default_sweep", "FA2_RULE_SLACK", "IMPL_ALIASES"]
+__all__ = ["Case", "kernel_parity", "make_inputs", "case_inputs", "default_sweep", "alibi_slopes", "FA2_RULE_SLACK",
+           "IMPL_ALIASES"]
 
 #: ``ref_max_abs_diff <= 2 * baseline_max_abs_diff + FA2_RULE_SLACK`` (FlashAttention-2's tests).
 FA2_RULE_SLACK = 1e-5
@@ -42,6 +44,12 @@ class Case:
     causal: bool = False
     window: tuple[int, int] = (-1, -1)
     softcap: float = 0.0
+    alibi: bool = False
+    #: a packed varlen batch: sequence i has varlen[i] queries and keys (fp.attention_varlen); with
+    #: page_size, the KV cache lengths instead (seqlen_q queries each)
+    varlen: tuple[int, ...] | None = None
+    #: a paged KV cache of pages of page_size keys (fp.attention_kvcache, a seeded block table)
+    page_size: int | None = None
     dtype: str = "float32"
     device: str = "cpu"
 
@@ -58,6 +66,15 @@ class Case:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
+        if not isinstance(self.alibi, (bool, np.bool_)):
+            raise ValueError(f"alibi must be a bool, got {self.alibi!r}")
+        if self.varlen is not None:
+            lens = tuple(self.varlen)
+            if not lens or any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0 for n in lens):
+                raise ValueError(f"varlen must be a non-empty list of lengths >= 0, got {self.varlen!r}")
+            object.__setattr__(self, "varlen", tuple(int(n) for n in lens))
+        if self.page_size is not None and (isinstance(self.page_size, bool) or int(self.page_size) < 1):
+            raise ValueError(f"page_size must be an integer >= 1, got {self.page_size!r}")
         object.__setattr__(self, "window", tuple(self.window))
 
     @property
@@ -66,7 +83,14 @@ class Case:
 
     @property
     def regime(self) -> str:
+        if self.varlen is not None and self.page_size is None:
+            return "prefill"  # (every sequence attends its own queries)
         return "decode" if self.q_len == 1 else "prefill"
+
+    @property
+    def layout(self) -> str:
+        """dense (fp.attention), varlen (fp.attention_varlen) or paged (fp.attention_kvcache)."""
+        return "paged" if self.page_size is not None else "varlen" if self.varlen is not None else "dense"
 
 
 def make_inputs(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -80,22 +104,73 @@ def make_inputs(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return q, k, v
 
 
-def run_attention(impl: str, q, k, v, *, device: str, causal: bool, window, softcap: float) -> np.ndarray:
-    """One forward of host arrays on `device` ("cuda": copied to GPU 0 and the output back)."""
-    if device == "cpu":
-        return attention(q, k, v, impl=impl, causal=causal, window=window, softcap=softcap)
-    from . import _core
+def alibi_slopes(num_heads: int) -> np.ndarray:
+    """The ALiBi paper's slopes for `num_heads` heads (float32): the geometric sequence
+    2^(-8/n), 2^(-16/n), ... for the largest power of two n <= num_heads, then every other slope of
+    the sequence for 2n, as the reference implementations (and FlashAttention-2's tests) build them."""
+    def power_of_two(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
 
-    if not hasattr(_core, "attention_cuda"):
-        raise RuntimeError("device-unavailable: this build has no CUDA kernels; use --device cpu")
-    out = attention(*(to_device(x) for x in (q, k, v)), impl=impl, causal=causal, window=window, softcap=softcap)
-    return to_host(out, q.dtype)
+    n = 1 << (int(num_heads).bit_length() - 1)
+    slopes = power_of_two(n)
+    if n < num_heads:
+        slopes += power_of_two(2 * n)[0::2][: num_heads - n]
+    return np.asarray(slopes, dtype=np.float32)
 
 
-def _run(impl: str, q, k, v, case: Case):
+def run_attention(impl: str, q, k, v, *, device: str, causal: bool, window, softcap: float,
+                  alibi: np.ndarray | None = None, meta: dict | None = None) -> np.ndarray:
+    """One forward of host arrays on `device` ("cuda": copied to GPU 0 and the output back).
+    `meta`: {"cu_seqlens": ...} for a varlen batch, {"cache_seqlens", "block_table"} for a paged
+    cache (see :func:`case_inputs`), else a dense batch."""
+    from .serving import attention_kvcache, attention_varlen
+
+    kw = dict(impl=impl, causal=causal, window=window, softcap=softcap, alibi_slopes=alibi)
+    meta = meta or {}
+    if device == "cuda":
+        from . import _core
+
+        if not hasattr(_core, "attention_cuda"):
+            raise RuntimeError("device-unavailable: this build has no CUDA kernels; use --device cpu")
+        q, k, v = (to_device(x) for x in (q, k, v))
+    if "cu_seqlens" in meta:
+        out = attention_varlen(q, k, v, meta["cu_seqlens"], meta["cu_seqlens"], **kw)
+    elif "block_table" in meta:
+        out = attention_kvcache(q, k, v, meta["cache_seqlens"], block_table=meta["block_table"], **kw)
+    else:
+        out = attention(q, k, v, **kw)
+    return out if device == "cpu" else to_host(out, _numpy_dtype(out.dtype))
+
+
+def case_inputs(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Seeded q, k, v and the layout's metadata: dense BSHD (as :func:`make_inputs`); varlen packed
+    [total, heads, head_dim] with ``cu_seqlens``; paged q [batch, seqlen_q, heads, head_dim] and a
+    pool of pages with ``cache_seqlens`` and a seeded ``block_table`` (pages in shuffled order)."""
+    if case.layout == "dense":
+        return (*make_inputs(case), {})
+    rng = np.random.default_rng(case.seed)
+    dt = _numpy_dtype(case.dtype)
+    h, hk, d = case.num_heads, case.num_kv_heads, case.head_dim
+    if case.layout == "varlen":
+        cu = np.concatenate([[0], np.cumsum(case.varlen)]).astype(np.int32)
+        q, k, v = (rng.standard_normal((int(cu[-1]), n, d)).astype(dt) for n in (h, hk, hk))
+        return q, k, v, {"cu_seqlens": cu}
+    lens = np.int32(case.varlen if case.varlen is not None else [case.seq_len] * case.batch)
+    page = int(case.page_size)
+    max_blocks = max(1, int((lens.max(initial=0) + page - 1) // page))
+    num_blocks = lens.size * max_blocks
+    table = rng.permutation(num_blocks).reshape(lens.size, max_blocks).astype(np.int32)
+    q = rng.standard_normal((lens.size, case.q_len, h, d)).astype(dt)
+    k, v = (rng.standard_normal((num_blocks, page, hk, d)).astype(dt) for _ in range(2))
+    return q, k, v, {"cache_seqlens": lens, "block_table": table}
+
+
+def _run(impl: str, q, k, v, meta: dict, case: Case):
     # the float64 reference always runs on the host
     device = "cpu" if q.dtype == np.float64 else case.device
-    return run_attention(impl, q, k, v, device=device, causal=case.causal, window=case.window, softcap=case.softcap)
+    return run_attention(impl, q, k, v, device=device, causal=case.causal, window=case.window, softcap=case.softcap,
+                         alibi=alibi_slopes(case.num_heads) if case.alibi else None, meta=meta)
 
 
 def to_device(x: np.ndarray, device: int = 0):
@@ -114,13 +189,13 @@ def to_host(a, dtype) -> np.ndarray:
 
 
 def _one(impl: str, ref: str, case: Case) -> dict[str, Any]:
-    q, k, v = make_inputs(case)
-    out = _run(impl, q, k, v, case)
-    ref_out = _run(ref, q, k, v, case)
+    q, k, v, meta = case_inputs(case)
+    out = _run(impl, q, k, v, meta, case)
+    ref_out = _run(ref, q, k, v, meta, case)
     # float64 reference of the same (rounded) inputs, and the naive kernel in the case's dtype
     q64, k64, v64 = (x.astype(np.float64) for x in (q, k, v))
-    exact = _run("naive", q64, k64, v64, case)
-    baseline = ref_out if ref == "naive" else _run("naive", q, k, v, case)
+    exact = _run("naive", q64, k64, v64, meta, case)
+    baseline = ref_out if ref == "naive" else _run("naive", q, k, v, meta, case)
     stats = parity(out, ref_out)
     ref_err = parity(out, exact).max_abs_diff
     base_err = parity(baseline, exact).max_abs_diff
@@ -143,6 +218,9 @@ def _one(impl: str, ref: str, case: Case) -> dict[str, Any]:
         "causal": case.causal,
         "window": list(case.window),
         "softcap": case.softcap,
+        "alibi": case.alibi,
+        "varlen": None if case.varlen is None else list(case.varlen),
+        "page_size": case.page_size,
         "dtype": case.dtype,
         "device": case.device,
     }
@@ -157,7 +235,8 @@ def _one(impl: str, ref: str, case: Case) -> dict[str, Any]:
 
 
 def default_sweep(base: Case) -> list[Case]:
-    """Prefill and decode cases across head dims and dtypes (the base case's other settings)."""
+    """Prefill and decode cases across head dims and dtypes (the base case's other settings), and
+    ALiBi prefill and decode cases per dtype."""
     cases = []
     for dtype in ("float32", "bfloat16", "float16"):
         for head_dim in (64, 128, 96, 80):
@@ -165,6 +244,14 @@ def default_sweep(base: Case) -> list[Case]:
                 fields = asdict(base) | {"dtype": dtype, "head_dim": head_dim, "seqlen_q": seqlen_q,
                                          "causal": base.causal or seqlen_q is not None}
                 cases.append(Case(**fields))
+        if not base.alibi:
+            for seqlen_q in (None, base.seq_len):
+                cases.append(Case(**(asdict(base) | {"dtype": dtype, "seqlen_q": seqlen_q, "alibi": True,
+                                                     "causal": base.causal or seqlen_q is not None})))
+        if base.layout == "dense":  # serving layouts: a varlen prefill batch, a paged decode cache
+            lens = (base.seq_len, 1, max(1, base.seq_len // 3) + 2, 0, 2 * base.seq_len - 1)
+            cases.append(Case(**(asdict(base) | {"dtype": dtype, "varlen": lens, "causal": True})))
+            cases.append(Case(**(asdict(base) | {"dtype": dtype, "varlen": lens, "page_size": 16, "seqlen_q": None})))
     return cases
 
 

@@ -21,7 +21,47 @@ struct AttnParams {
   double scale = 1.0;          // applied to q.k before the softcap
   double softcap = 0.0;        // > 0: s -> softcap * tanh(s / softcap)
   std::int64_t window_left = -1, window_right = -1;  // -1: unbounded; causal is folded in as right <= 0
+  // ALiBi (FlashAttention-2's definition): -slope * |i + seqlen_k - seqlen_q - j| is added to the
+  // scaled, capped score of query i and key j. Slopes float32 in the memory the kernels run on,
+  // slope(b, h) = alibi[b * alibi_stride_b + h * alibi_stride_h] (strides in elements; 0 for a
+  // [heads_q] vector); null: no bias.
+  const float* alibi = nullptr;
+  std::int64_t alibi_stride_b = 0, alibi_stride_h = 1;
+  // lse element (b, h, i) at lse[(b * heads_q + h) * lse_stride_h + i]; 0: seqlen_q (the dense
+  // [batch, heads_q, seqlen_q] layout). A varlen batch's sequences write [heads_q, total_q] slices.
+  std::int64_t lse_stride_h = 0;
+  // Paged KV cache (FlashAttention-2's block_table): k and v are [num_blocks, page_size, heads_kv,
+  // head_dim] and key s of batch b sits in block block_table[b * block_table_stride + s / page_size],
+  // slot s % page_size; null: k and v are [batch, seqlen_k, heads_kv, head_dim]. In the memory the
+  // kernels run on.
+  const std::int32_t* block_table = nullptr;
+  std::int64_t block_table_stride = 0, page_size = 0;
 };
+
+FP_HOST_DEVICE FP_INLINE std::int64_t lse_index(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64_t i) {
+  return (b * p.heads_q + h) * (p.lse_stride_h > 0 ? p.lse_stride_h : p.seqlen_q) + i;
+}
+
+// The first byte of key s's row of head h of batch b in k or v (`t`), paged or not.
+FP_HOST_DEVICE FP_INLINE const char* kv_row(const AttnParams& p, const TensorArg& t, std::int64_t b, std::int64_t s,
+                                            std::int64_t h) {
+  const char* base = static_cast<const char*>(t.data) + h * t.strides[2];
+  if (p.block_table == nullptr) return base + b * t.strides[0] + s * t.strides[1];
+  const std::int64_t block = p.block_table[b * p.block_table_stride + s / p.page_size];
+  return base + block * t.strides[0] + (s % p.page_size) * t.strides[1];
+}
+
+FP_HOST_DEVICE FP_INLINE float alibi_slope(const AttnParams& p, std::int64_t b, std::int64_t h) {
+  return p.alibi != nullptr ? p.alibi[b * p.alibi_stride_b + h * p.alibi_stride_h] : 0.0f;
+}
+
+// The ALiBi bias of query row i and key j for `slope` (0 without ALiBi: the bias is then +-0, which
+// leaves every score as it is). The distance is exact as an integer and rounded once to Acc.
+template <typename Acc>
+FP_HOST_DEVICE FP_INLINE Acc alibi_bias(Acc slope, std::int64_t i, std::int64_t j, const AttnParams& p) {
+  const std::int64_t d = i + p.seqlen_k - p.seqlen_q - j;
+  return -slope * static_cast<Acc>(d < 0 ? -d : d);
+}
 
 // Keys [lo, hi) that query row i sees. Bottom-right aligned as FlashAttention >= 2.1: row i sees key
 // j iff i + sk - sq - left <= j <= i + sk - sq + right (a negative bound is unbounded on its side).
