@@ -96,7 +96,7 @@ int launch_blocks(std::int64_t n, int device) {
 int parity_cuda_blocks(DType a, DType b, std::int64_t n, int device) {
   DeviceGuard guard(device);
   int blocks = 0;
-  FP_DTYPE_SWITCH(a, TA, [&] { FP_DTYPE_SWITCH(b, TB, [&] { blocks = launch_blocks<TA, TB>(n, device); }); });
+  FP_DTYPE_SWITCH_ALL(a, TA, [&] { FP_DTYPE_SWITCH_ALL(b, TB, [&] { blocks = launch_blocks<TA, TB>(n, device); }); });
   return blocks;
 }
 
@@ -122,8 +122,8 @@ ParityAccum parity_cuda(const TensorArg& a, const TensorArg& b, const ParityPara
   const ParityGridParams g = grid_params(a, b, p);
 
   ParityAccum total;
-  FP_DTYPE_SWITCH(a.dtype, TA, [&] {
-    FP_DTYPE_SWITCH(b.dtype, TB, [&] {
+  FP_DTYPE_SWITCH_ALL(a.dtype, TA, [&] {
+    FP_DTYPE_SWITCH_ALL(b.dtype, TB, [&] {
       const int blocks = launch_blocks<TA, TB>(g.n, device);
       DeviceBuffer buf(sizeof(ParityAccum) * (static_cast<std::size_t>(blocks) + 1), s);
       ParityAccum* partials = static_cast<ParityAccum*>(buf.ptr);  // [blocks], then the total

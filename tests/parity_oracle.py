@@ -9,10 +9,12 @@ import ml_dtypes
 import numpy as np
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
+E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
+E5M2 = np.dtype(ml_dtypes.float8_e5m2)
 DTYPES = {"float64": np.dtype(np.float64), "float32": np.dtype(np.float32),
-          "float16": np.dtype(np.float16), "bfloat16": BF16}
-MANTISSA = {"bfloat16": 7, "float16": 10, "float32": 23, "float64": 52}
-UINT = {8: np.uint64, 4: np.uint32, 2: np.uint16}
+          "float16": np.dtype(np.float16), "bfloat16": BF16, "float8_e4m3fn": E4M3, "float8_e5m2": E5M2}
+MANTISSA = {"float8_e5m2": 2, "float8_e4m3fn": 3, "bfloat16": 7, "float16": 10, "float32": 23, "float64": 52}
+UINT = {8: np.uint64, 4: np.uint32, 2: np.uint16, 1: np.uint8}
 
 
 def random_pair(rng, shape, da, db, *, noise=1e-3, scale=1.0, offset=0.0):
@@ -51,6 +53,13 @@ def _to_narrow(x: np.ndarray, own: str, narrow: str) -> np.ndarray:
     """Values of x (dtype `own`) rounded once to `narrow`, as an array of dtype `narrow`."""
     if own == narrow:
         return x
+    if own == "float64" and narrow in ("float8_e4m3fn", "float8_e5m2"):  # one rounding from float64
+        fmt = (3, -6, 8) if narrow == "float8_e4m3fn" else (2, -14, 15)
+        flat = np.array([_round_fraction(float(v), *fmt) for v in x.ravel()], dtype=np.float64).reshape(x.shape)
+        if narrow == "float8_e4m3fn":  # no infinity: past 448 is the NaN pattern, one step beyond
+            flat = np.where(np.abs(flat) > 448, np.copysign(np.nan, flat), flat)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return flat.astype(np.float32).astype(DTYPES[narrow])  # exact now
     if own == "float64" and narrow == "bfloat16":
         flat = [_round_fraction(float(v), 7, -126, 127) for v in x.ravel()]
         with np.errstate(over="ignore"):

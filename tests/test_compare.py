@@ -25,7 +25,8 @@ def run_cli(argv, capsys):
 def write_safetensors(path, tensors: dict, *, header_override=None, pad=b""):
     """A minimal safetensors writer (and corrupter) for the tests."""
     header, blobs, offset = {}, [], 0
-    codes = {"float32": "F32", "float16": "F16", "float64": "F64", "bfloat16": "BF16", "int32": "I32"}
+    codes = {"float32": "F32", "float16": "F16", "float64": "F64", "bfloat16": "BF16", "int32": "I32",
+             "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}
     for name, arr in tensors.items():
         data = np.ascontiguousarray(arr).tobytes()
         header[name] = {"dtype": codes[arr.dtype.name], "shape": list(arr.shape),
@@ -105,6 +106,23 @@ def test_safetensors_bfloat16_and_float16(tmp_path, capsys):
     rows = {r["name"]: r for r in body["tensors"]}
     assert code == 0 and rows["h"]["max_abs_diff"] == 0.0
     assert rows["w"]["dtypes"] == ["bfloat16", "bfloat16"] and rows["w"]["max_abs_index"] == [3, 4]
+
+
+def test_safetensors_fp8_against_the_bfloat16_checkpoint(tmp_path, capsys):
+    # an FP8 conversion of a checkpoint, checked against it: max_abs_diff exact, ULPs in FP8
+    rng = np.random.default_rng(4)
+    w = (rng.standard_normal((64, 33)) * 3).astype(ml_dtypes.bfloat16)
+    write_safetensors(tmp_path / "ref.safetensors", {"w": w, "g": w[:5]})
+    w8, g8 = w.astype(ml_dtypes.float8_e4m3fn), w[:5].astype(ml_dtypes.float8_e5m2)
+    write_safetensors(tmp_path / "fp8.safetensors", {"w": w8, "g": g8})
+    code, out, _ = run_cli(["compare", str(tmp_path / "fp8.safetensors"), str(tmp_path / "ref.safetensors"), "--json",
+                            "--atol", "0.5"], capsys)
+    rows = {r["name"]: r for r in json.loads(out)["tensors"]}
+    assert code == 0
+    assert rows["w"]["dtypes"] == ["float8_e4m3fn", "bfloat16"] and rows["g"]["dtypes"] == ["float8_e5m2", "bfloat16"]
+    for name, a, b in (("w", w8, w), ("g", g8, w[:5])):
+        assert rows[name]["max_abs_diff"] == float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+        assert rows[name]["max_ulp_diff"] == 0 and rows[name]["ulp_dtype"] == a.dtype.name
 
 
 def test_safetensors_written_by_the_library(tmp_path, capsys):

@@ -13,13 +13,14 @@ from parity_oracle import check_against_oracle, random_pair, same_float
 pytestmark = pytest.mark.gpu
 
 PAIRS = [("float32", "float32"), ("float16", "float32"), ("float64", "float64"), ("float32", "float64"),
-         ("float16", "float16"), ("float64", "float16"), ("bfloat16", "bfloat16"), ("bfloat16", "float32")]
+         ("float16", "float16"), ("float64", "float16"), ("bfloat16", "bfloat16"), ("bfloat16", "float32"),
+         ("float8_e4m3fn", "float32"), ("float8_e5m2", "float8_e4m3fn"), ("float8_e4m3fn", "float8_e4m3fn")]
 SHAPES = [(1,), (7,), (1031,), (3, 5, 7), (257, 129)]
 
 
 def dev(x):
-    """float16/32/64 through __cuda_array_interface__ (cuda-python buffers), bfloat16 through DLPack."""
-    if x.dtype.name == "bfloat16":
+    """float16/32/64 through __cuda_array_interface__ (cuda-python buffers), bfloat16 and FP8 through DLPack."""
+    if x.dtype.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
         from flashparity.kernel_parity import to_device
 
         return to_device(x)

@@ -32,6 +32,9 @@ AttnParams make_attn_params(const py::tuple& q_desc, const py::tuple& k_desc, co
   if (p.q.ndim != 4 || p.k.ndim != 4 || p.v.ndim != 4) throw std::invalid_argument("q, k and v must be 4-D (BSHD)");
   if (p.k.dtype != p.q.dtype || p.v.dtype != p.q.dtype)
     throw std::invalid_argument("q, k and v must have the same dtype");
+  if (is_fp8(p.q.dtype))
+    throw std::invalid_argument(std::string("attention does not take ") + dtype_name(p.q.dtype) +
+                                " inputs (float64, float32, float16 or bfloat16)");
   for (int i = 0; i < 4; ++i)
     if (p.k.shape[i] != p.v.shape[i]) throw std::invalid_argument("k and v must have the same shape");
   p.batch = p.q.shape[0];

@@ -57,7 +57,8 @@ const char* cai_typestr(DType t) {
 py::dict cuda_array_interface(const DeviceArrayPtr& a) {
   const char* ts = cai_typestr(a->dtype);
   if (ts == nullptr)
-    throw py::attribute_error("bfloat16 has no __cuda_array_interface__ typestr; use __dlpack__ (torch.from_dlpack)");
+    throw py::attribute_error(std::string(dtype_name(a->dtype)) +
+                              " has no __cuda_array_interface__ typestr; use __dlpack__ (torch.from_dlpack)");
   py::dict d;
   d["shape"] = py::tuple(py::cast(a->shape));
   d["typestr"] = ts;
@@ -83,7 +84,10 @@ py::capsule to_dlpack(const DeviceArrayPtr& a, const py::object& /*stream: work 
   t.data = a->ptr;
   t.device = {dlpack::kCUDA, a->device};
   t.ndim = static_cast<std::int32_t>(a->shape.size());
-  t.dtype = {a->dtype == DType::BFloat16 ? dlpack::kBfloat : dlpack::kFloat,
+  t.dtype = {a->dtype == DType::BFloat16     ? dlpack::kBfloat
+             : a->dtype == DType::Float8E4M3 ? dlpack::kFloat8E4M3FN
+             : a->dtype == DType::Float8E5M2 ? dlpack::kFloat8E5M2
+                                             : dlpack::kFloat,
              static_cast<std::uint8_t>(dtype_size(a->dtype) * 8), 1};
   t.shape = e->shape.data();
   t.strides = nullptr;  // C-contiguous
@@ -109,7 +113,7 @@ py::bytes to_host_bytes(const DeviceArrayPtr& a) {
 }
 
 DeviceArrayPtr from_host(std::uintptr_t host_ptr, int dtype_code, std::vector<std::int64_t> shape, int device) {
-  if (dtype_code < 0 || dtype_code > 3) throw std::invalid_argument("unknown dtype code");
+  if (dtype_code < 0 || dtype_code > 5) throw std::invalid_argument("unknown dtype code");
   auto a = std::make_shared<DeviceArray>(static_cast<DType>(dtype_code), std::move(shape), device);
   py::gil_scoped_release release;
   copy_to_device(a->ptr, reinterpret_cast<const void*>(host_ptr), a->nbytes(), device);

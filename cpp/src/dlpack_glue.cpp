@@ -16,7 +16,9 @@ namespace {
 std::string dl_dtype_name(const dlpack::DataType& t) {
   const char* kind = t.code == dlpack::kInt ? "int" : t.code == dlpack::kUInt ? "uint"
                    : t.code == dlpack::kFloat ? "float" : t.code == dlpack::kBfloat ? "bfloat"
-                   : t.code == dlpack::kComplex ? "complex" : t.code == dlpack::kBool ? "bool" : "code";
+                   : t.code == dlpack::kComplex ? "complex" : t.code == dlpack::kBool ? "bool"
+                   : t.code == dlpack::kFloat8E4M3FN ? "float8_e4m3fn/" : t.code == dlpack::kFloat8E5M2 ? "float8_e5m2/"
+                   : "code";
   std::string s = std::string(kind) + std::to_string(t.bits);
   if (t.lanes != 1) s += "x" + std::to_string(t.lanes);
   return s;
@@ -28,10 +30,12 @@ int dl_dtype_code(const dlpack::DataType& t, const char* name) {
     if (t.code == dlpack::kFloat && t.bits == 32) return static_cast<int>(DType::Float32);
     if (t.code == dlpack::kFloat && t.bits == 16) return static_cast<int>(DType::Float16);
     if (t.code == dlpack::kBfloat && t.bits == 16) return static_cast<int>(DType::BFloat16);
+    if (t.code == dlpack::kFloat8E4M3FN && t.bits == 8) return static_cast<int>(DType::Float8E4M3);
+    if (t.code == dlpack::kFloat8E5M2 && t.bits == 8) return static_cast<int>(DType::Float8E5M2);
   }
   throw py::type_error(std::string(name) + " has dtype " + dl_dtype_name(t) +
-                       "; supported dtypes are float64, float32, float16 and bfloat16 (integer, bool and complex "
-                       "tensors are not compared)");
+                       "; supported dtypes are float64, float32, float16, bfloat16, float8_e4m3fn and float8_e5m2 "
+                       "(integer, bool and complex tensors are not compared)");
 }
 
 // (ptr, dtype code, shape, byte strides, device type, device id, owner). The owner capsule calls

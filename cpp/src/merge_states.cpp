@@ -57,6 +57,8 @@ MergeParams make_merge_params(const py::tuple& oa, const py::tuple& lsea, const 
   for (int i = 0; i < 3; ++i)
     if (p.lsea.shape[i] != want[i] || p.lseb.shape[i] != want[i])
       throw std::invalid_argument("lse_a and lse_b must be [batch, heads, seqlen] of o's sizes");
+  if (is_fp8(p.oa.dtype))
+    throw std::invalid_argument(std::string("merge_attention_states does not take ") + dtype_name(p.oa.dtype) + " o");
   if (p.oa.dtype != p.ob.dtype || p.lsea.dtype != p.lseb.dtype)
     throw std::invalid_argument("o_a and o_b, and lse_a and lse_b, must have the same dtypes");
   if (p.lsea.dtype != DType::Float32 && p.lsea.dtype != DType::Float64)

@@ -1422,7 +1422,15 @@ std::uint32_t crc32(std::uint32_t crc, const void* data, std::int64_t bytes) {
   return ~crc32_detail::crc32_tables(c, p, bytes);
 }
 
+// FP8 pairs have no vector kernel: every block declines, and the caller's exact scalar kernel
+// (parity_cpu.cpp) reduces it.
+bool decline_block(ParityAccum&, const void*, const void*, std::int64_t, std::int64_t, const ParityParams&, double,
+                   double) {
+  return false;
+}
+
 BlockFn block_fn(DType a, DType b, bool with_tolerance) {
+  if (is_fp8(a) || is_fp8(b)) return &decline_block;
   return FP_DTYPE_SWITCH(a, TA, [&] { return FP_DTYPE_SWITCH(b, TB, [&] { return pick<TA, TB>(with_tolerance); }); });
 }
 

@@ -37,7 +37,7 @@ void scalar_block(ParityAccum& out, const void* a, const void* b, std::int64_t n
 }
 
 ScalarFn scalar_fn(DType a, DType b) {
-  return FP_DTYPE_SWITCH(a, TA, [&] { return FP_DTYPE_SWITCH(b, TB, [&] { return &scalar_block<TA, TB>; }); });
+  return FP_DTYPE_SWITCH_ALL(a, TA, [&] { return FP_DTYPE_SWITCH_ALL(b, TB, [&] { return &scalar_block<TA, TB>; }); });
 }
 
 // Reads the C-order sequence of a strided tensor in runs (gathering strided blocks).
@@ -66,7 +66,8 @@ struct Walker : CollapsedView {
       switch (esize) {
         case 8: copy_run<std::uint64_t>(src, s, run, out); break;
         case 4: copy_run<std::uint32_t>(src, s, run, out); break;
-        default: copy_run<std::uint16_t>(src, s, run, out); break;
+        case 2: copy_run<std::uint16_t>(src, s, run, out); break;
+        default: copy_run<std::uint8_t>(src, s, run, out); break;
       }
       out += run * esize;
       n -= run;

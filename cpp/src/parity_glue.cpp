@@ -38,7 +38,7 @@ TensorArg tensor_arg(const py::tuple& desc, const char* name) {
   TensorArg t;
   t.data = reinterpret_cast<const void*>(desc[0].cast<std::uintptr_t>());
   const int code = desc[1].cast<int>();
-  if (code < 0 || code > 3) throw std::invalid_argument(std::string(name) + ": unknown dtype code " + std::to_string(code));
+  if (code < 0 || code > 5) throw std::invalid_argument(std::string(name) + ": unknown dtype code " + std::to_string(code));
   t.dtype = static_cast<DType>(code);
   const auto shape = desc[2].cast<std::vector<std::int64_t>>();
   const auto strides = desc[3].cast<std::vector<std::int64_t>>();

@@ -63,7 +63,7 @@ ParityAccum parity_grid_host(const TensorArg& a, const TensorArg& b, const Parit
     throw std::invalid_argument("a grid of " + std::to_string(blocks) + " x " + std::to_string(threads) +
                                 " threads would give a thread 2^31 elements or more");
   ParityAccum out;
-  FP_DTYPE_SWITCH(a.dtype, TA, [&] { FP_DTYPE_SWITCH(b.dtype, TB, [&] { out = run_grid<TA, TB>(g, blocks, threads); }); });
+  FP_DTYPE_SWITCH_ALL(a.dtype, TA, [&] { FP_DTYPE_SWITCH_ALL(b.dtype, TB, [&] { out = run_grid<TA, TB>(g, blocks, threads); }); });
   return out;
 }
 

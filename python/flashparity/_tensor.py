@@ -18,9 +18,13 @@ import numpy as np
 from . import _core
 
 # Kernel dtype codes (cpp/include/flashparity/dtype.h).
-DTYPE_CODES = {"float64": 0, "float32": 1, "float16": 2, "bfloat16": 3}
+DTYPE_CODES = {"float64": 0, "float32": 1, "float16": 2, "bfloat16": 3, "float8_e4m3fn": 4, "float8_e5m2": 5}
 DTYPE_NAMES = {v: k for k, v in DTYPE_CODES.items()}
-ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
+ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
+#: the FP8 formats (ml_dtypes; torch tensors through DLPack): parity inputs
+FP8 = ("float8_e4m3fn", "float8_e5m2")
+# ml_dtypes' extension types, recognized by name (their NumPy kind is 'V')
+_ML_DTYPES = ("bfloat16", *FP8)
 
 
 def c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
@@ -117,15 +121,15 @@ def producer_waits(stream: int, views: tuple[TensorView | None, ...]) -> list[in
 
 def _unsupported(name: str, dtype: Any) -> TypeError:
     return TypeError(
-        f"{name} has dtype {dtype}; supported dtypes are float64, float32, float16 and bfloat16 "
-        "(integer, bool and complex tensors are not compared)"
+        f"{name} has dtype {dtype}; supported dtypes are float64, float32, float16, bfloat16, "
+        "float8_e4m3fn and float8_e5m2 (integer, bool and complex tensors are not compared)"
     )
 
 
 def _numpy_dtype_name(arr: np.ndarray, name: str) -> str:
     dt = arr.dtype
-    if dt.name == "bfloat16":  # ml_dtypes.bfloat16
-        return "bfloat16"
+    if dt.name in _ML_DTYPES:  # ml_dtypes.bfloat16, float8_e4m3fn, float8_e5m2
+        return dt.name
     if dt.kind != "f" or dt.name not in DTYPE_CODES:
         raise _unsupported(name, dt)
     if not dt.isnative:

@@ -51,6 +51,15 @@ def _bf16() -> np.dtype:
     return np.dtype(ml_dtypes.bfloat16)
 
 
+def _named_dtype(name: str) -> np.dtype:
+    """NumPy's dtype of a format name; bfloat16 and the FP8 formats from ml_dtypes."""
+    if name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
+        import ml_dtypes
+
+        return np.dtype(getattr(ml_dtypes, name))
+    return np.dtype(name)
+
+
 def _element_dtype(descr: np.dtype, label: str, void2_as_bfloat16: bool) -> np.dtype:
     if descr.kind == "V" and descr.itemsize == 2 and not descr.names:
         if void2_as_bfloat16:
@@ -382,11 +391,8 @@ def _safetensors_sources(path: str) -> list[TensorSource]:
         if not 0 <= begin <= end <= data_size:
             raise BadFile(f"{path!r}: tensor {name!r} data_offsets {offsets} fall outside the data ({data_size} bytes)")
         dname = SAFETENSORS_DTYPES[code]
-        try:
-            dtype = _bf16() if dname == "bfloat16" else np.dtype(dname)
-        except TypeError:
-            dtype = None  # a float8 format NumPy does not know: listed, not compared
-        itemsize = {"F8_E4M3": 1, "F8_E5M2": 1}.get(code, dtype.itemsize if dtype is not None else 1)
+        dtype = _named_dtype(dname)
+        itemsize = dtype.itemsize
         numel = 1
         for s in shape:
             numel *= s
@@ -395,7 +401,7 @@ def _safetensors_sources(path: str) -> list[TensorSource]:
                           f"({numel * itemsize} expected)")
         spans.append((begin, end, name))
 
-        edtype = dtype if dtype is not None else np.dtype("V1")
+        edtype = dtype
         opener = (lambda begin=begin, edtype=edtype, name=name:
                   _RangeReader(path, data_start + begin, edtype, f"{path!r} tensor {name!r}"))
         sources.append(TensorSource(name, tuple(shape), edtype, opener, path=path, key=name, splittable=True))
@@ -542,7 +548,7 @@ def open_side(path: str, *, void2_as_bfloat16: bool = False) -> list[TensorSourc
 
 # ---- comparison tasks --------------------------------------------------------------------------
 
-COMPARABLE = ("float64", "float32", "float16", "bfloat16")
+COMPARABLE = ("float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
 
 # A splittable tensor is compared in tasks of TASK_CHUNKS chunks: the unit a --workers pool or a Dask
 # cluster runs, and the unit the in-process path merges by too, so every mode merges the same partial
@@ -579,7 +585,7 @@ class RangeTask:
 
 
 def _dtype_of(name: str) -> np.dtype:
-    return _bf16() if name == "bfloat16" else np.dtype(name)
+    return _named_dtype(name)
 
 
 def _plan(a: TensorSource, b: TensorSource, atol: float, rtol: float, void2: bool) -> list[RangeTask]:

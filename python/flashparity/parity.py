@@ -13,7 +13,7 @@ from ._tensor import TensorView, as_view, consumer_stream
 
 __all__ = ["ParityStats", "parity", "max_abs_diff", "cosine_sim", "assert_parity", "HISTOGRAM_BINS"]
 
-_NARROW_ORDER = {"bfloat16": 7, "float16": 10, "float32": 23, "float64": 52}
+_NARROW_ORDER = {"float8_e5m2": 2, "float8_e4m3fn": 3, "bfloat16": 7, "float16": 10, "float32": 23, "float64": 52}
 
 
 def _histogram_labels() -> tuple[str, ...]:

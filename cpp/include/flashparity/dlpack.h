@@ -6,7 +6,10 @@
 namespace flashparity::dlpack {
 
 enum DeviceType : std::int32_t { kCPU = 1, kCUDA = 2, kCUDAHost = 3, kCUDAManaged = 13 };
-enum TypeCode : std::uint8_t { kInt = 0, kUInt = 1, kFloat = 2, kBfloat = 4, kComplex = 5, kBool = 6 };
+enum TypeCode : std::uint8_t {
+  kInt = 0, kUInt = 1, kFloat = 2, kBfloat = 4, kComplex = 5, kBool = 6,
+  kFloat8E4M3FN = 10, kFloat8E5M2 = 12  // DLPack 1.1's FP8 codes (PyTorch exports them)
+};
 
 struct Device {
   std::int32_t device_type;

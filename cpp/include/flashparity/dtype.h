@@ -10,28 +10,39 @@
 
 namespace flashparity {
 
-// The element types a kernel accepts. Codes are stable: they cross the Python binding.
-enum class DType : int { Float64 = 0, Float32 = 1, Float16 = 2, BFloat16 = 3 };
+// The element types a kernel accepts. Codes are stable: they cross the Python binding. The FP8
+// formats (OCP's E4M3 without infinities, "fn", and E5M2, IEEE-like) are parity inputs only.
+enum class DType : int { Float64 = 0, Float32 = 1, Float16 = 2, BFloat16 = 3, Float8E4M3 = 4, Float8E5M2 = 5 };
+
+FP_HOST_DEVICE constexpr FP_INLINE bool is_fp8(DType t) { return t == DType::Float8E4M3 || t == DType::Float8E5M2; }
 
 FP_HOST_DEVICE constexpr FP_INLINE const char* dtype_name(DType t) {
   switch (t) {
     case DType::Float64: return "float64";
     case DType::Float32: return "float32";
     case DType::Float16: return "float16";
+    case DType::Float8E4M3: return "float8_e4m3fn";
+    case DType::Float8E5M2: return "float8_e5m2";
     default: return "bfloat16";
   }
 }
 
 FP_HOST_DEVICE constexpr FP_INLINE int dtype_size(DType t) {
-  return t == DType::Float64 ? 8 : t == DType::Float32 ? 4 : 2;
+  return t == DType::Float64 ? 8 : t == DType::Float32 ? 4 : is_fp8(t) ? 1 : 2;
 }
 
 // Significand bits (without the implicit one): orders the formats by precision.
 FP_HOST_DEVICE constexpr FP_INLINE int dtype_mantissa_bits(DType t) {
-  return t == DType::Float64 ? 52 : t == DType::Float32 ? 23 : t == DType::Float16 ? 10 : 7;
+  return t == DType::Float64    ? 52
+         : t == DType::Float32  ? 23
+         : t == DType::Float16  ? 10
+         : t == DType::BFloat16 ? 7
+         : t == DType::Float8E4M3 ? 3
+                                  : 2;
 }
 
-// The narrower of two formats by precision (bfloat16 < float16 < float32 < float64).
+// The narrower of two formats by precision (float8_e5m2 < float8_e4m3fn < bfloat16 < float16 <
+// float32 < float64).
 FP_HOST_DEVICE constexpr FP_INLINE DType narrower_dtype(DType a, DType b) {
   return dtype_mantissa_bits(a) <= dtype_mantissa_bits(b) ? a : b;
 }
@@ -39,6 +50,8 @@ FP_HOST_DEVICE constexpr FP_INLINE DType narrower_dtype(DType a, DType b) {
 // Storage types for the 16-bit formats: raw bits, converted explicitly (never by implicit casts).
 struct half_bits { std::uint16_t x; };
 struct bf16_bits { std::uint16_t x; };
+struct f8e4m3_bits { std::uint8_t x; };
+struct f8e5m2_bits { std::uint8_t x; };
 
 FP_HOST_DEVICE FP_INLINE float bits_to_float(std::uint32_t u) {
 #if defined(__CUDA_ARCH__)
@@ -96,23 +109,40 @@ FP_HOST_DEVICE FP_INLINE float bf16_to_float(std::uint16_t b) {
   return bits_to_float(static_cast<std::uint32_t>(b) << 16);
 }
 
+// FP8 -> float32, exact. E4M3 "fn": bias 7, no infinities, S.1111.111 is NaN (448 the largest
+// finite); E5M2: bias 15, IEEE infinities and NaNs (the top byte of a float16).
+FP_HOST_DEVICE FP_INLINE float f8e4m3_to_float(std::uint8_t x) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(x & 0x80u) << 24;
+  const std::uint32_t exp = (x >> 3) & 0xfu, man = x & 0x7u;
+  if (exp == 0xf && man == 0x7) return bits_to_float(sign | 0x7fc00000u);  // NaN
+  if (exp != 0) return bits_to_float(sign | ((exp + 120u) << 23) | (man << 20));
+  return bits_to_float(sign | float_to_bits(static_cast<float>(man) * 0.001953125f));  // man * 2^-9
+}
+
+FP_HOST_DEVICE FP_INLINE float f8e5m2_to_float(std::uint8_t x) { return half_to_float(static_cast<std::uint16_t>(x) << 8); }
+
 // Element -> float64, exact for every format.
 FP_HOST_DEVICE FP_INLINE double to_f64(double v) { return v; }
 FP_HOST_DEVICE FP_INLINE double to_f64(float v) { return static_cast<double>(v); }
 FP_HOST_DEVICE FP_INLINE double to_f64(half_bits v) { return static_cast<double>(half_to_float(v.x)); }
 FP_HOST_DEVICE FP_INLINE double to_f64(bf16_bits v) { return static_cast<double>(bf16_to_float(v.x)); }
+FP_HOST_DEVICE FP_INLINE double to_f64(f8e4m3_bits v) { return static_cast<double>(f8e4m3_to_float(v.x)); }
+FP_HOST_DEVICE FP_INLINE double to_f64(f8e5m2_bits v) { return static_cast<double>(f8e5m2_to_float(v.x)); }
 
 // ---- rounding to a narrow format (round to nearest, ties to even, one rounding) ------------------
 
 // Round a finite double to a binary format with `man` stored significand bits whose normal
 // exponents are [emin, emax]; returns the rounded value as a double (+-inf on overflow).
+// 2^e for a normal float64 exponent (-1022 <= e <= 1023), from its bit pattern (no libm call).
+FP_HOST_DEVICE FP_INLINE double pow2(int e) { return bits_to_double(static_cast<std::uint64_t>(e + 1023) << 52); }
+
 FP_HOST_DEVICE FP_INLINE double round_to_format(double v, int man, int emin, int emax) {
   const double av = std::fabs(v);
   if (av == 0.0) return v;
   // subnormal range of the target: a fixed quantum 2^(emin - man); scaling by a power of two is exact
   // and rint rounds ties to even in the default rounding mode.
-  if (av < std::ldexp(1.0, emin)) {
-    const double q = std::ldexp(1.0, emin - man);
+  if (av < pow2(emin)) {
+    const double q = pow2(emin - man);
     return std::rint(v / q) * q;
   }
   // normal: round the float64 significand (52 bits) to `man` bits on the bit pattern.
@@ -124,7 +154,7 @@ FP_HOST_DEVICE FP_INLINE double round_to_format(double v, int man, int emin, int
     u &= ~((std::uint64_t{1} << drop) - 1);
   }
   const double r = bits_to_double(u);
-  const double limit = std::ldexp(1.0, emax + 1);  // first value past the largest finite one
+  const double limit = pow2(emax + 1);  // first value past the largest finite one
   if (std::fabs(r) >= limit) return v < 0 ? -INFINITY : INFINITY;
   return r;
 }
@@ -161,6 +191,27 @@ FP_HOST_DEVICE FP_INLINE std::uint16_t round_to_half_bits(double v) {
   return sign | static_cast<std::uint16_t>((exp << 10) | ((f >> 13) & 0x3ffu));
 }
 
+// FP8 bit patterns of a double rounded to nearest even, as ml_dtypes and the hardware round:
+// E4M3 "fn" has no infinity, so an overflow (from 464 up) or an infinity gives its NaN pattern
+// S.1111.111, which sits one step past the largest finite value in the ordered-integer view; E5M2
+// overflows to infinity like float16 (it is float16's top byte). NaN keeps its sign.
+FP_HOST_DEVICE FP_INLINE std::uint8_t round_to_f8e4m3_bits(double v) {
+  const std::uint8_t sign = std::signbit(v) ? 0x80u : 0u;
+  if (v != v) return sign | 0x7fu;
+  const double a = std::fabs(round_to_format(v, 3, -6, 8));
+  if (!(a <= 448.0)) return sign | 0x7fu;  // past the largest finite (or an infinity)
+  if (a < 0.015625) return sign | static_cast<std::uint8_t>(a * 512.0);  // subnormal or zero: man * 2^-9
+  const std::uint32_t f = float_to_bits(static_cast<float>(a));
+  const std::uint32_t exp = ((f >> 23) & 0xffu) - 120u;
+  return sign | static_cast<std::uint8_t>((exp << 3) | ((f >> 20) & 0x7u));
+}
+
+FP_HOST_DEVICE FP_INLINE std::uint8_t round_to_f8e5m2_bits(double v) {
+  if (v != v) return static_cast<std::uint8_t>((std::signbit(v) ? 0x80u : 0u) | 0x7eu);
+  const double r = round_to_format(v, 2, -14, 15);  // then exactly a float16 whose low byte is 0
+  return static_cast<std::uint8_t>(round_to_half_bits(r) >> 8);
+}
+
 // The bit pattern of a finite value after rounding it to the format `narrow`. `own` is the format
 // the value is stored in and `raw` its bit pattern: a value already in the narrow format is used as
 // is, anything wider is rounded once (to nearest even), from its exact float64 value.
@@ -170,6 +221,8 @@ FP_HOST_DEVICE FP_INLINE std::uint64_t narrow_bits_in(DType narrow, DType own, s
     case DType::Float32: return round_to_f32_bits(v);
     case DType::Float16: return round_to_half_bits(v);
     case DType::BFloat16: return round_to_bf16_bits(v);
+    case DType::Float8E4M3: return round_to_f8e4m3_bits(v);
+    case DType::Float8E5M2: return round_to_f8e5m2_bits(v);
     default: return double_to_bits(v);
   }
 }
@@ -185,7 +238,7 @@ FP_HOST_DEVICE FP_INLINE U ulp_distance_of(U x, U y) {
   return ((x ^ y) & kSign) ? static_cast<U>(mx + my) : (mx > my ? static_cast<U>(mx - my) : static_cast<U>(my - mx));
 }
 
-// ulp_distance_of for patterns of width w (16, 32 or 64 bits): formats up to 32 bits in 32-bit
+// ulp_distance_of for patterns of width w (8, 16, 32 or 64 bits): formats up to 32 bits in 32-bit
 // arithmetic, the sign moved to bit 31.
 FP_HOST_DEVICE FP_INLINE std::uint64_t ulp_distance_bits(std::uint64_t x, std::uint64_t y, int w) {
   if (w <= 32) {
@@ -199,6 +252,8 @@ FP_HOST_DEVICE FP_INLINE std::uint64_t raw_bits(double v) { return double_to_bit
 FP_HOST_DEVICE FP_INLINE std::uint64_t raw_bits(float v) { return float_to_bits(v); }
 FP_HOST_DEVICE FP_INLINE std::uint64_t raw_bits(half_bits v) { return v.x; }
 FP_HOST_DEVICE FP_INLINE std::uint64_t raw_bits(bf16_bits v) { return v.x; }
+FP_HOST_DEVICE FP_INLINE std::uint64_t raw_bits(f8e4m3_bits v) { return v.x; }
+FP_HOST_DEVICE FP_INLINE std::uint64_t raw_bits(f8e5m2_bits v) { return v.x; }
 
 // float64 -> element, rounded to nearest even (the kernels' output conversion).
 template <typename T> FP_HOST_DEVICE FP_INLINE T from_f64(double x);
@@ -212,8 +267,11 @@ template <> struct DTypeOf<double> { static constexpr DType value = DType::Float
 template <> struct DTypeOf<float> { static constexpr DType value = DType::Float32; };
 template <> struct DTypeOf<half_bits> { static constexpr DType value = DType::Float16; };
 template <> struct DTypeOf<bf16_bits> { static constexpr DType value = DType::BFloat16; };
+template <> struct DTypeOf<f8e4m3_bits> { static constexpr DType value = DType::Float8E4M3; };
+template <> struct DTypeOf<f8e5m2_bits> { static constexpr DType value = DType::Float8E5M2; };
 
-// DTYPE_SWITCH(code, T, body): runs `body` with T bound to the storage type of `code`.
+// DTYPE_SWITCH(code, T, body): runs `body` with T bound to the storage type of `code`: the four
+// formats every kernel takes (the caller has refused FP8 before; it runs as bfloat16 otherwise).
 #define FP_DTYPE_SWITCH(code, T, ...)                                        \
   [&] {                                                                      \
     switch (code) {                                                          \
@@ -221,6 +279,16 @@ template <> struct DTypeOf<bf16_bits> { static constexpr DType value = DType::BF
       case ::flashparity::DType::Float32: { using T = float; return __VA_ARGS__(); }         \
       case ::flashparity::DType::Float16: { using T = ::flashparity::half_bits; return __VA_ARGS__(); } \
       default: { using T = ::flashparity::bf16_bits; return __VA_ARGS__(); }                 \
+    }                                                                        \
+  }()
+
+// FP_DTYPE_SWITCH with the FP8 formats too: the parity reductions, which take every format.
+#define FP_DTYPE_SWITCH_ALL(code, T, ...)                                    \
+  [&] {                                                                      \
+    switch (code) {                                                          \
+      case ::flashparity::DType::Float8E4M3: { using T = ::flashparity::f8e4m3_bits; return __VA_ARGS__(); } \
+      case ::flashparity::DType::Float8E5M2: { using T = ::flashparity::f8e5m2_bits; return __VA_ARGS__(); } \
+      default: return FP_DTYPE_SWITCH(code, T, __VA_ARGS__);                 \
     }                                                                        \
   }()
 

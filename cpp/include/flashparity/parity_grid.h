@@ -76,16 +76,22 @@ FP_HOST_DEVICE FP_INLINE T grid_load_at(const CollapsedView& v, std::int64_t fla
   return x;
 }
 
-// kGridVec elements starting at a multiple of 16 bytes: 16-byte read-only loads on the GPU.
+// kGridVec elements starting at a multiple of 16 bytes: 16-byte read-only loads on the GPU (one
+// 8-byte load for the eight bytes of FP8).
 template <typename T>
 FP_HOST_DEVICE FP_INLINE void grid_load_chunk(T (&dst)[kGridVec], const T* src) {
 #if defined(__CUDA_ARCH__)
-  constexpr int kWords = kGridVec * static_cast<int>(sizeof(T)) / 16;
-  uint4 w[kWords];
-  const uint4* s = reinterpret_cast<const uint4*>(src);
-  FP_UNROLL
-  for (int k = 0; k < kWords; ++k) w[k] = __ldg(s + k);
-  memcpy(dst, w, sizeof(dst));
+  if constexpr (sizeof(T) * kGridVec < 16) {  // FP8: eight bytes, one 8-byte load
+    const uint2 w = __ldg(reinterpret_cast<const uint2*>(src));
+    memcpy(dst, &w, sizeof(dst));
+  } else {
+    constexpr int kWords = kGridVec * static_cast<int>(sizeof(T)) / 16;
+    uint4 w[kWords];
+    const uint4* s = reinterpret_cast<const uint4*>(src);
+    FP_UNROLL
+    for (int k = 0; k < kWords; ++k) w[k] = __ldg(s + k);
+    memcpy(dst, w, sizeof(dst));
+  }
 #else
   memcpy(dst, src, sizeof(dst));
 #endif

@@ -1,0 +1,77 @@
+"""FP8 (float8_e4m3fn, float8_e5m2) in fp.parity: against the float64 oracle, mixed with every
+other dtype, ULP distances counted in FP8, non-finite values, views, torch tensors through DLPack;
+and refused by the attention paths, which do not take it."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import flashparity as fp
+from parity_oracle import DTYPES, MANTISSA, check_against_oracle, random_pair
+from simd import LEVELS, use_level
+
+FP8 = ["float8_e4m3fn", "float8_e5m2"]
+ALL = list(DTYPES)
+
+
+@pytest.mark.parametrize("da", FP8)
+@pytest.mark.parametrize("db", ALL)
+@pytest.mark.parametrize("n", [1, 7, 4096 + 33, 70001])
+def test_fp8_pairs_match_oracle(da, db, n):
+    rng = np.random.default_rng(n + len(da) * 7 + len(db))
+    a, b = random_pair(rng, (n,), da, db, noise=0.05, scale=20.0)
+    for x, y in ((a, b), (b, a)):
+        stats = fp.parity(x, y, atol=0.05, rtol=0.02)
+        check_against_oracle(stats, x, y, atol=0.05, rtol=0.02)
+        assert stats.max_abs_diff == float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64))))
+        assert stats.ulp_dtype == min((da, db), key=MANTISSA.get)  # the narrower format: FP8
+
+
+def test_ulp_counted_in_fp8_overflow_and_nonfinite():
+    e4 = np.dtype(ml_dtypes.float8_e4m3fn)
+    a = np.float32([448.0, 448.0, 1.0, 2.0 ** -9, -0.0]).astype(e4)
+    b = np.float32([480.0, 1000.0, 1.125, 0.0, 2.0 ** -9])  # 480 and 1000 round to the NaN pattern
+    s = fp.parity(a, b)
+    assert s.ulp_dtype == "float8_e4m3fn"
+    assert s.max_ulp_diff == 1  # one step past 448, one e4m3 ULP at 1.0, one subnormal step
+    x = np.float32([1.0, np.nan, 2.0]).astype(e4)
+    y = np.float32([1.0, 2.0, np.inf]).astype(np.dtype(ml_dtypes.float8_e5m2))
+    s = fp.parity(x, y)
+    assert s.nonfinite == 2 and np.isnan(s.max_abs_diff) and s.max_abs_index == (1,)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_fp8_every_simd_level_and_views(level, monkeypatch):
+    use_level(level, monkeypatch)
+    rng = np.random.default_rng(5)
+    a, b = random_pair(rng, (300, 50), "float8_e4m3fn", "bfloat16", noise=0.1, scale=4.0)
+    whole = fp.parity(a, b, atol=1e-2)
+    check_against_oracle(whole, a, b, atol=1e-2)
+    sub = fp.parity(a[::3, 1::2], b[::3, 1::2], atol=1e-2)
+    check_against_oracle(sub, np.ascontiguousarray(a[::3, 1::2]), np.ascontiguousarray(b[::3, 1::2]), atol=1e-2)
+    assert fp.parity(a.T, b.T).max_abs_diff == whole.max_abs_diff
+
+
+def test_torch_fp8_tensors():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(9)
+    ref = (rng.standard_normal(5000) * 30).astype(np.float32)
+    for tdt, npdt in ((torch.float8_e4m3fn, ml_dtypes.float8_e4m3fn), (torch.float8_e5m2, ml_dtypes.float8_e5m2)):
+        t = torch.from_numpy(ref).to(tdt)
+        s = fp.parity(t, ref)
+        assert s.dtypes == (np.dtype(npdt).name, "float32")
+        assert s.max_abs_diff == float(np.max(np.abs(ref.astype(npdt).astype(np.float64) - ref)))
+        assert s.max_ulp_diff == 0  # torch and ml_dtypes round alike: ref rounded to FP8 is t
+
+
+def test_fp8_refused_where_not_taken():
+    e4 = np.ones((1, 4, 2, 8), ml_dtypes.float8_e4m3fn)
+    with pytest.raises(ValueError, match="attention does not take float8_e4m3fn inputs"):
+        fp.attention(e4, e4, e4)
+    with pytest.raises(ValueError, match="attention does not take float8_e4m3fn inputs"):
+        fp.attention_varlen(e4[0], e4[0], e4[0], np.int32([0, 4]), np.int32([0, 4]))
+    lse = np.zeros((2, 4), np.float32)
+    with pytest.raises(ValueError, match="merge_attention_states does not take float8_e4m3fn"):
+        fp.merge_attention_states(e4[0], lse, e4[0], lse)
