@@ -214,8 +214,8 @@ void attention_flash2_cuda(const AttnParams& params, int device, std::uintptr_t 
   DeviceGuard guard(device);
   const cudaStream_t stream = as_stream(stream_handle);
   const std::int64_t bh = params.batch * params.heads_q;
+  for (std::uintptr_t s : after) stream_wait(stream, s);  // (first: a caller's later work relies on it)
   if (bh == 0 || params.seqlen_q == 0) return;
-  for (std::uintptr_t s : after) stream_wait(stream, s);
   AttnParams p = params;
   AttnInputCopies copies;
   align_attention_inputs(p, copies, stream);

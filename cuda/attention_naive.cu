@@ -140,9 +140,9 @@ void run(const AttnParams& p, cudaStream_t stream) {
 void attention_naive_cuda(const AttnParams& params, int device, std::uintptr_t stream_handle,
                           const std::vector<std::uintptr_t>& after) {
   DeviceGuard guard(device);
-  if (params.batch * params.heads_q == 0 || params.seqlen_q == 0) return;
   const cudaStream_t stream = as_stream(stream_handle);
-  for (std::uintptr_t s : after) stream_wait(stream, s);
+  for (std::uintptr_t s : after) stream_wait(stream, s);  // (first: a caller's later work relies on it)
+  if (params.batch * params.heads_q == 0 || params.seqlen_q == 0) return;
   AttnParams p = params;
   AttnInputCopies copies;
   align_attention_inputs(p, copies, stream);

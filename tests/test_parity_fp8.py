@@ -20,6 +20,8 @@ ALL = list(DTYPES)
 @pytest.mark.parametrize("db", ALL)
 @pytest.mark.parametrize("n", [1, 7, 4096 + 33, 70001])
 def test_fp8_pairs_match_oracle(da, db, n):
+    if db == "float64":  # (the oracle rounds float64 to FP8 in rationals, element by element: slow)
+        n = min(n, 9001)
     rng = np.random.default_rng(n + len(da) * 7 + len(db))
     a, b = random_pair(rng, (n,), da, db, noise=0.05, scale=20.0)
     for x, y in ((a, b), (b, a)):

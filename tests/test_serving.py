@@ -291,3 +291,21 @@ def test_gpu_varlen_and_paged(impl, dtype):
     ref_out, ref_lse = kvcache_reference(qc, pool_k, pool_v, lens, table, causal=True)
     naive = fp.attention_kvcache(qc, pool_k, pool_v, lens, block_table=table, impl="naive", causal=True)
     check(to_host(out, dt), to_host(lse, np.float32), ref_out, ref_lse, dtype, naive)
+
+
+def test_sequences_sharing_keys_keep_their_own_values(monkeypatch):
+    # every sequence's K is the same memory (a broadcast cache), its V its own: one worker runs them
+    # all, and its converted K/V rows must be per sequence, not per K pointer
+    monkeypatch.setenv("FLASHPARITY_NUM_THREADS", "1")
+    rng = np.random.default_rng(81)
+    for dt in (np.float32, BF16):
+        k1 = rng.standard_normal((1, 40, 2, 16)).astype(dt)
+        kc = np.broadcast_to(k1, (3, 40, 2, 16))
+        vc = rng.standard_normal((3, 40, 2, 16)).astype(dt)
+        q = rng.standard_normal((3, 2, 4, 16)).astype(dt)
+        lens = np.int32([40, 40, 40])
+        for impl in IMPLS:
+            out = fp.attention_kvcache(q, kc, vc, lens, impl=impl)
+            ref_out, _ = kvcache_reference(q, np.ascontiguousarray(kc), vc, lens)
+            naive = fp.attention_kvcache(q, np.ascontiguousarray(kc), vc, lens, impl="naive")
+            assert err(out, ref_out) <= 2 * err(naive, ref_out) + rounding(dt, ref_out) + 2e-6

@@ -476,22 +476,18 @@ constexpr std::int64_t kMaxCachedFloats = std::int64_t{1} << 20;
 
 struct KVRows {
   std::int64_t b = -1, hk = -1, D = 0, Sk = 0;
-  // which sequence's rows these are: a call's sequences (varlen, KV cache) each come with their own
-  // parameters, whose k/v pointers or block table tell them apart
-  const void* k_data = nullptr;
-  const std::int32_t* blocks = nullptr;
+  // whose rows these are: (problem, batch, kv head). A call's sequences (varlen, KV cache) are
+  // problems of their own, each with its own parameters, which live for the call as this cache does
   const AttnParams* params = nullptr;
   bool cached = false;
   FloatBuf k, v;                    // the cached rows, or the rows of the last use
   std::vector<char> k_ready, v_ready;  // per kBc tile
 
   void bind(const AttnParams& p, std::int64_t b_, std::int64_t hk_) {
+    if (&p == params && b_ == b && hk_ == hk) return;
     params = &p;
-    if (b_ == b && hk_ == hk && p.k.data == k_data && p.block_table == blocks && p.seqlen_k == Sk) return;
     b = b_;
     hk = hk_;
-    k_data = p.k.data;
-    blocks = p.block_table;
     D = p.head_dim;
     Sk = p.seqlen_k;
     const std::int64_t rows = round_up(Sk, kBc);
@@ -750,9 +746,8 @@ void pv_tile_bf16(const std::uint16_t* p2, const std::uint16_t* v2, std::int64_t
 // query tiles it runs next (the tasks of one head are claimed consecutively); part of the worker's
 // scratch, which lives for one call.
 struct PackedKV {
-  std::int64_t b = -1, hk = -1, Sk = -1;
-  const void* k_data = nullptr;  // (which sequence: as KVRows)
-  const std::int32_t* blocks = nullptr;
+  std::int64_t b = -1, hk = -1;
+  const AttnParams* params = nullptr;  // (whose: as KVRows)
   std::vector<std::uint16_t> kt2, v2;
   std::vector<char> ready;
   std::vector<char> v_nonfinite;  // per tile: some V value is inf or NaN (then masked keys need care)
@@ -770,12 +765,10 @@ void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std:
   const std::int64_t n_tiles = (Sk + kBc - 1) / kBc, tile_elems = Dp * kBc;
   // (a head past the float kernels' cache size is packed per use, into one tile slot)
   const bool cached = n_tiles * tile_elems <= 2 * kMaxCachedFloats;
-  if (cache.b != b || cache.hk != hk || cache.k_data != p.k.data || cache.blocks != p.block_table || cache.Sk != Sk) {
+  if (cache.b != b || cache.hk != hk || cache.params != &p) {
     cache.b = b;
     cache.hk = hk;
-    cache.k_data = p.k.data;
-    cache.blocks = p.block_table;
-    cache.Sk = Sk;
+    cache.params = &p;
     cache.kt2.resize(static_cast<std::size_t>((cached ? n_tiles : 1) * tile_elems));
     cache.v2.resize(static_cast<std::size_t>((cached ? n_tiles : 1) * tile_elems));
     cache.ready.assign(static_cast<std::size_t>(cached ? n_tiles : 1), 0);

@@ -237,6 +237,7 @@ py::tuple attention_seqs_device(const py::tuple& q_desc, const py::tuple& k_desc
       base, layout, table ? static_cast<const std::int32_t*>(table->ptr) : nullptr);
   {
     py::gil_scoped_release release;
+    // (the first sequence's launcher orders the stream after `after`, even when it has no query)
     for (std::size_t i = 0; i < seqs.size(); ++i)
       run_device(seqs[i], impl, device, stream, i == 0 ? after : std::vector<std::uintptr_t>{});
   }

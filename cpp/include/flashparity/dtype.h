@@ -192,7 +192,7 @@ FP_HOST_DEVICE FP_INLINE std::uint16_t round_to_half_bits(double v) {
 }
 
 // FP8 bit patterns of a double rounded to nearest even, as ml_dtypes and the hardware round:
-// E4M3 "fn" has no infinity, so an overflow (from 464 up) or an infinity gives its NaN pattern
+// E4M3 "fn" has no infinity, so an overflow (above 464; 464 rounds to 448) or an infinity gives its NaN pattern
 // S.1111.111, which sits one step past the largest finite value in the ordered-integer view; E5M2
 // overflows to infinity like float16 (it is float16's top byte). NaN keeps its sign.
 FP_HOST_DEVICE FP_INLINE std::uint8_t round_to_f8e4m3_bits(double v) {
