@@ -91,7 +91,13 @@ def test_kernel_parity_alibi():
     body = fp.kernel_parity(alibi=True, seqlen_q=48, seq_len=80, causal=True, num_heads=6, num_kv_heads=2)
     plain = fp.kernel_parity(seqlen_q=48, seq_len=80, causal=True, num_heads=6, num_kv_heads=2)
     assert body["alibi"] is True and plain["alibi"] is False and body["fa2_rule_ok"]
-    assert body["max_abs_diff"] < 1e-5 and body["max_abs_diff"] != plain["max_abs_diff"]
+    assert body["max_abs_diff"] < 1e-5
+    # the case's inputs with and without the bias give different outputs: the flag reaches the kernels
+    from flashparity.kernel_parity import Case, alibi_slopes, case_inputs
+
+    q, k, v, _ = case_inputs(Case(seqlen_q=48, seq_len=80, num_heads=6, num_kv_heads=2))
+    assert not np.array_equal(fp.attention(q, k, v, causal=True, alibi_slopes=alibi_slopes(6)),
+                              fp.attention(q, k, v, causal=True))
     with pytest.raises(ValueError, match="alibi must be a bool, got 1"):
         fp.kernel_parity(alibi=1)
 
