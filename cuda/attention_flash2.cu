@@ -22,11 +22,12 @@ namespace {
 
 template <typename T, typename Acc>
 __device__ FP_INLINE Acc load_elem(const char* addr) {
-  return static_cast<Acc>(load_value<T>(addr));  // exact: T is float or double here
+  return static_cast<Acc>(load_value<T>(addr));  // exact: T is float, double or FP8 here
 }
 
-// float32 / float64 flash2 on FMA units (float32 inputs do not go through tf32 tensor cores: their
-// products stay exact to float32, as on the CPU). A warp owns a query row, its lanes the head dims
+// float32 / float64 / FP8 flash2 on FMA units (float32 inputs do not go through tf32 tensor cores:
+// their products stay exact to float32, as on the CPU; FP8 values are exact in float32, the output
+// bfloat16 with FP8's descales in the score scale and the output). A warp owns a query row, its lanes the head dims
 // lane, lane+32, ...; a block holds 4 rows and walks key tiles of 32 with the online softmax
 // (blocks stride over the query blocks past the grid's y limit).
 constexpr int kSimtRows = kThreads / 32, kSimtKeys = 32;
@@ -37,8 +38,10 @@ __global__ void __launch_bounds__(kThreads) Flash2SimtKernel(const Args a, std::
   const int lane = threadIdx.x & 31;
   const std::int64_t bh = blockIdx.x, b = bh / p.heads_q, h = bh % p.heads_q;
   const std::int64_t hk = h / (p.heads_q / p.heads_kv);
-  const Acc scale = static_cast<Acc>(p.scale), cap = static_cast<Acc>(p.softcap);
+  const Acc scale = static_cast<Acc>(score_scale(p, b, h)), cap = static_cast<Acc>(p.softcap);
   const Acc slope = static_cast<Acc>(alibi_slope(p, b, h));
+  const Acc vscale = static_cast<Acc>(out_scale(p, b, h));  // (1 but for FP8)
+  using Out = attn_out_t<T>;
 
   for (std::int64_t qb = blockIdx.y; qb < q_blocks; qb += gridDim.y) {
     const std::int64_t m0 = qb * kSimtRows, i = m0 + (threadIdx.x >> 5);
@@ -107,18 +110,21 @@ __global__ void __launch_bounds__(kThreads) Flash2SimtKernel(const Args a, std::
       }
     }
     if (i >= p.seqlen_q) continue;
+    // (a NaN l leaves inv 0, but then o is NaN too: the NaN probability reached it)
     const Acc inv = l > Acc(0) ? Acc(1) / l : Acc(0);
+#pragma unroll
+    for (int c = 0; c < DPT; ++c) o[c] = vscale != Acc(1) ? o[c] * inv * vscale : o[c] * inv;
     if (a.n_splits == 1) {
-      T* out = static_cast<T*>(p.out) + ((b * p.seqlen_q + i) * p.heads_q + h) * p.head_dim;
+      Out* out = static_cast<Out*>(p.out) + ((b * p.seqlen_q + i) * p.heads_q + h) * p.head_dim;
 #pragma unroll
       for (int c = 0; c < DPT; ++c)
-        if (lane + 32 * c < p.head_dim) out[lane + 32 * c] = static_cast<T>(o[c] * inv);
+        if (lane + 32 * c < p.head_dim) out[lane + 32 * c] = from_f64<Out>(static_cast<double>(o[c]));
       if (lane == 0 && p.lse != nullptr) p.lse[lse_index(p, b, h, i)] = row_lse(m, l);
     } else {
       const std::int64_t slot = (blockIdx.z * p.batch * p.heads_q + bh) * p.seqlen_q + i;
       Acc* op = static_cast<Acc*>(a.o_part) + slot * a.dpad;
 #pragma unroll
-      for (int c = 0; c < DPT; ++c) op[lane + 32 * c] = o[c] * inv;
+      for (int c = 0; c < DPT; ++c) op[lane + 32 * c] = o[c];
       if (lane == 0) static_cast<Acc*>(a.lse_part)[slot] = log_sum_exp(m, l);
     }
   }
@@ -135,14 +141,15 @@ __global__ void __launch_bounds__(kThreads) Flash2CombineKernel(const Args a) {
   const Acc* lse_part = static_cast<const Acc*>(a.lse_part);
   const Acc* o_part = static_cast<const Acc*>(a.o_part);
   const Acc lse = merge_split_lse<Acc>(a.n_splits, [&](int s) { return lse_part[s * per_split + r]; });
-  T* out = static_cast<T*>(p.out) + ((b * p.seqlen_q + i) * p.heads_q + h) * p.head_dim;
+  using Out = attn_out_t<T>;
+  Out* out = static_cast<Out*>(p.out) + ((b * p.seqlen_q + i) * p.heads_q + h) * p.head_dim;
   for (std::int64_t d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
     Acc acc = 0;
     for (int s = 0; s < a.n_splits; ++s) {
       const Acc w = split_weight(lse_part[s * per_split + r], lse);
       if (w != Acc(0)) acc += w * o_part[(s * per_split + r) * a.dpad + d];
     }
-    out[d] = from_f64<T>(static_cast<double>(acc));
+    out[d] = from_f64<Out>(static_cast<double>(acc));
   }
   if (threadIdx.x == 0 && p.lse != nullptr) p.lse[lse_index(p, b, h, i)] = static_cast<float>(lse);
 }
@@ -270,10 +277,12 @@ void attention_flash2_cuda(const AttnParams& params, int device, std::uintptr_t 
     case DType::BFloat16: launch_mma_dispatch<true>(a, grid, stream); break;
     case DType::Float32: launch_simt<float, float>(a, grid, q_blocks, stream); break;
     case DType::Float64: launch_simt<double, double>(a, grid, q_blocks, stream); break;
+    case DType::Float8E4M3: launch_simt<f8e4m3_bits, float>(a, grid, q_blocks, stream); break;
+    case DType::Float8E5M2: launch_simt<f8e5m2_bits, float>(a, grid, q_blocks, stream); break;
   }
   if (a.n_splits > 1) {
     const dim3 rows(static_cast<unsigned>(bh * p.seqlen_q));
-    FP_DTYPE_SWITCH(p.q.dtype, T, [&] {
+    FP_DTYPE_SWITCH_ALL(p.q.dtype, T, [&] {
       if constexpr (std::is_same_v<T, double>) Flash2CombineKernel<T, double><<<rows, kThreads, 0, stream>>>(a);
       else Flash2CombineKernel<T, float><<<rows, kThreads, 0, stream>>>(a);
     });

@@ -41,7 +41,7 @@ __global__ void NaiveScoresKernel(const AttnParams p, std::int64_t r0, std::int6
     for (std::int64_t d = 0; d < p.head_dim; ++d)
       dot += static_cast<Acc>(load<T>(p.q, b, i, h, d)) *
              static_cast<Acc>(load_value<T>(kv_row(p, p.k, b, j, hk) + d * p.k.strides[3]));
-    s = apply_softcap(dot * static_cast<Acc>(p.scale), static_cast<Acc>(p.softcap));
+    s = apply_softcap(dot * static_cast<Acc>(score_scale(p, b, h)), static_cast<Acc>(p.softcap));
     if (p.alibi != nullptr) s += alibi_bias(static_cast<Acc>(alibi_slope(p, b, h)), i, j, p);
   }
   scores[(bh * rows + r) * p.seqlen_k + j] = s;
@@ -102,8 +102,11 @@ __global__ void NaivePVKernel(const AttnParams p, std::int64_t r0, std::int64_t 
   for (std::int64_t j = kr.lo; j < kr.hi; ++j)
     acc += row[j] * static_cast<Acc>(load_value<T>(kv_row(p, p.v, b, j, hk) + d * p.v.strides[3]));
   const Acc l = lsum[bh * rows + r];
-  T* out = static_cast<T*>(p.out) + ((b * p.seqlen_q + i) * p.heads_q + h) * p.head_dim + d;
-  *out = from_f64<T>(static_cast<double>(l > Acc(0) ? acc / l : Acc(0)));
+  using Out = attn_out_t<T>;  // (bfloat16 for FP8 inputs, whose v_descale scales the output)
+  Out* out = static_cast<Out*>(p.out) + ((b * p.seqlen_q + i) * p.heads_q + h) * p.head_dim + d;
+  Acc o = l == Acc(0) ? Acc(0) : acc / l;  // a NaN l (an inf score) stays NaN
+  if (p.descale != nullptr) o *= static_cast<Acc>(out_scale(p, b, h));
+  *out = from_f64<Out>(static_cast<double>(o));
 }
 
 template <typename T, typename Acc>
@@ -146,7 +149,7 @@ void attention_naive_cuda(const AttnParams& params, int device, std::uintptr_t s
   AttnParams p = params;
   AttnInputCopies copies;
   align_attention_inputs(p, copies, stream);
-  FP_DTYPE_SWITCH(p.q.dtype, T, [&] {
+  FP_DTYPE_SWITCH_ALL(p.q.dtype, T, [&] {
     if constexpr (std::is_same_v<T, double>) run<T, double>(p, stream);
     else run<T, float>(p, stream);
   });

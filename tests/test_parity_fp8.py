@@ -69,11 +69,8 @@ def test_torch_fp8_tensors():
 
 
 def test_fp8_refused_where_not_taken():
+    # attention takes FP8 (tests/test_attention_fp8.py); merging states of FP8 outputs has no meaning
     e4 = np.ones((1, 4, 2, 8), ml_dtypes.float8_e4m3fn)
-    with pytest.raises(ValueError, match="attention does not take float8_e4m3fn inputs"):
-        fp.attention(e4, e4, e4)
-    with pytest.raises(ValueError, match="attention does not take float8_e4m3fn inputs"):
-        fp.attention_varlen(e4[0], e4[0], e4[0], np.int32([0, 4]), np.int32([0, 4]))
     lse = np.zeros((2, 4), np.float32)
     with pytest.raises(ValueError, match="merge_attention_states does not take float8_e4m3fn"):
         fp.merge_attention_states(e4[0], lse, e4[0], lse)

@@ -76,14 +76,17 @@ def test_kernel_parity_low_precision_fa2_rule():
 def test_kernel_parity_sweep_worst_case():
     body = fp.kernel_parity(sweep=True, seq_len=64)
     cases = body["cases"]
-    assert len(cases) == 36  # 24 plain; per dtype an ALiBi prefill and decode, a varlen batch, a paged cache
+    # 24 plain; per dtype an ALiBi prefill and decode, a varlen batch, a paged cache; per FP8 format
+    # prefill and decode at head dims 64 and 128 and a paged cache
+    assert len(cases) == 46
     assert sum(c["alibi"] for c in cases) == 6
     assert sum(c["varlen"] is not None and c["page_size"] is None for c in cases) == 3
-    assert sum(c["page_size"] == 16 for c in cases) == 3
+    assert sum(c["page_size"] == 16 for c in cases) == 5
+    assert sum(c["dtype"].startswith("float8") for c in cases) == 10
     assert body["max_abs_diff"] == max(c["max_abs_diff"] for c in cases)
     assert body["cosine_sim"] == min(c["cosine_sim"] for c in cases)
     assert body["fa2_rule_ok"] == all(c["fa2_rule_ok"] for c in cases)
-    assert {c["dtype"] for c in cases} == {"float32", "bfloat16", "float16"}
+    assert {c["dtype"] for c in cases} == {"float32", "bfloat16", "float16", "float8_e4m3fn", "float8_e5m2"}
     assert {c["regime"] for c in cases} == {"decode", "prefill"}
 
 
@@ -204,7 +207,7 @@ def test_cli_kernel_parity_device_without_gpu(capsys):
 
 def test_cli_kernel_parity_human_and_sweep(capsys):
     code, out, _ = run_cli(["kernel", "parity", "--sweep", "--seq-len", "32"], capsys)
-    assert code == 0 and "36 cases" in out and "FAILED" not in out and "prefill+alibi" in out
+    assert code == 0 and "46 cases" in out and "FAILED" not in out and "prefill+alibi" in out
     assert "prefill+varlen" in out and "decode+paged" in out
 
 

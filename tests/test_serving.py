@@ -13,6 +13,18 @@ from simd import LEVELS, use_level
 from test_attention import BF16, DTYPES, IMPLS, alibi_slopes, err, rounding
 
 LOW = {"float16", "bfloat16"}
+WHERE = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def placed(where):
+    """(put, get): inputs onto `where` (metadata too: the kernels copy what they need) and results
+    back to NumPy arrays of a given dtype."""
+    if where == "cpu":
+        return (lambda x: x), (lambda x, dt: x)
+    from flashparity.kernel_parity import to_host
+    from test_attention_gpu import dev
+
+    return dev, to_host
 
 
 def offsets(lens):
@@ -72,10 +84,12 @@ VARLEN = [  # (lens_q, lens_k, hq, hk, d, causal, window, softcap, alibi)
 ]
 
 
+@pytest.mark.parametrize("where", WHERE)
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("case", VARLEN, ids=[str(c[0]) for c in VARLEN])
-def test_varlen_matches_reference(impl, dtype, case):
+def test_varlen_matches_reference(impl, dtype, case, where):
+    put, get = placed(where)
     lens_q, lens_k, hq, hk, d, causal, window, softcap, use_alibi = case
     rng = np.random.default_rng(sum(lens_q) + 3 * sum(lens_k) + d)
     cu_q, cu_k = offsets(lens_q), offsets(lens_k)
@@ -85,8 +99,9 @@ def test_varlen_matches_reference(impl, dtype, case):
     v = rng.standard_normal((cu_k[-1], hk, d)).astype(dt)
     slopes = alibi_slopes(rng, len(lens_q), hq, True) if use_alibi else None
     kw = dict(causal=causal, window=window, softcap=softcap)
-    out, lse = fp.attention_varlen(q, k, v, cu_q, cu_k, impl=impl, return_lse=True, alibi_slopes=slopes,
-                                   max_seqlen_q=max(lens_q), max_seqlen_k=max(lens_k), **kw)
+    out, lse = fp.attention_varlen(put(q), put(k), put(v), put(cu_q), put(cu_k), impl=impl, return_lse=True,
+                                   alibi_slopes=slopes, max_seqlen_q=max(lens_q), max_seqlen_k=max(lens_k), **kw)
+    out, lse = get(out, dt), get(lse, np.float32)
     assert out.shape == q.shape and lse.shape == (hq, cu_q[-1]) and lse.dtype == np.float32
     ref_out, ref_lse = varlen_reference(q, k, v, cu_q, cu_k, slopes, **kw)
     naive = fp.attention_varlen(q, k, v, cu_q, cu_k, impl="naive", alibi_slopes=slopes, **kw) if dtype in LOW else None
@@ -128,10 +143,12 @@ PAGED = [  # (lens, sq, page_size, hq, hk, d, causal, window, alibi)
 ]
 
 
+@pytest.mark.parametrize("where", WHERE)
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("case", PAGED, ids=[f"{c[0]}-page{c[2]}" for c in PAGED])
-def test_paged_cache_matches_reference(impl, dtype, case):
+def test_paged_cache_matches_reference(impl, dtype, case, where):
+    put, get = placed(where)
     lens, sq, page, hq, hk, d, causal, window, use_alibi = case
     rng = np.random.default_rng(sum(lens) + page + d)
     dt = DTYPES[dtype]
@@ -155,8 +172,9 @@ def test_paged_cache_matches_reference(impl, dtype, case):
     q = rng.standard_normal((batch, sq, hq, d)).astype(dt)
     slopes = alibi_slopes(rng, batch, hq, True) if use_alibi else None
     kw = dict(causal=causal, window=window)
-    out, lse = fp.attention_kvcache(q, kc, vc, lens, block_table=table, impl=impl, return_lse=True,
-                                    alibi_slopes=slopes, **kw)
+    out, lse = fp.attention_kvcache(put(q), put(kc), put(vc), put(lens), block_table=put(table), impl=impl,
+                                    return_lse=True, alibi_slopes=None if slopes is None else put(slopes), **kw)
+    out, lse = get(out, dt), get(lse, np.float32)
     assert out.shape == q.shape and lse.shape == (batch, hq, sq)
     ref_out, ref_lse = kvcache_reference(q, kc, vc, lens, table, slopes, **kw)
     assert not np.isnan(out.astype(np.float64)).any()

@@ -23,6 +23,14 @@ void set_alibi(AttnParams& p, const py::tuple& alibi) {
   p.alibi_stride_h = alibi[2].cast<std::int64_t>();
 }
 
+void set_descale(AttnParams& p, const py::tuple& descale) {
+  if (descale.size() != 2) throw std::invalid_argument("descale must be (pointer, plane stride)");
+  p.descale = reinterpret_cast<const float*>(descale[0].cast<std::uintptr_t>());
+  p.descale_plane = descale[1].cast<std::int64_t>();
+  if (p.descale != nullptr && !is_fp8(p.q.dtype))
+    throw std::invalid_argument(std::string("descales are for float8 inputs, got ") + dtype_name(p.q.dtype));
+}
+
 AttnParams make_attn_params(const py::tuple& q_desc, const py::tuple& k_desc, const py::tuple& v_desc, int impl,
                             double scale, double softcap, std::int64_t left, std::int64_t right, bool kv_pool) {
   AttnParams p;
@@ -32,9 +40,6 @@ AttnParams make_attn_params(const py::tuple& q_desc, const py::tuple& k_desc, co
   if (p.q.ndim != 4 || p.k.ndim != 4 || p.v.ndim != 4) throw std::invalid_argument("q, k and v must be 4-D (BSHD)");
   if (p.k.dtype != p.q.dtype || p.v.dtype != p.q.dtype)
     throw std::invalid_argument("q, k and v must have the same dtype");
-  if (is_fp8(p.q.dtype))
-    throw std::invalid_argument(std::string("attention does not take ") + dtype_name(p.q.dtype) +
-                                " inputs (float64, float32, float16 or bfloat16)");
   for (int i = 0; i < 4; ++i)
     if (p.k.shape[i] != p.v.shape[i]) throw std::invalid_argument("k and v must have the same shape");
   p.batch = p.q.shape[0];
@@ -80,10 +85,12 @@ namespace {
 // fp.attention_varlen / fp.attention_kvcache on the CPU: every sequence a problem of its own.
 void attention_seqs_host(const py::tuple& q_desc, const py::tuple& k_desc, const py::tuple& v_desc, std::uintptr_t out,
                          std::uintptr_t lse, int impl, double scale, double softcap, std::int64_t left,
-                         std::int64_t right, const py::tuple& alibi, const py::tuple& layout) {
+                         std::int64_t right, const py::tuple& alibi, const py::tuple& layout,
+                         const py::tuple& descale) {
   const bool paged = layout[4].cast<std::uintptr_t>() != 0;
   AttnParams base = make_attn_params(q_desc, k_desc, v_desc, impl, scale, softcap, left, right, paged);
   set_alibi(base, alibi);
+  set_descale(base, descale);
   base.out = reinterpret_cast<void*>(out);
   base.lse = reinterpret_cast<float*>(lse);
   const std::vector<AttnParams> seqs = sequence_problems_from_python(
@@ -94,9 +101,10 @@ void attention_seqs_host(const py::tuple& q_desc, const py::tuple& k_desc, const
 
 void attention_host(const py::tuple& q_desc, const py::tuple& k_desc, const py::tuple& v_desc, std::uintptr_t out,
                     std::uintptr_t lse, int impl, double scale, double softcap, std::int64_t left,
-                    std::int64_t right, const py::tuple& alibi) {
+                    std::int64_t right, const py::tuple& alibi, const py::tuple& descale) {
   AttnParams p = make_attn_params(q_desc, k_desc, v_desc, impl, scale, softcap, left, right);
   set_alibi(p, alibi);
+  set_descale(p, descale);
   p.out = reinterpret_cast<void*>(out);
   p.lse = reinterpret_cast<float*>(lse);
   py::gil_scoped_release release;
@@ -151,14 +159,16 @@ void bind_attention(py::module_& m) {
         "The key tiles query rows [r0, r0 + rows) visit.");
   m.def("attention_host", &attention_host, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("lse"),
         py::arg("impl"), py::arg("scale"), py::arg("softcap"), py::arg("window_left"), py::arg("window_right"),
-        py::arg("alibi") = py::make_tuple(0, 0, 1),
-        "CPU attention forward into a contiguous `out` (q's dtype) and optional float32 `lse` (0: none);\n"
-        "alibi = (float32 slopes pointer or 0, batch stride, head stride), strides in elements.");
+        py::arg("alibi") = py::make_tuple(0, 0, 1), py::arg("descale") = py::make_tuple(0, 0),
+        "CPU attention forward into a contiguous `out` (q's dtype; bfloat16 for FP8 inputs) and optional\n"
+        "float32 `lse` (0: none); alibi = (float32 slopes pointer or 0, batch stride, head stride), strides\n"
+        "in elements; descale = (float32 [3, batch, heads_kv] q/k/v descales pointer or 0, plane stride).");
   m.def("attention_seqs_host", &attention_seqs_host, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
         py::arg("lse"), py::arg("impl"), py::arg("scale"), py::arg("softcap"), py::arg("window_left"),
-        py::arg("window_right"), py::arg("alibi"), py::arg("layout"),
+        py::arg("window_right"), py::arg("alibi"), py::arg("layout"), py::arg("descale") = py::make_tuple(0, 0),
         "CPU attention over a varlen batch or a KV cache, one problem per sequence; layout = (batch,\n"
-        "cu_seqlens_q, cu_seqlens_k, cache_seqlens, block_table, block_table_stride) host int32 pointers or 0.");
+        "cu_seqlens_q, cu_seqlens_k, cache_seqlens, block_table, block_table_stride) host int32 pointers or 0;\n"
+        "descale as attention_host.");
   m.attr("FLASH2_MAX_HEAD_DIM") = 256;
 }
 

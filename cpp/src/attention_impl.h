@@ -242,13 +242,15 @@ FP_INLINE void store_lse(const AttnParams& p, std::int64_t b, std::int64_t h, st
 
 // Writes a finished row: out = acc[d * stride] / l, in the output's dtype: 0 for a row that saw no
 // key (l = 0), NaN for a row whose sum is NaN (a NaN or an infinity among its scores).
+// T is the output's storage type; `scale` is FP8's v_descale (1 otherwise: then no multiply).
 template <typename T, typename Acc>
 void store_row(const AttnParams& p, std::int64_t b, std::int64_t i, std::int64_t h, const Acc* acc, Acc l,
-               std::int64_t stride = 1) {
+               std::int64_t stride = 1, Acc scale = Acc(1)) {
   T* out = static_cast<T*>(p.out) + ((b * p.seqlen_q + i) * p.heads_q + h) * p.head_dim;
   const Acc inv = Acc(1) / l;
   for (std::int64_t d = 0; d < p.head_dim; ++d) {
-    const Acc v = l == Acc(0) ? Acc(0) : acc[d * stride] * inv;
+    Acc v = l == Acc(0) ? Acc(0) : acc[d * stride] * inv;
+    if (scale != Acc(1)) v *= scale;
     out[d] = from_f64<T>(static_cast<double>(v));
   }
 }
@@ -598,14 +600,17 @@ void softmax_tile(float* st, std::int64_t lds, std::int64_t nk, std::int64_t key
 }
 
 // The shared skeleton of both float kernels: a task is (batch, head, up to kBr query rows); the
-// keys are visited in tiles of kBc (flash2) or all of them at once (naive).
+// keys are visited in tiles of kBc (flash2) or all of them at once (naive). T is the inputs' type:
+// float32, float16, bfloat16 (without BF16 dot products) and the FP8 formats, all converted exactly
+// to float32 rows; FP8 writes a bfloat16 output, its descales folded into the score scale and the
+// output (score_scale, out_scale).
 template <typename T>
 void float_task(const AttnParams& p, KVRows& kv, std::int64_t b, std::int64_t h, std::int64_t r0, std::int64_t rows,
                 bool naive) {
   const std::int64_t D = p.head_dim, Sk = p.seqlen_k;
   const std::int64_t hk = h / (p.heads_q / p.heads_kv);
   const std::int64_t nq = round_up(rows, kLanes);  // query lanes (whole vectors; a decode row takes one)
-  const float scale = static_cast<float>(p.scale), cap = static_cast<float>(p.softcap);
+  const float scale = static_cast<float>(score_scale(p, b, h)), cap = static_cast<float>(p.softcap);
   const AlibiRows alibi{alibi_slope(p, b, h), r0 + Sk - p.seqlen_q};
   FloatBuf qt(D * nq, 0.0f), ot(D * nq, 0.0f), m(nq, -INFINITY), l(nq, 0.0f);
   std::vector<float> stage;
@@ -642,7 +647,7 @@ void float_task(const AttnParams& p, KVRows& kv, std::int64_t b, std::int64_t h,
     }
   }
   for (std::int64_t i = 0; i < rows; ++i) {
-    store_row<T, float>(p, b, r0 + i, h, ot.data() + i, l[i], nq);
+    store_row<attn_out_t<T>, float>(p, b, r0 + i, h, ot.data() + i, l[i], nq, out_scale(p, b, h));
     store_lse(p, b, h, r0 + i, row_lse(m[i], l[i]));
   }
 }
@@ -1045,7 +1050,7 @@ void run_flash2(const AttnParams& p, void* scratch, std::int64_t b, std::int64_t
 }
 
 AttnTaskFn attention_task_fn(AttnImpl impl, DType dtype) {
-  return FP_DTYPE_SWITCH(dtype, T, [&]() -> AttnTaskFn {
+  return FP_DTYPE_SWITCH_ALL(dtype, T, [&]() -> AttnTaskFn {
     return impl == AttnImpl::Naive ? &run_naive<T> : &run_flash2<T>;
   });
 }

@@ -8,7 +8,7 @@ namespace flashparity {
 std::vector<AttnParams> sequence_problems(const AttnParams& base, const SeqLayout& L) {
   std::vector<AttnParams> out;
   out.reserve(static_cast<std::size_t>(L.batch));
-  const std::int64_t esize = dtype_size(base.q.dtype);
+  const std::int64_t esize = dtype_size(attention_out_dtype(base.q.dtype));
   const std::int64_t row_elems = base.heads_q * base.head_dim;  // one query row of out
   for (std::int64_t b = 0; b < L.batch; ++b) {
     AttnParams p = base;
@@ -49,6 +49,7 @@ std::vector<AttnParams> sequence_problems(const AttnParams& base, const SeqLayou
     p.seqlen_q = sq;
     p.seqlen_k = sk;
     if (base.out != nullptr) p.out = static_cast<char*>(base.out) + q0 * row_elems * esize;
+    if (base.descale != nullptr) p.descale = base.descale + b * base.heads_kv;  // (planes stay apart)
     if (base.alibi != nullptr) {
       p.alibi = base.alibi + b * base.alibi_stride_b;
       p.alibi_stride_b = 0;

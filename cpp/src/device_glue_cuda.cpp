@@ -142,16 +142,25 @@ int attention_device_of(const AttnParams& p, std::uintptr_t out_ptr) {
 // out_ptr 0: a new DeviceArray; else the caller's C-contiguous device buffer of q's shape and dtype
 // (checked in Python), returned as None. The kernels run on `stream`, after the work queued so far
 // on each stream of `after` (the producer streams of k, v and out).
+// `bytes` of host memory copied into a new device buffer of `device` for the length of a call (ALiBi
+// slopes, block tables, descales: small); null for a null `host`.
+DeviceArrayPtr upload(const void* host, std::int64_t bytes, int device) {
+  if (host == nullptr) return nullptr;
+  auto buf = std::make_shared<DeviceArray>(DType::Float32, std::vector<std::int64_t>{(bytes + 3) / 4}, device);
+  if (bytes > 0) {
+    py::gil_scoped_release release;
+    copy_to_device(buf->ptr, host, static_cast<std::size_t>(bytes), device);
+  }
+  return buf;
+}
+
 // Host slopes ([batch, heads_q], contiguous) copied to the device for the call; device slopes checked
-// to be on `device`.
-DeviceArrayPtr place_alibi(AttnParams& p, bool alibi_on_host, int device, std::int64_t batch) {
+// to be on `device`. Host descales ([3, batch, heads_kv]) copied likewise.
+std::pair<DeviceArrayPtr, DeviceArrayPtr> place_alibi_and_descale(AttnParams& p, bool alibi_on_host, int device,
+                                                                  std::int64_t batch) {
   DeviceArrayPtr slopes;
   if (p.alibi != nullptr && alibi_on_host) {
-    slopes = std::make_shared<DeviceArray>(DType::Float32, std::vector<std::int64_t>{batch * p.heads_q}, device);
-    if (slopes->nbytes() > 0) {
-      py::gil_scoped_release release;
-      copy_to_device(slopes->ptr, p.alibi, slopes->nbytes(), device);
-    }
+    slopes = upload(p.alibi, batch * p.heads_q * 4, device);
     p.alibi = static_cast<const float*>(slopes->ptr);
     p.alibi_stride_b = p.heads_q;
     p.alibi_stride_h = 1;
@@ -160,7 +169,9 @@ DeviceArrayPtr place_alibi(AttnParams& p, bool alibi_on_host, int device, std::i
                                 std::to_string(cuda_pointer_device(reinterpret_cast<std::uintptr_t>(p.alibi))) +
                                 ", q, k and v on device " + std::to_string(device));
   }
-  return slopes;
+  DeviceArrayPtr descale = upload(p.descale, 3 * p.descale_plane * 4, device);
+  if (descale) p.descale = static_cast<const float*>(descale->ptr);
+  return {slopes, descale};
 }
 
 void run_device(const AttnParams& p, int impl, int device, std::uintptr_t stream,
@@ -175,15 +186,16 @@ void run_device(const AttnParams& p, int impl, int device, std::uintptr_t stream
 py::tuple attention_device(const py::tuple& q_desc, const py::tuple& k_desc, const py::tuple& v_desc, int impl,
                            double scale, double softcap, std::int64_t left, std::int64_t right, bool want_lse,
                            std::uintptr_t stream, std::uintptr_t out_ptr, const std::vector<std::uintptr_t>& after,
-                           const py::tuple& alibi, bool alibi_on_host) {
+                           const py::tuple& alibi, bool alibi_on_host, const py::tuple& descale) {
   AttnParams p = make_attn_params(q_desc, k_desc, v_desc, impl, scale, softcap, left, right);
   set_alibi(p, alibi);
+  set_descale(p, descale);
   const int device = attention_device_of(p, out_ptr);
-  const DeviceArrayPtr slopes = place_alibi(p, alibi_on_host, device, p.batch);
+  const auto placed = place_alibi_and_descale(p, alibi_on_host, device, p.batch);
   DeviceArrayPtr out;
   if (out_ptr == 0) {
-    out = std::make_shared<DeviceArray>(p.q.dtype, std::vector<std::int64_t>{p.batch, p.seqlen_q, p.heads_q, p.head_dim},
-                                        device);
+    out = std::make_shared<DeviceArray>(attention_out_dtype(p.q.dtype),
+                                        std::vector<std::int64_t>{p.batch, p.seqlen_q, p.heads_q, p.head_dim}, device);
     p.out = out->ptr;
   } else {
     p.out = reinterpret_cast<void*>(out_ptr);
@@ -208,24 +220,20 @@ py::tuple attention_seqs_device(const py::tuple& q_desc, const py::tuple& k_desc
                                 double scale, double softcap, std::int64_t left, std::int64_t right, bool want_lse,
                                 std::uintptr_t stream, std::uintptr_t out_ptr, const std::vector<std::uintptr_t>& after,
                                 const py::tuple& alibi, bool alibi_on_host, const py::tuple& layout,
-                                std::vector<std::int64_t> out_shape, std::vector<std::int64_t> lse_shape) {
+                                std::vector<std::int64_t> out_shape, std::vector<std::int64_t> lse_shape,
+                                const py::tuple& descale) {
   const std::uintptr_t host_table = layout[4].cast<std::uintptr_t>();
   AttnParams base = make_attn_params(q_desc, k_desc, v_desc, impl, scale, softcap, left, right, host_table != 0);
   set_alibi(base, alibi);
+  set_descale(base, descale);
   const int device = attention_device_of(base, out_ptr);
-  const DeviceArrayPtr slopes = place_alibi(base, alibi_on_host, device, layout[0].cast<std::int64_t>());
-  DeviceArrayPtr table;
-  if (host_table != 0) {
-    const std::int64_t n = layout[0].cast<std::int64_t>() * layout[5].cast<std::int64_t>();
-    table = std::make_shared<DeviceArray>(DType::Float32, std::vector<std::int64_t>{n}, device);  // (int32 words)
-    if (n > 0) {
-      py::gil_scoped_release release;
-      copy_to_device(table->ptr, reinterpret_cast<const void*>(host_table), static_cast<std::size_t>(n) * 4, device);
-    }
-  }
+  const std::int64_t batch = layout[0].cast<std::int64_t>();
+  const auto placed = place_alibi_and_descale(base, alibi_on_host, device, batch);
+  const DeviceArrayPtr table =
+      upload(reinterpret_cast<const void*>(host_table), batch * layout[5].cast<std::int64_t>() * 4, device);
   DeviceArrayPtr out;
   if (out_ptr == 0) {
-    out = std::make_shared<DeviceArray>(base.q.dtype, std::move(out_shape), device);
+    out = std::make_shared<DeviceArray>(attention_out_dtype(base.q.dtype), std::move(out_shape), device);
     base.out = out->ptr;
   } else {
     base.out = reinterpret_cast<void*>(out_ptr);
@@ -291,12 +299,13 @@ void bind_device_cuda(py::module_& m) {
         py::arg("scale"), py::arg("softcap"), py::arg("window_left"), py::arg("window_right"), py::arg("want_lse"),
         py::arg("stream") = 0, py::arg("out") = 0, py::arg("after") = std::vector<std::uintptr_t>{},
         py::arg("alibi") = py::make_tuple(0, 0, 1), py::arg("alibi_on_host") = false,
+        py::arg("descale") = py::make_tuple(0, 0),
         "Attention forward on device tensors: (out DeviceArray or None when written to `out`, lse DeviceArray or None).\n"
         "Runs on `stream`, ordered after the work queued on each stream of `after`; returns when it is done.");
   m.def("attention_seqs_cuda", &attention_seqs_device, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("impl"),
         py::arg("scale"), py::arg("softcap"), py::arg("window_left"), py::arg("window_right"), py::arg("want_lse"),
         py::arg("stream"), py::arg("out"), py::arg("after"), py::arg("alibi"), py::arg("alibi_on_host"),
-        py::arg("layout"), py::arg("out_shape"), py::arg("lse_shape"),
+        py::arg("layout"), py::arg("out_shape"), py::arg("lse_shape"), py::arg("descale") = py::make_tuple(0, 0),
         "Attention over a varlen batch or KV cache of device tensors, one problem per sequence: (out, lse).");
   m.def("copy_device_to_host", [](std::uintptr_t ptr, std::size_t nbytes) {
     std::string buf(nbytes, '\0');

@@ -37,7 +37,11 @@ def parity_cuda(a: Desc, b: Desc, atol: float = 0.0, rtol: float = 0.0, stream_a
 def parity_cuda_blocks(a: Desc, b: Desc, device: int = 0) -> int: ...  # CUDA builds: parity_cuda's grid
 
 def attention_host(q: Desc, k: Desc, v: Desc, out: int, lse: int, impl: int, scale: float, softcap: float,
-                   window_left: int, window_right: int, alibi: tuple[int, int, int] = ...) -> None: ...
+                   window_left: int, window_right: int, alibi: tuple[int, int, int] = ...,
+                   descale: tuple[int, int] = ...) -> None: ...
+def attention_seqs_host(q: Desc, k: Desc, v: Desc, out: int, lse: int, impl: int, scale: float, softcap: float,
+                        window_left: int, window_right: int, alibi: tuple[int, int, int],
+                        layout: tuple[int, int, int, int, int, int], descale: tuple[int, int] = ...) -> None: ...
 def merge_states_host(o_a: Desc, lse_a: Desc, o_b: Desc, lse_b: Desc, out: int, lse_out: int) -> None: ...
 
 class DeviceArray:  # CUDA builds: owned, C-contiguous device memory
@@ -54,7 +58,14 @@ class DeviceArray:  # CUDA builds: owned, C-contiguous device memory
 def attention_cuda(q: Desc, k: Desc, v: Desc, impl: int, scale: float, softcap: float, window_left: int,
                    window_right: int, want_lse: bool, stream: int = 0, out: int = 0,
                    after: list[int] = ..., alibi: tuple[int, int, int] = ...,
-                   alibi_on_host: bool = False) -> tuple[DeviceArray | None, DeviceArray | None]: ...  # CUDA builds
+                   alibi_on_host: bool = False,
+                   descale: tuple[int, int] = ...) -> tuple[DeviceArray | None, DeviceArray | None]: ...  # CUDA builds
+def attention_seqs_cuda(q: Desc, k: Desc, v: Desc, impl: int, scale: float, softcap: float, window_left: int,
+                        window_right: int, want_lse: bool, stream: int, out: int, after: list[int],
+                        alibi: tuple[int, int, int], alibi_on_host: bool, layout: tuple[int, int, int, int, int, int],
+                        out_shape: list[int], lse_shape: list[int],
+                        descale: tuple[int, int] = ...) -> tuple[DeviceArray | None, DeviceArray | None]: ...  # CUDA builds
+def copy_device_to_host(ptr: int, nbytes: int) -> bytes: ...  # CUDA builds
 def merge_states_cuda(o_a: Desc, lse_a: Desc, o_b: Desc, lse_b: Desc, out_shape: list[int], lse_shape: list[int],
                       stream: int = 0, after: list[int] = ...) -> tuple[DeviceArray, DeviceArray]: ...  # CUDA builds
 def cuda_attention_occupancy(device: int) -> list[dict[str, int | str]]: ...  # CUDA builds

@@ -190,6 +190,41 @@ def _from_dlpack(obj: Any, name: str, stream: int) -> TensorView:
     return TensorView(ptr, DTYPE_NAMES[code], tuple(shape), tuple(strides), device, dl_id, (obj, owner))
 
 
+def host_values(obj: Any, name: str, dtype: str) -> np.ndarray:
+    """A small tensor's values on the host as a C-contiguous NumPy array of `dtype` (the int32 and
+    float32 metadata of attention calls: cu_seqlens, block tables, descales). Lists are converted;
+    arrays must have `dtype` (TypeError); CUDA tensors (``__cuda_array_interface__``, contiguous) are
+    copied to the host."""
+    want = np.dtype(dtype)
+    if isinstance(obj, (list, tuple)):
+        return np.asarray(obj, dtype=want)
+    try:
+        cai = obj.__cuda_array_interface__
+    except Exception:  # noqa: BLE001 - no interface (NumPy, CPU tensors), or one refused for the dtype
+        cai = None
+    if isinstance(cai, dict):
+        try:
+            got = np.dtype(cai["typestr"])
+            shape = tuple(operator.index(s) for s in cai["shape"])
+            ptr = operator.index(cai["data"][0])
+            strides = cai.get("strides")
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise TypeError(f"{name} has a malformed __cuda_array_interface__ ({type(exc).__name__}: {exc})") from None
+        if got != want:
+            raise TypeError(f"{name} must be {want.name}, got {got.name}")
+        if strides is not None and tuple(strides) != c_strides(shape, want.itemsize):
+            raise ValueError(f"{name} must be contiguous on the device, got strides {tuple(strides)}")
+        n = math.prod(shape)
+        if not hasattr(_core, "copy_device_to_host"):
+            raise RuntimeError(f"{name} is a CUDA tensor but this flashparity build has no CUDA kernels")
+        raw = _core.copy_device_to_host(ptr, n * want.itemsize) if n else b""
+        return np.frombuffer(raw, dtype=want).reshape(shape).copy()
+    arr = np.asarray(obj)
+    if arr.dtype != want:
+        raise TypeError(f"{name} must be {want.name}, got {arr.dtype}")
+    return np.ascontiguousarray(arr)
+
+
 def as_view(obj: Any, name: str, stream: int = LEGACY_DEFAULT_STREAM) -> TensorView:
     """A zero-copy TensorView of `obj` (see the module docstring for what is accepted). `stream`:
     the CUDA stream the consuming kernel runs on, passed to a CUDA tensor's ``__dlpack__``."""

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._tensor import TensorView, as_view, consumer_stream, producer_waits
+from ._tensor import FP8, TensorView, as_view, consumer_stream, host_values, producer_waits
 
 __all__ = ["attention", "attention_varlen", "attention_kvcache", "merge_attention_states", "UnsupportedHeadDimError",
            "IMPLS", "FLASH2_MAX_HEAD_DIM"]
@@ -26,13 +26,18 @@ class UnsupportedHeadDimError(ValueError):
 
 
 def _numpy_dtype(name: str) -> np.dtype:
-    if name == "bfloat16":
+    if name == "bfloat16" or name in FP8:
         try:
             import ml_dtypes
-        except ImportError:  # pragma: no cover - ml_dtypes comes with every bfloat16 NumPy input
-            raise TypeError("bfloat16 attention needs ml_dtypes for its output array (pip install ml_dtypes)") from None
-        return np.dtype(ml_dtypes.bfloat16)
+        except ImportError:  # pragma: no cover - ml_dtypes comes with every bfloat16 or FP8 NumPy input
+            raise TypeError(f"{name} arrays need ml_dtypes (pip install ml_dtypes)") from None
+        return np.dtype(getattr(ml_dtypes, name))
     return np.dtype(name)
+
+
+def _out_dtype(dtype: str) -> str:
+    """The dtype of an attention output for inputs of `dtype`: bfloat16 for FP8 (FlashAttention-3)."""
+    return "bfloat16" if dtype in FP8 else dtype
 
 
 def _check_int(name: str, value: Any) -> int:
@@ -41,20 +46,31 @@ def _check_int(name: str, value: Any) -> int:
     return int(value)
 
 
-def _views(q: Any, k: Any, v: Any, stream: int) -> tuple[TensorView, TensorView, TensorView]:
-    vq, vk, vv = as_view(q, "q", stream), as_view(k, "k", stream), as_view(v, "v", stream)
-    for name, view, what in (("q", vq, "(batch, seqlen_q, heads_q, head_dim)"),
-                             ("k", vk, "(batch, seqlen_k, heads_kv, head_dim)"),
-                             ("v", vv, "(batch, seqlen_k, heads_kv, head_dim)")):
-        if len(view.shape) != 4:
+def _input_views(inputs: dict[str, tuple[Any, str]], stream: int) -> list[TensorView]:
+    """Views of the named inputs ({name: (tensor, "[dim, ...]")}) after the checks every attention
+    entry point makes: each has the rank its description names, all live on one device and share
+    one dtype, and the last two (k and v, or the caches) have one shape."""
+    views = []
+    for name, (x, what) in inputs.items():
+        view = as_view(x, name, stream)
+        if len(view.shape) != what.count(",") + 1:
             raise ValueError(f"{name} must be {what}, got {view.shape}")
-    devices = {vq.device, vk.device, vv.device}
-    if len(devices) > 1:
-        raise ValueError(f"q, k and v must live on one device, got {vq.device}, {vk.device}, {vv.device}")
-    if not (vq.dtype == vk.dtype == vv.dtype):
-        raise TypeError(f"q, k and v must have the same dtype, got {vq.dtype}, {vk.dtype}, {vv.dtype}")
+        views.append(view)
+    names = ", ".join(list(inputs)[:-1]) + " and " + list(inputs)[-1]
+    if len({v.device for v in views}) > 1:
+        raise ValueError(f"{names} must live on one device, got {', '.join(v.device for v in views)}")
+    if len({v.dtype for v in views}) > 1:
+        raise TypeError(f"{names} must have the same dtype, got {', '.join(v.dtype for v in views)}")
+    (kn, vk), (vn, vv) = zip(list(inputs)[-2:], views[-2:])
     if vk.shape != vv.shape:
-        raise ValueError(f"k and v must have the same shape, got {vk.shape} and {vv.shape}")
+        raise ValueError(f"{kn} and {vn} must have the same shape, got {vk.shape} and {vv.shape}")
+    return views
+
+
+def _views(q: Any, k: Any, v: Any, stream: int) -> tuple[TensorView, TensorView, TensorView]:
+    vq, vk, vv = _input_views({"q": (q, "(batch, seqlen_q, heads_q, head_dim)"),
+                               "k": (k, "(batch, seqlen_k, heads_kv, head_dim)"),
+                               "v": (v, "(batch, seqlen_k, heads_kv, head_dim)")}, stream)
     if vk.shape[0] != vq.shape[0]:
         raise ValueError(f"q and k must have the same batch size, got {vq.shape[0]} and {vk.shape[0]}")
     if vk.shape[3] != vq.shape[3]:
@@ -75,6 +91,9 @@ def attention(
     return_lse: bool = False,
     out: Any = None,
     alibi_slopes: Any = None,
+    q_descale: Any = None,
+    k_descale: Any = None,
+    v_descale: Any = None,
 ):
     """softmax(scale · q kᵀ) v per (batch, head), as FlashAttention-2's forward.
 
@@ -88,7 +107,14 @@ def attention(
     ``softcap > 0`` maps scaled scores s to ``softcap * tanh(s / softcap)``. ``alibi_slopes``
     (float32 ``[heads_q]`` or ``[batch, heads_q]``, on q's device or on the host) adds
     FlashAttention-2's ALiBi bias ``-slope * |i + sk - sq - j|`` to the scaled, capped score of query
-    i and key j (the lse includes it). A row that sees no key
+    i and key j (the lse includes it).
+
+    FP8 inputs (``float8_e4m3fn`` or ``float8_e5m2``, all three alike: ml_dtypes arrays, torch
+    tensors through DLPack) follow FlashAttention-3: ``q_descale``, ``k_descale``, ``v_descale``
+    (float32 ``[batch, heads_kv]``, host or device; each defaults to ones) dequantize them, the math
+    runs on the dequantized values with float32 accumulation (the score of kv head g scaled by
+    ``q_descale[b, g] * k_descale[b, g]``, the output by ``v_descale[b, g]``), and the output is
+    bfloat16. Descales on other dtypes are an error. A row that sees no key
     gives output 0 and lse -inf. A key outside a row's visible range contributes nothing to it,
     whatever its values (inf or NaN in masked K/V never reach the row); non-finite values in keys
     the row sees propagate to it. ``impl="naive"`` materializes score rows (any head_dim);
@@ -113,9 +139,10 @@ def attention(
 
     vout = _out_view(out, vq, (vk, vv), stream) if out is not None else None
     alibi = _alibi(alibi_slopes, batch, heads_q, vq.device, stream)
+    descale = _descales((q_descale, k_descale, v_descale), vq.dtype, batch, vk.shape[2])
     if vq.device == "cuda":
         res, lse = _attention_cuda(vq, vk, vv, impl, scale, float(softcap), left, right, return_lse, vout, stream,
-                                   alibi)
+                                   alibi, descale)
         res = out if out is not None else res
         return (res, lse) if return_lse else res
     out, out_ptr, lse, lse_ptr = _host_outputs(out, vout, vq, (batch, heads_q, seqlen_q), return_lse)
@@ -127,6 +154,7 @@ def attention(
             _KERNEL_CODES[impl],
             scale, float(softcap), left, right,
             alibi.args,
+            descale.args,
         )
     return (out, lse) if return_lse else out
 
@@ -135,7 +163,7 @@ def _host_outputs(out: Any, vout: TensorView | None, vq: TensorView, lse_shape: 
     """(out, its pointer, lse or None, its pointer) for a host call: a new array of q's shape and
     dtype unless the caller gave `out`; pointers 0 for empty outputs."""
     if out is None:
-        out = np.empty(vq.shape, dtype=_numpy_dtype(vq.dtype))
+        out = np.empty(vq.shape, dtype=_numpy_dtype(_out_dtype(vq.dtype)))
         out_ptr = out.__array_interface__["data"][0] if out.size else 0
     else:
         out_ptr = vout.ptr if vout.numel else 0
@@ -184,8 +212,10 @@ def _out_view(out: Any, vq: TensorView, inputs: tuple[TensorView, TensorView], s
     vout = as_view(out, "out", stream)
     if vout.device != vq.device:
         raise ValueError(f"out must live on q's device ({vq.device}), got {vout.device}")
-    if vout.shape != vq.shape or vout.dtype != vq.dtype:
-        raise ValueError(f"out must have q's shape {vq.shape} and dtype {vq.dtype}, got {vout.shape} {vout.dtype}")
+    want = _out_dtype(vq.dtype)
+    if vout.shape != vq.shape or vout.dtype != want:
+        why = f" (the output dtype of {vq.dtype} inputs)" if want != vq.dtype else ""
+        raise ValueError(f"out must have q's shape {vq.shape} and dtype {want}{why}, got {vout.shape} {vout.dtype}")
     if not vout.c_contiguous:
         raise ValueError(f"out must be C-contiguous, got strides {vout.strides}")
     if vout.numel and vout.ptr % vout.itemsize:
@@ -241,9 +271,40 @@ def _alibi(slopes: Any, batch: int, heads_q: int, device: str, stream: int) -> _
     return _Alibi((arr.__array_interface__["data"][0] if arr.size else 0, heads_q, 1), on_host=True, owner=arr)
 
 
+class _Descale:
+    """FP8 descales as the kernels take them: (pointer to float32 [3, batch, heads_kv] on the host or
+    0, plane stride in elements), and the array that holds them."""
+
+    def __init__(self, args: tuple[int, int] = (0, 0), owner: np.ndarray | None = None):
+        self.args, self.owner = args, owner
+
+
+_DESCALE_NAMES = ("q_descale", "k_descale", "v_descale")
+
+
+def _descales(values: tuple[Any, Any, Any], dtype: str, batch: int, heads_kv: int) -> _Descale:
+    """Checks FP8's q/k/v descales (float32 [batch, heads_kv] each, None: ones) into one host array."""
+    given = [(i, name, x) for i, (name, x) in enumerate(zip(_DESCALE_NAMES, values)) if x is not None]
+    if not given:
+        return _Descale()
+    if dtype not in FP8:
+        raise ValueError(f"{given[0][1]} is for float8 inputs (FlashAttention-3's descales), got {dtype} inputs")
+    planes = np.ones((3, batch, heads_kv), np.float32)
+    for i, name, x in given:
+        host = host_values(x, name, "float32")
+        if host.shape != (batch, heads_kv):
+            raise ValueError(f"{name} must have shape ({batch}, {heads_kv}) ([batch, heads_kv]), got {host.shape}")
+        bad = ~np.isfinite(host)
+        if bad.any():
+            at = tuple(int(j[0]) for j in np.nonzero(bad))
+            raise ValueError(f"{name} must be finite, got {name}[{at[0]}, {at[1]}] = {host[at]}")
+        planes[i] = host
+    return _Descale((planes.ctypes.data if planes.size else 0, batch * heads_kv), planes)
+
+
 def _attention_cuda(vq: TensorView, vk: TensorView, vv: TensorView, impl: str, scale: float, softcap: float,
                     left: int, right: int, return_lse: bool, vout: TensorView | None, stream: int,
-                    alibi: _Alibi):
+                    alibi: _Alibi, descale: _Descale):
     if not hasattr(_core, "attention_cuda"):
         raise RuntimeError("q, k and v are CUDA tensors but this flashparity build has no CUDA kernels "
                            "(rebuild with FLASHPARITY_CUDA=ON)")
@@ -251,7 +312,8 @@ def _attention_cuda(vq: TensorView, vk: TensorView, vv: TensorView, impl: str, s
     # read or written there is not overwritten early); the call returns when the output is complete
     return _core.attention_cuda(vq.desc, vk.desc, vv.desc, _KERNEL_CODES[impl], scale, softcap, left, right,
                                 return_lse, stream, vout.ptr if vout is not None and vout.numel else 0,
-                                producer_waits(stream, (vq, vk, vv, vout, alibi.view)), alibi.args, alibi.on_host)
+                                producer_waits(stream, (vq, vk, vv, vout, alibi.view)), alibi.args, alibi.on_host,
+                                descale.args)
 
 
 def _with_batch(view: TensorView, ndim: int) -> TensorView:

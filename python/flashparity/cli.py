@@ -17,6 +17,7 @@ from typing import Any, BinaryIO, Callable, Sequence
 
 from . import classify as C
 from ._build import build_info, kernel_source
+from .kernel_parity import DTYPES as KP_DTYPES
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -325,7 +326,7 @@ def _cmd_kernel_parity(args: argparse.Namespace) -> int:
         for c in body["cases"]:
             regime = c["regime"] + ("+alibi" if c["alibi"] else "") + (
                 "+paged" if c["page_size"] else "+varlen" if c["varlen"] else "")
-            lines.append(f"  {c['dtype']:<8} {regime:<14} D={c['head_dim']:<3} max_abs_diff {c['max_abs_diff']:.3g}"
+            lines.append(f"  {c['dtype']:<13} {regime:<14} D={c['head_dim']:<3} max_abs_diff {c['max_abs_diff']:.3g}"
                          f"  cosine {c['cosine_sim']:.8f}  fa2_rule {'ok' if c['fa2_rule_ok'] else 'FAILED'}")
     else:
         lines = [f"kernel parity {body['kernel']} vs {body['reference']} ({body['regime']}, {body['dtype']}, "
@@ -588,7 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="key/value heads (8; fewer is GQA/MQA)")
         p.add_argument("--head-dim", type=_int_at_least("--head-dim", 1), default=64, metavar="D", help="head dim (64)")
         p.add_argument("--seed", type=_int_at_least("--seed", 0), default=0, metavar="S", help="input seed (0)")
-        p.add_argument("--dtype", choices=("float32", "float16", "bfloat16", "float64"), default="float32")
+        p.add_argument("--dtype", choices=KP_DTYPES, default="float32",
+                       help="input dtype (float32); the FP8 formats run with unit descales and give bfloat16 outputs")
         p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                        help="where the kernels run (cuda: the CUDA kernels on GPU 0, inputs copied there)")
         p.add_argument("--causal", action="store_true", help="causal mask (bottom-right aligned)")
@@ -628,7 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
     case_flags(p_kp)
     p_kp.add_argument("--sweep", action="store_true",
                       help="a grid of prefill and decode cases across head dims 64/128/96/80 and float32/bfloat16/float16, "
-                      "plus per dtype ALiBi prefill and decode cases, a varlen prefill batch and a paged decode cache")
+                      "plus per dtype ALiBi prefill and decode cases, a varlen prefill batch and a paged decode cache, "
+                      "and float8_e4m3fn/float8_e5m2 prefill and decode at head dims 64/128 and a paged cache each")
     gate_flags(p_kp)
     p_kp.add_argument("--json", action="store_true", help="print the JSON body")
     p_kp.add_argument("-o", "--output", metavar="FILE", help="also write the JSON body to FILE")

@@ -26,7 +26,8 @@ __all__ = ["Case", "kernel_parity", "make_inputs", "case_inputs", "default_sweep
 FA2_RULE_SLACK = 1e-5
 #: apr's names for the implementations.
 IMPL_ALIASES = {"tiled": "flash2"}
-DTYPES = ("float32", "float16", "bfloat16", "float64")
+#: ``--dtype`` choices: the FP8 formats run with unit descales and give bfloat16 outputs.
+DTYPES = ("float32", "float16", "bfloat16", "float64", "float8_e4m3fn", "float8_e5m2")
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,8 @@ def _one(impl: str, ref: str, case: Case) -> dict[str, Any]:
 
 def default_sweep(base: Case) -> list[Case]:
     """Prefill and decode cases across head dims and dtypes (the base case's other settings), and
-    ALiBi prefill and decode cases per dtype."""
+    ALiBi prefill and decode cases per dtype, a varlen batch and a paged cache per dtype; the FP8
+    formats at head dims 64 and 128, prefill and decode, and a paged cache each."""
     cases = []
     for dtype in ("float32", "bfloat16", "float16"):
         for head_dim in (64, 128, 96, 80):
@@ -251,6 +253,14 @@ def default_sweep(base: Case) -> list[Case]:
         if base.layout == "dense":  # serving layouts: a varlen prefill batch, a paged decode cache
             lens = (base.seq_len, 1, max(1, base.seq_len // 3) + 2, 0, 2 * base.seq_len - 1)
             cases.append(Case(**(asdict(base) | {"dtype": dtype, "varlen": lens, "causal": True})))
+            cases.append(Case(**(asdict(base) | {"dtype": dtype, "varlen": lens, "page_size": 16, "seqlen_q": None})))
+    for dtype in ("float8_e4m3fn", "float8_e5m2"):
+        for head_dim in (64, 128):
+            for seqlen_q in (None, base.seq_len):
+                cases.append(Case(**(asdict(base) | {"dtype": dtype, "head_dim": head_dim, "seqlen_q": seqlen_q,
+                                                     "causal": base.causal or seqlen_q is not None})))
+        if base.layout == "dense":
+            lens = (base.seq_len, 1, max(1, base.seq_len // 3) + 2, 0, 2 * base.seq_len - 1)
             cases.append(Case(**(asdict(base) | {"dtype": dtype, "varlen": lens, "page_size": 16, "seqlen_q": None})))
     return cases
 

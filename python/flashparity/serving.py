@@ -9,17 +9,18 @@ block_table) is checked on the host first; a bad value is a ``ValueError`` that 
 
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Any
 
 import numpy as np
 
 from . import _core
-from ._tensor import TensorView, as_view, c_strides, consumer_stream, producer_waits
+from ._tensor import TensorView, consumer_stream, host_values, producer_waits
 from .attention import (
     _KERNEL_CODES,
     _alibi,
+    _descales,
+    _input_views,
     _check_heads,
     _check_options,
     _host_outputs,
@@ -28,33 +29,6 @@ from .attention import (
 )
 
 __all__ = ["attention_varlen", "attention_kvcache"]
-
-
-def _host_int32(x: Any, name: str) -> np.ndarray:
-    """An int32 index array's values on the host (a copy for device tensors: they are metadata)."""
-    if isinstance(x, (list, tuple)):
-        return np.asarray(x, dtype=np.int32)
-    cai = None
-    try:
-        cai = x.__cuda_array_interface__
-    except Exception:  # noqa: BLE001 - no interface (NumPy, CPU tensors)
-        pass
-    if isinstance(cai, dict):
-        if cai.get("typestr") != "<i4":
-            raise TypeError(f"{name} must be int32, got typestr {cai.get('typestr')!r}")
-        shape = tuple(cai["shape"])
-        strides = cai.get("strides")
-        if strides is not None and tuple(strides) != c_strides(shape, 4):
-            raise ValueError(f"{name} must be contiguous on the device, got strides {tuple(strides)}")
-        n = math.prod(shape)
-        if not hasattr(_core, "copy_device_to_host"):
-            raise RuntimeError(f"{name} is a CUDA tensor but this flashparity build has no CUDA kernels")
-        raw = _core.copy_device_to_host(int(cai["data"][0]), 4 * n) if n else b""
-        return np.frombuffer(raw, dtype=np.int32).reshape(shape).copy()
-    arr = np.asarray(x)
-    if arr.dtype != np.int32:
-        raise TypeError(f"{name} must be int32, got {arr.dtype}")
-    return np.ascontiguousarray(arr)
 
 
 def _check_cu_seqlens(cu: np.ndarray, name: str, total: int, packed: str) -> None:
@@ -80,7 +54,7 @@ def _check_max_seqlen(value: Any, name: str, longest: int) -> None:
 
 
 def _run(vq: TensorView, vk: TensorView, vv: TensorView, *, impl: str, scale: float, softcap: float, left: int,
-         right: int, alibi, layout: tuple, return_lse: bool, lse_shape: tuple[int, ...], out: Any,
+         right: int, alibi, descale, layout: tuple, return_lse: bool, lse_shape: tuple[int, ...], out: Any,
          vout: TensorView | None, stream: int):
     q4, k4, v4 = (_with_batch(x, 4) for x in (vq, vk, vv))
     if vq.device == "cuda":
@@ -90,23 +64,14 @@ def _run(vq: TensorView, vk: TensorView, vv: TensorView, *, impl: str, scale: fl
         res, lse = _core.attention_seqs_cuda(
             q4.desc, k4.desc, v4.desc, _KERNEL_CODES[impl], scale, softcap, left, right, return_lse, stream,
             vout.ptr if vout is not None and vout.numel else 0, producer_waits(stream, (vq, vk, vv, vout, alibi.view)),
-            alibi.args, alibi.on_host, layout, list(vq.shape), list(lse_shape))
+            alibi.args, alibi.on_host, layout, list(vq.shape), list(lse_shape), descale.args)
         res = out if out is not None else res
         return (res, lse) if return_lse else res
     out, out_ptr, lse, lse_ptr = _host_outputs(out, vout, vq, lse_shape, return_lse)
     if out_ptr or lse_ptr:
         _core.attention_seqs_host(q4.desc, k4.desc, v4.desc, out_ptr, lse_ptr, _KERNEL_CODES[impl], scale, softcap,
-                                  left, right, alibi.args, layout)
+                                  left, right, alibi.args, layout, descale.args)
     return (out, lse) if return_lse else out
-
-
-def _same_device_and_dtype(views: dict[str, TensorView]) -> None:
-    devices = {v.device for v in views.values()}
-    if len(devices) > 1:
-        raise ValueError(f"{', '.join(views)} must live on one device, got {', '.join(sorted(devices))}")
-    dtypes = [v.dtype for v in views.values()]
-    if len(set(dtypes)) > 1:
-        raise TypeError(f"{', '.join(views)} must have the same dtype, got {', '.join(dtypes)}")
 
 
 def attention_varlen(
@@ -126,6 +91,9 @@ def attention_varlen(
     alibi_slopes: Any = None,
     return_lse: bool = False,
     out: Any = None,
+    q_descale: Any = None,
+    k_descale: Any = None,
+    v_descale: Any = None,
 ):
     """Attention over a packed batch of sequences of different lengths (FlashAttention-2's
     ``flash_attn_varlen_func``).
@@ -135,27 +103,21 @@ def attention_varlen(
     and v (int32 ``[batch + 1]``, starting at 0, non-decreasing, ending at the packed length; on the
     host or the device). Every option of :func:`attention` applies per sequence (causal and window
     bottom-right aligned to each sequence's own lengths; ``alibi_slopes`` ``[heads_q]`` or
-    ``[batch, heads_q]``). Returns out ``[total_q, heads_q, head_dim]`` in q's dtype, or (out, lse)
-    with lse ``[heads_q, total_q]`` float32. ``max_seqlen_q``/``max_seqlen_k`` are checked (not
+    ``[batch, heads_q]``; FP8 inputs with ``q/k/v_descale`` ``[batch, heads_kv]``). Returns out
+    ``[total_q, heads_q, head_dim]`` in q's dtype (bfloat16 for FP8), or (out, lse) with lse
+    ``[heads_q, total_q]`` float32. ``max_seqlen_q``/``max_seqlen_k`` are checked (not
     needed): a value below the longest sequence is an error.
     """
     left, right = _check_options(impl, causal, window, softcap)
     stream = consumer_stream(q)
-    views = {name: as_view(x, name, stream) for name, x in (("q", q), ("k", k), ("v", v))}
-    vq, vk, vv = views["q"], views["k"], views["v"]
-    for name, view, what in (("q", vq, "[total_q, heads_q, head_dim]"), ("k", vk, "[total_k, heads_kv, head_dim]"),
-                             ("v", vv, "[total_k, heads_kv, head_dim]")):
-        if len(view.shape) != 3:
-            raise ValueError(f"{name} must be {what}, got {view.shape}")
-    _same_device_and_dtype(views)
-    if vk.shape != vv.shape:
-        raise ValueError(f"k and v must have the same shape, got {vk.shape} and {vv.shape}")
+    vq, vk, vv = _input_views({"q": (q, "[total_q, heads_q, head_dim]"), "k": (k, "[total_k, heads_kv, head_dim]"),
+                               "v": (v, "[total_k, heads_kv, head_dim]")}, stream)
     if vk.shape[2] != vq.shape[2]:
         raise ValueError(f"q and k must have the same head_dim, got {vq.shape[2]} and {vk.shape[2]}")
     total_q, heads_q, head_dim = vq.shape
     scale = _check_heads(impl, heads_q, vk.shape[1], head_dim, softmax_scale)
-    cu_q = _host_int32(cu_seqlens_q, "cu_seqlens_q")
-    cu_k = _host_int32(cu_seqlens_k, "cu_seqlens_k")
+    cu_q = host_values(cu_seqlens_q, "cu_seqlens_q", "int32")
+    cu_k = host_values(cu_seqlens_k, "cu_seqlens_k", "int32")
     _check_cu_seqlens(cu_q, "cu_seqlens_q", total_q, "q")
     _check_cu_seqlens(cu_k, "cu_seqlens_k", vk.shape[0], "k")
     if cu_k.size != cu_q.size:
@@ -164,10 +126,11 @@ def attention_varlen(
     _check_max_seqlen(max_seqlen_q, "max_seqlen_q", int(np.diff(cu_q).max(initial=0)))
     _check_max_seqlen(max_seqlen_k, "max_seqlen_k", int(np.diff(cu_k).max(initial=0)))
     alibi = _alibi(alibi_slopes, batch, heads_q, vq.device, stream)
+    descale = _descales((q_descale, k_descale, v_descale), vq.dtype, batch, vk.shape[1])
     vout = _out_view(out, vq, (vk, vv), stream) if out is not None else None
     layout = (batch, cu_q.ctypes.data, cu_k.ctypes.data, 0, 0, 0)
     return _run(vq, vk, vv, impl=impl, scale=scale, softcap=float(softcap), left=left, right=right, alibi=alibi,
-                layout=layout, return_lse=return_lse, lse_shape=(heads_q, total_q), out=out, vout=vout,
+                descale=descale, layout=layout, return_lse=return_lse, lse_shape=(heads_q, total_q), out=out, vout=vout,
                 stream=stream)
 
 
@@ -186,6 +149,9 @@ def attention_kvcache(
     alibi_slopes: Any = None,
     return_lse: bool = False,
     out: Any = None,
+    q_descale: Any = None,
+    k_descale: Any = None,
+    v_descale: Any = None,
 ):
     """Attention of new queries over a KV cache (FlashAttention-2's ``flash_attn_with_kvcache``,
     without appending).
@@ -196,27 +162,21 @@ def attention_kvcache(
     ``block_table[b, s // page_size]``, slot ``s % page_size``; any page size >= 1).
     ``cache_seqlens`` (int32 ``[batch]``) gives each sequence's valid keys: the masks are bottom-right
     aligned to it, and keys past it are never read. Pages are read in place, never gathered. Every
-    option of :func:`attention` applies. Returns out (q's shape and dtype) or (out, lse) with lse
-    ``[batch, heads_q, seqlen_q]`` float32.
+    option of :func:`attention` applies (FP8 caches and queries with ``q/k/v_descale``
+    ``[batch, heads_kv]``). Returns out (q's shape and dtype; bfloat16 for FP8) or (out, lse) with
+    lse ``[batch, heads_q, seqlen_q]`` float32.
     """
     left, right = _check_options(impl, causal, window, softcap)
     stream = consumer_stream(q)
-    views = {name: as_view(x, name, stream) for name, x in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache))}
-    vq, vk, vv = views["q"], views["k_cache"], views["v_cache"]
     paged = block_table is not None
     cache_what = "[num_blocks, page_size, heads_kv, head_dim]" if paged else "[batch, S_max, heads_kv, head_dim]"
-    for name, view, what in (("q", vq, "[batch, seqlen_q, heads_q, head_dim]"), ("k_cache", vk, cache_what),
-                             ("v_cache", vv, cache_what)):
-        if len(view.shape) != 4:
-            raise ValueError(f"{name} must be {what}, got {view.shape}")
-    _same_device_and_dtype(views)
-    if vk.shape != vv.shape:
-        raise ValueError(f"k_cache and v_cache must have the same shape, got {vk.shape} and {vv.shape}")
+    vq, vk, vv = _input_views({"q": (q, "[batch, seqlen_q, heads_q, head_dim]"), "k_cache": (k_cache, cache_what),
+                               "v_cache": (v_cache, cache_what)}, stream)
     if vk.shape[3] != vq.shape[3]:
         raise ValueError(f"q and k_cache must have the same head_dim, got {vq.shape[3]} and {vk.shape[3]}")
     batch, seqlen_q, heads_q, head_dim = vq.shape
     scale = _check_heads(impl, heads_q, vk.shape[2], head_dim, softmax_scale)
-    lens = _host_int32(cache_seqlens, "cache_seqlens")
+    lens = host_values(cache_seqlens, "cache_seqlens", "int32")
     if lens.shape != (batch,):
         raise ValueError(f"cache_seqlens must have shape ({batch},) ([batch]), got {lens.shape}")
     if (lens < 0).any():
@@ -224,7 +184,7 @@ def attention_kvcache(
         raise ValueError(f"cache_seqlens must be >= 0, got cache_seqlens[{i}] = {lens[i]}")
     table = np.zeros((0, 0), np.int32)
     if paged:
-        table = _host_int32(block_table, "block_table")
+        table = host_values(block_table, "block_table", "int32")
         num_blocks, page_size = vk.shape[0], vk.shape[1]
         if table.ndim != 2 or table.shape[0] != batch:
             raise ValueError(f"block_table must have shape ({batch}, max_blocks) ([batch, max_blocks]), got {table.shape}")
@@ -252,8 +212,9 @@ def attention_kvcache(
             i = int(over[0])
             raise ValueError(f"cache_seqlens[{i}] = {lens[i]} exceeds the cache length {vk.shape[1]}")
     alibi = _alibi(alibi_slopes, batch, heads_q, vq.device, stream)
+    descale = _descales((q_descale, k_descale, v_descale), vq.dtype, batch, vk.shape[2])
     vout = _out_view(out, vq, (vk, vv), stream) if out is not None else None
     layout = (batch, 0, 0, lens.ctypes.data, table.ctypes.data if paged else 0, table.shape[1] if paged else 0)
     return _run(vq, vk, vv, impl=impl, scale=scale, softcap=float(softcap), left=left, right=right, alibi=alibi,
-                layout=layout, return_lse=return_lse, lse_shape=(batch, heads_q, seqlen_q), out=out, vout=vout,
+                descale=descale, layout=layout, return_lse=return_lse, lse_shape=(batch, heads_q, seqlen_q), out=out, vout=vout,
                 stream=stream)

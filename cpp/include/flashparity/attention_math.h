@@ -36,6 +36,12 @@ struct AttnParams {
   // kernels run on.
   const std::int32_t* block_table = nullptr;
   std::int64_t block_table_stride = 0, page_size = 0;
+  // FP8 inputs, FlashAttention-3's descales: float32 planes q, k, v of [batch, heads_kv] each, in the
+  // memory the kernels run on; element (plane, b, hk) at descale[plane * descale_plane + b * heads_kv
+  // + hk]. The score of (b, hk) is scaled by q_descale * k_descale (as if q and k were dequantized
+  // first: the FP8 products are exact in float32) and the output by v_descale. Null: all 1.
+  const float* descale = nullptr;
+  std::int64_t descale_plane = 0;
 };
 
 FP_HOST_DEVICE FP_INLINE std::int64_t lse_index(const AttnParams& p, std::int64_t b, std::int64_t h, std::int64_t i) {
@@ -49,6 +55,20 @@ FP_HOST_DEVICE FP_INLINE const char* kv_row(const AttnParams& p, const TensorArg
   if (p.block_table == nullptr) return base + b * t.strides[0] + s * t.strides[1];
   const std::int64_t block = p.block_table[b * p.block_table_stride + s / p.page_size];
   return base + block * t.strides[0] + (s % p.page_size) * t.strides[1];
+}
+
+// The factor of the scores of batch b, query head h: softmax scale * q_descale * k_descale (FP8), in
+// double; the kernels round it once to their accumulator.
+FP_HOST_DEVICE FP_INLINE double score_scale(const AttnParams& p, std::int64_t b, std::int64_t h) {
+  if (p.descale == nullptr) return p.scale;
+  const std::int64_t at = b * p.heads_kv + h / (p.heads_q / p.heads_kv);
+  return p.scale * static_cast<double>(p.descale[at]) * static_cast<double>(p.descale[p.descale_plane + at]);
+}
+
+// The factor of the output of batch b, query head h: v_descale (FP8), else 1.
+FP_HOST_DEVICE FP_INLINE float out_scale(const AttnParams& p, std::int64_t b, std::int64_t h) {
+  if (p.descale == nullptr) return 1.0f;
+  return p.descale[2 * p.descale_plane + b * p.heads_kv + h / (p.heads_q / p.heads_kv)];
 }
 
 FP_HOST_DEVICE FP_INLINE float alibi_slope(const AttnParams& p, std::int64_t b, std::int64_t h) {

@@ -5,16 +5,22 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "flashparity/common.h"
 
 namespace flashparity {
 
 // The element types a kernel accepts. Codes are stable: they cross the Python binding. The FP8
-// formats (OCP's E4M3 without infinities, "fn", and E5M2, IEEE-like) are parity inputs only.
+// formats (OCP's E4M3 without infinities, "fn", and E5M2, IEEE-like) are parity inputs and
+// attention inputs (whose output is then bfloat16), never outputs.
 enum class DType : int { Float64 = 0, Float32 = 1, Float16 = 2, BFloat16 = 3, Float8E4M3 = 4, Float8E5M2 = 5 };
 
 FP_HOST_DEVICE constexpr FP_INLINE bool is_fp8(DType t) { return t == DType::Float8E4M3 || t == DType::Float8E5M2; }
+
+// The dtype of an attention output for inputs of `t`: bfloat16 for FP8 (FlashAttention-3's rule),
+// else the inputs' own.
+FP_HOST_DEVICE constexpr FP_INLINE DType attention_out_dtype(DType t) { return is_fp8(t) ? DType::BFloat16 : t; }
 
 FP_HOST_DEVICE constexpr FP_INLINE const char* dtype_name(DType t) {
   switch (t) {
@@ -269,6 +275,14 @@ template <> struct DTypeOf<half_bits> { static constexpr DType value = DType::Fl
 template <> struct DTypeOf<bf16_bits> { static constexpr DType value = DType::BFloat16; };
 template <> struct DTypeOf<f8e4m3_bits> { static constexpr DType value = DType::Float8E4M3; };
 template <> struct DTypeOf<f8e5m2_bits> { static constexpr DType value = DType::Float8E5M2; };
+
+template <typename T> inline constexpr bool is_fp8_type = false;
+template <> inline constexpr bool is_fp8_type<f8e4m3_bits> = true;
+template <> inline constexpr bool is_fp8_type<f8e5m2_bits> = true;
+
+// The storage type of an attention output for inputs of T (attention_out_dtype).
+template <typename T>
+using attn_out_t = std::conditional_t<is_fp8_type<T>, bf16_bits, T>;
 
 // DTYPE_SWITCH(code, T, body): runs `body` with T bound to the storage type of `code`: the four
 // formats every kernel takes (the caller has refused FP8 before; it runs as bfloat16 otherwise).
