@@ -154,7 +154,7 @@ def test_fp8_varlen_and_paged_cache(fmt, where):
         check_fp8(res["flash2"][0][s:s + 1], res["flash2"][1][s:s + 1], res["naive"][0][s:s + 1], ref_out, ref_lse)
 
 
-def test_fp8_out_and_torch_tensors():
+def test_fp8_out():
     rng = np.random.default_rng(6)
     q, k, v = (quantize(rng, (1, 8, 2, 16), FP8["float8_e4m3fn"]) for _ in range(3))
     want = fp.attention(q, k, v, causal=True)
@@ -162,9 +162,15 @@ def test_fp8_out_and_torch_tensors():
     assert fp.attention(q, k, v, causal=True, out=buf) is buf and np.array_equal(buf, want)
     with pytest.raises(ValueError, match=r"out must have q's shape .* and dtype bfloat16 \(the output dtype of float8_e4m3fn inputs\)"):
         fp.attention(q, k, v, out=np.empty(q.shape, np.float32))
+
+
+def test_fp8_torch_tensors():
     torch = pytest.importorskip("torch")
-    t = [torch.from_numpy(x.view(np.uint8)).view(torch.float8_e4m3fn) for x in (q, k, v)]
-    assert np.array_equal(fp.attention(*t, causal=True), want)
+    rng = np.random.default_rng(6)
+    for fmt, tdt in (("float8_e4m3fn", torch.float8_e4m3fn), ("float8_e5m2", torch.float8_e5m2)):
+        q, k, v = (quantize(rng, (1, 8, 2, 16), FP8[fmt]) for _ in range(3))
+        t = [torch.from_numpy(x.view(np.uint8)).view(tdt) for x in (q, k, v)]
+        assert np.array_equal(fp.attention(*t, causal=True), fp.attention(q, k, v, causal=True))
 
 
 def test_fp8_bad_descales_name_the_value():
