@@ -7,6 +7,10 @@ Writes the "Parity reductions" section of BENCHMARKS.md (other sections are kept
     python bench/bench_parity.py                  # CPU, 2^24 and 2^26 elements, f32/f16/bf16
     python bench/bench_parity.py --sizes 24 --repeat 3
     python bench/bench_parity.py --simd avx2      # the AVX2 code path, its own section (simd_env.py)
+    python bench/bench_parity.py --fp8            # FP8 against its wide source, its own section
+
+An FP8 "dtype" names a pair, a/b: a in FP8 (a checkpoint's conversion), b the wider source. NumPy
+and PyTorch then upcast both to float32 first, as a user comparing them would.
 """
 
 from __future__ import annotations
@@ -143,9 +147,15 @@ def oracle(a, b, chunk=1 << 22):
     return mx, 1.0 - one_minus, one_minus
 
 
+FP8_PAIRS = ["float8_e4m3fn/bfloat16", "float8_e4m3fn/float32", "float8_e5m2/bfloat16"]
+
+
 def make_inputs(n, dtype, seed=0):
     rng = np.random.default_rng(seed)
     b = rng.standard_normal(n, dtype=np.float32)
+    if "/" in dtype:  # an FP8 conversion of b (no added noise: its rounding is the difference)
+        fa, fb = dtype.split("/")
+        return b.astype(getattr(ml_dtypes, fa)), (b if fb == "float32" else b.astype(getattr(ml_dtypes, fb)))
     a = b + np.float32(1e-3) * rng.standard_normal(n, dtype=np.float32)
     if dtype == "float32":
         return a, b
@@ -155,8 +165,9 @@ def make_inputs(n, dtype, seed=0):
 
 
 def to_torch(x):
-    if x.dtype.name == "bfloat16":
-        return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+    if x.dtype.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
+        raw = x.view(np.int16 if x.dtype.itemsize == 2 else np.uint8)
+        return torch.from_numpy(raw).view(getattr(torch, x.dtype.name))
     return torch.from_numpy(x)
 
 
@@ -206,7 +217,32 @@ def run_case(n, dtype, repeat, rows):
         add("fp.parity, AVX2 code path (FLASHPARITY_SIMD=avx2, as on CPUs without AVX-512)", fused_avx2,
             max_of=lambda s: s.max_abs_diff, cos_of=lambda s: s.cosine_sim)
 
-    # NumPy: what a user writes. Low-precision inputs are upcast first for the cosine (float64).
+    # NumPy: what a user writes. Low-precision inputs are upcast first for the cosine (float64); an
+    # FP8 pair first to float32 for everything (NumPy has no arithmetic between the two formats).
+    if "/" in dtype:
+        a_, b_ = a, b
+        f32 = lambda x: x if x.dtype == np.float32 else x.astype(np.float32)  # noqa: E731
+        np_max = add("numpy np.max(np.abs(f32(a) - f32(b)))", lambda: float(np.max(np.abs(f32(a_) - f32(b_)))),
+                     max_of=lambda v: v)
+
+        def np_cos8():
+            x, y = a_.astype(np.float64), b_.astype(np.float64)
+            return float(np.dot(x, y) / (np.linalg.norm(x) * np.linalg.norm(y)))
+
+        np_c = add("numpy cosine in float64 (astype + dot + norms)", np_cos8, cos_of=lambda v: v)
+        np_ac = add("numpy np.allclose(f32(a), f32(b), 1e-3, 1e-3)",
+                    lambda: bool(np.allclose(f32(a_), f32(b_), rtol=1e-3, atol=1e-3)))
+        rows.append({"n": n, "dtype": dtype, "method": "numpy: the three calls together",
+                     "ms": (np_max + np_c + np_ac) * 1e3, "gbs": nbytes / (np_max + np_c + np_ac) / 1e9,
+                     "extra_mib": None, "max_err": None, "cos_err": None, "speedup": (np_max + np_c + np_ac) / t_fp})
+        if torch is not None:
+            ta, tb = to_torch(a), to_torch(b)
+            add("torch (a.float() - b.float()).abs().max()", lambda: float((ta.float() - tb.float()).abs().max()),
+                max_of=lambda v: v)
+            add("torch cosine_similarity(a.float(), b.float(), dim=0)",
+                lambda: float(torch.nn.functional.cosine_similarity(ta.float(), tb.float(), dim=0)),
+                cos_of=lambda v: v)
+        return ref_1mc
     np_max = add("numpy np.max(np.abs(a - b))", lambda: float(np.max(np.abs(a - b))), max_of=lambda v: v)
 
     def np_cos():
@@ -254,16 +290,19 @@ def fmt(v, spec):
     return "–" if v is None else format(v, spec)
 
 
-def render(rows, args) -> str:
+def render(rows, args, title) -> str:
     out = [
-        "## " + simd_env.title("Parity reductions (CPU)", args.simd),
+        "## " + title,
         "",
         f"Machine: {machine()}.",
         f"Command: `python bench/bench_parity.py --sizes {' '.join(map(str, args.sizes))} --repeat {args.repeat}"
-        + (f" --simd {args.simd}" if args.simd else "") + f"` ({time.strftime('%Y-%m-%d')}).",
+        + (f" --simd {args.simd}" if args.simd else "") + (" --fp8" if args.fp8 else "")
+        + f"` ({time.strftime('%Y-%m-%d')}).",
         *simd_env.held_to(args.simd),
         "",
-        "Inputs: b ~ N(0, 1), a = b + 1e-3·N(0, 1), rounded to the dtype. Times: best of the repeats, each"
+        ("Inputs: b ~ N(0, 1) float32 (or rounded to the wide side's dtype), a = b rounded to the FP8 format."
+         if args.fp8 else "Inputs: b ~ N(0, 1), a = b + 1e-3·N(0, 1), rounded to the dtype.") +
+        " Times: best of the repeats, each"
         " started with cold caches (a buffer of 3x the last-level cache read first); the read"
         " limit and fp.parity run in alternation, so their ratio compares the same machine state; a read limit whose"
         " median is over 1.25x its best is marked unsteady (on a shared host the memory bandwidth can jump for a"
@@ -313,15 +352,19 @@ def main():
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     ap.add_argument("--simd", choices=simd_env.LEVELS,
                     help="run at this SIMD level, NumPy and PyTorch held to the same (simd_env.py)")
+    ap.add_argument("--fp8", action="store_true", help=f"the FP8 pairs {', '.join(FP8_PAIRS)} (own section)")
     args = ap.parse_args()
+    if args.fp8:
+        args.dtypes = FP8_PAIRS
     rows = []
     for e in args.sizes:
         for dt in args.dtypes:
-            if dt == "bfloat16" and ml_dtypes is None:
+            if (dt == "bfloat16" or "/" in dt) and ml_dtypes is None:
                 continue
             print(f"2^{e} {dt} ...", flush=True)
             run_case(1 << e, dt, args.repeat, rows)
-    publish(render(rows, args), simd_env.title("Parity reductions (CPU)", args.simd), args.no_write)
+    title = simd_env.title("Parity reductions (CPU, FP8 pairs)" if args.fp8 else "Parity reductions (CPU)", args.simd)
+    publish(render(rows, args, title), title, args.no_write)
 
 
 if __name__ == "__main__":

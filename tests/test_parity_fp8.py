@@ -1,6 +1,7 @@
 """FP8 (float8_e4m3fn, float8_e5m2) in fp.parity: against the float64 oracle, mixed with every
 other dtype, ULP distances counted in FP8, non-finite values, views, torch tensors through DLPack;
-and refused by the attention paths, which do not take it."""
+the vector path (FP8 decoded to float32, a second pass for the ULP) bit-identical on every SIMD
+level to the exact element path; refused by merge_attention_states."""
 
 from __future__ import annotations
 
@@ -54,6 +55,40 @@ def test_fp8_every_simd_level_and_views(level, monkeypatch):
     sub = fp.parity(a[::3, 1::2], b[::3, 1::2], atol=1e-2)
     check_against_oracle(sub, np.ascontiguousarray(a[::3, 1::2]), np.ascontiguousarray(b[::3, 1::2]), atol=1e-2)
     assert fp.parity(a.T, b.T).max_abs_diff == whole.max_abs_diff
+
+
+@pytest.mark.parametrize("da", FP8)
+@pytest.mark.parametrize("db", ALL)
+def test_fp8_vector_path_is_the_exact_path_on_every_level(da, db, monkeypatch):
+    # blocks the vector kernels take (FP8 decoded to float32), blocks with a non-finite difference
+    # they decline (the exact element kernel), values across the FP8 range (subnormals, overflow
+    # past 448 on the wide side, ties): every level gives the same bits as the element-by-element
+    # reference of the GPU threads (parity_grid_host), and as each other
+    from test_parity_grid import EXACT, grid_stats
+
+    rng = np.random.default_rng(len(da) * 31 + len(db))
+    n = 3 * 4096 + 17
+    base = rng.standard_normal(n) * np.exp2(rng.integers(-12, 6, n))  # (a few past 448: declined blocks)
+    a = (base * (1 + 0.05 * rng.standard_normal(n))).astype(DTYPES[da])
+    b = base.astype(DTYPES[db])
+    if db not in FP8:
+        b[100:110] = np.array([464, -464, 465, 480, 6e4, 2.0 ** -10, 3 * 2.0 ** -11, 61440, 57344, 1e-30]).astype(b.dtype)
+    a[5000] = np.nan  # one declined block among vector ones
+    results = []
+    detected = fp.build_info()["simd_detected"]
+    for level in LEVELS[:LEVELS.index(detected) + 1]:  # (the levels this CPU runs)
+        monkeypatch.setenv("FLASHPARITY_SIMD", level)
+        for atol, rtol in ((0.0, 0.0), (1e-2, 1e-2)):
+            results.append(((level, atol), fp.parity(a, b, atol=atol, rtol=rtol), fp.parity(b, a, atol=atol, rtol=rtol)))
+    monkeypatch.delenv("FLASHPARITY_SIMD", raising=False)
+    first = {atol: (ab, ba) for (_, atol), ab, ba in results[:2]}
+    for (level, atol), ab, ba in results:
+        assert (ab, ba) == first[atol], level  # bit-identical accumulated state
+        for got, x, y in ((ab, a, b), (ba, b, a)):
+            want = grid_stats(x, y, 3, 64, atol, atol)
+            for f in EXACT:
+                g, w = getattr(got, f), getattr(want, f)
+                assert g == w or (isinstance(w, float) and np.isnan(w) and np.isnan(g)), (level, f)
 
 
 def test_torch_fp8_tensors():

@@ -218,6 +218,30 @@ FP_HOST_DEVICE FP_INLINE std::uint8_t round_to_f8e5m2_bits(double v) {
   return static_cast<std::uint8_t>(round_to_half_bits(r) >> 8);
 }
 
+// round_to_f8e4m3_bits / round_to_f8e5m2_bits of a finite float32, on its bits (the same answers,
+// checked for every float32 in the FP8 range): branch-light integer code the CPU kernels vectorize.
+// Normal results round the significand to 3 (2) bits on the pattern, the carry moving the
+// exponent; results below the smallest normal are multiples of the subnormal step, x * 2^9 (2^16)
+// rounded to an integer (exact scaling, then one rounding to nearest even; 8 (4) is the smallest
+// normal, whose pattern is that integer too).
+FP_HOST_DEVICE FP_INLINE std::uint8_t f32_to_f8e4m3_bits(float x) {
+  const std::uint32_t u = float_to_bits(x), a = u & 0x7fffffffu;
+  const std::uint8_t sign = static_cast<std::uint8_t>((u >> 24) & 0x80u);
+  if (a < 0x3c800000u) return sign | static_cast<std::uint8_t>(std::nearbyint(bits_to_float(a) * 512.0f));  // < 2^-6
+  const std::uint32_t r = (a + 0x7ffffu + ((a >> 20) & 1u)) & 0xfff00000u;
+  if (r > 0x43e00000u) return sign | 0x7fu;  // past 448: the NaN pattern
+  return sign | static_cast<std::uint8_t>((((r >> 23) - 120u) << 3) | ((r >> 20) & 7u));
+}
+
+FP_HOST_DEVICE FP_INLINE std::uint8_t f32_to_f8e5m2_bits(float x) {
+  const std::uint32_t u = float_to_bits(x), a = u & 0x7fffffffu;
+  const std::uint8_t sign = static_cast<std::uint8_t>((u >> 24) & 0x80u);
+  if (a < 0x38800000u) return sign | static_cast<std::uint8_t>(std::nearbyint(bits_to_float(a) * 65536.0f));  // < 2^-14
+  const std::uint32_t r = (a + 0xfffffu + ((a >> 21) & 1u)) & 0xffe00000u;
+  if (r >= 0x47800000u) return sign | 0x7cu;  // 2^16 and past: infinity
+  return sign | static_cast<std::uint8_t>((((r >> 23) - 112u) << 2) | ((r >> 21) & 3u));
+}
+
 // The bit pattern of a finite value after rounding it to the format `narrow`. `own` is the format
 // the value is stored in and `raw` its bit pattern: a value already in the narrow format is used as
 // is, anything wider is rounded once (to nearest even), from its exact float64 value.
