@@ -213,3 +213,6 @@ def test_fp8_kernel_parity_cli_dtype(where, capsys):
                              "--device", where, "--json"], capsys)
         got = json.loads(out)
         assert code == 0 and got["dtype"] == fmt and got["page_size"] == 16 and got["fa2_rule_ok"] is True
+        code, out, _ = run_cli(["run", "--dtype", fmt, "--seqlen-q", "3", "--causal", "--device", where, "--json"], capsys)
+        got = json.loads(out)
+        assert code == 0 and got["dtype"] == fmt and got["out_dtype"] == "bfloat16"

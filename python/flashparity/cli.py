@@ -426,7 +426,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "kernel_source": kernel_source(impl),
         "fallback": fallback,
         "device": device,
-        "dtype": out.dtype.name,
+        "dtype": q.dtype.name,
+        "out_dtype": out.dtype.name,  # (bfloat16 for FP8 inputs)
         "q_shape": list(q.shape),
         "k_shape": list(k.shape),
         "v_shape": list(v.shape),
