@@ -6,6 +6,7 @@
 #     bash bench/gpu_session.sh            # full
 #     QUICK=1 bash bench/gpu_session.sh    # benchmark --quick
 #     PREBUILT=dir bash bench/gpu_session.sh
+#     SKIP_BENCH=1 bash bench/gpu_session.sh   # tests and compute-sanitizer only
 #
 # The lent machines reach no package index: this builds with the Python that is there (which holds
 # scikit-build-core, pybind11, CMake, ninja, NumPy, pytest, hypothesis, ml_dtypes, safetensors,
@@ -64,6 +65,7 @@ else
   echo "compute-sanitizer not found" | tee "$out/sanitizer-memcheck.txt"
 fi
 
+[ -n "${SKIP_BENCH:-}" ] && exit 0
 "$py" -c "import torch" 2>/dev/null || echo "no PyTorch: the SDPA column stays empty"
 (cd bench && timeout "${T_BENCH:-200}" "$py" bench_gpu.py ${QUICK:+--quick} --repeat 5 2>&1 | tee "$out/bench.txt" | tail -40)
 cp BENCHMARKS.md "$out/" 2>/dev/null || true

@@ -30,9 +30,16 @@ void copy_to_device(void* dst, const void* src, std::size_t bytes, int device) {
   FP_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
 }
 
-void copy_to_host(void* dst, const void* src, std::size_t bytes, int device) {
+void copy_to_host(void* dst, const void* src, std::size_t bytes, int device, std::uintptr_t after) {
   DeviceGuard guard(device);
+  if (after != 0) FP_CUDA_CHECK(cudaStreamSynchronize(as_stream(after)));  // (the producer's writes land first)
   FP_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+}
+
+void copy_to_device_on(void* dst, const void* src, std::size_t bytes, int device, std::uintptr_t stream) {
+  DeviceGuard guard(device);
+  // (from pageable memory the call returns once the bytes are staged: the source may go away)
+  FP_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, as_stream(stream)));
 }
 
 int current_device() {

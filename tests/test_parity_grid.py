@@ -124,3 +124,31 @@ def test_grid_bad_arguments():
         _core.parity_grid_host(va.desc, va.desc, 0.0, 0.0, 1, 48)
     with pytest.raises(ValueError, match="blocks must be >= 1, got 0"):
         _core.parity_grid_host(va.desc, va.desc, 0.0, 0.0, 0, 32)
+
+
+@pytest.mark.parametrize("da,db", [("float32", "float32"), ("bfloat16", "bfloat16"), ("float32", "bfloat16"),
+                                   ("float8_e4m3fn", "float32"), ("float8_e5m2", "float32"),
+                                   ("float8_e4m3fn", "bfloat16")])
+def test_histogram_of_differences_rounding_up_to_a_power_of_two(da, db, monkeypatch):
+    # |0.5 - 2^-60| is just below 0.5: its float64 value (the exact path's, rounded to nearest) is
+    # 0.5 itself, while a float32 subtraction that truncates stays below. Every level must bin it
+    # as the exact path does (AVX-512's truncated float32 differences once put it one bin lower).
+    from simd import LEVELS
+
+    import ml_dtypes  # noqa: F401 - (the DTYPES of parity_oracle use it)
+    from parity_oracle import DTYPES
+
+    pairs = [(0.5, 2.0 ** -60), (2.0, 1e-20), (0.5, 1e-30), (-2.0 ** -6, -1e-45), (0.5, -2.0 ** -60), (1.0, 3e-39)]
+    a = np.ones(64 * len(pairs))
+    b = np.ones(64 * len(pairs))
+    for i, (x, y) in enumerate(pairs):
+        a[64 * i + 7], b[64 * i + 7] = x, y
+    a, b = a.astype(DTYPES[da]), b.astype(DTYPES[db])
+    detected = fp.build_info()["simd_detected"]
+    for x, y in ((a, b), (b, a)):
+        want = grid_stats(x, y, 1, 1)
+        for level in LEVELS[:LEVELS.index(detected) + 1]:
+            monkeypatch.setenv("FLASHPARITY_SIMD", level)
+            got = fp.parity(x, y)
+            assert got.abs_diff_histogram == want.abs_diff_histogram, level
+            assert got.max_abs_diff == want.max_abs_diff and got.max_ulp_diff == want.max_ulp_diff, level

@@ -139,17 +139,15 @@ int attention_device_of(const AttnParams& p, std::uintptr_t out_ptr) {
   return device >= 0 ? device : current_device();
 }
 
-// out_ptr 0: a new DeviceArray; else the caller's C-contiguous device buffer of q's shape and dtype
-// (checked in Python), returned as None. The kernels run on `stream`, after the work queued so far
-// on each stream of `after` (the producer streams of k, v and out).
 // `bytes` of host memory copied into a new device buffer of `device` for the length of a call (ALiBi
-// slopes, block tables, descales: small); null for a null `host`.
-DeviceArrayPtr upload(const void* host, std::int64_t bytes, int device) {
+// slopes, block tables, descales: small), queued on the call's `stream` ahead of its kernels; null
+// for a null `host`.
+DeviceArrayPtr upload(const void* host, std::int64_t bytes, int device, std::uintptr_t stream) {
   if (host == nullptr) return nullptr;
   auto buf = std::make_shared<DeviceArray>(DType::Float32, std::vector<std::int64_t>{(bytes + 3) / 4}, device);
   if (bytes > 0) {
     py::gil_scoped_release release;
-    copy_to_device(buf->ptr, host, static_cast<std::size_t>(bytes), device);
+    copy_to_device_on(buf->ptr, host, static_cast<std::size_t>(bytes), device, stream);
   }
   return buf;
 }
@@ -157,10 +155,10 @@ DeviceArrayPtr upload(const void* host, std::int64_t bytes, int device) {
 // Host slopes ([batch, heads_q], contiguous) copied to the device for the call; device slopes checked
 // to be on `device`. Host descales ([3, batch, heads_kv]) copied likewise.
 std::pair<DeviceArrayPtr, DeviceArrayPtr> place_alibi_and_descale(AttnParams& p, bool alibi_on_host, int device,
-                                                                  std::int64_t batch) {
+                                                                  std::int64_t batch, std::uintptr_t stream) {
   DeviceArrayPtr slopes;
   if (p.alibi != nullptr && alibi_on_host) {
-    slopes = upload(p.alibi, batch * p.heads_q * 4, device);
+    slopes = upload(p.alibi, batch * p.heads_q * 4, device, stream);
     p.alibi = static_cast<const float*>(slopes->ptr);
     p.alibi_stride_b = p.heads_q;
     p.alibi_stride_h = 1;
@@ -169,7 +167,7 @@ std::pair<DeviceArrayPtr, DeviceArrayPtr> place_alibi_and_descale(AttnParams& p,
                                 std::to_string(cuda_pointer_device(reinterpret_cast<std::uintptr_t>(p.alibi))) +
                                 ", q, k and v on device " + std::to_string(device));
   }
-  DeviceArrayPtr descale = upload(p.descale, 3 * p.descale_plane * 4, device);
+  DeviceArrayPtr descale = upload(p.descale, 3 * p.descale_plane * 4, device, stream);
   if (descale) p.descale = static_cast<const float*>(descale->ptr);
   return {slopes, descale};
 }
@@ -180,8 +178,8 @@ void run_device(const AttnParams& p, int impl, int device, std::uintptr_t stream
   else attention_flash2_cuda(p, device, stream, after);
 }
 
-// out_ptr 0: a new DeviceArray; else the caller's C-contiguous device buffer of q's shape and dtype
-// (checked in Python), returned as None. The kernels run on `stream`, after the work queued so far
+// out_ptr 0: a new DeviceArray; else the caller's C-contiguous device buffer of q's shape and the
+// output dtype (q's; bfloat16 for FP8), checked in Python, returned as None. The kernels run on `stream`, after the work queued so far
 // on each stream of `after` (the producer streams of k, v and out).
 py::tuple attention_device(const py::tuple& q_desc, const py::tuple& k_desc, const py::tuple& v_desc, int impl,
                            double scale, double softcap, std::int64_t left, std::int64_t right, bool want_lse,
@@ -191,7 +189,7 @@ py::tuple attention_device(const py::tuple& q_desc, const py::tuple& k_desc, con
   set_alibi(p, alibi);
   set_descale(p, descale);
   const int device = attention_device_of(p, out_ptr);
-  const auto placed = place_alibi_and_descale(p, alibi_on_host, device, p.batch);
+  const auto placed = place_alibi_and_descale(p, alibi_on_host, device, p.batch, stream);
   DeviceArrayPtr out;
   if (out_ptr == 0) {
     out = std::make_shared<DeviceArray>(attention_out_dtype(p.q.dtype),
@@ -228,9 +226,9 @@ py::tuple attention_seqs_device(const py::tuple& q_desc, const py::tuple& k_desc
   set_descale(base, descale);
   const int device = attention_device_of(base, out_ptr);
   const std::int64_t batch = layout[0].cast<std::int64_t>();
-  const auto placed = place_alibi_and_descale(base, alibi_on_host, device, batch);
+  const auto placed = place_alibi_and_descale(base, alibi_on_host, device, batch, stream);
   const DeviceArrayPtr table =
-      upload(reinterpret_cast<const void*>(host_table), batch * layout[5].cast<std::int64_t>() * 4, device);
+      upload(reinterpret_cast<const void*>(host_table), batch * layout[5].cast<std::int64_t>() * 4, device, stream);
   DeviceArrayPtr out;
   if (out_ptr == 0) {
     out = std::make_shared<DeviceArray>(attention_out_dtype(base.q.dtype), std::move(out_shape), device);
@@ -307,15 +305,17 @@ void bind_device_cuda(py::module_& m) {
         py::arg("stream"), py::arg("out"), py::arg("after"), py::arg("alibi"), py::arg("alibi_on_host"),
         py::arg("layout"), py::arg("out_shape"), py::arg("lse_shape"), py::arg("descale") = py::make_tuple(0, 0),
         "Attention over a varlen batch or KV cache of device tensors, one problem per sequence: (out, lse).");
-  m.def("copy_device_to_host", [](std::uintptr_t ptr, std::size_t nbytes) {
+  m.def("copy_device_to_host", [](std::uintptr_t ptr, std::size_t nbytes, std::uintptr_t after) {
     std::string buf(nbytes, '\0');
     if (nbytes > 0) {
       const int device = cuda_pointer_device(ptr);
       py::gil_scoped_release release;
-      copy_to_host(buf.data(), reinterpret_cast<const void*>(ptr), nbytes, device);
+      copy_to_host(buf.data(), reinterpret_cast<const void*>(ptr), nbytes, device, after);
     }
     return py::bytes(buf);
-  }, py::arg("ptr"), py::arg("nbytes"), "A host copy of `nbytes` of device memory (the metadata of varlen and KV-cache calls).");
+  }, py::arg("ptr"), py::arg("nbytes"), py::arg("after") = 0,
+     "A host copy of `nbytes` of device memory (the metadata of attention calls), after the work queued on\n"
+     "stream `after` (as __cuda_array_interface__ names streams; 0: none).");
   m.def("merge_states_cuda", &merge_states_device, py::arg("o_a"), py::arg("lse_a"), py::arg("o_b"), py::arg("lse_b"),
         py::arg("out_shape"), py::arg("lse_shape"), py::arg("stream") = 0,
         py::arg("after") = std::vector<std::uintptr_t>{},

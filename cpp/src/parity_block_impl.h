@@ -596,6 +596,13 @@ FP_INLINE vu8 narrow_bytes(vi32 x) {
 #endif
 }
 
+// The code exponent_codes_f64 gives one float64 difference.
+FP_INLINE std::uint8_t exponent_code_f64(double d) {
+  if (d == 0.0) return 255;
+  const int e = static_cast<int>((double_to_bits(d) >> 52) & 0x7ffu) - (1023 - 127);
+  return static_cast<std::uint8_t>(e < 0 ? 0 : e > 254 ? 254 : e);
+}
+
 // The codes of exponent_codes for eight differences of narrow pairs given as float64 |a-b| (0 or
 // >= 2^-149, so the high word alone tells a zero), in some order of the lanes (a histogram needs
 // none): the float32 exponent field floor(log2 |a-b|) + 127, 0 below 2^-126, 254 at most, 255 for
@@ -980,6 +987,15 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
         // pairs differ by 0 or >= 2^-149); the byte 255 marks an exact zero
         const auto e8 = exponent_codes(bitcast<vun>(ad32), nz);
         std::memcpy(bins + i, &e8, sizeof(e8));
+        // A truncated difference whose significand is all ones sits just below a power of two,
+        // which the exact path's float64 difference (rounded to nearest) reaches when the exact
+        // one needs more than 53 bits (values 2^30 and more apart): such lanes (rare) take the
+        // code of the float64 difference, lane j's code being byte j.
+        const auto edge = nonzero_lanes(bitcast<vun>((bitcast<vun>(ad32) & 0x7fffffu) == 0x7fffffu));
+        if (any_lane(edge))
+          for (int j = 0; j < kNL; ++j)
+            if ((bitcast<vun>(ad32)[j] & 0x7fffffu) == 0x7fffffu)
+              bins[i + j] = exponent_code_f64(to_f64(a[i + j]) - to_f64(b[i + j]));
       }
     };
     if constexpr (kSplitPasses) {

@@ -146,6 +146,22 @@ ParityAccum accum_from_state(const py::tuple& t) {
 }  // namespace
 
 void bind_parity(py::module_& m) {
+  m.def("_fp8_rounding_mismatches",
+        [](std::uint64_t start, std::uint64_t stop, std::uint64_t step) {
+          if (step == 0 || stop > (std::uint64_t{1} << 32)) throw std::invalid_argument("bad range of float32 patterns");
+          py::gil_scoped_release release;
+          std::uint64_t bad = 0;
+          for (std::uint64_t u = start; u < stop; u += step) {
+            const float x = bits_to_float(static_cast<std::uint32_t>(u));
+            if (!std::isfinite(x)) continue;
+            bad += f32_to_f8e4m3_bits(x) != round_to_f8e4m3_bits(x);
+            bad += f32_to_f8e5m2_bits(x) != round_to_f8e5m2_bits(x);
+          }
+          return bad;
+        },
+        py::arg("start"), py::arg("stop"), py::arg("step") = 1,
+        "How many finite float32 patterns in range(start, stop, step) round to FP8 differently on their bits\n"
+        "(f32_to_f8e4m3_bits / f32_to_f8e5m2_bits, the CPU kernels') than in float64 (round_to_f8*_bits).");
   py::class_<ParityAccum>(m, "ParityAccum",
                           "Exact, mergeable state of a parity reduction (flat C-order indices).")
       .def(py::init<>())

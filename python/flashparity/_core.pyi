@@ -65,7 +65,7 @@ def attention_seqs_cuda(q: Desc, k: Desc, v: Desc, impl: int, scale: float, soft
                         alibi: tuple[int, int, int], alibi_on_host: bool, layout: tuple[int, int, int, int, int, int],
                         out_shape: list[int], lse_shape: list[int],
                         descale: tuple[int, int] = ...) -> tuple[DeviceArray | None, DeviceArray | None]: ...  # CUDA builds
-def copy_device_to_host(ptr: int, nbytes: int) -> bytes: ...  # CUDA builds
+def copy_device_to_host(ptr: int, nbytes: int, after: int = 0) -> bytes: ...  # CUDA builds
 def merge_states_cuda(o_a: Desc, lse_a: Desc, o_b: Desc, lse_b: Desc, out_shape: list[int], lse_shape: list[int],
                       stream: int = 0, after: list[int] = ...) -> tuple[DeviceArray, DeviceArray]: ...  # CUDA builds
 def cuda_attention_occupancy(device: int) -> list[dict[str, int | str]]: ...  # CUDA builds

@@ -217,7 +217,8 @@ def host_values(obj: Any, name: str, dtype: str) -> np.ndarray:
         n = math.prod(shape)
         if not hasattr(_core, "copy_device_to_host"):
             raise RuntimeError(f"{name} is a CUDA tensor but this flashparity build has no CUDA kernels")
-        raw = _core.copy_device_to_host(ptr, n * want.itemsize) if n else b""
+        # (after the work queued on the producer stream the interface names, if it names one)
+        raw = _core.copy_device_to_host(ptr, n * want.itemsize, _cai_stream(cai) or 0) if n else b""
         return np.frombuffer(raw, dtype=want).reshape(shape).copy()
     arr = np.asarray(obj)
     if arr.dtype != want:

@@ -11,7 +11,10 @@ namespace flashparity {
 void* device_alloc(std::size_t bytes, int device);
 void device_free(void* ptr, int device) noexcept;
 void copy_to_device(void* dst, const void* src, std::size_t bytes, int device);
-void copy_to_host(void* dst, const void* src, std::size_t bytes, int device);
+// `after`: a stream (as the array protocols name streams; 0 = none) whose queued work is waited for first.
+void copy_to_host(void* dst, const void* src, std::size_t bytes, int device, std::uintptr_t after = 0);
+// A copy queued on `stream` (as the protocols name streams), ordered before the work queued there later.
+void copy_to_device_on(void* dst, const void* src, std::size_t bytes, int device, std::uintptr_t stream);
 int current_device();  // the calling thread's current CUDA device
 
 }  // namespace flashparity
