@@ -58,7 +58,7 @@ def test_npy_compare_equals_parity(pair, capsys, monkeypatch):
     tmp, a, b = pair
     monkeypatch.setattr(files, "CHUNK_BYTES", 4096)  # many chunks, merged
     code, out, _ = run_cli(["compare", str(tmp / "a.npy"), str(tmp / "b.npy"), "--atol", "1e-3", "--json"], capsys)
-    assert code == 0
+    assert code == 1  # (outside atol: exit 1)
     body = json.loads(out)
     (row,) = body["tensors"]
     want = fp.parity(a, b, atol=1e-3).to_dict()
@@ -72,9 +72,14 @@ def test_npy_compare_equals_parity(pair, capsys, monkeypatch):
 def test_human_table_and_check(pair, capsys):
     tmp, _, _ = pair
     code, out, _ = run_cli(["compare", str(tmp / "a.npy"), str(tmp / "b.npy")], capsys)
-    assert code == 0 and "300x41" in out and "worst max_abs_diff" in out
+    assert code == 1 and "300x41" in out and "worst max_abs_diff" in out
     code, out, _ = run_cli(["compare", str(tmp / "a.npy"), str(tmp / "b.npy"), "--check", "--json"], capsys)
     assert code == 1 and json.loads(out)["check"]["outcome"] == "MaxAbsDiffExceedsTolerance"
+    # within --atol 10, and still failed by --check's fixed gate on top
+    code, out, _ = run_cli(["compare", str(tmp / "a.npy"), str(tmp / "b.npy"), "--atol", "10", "--check", "--json"],
+                           capsys)
+    body = json.loads(out)
+    assert code == 1 and body["ok"] is True and body["check"]["ok"] is False
     code, out, _ = run_cli(["compare", str(tmp / "a.npy"), str(tmp / "a.npy"), "--check", "--json"], capsys)
     assert code == 0 and json.loads(out)["check"]["ok"] is True
 
@@ -104,7 +109,7 @@ def test_safetensors_bfloat16_and_float16(tmp_path, capsys):
                            capsys)
     body = json.loads(out)
     rows = {r["name"]: r for r in body["tensors"]}
-    assert code == 0 and rows["h"]["max_abs_diff"] == 0.0
+    assert code == 1 and rows["w"]["ok"] is False and rows["h"]["ok"] is True and rows["h"]["max_abs_diff"] == 0.0
     assert rows["w"]["dtypes"] == ["bfloat16", "bfloat16"] and rows["w"]["max_abs_index"] == [3, 4]
 
 
@@ -133,7 +138,7 @@ def test_safetensors_written_by_the_library(tmp_path, capsys):
     code, out, _ = run_cli(["compare", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"), "--json"],
                            capsys)
     rows = {r["name"]: r for r in json.loads(out)["tensors"]}
-    assert code == 0 and rows["x"]["max_abs_diff"] == 0 and rows["y"]["max_abs_diff"] == 1
+    assert code == 1 and rows["x"]["max_abs_diff"] == 0 and rows["y"]["max_abs_diff"] == 1
 
 
 def test_void2_bfloat16_npy_needs_the_flag(tmp_path, capsys):
@@ -214,7 +219,7 @@ def test_large_files_stream_with_bounded_memory(tmp_path):
         "sys.exit(rc)\n"
     )
     res = subprocess.run([*python_command(), "-c", code], capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == 1, res.stderr  # (the tensors differ: exit 1)
     body = json.loads(res.stdout)
     (row,) = body["tensors"]
     assert row["numel"] == n and row["max_abs_diff"] == 7.5 and row["max_abs_index"] == [n - 3]
@@ -231,7 +236,7 @@ def test_fortran_order_npy_compares_in_c_order(tmp_path, capsys):
     np.save(tmp_path / "b.npy", b)
     code, out, _ = run_cli(["compare", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--json"], capsys)
     row = json.loads(out)["tensors"][0]
-    assert code == 0 and row["max_abs_index"] == [5, 6] and row["max_abs_diff"] == pytest.approx(1.0, abs=1e-6)
+    assert code == 1 and row["max_abs_index"] == [5, 6] and row["max_abs_diff"] == pytest.approx(1.0, abs=1e-6)
 
 
 @pytest.mark.parametrize("compress", [False, True], ids=["stored", "deflated"])
@@ -246,7 +251,7 @@ def test_npz_members_stream_in_chunks(tmp_path, capsys, monkeypatch, compress):
     save(tmp_path / "a.npz", **a)
     save(tmp_path / "b.npz", **b)
     code, out, _ = run_cli(["compare", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--json"], capsys)
-    assert code == 0
+    assert code == 1  # (the tensors differ: exit 1)
     rows = {r["name"]: r for r in json.loads(out)["tensors"]}
     for name in a:
         want = fp.parity(a[name], b[name]).to_dict()
@@ -302,7 +307,7 @@ def test_big_endian_npy_compares_like_native(tmp_path, capsys, monkeypatch):
     code, out, _ = run_cli(["compare", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--json"], capsys)
     row = json.loads(out)["tensors"][0]
     want = fp.parity(a, b).to_dict()
-    assert code == 0 and all(row[k] == json.loads(json.dumps(want[k])) for k in EXACT)
+    assert code == 1 and all(row[k] == json.loads(json.dumps(want[k])) for k in EXACT)
 
 
 def _npy_bytes(header: str, data: bytes) -> bytes:

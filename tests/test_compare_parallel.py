@@ -55,7 +55,7 @@ def test_sharded_checkpoints_compare_by_name(checkpoints, capsys):
     a, b, test, ref = checkpoints
     code, out, _ = run_cli(["compare", str(a), str(b), "--json"], capsys)
     body = json.loads(out)
-    assert code == 0 and body["complete"]
+    assert code == 1 and body["complete"] and not body["ok"]  # (the checkpoints differ: exit 1)
     rows = {r["name"]: r for r in body["tensors"]}
     assert list(rows) == list(test)  # A's order (its index's)
     for name, r in rows.items():
@@ -69,7 +69,7 @@ def test_a_checkpoint_named_by_a_relative_path(checkpoints, capsys, monkeypatch)
     a, b, _, _ = checkpoints
     monkeypatch.chdir(a)
     code, out, _ = run_cli(["compare", ".", str(b), "--json"], capsys)
-    assert code == 0 and len(json.loads(out)["tensors"]) == 5
+    assert code == 1 and len(json.loads(out)["tensors"]) == 5
 
 
 def test_index_errors_name_the_problem(checkpoints, capsys):
@@ -121,7 +121,7 @@ def test_a_symlinked_shard_is_followed(checkpoints, tmp_path, capsys):
     for f in a.iterdir():
         (snap / f.name).symlink_to(f)
     code, out, _ = run_cli(["compare", str(snap), str(b), "--json"], capsys)
-    assert code == 0 and len(json.loads(out)["tensors"]) == 5
+    assert code == 1 and len(json.loads(out)["tensors"]) == 5
 
 
 def test_in_process_progress_is_per_chunk_and_merges_as_one_pass(tmp_path, monkeypatch):
@@ -232,7 +232,7 @@ def test_workers_flag_on_the_cli(many_tasks, capsys):
     a, b = many_tasks
     code, out, _ = run_cli(["compare", a, b, "--json", "--quiet"], capsys)
     code2, out2, _ = run_cli(["compare", a, b, "--json", "--quiet", "--workers", "2"], capsys)
-    assert code == code2 == 0 and out == out2
+    assert code == code2 == 1 and out == out2  # (the tensors differ: exit 1 in every mode)
     for bad, why in ((["--workers", "0"], "--workers must be >= 1, got '0'"),
                      (["--workers", "x"], "--workers must be an integer, got 'x'"),
                      (["--workers", "2", "--dask", "tcp://127.0.0.1:1"], "not allowed with argument")):
@@ -281,7 +281,7 @@ def test_dask_on_the_cli(many_tasks, cluster, capsys):
     c, _ = cluster
     code, out, _ = run_cli(["compare", a, b, "--json", "--quiet", "--dask", c.scheduler_address], capsys)
     code2, out2, _ = run_cli(["compare", a, b, "--json", "--quiet"], capsys)
-    assert code == code2 == 0 and out == out2
+    assert code == code2 == 1 and out == out2
 
 
 def test_an_unreachable_scheduler_is_a_usage_error(many_tasks, capsys, monkeypatch):

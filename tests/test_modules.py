@@ -223,6 +223,10 @@ def test_dumps_from_separate_processes_compare_through_the_cli(tmp_path, capsys)
     body = json.loads(capsys.readouterr().out)
     assert code == 1 and body["first_divergence"] == "layers.2.mlp.up#0" and not body["ok"]
     assert (tmp_path / "r.html").read_text().count("layers.2.mlp.up#0") >= 1
+    code = main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--json", "--quiet", "--report-only"])
+    captured = capsys.readouterr()
+    assert code == 0 and json.loads(captured.out)["first_divergence"] == "layers.2.mlp.up#0"
+    assert "--report-only" in captured.err
     code = main(["compare", str(tmp_path / "a"), str(tmp_path / "a"), "--quiet"])
     out = capsys.readouterr().out
     assert code == 0 and "OK" in out

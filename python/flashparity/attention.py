@@ -27,10 +27,8 @@ class UnsupportedHeadDimError(ValueError):
 
 def _numpy_dtype(name: str) -> np.dtype:
     if name == "bfloat16" or name in FP8:
-        try:
-            import ml_dtypes
-        except ImportError:  # pragma: no cover - ml_dtypes comes with every bfloat16 or FP8 NumPy input
-            raise TypeError(f"{name} arrays need ml_dtypes (pip install ml_dtypes)") from None
+        import ml_dtypes  # (a dependency; imported on first use, not with flashparity)
+
         return np.dtype(getattr(ml_dtypes, name))
     return np.dtype(name)
 

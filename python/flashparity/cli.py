@@ -1,7 +1,10 @@
 """The ``flashparity`` command line (also ``python -m flashparity``).
 
-Exit codes everywhere: 0 success / gate passed; 1 gate failed or the input was rejected;
-2 usage error or unreadable input, with one line on stderr and no traceback.
+Exit codes, one rule for every command that judges (kernel parity, compare, classify): 0 within
+tolerance; 1 outside it (a kernel failing FlashAttention-2's rule, tensors differing beyond
+--max-mismatch-ratio or under --min-cosine, a tensor on one side only, a failed --check gate) or
+input rejected; 2 usage error, unreadable input or a missing package, with one line on stderr and no
+traceback. --report-only reports without judging: exit 0 whatever the differences.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any, BinaryIO, Callable, Sequence
 
 from . import classify as C
 from ._build import build_info, kernel_source
+from ._optional import missing_package
 from .kernel_parity import DTYPES as KP_DTYPES
 
 EXIT_OK = 0
@@ -24,6 +28,11 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 _CLASSIFIERS = ("parity", "provenance", "head-dim")
+
+#: The exit-code rule, said once and quoted by every command's help.
+EXIT_RULE = ("Exit codes of every command that judges (kernel parity, compare, classify): 0 within "
+             "tolerance; 1 outside it or input rejected (error JSON); 2 usage error, unreadable input or a "
+             "missing package (one line on stderr). --report-only reports without judging (exit 0).")
 
 
 class UsageError(Exception):
@@ -37,16 +46,16 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def _fraction(name: str):
-    """argparse type: a number in [0, 1]."""
+def _number_in(name: str, lo: int, hi: int):
+    """argparse type: a number from lo to hi (NaN is none: it fails the comparison)."""
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number from 0 to 1, got {text!r}") from None
-        if not 0.0 <= value <= 1.0:
-            raise argparse.ArgumentTypeError(f"{name} must be a number from 0 to 1, got {text!r}")
+            value = math.nan
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{name} must be a number from {lo} to {hi}, got {text!r}")
         return value
 
     return parse
@@ -283,6 +292,8 @@ def _emit(args: argparse.Namespace, body: dict, human: str) -> None:
 
 
 def _gate(args: argparse.Namespace, body: dict) -> int:
+    if args.check and args.report_only:
+        raise UsageError("--check gates and --report-only does not: give one of them")
     if not args.check:
         return EXIT_OK
     tol_abs = C.DEFAULT_MAX_ABS_DIFF if args.tol_abs is None else args.tol_abs
@@ -321,6 +332,8 @@ def _cmd_kernel_parity(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         return _reject(args, exc)
     code = _gate(args, body)
+    if not body["fa2_rule_ok"]:
+        code = EXIT_FAILED
     if "cases" in body:
         lines = [f"kernel parity {body['kernel']} vs {body['reference']}: {len(body['cases'])} cases"]
         for c in body["cases"]:
@@ -342,9 +355,22 @@ def _cmd_kernel_parity(args: argparse.Namespace) -> int:
                  f"  FA2 rule: kernel error {body['ref_max_abs_diff']:.3g} vs naive {body['baseline_max_abs_diff']:.3g}"
                  f" in {body['dtype']}: {'ok' if body['fa2_rule_ok'] else 'FAILED'}",
                  f"  kernel_source {body['kernel_source']}"]
+    if "cases" in body:
+        failed = [c for c in body["cases"] if not c["fa2_rule_ok"]]
+        lines.append(f"FA2 rule: ok in all {len(body['cases'])} cases" if not failed else
+                     f"FA2 rule: FAILED in {len(failed)} of {len(body['cases'])} cases")
     if "check" in body:
         lines.append(f"  check: {'PASS' if body['check']['ok'] else 'FAIL'} ({body['check']['outcome']})")
     _emit(args, body, "\n".join(lines))
+    return _verdict(args, code)
+
+
+def _verdict(args: argparse.Namespace, code: int) -> int:
+    """The exit code of a judged report: `code`, or 0 under --report-only (which says so on stderr
+    when the report would have failed)."""
+    if args.report_only and code != EXIT_OK:
+        print("flashparity: --report-only: outside the tolerance, exit 0 all the same", file=sys.stderr)
+        return EXIT_OK
     return code
 
 
@@ -486,7 +512,8 @@ def _compare_dumps(args: argparse.Namespace, progress) -> int:
     from .modules import compare_dumps
 
     if args.check:
-        raise UsageError("--check gates files; two dumps are judged per module output (exit 1 on a divergence)")
+        raise UsageError("--check gates files; two dumps are judged per module output (exit 1 on a divergence, "
+                         "or --report-only)")
     rep = compare_dumps(args.a, args.b, atol=args.atol, rtol=args.rtol, min_cosine=args.min_cosine,
                         max_mismatch_ratio=args.max_mismatch_ratio or 0.0, workers=args.workers, dask=args.dask,
                         progress=progress, void2_as_bfloat16=args.void2_as_bfloat16)
@@ -500,7 +527,7 @@ def _compare_dumps(args: argparse.Namespace, progress) -> int:
     fd = rep.first_divergence
     human = "" if args.json else str(rep) + (f"\nfirst_divergence: {fd.key}" if fd is not None else "")
     _emit(args, body, human)
-    return EXIT_OK if rep.ok else EXIT_FAILED
+    return _verdict(args, EXIT_OK if rep.ok else EXIT_FAILED)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -511,12 +538,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     try:
         if _is_dump(args.a) and _is_dump(args.b):
             return _compare_dumps(args, progress)
-        if args.html or args.min_cosine is not None or args.max_mismatch_ratio is not None:
-            raise UsageError("--html, --min-cosine and --max-mismatch-ratio are for two dump directories "
-                             "(fp.dump); A and B are not both dumps")
+        if args.html:
+            raise UsageError("--html is for two dump directories (fp.dump); A and B are not both dumps")
         body = compare_files(args.a, args.b, atol=args.atol or 0.0, rtol=args.rtol or 0.0,
                              void2_as_bfloat16=args.void2_as_bfloat16, progress=progress,
-                             workers=args.workers, dask=args.dask)
+                             workers=args.workers, dask=args.dask, min_cosine=args.min_cosine,
+                             max_mismatch_ratio=args.max_mismatch_ratio or 0.0)
     except ModuleNotFoundError as exc:
         if args.dask is None:
             raise
@@ -534,9 +561,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     code = _gate(args, body)
-    if not body["complete"]:
+    if not body["ok"]:
         code = EXIT_FAILED
-    lines = [f"{'tensor':<32} {'shape':<18} {'dtypes':<19} {'max_abs_diff':>12} {'cosine_sim':>14} {'mismatches':>22}"]
+    lines = [f"{'tensor':<32} {'shape':<18} {'dtypes':<19} {'max_abs_diff':>12} {'cosine_sim':>14} "
+             f"{'mismatches':>22}  ok"]
     for r in body["tensors"]:
         shape = "x".join(map(str, r["shape"])) or "scalar"
         dts = "/".join(r["dtypes"])
@@ -546,16 +574,40 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             lines.append(f"{r['name'][:32]:<32} {shape:<18} {dts:<19} (empty)")
         else:
             lines.append(f"{r['name'][:32]:<32} {shape:<18} {dts:<19} {r['max_abs_diff']:>12.4g} "
-                         f"{r['cosine_sim']:>14.10f} {r['mismatches']:>10,} / {r['numel']:<,}")
+                         f"{r['cosine_sim']:>14.10f} {r['mismatches']:>10,} / {r['numel']:<10,} "
+                         f"{'ok' if r['ok'] else 'NO'}")
     if body["only_in_a"]:
         lines.append(f"only in {args.a}: {', '.join(body['only_in_a'])}")
     if body["only_in_b"]:
         lines.append(f"only in {args.b}: {', '.join(body['only_in_b'])}")
     lines.append(f"worst max_abs_diff {body['max_abs_diff']:.6g}, worst cosine_sim {body['cosine_sim']:.10g}")
+    lines.append(_compare_verdict(body))
     if "check" in body:
         lines.append(f"check: {'PASS' if body['check']['ok'] else 'FAIL'} ({body['check']['outcome']})")
     _emit(args, body, "\n".join(lines))
-    return code
+    return _verdict(args, code)
+
+
+def _compare_verdict(body: dict) -> str:
+    """The line that says why a file comparison passed or failed."""
+    rule = f"isclose(atol={body['atol']:g}, rtol={body['rtol']:g})"
+    rule += f", mismatches <= {body['max_mismatch_ratio']:g}" if body["max_mismatch_ratio"] else ", no mismatch"
+    if body["min_cosine"] is not None:
+        rule += f", cosine >= {body['min_cosine']:g}"
+    rows = body["tensors"]
+    if body["ok"]:
+        return f"OK: {len(rows)} tensors within {rule}"
+    why = []
+    outside = sum(1 for r in rows if not r["ok"] and "error" not in r)
+    if outside:
+        why.append(f"{outside} of {len(rows)} tensors outside {rule}")
+    broken = sum(1 for r in rows if "error" in r)
+    if broken:
+        why.append(f"{broken} not compared")
+    one_side = len(body["only_in_a"]) + len(body["only_in_b"])
+    if one_side:
+        why.append(f"{one_side} on one side only")
+    return "FAIL: " + "; ".join(why)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -569,8 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="flashparity",
         description="Attention-kernel parity: kernel parity checks, attention runs with provenance, "
-        "tensor file comparison, apr's classifiers, build facts. Exit codes: 0 pass, 1 gate failed or "
-        "input rejected (error JSON), 2 usage error or unreadable input.",
+        "tensor file comparison, apr's classifiers, build facts. " + EXIT_RULE,
     )
     parser.add_argument("--version", action="version", version=f"flashparity {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -610,7 +661,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def gate_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--check", action="store_true",
-                       help="gate with the parity classifier: exit 1 unless max_abs_diff <= tol-abs and cosine_sim >= tol-cos")
+                       help="also gate with apr's parity classifier: exit 1 unless max_abs_diff <= tol-abs and "
+                       "cosine_sim >= tol-cos")
+        p.add_argument("--report-only", action="store_true",
+                       help="report without judging: exit 0 whatever the differences (not with --check)")
         p.add_argument("--tol-abs", type=_tolerance("--tol-abs"), metavar="X",
                        help=f"max_abs_diff tolerance of --check (default {C.DEFAULT_MAX_ABS_DIFF})")
         p.add_argument("--tol-cos", type=_tolerance("--tol-cos"), metavar="Y",
@@ -623,7 +677,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run an attention kernel and its reference on seeded inputs and report parity (apr kernel parity)",
         description="A drop-in for `apr kernel parity --json`: runs --impl and --ref on seeded random inputs "
         "(decode regime by default: one query over a --seq-len KV cache) and prints the parity body, "
-        "with FlashAttention-2's rule (kernel error <= 2 x naive error in the same dtype + 1e-5).",
+        "with FlashAttention-2's rule (kernel error <= 2 x naive error in the same dtype + 1e-5). "
+        "Exit 0 when every case meets the rule (and --check's gate, if given), 1 when one does not or the "
+        "input is rejected, 2 on a usage error; --report-only: exit 0 whatever the errors.",
     )
     p_kp.add_argument("--impl", choices=("flash2", "naive", "tiled"), default="flash2",
                       help="kernel under test (tiled is apr's name for flash2)")
@@ -661,8 +717,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "*.safetensors.index.json (the two sides may be sharded differently), or any tree of "
                            "tensor files (.safetensors tensors under their own names, a .npy file under its relative "
                            "path without the suffix, a .npz member as that path/member). Tensors are matched by "
-                           "name; tensors on one side only are listed and make the exit code 1. With --check, the "
-                           "worst max_abs_diff and cosine_sim are gated. The work is split into tasks (tensors, "
+                           "name. Exit 0 when every tensor is within the tolerance: at most --max-mismatch-ratio of its "
+                           "elements (default 0: none) outside isclose(--atol, --rtol), and a cosine similarity of "
+                           "at least --min-cosine when given; exit 1 when one is not, when a tensor is on one side "
+                           "only or cannot be compared (shape, dtype), or when --check's gate of the worst "
+                           "max_abs_diff and cosine_sim fails; exit 2 on a usage error or an unreadable file; "
+                           "--report-only: exit 0 whatever the differences. The work is split into tasks (tensors, "
                            "64 MiB ranges of large ones) run in this process, on --workers N local processes or on "
                            "a Dask cluster (--dask); the report is the same, bit for bit, in every mode. Two "
                            "fp.dump directories are judged per module output in A's execution order (default "
@@ -681,10 +741,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_cmp.add_argument("--rtol", type=_tolerance("--rtol"), default=None, metavar="X",
                        help="isclose rtol (0; for two dumps, torch.testing.assert_close's per dtype)")
     p_cmp.add_argument("--html", metavar="FILE", help="two dumps: also write the HTML report to FILE")
-    p_cmp.add_argument("--min-cosine", type=float, metavar="Y",
-                       help="two dumps: an output also fails below this cosine similarity")
-    p_cmp.add_argument("--max-mismatch-ratio", type=_fraction("--max-mismatch-ratio"), metavar="F",
-                       help="two dumps: the fraction of elements an output may have outside atol/rtol (0)")
+    p_cmp.add_argument("--min-cosine", type=_number_in("--min-cosine", -1, 1), metavar="Y",
+                       help="a tensor (a module output, for two dumps) also fails below this cosine similarity")
+    p_cmp.add_argument("--max-mismatch-ratio", type=_number_in("--max-mismatch-ratio", 0, 1), metavar="F",
+                       help="the fraction of a tensor's elements (a module output's, for two dumps) that may lie "
+                       "outside atol/rtol (default 0)")
     p_cmp.add_argument("--void2-as-bfloat16", action="store_true",
                        help="read 2-byte void .npy elements (NumPy's way of saving bfloat16) as bfloat16")
     gate_flags(p_cmp)
@@ -699,7 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Judge apr JSON bodies. Positional form: KIND [FILE|-] prints the outcome "
         "JSON. apr's lint form: any of --parity-file/--provenance-file/--head-dim-error-file, "
         "each judged. Exit 0 when every outcome is Ok, 1 when one is not, 2 on bad usage or "
-        "unreadable/invalid JSON.",
+        "unreadable/invalid JSON (the rule of every command that judges).",
     )
     p_cls.add_argument("kind", nargs="?", choices=_CLASSIFIERS, metavar="KIND",
                        help="parity | provenance | head-dim")
@@ -729,6 +790,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except UsageError as exc:
         print(f"flashparity: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ImportError as exc:  # an optional package a command needs, or one uninstalled by hand
+        print(f"flashparity: error: {missing_package(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # `flashparity ... | head`: not an error of ours
         return EXIT_OK

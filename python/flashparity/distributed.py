@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
+from ._optional import require
 from ._tensor import as_view
 from . import parity as _parity
 from .parity import ParityStats, _tolerance
@@ -126,7 +127,7 @@ def parity(a_local: Any, b_local: Any, *, atol: float = 0.0, rtol: float = 0.0, 
     waiting: the rank at fault its own error, the others ``ValueError`` (``TypeError`` for a
     dtype, ``RuntimeError`` for anything else) naming that rank.
     """
-    import torch
+    torch = require("torch", "fp.distributed.parity")
     import torch.distributed as dist
 
     if not dist.is_available() or not dist.is_initialized():

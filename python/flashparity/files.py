@@ -26,7 +26,7 @@ import zlib
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -391,10 +391,7 @@ def _safetensors_sources(path: str) -> list[TensorSource]:
         if not 0 <= begin <= end <= data_size:
             raise BadFile(f"{path!r}: tensor {name!r} data_offsets {offsets} fall outside the data ({data_size} bytes)")
         dname = SAFETENSORS_DTYPES[code]
-        try:
-            dtype = _named_dtype(dname)
-        except ImportError:  # FP8 without ml_dtypes installed: listed, not compared
-            dtype = np.dtype("V1")
+        dtype = _named_dtype(dname)
         itemsize = dtype.itemsize
         numel = 1
         for s in shape:
@@ -742,7 +739,8 @@ def _run_in_process(tasks: list[RangeTask], opened: dict[tuple[str, str], Tensor
 def compare_files(path_a: str, path_b: str, *, atol: float = 0.0, rtol: float = 0.0, void2_as_bfloat16: bool = False,
                   progress: Callable[[int, int], None] | None = None, workers: int | None = None,
                   dask: object = None, tolerance: Callable[[str, str, str], tuple[float, float]] | None = None,
-                  stats_out: dict | None = None) -> dict:
+                  stats_out: dict | None = None, max_mismatch_ratio: float = 0.0,
+                  min_cosine: float | None = None) -> dict:
     """Parity of the tensors of two files or directories, streamed in chunks merged exactly.
 
     Files: .npy, .npz, .safetensors; a directory is a sharded checkpoint with a
@@ -755,11 +753,20 @@ def compare_files(path_a: str, path_b: str, *, atol: float = 0.0, rtol: float = 
     ``tolerance(name, dtype_a, dtype_b) -> (atol, rtol)`` sets each tensor's tolerances instead of
     ``atol``/``rtol``; ``stats_out``, a dict, receives each compared tensor's ``ParityStats`` by name.
 
-    Returns the compare body: per-tensor stats (or an error), the names found on one side only, and
-    the worst max_abs_diff / cosine_sim over the tensors. OSError for unreadable files, BadFile for
-    invalid ones.
+    The verdict (``ok``, per tensor and for the whole comparison): a tensor passes when at most
+    ``max_mismatch_ratio`` of its elements are outside atol/rtol (default 0: none) and, when
+    ``min_cosine`` is given, its cosine similarity is at least that; an empty tensor passes; a tensor
+    that could not be compared (shape mismatch, non-float dtype) fails. The comparison passes when
+    every tensor does and none is found on one side only.
+
+    Returns the compare body: per-tensor stats (or an error) and verdicts, the names found on one
+    side only, the worst max_abs_diff / cosine_sim over the tensors and ``ok``. OSError for
+    unreadable files, BadFile for invalid ones, ValueError for a bad ratio or cosine.
     """
     from .parity import ParityStats
+
+    max_mismatch_ratio = check_mismatch_ratio(max_mismatch_ratio)
+    min_cosine = check_min_cosine(min_cosine)
 
     ta = open_side(path_a, void2_as_bfloat16=void2_as_bfloat16)
     tb = open_side(path_b, void2_as_bfloat16=void2_as_bfloat16)
@@ -772,7 +779,7 @@ def compare_files(path_a: str, path_b: str, *, atol: float = 0.0, rtol: float = 
         if a.shape != b.shape:
             row["error"] = f"shape-mismatch: {a.shape} vs {b.shape}"
         elif a.dtype.name not in COMPARABLE or b.dtype.name not in COMPARABLE:
-            hint = " (FP8 tensors need ml_dtypes: pip install ml_dtypes)" if "void8" in (a.dtype.name, b.dtype.name) \
+            hint = " (1-byte void elements: an FP8 .npy file is not read)" if "void8" in (a.dtype.name, b.dtype.name) \
                 else " (only float tensors are compared)"
             row["error"] = f"unsupported-dtype: {a.dtype.name} vs {b.dtype.name}{hint}"
         elif a.numel == 0:
@@ -831,6 +838,8 @@ def compare_files(path_a: str, path_b: str, *, atol: float = 0.0, rtol: float = 
         if stats_out is not None:
             stats_out[row["name"]] = stats
 
+    for row in rows:
+        row["ok"] = _row_ok(row, max_mismatch_ratio, min_cosine)
     compared = [r for r in rows if "max_abs_diff" in r]
     worst_abs = max((r["max_abs_diff"] for r in compared), key=lambda x: (x != x, x), default=0.0)
     worst_cos = min((r["cosine_sim"] for r in compared), key=lambda x: (x == x, x), default=1.0)
@@ -848,4 +857,36 @@ def compare_files(path_a: str, path_b: str, *, atol: float = 0.0, rtol: float = 
         "only_in_a": only_a,
         "only_in_b": only_b,
         "complete": not (only_a or only_b or problems),
+        "max_mismatch_ratio": max_mismatch_ratio,
+        "min_cosine": min_cosine,
+        "ok": not (only_a or only_b) and all(r["ok"] for r in rows),
     }
+
+
+def check_mismatch_ratio(value: Any) -> float:
+    """A fraction of elements in [0, 1] (ValueError naming the value otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"max_mismatch_ratio must be a number from 0 to 1, got {value!r}")
+    return float(value)
+
+
+def check_min_cosine(value: Any) -> float | None:
+    """None, or a cosine similarity floor in [-1, 1] (ValueError naming the value otherwise: NaN too)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1.0 <= value <= 1.0:
+        raise ValueError(f"min_cosine must be a number from -1 to 1, got {value!r}")
+    return float(value)
+
+
+def _row_ok(row: dict, max_mismatch_ratio: float, min_cosine: float | None) -> bool:
+    """One tensor's verdict: not compared fails; empty passes; else the mismatch ratio and cosine rules
+    (a NaN cosine never reaches a floor)."""
+    if "error" in row:
+        return False
+    if not row.get("numel"):
+        return True
+    ok = row["mismatches"] / row["numel"] <= max_mismatch_ratio  # (as compare_modules judges)
+    if min_cosine is not None:
+        ok = ok and row["cosine_sim"] >= min_cosine
+    return bool(ok)

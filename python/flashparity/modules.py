@@ -23,6 +23,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Callable, Iterable
 
+from ._optional import require
 from .parity import ParityStats, parity
 
 __all__ = ["compare_modules", "ModuleReport", "ModuleEntry", "default_tolerances", "dump", "DUMP_MANIFEST"]
@@ -417,11 +418,12 @@ def compare_modules(model_a: Any, model_b: Any, *args: Any, atol: float | None =
     module found in one model only is copied and kept until its run ends. Returns a
     :class:`ModuleReport`.
     """
-    import torch
+    torch = require("torch", "fp.compare_modules")
+    from .files import check_min_cosine
 
     atol = _check_number("atol", atol)
     rtol = _check_number("rtol", rtol)
-    min_cosine = None if min_cosine is None else float(min_cosine)
+    min_cosine = check_min_cosine(min_cosine)
     max_mismatch_ratio = _check_number("max_mismatch_ratio", max_mismatch_ratio, allow_none=False)
     models = [model_a, model_b] + ([reference] if reference is not None else [])
     for i, m in enumerate(models):
@@ -587,7 +589,7 @@ def dump(model: Any, directory: str | os.PathLike, *args: Any, **kwargs: Any) ->
     dtypes, the torch version and the device). Memory: one output tensor at a time is copied to the
     host and written. Compare two dumps with ``flashparity compare DIR_A DIR_B``. Returns the manifest.
     """
-    import torch
+    torch = require("torch", "fp.dump")
 
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
@@ -655,10 +657,10 @@ def compare_dumps(path_a: str, path_b: str, *, atol: float | None = None, rtol: 
     """Two ``fp.dump`` directories compared with compare_modules' verdicts (model_b's dump is the
     reference), in model_a's execution order; ``compare_kw`` goes to ``files.compare_files``
     (``workers``, ``dask``, ``progress``)."""
-    from .files import compare_files
+    from .files import check_min_cosine, check_mismatch_ratio, compare_files
 
+    judge = _Judge(atol, rtol, check_min_cosine(min_cosine), check_mismatch_ratio(max_mismatch_ratio), False)
     man_a, man_b = _manifest(path_a), _manifest(path_b)
-    judge = _Judge(atol, rtol, min_cosine, max_mismatch_ratio, False)
     stats: dict[str, ParityStats] = {}
     body = compare_files(path_a, path_b, tolerance=lambda _n, da, db: judge.tolerances(da, db)
                          if da in _COMPARED and db in _COMPARED else (0.0, 0.0), stats_out=stats, **compare_kw)
