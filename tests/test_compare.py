@@ -26,6 +26,7 @@ def write_safetensors(path, tensors: dict, *, header_override=None, pad=b""):
     """A minimal safetensors writer (and corrupter) for the tests."""
     header, blobs, offset = {}, [], 0
     codes = {"float32": "F32", "float16": "F16", "float64": "F64", "bfloat16": "BF16", "int32": "I32",
+             "int64": "I64", "int8": "I8", "uint16": "U16", "bool": "BOOL",
              "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}
     for name, arr in tensors.items():
         data = np.ascontiguousarray(arr).tobytes()

@@ -226,11 +226,28 @@ def host_values(obj: Any, name: str, dtype: str) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def _plain_torch(obj: Any) -> Any:
+    """A torch tensor as the values it shows. torch's DLPack and CUDA array interface export the
+    memory and drop the lazy negative and conjugate bits (``x.conj().imag`` is a view whose memory
+    holds +imag), so such a tensor is resolved first (a copy: the values it shows exist nowhere
+    else); one that requires grad is detached (a view: nothing is copied)."""
+    if not type(obj).__module__.startswith("torch") or not hasattr(obj, "is_neg"):
+        return obj
+    if obj.requires_grad:
+        obj = obj.detach()
+    if obj.is_neg():
+        obj = obj.resolve_neg()
+    if obj.is_conj():
+        obj = obj.resolve_conj()
+    return obj
+
+
 def as_view(obj: Any, name: str, stream: int = LEGACY_DEFAULT_STREAM) -> TensorView:
     """A zero-copy TensorView of `obj` (see the module docstring for what is accepted). `stream`:
     the CUDA stream the consuming kernel runs on, passed to a CUDA tensor's ``__dlpack__``."""
     if isinstance(obj, np.ndarray):
         return _from_numpy(obj, name)
+    obj = _plain_torch(obj)
     try:
         cai = obj.__cuda_array_interface__
     except AttributeError:

@@ -10,17 +10,15 @@ traceback. --report-only reports without judging: exit 0 whatever the difference
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
-import os
 import sys
-import tempfile
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Any, Sequence
 
 from . import classify as C
 from ._build import build_info, kernel_source
 from ._optional import missing_package
+from ._write import printable, write_atomically
 from .kernel_parity import DTYPES as KP_DTYPES
 
 EXIT_OK = 0
@@ -29,10 +27,11 @@ EXIT_USAGE = 2
 
 _CLASSIFIERS = ("parity", "provenance", "head-dim")
 
-#: The exit-code rule, said once and quoted by every command's help.
+#: The exit-code rule, said once in `flashparity --help` (each judging command's help says it for itself).
 EXIT_RULE = ("Exit codes of every command that judges (kernel parity, compare, classify): 0 within "
              "tolerance; 1 outside it or input rejected (error JSON); 2 usage error, unreadable input or a "
-             "missing package (one line on stderr). --report-only reports without judging (exit 0).")
+             "missing package (one line on stderr). --report-only (kernel parity, compare) reports without "
+             "judging: exit 0.")
 
 
 class UsageError(Exception):
@@ -136,6 +135,8 @@ def _read_json(path: str) -> Any:
         raise UsageError(f"{label} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise UsageError(f"{label} is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # (an integer past Python's digit limit)
+        raise UsageError(f"{label} is not valid JSON: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -256,32 +257,12 @@ def _reject(args: argparse.Namespace, exc: Exception) -> int:
     if getattr(args, "json", False):
         print(_dump({"error": message}))
     else:
-        print(f"flashparity: {message}", file=sys.stderr)
+        print(f"flashparity: {printable(message)}", file=sys.stderr)
     return EXIT_FAILED
 
 
-def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
-    """Write `path` through a temporary file in its directory, renamed over it once complete and
-    flushed: an error or an interrupt (Ctrl-C included) leaves the previous file, or none, never
-    half a file. The file gets the permissions a plain open() would give it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".partial", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _emit(args: argparse.Namespace, body: dict, human: str) -> None:
+    human = "\n".join(map(printable, human.split("\n")))  # (a last guard: each line inert on a terminal)
     text = _dump(body)
     if getattr(args, "output", None):
         try:
@@ -292,8 +273,6 @@ def _emit(args: argparse.Namespace, body: dict, human: str) -> None:
 
 
 def _gate(args: argparse.Namespace, body: dict) -> int:
-    if args.check and args.report_only:
-        raise UsageError("--check gates and --report-only does not: give one of them")
     if not args.check:
         return EXIT_OK
     tol_abs = C.DEFAULT_MAX_ABS_DIFF if args.tol_abs is None else args.tol_abs
@@ -525,9 +504,19 @@ def _compare_dumps(args: argparse.Namespace, progress) -> int:
             raise UsageError(f"cannot write {args.html!r}: {exc.strerror or exc}") from None
     body = rep.to_dict()
     fd = rep.first_divergence
-    human = "" if args.json else str(rep) + (f"\nfirst_divergence: {fd.key}" if fd is not None else "")
+    human = "" if args.json else str(rep) + (f"\nfirst_divergence: {printable(fd.key)}" if fd is not None else "")
     _emit(args, body, human)
     return _verdict(args, EXIT_OK if rep.ok else EXIT_FAILED)
+
+
+def _importable_here(module: str | None) -> bool:
+    """False when `module` (a ModuleNotFoundError's name) is missing in this process too."""
+    import importlib.util
+
+    try:
+        return module is not None and importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -545,9 +534,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                              workers=args.workers, dask=args.dask, min_cosine=args.min_cosine,
                              max_mismatch_ratio=args.max_mismatch_ratio or 0.0)
     except ModuleNotFoundError as exc:
-        if args.dask is None:
+        if args.dask is None or not _importable_here(exc.name):  # (missing here too: main() names the fix)
             raise
         raise UsageError(f"a Dask worker cannot import {exc.name!r}: install flashparity on the workers") from None
+    except BrokenPipeError:  # (a ConnectionError: stdout closed, `... | head`; main() ends quietly)
+        raise
     except (ImportError, ConnectionError) as exc:  # --dask without dask.distributed, or no scheduler there
         raise UsageError(str(exc)) from None
     except WorkersFailed as exc:
@@ -568,18 +559,22 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     for r in body["tensors"]:
         shape = "x".join(map(str, r["shape"])) or "scalar"
         dts = "/".join(r["dtypes"])
+        name = printable(r["name"])[:32]  # (names come from the files: untrusted)
         if "error" in r:
-            lines.append(f"{r['name'][:32]:<32} {shape:<18} {dts:<19} {r['error']}")
+            lines.append(f"{name:<32} {shape:<18} {dts:<19} {printable(r['error'])}")
         elif r.get("numel", 0) == 0:
-            lines.append(f"{r['name'][:32]:<32} {shape:<18} {dts:<19} (empty)")
+            lines.append(f"{name:<32} {shape:<18} {dts:<19} (empty)")
+        elif r.get("exact"):
+            lines.append(f"{name:<32} {shape:<18} {dts:<19} {r['max_abs_diff']:>12.4g} {'(exact)':>14} "
+                         f"{r['mismatches']:>10,} / {r['numel']:<10,} {'ok' if r['ok'] else 'NO'}")
         else:
-            lines.append(f"{r['name'][:32]:<32} {shape:<18} {dts:<19} {r['max_abs_diff']:>12.4g} "
+            lines.append(f"{name:<32} {shape:<18} {dts:<19} {r['max_abs_diff']:>12.4g} "
                          f"{r['cosine_sim']:>14.10f} {r['mismatches']:>10,} / {r['numel']:<10,} "
                          f"{'ok' if r['ok'] else 'NO'}")
     if body["only_in_a"]:
-        lines.append(f"only in {args.a}: {', '.join(body['only_in_a'])}")
+        lines.append(f"only in {printable(args.a)}: {', '.join(map(printable, body['only_in_a']))}")
     if body["only_in_b"]:
-        lines.append(f"only in {args.b}: {', '.join(body['only_in_b'])}")
+        lines.append(f"only in {printable(args.b)}: {', '.join(map(printable, body['only_in_b']))}")
     lines.append(f"worst max_abs_diff {body['max_abs_diff']:.6g}, worst cosine_sim {body['cosine_sim']:.10g}")
     lines.append(_compare_verdict(body))
     if "check" in body:
@@ -597,7 +592,7 @@ def _compare_verdict(body: dict) -> str:
     rows = body["tensors"]
     if body["ok"]:
         return f"OK: {len(rows)} tensors within {rule}"
-    why = []
+    why = [] if rows else ["no tensor to compare"]
     outside = sum(1 for r in rows if not r["ok"] and "error" not in r)
     if outside:
         why.append(f"{outside} of {len(rows)} tensors outside {rule}")
@@ -660,11 +655,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "--batch caches of --seq-len keys (or --varlen's lengths), --seqlen-q queries each")
 
     def gate_flags(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--check", action="store_true",
-                       help="also gate with apr's parity classifier: exit 1 unless max_abs_diff <= tol-abs and "
-                       "cosine_sim >= tol-cos")
-        p.add_argument("--report-only", action="store_true",
-                       help="report without judging: exit 0 whatever the differences (not with --check)")
+        judging = p.add_mutually_exclusive_group()  # (both given: a usage error before any work)
+        judging.add_argument("--check", action="store_true",
+                             help="also gate with apr's parity classifier: exit 1 unless max_abs_diff <= tol-abs "
+                             "and cosine_sim >= tol-cos")
+        judging.add_argument("--report-only", action="store_true",
+                             help="report without judging: exit 0 whatever the differences (not with --check)")
         p.add_argument("--tol-abs", type=_tolerance("--tol-abs"), metavar="X",
                        help=f"max_abs_diff tolerance of --check (default {C.DEFAULT_MAX_ABS_DIFF})")
         p.add_argument("--tol-cos", type=_tolerance("--tol-cos"), metavar="Y",
@@ -780,6 +776,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_environment() -> None:
+    """FLASHPARITY_SIMD and FLASHPARITY_NUM_THREADS, read by the kernels: a bad value is a usage error
+    before any work, not a traceback from the first kernel call."""
+    from . import _core
+
+    try:
+        _core.simd_level()
+        _core.num_threads()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -787,12 +795,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None or (args.command == "kernel" and args.kernel_command is None):
             parser.print_help(sys.stderr)
             return EXIT_USAGE
+        _check_environment()
         return args.func(args)
     except UsageError as exc:
-        print(f"flashparity: error: {exc}", file=sys.stderr)
+        print(f"flashparity: error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except ImportError as exc:  # an optional package a command needs, or one uninstalled by hand
         print(f"flashparity: error: {missing_package(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:
+        print("flashparity: error: out of memory: the inputs need more memory than this machine can give "
+              "(a smaller case, or fewer --workers)", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # `flashparity ... | head`: not an error of ours
         return EXIT_OK

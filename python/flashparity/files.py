@@ -363,10 +363,7 @@ def _safetensors_sources(path: str) -> list[TensorSource]:
         if n > size - 8 or n > MAX_SAFETENSORS_HEADER:
             raise BadFile(f"{path!r}: header length {n} exceeds the file ({size} bytes)")
         raw = fh.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadFile(f"{path!r}: header is not valid JSON: {exc}") from None
+    header = strict_json(raw, f"{path!r}: header")
     if not isinstance(header, dict):
         raise BadFile(f"{path!r}: header is not a JSON object")
     data_start = 8 + n
@@ -409,14 +406,55 @@ def _safetensors_sources(path: str) -> list[TensorSource]:
     for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
         if b1 < e0:
             raise BadFile(f"{path!r}: tensors {n0!r} and {n1!r} overlap in the data")
+        if b1 > e0:  # (the safetensors library refuses holes: every data byte belongs to a tensor)
+            raise BadFile(f"{path!r}: {b1 - e0} bytes between tensors {n0!r} and {n1!r} belong to no tensor")
+    first, last = (spans[0][0], spans[-1][1]) if spans else (0, 0)
+    if first != 0 or last != data_size:
+        raise BadFile(f"{path!r}: the tensors cover bytes {first}..{last} of the data, not all {data_size} of them")
     return sources
+
+
+def strict_json(raw: bytes, label: str) -> Any:
+    """JSON as the safetensors library reads a header: UTF-8, no duplicate keys, no NaN or Infinity;
+    anything else (nesting too deep, an integer of thousands of digits) is a BadFile naming `label`."""
+
+    def no_duplicates(pairs: list) -> dict:
+        out: dict = {}
+        for k, v in pairs:
+            if k in out:
+                raise BadFile(f"{label} is not valid JSON: the key {k!r} appears twice")
+            out[k] = v
+        return out
+
+    def no_constant(name: str) -> Any:
+        raise BadFile(f"{label} is not valid JSON: {name} is not a JSON number")
+
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constant)
+    except (UnicodeDecodeError, ValueError) as exc:  # (JSONDecodeError, and ints past Python's digit limit)
+        raise BadFile(f"{label} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadFile(f"{label} is not valid JSON: nested too deeply") from None
+
+
+def _regular(path: str) -> None:
+    """BadFile unless `path` is a regular file (a symlink is followed); OSError if it cannot be stat'ed."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode) else
+                "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "not a file")
+        raise BadFile(f"{path!r} is {kind}, not a regular file: tensors are read from files by position "
+                      "(save a stream to a file first)")
 
 
 def open_tensors(path: str, *, void2_as_bfloat16: bool = False) -> list[TensorSource]:
     """The tensors of a .npy (one, named after nothing: ''), .npz or .safetensors file.
 
-    Raises OSError for an unreadable file and :class:`BadFile` for invalid content.
+    Raises OSError for an unreadable file and :class:`BadFile` for invalid content (a FIFO, a device
+    or a socket included: files are read by position, and a FIFO would block until a writer came).
     """
+    _regular(path)
     with open(path, "rb") as fh:
         magic = fh.read(8)
     if magic.startswith(b"\x93NUMPY"):
@@ -474,13 +512,11 @@ def _inside(root: str, rel: str) -> str | None:
 def _indexed_sources(path: str, index: str, void2: bool) -> list[TensorSource]:
     """A sharded checkpoint (Hugging Face's `*.safetensors.index.json`): its weight_map says which shard
     holds each tensor; every tensor of the shards it names is compared, under its own name."""
+    _regular(index)
     if os.path.getsize(index) > MAX_INDEX_BYTES:
         raise BadFile(f"{index!r} is larger than {MAX_INDEX_BYTES >> 20} MiB")
     with open(index, "rb") as fh:
-        try:
-            doc = json.loads(fh.read().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadFile(f"{index!r} is not valid JSON: {exc}") from None
+        doc = strict_json(fh.read(), repr(index))
     wmap = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(wmap, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wmap.items()):
         raise BadFile(f"{index!r} has no weight_map object of tensor name -> shard file")
@@ -519,8 +555,7 @@ def _directory_sources(path: str, void2: bool) -> list[TensorSource]:
                 continue
             full = os.path.join(top, fname)
             rel = os.path.relpath(full, path).replace(os.sep, "/")
-            if not stat.S_ISREG(os.stat(full).st_mode):  # (following a symlink)
-                raise BadFile(f"{full!r} is not a regular file (a FIFO or a device is never read)")
+            _regular(full)
             stem = rel.rsplit(".", 1)[0]
             for src in open_tensors(full, void2_as_bfloat16=void2):
                 if fname.endswith(".npy"):
@@ -753,10 +788,13 @@ def compare_files(path_a: str, path_b: str, *, atol: float = 0.0, rtol: float = 
     ``tolerance(name, dtype_a, dtype_b) -> (atol, rtol)`` sets each tensor's tolerances instead of
     ``atol``/``rtol``; ``stats_out``, a dict, receives each compared tensor's ``ParityStats`` by name.
 
+    Tensors of another dtype (integers, bools) are compared element for element, bit for bit, with
+    a tensor of the same dtype: their rows hold ``numel``, ``mismatches`` and ``exact: true``.
+
     The verdict (``ok``, per tensor and for the whole comparison): a tensor passes when at most
     ``max_mismatch_ratio`` of its elements are outside atol/rtol (default 0: none) and, when
     ``min_cosine`` is given, its cosine similarity is at least that; an empty tensor passes; a tensor
-    that could not be compared (shape mismatch, non-float dtype) fails. The comparison passes when
+    that could not be compared (shape mismatch, dtypes that do not match) fails. The comparison passes when
     every tensor does and none is found on one side only.
 
     Returns the compare body: per-tensor stats (or an error) and verdicts, the names found on one
@@ -772,15 +810,19 @@ def compare_files(path_a: str, path_b: str, *, atol: float = 0.0, rtol: float = 
     tb = open_side(path_b, void2_as_bfloat16=void2_as_bfloat16)
     pairs, only_a, only_b = _match(ta, tb, by_name=os.path.isdir(path_a) or os.path.isdir(path_b))
     rows: list[dict] = []
+    exact: list[tuple[int, TensorSource, TensorSource]] = []  # (row, a, b) of non-float pairs
     tasks: list[RangeTask] = []
     owner: list[int] = []  # the row of each task
     for name, a, b in pairs:
         row: dict = {"name": name, "shape": list(a.shape), "dtypes": [a.dtype.name, b.dtype.name]}
         if a.shape != b.shape:
             row["error"] = f"shape-mismatch: {a.shape} vs {b.shape}"
+        elif (a.dtype.name not in COMPARABLE or b.dtype.name not in COMPARABLE) and a.dtype == b.dtype \
+                and a.dtype.kind in "biuc":
+            exact.append((len(rows), a, b))  # integers, bools, ...: element for element, after the floats
         elif a.dtype.name not in COMPARABLE or b.dtype.name not in COMPARABLE:
             hint = " (1-byte void elements: an FP8 .npy file is not read)" if "void8" in (a.dtype.name, b.dtype.name) \
-                else " (only float tensors are compared)"
+                else " (float tensors are compared with any float; other tensors only with their own dtype)"
             row["error"] = f"unsupported-dtype: {a.dtype.name} vs {b.dtype.name}{hint}"
         elif a.numel == 0:
             row["numel"] = 0
@@ -838,12 +880,20 @@ def compare_files(path_a: str, path_b: str, *, atol: float = 0.0, rtol: float = 
         if stats_out is not None:
             stats_out[row["name"]] = stats
 
+    for r, a, b in exact:
+        unequal, worst = _unequal_elements(a, b)
+        rows[r].update(numel=a.numel, mismatches=unequal, max_abs_diff=worst, exact=True)
     for row in rows:
         row["ok"] = _row_ok(row, max_mismatch_ratio, min_cosine)
     compared = [r for r in rows if "max_abs_diff" in r]
-    worst_abs = max((r["max_abs_diff"] for r in compared), key=lambda x: (x != x, x), default=0.0)
-    worst_cos = min((r["cosine_sim"] for r in compared), key=lambda x: (x == x, x), default=1.0)
     problems = [r["name"] for r in rows if "error" in r]
+    # Nothing compared (no pair matched, or every pair unusable): NaN, so that no gate reads the body
+    # as a perfect match. (Pairs that are all empty tensors did compare: equal, 0 and 1.)
+    nothing = not compared and (problems or only_a or only_b or not rows)
+    fallback = (math.nan, math.nan) if nothing else (0.0, 1.0)
+    worst_abs = max((r["max_abs_diff"] for r in compared), key=lambda x: (x != x, x), default=fallback[0])
+    worst_cos = min((r["cosine_sim"] for r in compared if "cosine_sim" in r), key=lambda x: (x == x, x),
+                    default=fallback[1])
     return {
         "a": path_a,
         "b": path_b,
@@ -859,8 +909,41 @@ def compare_files(path_a: str, path_b: str, *, atol: float = 0.0, rtol: float = 
         "complete": not (only_a or only_b or problems),
         "max_mismatch_ratio": max_mismatch_ratio,
         "min_cosine": min_cosine,
-        "ok": not (only_a or only_b) and all(r["ok"] for r in rows),
+        "ok": bool(rows) and not (only_a or only_b) and all(r["ok"] for r in rows),
     }
+
+
+def _unequal_elements(a: TensorSource, b: TensorSource) -> tuple[int, float]:
+    """How many elements of two tensors of one bool, integer or complex dtype differ, bit for bit,
+    and the greatest |a - b| (in float64, or complex128: exact below 2^53). Read in C order in chunks,
+    in this process: such tensors of a checkpoint are small beside its weights."""
+    n, itemsize = a.numel, a.dtype.itemsize
+    if n == 0:
+        return 0, 0.0
+    wide = np.complex128 if a.dtype.kind == "c" else np.float64
+    worst = 0.0
+    step = max(1, CHUNK_BYTES // itemsize)
+    buf_a, buf_b = np.empty(min(step, n), a.dtype), np.empty(min(step, n), b.dtype)
+    ra, rb = a.open(), b.open()
+    unequal = 0
+    try:
+        for start in range(0, n, step):
+            k = min(step, n - start)
+            ra.read_into(start, buf_a[:k])
+            rb.read_into(start, buf_b[:k])
+            bytes_a = buf_a[:k].view(np.uint8).reshape(k, itemsize)
+            bytes_b = buf_b[:k].view(np.uint8).reshape(k, itemsize)
+            differ = (bytes_a != bytes_b).any(axis=1)
+            count = int(np.count_nonzero(differ))
+            if count:
+                unequal += count
+                with np.errstate(invalid="ignore"):  # (NaN in a complex element: the gap is NaN)
+                    gap = float(np.max(np.abs(buf_a[:k][differ].astype(wide) - buf_b[:k][differ].astype(wide))))
+                worst = math.nan if math.isnan(gap) or math.isnan(worst) else max(worst, gap)
+    finally:
+        ra.close()
+        rb.close()
+    return unequal, worst
 
 
 def check_mismatch_ratio(value: Any) -> float:
@@ -887,6 +970,6 @@ def _row_ok(row: dict, max_mismatch_ratio: float, min_cosine: float | None) -> b
     if not row.get("numel"):
         return True
     ok = row["mismatches"] / row["numel"] <= max_mismatch_ratio  # (as compare_modules judges)
-    if min_cosine is not None:
+    if min_cosine is not None and not row.get("exact"):  # (no cosine of integers)
         ok = ok and row["cosine_sim"] >= min_cosine
     return bool(ok)

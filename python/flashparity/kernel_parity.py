@@ -76,7 +76,15 @@ class Case:
             object.__setattr__(self, "varlen", tuple(int(n) for n in lens))
         if self.page_size is not None and (isinstance(self.page_size, bool) or int(self.page_size) < 1):
             raise ValueError(f"page_size must be an integer >= 1, got {self.page_size!r}")
-        object.__setattr__(self, "window", tuple(self.window))
+        if self.varlen is not None and self.page_size is None and sum(self.varlen) == 0:
+            raise ValueError(f"varlen must hold at least one query (a length >= 1), got {list(self.varlen)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
+        window = tuple(self.window)
+        if len(window) != 2 or not all(isinstance(w, (int, np.integer)) and not isinstance(w, bool) and w >= -1
+                                       for w in window):
+            raise ValueError(f"window must be two integers >= -1 (-1: unbounded), got {self.window!r}")
+        object.__setattr__(self, "window", tuple(int(w) for w in window))
 
     @property
     def q_len(self) -> int:

@@ -152,28 +152,31 @@ class ModuleReport:
         """Write the self-contained HTML report (inline SVG, no network) to ``path``."""
         from .report import render_html
 
-        from .cli import write_atomically
+        from ._write import write_atomically
 
         data = render_html(self).encode("utf-8")
         write_atomically(os.fspath(path), lambda fh: fh.write(data))
 
     def __str__(self) -> str:
+        from ._write import printable  # (keys come from module names, or a dump's manifest: untrusted)
+
         fd = self.first_divergence
         head = (f"compare_modules: {'OK' if self.ok else 'DIVERGED'}, {len(self.entries)} module outputs"
-                + (f"; first divergence: {fd.key} ({fd.rule})" if fd is not None else ""))
+                + (f"; first divergence: {printable(fd.key)} ({fd.rule})" if fd is not None else ""))
         lines = [head, f"{'module output':<48} {'ok':<3} {'max_abs_diff':>12} {'cosine_sim':>14} {'mismatch':>9} "
                        f"{'ref ratio':>9}  rule"]
         for e in sorted(self.entries, key=lambda e: (e.ok, -e.badness, e.order)):
+            key = printable(e.key)[:48]
             if e.stats is None:
-                lines.append(f"{e.key[:48]:<48} {'ok' if e.ok else 'NO':<3} {e.error or e.rule}")
+                lines.append(f"{key:<48} {'ok' if e.ok else 'NO':<3} {printable(e.error or e.rule)}")
                 continue
             s = e.stats
             ratio = f"{e.ref['ratio']:9.3g}" if e.ref is not None else f"{'':9}"
-            lines.append(f"{e.key[:48]:<48} {'ok' if e.ok else 'NO':<3} {s.max_abs_diff:12.4g} {s.cosine_sim:14.10f} "
+            lines.append(f"{key:<48} {'ok' if e.ok else 'NO':<3} {s.max_abs_diff:12.4g} {s.cosine_sim:14.10f} "
                          f"{s.mismatch_fraction:9.3%} {ratio}  {e.rule}")
         for side, keys in self.only.items():
             if keys:
-                lines.append(f"only in {side}: {', '.join(keys[:20])}" + (" ..." if len(keys) > 20 else ""))
+                lines.append(f"only in {side}: {', '.join(map(printable, keys[:20]))}" + (" ..." if len(keys) > 20 else ""))
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -187,6 +190,12 @@ class _Judge:
         self.atol, self.rtol, self.min_cosine = atol, rtol, min_cosine
         self.max_mismatch_ratio = max_mismatch_ratio
         self.with_reference = with_reference
+
+    def exact(self, name: str, call: int, path: str, order: float, numel: int, unequal: int) -> ModuleEntry:
+        """An integer (bool, complex) output: element for element, under the same mismatch ratio."""
+        ok = numel == 0 or unequal / numel <= self.max_mismatch_ratio
+        return ModuleEntry(name, call, path, order, None, ok, "exact (not a float)",
+                           None if ok else f"{unequal} of {numel} elements differ")
 
     def tolerances(self, da: str, db: str) -> tuple[float, float]:
         if self.atol is not None and self.rtol is not None:
@@ -205,8 +214,11 @@ class _Judge:
                 return ModuleEntry(name, call, path, order, None, False, "shapes",
                                    f"shape-mismatch: {tuple(a.shape)} vs {tuple(b.shape)}")
             if da not in _COMPARED or db not in _COMPARED:
-                return ModuleEntry(name, call, path, order, None, True, "not compared",
-                                   f"not a float tensor: {da} vs {db}")
+                if da != db:
+                    return ModuleEntry(name, call, path, order, None, False, "dtypes",
+                                       f"unsupported-dtype: {da} vs {db} (a tensor that is not a float is "
+                                       "compared only with its own dtype)")
+                return self.exact(name, call, path, order, a.numel(), int((a.detach() != b.detach()).sum()))
             if a.numel() == 0:
                 return ModuleEntry(name, call, path, order, None, True, "empty")
             atol, rtol = self.tolerances(da, db)
@@ -419,12 +431,12 @@ def compare_modules(model_a: Any, model_b: Any, *args: Any, atol: float | None =
     :class:`ModuleReport`.
     """
     torch = require("torch", "fp.compare_modules")
-    from .files import check_min_cosine
+    from .files import check_min_cosine, check_mismatch_ratio
 
     atol = _check_number("atol", atol)
     rtol = _check_number("rtol", rtol)
     min_cosine = check_min_cosine(min_cosine)
-    max_mismatch_ratio = _check_number("max_mismatch_ratio", max_mismatch_ratio, allow_none=False)
+    max_mismatch_ratio = check_mismatch_ratio(max_mismatch_ratio)
     models = [model_a, model_b] + ([reference] if reference is not None else [])
     for i, m in enumerate(models):
         if not isinstance(m, torch.nn.Module):
@@ -623,7 +635,7 @@ def dump(model: Any, directory: str | os.PathLike, *args: Any, **kwargs: Any) ->
         writer.close()
     manifest = {"format": "flashparity-dump", "version": 1, "torch": torch.__version__,
                 "device": sorted({e["device"] for e in entries}), "entries": entries}
-    from .cli import write_atomically
+    from ._write import write_atomically
 
     data = (json.dumps(manifest, indent=1) + "\n").encode("utf-8")
     write_atomically(os.path.join(directory, DUMP_MANIFEST), lambda fh: fh.write(data))
@@ -679,10 +691,12 @@ def compare_dumps(path_a: str, path_b: str, *, atol: float | None = None, rtol: 
             continue
         if key in stats:
             entries.append(judge.entry(e["name"], e["call"], e["path"], order, None, None, stats=stats[key]))
+        elif row.get("exact"):  # (an integer or bool output, bit for bit)
+            entries.append(judge.exact(e["name"], e["call"], e["path"], order, row["numel"], row["mismatches"]))
         else:
             err = row.get("error")
             entries.append(ModuleEntry(e["name"], e["call"], e["path"], order, None,
-                                       err is None or err.startswith("unsupported-dtype"),
+                                       err is None,
                                        "not compared" if err else "empty", err))
     for order, e in enumerate(man_b["entries"]):  # (placed by b's order: near where a would have it)
         if e["key"] in only_b:

@@ -1,0 +1,306 @@
+"""What an adversarial pass found (issue 34): unsafe writes, streams and devices given as files, a
+comparison of nothing reported as a match, torch's lazy negative bit, tracebacks where one line is
+promised, terminal escapes in untrusted names, and safetensors headers the library itself refuses."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import stat
+import struct
+import subprocess
+import threading
+
+import numpy as np
+import pytest
+from emulation import python_command
+
+import flashparity as fp
+from flashparity import classify
+from flashparity._write import printable, write_atomically
+from flashparity.cli import main
+
+
+def run_cli(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code, out, err, want_code, needle):
+    assert code == want_code, (code, out, err)
+    assert "Traceback" not in out + err and needle in out + err, (out, err)
+
+
+def raw_safetensors(path, header: bytes, data: bytes = b""):
+    path.write_bytes(struct.pack("<Q", len(header)) + header + data)
+
+
+# ---- 1. -o / --out / to_html: never replace what is not a regular file, keep a file's mode --------------
+
+
+def test_an_existing_file_keeps_its_mode(tmp_path):
+    target = tmp_path / "report.json"
+    target.write_text("old\n")
+    os.chmod(target, 0o600)
+    write_atomically(str(target), lambda fh: fh.write(b"new\n"))
+    assert target.read_text() == "new\n" and stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+def test_a_symlink_is_followed_and_stays_a_link(tmp_path):
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "report.json"
+    target.write_text("old\n")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    write_atomically(str(link), lambda fh: fh.write(b"new\n"))
+    assert link.is_symlink() and target.read_text() == "new\n"
+    dangling = tmp_path / "dangling.json"
+    dangling.symlink_to(tmp_path / "real" / "made.json")
+    write_atomically(str(dangling), lambda fh: fh.write(b"made\n"))
+    assert dangling.is_symlink() and (tmp_path / "real" / "made.json").read_text() == "made\n"
+
+
+def test_a_fifo_is_written_into_not_replaced(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+
+    def read():
+        with open(fifo, "rb") as fh:
+            got.append(fh.read())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    write_atomically(str(fifo), lambda fh: fh.write(b"through the pipe\n"))
+    reader.join(timeout=30)
+    assert got == [b"through the pipe\n"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_a_device_node_is_written_into_not_replaced(tmp_path):
+    node = tmp_path / "nulldev"
+    try:
+        os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # (what /dev/null is)
+    except PermissionError:
+        pytest.skip("creating a device node needs root")
+    write_atomically(str(node), lambda fh: fh.write(b"gone\n"))
+    assert stat.S_ISCHR(os.stat(node).st_mode)
+    write_atomically(os.devnull, lambda fh: fh.write(b"gone\n"))
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+
+
+def test_output_to_dev_stdout_prints_the_body(tmp_path):
+    np.save(tmp_path / "a.npy", np.ones(3, np.float32))
+    res = subprocess.run([*python_command(), "-m", "flashparity", "compare", "a.npy", "a.npy", "--json", "--quiet",
+                          "-o", "/dev/stdout"], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    bodies = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(bodies) == 2 and bodies[0] == bodies[1] and bodies[0]["ok"] is True
+
+
+def test_a_directory_is_refused(tmp_path):
+    with pytest.raises(IsADirectoryError):
+        write_atomically(str(tmp_path), lambda fh: fh.write(b"x"))
+
+
+# ---- 3. a comparison that compared nothing is no match ---------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["integers", "shapes"])
+def test_nothing_compared_reports_nan_and_fails_every_gate(kind, tmp_path, capsys):
+    if kind == "integers":  # (of two dtypes: not comparable)
+        np.save(tmp_path / "a.npy", np.arange(4, dtype=np.int32))
+        np.save(tmp_path / "b.npy", np.arange(4, dtype=np.int16))
+    else:
+        np.save(tmp_path / "a.npy", np.zeros((2, 3), np.float32))
+        np.save(tmp_path / "b.npy", np.zeros((3, 2), np.float32))
+    code, out, _ = run_cli(["compare", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--json"], capsys)
+    body = json.loads(out)
+    assert code == 1 and math.isnan(body["max_abs_diff"]) and math.isnan(body["cosine_sim"]) and not body["ok"]
+    assert not classify.classify_parity_numerics(body).ok
+    (tmp_path / "body.json").write_text(out)
+    code, _, _ = run_cli(["classify", "--parity-file", str(tmp_path / "body.json")], capsys)
+    assert code == 1
+
+
+def test_empty_tensors_did_compare(tmp_path, capsys):
+    np.save(tmp_path / "a.npy", np.zeros((0, 3), np.float32))
+    code, out, _ = run_cli(["compare", str(tmp_path / "a.npy"), str(tmp_path / "a.npy"), "--json"], capsys)
+    body = json.loads(out)
+    assert code == 0 and body["max_abs_diff"] == 0.0 and body["cosine_sim"] == 1.0
+
+
+# ---- 4. torch's negative and conjugate bits, requires_grad -----------------------------------------
+
+
+def test_torch_negative_bit_views_are_read_with_their_sign():
+    torch = pytest.importorskip("torch")
+    c = torch.tensor([1 + 2j, 3 + 4j, 5 + 6j], dtype=torch.complex64)
+    x = c.conj().imag
+    assert x.is_neg()
+    assert fp.parity(x, -c.imag).max_abs_diff == 0.0
+    assert fp.parity(x, c.imag.clone()).max_abs_diff == 12.0  # (torch.isclose: 3 mismatches too)
+    assert fp.parity(x, c.imag.clone()).mismatches == 3
+
+
+def test_tensors_that_require_grad_are_read():
+    torch = pytest.importorskip("torch")
+    w = torch.randn(5, 7, requires_grad=True)
+    y = w * 2
+    stats = fp.assert_parity(y, (w * 2).detach(), atol=0, rtol=0)
+    assert stats.max_abs_diff == 0.0
+
+
+# ---- 5. streams and devices as inputs --------------------------------------------------------------
+
+
+def test_a_fifo_input_is_refused_not_waited_on(tmp_path):
+    np.save(tmp_path / "a.npy", np.ones(3, np.float32))
+    os.mkfifo(tmp_path / "f.npy")
+    res = subprocess.run([*python_command(), "-m", "flashparity", "compare", "f.npy", "a.npy", "--json"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "is a FIFO, not a regular file" in json.loads(res.stdout)["error"]
+    # a FIFO standing for a checkpoint index inside a directory
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    np.save(d / "w.npy", np.ones(3, np.float32))
+    os.mkfifo(d / "model.safetensors.index.json")
+    res = subprocess.run([*python_command(), "-m", "flashparity", "compare", "ckpt", "ckpt", "--json"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert res.returncode == 1 and "is a FIFO, not a regular file" in json.loads(res.stdout)["error"]
+
+
+# ---- 6. one line, not a traceback -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("header,needle", [
+    (b'{"x": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deeply"),
+    (b'{"x": {"dtype": "F32", "shape": [' + b"9" * 5000 + b'], "data_offsets": [0, 0]}}', "not valid JSON"),
+    (b'{"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
+     b'"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}', "the key 'x' appears twice"),
+    (b'{"x": {"dtype": "F32", "shape": [NaN], "data_offsets": [0, 4]}}', "NaN is not a JSON number"),
+])
+def test_malformed_safetensors_headers_are_bad_files(header, needle, tmp_path, capsys):
+    raw_safetensors(tmp_path / "a.safetensors", header, b"\0" * 4)
+    code, out, err = run_cli(["compare", str(tmp_path / "a.safetensors"), str(tmp_path / "a.safetensors"), "--json"],
+                             capsys)
+    one_line_error(code, out, err, 1, needle)
+    assert json.loads(out)["error"].startswith("bad-file: ")
+
+
+def test_holes_and_trailing_bytes_in_safetensors_data_are_refused(tmp_path, capsys):
+    def entry(lo, hi):
+        return {"dtype": "F32", "shape": [(hi - lo) // 4], "data_offsets": [lo, hi]}
+
+    for header, data, needle in (
+        ({"x": entry(0, 4), "y": entry(8, 12)}, 12, "4 bytes between tensors 'x' and 'y' belong to no tensor"),
+        ({"x": entry(0, 4)}, 8, "cover bytes 0..4 of the data, not all 8"),
+        ({"x": entry(4, 8)}, 8, "cover bytes 4..8"),
+    ):
+        raw_safetensors(tmp_path / "a.safetensors", json.dumps(header).encode(), b"\0" * data)
+        code, out, err = run_cli(["compare", str(tmp_path / "a.safetensors"), str(tmp_path / "a.safetensors"),
+                                  "--json"], capsys)
+        one_line_error(code, out, err, 1, needle)
+
+
+def test_classify_of_a_huge_integer_is_a_usage_error(tmp_path, capsys):
+    (tmp_path / "big.json").write_text('{"max_abs_diff": ' + "9" * 5000 + ', "cosine_sim": 1}')
+    code, out, err = run_cli(["classify", "parity", str(tmp_path / "big.json")], capsys)
+    one_line_error(code, out, err, 2, "is not valid JSON")
+    assert out == "" and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--num-heads", "8", "--num-kv-heads", "3"], "num_heads (8) must be a multiple of num_kv_heads (3)"),
+    (["--window", "5", "-3"], "window must be two integers >= -1"),
+    (["--varlen", "0,0"], "varlen must hold at least one query"),
+])
+def test_kernel_parity_bad_cases_are_usage_errors(argv, needle, capsys):
+    code, out, err = run_cli(["kernel", "parity", *argv], capsys)
+    one_line_error(code, out, err, 2, needle)
+    assert out == "" and err.count("\n") == 1
+
+
+def test_too_large_a_case_is_one_line(capsys, monkeypatch):
+    kp = importlib.import_module("flashparity.kernel_parity")  # (fp.kernel_parity is the function)
+
+    def no_memory(case):
+        raise MemoryError  # (what NumPy raises for --seq-len 3000000000, without allocating here)
+
+    monkeypatch.setattr(kp, "make_inputs", no_memory)
+    code, out, err = run_cli(["kernel", "parity", "--seq-len", "3000000000"], capsys)
+    one_line_error(code, out, err, 2, "out of memory")
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"FLASHPARITY_NUM_THREADS": "0"}, "FLASHPARITY_NUM_THREADS must be an integer from 1 to 4096, got '0'"),
+    ({"FLASHPARITY_SIMD": "bogus"}, "FLASHPARITY_SIMD must be"),
+])
+def test_bad_environment_settings_are_usage_errors(env, needle, tmp_path):
+    np.save(tmp_path / "a.npy", np.ones(3, np.float32))
+    for argv in (["compare", "a.npy", "a.npy"], ["kernel", "parity", "--seq-len", "8"]):
+        res = subprocess.run([*python_command(), "-m", "flashparity", *argv], capture_output=True, text=True,
+                             cwd=tmp_path, env={**os.environ, **env})
+        assert res.returncode == 2 and res.stdout == "" and "Traceback" not in res.stderr, res.stderr
+        assert needle in res.stderr and res.stderr.count("\n") == 1
+
+
+# ---- 7. terminal escapes from untrusted names -------------------------------------------------------
+
+EVIL = "x\x1b[2K\rcheck: PASS (Ok)\x1b[8m"
+
+
+def test_names_from_files_cannot_drive_the_terminal(tmp_path, capsys):
+    from test_compare import write_safetensors
+
+    write_safetensors(tmp_path / "a.safetensors", {EVIL: np.ones(3, np.float32), "only\na": np.ones(1, np.float32)})
+    write_safetensors(tmp_path / "b.safetensors", {EVIL: np.zeros(3, np.float32)})
+    code, out, err = run_cli(["compare", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")], capsys)
+    assert code == 1
+    assert "\x1b" not in out + err and "\r" not in out + err
+    assert "\\x1b[2K\\rcheck: PASS (Ok)" in out  # (shown, inert)
+    assert not any(line.startswith("check: PASS") for line in out.splitlines())
+    assert "only\\na" in out and "\nonly\n" not in out
+    code, out, _ = run_cli(["compare", str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"), "--json"],
+                           capsys)
+    assert {r["name"] for r in json.loads(out)["tensors"]} == {EVIL}  # (the JSON stays exact)
+
+
+def test_printable():
+    assert printable("layers.0.attn ünïcode") == "layers.0.attn ünïcode"
+    assert printable("a\x1bb\rc\nd\u202ee") == "a\\x1bb\\rc\\nd\\u202ee"
+
+
+# ---- 8. smaller defects ------------------------------------------------------------------------------
+
+
+def make_dump(path, tensors: dict):
+    """A dump directory as fp.dump writes it (manifest + a safetensors shard), without torch."""
+    from test_compare import write_safetensors
+
+    path.mkdir()
+    write_safetensors(path / "dump-00000.safetensors", tensors)
+    entries = [{"key": k, "name": k.split("#")[0], "call": 0, "path": "", "shape": list(v.shape),
+                "dtype": v.dtype.name, "device": "cpu", "file": "dump-00000.safetensors"} for k, v in tensors.items()]
+    (path / "flashparity-dump.json").write_text(json.dumps({"format": "flashparity-dump", "version": 1,
+                                                            "torch": "-", "device": ["cpu"], "entries": entries}))
+
+
+def test_a_closed_pipe_is_not_an_error_for_dumps_either(tmp_path, capsys, monkeypatch):
+    make_dump(tmp_path / "d", {"embed#0": np.ones(4, np.float32)})
+
+    class Closed:
+        def write(self, _text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr("sys.stdout", Closed())
+    assert main(["compare", str(tmp_path / "d"), str(tmp_path / "d"), "--quiet"]) == 0
+    np.save(tmp_path / "a.npy", np.ones(3, np.float32))
+    assert main(["compare", str(tmp_path / "a.npy"), str(tmp_path / "a.npy"), "--quiet"]) == 0
