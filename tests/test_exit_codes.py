@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import subprocess
 import textwrap
 
@@ -196,9 +197,15 @@ def test_tensors_that_are_not_floats_compare_exactly(dtype, tmp_path, capsys, mo
 
     monkeypatch.setattr(files, "CHUNK_BYTES", 64)  # (many chunks)
     rng = np.random.default_rng(5)
-    x = (rng.standard_normal(1001) * 50).astype(dtype)
+    if dtype is np.complex64:
+        x = (rng.standard_normal(1001) + 1j * rng.standard_normal(1001)).astype(dtype)
+    elif dtype is np.bool_:
+        x = rng.integers(0, 2, 1001).astype(bool)
+    else:
+        info = np.iinfo(dtype)
+        x = rng.integers(info.min, info.max, 1001, dtype=dtype, endpoint=True)
     y = x.copy()
-    y[[3, 700]] = y[[4, 701]] if dtype is not np.bool_ else ~y[[3, 700]]
+    y[[3, 700]] = ~y[[3, 700]] if dtype is np.bool_ else x[[3, 700]] + np.ones(2, dtype)
     assert (x != y).sum() == 2
     for kind in ("npy", "npz", "safetensors") if dtype in (np.int64, np.int8, np.uint16) else ("npy", "npz"):
         d = tmp_path / kind
@@ -213,7 +220,9 @@ def test_tensors_that_are_not_floats_compare_exactly(dtype, tmp_path, capsys, mo
         body = json.loads(out)
         row = next(r for r in body["tensors"] if r["numel"] == 1001)
         assert code == 1 and row["mismatches"] == 2 and not row["ok"]
-        want = np.max(np.abs(x.astype(np.complex128) - y.astype(np.complex128)))
+        want = max(abs(complex(p) - complex(q)) for p, q in zip(x[[3, 700]], y[[3, 700]]))
+        if dtype is not np.complex64:  # (exact, as Python integers, the wrap of +1 included)
+            want = max(abs(int(p) - int(q)) for p, q in zip(x[[3, 700]], y[[3, 700]]))
         assert row["max_abs_diff"] == body["max_abs_diff"] == float(want) > 0  # (no gate reads it as a match)
         code, out, _ = run_cli(["compare", pa, pb, "--max-mismatch-ratio", "0.002", "--quiet"], capsys)
         assert code == 0 and "(exact)" in out
@@ -407,3 +416,26 @@ def test_min_cosine_is_validated_alike_everywhere(tmp_path):
         return
     with pytest.raises(ValueError, match="min_cosine must be a number from -1 to 1, got nan"):
         fp.compare_modules(object(), object(), min_cosine=float("nan"))
+
+
+def test_exact_rows_are_exact_and_fail_closed(tmp_path, capsys):
+    def compare(x, y):
+        np.save(tmp_path / "x.npy", x)
+        np.save(tmp_path / "y.npy", y)
+        code, out, _ = run_cli(["compare", str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), "--json"], capsys)
+        body = json.loads(out)
+        return code, body["tensors"][0], body
+
+    # integers past 2^53: the gap is exact before it becomes a float, never 0
+    code, row, body = compare(np.array([2**62 + 1, -2**63], np.int64), np.array([2**62, 2**63 - 1], np.int64))
+    assert code == 1 and row["mismatches"] == 2 and row["max_abs_diff"] == float(2**64 - 1)
+    # the other byte order compares by value
+    code, row, _ = compare(np.arange(5, dtype=">i4"), np.arange(5, dtype="<i4"))
+    assert code == 0 and row["exact"] and row["mismatches"] == 0
+    # bool bytes other than 0 and 1: the file's bytes differ
+    code, row, _ = compare(np.array([1, 1], np.uint8).view(bool), np.array([1, 2], np.uint8).view(bool))
+    assert code == 1 and row["mismatches"] == 1 and row["max_abs_diff"] == 1.0
+    # complex: by value (+0 equals -0), a NaN never equal and its gap NaN, so no gate passes it
+    code, row, body = compare(np.array([0j, complex(np.nan, 0)], np.complex64),
+                              np.array([complex(-0.0, 0), complex(np.nan, 0)], np.complex64))
+    assert code == 1 and row["mismatches"] == 1 and math.isnan(body["max_abs_diff"])

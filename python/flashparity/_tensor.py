@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import operator
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -226,12 +227,22 @@ def host_values(obj: Any, name: str, dtype: str) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _plain_torch(obj: Any) -> Any:
+def _plain_torch(obj: Any, name: str, writable: bool) -> Any:
     """A torch tensor as the values it shows. torch's DLPack and CUDA array interface export the
     memory and drop the lazy negative and conjugate bits (``x.conj().imag`` is a view whose memory
     holds +imag), so such a tensor is resolved first (a copy: the values it shows exist nowhere
-    else); one that requires grad is detached (a view: nothing is copied)."""
-    if not type(obj).__module__.startswith("torch") or not hasattr(obj, "is_neg"):
+    else); one that requires grad is detached (a view: nothing is copied). A tensor to be written
+    (`writable`: an ``out=``) is refused instead: a copy would take the output, not the tensor."""
+    torch = sys.modules.get("torch")  # (not imported: obj is no torch tensor)
+    if torch is None or not isinstance(obj, torch.Tensor):
+        return obj
+    if writable:
+        for flag, what in (("is_neg", "the negative bit"), ("is_conj", "the conjugate bit"),
+                           ("requires_grad", "requires_grad")):
+            value = getattr(obj, flag)
+            if value() if callable(value) else value:
+                raise ValueError(f"{name} has {what} set: outputs are written in place, so pass a tensor "
+                                 "without it (a fresh torch.empty_like, or under torch.no_grad())")
         return obj
     if obj.requires_grad:
         obj = obj.detach()
@@ -242,12 +253,13 @@ def _plain_torch(obj: Any) -> Any:
     return obj
 
 
-def as_view(obj: Any, name: str, stream: int = LEGACY_DEFAULT_STREAM) -> TensorView:
+def as_view(obj: Any, name: str, stream: int = LEGACY_DEFAULT_STREAM, writable: bool = False) -> TensorView:
     """A zero-copy TensorView of `obj` (see the module docstring for what is accepted). `stream`:
-    the CUDA stream the consuming kernel runs on, passed to a CUDA tensor's ``__dlpack__``."""
+    the CUDA stream the consuming kernel runs on, passed to a CUDA tensor's ``__dlpack__``;
+    `writable`: the view will be written (torch tensors with lazy bits are refused, not resolved)."""
     if isinstance(obj, np.ndarray):
         return _from_numpy(obj, name)
-    obj = _plain_torch(obj)
+    obj = _plain_torch(obj, name, writable)
     try:
         cai = obj.__cuda_array_interface__
     except AttributeError:
@@ -261,8 +273,8 @@ def as_view(obj: Any, name: str, stream: int = LEGACY_DEFAULT_STREAM) -> TensorV
     # asked for the kernel's stream, does)
     if has_dlpack:
         return _from_dlpack(obj, name, stream)
-    if isinstance(obj, (bool, int, float, complex, np.generic)) and not isinstance(obj, np.floating):
-        raise _unsupported(name, np.asarray(obj).dtype)
+    if isinstance(obj, (bool, int, complex, np.generic)) and not isinstance(obj, np.floating):
+        raise _unsupported(name, np.asarray(obj).dtype)  # (a Python float is a 0-d float64 array below)
     try:
         arr = np.asarray(obj)
     except Exception as exc:

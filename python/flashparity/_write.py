@@ -7,19 +7,49 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
+import sys
 import tempfile
 from typing import BinaryIO, Callable
 
-# Paths that name a process's open files rather than files: /dev/stdout is a link to
-# /proc/self/fd/1, which may lead to a pipe, a terminal or a file the shell opened (and is writing
-# to); written in place, never replaced.
-_STREAM_PATHS = ("/dev/stdout", "/dev/stderr", "/dev/fd/", "/proc/")
+# Paths that name this process's open files rather than files: /dev/stdout is a link to
+# /proc/self/fd/1, which may lead to a pipe, a terminal or a file the shell opened and writes to.
+_FD_PATH = re.compile(r"^/(?:dev/fd|proc/self/fd|proc/(\d+)/fd)/(\d+)$")
+_STD_PATHS = {"/dev/stdout": 1, "/dev/stderr": 2}
 
 
-def _names_a_stream(path: str) -> bool:
+def _open_descriptor(path: str, st: os.stat_result | None) -> int | None:
+    """The descriptor of this process that `path` stands for (/dev/stdout, /dev/fd/N, a link to one,
+    or the very file open as stdout or stderr), duplicated; None if it is no open descriptor."""
     p = os.path.abspath(path)
-    return p.startswith(_STREAM_PATHS) or p in ("/dev/stdout", "/dev/stderr")
+    m = _FD_PATH.match(p)
+    fd = int(m.group(2)) if m and m.group(1) in (None, str(os.getpid())) else _STD_PATHS.get(p)
+    if fd is None and st is not None:
+        for std in (1, 2):
+            with contextlib.suppress(OSError):
+                own = os.fstat(std)
+                if (own.st_dev, own.st_ino) == (st.st_dev, st.st_ino):
+                    fd = std
+                    break
+    if fd is None:
+        return None
+    for stream in (sys.stdout, sys.stderr):  # (what Python buffered for it goes first)
+        with contextlib.suppress(Exception):
+            if stream is not None and stream.fileno() == fd:
+                stream.flush()
+    return os.dup(fd)
+
+
+class _Stream:
+    """A file object with nothing but write(): NumPy's np.save then streams through it in chunks
+    instead of asking a pipe or terminal for a file position it does not have."""
+
+    def __init__(self, fh: BinaryIO):
+        self._fh = fh
+
+    def write(self, data: bytes) -> int:
+        return self._fh.write(data)
 
 
 def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
@@ -29,9 +59,14 @@ def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
       renamed over it once complete: an error or an interrupt (Ctrl-C included) leaves the previous
       file, or none, never half a file. An existing file keeps its permission bits (and, where this
       process may set them, its owner and group); a new one gets what a plain open() would give it.
-    * A symbolic link is followed: its target is the file written (and the link stays a link).
-    * Anything else (a device such as /dev/null, a FIFO, a terminal, /dev/stdout or /dev/fd/N) is
-      opened and written in place, appending, as `>>` would: it is never replaced.
+    * A symbolic link is followed: its target is the file written (and the link stays a link). A
+      file with other hard links is replaced under this name only (the rename splits it from them).
+    * This process's own output (/dev/stdout, /dev/stderr, /dev/fd/N, or the file that stdout or
+      stderr is) is written through that descriptor, after what Python buffered for it: shell
+      redirections keep their order and offset.
+    * Anything else (a device such as /dev/null, a FIFO, a terminal) is opened and written in place,
+      appending, as `>>` would: it is never replaced.
+    `write` gets an object with `write()`; for anything but a regular file, nothing more (no seek).
     """
     try:
         st = os.stat(path)  # (follows links)
@@ -39,12 +74,14 @@ def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
         st = None
     except NotADirectoryError:
         st = None  # (open() below says what is wrong)
-    if (st is not None and not stat.S_ISREG(st.st_mode)) or _names_a_stream(path):
-        if st is not None and stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(21, "Is a directory", path)
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(21, "Is a directory", path)
+    fd = _open_descriptor(path, st)
+    if fd is None and st is not None and not stat.S_ISREG(st.st_mode):
         fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    if fd is not None:
         with os.fdopen(fd, "wb") as fh:
-            write(fh)
+            write(_Stream(fh))  # type: ignore[arg-type]
         return
     target = os.path.realpath(path)  # a link's target (a dangling link: the file it names)
     directory = os.path.dirname(target)
@@ -56,9 +93,13 @@ def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> None:
             os.fsync(fh.fileno())
         if st is not None:
             os.chmod(tmp, stat.S_IMODE(st.st_mode))
-            if (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
+            new = os.stat(tmp)
+            if new.st_uid != st.st_uid:
                 with contextlib.suppress(OSError):  # (only root may give a file away)
-                    os.chown(tmp, st.st_uid, st.st_gid)
+                    os.chown(tmp, st.st_uid, -1)
+            if new.st_gid != st.st_gid:
+                with contextlib.suppress(OSError):  # (an owner may pass it to a group of theirs)
+                    os.chown(tmp, -1, st.st_gid)
         else:
             umask = os.umask(0)
             os.umask(umask)

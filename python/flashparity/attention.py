@@ -181,6 +181,9 @@ def _check_options(impl: str, causal: Any, window: Any, softcap: Any) -> tuple[i
     left, right = (_check_int("window[0]", window[0]), _check_int("window[1]", window[1]))
     if left < -1 or right < -1:
         raise ValueError(f"window bounds must be >= -1 (-1: unbounded), got {tuple(window)!r}")
+    # A bound past every sequence length is no bound: held at 2^62 it means the same to the kernels and
+    # fits their int64 index arithmetic with room to spare (2^63 would not even cross the binding).
+    left, right = min(left, 1 << 62), min(right, 1 << 62)
     if causal:
         right = 0 if right < 0 else min(right, 0)
     if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real) or not math.isfinite(softcap) or softcap < 0:
@@ -207,7 +210,7 @@ def _check_heads(impl: str, heads_q: int, heads_kv: int, head_dim: int, softmax_
 
 
 def _out_view(out: Any, vq: TensorView, inputs: tuple[TensorView, TensorView], stream: int) -> TensorView:
-    vout = as_view(out, "out", stream)
+    vout = as_view(out, "out", stream, writable=True)
     if vout.device != vq.device:
         raise ValueError(f"out must live on q's device ({vq.device}), got {vout.device}")
     want = _out_dtype(vq.dtype)

@@ -549,6 +549,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot read {exc.filename!r}: {exc.strerror or exc}") from None
     except BadFile as exc:
         return _reject(args, Rejected("bad-file", str(exc)))
+    except ValueError as exc:  # (what A and B are does not fit together: a .npy file against a directory)
+        raise UsageError(str(exc)) from None
     finally:
         progress.close()
     code = _gate(args, body)

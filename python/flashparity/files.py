@@ -247,6 +247,7 @@ def _npy_header(fh, label: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
 
 def _npy_layout(path: str, void2: bool) -> tuple[tuple[int, ...], bool, np.dtype, int]:
     """(shape, fortran_order, dtype, data offset) of a .npy file, its size checked against the header."""
+    _regular(path)
     with open(path, "rb") as fh:
         shape, fortran, descr, offset = _npy_header(fh, repr(path))
     dtype = _element_dtype(descr, repr(path), void2)
@@ -808,6 +809,12 @@ def compare_files(path_a: str, path_b: str, *, atol: float = 0.0, rtol: float = 
 
     ta = open_side(path_a, void2_as_bfloat16=void2_as_bfloat16)
     tb = open_side(path_b, void2_as_bfloat16=void2_as_bfloat16)
+    if os.path.isdir(path_a) != os.path.isdir(path_b):
+        (file, tensors), folder = ((path_a, ta), path_b) if os.path.isdir(path_b) else ((path_b, tb), path_a)
+        if any(t.name == "" for t in tensors):
+            raise ValueError(f"{file!r} is a .npy file and {folder!r} a directory: a .npy file's one tensor has no "
+                             "name to match by; compare it with a file of the directory, or a directory with a "
+                             "directory")
     pairs, only_a, only_b = _match(ta, tb, by_name=os.path.isdir(path_a) or os.path.isdir(path_b))
     rows: list[dict] = []
     exact: list[tuple[int, TensorSource, TensorSource]] = []  # (row, a, b) of non-float pairs
@@ -817,8 +824,8 @@ def compare_files(path_a: str, path_b: str, *, atol: float = 0.0, rtol: float = 
         row: dict = {"name": name, "shape": list(a.shape), "dtypes": [a.dtype.name, b.dtype.name]}
         if a.shape != b.shape:
             row["error"] = f"shape-mismatch: {a.shape} vs {b.shape}"
-        elif (a.dtype.name not in COMPARABLE or b.dtype.name not in COMPARABLE) and a.dtype == b.dtype \
-                and a.dtype.kind in "biuc":
+        elif (a.dtype.name not in COMPARABLE or b.dtype.name not in COMPARABLE) \
+                and _native(a.dtype) == _native(b.dtype) and a.dtype.kind in "biuc":
             exact.append((len(rows), a, b))  # integers, bools, ...: element for element, after the floats
         elif a.dtype.name not in COMPARABLE or b.dtype.name not in COMPARABLE:
             hint = " (1-byte void elements: an FP8 .npy file is not read)" if "void8" in (a.dtype.name, b.dtype.name) \
@@ -913,37 +920,51 @@ def compare_files(path_a: str, path_b: str, *, atol: float = 0.0, rtol: float = 
     }
 
 
+def _native(dtype: np.dtype) -> np.dtype:
+    return dtype.newbyteorder("=")
+
+
 def _unequal_elements(a: TensorSource, b: TensorSource) -> tuple[int, float]:
-    """How many elements of two tensors of one bool, integer or complex dtype differ, bit for bit,
-    and the greatest |a - b| (in float64, or complex128: exact below 2^53). Read in C order in chunks,
-    in this process: such tensors of a checkpoint are small beside its weights."""
-    n, itemsize = a.numel, a.dtype.itemsize
+    """How many elements of two tensors of one bool, integer or complex dtype differ, and the greatest
+    |a - b|. Integers and bools: by value, which is their bits (the gap exact, as an integer, before it
+    becomes a float); complex numbers as floats are, a NaN never equal (so a NaN gap: no gate passes
+    it). Either byte order. Read in C order in chunks, in this process: such tensors of a checkpoint
+    are small beside its weights."""
+    n = a.numel
     if n == 0:
         return 0, 0.0
-    wide = np.complex128 if a.dtype.kind == "c" else np.float64
-    worst = 0.0
-    step = max(1, CHUNK_BYTES // itemsize)
+    kind = a.dtype.kind
+    step = max(1, CHUNK_BYTES // a.dtype.itemsize)
     buf_a, buf_b = np.empty(min(step, n), a.dtype), np.empty(min(step, n), b.dtype)
     ra, rb = a.open(), b.open()
-    unequal = 0
+    unequal, worst = 0, 0
     try:
         for start in range(0, n, step):
             k = min(step, n - start)
             ra.read_into(start, buf_a[:k])
             rb.read_into(start, buf_b[:k])
-            bytes_a = buf_a[:k].view(np.uint8).reshape(k, itemsize)
-            bytes_b = buf_b[:k].view(np.uint8).reshape(k, itemsize)
-            differ = (bytes_a != bytes_b).any(axis=1)
+            xa, xb = (x[:k].astype(_native(x.dtype), copy=False) for x in (buf_a, buf_b))
+            if kind == "b":  # (any nonzero byte is True; the bytes are compared, as the file holds them)
+                xa, xb = xa.view(np.uint8), xb.view(np.uint8)
+            differ = xa != xb  # (complex: NaN != NaN, as for floats)
             count = int(np.count_nonzero(differ))
-            if count:
-                unequal += count
-                with np.errstate(invalid="ignore"):  # (NaN in a complex element: the gap is NaN)
-                    gap = float(np.max(np.abs(buf_a[:k][differ].astype(wide) - buf_b[:k][differ].astype(wide))))
-                worst = math.nan if math.isnan(gap) or math.isnan(worst) else max(worst, gap)
+            if not count:
+                continue
+            unequal += count
+            da, db = xa[differ], xb[differ]
+            if kind == "c":
+                with np.errstate(invalid="ignore", over="ignore"):
+                    gap = float(np.max(np.abs(da.astype(np.complex128) - db.astype(np.complex128))))
+                worst = math.nan if math.isnan(gap) or worst != worst else max(worst, gap)
+            else:  # max - min in the unsigned type of the same width: exact (no wrap past 2^w - 1)
+                unsigned = np.dtype(f"u{xa.dtype.itemsize}")
+                hi, lo = np.maximum(da, db).view(unsigned), np.minimum(da, db).view(unsigned)
+                gap_int = int(np.max(hi - lo))
+                worst = worst if worst != worst else max(worst, gap_int)
     finally:
         ra.close()
         rb.close()
-    return unequal, worst
+    return unequal, float(worst)
 
 
 def check_mismatch_ratio(value: Any) -> float:

@@ -218,7 +218,10 @@ class _Judge:
                     return ModuleEntry(name, call, path, order, None, False, "dtypes",
                                        f"unsupported-dtype: {da} vs {db} (a tensor that is not a float is "
                                        "compared only with its own dtype)")
-                return self.exact(name, call, path, order, a.numel(), int((a.detach() != b.detach()).sum()))
+                if a.is_floating_point():  # (FP8 and other floats with no tolerances of their own)
+                    return ModuleEntry(name, call, path, order, None, True, "not compared",
+                                       f"no default tolerances for {da}")
+                return self.exact(name, call, path, order, a.numel(), _unequal(a.detach(), b.detach()))
             if a.numel() == 0:
                 return ModuleEntry(name, call, path, order, None, True, "empty")
             atol, rtol = self.tolerances(da, db)
@@ -246,6 +249,20 @@ class _Judge:
             ok = ok and stats.cosine_sim >= self.min_cosine
             rule += f", cosine >= {self.min_cosine:g}"
         return ModuleEntry(name, call, path, order, stats, bool(ok), rule)
+
+
+def _unequal(a: Any, b: Any) -> int:
+    """Elements of two tensors of one bool, integer or complex dtype that differ: integers and bools
+    by their bytes (as a file comparison counts them), complex numbers by value (a NaN never equal)."""
+    if a.numel() == 0:
+        return 0
+    if a.is_complex():
+        return int((a != b).sum())
+    import torch
+
+    ua = a.contiguous().reshape(-1).view(torch.uint8).reshape(a.numel(), -1)
+    ub = b.to(a.device).contiguous().reshape(-1).view(torch.uint8).reshape(b.numel(), -1)
+    return int((ua != ub).any(dim=1).sum())
 
 
 def _gold_error(x: Any, gold: Any) -> float:
@@ -344,6 +361,13 @@ class _Rendezvous:
         if not all(self.finished[i] or self._stuck(i) for i in others):
             return False
         return all(self.finished[i] or self.since[i] > self.since[side] for i in others)
+
+    def abort(self, error: BaseException) -> None:
+        """The caller stopped (Ctrl-C): every run raises at its next module output, waiters wake."""
+        with self.cv:
+            if self.failed is None:
+                self.failed = error
+            self.cv.notify_all()
 
     def finish(self, side: int, error: BaseException | None = None) -> None:
         with self.cv:
@@ -502,12 +526,20 @@ def compare_modules(model_a: Any, model_b: Any, *args: Any, atol: float | None =
             _RUN.side = None
             rv.finish(side, err)
 
-    threads = [threading.Thread(target=run, args=(i,), name=f"flashparity-run-{i}") for i in range(len(models))]
+    # (daemon threads: a run stuck where no hook fires cannot keep the interpreter from exiting)
+    threads = [threading.Thread(target=run, args=(i,), name=f"flashparity-run-{i}", daemon=True)
+               for i in range(len(models))]
     try:
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        try:
+            for t in threads:
+                t.join()
+        except BaseException as exc:  # Ctrl-C here: every run stops at its next module, not at its end
+            rv.abort(exc)
+            for t in threads:
+                t.join()
+            raise
     finally:
         for h in handles:
             h.remove()
@@ -647,13 +679,12 @@ def is_dump(path: str) -> bool:
 
 
 def _manifest(path: str) -> dict:
-    from .files import BadFile
+    from .files import BadFile, _regular, strict_json
 
-    with open(os.path.join(path, DUMP_MANIFEST), "rb") as fh:
-        try:
-            doc = json.loads(fh.read().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadFile(f"{path!r}: {DUMP_MANIFEST} is not valid JSON: {exc}") from None
+    manifest = os.path.join(path, DUMP_MANIFEST)
+    _regular(manifest)
+    with open(manifest, "rb") as fh:
+        doc = strict_json(fh.read(), f"{path!r}: {DUMP_MANIFEST}")
     if not isinstance(doc, dict) or doc.get("format") != "flashparity-dump" or not isinstance(doc.get("entries"), list):
         raise BadFile(f"{path!r}: {DUMP_MANIFEST} is not a flashparity dump manifest")
     for e in doc["entries"]:
