@@ -65,17 +65,24 @@ def test_a_symlink_is_followed_and_stays_a_link(tmp_path):
     assert dangling.is_symlink() and (tmp_path / "real" / "made.json").read_text() == "made\n"
 
 
-def test_a_fifo_is_written_into_not_replaced(tmp_path):
-    fifo = tmp_path / "pipe"
-    os.mkfifo(fifo)
-    got = []
+def fifo_with_reader(path):
+    """A FIFO at `path` and a thread reading it to the end into the returned list (a daemon: a
+    regression that never opens the FIFO cannot hang the session)."""
+    os.mkfifo(path)
+    got: list[bytes] = []
 
     def read():
-        with open(fifo, "rb") as fh:
+        with open(path, "rb") as fh:
             got.append(fh.read())
 
-    reader = threading.Thread(target=read, daemon=True)  # (a regression cannot hang the session)
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    return reader, got
+
+
+def test_a_fifo_is_written_into_not_replaced(tmp_path):
+    fifo = tmp_path / "pipe"
+    reader, got = fifo_with_reader(fifo)
     write_atomically(str(fifo), lambda fh: fh.write(b"through the pipe\n"))
     reader.join(timeout=30)
     assert got == [b"through the pipe\n"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
@@ -104,15 +111,7 @@ def test_output_to_dev_stdout_prints_the_body(tmp_path):
 
 def test_run_out_streams_into_a_fifo(tmp_path):
     fifo = tmp_path / "out.npy"
-    os.mkfifo(fifo)
-    got = []
-
-    def read():
-        with open(fifo, "rb") as fh:
-            got.append(fh.read())
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
+    reader, got = fifo_with_reader(fifo)
     res = subprocess.run([*python_command(), "-m", "flashparity", "run", "--seq-len", "8", "--num-heads", "2",
                           "--num-kv-heads", "2", "--head-dim", "16", "--out", str(fifo)],
                          capture_output=True, text=True, timeout=120)
