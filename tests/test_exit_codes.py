@@ -427,6 +427,8 @@ def test_exact_rows_are_exact_and_fail_closed(tmp_path, capsys):
         return code, body["tensors"][0], body
 
     # integers past 2^53: the gap is exact before it becomes a float, never 0
+    code, row, body = compare(np.array([2**62 + 1], np.int64), np.array([2**62], np.int64))
+    assert code == 1 and row["mismatches"] == 1 and row["max_abs_diff"] == 1.0  # (float64 would say 0)
     code, row, body = compare(np.array([2**62 + 1, -2**63], np.int64), np.array([2**62, 2**63 - 1], np.int64))
     assert code == 1 and row["mismatches"] == 2 and row["max_abs_diff"] == float(2**64 - 1)
     # the other byte order compares by value

@@ -395,11 +395,17 @@ def test_ctrl_c_stops_both_runs_of_compare_modules_at_their_next_module():
 
     main_thread = threading.main_thread().ident  # (a terminal's Ctrl-C: SIGINT, which wakes a waiting join)
     timer = threading.Timer(0.5, signal.pthread_kill, (main_thread, signal.SIGINT))
-    timer.start()
-    t0 = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        fp.compare_modules(model(), model(), torch.zeros(3))
-    timer.join()
+    # (Python's own handler, whatever this process inherited: a shell starts background jobs with
+    # SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        timer.start()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            fp.compare_modules(model(), model(), torch.zeros(3))
+        timer.join()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - t0 < 5
     assert not [t for t in threading.enumerate() if t.name.startswith("flashparity-run-") and t.is_alive()]
 
@@ -436,3 +442,45 @@ def test_mismatches_agree_with_torch_isclose_on_special_values():
         atol, rtol = float(10.0 ** rng.integers(-6, 0)), float(10.0 ** rng.integers(-6, 0))
         want = int((~torch.isclose(a_t.double(), b_t.double(), rtol=rtol, atol=atol)).sum())
         assert fp.parity(a_t, b_t, atol=atol, rtol=rtol).mismatches == want, (ta, tb, a, b)
+
+
+def test_each_comparison_takes_its_hooks_away():
+    torch = pytest.importorskip("torch")
+
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.lin(x) * 2
+
+    a, b = Twice(), Twice()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 4)
+    for _ in range(2):  # (the hooks of the first comparison are gone, the second sees only its own runs)
+        rep = fp.compare_modules(a, b, x)
+        assert rep.ok and [e.key for e in rep.entries] == ["lin#0", "<model>#0"]
+    assert not a.lin._forward_hooks and not b.lin._forward_hooks
+
+
+def test_fp8_outputs_are_compared_when_tolerances_are_given():
+    torch = pytest.importorskip("torch")
+    if not hasattr(torch, "float8_e4m3fn"):
+        pytest.skip("torch has no float8_e4m3fn")
+
+    class ToFp8(torch.nn.Module):
+        def __init__(self, shift):
+            super().__init__()
+            self.shift = shift
+
+        def forward(self, x):
+            return (x + self.shift).to(torch.float8_e4m3fn)
+
+    x = torch.linspace(-2, 2, 16)
+    rep = fp.compare_modules(ToFp8(0.0), ToFp8(0.5), x)
+    assert rep.ok and rep.entries[0].rule == "not compared" and "give atol and rtol" in rep.entries[0].error
+    rep = fp.compare_modules(ToFp8(0.0), ToFp8(0.5), x, atol=0.1, rtol=0.0)
+    assert not rep.ok and rep.entries[0].stats.max_abs_diff >= 0.5
+    rep = fp.compare_modules(ToFp8(0.0), ToFp8(0.0), x, atol=0.0, rtol=0.0)
+    assert rep.ok and rep.entries[0].stats.max_abs_diff == 0.0

@@ -6,6 +6,7 @@ manifest) the way a careful shell redirection would, but never half a file
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import stat
@@ -15,30 +16,42 @@ from typing import BinaryIO, Callable
 
 # Paths that name this process's open files rather than files: /dev/stdout is a link to
 # /proc/self/fd/1, which may lead to a pipe, a terminal or a file the shell opened and writes to.
-_FD_PATH = re.compile(r"^/(?:dev/fd|proc/self/fd|proc/(\d+)/fd)/(\d+)$")
+_FD_PATH = re.compile(r"^/(?:dev/fd|proc/self/fd|proc/thread-self/fd|proc/(\d+)/fd|proc/\d+/task/\d+/fd)/(\d+)$")
 _STD_PATHS = {"/dev/stdout": 1, "/dev/stderr": 2}
 
 
 def _open_descriptor(path: str, st: os.stat_result | None) -> int | None:
-    """The descriptor of this process that `path` stands for (/dev/stdout, /dev/fd/N, a link to one,
-    or the very file open as stdout or stderr), duplicated; None if it is no open descriptor."""
+    """A descriptor to write `path` in place through, or None for a plain file: this process's own
+    descriptor when `path` stands for it (/dev/stdout, /dev/fd/N, /proc/self/fd/N, a link to one, or
+    the very file open as stdout or stderr), duplicated so that the shell's offset is shared; any
+    other descriptor path (another process's /proc/PID/fd/N, one of ours open read-only) opened for
+    appending, never replaced. Python's own buffers are flushed first, in the order written."""
     p = os.path.abspath(path)
     m = _FD_PATH.match(p)
-    fd = int(m.group(2)) if m and m.group(1) in (None, str(os.getpid())) else _STD_PATHS.get(p)
-    if fd is None and st is not None:
+    fd = _STD_PATHS.get(p)
+    if m is not None and (p.startswith(("/dev/fd/", "/proc/self/fd/")) or m.group(1) == str(os.getpid())):
+        fd = int(m.group(2))
+    if fd is None and st is not None and st.st_ino != 0:
         for std in (1, 2):
             with contextlib.suppress(OSError):
                 own = os.fstat(std)
                 if (own.st_dev, own.st_ino) == (st.st_dev, st.st_ino):
                     fd = std
                     break
-    if fd is None:
+    if fd is not None:
+        try:
+            writable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+        except OSError:
+            writable = False
+        if not writable:  # (not open here, or open for reading only: the path itself is opened below)
+            fd = None
+    if fd is None and m is None:
         return None
-    for stream in (sys.stdout, sys.stderr):  # (what Python buffered for it goes first)
+    for stream in (sys.stdout, sys.stderr):  # (whatever Python buffered goes out first)
         with contextlib.suppress(Exception):
-            if stream is not None and stream.fileno() == fd:
+            if stream is not None:
                 stream.flush()
-    return os.dup(fd)
+    return os.dup(fd) if fd is not None else os.open(path, os.O_WRONLY | os.O_APPEND)
 
 
 class _Stream:

@@ -521,7 +521,7 @@ def _importable_here(module: str | None) -> bool:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from ._parallel import WorkersFailed
-    from .files import BadFile, compare_files
+    from .files import BadFile, IncompatibleSides, compare_files
 
     progress = _Progress(enabled=not args.quiet and sys.stderr is not None and sys.stderr.isatty())
     try:
@@ -549,7 +549,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot read {exc.filename!r}: {exc.strerror or exc}") from None
     except BadFile as exc:
         return _reject(args, Rejected("bad-file", str(exc)))
-    except ValueError as exc:  # (what A and B are does not fit together: a .npy file against a directory)
+    except IncompatibleSides as exc:  # (what A and B are does not fit together: a .npy file against a directory)
         raise UsageError(str(exc)) from None
     finally:
         progress.close()

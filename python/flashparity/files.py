@@ -45,6 +45,10 @@ class BadFile(Exception):
     """A file that exists but whose content is not a valid tensor file (exit 1, error JSON)."""
 
 
+class IncompatibleSides(ValueError):
+    """Two sides that cannot be compared with each other, whatever they hold (exit 2: the usage)."""
+
+
 def _bf16() -> np.dtype:
     import ml_dtypes
 
@@ -812,7 +816,7 @@ def compare_files(path_a: str, path_b: str, *, atol: float = 0.0, rtol: float = 
     if os.path.isdir(path_a) != os.path.isdir(path_b):
         (file, tensors), folder = ((path_a, ta), path_b) if os.path.isdir(path_b) else ((path_b, tb), path_a)
         if any(t.name == "" for t in tensors):
-            raise ValueError(f"{file!r} is a .npy file and {folder!r} a directory: a .npy file's one tensor has no "
+            raise IncompatibleSides(f"{file!r} is a .npy file and {folder!r} a directory: a .npy file's one tensor has no "
                              "name to match by; compare it with a file of the directory, or a directory with a "
                              "directory")
     pairs, only_a, only_b = _match(ta, tb, by_name=os.path.isdir(path_a) or os.path.isdir(path_b))
@@ -956,6 +960,8 @@ def _unequal_elements(a: TensorSource, b: TensorSource) -> tuple[int, float]:
                 with np.errstate(invalid="ignore", over="ignore"):
                     gap = float(np.max(np.abs(da.astype(np.complex128) - db.astype(np.complex128))))
                 worst = math.nan if math.isnan(gap) or worst != worst else max(worst, gap)
+            elif kind == "b":  # (a bool differs by one, whatever bytes stand for True)
+                worst = worst if worst != worst else max(worst, 1)
             else:  # max - min in the unsigned type of the same width: exact (no wrap past 2^w - 1)
                 unsigned = np.dtype(f"u{xa.dtype.itemsize}")
                 hi, lo = np.maximum(da, db).view(unsigned), np.minimum(da, db).view(unsigned)

@@ -213,14 +213,16 @@ class _Judge:
             if tuple(a.shape) != tuple(b.shape):
                 return ModuleEntry(name, call, path, order, None, False, "shapes",
                                    f"shape-mismatch: {tuple(a.shape)} vs {tuple(b.shape)}")
-            if da not in _COMPARED or db not in _COMPARED:
+            explicit = self.atol is not None and self.rtol is not None
+            if (da not in _COMPARED or db not in _COMPARED) and not (
+                    explicit and a.is_floating_point() and b.is_floating_point()):  # (FP8: by parity, if told how)
+                if a.is_floating_point() and b.is_floating_point():
+                    return ModuleEntry(name, call, path, order, None, True, "not compared",
+                                       f"no default tolerances for {da} vs {db}: give atol and rtol")
                 if da != db:
                     return ModuleEntry(name, call, path, order, None, False, "dtypes",
                                        f"unsupported-dtype: {da} vs {db} (a tensor that is not a float is "
                                        "compared only with its own dtype)")
-                if a.is_floating_point():  # (FP8 and other floats with no tolerances of their own)
-                    return ModuleEntry(name, call, path, order, None, True, "not compared",
-                                       f"no default tolerances for {da}")
                 return self.exact(name, call, path, order, a.numel(), _unequal(a.detach(), b.detach()))
             if a.numel() == 0:
                 return ModuleEntry(name, call, path, order, None, True, "empty")
@@ -256,12 +258,13 @@ def _unequal(a: Any, b: Any) -> int:
     by their bytes (as a file comparison counts them), complex numbers by value (a NaN never equal)."""
     if a.numel() == 0:
         return 0
+    b = b.to(a.device)
     if a.is_complex():
         return int((a != b).sum())
     import torch
 
     ua = a.contiguous().reshape(-1).view(torch.uint8).reshape(a.numel(), -1)
-    ub = b.to(a.device).contiguous().reshape(-1).view(torch.uint8).reshape(b.numel(), -1)
+    ub = b.contiguous().reshape(-1).view(torch.uint8).reshape(b.numel(), -1)
     return int((ua != ub).any(dim=1).sum())
 
 
@@ -377,11 +380,11 @@ class _Rendezvous:
             self.cv.notify_all()
 
 
-_RUN = threading.local()  # which run (side) the current thread executes
+_RUN = threading.local()  # which run the current thread executes: (its comparison's rendezvous, side)
 
 
 def _hook_modules(model: Any, side: int, canon: Callable[[str], str | None], arrive: Callable,
-                  order: Callable | None) -> tuple[list, set[str]]:
+                  order: Callable | None, token: Any) -> tuple[list, set[str]]:
     calls: dict[str, int] = {}
     handles = []
     names = set()
@@ -392,8 +395,10 @@ def _hook_modules(model: Any, side: int, canon: Callable[[str], str | None], arr
         names.add(name)
 
         def hook(_module, _inputs, output, name=name):
-            if getattr(_RUN, "side", None) != side:
-                return  # (a module the models share is hooked once per model: each hook serves its own run)
+            if getattr(_RUN, "run", None) != (token, side):
+                # (a module the models share is hooked once per model: each hook serves its own run, of
+                # its own comparison: a run an earlier comparison left going feeds nothing here)
+                return
             call = calls.get(name, 0)
             calls[name] = call + 1
             if order is not None:
@@ -498,12 +503,12 @@ def compare_modules(model_a: Any, model_b: Any, *args: Any, atol: float | None =
     def note_order(key: tuple) -> None:
         order_a[key] = len(order_a)
 
-    handles, names = [], []
+    handles: list[list] = []  # each run's hooks
     rv = _Rendezvous([set() for _ in models], on_complete)  # (the names are filled in below)
     rv.order_hint = lambda: len(order_a) - 0.5
     for side, model in enumerate(models):
-        h, n = _hook_modules(model, side, canon, rv.arrive, note_order if side == 0 else None)
-        handles += h
+        h, n = _hook_modules(model, side, canon, rv.arrive, note_order if side == 0 else None, rv)
+        handles.append(h)
         rv.names[side] = n
 
     grad_ctx = torch.inference_mode if torch.is_inference_mode_enabled() else torch.no_grad
@@ -512,7 +517,7 @@ def compare_modules(model_a: Any, model_b: Any, *args: Any, atol: float | None =
 
     def run(side: int) -> None:
         err = None
-        _RUN.side = side
+        _RUN.run = (rv, side)
         try:
             # (grad mode and autocast are per thread: the caller's carried over)
             with contextlib.ExitStack() as stack:
@@ -523,7 +528,9 @@ def compare_modules(model_a: Any, model_b: Any, *args: Any, atol: float | None =
         except BaseException as exc:  # noqa: BLE001 (re-raised in the caller)
             err = exc
         finally:
-            _RUN.side = None
+            _RUN.run = None
+            for h in handles[side]:  # (a run the caller stopped waiting for takes its hooks away itself)
+                h.remove()
             rv.finish(side, err)
 
     # (daemon threads: a run stuck where no hook fires cannot keep the interpreter from exiting)
@@ -532,17 +539,19 @@ def compare_modules(model_a: Any, model_b: Any, *args: Any, atol: float | None =
     try:
         for t in threads:
             t.start()
-        try:
-            for t in threads:
-                t.join()
-        except BaseException as exc:  # Ctrl-C here: every run stops at its next module, not at its end
-            rv.abort(exc)
-            for t in threads:
-                t.join()
-            raise
+        for t in threads:
+            t.join()
+    except BaseException as exc:  # Ctrl-C here: every run stops at its next module, not at its end
+        rv.abort(exc)
+        for t in threads:
+            if t.ident is not None:
+                t.join()  # (a second Ctrl-C leaves it: its hooks stay until its next module stops it)
+        raise
     finally:
-        for h in handles:
-            h.remove()
+        for side, t in enumerate(threads):
+            if t.ident is None or not t.is_alive():
+                for h in handles[side]:
+                    h.remove()
     if rv.failed is not None:
         raise rv.failed
     only: dict[str, list[str]] = {("a", "b", "reference")[i]: [] for i in range(len(models))}
@@ -720,7 +729,12 @@ def compare_dumps(path_a: str, path_b: str, *, atol: float | None = None, rtol: 
                 entries.append(ModuleEntry(e["name"], e["call"], e["path"], order, None, False, "structure",
                                            "only in a"))
             continue
-        if key in stats:
+        explicit = judge.atol is not None and judge.rtol is not None
+        if key in stats and not explicit and not set(row["dtypes"]) <= set(_COMPARED):  # (FP8, as compare_modules)
+            da, db = row["dtypes"]
+            entries.append(ModuleEntry(e["name"], e["call"], e["path"], order, None, True, "not compared",
+                                       f"no default tolerances for {da} vs {db}: give atol and rtol"))
+        elif key in stats:
             entries.append(judge.entry(e["name"], e["call"], e["path"], order, None, None, stats=stats[key]))
         elif row.get("exact"):  # (an integer or bool output, bit for bit)
             entries.append(judge.exact(e["name"], e["call"], e["path"], order, row["numel"], row["mismatches"]))
