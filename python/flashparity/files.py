@@ -560,7 +560,6 @@ def _directory_sources(path: str, void2: bool) -> list[TensorSource]:
                 continue
             full = os.path.join(top, fname)
             rel = os.path.relpath(full, path).replace(os.sep, "/")
-            _regular(full)
             stem = rel.rsplit(".", 1)[0]
             for src in open_tensors(full, void2_as_bfloat16=void2):
                 if fname.endswith(".npy"):
@@ -793,8 +792,9 @@ def compare_files(path_a: str, path_b: str, *, atol: float = 0.0, rtol: float = 
     ``tolerance(name, dtype_a, dtype_b) -> (atol, rtol)`` sets each tensor's tolerances instead of
     ``atol``/``rtol``; ``stats_out``, a dict, receives each compared tensor's ``ParityStats`` by name.
 
-    Tensors of another dtype (integers, bools) are compared element for element, bit for bit, with
-    a tensor of the same dtype: their rows hold ``numel``, ``mismatches`` and ``exact: true``.
+    Tensors of another dtype (bools, integers, complex) are compared element for element with a
+    tensor of the same dtype in either byte order (see :func:`_unequal_elements`): their rows hold
+    ``numel``, ``mismatches``, ``max_abs_diff`` and ``exact: true``.
 
     The verdict (``ok``, per tensor and for the whole comparison): a tensor passes when at most
     ``max_mismatch_ratio`` of its elements are outside atol/rtol (default 0: none) and, when
