@@ -108,8 +108,9 @@ def oracle(a: np.ndarray, b: np.ndarray, atol: float = 0.0, rtol: float = 0.0) -
     A = a.astype(np.float64)
     B = b.astype(np.float64)
     n = A.size
+    eq_inf = (A == B) & np.isinf(A)  # the same infinity on both sides: an exact match, set aside
     with np.errstate(all="ignore"):
-        d = A - B
+        d = np.where(eq_inf, 0.0, A - B)
         ad = np.abs(d)
         rel = np.where(np.isnan(ad), np.nan, np.where(B == 0, np.where(A == 0, 0.0, np.inf), ad / np.abs(B)))
         close = (A == B) | (np.isfinite(A) & np.isfinite(B) & (ad <= atol + rtol * np.abs(B)))
@@ -124,8 +125,13 @@ def oracle(a: np.ndarray, b: np.ndarray, atol: float = 0.0, rtol: float = 0.0) -
         "max_rel_index": tuple(int(i) for i in np.unravel_index(i_rel, a.shape)),
         "mismatches": int((~close).sum()),
         "nonfinite": int((~finite).sum()),
+        "equal_inf": int(eq_inf.sum()),
         "abs_diff_histogram": hist_bins(ad),
     }
+    # the sums and means run over the other elements (all equal infinities: the means are 0)
+    keep = ~eq_inf
+    A, B, d, ad = A[keep], B[keep], d[keep], ad[keep]
+    n = max(A.size, 1)
     fs = math.fsum
     with np.errstate(all="ignore"):
         out["mean_abs_diff"] = fs(ad.ravel()) / n
@@ -136,7 +142,7 @@ def oracle(a: np.ndarray, b: np.ndarray, atol: float = 0.0, rtol: float = 0.0) -
         out["snr_db"] = math.nan if (math.isnan(sq) or math.isnan(bb)) else None  # None: don't check
     else:
         out["snr_db"] = math.inf if sq == 0 else (-math.inf if bb == 0 else 10 * math.log10(bb / sq))
-    if not finite.all():
+    if not (finite | eq_inf).all():
         out["cosine_sim"] = math.nan
         out["pcc"] = math.nan
         out["max_ulp_diff"] = _max_ulp(a[finite], b[finite], da, db) if finite.any() else 0
@@ -156,7 +162,7 @@ def oracle(a: np.ndarray, b: np.ndarray, atol: float = 0.0, rtol: float = 0.0) -
         out["pcc"] = 1.0 if np.array_equal(A, B) else 0.0
     else:
         out["pcc"] = max(-1.0, min(1.0, fs((ca * cb).ravel()) / (math.sqrt(va) * math.sqrt(vb))))
-    out["max_ulp_diff"] = _max_ulp(a, b, da, db)
+    out["max_ulp_diff"] = _max_ulp(a[finite], b[finite], da, db) if finite.any() else 0
     return out
 
 
@@ -185,6 +191,7 @@ def check_against_oracle(stats, a, b, atol=0.0, rtol=0.0, *, cos_tol=1e-12, mome
     assert stats.max_rel_index == want["max_rel_index"]
     assert stats.mismatches == want["mismatches"]
     assert stats.nonfinite == want["nonfinite"]
+    assert stats.equal_inf == want["equal_inf"]
     assert list(stats.abs_diff_histogram.values()) == want["abs_diff_histogram"]
     assert stats.max_ulp_diff == want["max_ulp_diff"]
     assert same_float(stats.cosine_sim, want["cosine_sim"], abs_=cos_tol), (stats.cosine_sim, want["cosine_sim"])

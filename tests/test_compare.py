@@ -51,7 +51,7 @@ def pair(tmp_path):
     return tmp_path, a, b
 
 
-EXACT = ("numel", "max_abs_diff", "max_abs_index", "max_rel_diff", "max_rel_index", "mismatches", "nonfinite",
+EXACT = ("numel", "max_abs_diff", "max_abs_index", "max_rel_diff", "max_rel_index", "mismatches", "nonfinite", "equal_inf",
          "max_ulp_diff", "abs_diff_histogram")
 
 

@@ -17,7 +17,7 @@ import flashparity as fp
 pytest.importorskip("torch")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-EXACT = ("numel", "max_abs_diff", "max_abs_index", "max_rel_diff", "max_rel_index", "mismatches", "nonfinite",
+EXACT = ("numel", "max_abs_diff", "max_abs_index", "max_rel_diff", "max_rel_index", "mismatches", "nonfinite", "equal_inf",
          "max_ulp_diff", "abs_diff_histogram", "shape", "dtypes", "atol", "rtol", "ulp_dtype")
 SUMS = ("cosine_sim", "mean_abs_diff", "rmse", "snr_db", "pcc")
 
@@ -86,6 +86,20 @@ def test_nan_and_mixed_dtypes_propagate_across_ranks(tmp_path):
         assert kind == "ok", stats
         assert math.isnan(stats.max_abs_diff) and stats.max_abs_index == (33, 4)
         assert stats.dtypes == ("float16", "float64") and stats.ulp_dtype == "float16"
+        assert_same_stats(stats, want)
+
+
+def test_equal_infinities_are_set_aside_across_ranks(tmp_path):
+    rng = np.random.default_rng(9)
+    b = rng.standard_normal((40, 6)).astype(np.float32)
+    a = (b + 1e-3 * rng.standard_normal(b.shape)).astype(np.float32)
+    a[5:9] = b[5:9] = -np.inf  # rank 0's share holds some, rank 1's nothing else: masked rows
+    a[20:30] = b[20:30] = np.inf
+    results = run_ranks(tmp_path, 3, {"a": a, "b": b, "split": np.array([0, 9, 20, 40])}, atol=1e-2)
+    want = fp.parity(a, b, atol=1e-2)
+    assert want.equal_inf == 84 and want.mismatches == 0 and math.isfinite(want.cosine_sim)
+    for kind, stats in results:
+        assert kind == "ok", stats
         assert_same_stats(stats, want)
 
 

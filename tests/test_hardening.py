@@ -370,6 +370,77 @@ def test_a_npy_file_against_a_directory_is_refused_clearly(tmp_path, capsys):
         assert out == ""
 
 
+def fp8_pair(fmt):
+    import ml_dtypes
+
+    rng = np.random.default_rng(8)
+    b = rng.standard_normal((5, 7)).astype(np.float32)
+    a = (b * 1.05).astype(getattr(ml_dtypes, fmt))
+    return a, b.astype(getattr(ml_dtypes, fmt))
+
+
+def test_fp8_npy_files_as_numpy_writes_them(tmp_path, capsys):
+    from flashparity.files import BadFile, compare_files, load_npy
+
+    for fmt in ("float8_e4m3fn", "float8_e5m2"):
+        a, b = fp8_pair(fmt)
+        np.save(tmp_path / f"{fmt}-a.npy", a)  # e4m3fn: a 1-byte void descr; e5m2: '<f1' (NumPy cannot load it)
+        np.save(tmp_path / f"{fmt}-b.npy", b)
+        np.savez(tmp_path / f"{fmt}-a.npz", x=a)
+        np.savez(tmp_path / f"{fmt}-b.npz", x=b)
+    want = {fmt: fp.parity(*fp8_pair(fmt), atol=0.5) for fmt in ("float8_e4m3fn", "float8_e5m2")}
+    pa, pb = str(tmp_path / "float8_e4m3fn-a.npy"), str(tmp_path / "float8_e4m3fn-b.npy")
+    # a 1-byte void could be any of ml_dtypes' 1-byte formats: named by the flag, or refused
+    code, out, _ = run_cli(["compare", pa, pb, "--json"], capsys)
+    assert code == 1 and "--void1-as float8_e4m3fn" in json.loads(out)["error"]
+    for extra in ([], ["--workers", "2"]):
+        code, out, _ = run_cli(["compare", pa, pb, "--atol", "0.5", "--void1-as", "float8_e4m3fn", "--json", *extra],
+                               capsys)
+        row = json.loads(out)["tensors"][0]
+        assert code == 0 and row["dtypes"] == ["float8_e4m3fn", "float8_e4m3fn"], out
+        assert row["max_abs_diff"] == want["float8_e4m3fn"].max_abs_diff and row["max_ulp_diff"] > 0
+    # float8_e5m2's own descr is unambiguous: read as such, in .npy and .npz alike, no flag
+    code, out, _ = run_cli(["compare", str(tmp_path / "float8_e5m2-a.npy"), str(tmp_path / "float8_e5m2-b.npy"),
+                            "--atol", "0.5", "--json"], capsys)
+    row = json.loads(out)["tensors"][0]
+    assert code == 0 and row["dtypes"] == ["float8_e5m2", "float8_e5m2"]
+    assert row["max_abs_diff"] == want["float8_e5m2"].max_abs_diff
+    body = compare_files(str(tmp_path / "float8_e5m2-a.npz"), str(tmp_path / "float8_e5m2-b.npz"), atol=0.5)
+    assert body["ok"] and body["tensors"][0]["max_abs_diff"] == want["float8_e5m2"].max_abs_diff
+    body = compare_files(str(tmp_path / "float8_e4m3fn-a.npz"), str(tmp_path / "float8_e4m3fn-b.npz"), atol=0.5,
+                         void1_as="float8_e4m3fn")
+    assert body["ok"] and body["tensors"][0]["dtypes"] == ["float8_e4m3fn", "float8_e4m3fn"]
+    e5 = load_npy(str(tmp_path / "float8_e5m2-a.npy"))
+    assert e5.dtype.name == "float8_e5m2" and np.array_equal(e5.view(np.uint8), fp8_pair("float8_e5m2")[0].view(np.uint8))
+    # bad values and a forged e5m2 header
+    code, out, err = run_cli(["compare", pa, pb, "--void1-as", "float8_e4m3"], capsys)
+    one_line_error(code, out, err, 2, "invalid choice: 'float8_e4m3'")
+    with pytest.raises(ValueError, match="void1_as must be one of float8_e4m3fn, float8_e5m2"):
+        compare_files(pa, pb, void1_as="int4")
+    raw = (tmp_path / "float8_e5m2-a.npy").read_bytes().replace(b"'shape': (5, 7)", b"'shape': [5, 7]")
+    (tmp_path / "forged.npy").write_bytes(raw)
+    with pytest.raises(BadFile, match="is not a valid .npy file"):
+        load_npy(str(tmp_path / "forged.npy"))
+
+
+def test_run_reads_fp8_npy_inputs(tmp_path, capsys):
+    import ml_dtypes
+
+    q = np.random.default_rng(3).standard_normal((1, 9, 2, 16)).astype(ml_dtypes.float8_e4m3fn)
+    for n in ("q", "k", "v"):
+        np.save(tmp_path / f"{n}.npy", q)
+    argv = ["run", "--attn", "naive", *[x for n in ("q", "k", "v") for x in (f"--{n}", str(tmp_path / f"{n}.npy"))]]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 1 and "--void1-as" in out + err
+    code, out, err = run_cli([*argv, "--void1-as", "float8_e4m3fn", "--out", str(tmp_path / "o.npy")], capsys)
+    assert code == 0, (out, err)
+    from flashparity.files import load_npy
+
+    want = fp.attention(q, q, q, impl="naive")
+    got = load_npy(str(tmp_path / "o.npy"), void2_as_bfloat16=True, void1_as="float8_e4m3fn")
+    assert got.dtype == want.dtype and np.array_equal(got.view(np.uint8), want.view(np.uint8))
+
+
 def test_python_floats_are_0d_arrays_and_huge_windows_are_no_window():
     assert fp.parity(1.0, 2.0).max_abs_diff == 1.0
     with pytest.raises(TypeError, match="a has dtype int64"):

@@ -156,6 +156,18 @@ def test_the_gold_rule_counts_equal_infinities_as_equal():
     assert rep.entries[0].ref["err_a"] == 0.0
 
 
+def test_masked_logits_pass_the_cosine_gate():
+    class M(torch.nn.Module):
+        def forward(self, x):
+            return x.masked_fill(x > 0.5, float("-inf"))
+
+    x = torch.rand(8, 8)
+    rep = fp.compare_modules(M(), M(), x, min_cosine=0.999)
+    assert rep.ok, str(rep)
+    e = rep.entries[0]
+    assert e.stats.max_abs_diff == 0.0 and e.stats.cosine_sim == 1.0 and e.stats.equal_inf == int((x > 0.5).sum())
+
+
 def test_a_run_that_raises_is_raised_and_nothing_hangs():
     a, b, _ = pair(5)
     with pytest.raises(IndexError):

@@ -252,10 +252,11 @@ def test_nan_and_inf_semantics():
     check_against_oracle(s, a, b, 0.1)
     assert math.isnan(s.max_abs_diff) and s.max_abs_index == (1,)  # the first NaN
     assert math.isnan(s.cosine_sim) and math.isnan(s.pcc)
-    assert s.nonfinite == 5
-    # equal infinities match; NaN never matches; inf vs finite mismatches
+    assert s.nonfinite == 5 and s.equal_inf == 1
+    # equal infinities match (difference 0); NaN never matches; inf vs finite mismatches
     assert s.mismatches == 6  # 0: 0.5 > 0.1, 1, 2: NaN, 4: inf vs 1, 6: -inf vs inf, 7: 2 vs 0
-    assert s.abs_diff_histogram["nan"] == 3
+    assert s.abs_diff_histogram["nan"] == 3 - 1  # 1, 2 (3 is inf vs inf: bin 0)
+    assert s.abs_diff_histogram["0"] == 2  # 3, 5
 
 
 def test_inf_without_nan():
@@ -394,7 +395,7 @@ def test_merge_equals_one_pass():
     merged = parts[0].merge(parts[1]).merge(parts[2])
     assert merged.shape == (1000, 33)
     for field in ("numel", "max_abs_diff", "max_abs_index", "max_rel_diff", "max_rel_index", "mismatches",
-                  "nonfinite", "max_ulp_diff", "abs_diff_histogram"):
+                  "nonfinite", "equal_inf", "max_ulp_diff", "abs_diff_histogram"):
         assert getattr(merged, field) == getattr(whole, field), field
     assert merged.max_abs_index == (700, 3)
     for field in ("cosine_sim", "pcc", "mean_abs_diff", "rmse", "snr_db"):
@@ -425,7 +426,7 @@ def test_to_dict_is_json_ready_and_repr():
     back = json.loads(text)
     assert back["numel"] == 3 and back["max_abs_index"] == [1] and back["nonfinite"] == 1
     assert set(d) >= {"numel", "max_abs_diff", "max_abs_index", "max_rel_diff", "cosine_sim", "mismatches",
-                      "nonfinite", "mean_abs_diff", "rmse", "snr_db", "pcc", "max_ulp_diff", "abs_diff_histogram"}
+                      "nonfinite", "equal_inf", "mean_abs_diff", "rmse", "snr_db", "pcc", "max_ulp_diff", "abs_diff_histogram"}
     r = repr(s)
     assert "Mismatched elements: 2 / 3" in r and "Greatest absolute difference: nan at index (1,)" in r
 

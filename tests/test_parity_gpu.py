@@ -68,6 +68,21 @@ def test_device_nan_inf_and_many_blocks():
     assert math.isnan(stats.max_abs_diff) and stats.max_abs_index == (123_456,)
 
 
+@pytest.mark.parametrize("da,db", [("float32", "float32"), ("bfloat16", "float16"), ("float8_e5m2", "float32")])
+def test_device_sets_equal_infinities_aside(da, db):
+    from parity_oracle import DTYPES
+
+    rng = np.random.default_rng(5)
+    a, b = random_pair(rng, (100_003,), da, db)
+    where = rng.random(a.shape) < 0.1
+    inf = np.where(rng.random(a.shape) < 0.5, -np.inf, np.inf)[where]
+    a[where], b[where] = inf.astype(DTYPES[da]), inf.astype(DTYPES[db])
+    stats = fp.parity(dev(a), dev(b), atol=1e-2, rtol=1e-2)
+    check_against_oracle(stats, a, b, 1e-2, 1e-2)
+    assert stats.equal_inf == int(where.sum()) and math.isfinite(stats.cosine_sim)
+    assert_same_as_host_grid(stats, a, b, 1e-2, 1e-2)
+
+
 def test_device_agrees_with_cpu_and_is_deterministic():
     rng = np.random.default_rng(3)
     a, b = random_pair(rng, (1 << 22,), "float16", "float32")
@@ -75,7 +90,7 @@ def test_device_agrees_with_cpu_and_is_deterministic():
     gpu = fp.parity(da, db, atol=1e-3)
     cpu = fp.parity(a, b, atol=1e-3)
     for f in ("max_abs_diff", "max_abs_index", "max_rel_diff", "max_rel_index", "mismatches", "nonfinite",
-              "max_ulp_diff", "abs_diff_histogram"):
+              "equal_inf", "max_ulp_diff", "abs_diff_histogram"):
         assert getattr(gpu, f) == getattr(cpu, f), f
     for f in ("cosine_sim", "pcc", "rmse", "mean_abs_diff", "snr_db"):
         assert getattr(gpu, f) == pytest.approx(getattr(cpu, f), rel=1e-12, abs=1e-14), f
@@ -93,7 +108,7 @@ def assert_same_as_host_grid(gpu, a, b, atol, rtol):
     blocks = _core.parity_cuda_blocks(va.desc, vb.desc, 0)
     host = ParityStats(_core.parity_grid_host(va.desc, vb.desc, atol, rtol, blocks, 128), va.shape,
                        (va.dtype, vb.dtype), atol, rtol)
-    for f in ("numel", "max_abs_index", "max_rel_index", "mismatches", "nonfinite", "max_ulp_diff",
+    for f in ("numel", "max_abs_index", "max_rel_index", "mismatches", "nonfinite", "equal_inf", "max_ulp_diff",
               "abs_diff_histogram"):
         assert getattr(gpu, f) == getattr(host, f), f
     for f in ("max_abs_diff", "max_rel_diff"):

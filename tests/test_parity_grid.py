@@ -25,7 +25,7 @@ PAIRS = [("float32", "float32"), ("float16", "float32"), ("bfloat16", "bfloat16"
          ("float32", "float64"), ("float64", "float16"), ("float16", "bfloat16"),
          ("float8_e4m3fn", "float32"), ("float8_e5m2", "float8_e4m3fn"), ("bfloat16", "float8_e5m2")]
 GRIDS = [(1, 1), (1, 32), (3, 4), (5, 128), (300, 2)]  # (300: more partials than the final fold has threads)
-EXACT = ("max_abs_diff", "max_abs_index", "max_rel_diff", "max_rel_index", "mismatches", "nonfinite",
+EXACT = ("max_abs_diff", "max_abs_index", "max_rel_diff", "max_rel_index", "mismatches", "nonfinite", "equal_inf",
          "max_ulp_diff", "abs_diff_histogram")
 
 

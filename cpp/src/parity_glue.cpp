@@ -93,6 +93,7 @@ py::dict accum_to_dict(const ParityAccum& s) {
   d["cosine_sim"] = r.cosine_sim;
   d["mismatches"] = s.mismatches;
   d["nonfinite"] = s.nonfinite;
+  d["equal_inf"] = s.equal_inf;
   d["mean_abs_diff"] = r.mean_abs_diff;
   d["rmse"] = r.rmse;
   d["snr_db"] = r.snr_db;
@@ -114,11 +115,11 @@ py::tuple accum_state(const ParityAccum& s) {
                         py::make_tuple(s.sum_abs.hi, s.sum_abs.lo, s.sum_sq.hi, s.sum_sq.lo, s.sum_aa.hi,
                                        s.sum_aa.lo, s.sum_bb.hi, s.sum_bb.lo, s.sum_ab.hi, s.sum_ab.lo),
                         py::make_tuple(s.mom.n, s.mom.mean_a, s.mom.mean_b, s.mom.m2a, s.mom.m2b, s.mom.cab),
-                        s.mismatches, s.nonfinite, s.max_ulp, py::tuple(hist));
+                        s.mismatches, s.nonfinite, s.equal_inf, s.max_ulp, py::tuple(hist));
 }
 
 ParityAccum accum_from_state(const py::tuple& t) {
-  if (t.size() != 11) throw std::invalid_argument("ParityAccum state must be an 11-tuple");
+  if (t.size() != 12) throw std::invalid_argument("ParityAccum state must be a 12-tuple");
   ParityAccum s;
   s.numel = t[0].cast<std::int64_t>();
   s.max_abs = t[1].cast<double>();
@@ -127,7 +128,7 @@ ParityAccum accum_from_state(const py::tuple& t) {
   s.max_rel_index = t[4].cast<std::int64_t>();
   const auto sums = t[5].cast<std::vector<double>>();
   const auto mom = t[6].cast<std::vector<double>>();
-  const auto hist = t[10].cast<std::vector<std::int64_t>>();
+  const auto hist = t[11].cast<std::vector<std::int64_t>>();
   if (sums.size() != 10 || mom.size() != 6 || hist.size() != static_cast<size_t>(kHistBins))
     throw std::invalid_argument("malformed ParityAccum state");
   CompSum* cs[] = {&s.sum_abs, &s.sum_sq, &s.sum_aa, &s.sum_bb, &s.sum_ab};
@@ -138,7 +139,8 @@ ParityAccum accum_from_state(const py::tuple& t) {
   s.mom = Moments{mom[0], mom[1], mom[2], mom[3], mom[4], mom[5]};
   s.mismatches = t[7].cast<std::int64_t>();
   s.nonfinite = t[8].cast<std::int64_t>();
-  s.max_ulp = t[9].cast<std::uint64_t>();
+  s.equal_inf = t[9].cast<std::int64_t>();
+  s.max_ulp = t[10].cast<std::uint64_t>();
   for (int i = 0; i < kHistBins; ++i) s.hist[i] = hist[i];
   return s;
 }

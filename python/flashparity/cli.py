@@ -26,6 +26,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 _CLASSIFIERS = ("parity", "provenance", "head-dim")
+FP8_FORMATS = ("float8_e4m3fn", "float8_e5m2")  # (files.FP8_FORMATS; files is imported when a command reads one)
 
 #: The exit-code rule, said once in `flashparity --help` (each judging command's help says it for itself).
 EXIT_RULE = ("Exit codes of every command that judges (kernel parity, compare, classify): 0 within "
@@ -371,7 +372,7 @@ def _load_inputs(args: argparse.Namespace):
         arrays = []
         for flag, path in zip(("--q", "--k", "--v"), given):
             try:
-                arrays.append(load_npy(path, void2_as_bfloat16=args.void2_as_bfloat16))
+                arrays.append(load_npy(path, void2_as_bfloat16=args.void2_as_bfloat16, void1_as=args.void1_as))
             except OSError as exc:
                 raise UsageError(f"cannot read {flag} {path!r}: {exc.strerror or exc}") from None
             except BadFile as exc:
@@ -495,7 +496,7 @@ def _compare_dumps(args: argparse.Namespace, progress) -> int:
                          "or --report-only)")
     rep = compare_dumps(args.a, args.b, atol=args.atol, rtol=args.rtol, min_cosine=args.min_cosine,
                         max_mismatch_ratio=args.max_mismatch_ratio or 0.0, workers=args.workers, dask=args.dask,
-                        progress=progress, void2_as_bfloat16=args.void2_as_bfloat16)
+                        progress=progress, void2_as_bfloat16=args.void2_as_bfloat16, void1_as=args.void1_as)
     progress.close()
     if args.html:
         try:
@@ -530,7 +531,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         if args.html:
             raise UsageError("--html is for two dump directories (fp.dump); A and B are not both dumps")
         body = compare_files(args.a, args.b, atol=args.atol or 0.0, rtol=args.rtol or 0.0,
-                             void2_as_bfloat16=args.void2_as_bfloat16, progress=progress,
+                             void2_as_bfloat16=args.void2_as_bfloat16, void1_as=args.void1_as, progress=progress,
                              workers=args.workers, dask=args.dask, min_cosine=args.min_cosine,
                              max_mismatch_ratio=args.max_mismatch_ratio or 0.0)
     except ModuleNotFoundError as exc:
@@ -704,6 +705,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--v", metavar="FILE", help=".npy [batch, seqlen_k, heads_kv, head_dim]")
     p_run.add_argument("--void2-as-bfloat16", action="store_true",
                        help="read 2-byte void .npy elements (NumPy's way of saving bfloat16) as bfloat16")
+    p_run.add_argument("--void1-as", choices=FP8_FORMATS, metavar="FP8",
+                       help="read 1-byte void .npy elements (NumPy's way of saving float8_e4m3fn) as this FP8 "
+                       "format: float8_e4m3fn or float8_e5m2 (float8_e5m2's own .npy files are read as such)")
     case_flags(p_run)
     p_run.add_argument("--out", metavar="FILE", help="write the output as .npy to FILE (atomically: a temporary file renamed into place)")
     p_run.add_argument("--json", action="store_true", help="(the body is always JSON; accepted for apr)")
@@ -746,6 +750,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "outside atol/rtol (default 0)")
     p_cmp.add_argument("--void2-as-bfloat16", action="store_true",
                        help="read 2-byte void .npy elements (NumPy's way of saving bfloat16) as bfloat16")
+    p_cmp.add_argument("--void1-as", choices=FP8_FORMATS, metavar="FP8",
+                       help="read 1-byte void .npy elements (NumPy's way of saving float8_e4m3fn) as this FP8 "
+                       "format: float8_e4m3fn or float8_e5m2 (float8_e5m2's own .npy files are read as such)")
     gate_flags(p_cmp)
     p_cmp.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     p_cmp.add_argument("--json", action="store_true", help="print the JSON body")

@@ -25,8 +25,8 @@ _MAGIC = 0x46505344  # "FPSD": a flashparity state buffer, layout version 1
 _MAX_DIMS = 64
 _DTYPES = ("float64", "float32", "float16", "bfloat16")
 _MESSAGE_BYTES = 1024
-# words: magic, ok, ndim, dims (MAX_DIMS), dtype a, dtype b, atol, rtol, state (24 words + the histogram)
-_STATE_WORDS = 24 + _core.HIST_BINS
+# words: magic, ok, ndim, dims (MAX_DIMS), dtype a, dtype b, atol, rtol, state (25 words + the histogram)
+_STATE_WORDS = 25 + _core.HIST_BINS
 _WORDS = 3 + _MAX_DIMS + 4 + _STATE_WORDS
 _BYTES = 8 * _WORDS + _MESSAGE_BYTES
 
@@ -40,9 +40,10 @@ def _w2f(w: int) -> float:
 
 
 def _pack_state(acc: Any) -> list[int]:
-    numel, max_abs, max_abs_i, max_rel, max_rel_i, sums, mom, mism, nonfin, max_ulp, hist = acc.state()
+    numel, max_abs, max_abs_i, max_rel, max_rel_i, sums, mom, mism, nonfin, eq_inf, max_ulp, hist = acc.state()
     words = [numel, _f2w(max_abs), max_abs_i, _f2w(max_rel), max_rel_i, *(_f2w(x) for x in sums),
-             *(_f2w(x) for x in mom), mism, nonfin, struct.unpack("<q", struct.pack("<Q", max_ulp))[0], *hist]
+             *(_f2w(x) for x in mom), mism, nonfin, eq_inf, struct.unpack("<q", struct.pack("<Q", max_ulp))[0],
+             *hist]
     assert len(words) == _STATE_WORDS
     return words
 
@@ -50,9 +51,10 @@ def _pack_state(acc: Any) -> list[int]:
 def _unpack_state(w: list[int]) -> Any:
     sums = tuple(_w2f(x) for x in w[5:15])
     mom = tuple(_w2f(x) for x in w[15:21])
-    max_ulp = struct.unpack("<Q", struct.pack("<q", int(w[23])))[0]
+    max_ulp = struct.unpack("<Q", struct.pack("<q", int(w[24])))[0]
     return _core.ParityAccum.from_state((int(w[0]), _w2f(w[1]), int(w[2]), _w2f(w[3]), int(w[4]), sums, mom,
-                                         int(w[21]), int(w[22]), max_ulp, tuple(int(x) for x in w[24:])))
+                                         int(w[21]), int(w[22]), int(w[23]), max_ulp,
+                                         tuple(int(x) for x in w[25:])))
 
 
 def _encode(shape, dtypes, atol: float, rtol: float, acc: Any, error: str | None) -> np.ndarray:

@@ -64,12 +64,38 @@ def _named_dtype(name: str) -> np.dtype:
     return np.dtype(name)
 
 
-def _element_dtype(descr: np.dtype, label: str, void2_as_bfloat16: bool) -> np.dtype:
+FP8_FORMATS = ("float8_e4m3fn", "float8_e5m2")
+
+
+@dataclass(frozen=True)
+class Voids:
+    """How .npy elements that NumPy saved without their format are read: 1-byte voids (how it saves
+    ml_dtypes' FP8 formats but float8_e5m2) as the FP8 format `one` names (None: refused, the file
+    cannot say which of ml_dtypes' ten 1-byte formats it holds), 2-byte voids (bfloat16) as bfloat16
+    when `two`."""
+
+    one: str | None = None
+    two: bool = False
+
+    @staticmethod
+    def of(void2_as_bfloat16: bool = False, void1_as: str | None = None) -> Voids:
+        if void1_as is not None and void1_as not in FP8_FORMATS:
+            raise ValueError(f"void1_as must be one of {', '.join(FP8_FORMATS)} (or None), got {void1_as!r}")
+        return Voids(void1_as, bool(void2_as_bfloat16))
+
+
+def _element_dtype(descr: np.dtype, label: str, voids: Voids) -> np.dtype:
     if descr.kind == "V" and descr.itemsize == 2 and not descr.names:
-        if void2_as_bfloat16:
+        if voids.two:
             return _bf16()
         raise BadFile(f"{label} holds 2-byte void elements (how NumPy saves ml_dtypes bfloat16); "
                       "pass --void2-as-bfloat16 to read them as bfloat16")
+    if descr.kind == "V" and descr.itemsize == 1 and not descr.names:
+        if voids.one is not None:
+            return _named_dtype(voids.one)
+        raise BadFile(f"{label} holds 1-byte void elements (how NumPy saves ml_dtypes float8_e4m3fn, and the other "
+                      "1-byte formats but float8_e5m2); pass --void1-as float8_e4m3fn (or float8_e5m2) to read "
+                      "them as that FP8 format")
     if descr.hasobject:
         raise BadFile(f"{label} holds Python objects (pickles are never loaded)")
     return descr
@@ -220,8 +246,8 @@ FORTRAN_MAX_BYTES = 256 << 20
 class _FortranReader:
     """A Fortran-ordered .npy file, read whole, served in C order."""
 
-    def __init__(self, path: str, void2: bool):
-        self.arr = load_npy(path, void2_as_bfloat16=void2)
+    def __init__(self, path: str, voids: Voids):
+        self.arr = _load_npy(path, voids)
 
     def read_into(self, start: int, out: np.ndarray) -> None:
         out[:] = self.arr.flat[start:start + len(out)]  # (the flat iterator walks C order)
@@ -230,7 +256,41 @@ class _FortranReader:
         self.arr = None
 
 
+# NumPy saves ml_dtypes.float8_e5m2 with this descr (its type character, '5', is no NumPy kind) and
+# cannot read it back; no other writer uses it. It is read as float8_e5m2.
+_E5M2_DESCRS = ("<f1", "|f1", ">f1", "=f1")
+_NPY_MAX_HEADER = 10000  # (NumPy's own limit on the header it parses)
+
+
+def _e5m2_header(fh, label: str, start: int) -> tuple[tuple[int, ...], bool, np.dtype, int] | None:
+    """A .npy header whose descr is float8_e5m2's (which NumPy rejects), parsed as NumPy parses one
+    (a Python literal, nothing evaluated); None for any other header."""
+    import ast
+
+    fh.seek(start)
+    magic = fh.read(8)
+    if len(magic) != 8 or magic[:6] != b"\x93NUMPY" or magic[6] not in (1, 2, 3):
+        return None
+    size_bytes = 2 if magic[6] == 1 else 4
+    size = int.from_bytes(fh.read(size_bytes), "little")
+    if size > _NPY_MAX_HEADER:
+        return None
+    raw = fh.read(size)
+    try:
+        d = ast.literal_eval(raw.decode("utf-8" if magic[6] == 3 else "latin1"))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, UnicodeDecodeError):
+        return None
+    if not isinstance(d, dict) or set(d) != {"descr", "fortran_order", "shape"} or d["descr"] not in _E5M2_DESCRS:
+        return None
+    shape, fortran = d["shape"], d["fortran_order"]
+    if not isinstance(shape, tuple) or not all(isinstance(x, int) and not isinstance(x, bool) for x in shape) \
+            or not isinstance(fortran, bool):
+        raise BadFile(f"{label} is not a valid .npy file: header {raw[:200]!r}")
+    return shape, fortran, _named_dtype("float8_e5m2"), start + 8 + size_bytes + size
+
+
 def _npy_header(fh, label: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    start = fh.tell()
     try:
         version = np.lib.format.read_magic(fh)
         if version == (1, 0):
@@ -242,19 +302,23 @@ def _npy_header(fh, label: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
     except BadFile:
         raise
     except Exception as exc:
-        raise BadFile(f"{label} is not a valid .npy file: {exc}") from None
+        e5m2 = _e5m2_header(fh, label, start) if "descr is not a valid dtype descriptor" in str(exc) else None
+        if e5m2 is None:
+            raise BadFile(f"{label} is not a valid .npy file: {exc}") from None
+        shape, fortran, dtype, offset = e5m2
+        fh.seek(offset)
     shape = tuple(int(s) for s in shape)
     if any(s < 0 for s in shape):
         raise BadFile(f"{label} has a negative dimension in its shape {shape}")
     return shape, bool(fortran), dtype, fh.tell()
 
 
-def _npy_layout(path: str, void2: bool) -> tuple[tuple[int, ...], bool, np.dtype, int]:
-    """(shape, fortran_order, dtype, data offset) of a .npy file, its size checked against the header."""
-    _regular(path)
+def _npy_layout(path: str, voids: Voids) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran_order, dtype, data offset) of a .npy file (checked regular by the caller), its
+    size checked against the header."""
     with open(path, "rb") as fh:
         shape, fortran, descr, offset = _npy_header(fh, repr(path))
-    dtype = _element_dtype(descr, repr(path), void2)
+    dtype = _element_dtype(descr, repr(path), voids)
     need = offset + math.prod(shape) * dtype.itemsize
     size = os.path.getsize(path)
     if size < need:
@@ -262,10 +326,17 @@ def _npy_layout(path: str, void2: bool) -> tuple[tuple[int, ...], bool, np.dtype
     return shape, fortran, dtype, offset
 
 
-def load_npy(path: str, *, void2_as_bfloat16: bool = False) -> np.ndarray:
+def load_npy(path: str, *, void2_as_bfloat16: bool = False, void1_as: str | None = None) -> np.ndarray:
     """A .npy file read into memory (never unpickled, never mapped: a file truncated meanwhile is a
-    BadFile, not a SIGBUS), its size checked against the header; in the file's own order."""
-    shape, fortran, dtype, offset = _npy_layout(path, void2_as_bfloat16)
+    BadFile, not a SIGBUS), its size checked against the header; in the file's own order.
+    ``void2_as_bfloat16``/``void1_as``: how to read elements NumPy saved as raw 2-/1-byte voids
+    (see :class:`Voids`)."""
+    return _load_npy(path, Voids.of(void2_as_bfloat16, void1_as))
+
+
+def _load_npy(path: str, voids: Voids) -> np.ndarray:
+    _regular(path)
+    shape, fortran, dtype, offset = _npy_layout(path, voids)
     arr = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
     if arr.size:
         reader = _RangeReader(path, offset, dtype, repr(path))
@@ -276,14 +347,14 @@ def load_npy(path: str, *, void2_as_bfloat16: bool = False) -> np.ndarray:
     return arr
 
 
-def _npy_source(path: str, name: str, void2: bool) -> TensorSource:
-    shape, fortran, dtype, offset = _npy_layout(path, void2)
+def _npy_source(path: str, name: str, voids: Voids) -> TensorSource:
+    shape, fortran, dtype, offset = _npy_layout(path, voids)
     fortran = fortran and len(shape) > 1
     if fortran:
         if math.prod(shape) * dtype.itemsize > FORTRAN_MAX_BYTES:
             raise BadFile(f"{path!r} is Fortran-ordered and larger than {FORTRAN_MAX_BYTES >> 20} MiB: its C-order "
                           "chunks are spread over the whole file; re-save it in C order to stream it")
-        return TensorSource(name, shape, dtype, lambda: _FortranReader(path, void2), fortran_order=True,
+        return TensorSource(name, shape, dtype, lambda: _FortranReader(path, voids), fortran_order=True,
                             path=path, key=name)
     return TensorSource(name, shape, dtype, lambda: _RangeReader(path, offset, dtype, repr(path)), path=path, key=name,
                         splittable=True)
@@ -294,17 +365,17 @@ def _npy_source(path: str, name: str, void2: bool) -> TensorSource:
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError, OSError)
 
 
-def _npz_sources(path: str, void2: bool) -> list[TensorSource]:
+def _npz_sources(path: str, voids: Voids) -> list[TensorSource]:
     # (the ZipFile stays open for the deflated members' readers: its directory is read once)
     try:
-        return _npz_members(path, zipfile.ZipFile(path), void2)
+        return _npz_members(path, zipfile.ZipFile(path), voids)
     except BadFile:
         raise
     except _ZIP_ERRORS as exc:  # (the file itself opened: an OSError here is a seek its offsets forged)
         raise BadFile(f"{path!r} is not a valid .npz file: {exc}") from None
 
 
-def _npz_members(path: str, zf: zipfile.ZipFile, void2: bool) -> list[TensorSource]:
+def _npz_members(path: str, zf: zipfile.ZipFile, voids: Voids) -> list[TensorSource]:
     sources = []
     for info in zf.infolist():
         if not info.filename.endswith(".npy"):
@@ -313,7 +384,7 @@ def _npz_members(path: str, zf: zipfile.ZipFile, void2: bool) -> list[TensorSour
         label = f"{path!r} member {info.filename!r}"
         with zf.open(info) as fh:
             shape, fortran, descr, offset = _npy_header(fh, label)
-        dtype = _element_dtype(descr, label, void2)
+        dtype = _element_dtype(descr, label, voids)
         if fortran and len(shape) > 1:
             raise BadFile(f"{label} is Fortran-ordered; re-save it in C order to stream it")
         numel = math.prod(shape)
@@ -453,19 +524,25 @@ def _regular(path: str) -> None:
                       "(save a stream to a file first)")
 
 
-def open_tensors(path: str, *, void2_as_bfloat16: bool = False) -> list[TensorSource]:
+def open_tensors(path: str, *, void2_as_bfloat16: bool = False, void1_as: str | None = None) -> list[TensorSource]:
     """The tensors of a .npy (one, named after nothing: ''), .npz or .safetensors file.
 
     Raises OSError for an unreadable file and :class:`BadFile` for invalid content (a FIFO, a device
     or a socket included: files are read by position, and a FIFO would block until a writer came).
+    ``void2_as_bfloat16``/``void1_as``: how to read .npy elements NumPy saved as raw 2-/1-byte voids
+    (see :class:`Voids`).
     """
+    return _open_tensors(path, Voids.of(void2_as_bfloat16, void1_as))
+
+
+def _open_tensors(path: str, voids: Voids) -> list[TensorSource]:
     _regular(path)
     with open(path, "rb") as fh:
         magic = fh.read(8)
     if magic.startswith(b"\x93NUMPY"):
-        return [_npy_source(path, "", void2_as_bfloat16)]
+        return [_npy_source(path, "", voids)]
     if magic.startswith(b"PK"):
-        return _npz_sources(path, void2_as_bfloat16)
+        return _npz_sources(path, voids)
     if path.endswith(".safetensors") or (len(magic) == 8 and struct.unpack("<Q", magic)[0] < os.path.getsize(path)):
         return _safetensors_sources(path)
     raise BadFile(f"{path!r} is neither .npy, .npz nor .safetensors")
@@ -514,7 +591,7 @@ def _inside(root: str, rel: str) -> str | None:
         return None
 
 
-def _indexed_sources(path: str, index: str, void2: bool) -> list[TensorSource]:
+def _indexed_sources(path: str, index: str, voids: Voids) -> list[TensorSource]:
     """A sharded checkpoint (Hugging Face's `*.safetensors.index.json`): its weight_map says which shard
     holds each tensor; every tensor of the shards it names is compared, under its own name."""
     _regular(index)
@@ -535,7 +612,7 @@ def _indexed_sources(path: str, index: str, void2: bool) -> list[TensorSource]:
             raise BadFile(f"{index!r} names a shard outside its directory: {shard!r}")
         if not os.path.isfile(full):
             raise BadFile(f"{index!r} names a shard that does not exist: {shard!r}")
-        shards[shard] = {t.name: t for t in open_tensors(full, void2_as_bfloat16=void2)}
+        shards[shard] = {t.name: t for t in _open_tensors(full, voids)}
     found: dict[str, tuple[TensorSource, str]] = {}
     for name, shard in wmap.items():
         if name not in shards[shard]:
@@ -548,7 +625,7 @@ def _indexed_sources(path: str, index: str, void2: bool) -> list[TensorSource]:
     return [src for src, _ in found.values()]
 
 
-def _directory_sources(path: str, void2: bool) -> list[TensorSource]:
+def _directory_sources(path: str, voids: Voids) -> list[TensorSource]:
     """Every tensor of the .safetensors, .npy and .npz files under `path` (walked in sorted order): a
     .safetensors tensor under its own name (so checkpoints sharded differently still match), a .npy
     file under its relative path without the suffix, a .npz member as that path / the member name."""
@@ -561,7 +638,7 @@ def _directory_sources(path: str, void2: bool) -> list[TensorSource]:
             full = os.path.join(top, fname)
             rel = os.path.relpath(full, path).replace(os.sep, "/")
             stem = rel.rsplit(".", 1)[0]
-            for src in open_tensors(full, void2_as_bfloat16=void2):
+            for src in _open_tensors(full, voids):
                 if fname.endswith(".npy"):
                     name = stem
                 elif fname.endswith(".npz"):
@@ -574,15 +651,19 @@ def _directory_sources(path: str, void2: bool) -> list[TensorSource]:
     return [src for src, _ in found.values()]
 
 
-def open_side(path: str, *, void2_as_bfloat16: bool = False) -> list[TensorSource]:
+def open_side(path: str, *, void2_as_bfloat16: bool = False, void1_as: str | None = None) -> list[TensorSource]:
     """The tensors of one side of a comparison: a file (:func:`open_tensors`) or a directory (a sharded
     checkpoint with an index, or any tree of tensor files)."""
+    return _open_side(path, Voids.of(void2_as_bfloat16, void1_as))
+
+
+def _open_side(path: str, voids: Voids) -> list[TensorSource]:
     if not os.path.isdir(path):
-        return open_tensors(path, void2_as_bfloat16=void2_as_bfloat16)
+        return _open_tensors(path, voids)
     index = _index_file(path)
     if index is not None:
-        return _indexed_sources(path, index, void2_as_bfloat16)
-    return _directory_sources(path, void2_as_bfloat16)
+        return _indexed_sources(path, index, voids)
+    return _directory_sources(path, voids)
 
 
 # ---- comparison tasks --------------------------------------------------------------------------
@@ -614,7 +695,7 @@ class RangeTask:
     step: int
     atol: float
     rtol: float
-    void2: bool
+    voids: Voids
 
     @property
     def nbytes(self) -> int:
@@ -627,12 +708,12 @@ def _dtype_of(name: str) -> np.dtype:
     return _named_dtype(name)
 
 
-def _plan(a: TensorSource, b: TensorSource, atol: float, rtol: float, void2: bool) -> list[RangeTask]:
+def _plan(a: TensorSource, b: TensorSource, atol: float, rtol: float, voids: Voids) -> list[RangeTask]:
     step = max(1, CHUNK_BYTES // max(a.dtype.itemsize, b.dtype.itemsize))
     n = a.numel
     span = step * TASK_CHUNKS if a.splittable and b.splittable else max(n, 1)
     return [RangeTask(os.path.abspath(a.path), a.key, os.path.abspath(b.path), b.key, a.shape,
-                      (a.dtype.name, b.dtype.name), start, min(n, start + span), step, atol, rtol, void2)
+                      (a.dtype.name, b.dtype.name), start, min(n, start + span), step, atol, rtol, voids)
             for start in range(0, n, span)]
 
 
@@ -640,15 +721,15 @@ _SOURCES_LOCK = threading.Lock()
 _SOURCES: OrderedDict[tuple, dict[str, TensorSource]] = OrderedDict()  # a worker's recently opened files
 
 
-def _task_source(path: str, key: str, void2: bool, shape: tuple[int, ...], dtype: str) -> TensorSource:
+def _task_source(path: str, key: str, voids: Voids, shape: tuple[int, ...], dtype: str) -> TensorSource:
     st = os.stat(path)
-    ident = (path, void2, st.st_size, st.st_mtime_ns, st.st_ino)
+    ident = (path, voids, st.st_size, st.st_mtime_ns, st.st_ino)
     with _SOURCES_LOCK:
         tensors = _SOURCES.get(ident)
         if tensors is not None:
             _SOURCES.move_to_end(ident)
     if tensors is None:
-        tensors = {t.key: t for t in open_tensors(path, void2_as_bfloat16=void2)}
+        tensors = {t.key: t for t in _open_tensors(path, voids)}
         with _SOURCES_LOCK:
             _SOURCES[ident] = tensors
             while len(_SOURCES) > 16:
@@ -671,9 +752,9 @@ def run_task(task: RangeTask, opened: dict[tuple[str, str], TensorSource] | None
     from .parity import parity
 
     opened = opened or {}
-    a = opened.get((task.path_a, task.key_a)) or _task_source(task.path_a, task.key_a, task.void2, task.shape,
+    a = opened.get((task.path_a, task.key_a)) or _task_source(task.path_a, task.key_a, task.voids, task.shape,
                                                               task.dtypes[0])
-    b = opened.get((task.path_b, task.key_b)) or _task_source(task.path_b, task.key_b, task.void2, task.shape,
+    b = opened.get((task.path_b, task.key_b)) or _task_source(task.path_b, task.key_b, task.voids, task.shape,
                                                               task.dtypes[1])
     need = task.step * max(a.dtype.itemsize, b.dtype.itemsize)  # (the planner's chunks, whatever CHUNK_BYTES is here)
     own = streamer is None or streamer.chunk_bytes < need
@@ -776,7 +857,7 @@ def _run_in_process(tasks: list[RangeTask], opened: dict[tuple[str, str], Tensor
 
 
 def compare_files(path_a: str, path_b: str, *, atol: float = 0.0, rtol: float = 0.0, void2_as_bfloat16: bool = False,
-                  progress: Callable[[int, int], None] | None = None, workers: int | None = None,
+                  void1_as: str | None = None, progress: Callable[[int, int], None] | None = None, workers: int | None = None,
                   dask: object = None, tolerance: Callable[[str, str, str], tuple[float, float]] | None = None,
                   stats_out: dict | None = None, max_mismatch_ratio: float = 0.0,
                   min_cosine: float | None = None) -> dict:
@@ -811,8 +892,9 @@ def compare_files(path_a: str, path_b: str, *, atol: float = 0.0, rtol: float = 
     max_mismatch_ratio = check_mismatch_ratio(max_mismatch_ratio)
     min_cosine = check_min_cosine(min_cosine)
 
-    ta = open_side(path_a, void2_as_bfloat16=void2_as_bfloat16)
-    tb = open_side(path_b, void2_as_bfloat16=void2_as_bfloat16)
+    voids = Voids.of(void2_as_bfloat16, void1_as)
+    ta = _open_side(path_a, voids)
+    tb = _open_side(path_b, voids)
     if os.path.isdir(path_a) != os.path.isdir(path_b):
         (file, tensors), folder = ((path_a, ta), path_b) if os.path.isdir(path_b) else ((path_b, tb), path_a)
         if any(t.name == "" for t in tensors):
@@ -832,14 +914,13 @@ def compare_files(path_a: str, path_b: str, *, atol: float = 0.0, rtol: float = 
                 and _native(a.dtype) == _native(b.dtype) and a.dtype.kind in "biuc":
             exact.append((len(rows), a, b))  # integers, bools, ...: element for element, after the floats
         elif a.dtype.name not in COMPARABLE or b.dtype.name not in COMPARABLE:
-            hint = " (1-byte void elements: an FP8 .npy file is not read)" if "void8" in (a.dtype.name, b.dtype.name) \
-                else " (float tensors are compared with any float; other tensors only with their own dtype)"
-            row["error"] = f"unsupported-dtype: {a.dtype.name} vs {b.dtype.name}{hint}"
+            row["error"] = (f"unsupported-dtype: {a.dtype.name} vs {b.dtype.name} (float tensors are compared with "
+                            "any float; other tensors only with their own dtype)")
         elif a.numel == 0:
             row["numel"] = 0
         else:
             t_atol, t_rtol = (atol, rtol) if tolerance is None else tolerance(name, a.dtype.name, b.dtype.name)
-            planned = _plan(a, b, t_atol, t_rtol, void2_as_bfloat16)
+            planned = _plan(a, b, t_atol, t_rtol, voids)
             tasks += planned
             owner += [len(rows)] * len(planned)
         rows.append(row)
@@ -992,11 +1073,9 @@ def check_min_cosine(value: Any) -> float | None:
 def _row_ok(row: dict, max_mismatch_ratio: float, min_cosine: float | None) -> bool:
     """One tensor's verdict: not compared fails; empty passes; else the mismatch ratio and cosine rules
     (a NaN cosine never reaches a floor)."""
+    from .parity import within_gates
+
     if "error" in row:
         return False
-    if not row.get("numel"):
-        return True
-    ok = row["mismatches"] / row["numel"] <= max_mismatch_ratio  # (as compare_modules judges)
-    if min_cosine is not None and not row.get("exact"):  # (no cosine of integers)
-        ok = ok and row["cosine_sim"] >= min_cosine
-    return bool(ok)
+    return within_gates(row.get("numel", 0), row.get("mismatches", 0),
+                        None if row.get("exact") else row.get("cosine_sim"), max_mismatch_ratio, min_cosine)

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any, Callable, Iterable
 
 from ._optional import require
-from .parity import ParityStats, parity
+from .parity import ParityStats, parity, within_gates
 
 __all__ = ["compare_modules", "ModuleReport", "ModuleEntry", "default_tolerances", "dump", "DUMP_MANIFEST"]
 
@@ -193,7 +193,7 @@ class _Judge:
 
     def exact(self, name: str, call: int, path: str, order: float, numel: int, unequal: int) -> ModuleEntry:
         """An integer (bool, complex) output: element for element, under the same mismatch ratio."""
-        ok = numel == 0 or unequal / numel <= self.max_mismatch_ratio
+        ok = within_gates(numel, unequal, None, self.max_mismatch_ratio, None)
         return ModuleEntry(name, call, path, order, None, ok, "exact (not a float)",
                            None if ok else f"{unequal} of {numel} elements differ")
 
@@ -242,15 +242,13 @@ class _Judge:
             rule = f"max|b-gold| <= 2*max|a-gold| + {REFERENCE_EPS:g}"
             return ModuleEntry(name, call, path, order, stats, ok, rule,
                                ref={"err_a": err_a, "err_b": err_b, "ratio": ratio})
-        frac = stats.mismatches / stats.numel
-        ok = frac <= self.max_mismatch_ratio
+        ok = within_gates(stats.numel, stats.mismatches, stats.cosine_sim, self.max_mismatch_ratio, self.min_cosine)
         rule = f"isclose(atol={stats.atol:g}, rtol={stats.rtol:g})"
         if self.max_mismatch_ratio:
             rule += f", mismatches <= {self.max_mismatch_ratio:g}"
         if self.min_cosine is not None:
-            ok = ok and stats.cosine_sim >= self.min_cosine
             rule += f", cosine >= {self.min_cosine:g}"
-        return ModuleEntry(name, call, path, order, stats, bool(ok), rule)
+        return ModuleEntry(name, call, path, order, stats, ok, rule)
 
 
 def _unequal(a: Any, b: Any) -> int:

@@ -36,7 +36,7 @@ class ParityStats:
     """Statistics of ``a`` against the reference ``b``, all from one pass (see SPEC's table).
 
     Fields: ``numel``, ``max_abs_diff``, ``max_abs_index``, ``max_rel_diff``, ``max_rel_index``,
-    ``cosine_sim``, ``mismatches`` (at ``atol``/``rtol``), ``nonfinite``, ``mean_abs_diff``,
+    ``cosine_sim``, ``mismatches`` (at ``atol``/``rtol``), ``nonfinite``, ``equal_inf``, ``mean_abs_diff``,
     ``rmse``, ``snr_db``, ``pcc``, ``max_ulp_diff`` (in ``ulp_dtype``), ``abs_diff_histogram``
     (labels in :data:`HISTOGRAM_BINS`), plus ``shape``, ``dtypes``, ``atol``, ``rtol``.
     """
@@ -58,6 +58,7 @@ class ParityStats:
     cosine_sim = property(lambda self: self._r["cosine_sim"])
     mismatches = property(lambda self: self._r["mismatches"])
     nonfinite = property(lambda self: self._r["nonfinite"])
+    equal_inf = property(lambda self: self._r["equal_inf"])
     mean_abs_diff = property(lambda self: self._r["mean_abs_diff"])
     rmse = property(lambda self: self._r["rmse"])
     snr_db = property(lambda self: self._r["snr_db"])
@@ -134,6 +135,7 @@ class ParityStats:
             "cosine_sim": self.cosine_sim,
             "mismatches": self.mismatches,
             "nonfinite": self.nonfinite,
+            "equal_inf": self.equal_inf,
             "mean_abs_diff": self.mean_abs_diff,
             "rmse": self.rmse,
             "snr_db": self.snr_db,
@@ -170,7 +172,8 @@ class ParityStats:
             f"  Greatest relative difference: {self.max_rel_diff:.6g} at index {self.max_rel_index}",
             f"  cosine_sim {self.cosine_sim:.10g} (1 - cos = {one_minus_cos:.3g}), pcc {self.pcc:.10g}",
             f"  mean_abs_diff {self.mean_abs_diff:.6g}, rmse {self.rmse:.6g}, snr_db {self.snr_db:.4g}",
-            f"  max_ulp_diff {self.max_ulp_diff:,} ({self.ulp_dtype}), nonfinite {self.nonfinite:,}",
+            f"  max_ulp_diff {self.max_ulp_diff:,} ({self.ulp_dtype}), nonfinite {self.nonfinite:,}"
+            + (f" ({self.equal_inf:,} equal infinities, set aside)" if self.equal_inf else ""),
         ]
         return "\n".join(lines)
 
@@ -194,6 +197,20 @@ def _check_pair(va: TensorView, vb: TensorView) -> None:
         raise ValueError(f"a and b must have the same shape (no broadcasting), got {va.shape} and {vb.shape}")
     if va.numel == 0:
         raise ValueError(f"a and b have no elements (shape {va.shape})")
+
+
+def within_gates(numel: int, mismatches: int, cosine: float | None, max_mismatch_ratio: float,
+                 min_cosine: float | None) -> bool:
+    """One tensor's verdict, as ``compare`` and ``compare_modules`` give it: at most
+    ``max_mismatch_ratio`` of its ``numel`` elements outside tolerance and, when ``min_cosine`` is
+    given and the tensor has a cosine (``None``: integers), a cosine of at least that (a NaN cosine
+    never reaches it). An empty tensor passes."""
+    if numel == 0:
+        return True
+    ok = mismatches / numel <= max_mismatch_ratio
+    if min_cosine is not None and cosine is not None:
+        ok = ok and cosine >= min_cosine
+    return bool(ok)
 
 
 def _tolerance(name: str, value: Any) -> float:
@@ -273,7 +290,8 @@ def assert_parity(actual: Any, expected: Any, *, atol: float, rtol: float, max_a
         f"Greatest absolute difference: {s.max_abs_diff:.6g} at index {s.max_abs_index} ({abs_allowed})",
         f"Greatest relative difference: {s.max_rel_diff:.6g} at index {s.max_rel_index} (up to {s.rtol:g} allowed)",
         f"Cosine similarity: {s.cosine_sim:.10g}" + (f" (at least {min_cosine} required)" if min_cosine is not None else ""),
-        f"Non-finite elements (NaN or inf in either input): {s.nonfinite:,}",
+        f"Non-finite elements (NaN or inf in either input): {s.nonfinite:,}"
+        + (f", of which {s.equal_inf:,} equal infinities (exact matches)" if s.equal_inf else ""),
     ]
     raise AssertionError("\n".join(lines))
 

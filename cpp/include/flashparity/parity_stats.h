@@ -81,7 +81,8 @@ struct ParityCore {
   CompSum sum_abs, sum_sq, sum_aa, sum_bb, sum_ab;
   Moments mom;
   std::int64_t mismatches = 0;
-  std::int64_t nonfinite = 0;
+  std::int64_t nonfinite = 0;  // pairs with a NaN or an infinity on either side, equal infinities included
+  std::int64_t equal_inf = 0;  // pairs where both sides are the same infinity: exact matches, left out of the sums
   std::uint64_t max_ulp = 0;
 };
 
@@ -124,6 +125,7 @@ FP_HOST_DEVICE inline void accum_merge_core(ParityCore& a, const ParityCore& b, 
   a.mom.merge(b.mom);
   a.mismatches += b.mismatches;
   a.nonfinite += b.nonfinite;
+  a.equal_inf += b.equal_inf;
   if (b.max_ulp > a.max_ulp) a.max_ulp = b.max_ulp;
 }
 
@@ -164,21 +166,39 @@ FP_HOST_DEVICE FP_INLINE bool is_close(double av, double bv, double ad, const Pa
 // The running state of one lane that visits elements one at a time in increasing index order: the
 // exact reference of every rule (NaN/inf, ties, ULP rounding). The CPU's scalar block kernel and
 // each GPU thread run it; its histogram lives with the caller (a local array, or shared memory).
-// Moments are shifted by the lane's first element and centered when the lane is folded.
+// Moments are shifted by the lane's first summed element and centered when the lane is folded.
+//
+// Equal infinities (a = b = +inf, or a = b = -inf; masked logits, the LSE of a fully masked row) are
+// an exact match: difference 0 (histogram bin 0, ULP 0, never a mismatch), counted in `nonfinite`
+// and in `equal_inf`, and left out of the sums and moments, which run over the other elements.
 struct ElementAccum {
   std::int64_t n = 0;
   double max_abs = 0.0, max_rel = 0.0;
   std::int64_t max_abs_index = -1, max_rel_index = -1;
   double s_abs = 0, s_sq = 0, s_aa = 0, s_bb = 0, s_ab = 0;
   double ka = 0, kb = 0, sa = 0, sb = 0, saa = 0, sbb = 0, sab = 0;
-  std::int64_t mismatches = 0, nonfinite = 0;
+  std::int64_t mismatches = 0, nonfinite = 0, equal_inf = 0;
   std::uint64_t max_ulp = 0;
 
   // Adds element `index` (greater than every index added before) with values av, bv (exact
   // float64) and raw bit patterns ra, rb of types ta, tb. Returns its histogram bin.
   FP_HOST_DEVICE FP_INLINE int add(double av, double bv, std::uint64_t ra, std::uint64_t rb, DType ta, DType tb,
                                    std::int64_t index, const ParityParams& p) {
-    if (n == 0) {
+    if (av == bv && !std::isfinite(av)) {  // the same infinity on both sides (NaN never equals)
+      ++n;
+      ++nonfinite;
+      ++equal_inf;
+      if (max_beats(0.0, index, max_abs, max_abs_index)) {  // a zero difference: the maximum only if first
+        max_abs = 0.0;
+        max_abs_index = index;
+      }
+      if (max_beats(0.0, index, max_rel, max_rel_index)) {
+        max_rel = 0.0;
+        max_rel_index = index;
+      }
+      return 0;
+    }
+    if (n == equal_inf) {  // the first summed element: the moments' shift
       ka = av;
       kb = bv;
     }
@@ -237,10 +257,11 @@ struct ElementAccum {
     acc.sum_ab = CompSum{s_ab, 0.0};
     acc.mismatches = mismatches;
     acc.nonfinite = nonfinite;
+    acc.equal_inf = equal_inf;
     acc.max_ulp = max_ulp;
     acc.mom = Moments{};
-    if (n > 0) {
-      const double nn = static_cast<double>(n);
+    if (n > equal_inf) {
+      const double nn = static_cast<double>(n - equal_inf);
       acc.mom.n = nn;
       acc.mom.mean_a = ka + sa / nn;
       acc.mom.mean_b = kb + sb / nn;
@@ -279,15 +300,23 @@ FP_HOST_DEVICE FP_INLINE double sqrt_product(double x, double y) {
 
 FP_HOST_DEVICE inline ParityResult accum_finalize(const ParityAccum& s) {
   ParityResult r{};
-  const double n = static_cast<double>(s.numel);
   r.max_abs_diff = s.max_abs;
   r.max_rel_diff = s.max_rel;
   const double sq = s.sum_sq.value();
-  r.mean_abs_diff = s.sum_abs.value() / n;
-  r.rmse = std::sqrt(sq / n);
+  // The means run over the summed elements (equal infinities set aside); when every element is an
+  // equal infinity, every difference is zero.
+  const std::int64_t summed = s.numel - s.equal_inf;
+  if (summed == 0 && s.numel > 0) {
+    r.mean_abs_diff = 0.0;
+    r.rmse = 0.0;
+  } else {
+    const double n = static_cast<double>(summed);
+    r.mean_abs_diff = s.sum_abs.value() / n;
+    r.rmse = std::sqrt(sq / n);
+  }
   const double bb = s.sum_bb.value();
   r.snr_db = sq == 0.0 ? (bb == bb ? INFINITY : NAN) : 10.0 * std::log10(bb / sq);
-  if (s.nonfinite > 0) {
+  if (s.nonfinite > s.equal_inf) {  // a NaN, or an infinity against anything but itself
     r.cosine_sim = NAN;
     r.pcc = NAN;
     return r;
