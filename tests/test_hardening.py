@@ -392,7 +392,9 @@ def test_fp8_npy_files_as_numpy_writes_them(tmp_path, capsys):
     pa, pb = str(tmp_path / "float8_e4m3fn-a.npy"), str(tmp_path / "float8_e4m3fn-b.npy")
     # a 1-byte void could be any of ml_dtypes' 1-byte formats: named by the flag, or refused
     code, out, _ = run_cli(["compare", pa, pb, "--json"], capsys)
-    assert code == 1 and "--void1-as float8_e4m3fn" in json.loads(out)["error"]
+    row = json.loads(out)["tensors"][0]
+    assert code == 1 and row["error"].startswith("unsupported-dtype: void8 vs void8 (1-byte void elements")
+    assert "--void1-as float8_e4m3fn" in row["error"]
     for extra in ([], ["--workers", "2"]):
         code, out, _ = run_cli(["compare", pa, pb, "--atol", "0.5", "--void1-as", "float8_e4m3fn", "--json", *extra],
                                capsys)
@@ -417,10 +419,26 @@ def test_fp8_npy_files_as_numpy_writes_them(tmp_path, capsys):
     one_line_error(code, out, err, 2, "invalid choice: 'float8_e4m3'")
     with pytest.raises(ValueError, match="void1_as must be one of float8_e4m3fn, float8_e5m2"):
         compare_files(pa, pb, void1_as="int4")
-    raw = (tmp_path / "float8_e5m2-a.npy").read_bytes().replace(b"'shape': (5, 7)", b"'shape': [5, 7]")
-    (tmp_path / "forged.npy").write_bytes(raw)
-    with pytest.raises(BadFile, match="is not a valid .npy file"):
+    raw = (tmp_path / "float8_e5m2-a.npy").read_bytes().replace(b"'shape': (5, 7)", b"'shape': (True, 7)")
+    (tmp_path / "forged.npy").write_bytes(raw)  # (NumPy's own checks pass a bool dimension on to the descr)
+    with pytest.raises(BadFile, match="is not a valid .npy file: header b"):
         load_npy(str(tmp_path / "forged.npy"))
+    from flashparity import cli, files
+
+    assert cli.FP8_FORMATS == files.FP8_FORMATS
+
+
+def test_a_one_byte_void_tensor_in_a_directory_is_one_row_not_a_bad_file(tmp_path, capsys):
+    import ml_dtypes
+
+    for side in ("x", "y"):
+        (tmp_path / side).mkdir()
+        np.save(tmp_path / side / "w.npy", np.arange(6, dtype=np.float32))
+        np.save(tmp_path / side / "q.npy", np.arange(6).astype(ml_dtypes.int4))  # (saved as 1-byte voids)
+    code, out, _ = run_cli(["compare", str(tmp_path / "x"), str(tmp_path / "y"), "--json"], capsys)
+    rows = {r["name"]: r for r in json.loads(out)["tensors"]}
+    assert code == 1 and rows["w"]["ok"] and rows["w"]["max_abs_diff"] == 0.0
+    assert not rows["q"]["ok"] and "--void1-as" in rows["q"]["error"]
 
 
 def test_run_reads_fp8_npy_inputs(tmp_path, capsys):

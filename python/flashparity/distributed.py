@@ -21,7 +21,7 @@ from .parity import ParityStats, _tolerance
 
 __all__ = ["parity"]
 
-_MAGIC = 0x46505344  # "FPSD": a flashparity state buffer, layout version 1
+_MAGIC = 0x46505344 + (2 << 32)  # "FPSD": a flashparity state buffer, layout version 2 (with equal_inf)
 _MAX_DIMS = 64
 _DTYPES = ("float64", "float32", "float16", "bfloat16")
 _MESSAGE_BYTES = 1024
@@ -77,6 +77,9 @@ def _encode(shape, dtypes, atol: float, rtol: float, acc: Any, error: str | None
 def _decode(buf: np.ndarray, rank: int) -> dict:
     words = buf[: 8 * _WORDS].view(np.int64)
     if int(words[0]) != _MAGIC:
+        if int(words[0]) & 0xFFFFFFFF == _MAGIC & 0xFFFFFFFF:
+            raise RuntimeError(f"rank {rank} runs another flashparity version (state layout {int(words[0]) >> 32}, "
+                               f"here {_MAGIC >> 32}): install the same version on every rank")
         raise RuntimeError(f"rank {rank} sent no flashparity state (are all ranks calling fp.distributed.parity?)")
     if not words[1]:
         msg = bytes(buf[8 * _WORDS:]).rstrip(b"\0").decode("utf-8", "replace")

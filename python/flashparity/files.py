@@ -65,14 +65,16 @@ def _named_dtype(name: str) -> np.dtype:
 
 
 FP8_FORMATS = ("float8_e4m3fn", "float8_e5m2")
+_VOID1_WORDS = ("1-byte void elements, how NumPy saves float8_e4m3fn and most of ml_dtypes' other 1-byte formats; "
+                "pass --void1-as float8_e4m3fn (or float8_e5m2) to read them as that FP8 format")
 
 
 @dataclass(frozen=True)
 class Voids:
     """How .npy elements that NumPy saved without their format are read: 1-byte voids (how it saves
-    ml_dtypes' FP8 formats but float8_e5m2) as the FP8 format `one` names (None: refused, the file
-    cannot say which of ml_dtypes' ten 1-byte formats it holds), 2-byte voids (bfloat16) as bfloat16
-    when `two`."""
+    float8_e4m3fn and most of ml_dtypes' other 1-byte formats, int4 and float4 included) as the FP8
+    format `one` names (None: raw bytes, which compare with nothing: the file cannot say which format
+    it holds), 2-byte voids (bfloat16) as bfloat16 when `two` (else the file is refused)."""
 
     one: str | None = None
     two: bool = False
@@ -90,12 +92,8 @@ def _element_dtype(descr: np.dtype, label: str, voids: Voids) -> np.dtype:
             return _bf16()
         raise BadFile(f"{label} holds 2-byte void elements (how NumPy saves ml_dtypes bfloat16); "
                       "pass --void2-as-bfloat16 to read them as bfloat16")
-    if descr.kind == "V" and descr.itemsize == 1 and not descr.names:
-        if voids.one is not None:
-            return _named_dtype(voids.one)
-        raise BadFile(f"{label} holds 1-byte void elements (how NumPy saves ml_dtypes float8_e4m3fn, and the other "
-                      "1-byte formats but float8_e5m2); pass --void1-as float8_e4m3fn (or float8_e5m2) to read "
-                      "them as that FP8 format")
+    if descr.kind == "V" and descr.itemsize == 1 and not descr.names and voids.one is not None:
+        return _named_dtype(voids.one)  # (without the flag: a tensor of raw bytes, compared with nothing)
     if descr.hasobject:
         raise BadFile(f"{label} holds Python objects (pickles are never loaded)")
     return descr
@@ -258,7 +256,7 @@ class _FortranReader:
 
 # NumPy saves ml_dtypes.float8_e5m2 with this descr (its type character, '5', is no NumPy kind) and
 # cannot read it back; no other writer uses it. It is read as float8_e5m2.
-_E5M2_DESCRS = ("<f1", "|f1", ">f1", "=f1")
+_E5M2_DESCRS = ("<f1", "|f1", ">f1", "=f1", "f1")
 _NPY_MAX_HEADER = 10000  # (NumPy's own limit on the header it parses)
 
 
@@ -337,6 +335,8 @@ def load_npy(path: str, *, void2_as_bfloat16: bool = False, void1_as: str | None
 def _load_npy(path: str, voids: Voids) -> np.ndarray:
     _regular(path)
     shape, fortran, dtype, offset = _npy_layout(path, voids)
+    if dtype.type is np.void and dtype.itemsize == 1:  # (ml_dtypes' formats are kind 'V' too, not np.void)
+        raise BadFile(f"{path!r} holds {_VOID1_WORDS}")
     arr = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
     if arr.size:
         reader = _RangeReader(path, offset, dtype, repr(path))
@@ -914,8 +914,9 @@ def compare_files(path_a: str, path_b: str, *, atol: float = 0.0, rtol: float = 
                 and _native(a.dtype) == _native(b.dtype) and a.dtype.kind in "biuc":
             exact.append((len(rows), a, b))  # integers, bools, ...: element for element, after the floats
         elif a.dtype.name not in COMPARABLE or b.dtype.name not in COMPARABLE:
-            row["error"] = (f"unsupported-dtype: {a.dtype.name} vs {b.dtype.name} (float tensors are compared with "
-                            "any float; other tensors only with their own dtype)")
+            hint = _VOID1_WORDS if "void8" in (a.dtype.name, b.dtype.name) else (
+                "float tensors are compared with any float; other tensors only with their own dtype")
+            row["error"] = f"unsupported-dtype: {a.dtype.name} vs {b.dtype.name} ({hint})"
         elif a.numel == 0:
             row["numel"] = 0
         else:

@@ -235,7 +235,7 @@ def _one(impl: str, ref: str, case: Case) -> dict[str, Any]:
     }
     extra = stats.to_dict()
     for key in ("numel", "max_abs_index", "max_rel_diff", "max_rel_index", "mismatches", "nonfinite",
-                "mean_abs_diff", "rmse", "snr_db", "pcc", "max_ulp_diff", "ulp_dtype"):
+                "equal_inf", "mean_abs_diff", "rmse", "snr_db", "pcc", "max_ulp_diff", "ulp_dtype"):
         body[key] = extra[key]
     body["ref_max_abs_diff"] = ref_err
     body["baseline_max_abs_diff"] = base_err

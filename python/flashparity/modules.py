@@ -706,7 +706,7 @@ def compare_dumps(path_a: str, path_b: str, *, atol: float | None = None, rtol: 
                   min_cosine: float | None = None, max_mismatch_ratio: float = 0.0, **compare_kw: Any) -> ModuleReport:
     """Two ``fp.dump`` directories compared with compare_modules' verdicts (model_b's dump is the
     reference), in model_a's execution order; ``compare_kw`` goes to ``files.compare_files``
-    (``workers``, ``dask``, ``progress``)."""
+    (``workers``, ``dask``, ``progress``, ``void2_as_bfloat16``, ``void1_as``)."""
     from .files import check_min_cosine, check_mismatch_ratio, compare_files
 
     judge = _Judge(atol, rtol, check_min_cosine(min_cosine), check_mismatch_ratio(max_mismatch_ratio), False)

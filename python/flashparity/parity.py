@@ -33,7 +33,8 @@ def _narrower(a: str, b: str) -> str:
 
 
 class ParityStats:
-    """Statistics of ``a`` against the reference ``b``, all from one pass (see SPEC's table).
+    """Statistics of ``a`` against the reference ``b``, all from one pass (see SPEC's table; equal
+    infinities are an exact match, set aside from the sums: the README says how).
 
     Fields: ``numel``, ``max_abs_diff``, ``max_abs_index``, ``max_rel_diff``, ``max_rel_index``,
     ``cosine_sim``, ``mismatches`` (at ``atol``/``rtol``), ``nonfinite``, ``equal_inf``, ``mean_abs_diff``,
@@ -250,7 +251,8 @@ def parity(a: Any, b: Any, *, atol: float = 0.0, rtol: float = 0.0) -> ParitySta
 
 
 def max_abs_diff(a: Any, b: Any) -> float:
-    """max |a_i - b_i| in float64 (NaN if any difference is NaN); the same pass as :func:`parity`."""
+    """max |a_i - b_i| in float64 (NaN if any difference is NaN; equal infinities differ by 0); the
+    same pass as :func:`parity`."""
     return parity(a, b).max_abs_diff
 
 
