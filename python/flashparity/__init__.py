@@ -4,7 +4,8 @@ Public API (see the README and SPEC): :func:`build_info`; the fused parity reduc
 :func:`parity` (-> :class:`ParityStats`), :func:`max_abs_diff`, :func:`cosine_sim`; the
 attention forward :func:`attention` (naive and flash2, on the CPU and the GPU) and
 :func:`merge_attention_states`; serving layouts :func:`attention_varlen` and
-:func:`attention_kvcache` (paged); the
+:func:`attention_kvcache` (paged); :func:`conformance` of any attention kernel (adapters in
+:mod:`flashparity.adapters`) against the float64 oracle; the
 classifiers in :mod:`flashparity.classify`; parity over torch.distributed ranks in
 :mod:`flashparity.distributed`. The compiled core is the private module ``flashparity._core``.
 """
@@ -15,6 +16,7 @@ from . import classify, distributed
 from ._build import build_info
 from ._core import __version__
 from .attention import UnsupportedHeadDimError, attention, merge_attention_states
+from .conformance import ConformanceReport, conformance
 from .kernel_parity import kernel_parity
 from .serving import attention_kvcache, attention_varlen
 from .modules import ModuleReport, compare_modules, dump
@@ -35,6 +37,8 @@ __all__ = [
     "merge_attention_states",
     "UnsupportedHeadDimError",
     "kernel_parity",
+    "conformance",
+    "ConformanceReport",
     "assert_parity",
     "compare_modules",
     "ModuleReport",

@@ -1,0 +1,587 @@
+"""Conformance of any attention kernel to the float64 oracle: ``fp.conformance(kernel, ...)``.
+
+A suite of cases (:func:`suite_cases`) learned from the kernel projects' own tests (head dims, odd
+sequence lengths, MHA/GQA/MQA, causal, windows, softcap, ALiBi, fully masked rows, garbage in keys
+no row sees, extreme logits, strided and stride-0 inputs, determinism) runs through an adapter
+(:mod:`flashparity.adapters`: built-in kernels, PyTorch SDPA, or a user's callable in a named calling
+convention). Each case's output is judged with :func:`flashparity.parity`'s exact statistics
+against a float64 run of the naive kernel on the same rounded inputs (the gold), relative to the
+naive kernel in the case's dtype (the baseline):
+
+The baseline's error is the larger of the naive kernel's in the case's dtype (float32 sums, one
+rounding) and that of FlashAttention-2's test reference without upcasting (scores and probabilities
+rounded to the dtype: the reference FA2's and FA3's own tests hold their kernels to, which a kernel
+that feeds rounded probabilities to its P·V product, as FA2 does on tensor cores, can match):
+
+* max rule (FlashAttention-2's): ``max|out - gold| <= 2 * max|baseline - gold| + 1e-5``;
+* mean rule (FlashAttention-3's): ``mean|out - gold| <= 1.5 * mean|baseline - gold| + 1e-6``;
+* LSE, where the kernel returns one: ``max|lse - gold_lse| <= 2 * max|baseline_lse - gold_lse| + 1e-5``
+  (equal infinities, the -inf of a fully masked row, are equal);
+* correlation: ``cosine(out, gold) >= 0.99 * cosine(baseline, gold)``;
+* no NaN or infinity where the gold is finite, and the output's shape and dtype.
+
+Every case reports each rule's ratio (error / bound: at most 1 passes), not only the verdict. A
+case outside what the adapter supports is ``unsupported`` with the reason: listed, never a failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from .attention import attention
+from .kernel_parity import alibi_slopes
+from .parity import parity
+
+__all__ = ["Case", "CaseResult", "ConformanceReport", "suite_cases", "conformance", "SUITES", "KINDS",
+           "MAX_RULE_FACTOR", "MAX_RULE_EPS", "MEAN_RULE_FACTOR", "MEAN_RULE_EPS", "COSINE_FRACTION"]
+
+MAX_RULE_FACTOR, MAX_RULE_EPS = 2.0, 1e-5
+MEAN_RULE_FACTOR, MEAN_RULE_EPS = 1.5, 1e-6
+COSINE_FRACTION = 0.99
+
+#: What a case exercises beyond its shape and options.
+KINDS = {
+    "plain": "random inputs",
+    "masked-rows": "rows that see no key (causal with seqlen_q > seqlen_k): output 0 and LSE -inf, as FA2",
+    "poisoned": "NaN and inf in keys that the first rows cannot see: those rows must be bit-identical to a clean run",
+    "extreme": "logits near ±1e4",
+    "strided": "non-contiguous q, k and v (a slice of a wider head dimension, in heads-major memory)",
+    "stride0": "k and v broadcast over their heads (stride 0, as from expand)",
+    "determinism": "the same call twice must give the same bits",
+}
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One conformance case. Layout BSHD; ``causal`` and ``window=(left, right)`` are bottom-right
+    aligned (FlashAttention-2 >= 2.1): query i sees key j iff
+    ``i + seqlen_k - seqlen_q - left <= j <= i + seqlen_k - seqlen_q + right`` (-1: unbounded)."""
+
+    dtype: str = "float32"
+    batch: int = 1
+    seqlen_q: int = 64
+    seqlen_k: int = 64
+    heads_q: int = 4
+    heads_kv: int = 4
+    head_dim: int = 64
+    causal: bool = False
+    window: tuple[int, int] = (-1, -1)
+    softcap: float = 0.0
+    alibi: bool = False
+    kind: str = "plain"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        for name in ("batch", "seqlen_q", "seqlen_k", "heads_q", "heads_kv", "head_dim"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.heads_q % self.heads_kv:
+            raise ValueError(f"heads_q ({self.heads_q}) must be a multiple of heads_kv ({self.heads_kv})")
+        if len(self.window) != 2 or any(w < -1 for w in self.window):
+            raise ValueError(f"window must be (left, right) with each >= -1, got {self.window!r}")
+        if self.kind == "masked-rows" and not (self.causal and self.seqlen_q > self.seqlen_k):
+            raise ValueError("a masked-rows case is causal with seqlen_q > seqlen_k")
+        if self.kind == "poisoned" and not (self.causal and self.seqlen_q <= self.seqlen_k and self.seqlen_q > 1):
+            raise ValueError("a poisoned case is causal with 1 < seqlen_q <= seqlen_k")
+
+    @property
+    def heads(self) -> str:
+        """mha, gqa or mqa."""
+        return "mha" if self.heads_q == self.heads_kv else "mqa" if self.heads_kv == 1 else "gqa"
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """What the case exercises: its heads kind, its options and its kind (the summary's rows)."""
+        f = [self.heads]
+        if self.causal:
+            f.append("causal")
+        if self.window != (-1, -1):
+            f.append("window")
+        if self.softcap:
+            f.append("softcap")
+        if self.alibi:
+            f.append("alibi")
+        if self.kind != "plain":
+            f.append(self.kind)
+        return tuple(f)
+
+    @property
+    def name(self) -> str:
+        parts = [self.dtype, f"b{self.batch}", f"q{self.seqlen_q}", f"k{self.seqlen_k}",
+                 f"h{self.heads_q}/{self.heads_kv}", f"d{self.head_dim}"]
+        if self.causal:
+            parts.append("causal")
+        if self.window != (-1, -1):
+            parts.append(f"window{self.window[0]},{self.window[1]}")
+        if self.softcap:
+            parts.append(f"softcap{self.softcap:g}")
+        if self.alibi:
+            parts.append("alibi")
+        if self.kind != "plain":
+            parts.append(self.kind)
+        return "-".join(parts)
+
+    @property
+    def softmax_scale(self) -> float:
+        return 1.0 / math.sqrt(self.head_dim)
+
+    @property
+    def poisoned_keys(self) -> int:
+        """How many trailing keys a poisoned case fills with garbage (rows below seqlen_q - this
+        count cannot see them)."""
+        return min(3, self.seqlen_q - 1)
+
+    def inputs(self) -> dict[str, Any]:
+        """Seeded q, k, v ([batch, seqlen, heads, head_dim] NumPy arrays in the case's dtype; views
+        for the strided and stride-0 kinds) and ALiBi slopes (float32 [heads_q]) or None."""
+        from .attention import _numpy_dtype
+
+        rng = np.random.default_rng(self.seed)
+        dt = _numpy_dtype(self.dtype)
+        b, sq, sk, hq, hk, d = self.batch, self.seqlen_q, self.seqlen_k, self.heads_q, self.heads_kv, self.head_dim
+        if self.kind == "strided":  # BSHD views of [b, h, s, d + 3] memory, a slice of the head dim
+            q = rng.standard_normal((b, hq, sq, d + 3)).astype(dt).transpose(0, 2, 1, 3)[..., 1:d + 1]
+            k = rng.standard_normal((b, hk, sk, d + 3)).astype(dt).transpose(0, 2, 1, 3)[..., 1:d + 1]
+            v = rng.standard_normal((b, hk, sk, d + 3)).astype(dt).transpose(0, 2, 1, 3)[..., 1:d + 1]
+        elif self.kind == "stride0":
+            q = rng.standard_normal((b, sq, hq, d)).astype(dt)
+            k = np.broadcast_to(rng.standard_normal((b, sk, 1, d)).astype(dt), (b, sk, hk, d))
+            v = np.broadcast_to(rng.standard_normal((b, sk, 1, d)).astype(dt), (b, sk, hk, d))
+        else:
+            scale = 100.0 if self.kind == "extreme" else 1.0  # scores ~ ±1e4
+            q = (rng.standard_normal((b, sq, hq, d)) * scale).astype(dt)
+            k = (rng.standard_normal((b, sk, hk, d)) * scale).astype(dt)
+            v = rng.standard_normal((b, sk, hk, d)).astype(dt)
+        return {"q": q, "k": k, "v": v, "alibi_slopes": alibi_slopes(hq) if self.alibi else None}
+
+    def poison(self, inputs: dict[str, Any], which: str = "kv") -> dict[str, Any]:
+        """The inputs with NaN and ±inf at the trailing :attr:`poisoned_keys` keys of k and/or v
+        (``which``: "k", "v" or "kv")."""
+        out = dict(inputs)
+        p = self.poisoned_keys
+        garbage = np.array([np.nan, np.inf, -np.inf], np.float64)
+        for name in which:
+            x = np.array(inputs[name])
+            tail = x[:, x.shape[1] - p:]
+            tail[...] = np.resize(garbage, tail.shape).astype(x.dtype)
+            out[name] = x
+        return out
+
+    def lowp_reference(self, inputs: dict[str, Any]) -> np.ndarray | None:
+        """FlashAttention-2's test reference without upcasting (``attention_ref(upcast=False)``, the
+        baseline FA2's and FA3's tests hold kernels to): q·scale, the scores and the probabilities
+        rounded to the case's dtype, float32 products and sums in between; rows that see no key give
+        0. None for float32 (it is then the naive kernel)."""
+        from .attention import _numpy_dtype
+
+        if self.dtype == "float32":
+            return None
+        dt = _numpy_dtype(self.dtype)
+
+        def rd(x):
+            return np.asarray(x, np.float32).astype(dt).astype(np.float32)
+
+        rep = self.heads_q // self.heads_kv
+        q = rd(np.asarray(inputs["q"], np.float32) * np.float32(self.softmax_scale))
+        k = np.repeat(np.asarray(inputs["k"], np.float32), rep, axis=2)
+        v = np.repeat(np.asarray(inputs["v"], np.float32), rep, axis=2)
+        s = rd(np.einsum("bthd,bshd->bhts", q, k))
+        if self.softcap:
+            s = rd(rd(np.tanh(rd(s / np.float32(self.softcap)))) * np.float32(self.softcap))
+        if self.alibi:
+            from .adapters import alibi_bias
+
+            s = s + alibi_bias(self, inputs["alibi_slopes"])[None]
+        from .adapters import visible
+
+        seen = visible(self)
+        s = np.where(seen, s, -np.inf).astype(np.float32)
+        top = s.max(axis=-1, keepdims=True)
+        with np.errstate(invalid="ignore"):
+            e = np.exp(s - np.where(np.isfinite(top), top, 0), dtype=np.float32)
+            p = e / e.sum(axis=-1, keepdims=True)
+        p = rd(np.where(seen.any(axis=-1)[:, None], p, 0))
+        return np.einsum("bhts,bshd->bthd", p, v).astype(dt)
+
+    def reference(self, inputs: dict[str, Any], dtype: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(out, lse) of flashparity's naive kernel on the inputs, in float64 (the gold) or in the
+        case's dtype (the baseline)."""
+        q, k, v = inputs["q"], inputs["k"], inputs["v"]
+        if dtype == "float64":
+            q, k, v = (x.astype(np.float64) for x in (q, k, v))
+        return attention(q, k, v, impl="naive", causal=self.causal, window=self.window, softcap=self.softcap,
+                         alibi_slopes=inputs["alibi_slopes"], softmax_scale=self.softmax_scale, return_lse=True)
+
+
+# ---- suites -----------------------------------------------------------------------------------------
+
+HEAD_DIMS = (32, 40, 59, 64, 80, 96, 111, 128, 160, 192, 224, 256)
+SEQLENS = ((1, 1), (1, 239), (113, 203), (239, 1), (799, 3), (1023, 1024), (1024, 1023), (512, 256))
+SUITES = ("quick", "default", "full")
+
+
+def _quick(dtype: str) -> list[Case]:
+    c = dict(dtype=dtype)
+    return [
+        Case(**c, seqlen_q=1, seqlen_k=1, head_dim=64),
+        Case(**c, seqlen_q=1, seqlen_k=239, heads_q=8, heads_kv=2, head_dim=128),
+        Case(**c, seqlen_q=113, seqlen_k=203, head_dim=64, causal=True),
+        Case(**c, seqlen_q=239, seqlen_k=17, head_dim=32, causal=True, kind="masked-rows"),
+        Case(**c, seqlen_q=128, seqlen_k=128, heads_q=4, heads_kv=1, head_dim=59, window=(16, 0)),
+        Case(**c, seqlen_q=113, seqlen_k=203, head_dim=80, softcap=30.0),
+        Case(**c, seqlen_q=64, seqlen_k=64, head_dim=64, causal=True, alibi=True),
+        Case(**c, seqlen_q=64, seqlen_k=128, head_dim=96, kind="strided"),
+        Case(**c, seqlen_q=64, seqlen_k=64, heads_q=4, heads_kv=2, head_dim=64, kind="stride0"),
+        Case(**c, seqlen_q=96, seqlen_k=96, head_dim=64, causal=True, kind="poisoned"),
+        Case(**c, seqlen_q=64, seqlen_k=64, head_dim=64, kind="extreme"),
+        Case(**c, seqlen_q=113, seqlen_k=203, heads_q=4, heads_kv=2, head_dim=128, kind="determinism"),
+    ]
+
+
+def _default(dtype: str) -> list[Case]:
+    c = dict(dtype=dtype)
+    cases = _quick(dtype)
+    cases += [Case(**c, seqlen_q=113, seqlen_k=203, heads_q=4, heads_kv=2, head_dim=d, causal=d % 2 == 0)
+              for d in HEAD_DIMS]
+    cases += [Case(**c, seqlen_q=sq, seqlen_k=sk, heads_q=2, heads_kv=1, head_dim=64, causal=causal)
+              for sq, sk in SEQLENS if sq * sk <= 1 << 19 for causal in (False, True) if not (causal and sq > sk)]
+    cases += [Case(**c, seqlen_q=113, seqlen_k=203, head_dim=64, window=w) for w in ((0, 0), (7, 3), (-1, 5))]
+    cases += [Case(**c, batch=2, seqlen_q=799, seqlen_k=3, heads_q=2, heads_kv=2, head_dim=40, causal=True,
+                   kind="masked-rows")]
+    return cases
+
+
+def _full(dtype: str) -> list[Case]:
+    c = dict(dtype=dtype)
+    cases = _default(dtype)
+    for d in HEAD_DIMS:
+        for sq, sk in SEQLENS:
+            for hq, hk in ((4, 4), (4, 2), (4, 1)):
+                for causal in (False, True):
+                    kind = "masked-rows" if causal and sq > sk else "plain"
+                    cases.append(Case(**c, seqlen_q=sq, seqlen_k=sk, heads_q=hq, heads_kv=hk, head_dim=d,
+                                      causal=causal, kind=kind))
+    return cases
+
+
+def suite_cases(name: str = "quick", dtypes: Iterable[str] = DTYPES, seed: int = 0) -> list[Case]:
+    """The cases of a named suite for each dtype: ``quick`` (12 a dtype: one of each kind and
+    feature), ``default`` (quick plus every head dim, the sequence-length pairs and windows; under a
+    minute for a CPU kernel on 2 cores) or ``full`` (every head dim × sequence pair × MHA/GQA/MQA ×
+    causal)."""
+    builders = {"quick": _quick, "default": _default, "full": _full}
+    if name not in builders:
+        raise ValueError(f"suite must be one of {', '.join(SUITES)}, got {name!r}")
+    dtypes = list(dtypes)
+    for dt in dtypes:
+        if dt not in DTYPES:
+            raise ValueError(f"dtypes must be among {', '.join(DTYPES)}, got {dt!r}")
+    cases = [dataclasses.replace(case, seed=seed + i) for dt in dtypes for i, case in enumerate(builders[name](dt))]
+    return list(dict.fromkeys(cases))  # (the same case twice runs once)
+
+
+# ---- verdicts ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class CaseResult:
+    """One case's verdict (``pass``, ``fail``, ``unsupported`` or ``error``), why, the statistics
+    against the gold (kernel and baseline) and each rule's ratio (error / bound; at most 1 passes)."""
+
+    case: Case
+    verdict: str
+    reason: str = ""
+    stats: dict[str, float] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
+    deterministic: bool | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.case.name, "case": dataclasses.asdict(self.case), "features": list(self.case.features),
+                "verdict": self.verdict, "reason": self.reason, "stats": dict(self.stats),
+                "ratios": dict(self.ratios), "deterministic": self.deterministic, "seconds": self.seconds}
+
+
+def _ratio(err: float, bound: float) -> float:
+    if err != err:
+        return math.nan
+    return err / bound if bound > 0 else (0.0 if err == 0 else math.inf)
+
+
+def _host(x: Any, name: str) -> np.ndarray:
+    """A kernel's output as a NumPy array (torch tensors through their own conversion, bfloat16 kept)."""
+    if isinstance(x, np.ndarray):
+        return x
+    mod = type(x).__module__
+    if mod.startswith("torch"):
+        t = x.detach().cpu()
+        if str(t.dtype) == "torch.bfloat16":
+            import ml_dtypes
+
+            return t.view(__import__("torch").int16).numpy().view(ml_dtypes.bfloat16)
+        return t.numpy()
+    try:
+        return np.asarray(x)
+    except Exception as exc:
+        raise TypeError(f"the kernel's {name} is a {type(x).__name__}, not an array") from exc
+
+
+def judge(case: Case, inputs: dict[str, Any], out: Any, lse: Any, gold: tuple, baseline: tuple,
+          lowp: np.ndarray | None = None) -> CaseResult:
+    """The verdict of one output (and LSE, or None) against the gold. The baseline's errors are the
+    larger of the naive kernel's in the case's dtype (``baseline``: (out, lse)) and FlashAttention-2's
+    low-precision reference's (``lowp``, when given), its cosine the smaller."""
+    out = _host(out, "output")
+    want_dtype = np.asarray(inputs["q"]).dtype
+    if tuple(out.shape) != tuple(inputs["q"].shape):
+        return CaseResult(case, "fail", f"output shape {tuple(out.shape)}, expected {tuple(inputs['q'].shape)}")
+    if out.dtype != want_dtype:
+        return CaseResult(case, "fail", f"output dtype {out.dtype}, expected {want_dtype}")
+    g_out, g_lse = gold
+    b_out, b_lse = baseline
+    err = parity(out, g_out)
+    naive = parity(b_out, g_out)
+    ref = parity(lowp, g_out) if lowp is not None else naive
+    base_max = max(naive.max_abs_diff, ref.max_abs_diff)
+    base_mean = max(naive.mean_abs_diff, ref.mean_abs_diff)
+    base_cos = min(naive.cosine_sim, ref.cosine_sim)
+    stats = {"max_abs_diff": err.max_abs_diff, "mean_abs_diff": err.mean_abs_diff, "cosine_sim": err.cosine_sim,
+             "baseline_max_abs_diff": base_max, "baseline_mean_abs_diff": base_mean, "baseline_cosine_sim": base_cos,
+             "naive_max_abs_diff": naive.max_abs_diff, "lowp_ref_max_abs_diff": ref.max_abs_diff}
+    ratios = {"max": _ratio(err.max_abs_diff, MAX_RULE_FACTOR * base_max + MAX_RULE_EPS),
+              "mean": _ratio(err.mean_abs_diff, MEAN_RULE_FACTOR * base_mean + MEAN_RULE_EPS),
+              "cosine": _ratio(COSINE_FRACTION * base_cos, err.cosine_sim) if err.cosine_sim > 0
+              else math.inf if err.cosine_sim == err.cosine_sim else math.nan}
+    reasons = []
+    o64, g64 = out.astype(np.float64), g_out
+    bad = ~np.isfinite(o64) & np.isfinite(g64)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        reasons.append(f"{int(bad.sum())} NaN/inf outputs where the oracle is finite (first at {first}: "
+                       f"{o64[first]!r} vs {g64[first]!r})")
+    if lse is not None:
+        lse = _host(lse, "lse")
+        want = (case.batch, case.heads_q, case.seqlen_q)
+        if tuple(lse.shape) != want:
+            reasons.append(f"lse shape {tuple(lse.shape)}, expected {want} (batch, heads, seqlen_q)")
+        else:
+            e = parity(lse.astype(np.float64), g_lse.astype(np.float64))
+            be = parity(b_lse.astype(np.float64), g_lse.astype(np.float64))
+            stats.update(lse_max_abs_diff=e.max_abs_diff, baseline_lse_max_abs_diff=be.max_abs_diff)
+            ratios["lse"] = _ratio(e.max_abs_diff, MAX_RULE_FACTOR * be.max_abs_diff + MAX_RULE_EPS)
+            if not ratios["lse"] <= 1:
+                reasons.append(f"lse: max|lse - gold| {e.max_abs_diff:.3g} at {e.max_abs_index} > "
+                               f"2 × baseline's {be.max_abs_diff:.3g} + 1e-5")
+    names = {"max": "max|out - gold| {:.3g} > 2 × baseline's {:.3g} + 1e-5",
+             "mean": "mean|out - gold| {:.3g} > 1.5 × baseline's {:.3g} + 1e-6",
+             "cosine": "cosine {:.6g} < 0.99 × baseline's {:.6g}"}
+    vals = {"max": (err.max_abs_diff, base_max), "mean": (err.mean_abs_diff, base_mean),
+            "cosine": (err.cosine_sim, base_cos)}
+    for rule in ("max", "mean", "cosine"):
+        if not ratios[rule] <= 1:
+            reasons.append(names[rule].format(*vals[rule]) + (f" (at {err.max_abs_index})" if rule == "max" else ""))
+    return CaseResult(case, "fail" if reasons else "pass", "; ".join(reasons), stats, ratios)
+
+
+# ---- the report -------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConformanceReport:
+    """Every case's verdict for one kernel. ``ok``: no case failed or raised (unsupported cases are
+    listed, never failures)."""
+
+    kernel: str
+    kernel_source: str
+    convention: str
+    device: str
+    cases: list[CaseResult]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.verdict in ("pass", "unsupported") for r in self.cases) and any(
+            r.verdict == "pass" for r in self.cases)
+
+    def counts(self) -> dict[str, int]:
+        out = {"pass": 0, "fail": 0, "unsupported": 0, "error": 0}
+        for r in self.cases:
+            out[r.verdict] += 1
+        return out
+
+    def summary(self) -> dict[str, dict[str, dict[str, int]]]:
+        """{feature: {dtype: {verdict: count}}}: each case counts under each of its features."""
+        table: dict[str, dict[str, dict[str, int]]] = {}
+        for r in self.cases:
+            for f in r.case.features:
+                cell = table.setdefault(f, {}).setdefault(r.case.dtype, {"pass": 0, "fail": 0, "unsupported": 0,
+                                                                         "error": 0})
+                cell[r.verdict] += 1
+        return table
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kernel": self.kernel, "kernel_source": self.kernel_source, "convention": self.convention,
+                "device": self.device, "ok": self.ok, "counts": self.counts(), "summary": self.summary(),
+                "notes": list(self.notes), "cases": [r.to_dict() for r in self.cases],
+                "rules": {"max": f"max|out - gold| <= {MAX_RULE_FACTOR:g} * max|baseline - gold| + {MAX_RULE_EPS:g}",
+                          "mean": f"mean|out - gold| <= {MEAN_RULE_FACTOR:g} * mean|baseline - gold| + {MEAN_RULE_EPS:g}",
+                          "lse": f"max|lse - gold| <= {MAX_RULE_FACTOR:g} * max|baseline lse - gold| + {MAX_RULE_EPS:g}",
+                          "cosine": f"cosine(out, gold) >= {COSINE_FRACTION:g} * cosine(baseline, gold)",
+                          "gold": "flashparity's naive kernel in float64 on the same rounded inputs",
+                          "baseline": "the larger error of flashparity's naive kernel in the case's dtype and "
+                                      "FlashAttention-2's test reference without upcasting (scores and "
+                                      "probabilities rounded to the dtype)"}}
+
+    def __str__(self) -> str:
+        from ._write import printable
+
+        c = self.counts()
+        lines = [f"conformance of {printable(self.kernel)} ({printable(self.kernel_source)}), convention "
+                 f"{self.convention}, on {self.device}: {'PASS' if self.ok else 'FAIL'} — {c['pass']} passed, "
+                 f"{c['fail']} failed, {c['error']} errors, {c['unsupported']} unsupported"]
+        dtypes = sorted({r.case.dtype for r in self.cases}, key=DTYPES.index)
+        table = self.summary()
+        width = max([len(f) for f in table] + [8])
+        lines.append(f"  {'feature':<{width}}  " + "  ".join(f"{d:>16}" for d in dtypes))
+        for feat, row in table.items():
+            cells = []
+            for d in dtypes:
+                x = row.get(d)
+                cells.append(f"{'':>16}" if x is None else
+                             f"{x['pass']:>4} ok {x['fail'] + x['error']:>3} ✗ {x['unsupported']:>3} –")
+            lines.append(f"  {feat:<{width}}  " + "  ".join(cells))
+        for r in self.cases:
+            if r.verdict in ("fail", "error"):
+                lines.append(f"  {r.verdict.upper()} {r.case.name}: {printable(r.reason)}")
+        unsupported = {}
+        for r in self.cases:
+            if r.verdict == "unsupported":
+                unsupported.setdefault(r.reason, []).append(r.case.name)
+        for reason, names in unsupported.items():
+            lines.append(f"  unsupported ({len(names)}): {printable(reason)}")
+        lines += [f"  note: {printable(n)}" for n in self.notes]
+        return "\n".join(lines)
+
+
+# ---- running a suite --------------------------------------------------------------------------------
+
+
+def run_case(adapter: Any, case: Case) -> CaseResult:
+    """One case through an adapter: unsupported (with every reason), or run and judged (a crash is
+    an ``error``, with the exception)."""
+    from .adapters import Unsupported
+
+    reasons = adapter.not_supported_reasons(case)
+    if reasons:
+        return CaseResult(case, "unsupported", "; ".join(reasons))
+    t0 = time.perf_counter()
+    inputs = case.inputs()
+    try:
+        out, lse = adapter.run(case, inputs)
+    except Unsupported as exc:
+        return CaseResult(case, "unsupported", str(exc))
+    except Exception as exc:  # a crash of the kernel under test is its verdict, not ours
+        return CaseResult(case, "error", f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - t0)
+    gold = case.reference(inputs, "float64")
+    baseline = case.reference(inputs)
+    result = judge(case, inputs, out, lse, gold, baseline, case.lowp_reference(inputs))
+    if case.kind == "determinism" and result.verdict != "unsupported":
+        try:
+            out2, lse2 = adapter.run(case, inputs)
+            same = _same_bits(out, out2) and (lse is None or _same_bits(lse, lse2))
+        except Exception as exc:
+            same = False
+            result.reason = "; ".join(filter(None, [result.reason, f"second call raised {type(exc).__name__}: {exc}"]))
+        result.deterministic = same
+        if not same:
+            result.verdict = "fail"
+            result.reason = "; ".join(filter(None, [result.reason, "two calls on the same inputs differ"]))
+    if case.kind == "poisoned" and result.verdict == "pass":
+        _check_poison(adapter, case, inputs, out, lse, result)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _same_bits(x: Any, y: Any) -> bool:
+    a, b = _host(x, "output"), _host(y, "output")
+    return a.shape == b.shape and a.dtype == b.dtype and np.ascontiguousarray(a).tobytes() == \
+        np.ascontiguousarray(b).tobytes()
+
+
+def _poison_leaks(adapter: Any, case: Case, inputs: dict, out: Any, lse: Any, which: str) -> str:
+    """'' when rows that cannot see the poisoned keys (of k and/or v) are bit-identical to the clean
+    run's; else what changed."""
+    rows = case.seqlen_q - case.poisoned_keys  # (rows 0 .. rows-1 see no poisoned key)
+    try:
+        out2, lse2 = adapter.run(case, case.poison(inputs, which))
+    except Exception as exc:
+        return f"with garbage in unseen keys of {which} the call raised {type(exc).__name__}: {exc}"
+    a, b = _host(out, "output")[:, :rows], _host(out2, "output")[:, :rows]
+    differ = ~((a == b) | (np.isnan(a.astype(np.float64)) & np.isnan(b.astype(np.float64))))
+    problems = []
+    if differ.any():
+        first = tuple(int(i) for i in np.argwhere(differ)[0])
+        problems.append(f"NaN/inf in the {case.poisoned_keys} last keys of {which}, which rows 0..{rows - 1} cannot "
+                        f"see, changed {int(differ.sum())} of those rows' outputs (first at {first}: "
+                        f"{float(b[first])!r} instead of {float(a[first])!r})")
+    if lse is not None and lse2 is not None:
+        la, lb = _host(lse, "lse")[:, :, :rows], _host(lse2, "lse")[:, :, :rows]
+        if not np.array_equal(la, lb, equal_nan=True):
+            problems.append(f"garbage in unseen keys of {which} changed the lse of rows 0..{rows - 1}")
+    return "; ".join(problems)
+
+
+def _check_poison(adapter: Any, case: Case, inputs: dict, out: Any, lse: Any, result: CaseResult) -> None:
+    """Rows that cannot see the poisoned keys must be bit-identical to the clean run's; when they are
+    not, k and v are poisoned one at a time to say which leaks."""
+    if not _poison_leaks(adapter, case, inputs, out, lse, "kv"):
+        return
+    found = [msg for which in ("k", "v") if (msg := _poison_leaks(adapter, case, inputs, out, lse, which))]
+    result.verdict = "fail"
+    result.reason = "; ".join(found) or _poison_leaks(adapter, case, inputs, out, lse, "kv")
+
+
+def conformance(kernel: Any, *, convention: str | None = None, suite: str | list[Case] = "quick",
+                dtypes: Iterable[str] = DTYPES, device: str = "cpu", seed: int = 0,
+                capabilities: dict | None = None, progress: Callable[[int, int], None] | None = None
+                ) -> ConformanceReport:
+    """Run a suite of cases through a kernel and judge each against the float64 oracle.
+
+    ``kernel``: a built-in adapter's name (:data:`flashparity.adapters.ADAPTERS`: ``flashparity:flash2``,
+    ``flashparity:naive``, ``torch-sdpa`` and ``torch-sdpa:<backend>``), ``"package.module:function"``,
+    or a callable; the last two need ``convention`` (:data:`flashparity.adapters.CONVENTIONS`) and may
+    declare ``capabilities`` (see :class:`flashparity.adapters.Capabilities`). ``suite``: ``quick``,
+    ``default``, ``full`` (see :func:`suite`) or a list of :class:`Case`. ``progress(done, total)``
+    after each case. Returns a :class:`ConformanceReport`.
+    """
+    from .adapters import resolve
+
+    if device != "cpu":
+        raise ValueError(f"device must be 'cpu' (GPU conformance runs come with the GPU adapters), got {device!r}")
+    adapter = resolve(kernel, convention=convention, capabilities=capabilities)
+    adapter.prepare()
+    cases = suite_cases(suite, dtypes, seed) if isinstance(suite, str) else list(suite)
+    if not cases:
+        raise ValueError("the suite has no cases")
+    for c in cases:
+        if not isinstance(c, Case):
+            raise TypeError(f"suite must be a suite name or a list of Case, got an item {c!r}")
+    results = []
+    for i, case in enumerate(cases):
+        results.append(run_case(adapter, case))
+        if progress is not None:
+            progress(i + 1, len(cases))
+    return ConformanceReport(adapter.name, adapter.kernel_source(), adapter.convention, device, results,
+                             list(adapter.notes))

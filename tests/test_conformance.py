@@ -1,0 +1,289 @@
+"""fp.conformance: built-in adapters pass their suites; PyTorch SDPA is judged through the sdpa
+convention; deliberately broken kernels are each caught by the cases meant for them and by no
+unrelated case; unsupported cases are listed, never failures."""
+
+from __future__ import annotations
+
+import json
+import math
+import types
+
+import numpy as np
+import pytest
+
+import flashparity as fp
+from flashparity import adapters
+from flashparity.conformance import Case, conformance, suite_cases
+
+QUICK_FEATURES = {"mha", "gqa", "mqa", "causal", "window", "softcap", "alibi", "masked-rows", "strided", "stride0",
+                  "poisoned", "extreme", "determinism"}
+
+
+@pytest.mark.parametrize("kernel", ["flashparity:flash2", "flashparity:naive"])
+def test_builtin_kernels_pass_the_quick_suite(kernel):
+    rep = conformance(kernel)
+    assert rep.ok, str(rep)
+    assert rep.counts() == {"pass": 36, "fail": 0, "unsupported": 0, "error": 0}
+    assert set(rep.summary()) == QUICK_FEATURES and rep.kernel_source.startswith(kernel + "@")
+    for r in rep.cases:  # every rule reported as a ratio; the LSE is checked (these kernels return one)
+        assert set(r.ratios) == {"max", "mean", "cosine", "lse"} and all(x <= 1 for x in r.ratios.values()), r
+    det = [r for r in rep.cases if r.case.kind == "determinism"]
+    assert len(det) == 3 and all(r.deterministic for r in det)
+    body = json.loads(json.dumps(rep.to_dict()))
+    assert body["ok"] and len(body["cases"]) == 36 and body["cases"][0]["verdict"] == "pass"
+
+
+def test_suites_and_cases():
+    quick = suite_cases("quick")
+    assert len(quick) == 36 and len(set(quick)) == 36
+    default = suite_cases("default", dtypes=["float16"])
+    assert {c.head_dim for c in default} >= {32, 40, 59, 64, 80, 96, 111, 128, 160, 192, 224, 256}
+    assert {(c.seqlen_q, c.seqlen_k) for c in default} >= {(1, 1), (1, 239), (113, 203), (239, 1), (512, 256)}
+    assert len(suite_cases("full", dtypes=["bfloat16"])) > 500
+    with pytest.raises(ValueError, match="suite must be one of quick, default, full, got 'big'"):
+        suite_cases("big")
+    with pytest.raises(ValueError, match="dtypes must be among float32, float16, bfloat16, got 'int8'"):
+        suite_cases("quick", dtypes=["int8"])
+    with pytest.raises(ValueError, match=r"heads_q \(6\) must be a multiple of heads_kv \(4\)"):
+        Case(heads_q=6, heads_kv=4)
+    with pytest.raises(ValueError, match="masked-rows case is causal with seqlen_q > seqlen_k"):
+        Case(kind="masked-rows")
+    c = Case(kind="strided", dtype="bfloat16", head_dim=40)
+    x = c.inputs()
+    assert not x["q"].flags.c_contiguous and x["q"].shape == (1, 64, 4, 40) and x["q"].dtype.name == "bfloat16"
+    assert Case(kind="stride0", heads_kv=2).inputs()["k"].strides[2] == 0
+
+
+def test_sdpa_math_backend():
+    pytest.importorskip("torch")
+    rep = conformance("torch-sdpa:math")
+    assert rep.kernel_source.startswith("torch@") and rep.kernel_source.endswith(":sdpa-math")
+    by = {}
+    for r in rep.cases:
+        by.setdefault(r.verdict, []).append(r)
+    assert {r.case.softcap for r in by["unsupported"]} == {30.0}  # SDPA has no softcap: listed, not failed
+    assert all("softcap" in r.reason for r in by["unsupported"])
+    # SDPA lets NaN in keys a row cannot see reach that row (0 · NaN in P·V; NaN + -inf in the scores):
+    # a finding the poisoned cases report; every other case passes
+    assert {r.case.kind for r in by["fail"]} == {"poisoned"}
+    assert all("of k, which rows 0..92 cannot see" in r.reason and "of v," in r.reason for r in by["fail"])
+    assert len(by["pass"]) == 30 and not rep.ok
+
+
+def test_sdpa_cpu_flash_backend_runs_or_is_unsupported():
+    pytest.importorskip("torch")
+    rep = conformance("torch-sdpa:flash", dtypes=["float32"])
+    # (the CPU flash backend takes no explicit mask: masked cases are unsupported, with the reason)
+    for r in rep.cases:
+        assert r.verdict in ("pass", "unsupported") or r.case.kind == "poisoned", (r.case.name, r.reason)
+
+
+# ---- deliberately broken kernels ------------------------------------------------------------------------
+
+
+def _case_of(q, k, causal, window):
+    return types.SimpleNamespace(seqlen_q=q.shape[1], seqlen_k=k.shape[1], causal=causal, window=tuple(window))
+
+
+def make_kernel(defect: str | None):
+    """A bshd-numpy kernel (flashparity's naive kernel underneath) with one defect."""
+    calls = [0]
+
+    def kernel(q, k, v, *, causal, softmax_scale, window_size=(-1, -1), softcap=0.0, alibi_slopes=None):
+        kw = dict(impl="naive", causal=causal, window=window_size, softcap=softcap, alibi_slopes=alibi_slopes,
+                  softmax_scale=softmax_scale, return_lse=True)
+        sq, sk = q.shape[1], k.shape[1]
+        if defect == "scale":
+            kw["softmax_scale"] = softmax_scale * 1.01
+        elif defect == "drop-last-key":
+            k, v = k[:, :-1], v[:, :-1]
+        elif defect == "top-left-causal" and causal and sq != sk and tuple(window_size) == (-1, -1):
+            if sq > sk:  # row i sees keys 0..i: a bottom-right window reaching sq - sk keys further
+                kw.update(causal=False, window=(-1, sq - sk))
+            else:  # keys past seqlen_q are seen by no row
+                k, v = k[:, :sq], v[:, :sq]
+        elif defect == "window-off-by-one" and tuple(window_size) != (-1, -1):
+            left, right = window_size
+            kw["window"] = (left + 1, right) if left >= 0 else (left, right + 1)
+        out, lse = fp.attention(q, k, v, **kw)
+        if defect == "base2-lse":
+            lse = lse / np.float32(math.log(2))
+        elif defect == "nan-leak":  # 0 · (a sum over every key) added: NaN anywhere in v reaches every row
+            with np.errstate(invalid="ignore"):
+                leak = np.asarray(v, np.float64).sum(axis=(1, 2, 3))[:, None, None, None] * 0.0
+                out = (out.astype(np.float64) + leak).astype(out.dtype)
+        elif defect == "nondeterministic":
+            calls[0] += 1
+            if calls[0] % 2 == 0:
+                flat = out.reshape(-1)
+                flat[len(flat) // 2] = np.nextafter(flat[len(flat) // 2].astype(np.float32), np.float32(np.inf)).astype(
+                    out.dtype) if out.dtype != np.float32 else np.nextafter(flat[len(flat) // 2], np.float32(np.inf))
+        elif defect == "bf16-accumulation" and q.dtype.name == "bfloat16":
+            out = _bf16_accumulated(q, k, v, causal, softmax_scale, window_size, out.dtype)
+        return out, lse
+
+    return kernel
+
+
+def _bf16_accumulated(q, k, v, causal, scale, window, dtype):
+    """P·V summed key by key in bfloat16 (every partial sum rounded), as a kernel without a float32
+    accumulator would."""
+    rep = q.shape[2] // k.shape[2]
+    q32, k32, v32 = (np.asarray(x, np.float32) for x in (q, k, v))
+    k32, v32 = np.repeat(k32, rep, axis=2), np.repeat(v32, rep, axis=2)
+    s = np.einsum("bthd,bshd->bhts", q32, k32) * np.float32(scale)
+    seen = adapters.visible(_case_of(q, k, causal, window))
+    s = np.where(seen, s, -np.inf)
+    m = s.max(-1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        p = np.exp(s - np.where(np.isfinite(m), m, 0))
+        p = np.where(seen.any(-1)[:, None], p / p.sum(-1, keepdims=True), 0).astype(np.float32)
+    acc = np.zeros(q.shape[:1] + (q.shape[2], q.shape[1], q.shape[3]), np.float32)  # [b, h, t, d]
+    for j in range(k.shape[1]):
+        term = (p[..., j:j + 1] * v32[:, j][:, :, None, :]).astype(dtype).astype(np.float32)
+        acc = (acc + term).astype(dtype).astype(np.float32)
+    return acc.transpose(0, 2, 1, 3).astype(dtype)
+
+
+CAPS = {"window": True, "softcap": True, "alibi": True, "lse": True}
+
+
+def failing(defect: str) -> list:
+    rep = conformance(make_kernel(defect), convention="bshd-numpy", capabilities=CAPS)
+    assert rep.counts()["unsupported"] == 0
+    return [r for r in rep.cases if r.verdict in ("fail", "error")]
+
+
+def test_the_sound_kernel_passes():
+    rep = conformance(make_kernel(None), convention="bshd-numpy", capabilities=CAPS)
+    assert rep.ok, str(rep)
+    assert rep.kernel_source.startswith("python:test_conformance.make_kernel.<locals>.kernel@sha256:")
+
+
+@pytest.mark.parametrize("defect,related", [
+    ("scale", lambda c: True),  # (with one key the output is v, but the LSE shows the scale)
+    ("drop-last-key", lambda c: True),
+    ("top-left-causal", lambda c: c.causal and c.seqlen_q != c.seqlen_k),
+    ("window-off-by-one", lambda c: c.window != (-1, -1)),
+    ("base2-lse", lambda c: True),
+    ("nan-leak", lambda c: c.kind == "poisoned"),
+    ("nondeterministic", lambda c: c.kind in ("determinism", "poisoned")),  # (both compare two calls)
+    ("bf16-accumulation", lambda c: c.dtype == "bfloat16"),
+])
+def test_each_broken_kernel_is_caught_by_its_cases_only(defect, related):
+    bad = failing(defect)
+    assert bad, f"{defect} was not caught"
+    unrelated = [r.case.name for r in bad if not related(r.case)]
+    assert not unrelated, f"{defect} failed unrelated cases: {unrelated}"
+    if defect == "base2-lse":
+        assert all("lse:" in r.reason for r in bad)
+    if defect == "nan-leak":
+        assert all("which rows 0.." in r.reason for r in bad)
+    if defect == "nondeterministic":
+        assert any(r.case.kind == "determinism" and r.deterministic is False for r in bad)
+
+
+def test_fully_masked_rows_must_give_zero_and_minus_infinity():
+    def nan_rows(q, k, v, *, causal, softmax_scale):  # NaN where no key is seen (0/0), like old SDPA
+        out, lse = fp.attention(q, k, v, impl="naive", causal=causal, softmax_scale=softmax_scale, return_lse=True)
+        seen = adapters.visible(_case_of(q, k, causal, (-1, -1))).any(-1)
+        out[:, ~seen] = np.nan
+        lse[:, :, ~seen] = np.nan
+        return out, lse
+
+    rep = conformance(nan_rows, convention="bshd-numpy", capabilities={"lse": True})
+    bad = [r for r in rep.cases if r.verdict == "fail"]
+    assert bad and {r.case.kind for r in bad} == {"masked-rows"}
+    assert all("NaN/inf outputs where the oracle is finite" in r.reason for r in bad)
+
+
+# ---- unsupported, errors, bad arguments -------------------------------------------------------------------
+
+
+def test_unsupported_cases_are_listed_with_their_reasons():
+    calls = []
+
+    def minimal(q, k, v, *, causal, softmax_scale):
+        calls.append(1)
+        if q.shape[-1] > 128:
+            raise NotImplementedError("head_dim > 128")
+        return fp.attention(q, k, v, causal=causal, softmax_scale=softmax_scale)
+
+    rep = conformance(minimal, convention="bshd-numpy", suite="default", dtypes=["float16"])
+    by = {}
+    for r in rep.cases:
+        by.setdefault(r.verdict, []).append(r)
+    assert "fail" not in by and "error" not in by and rep.ok
+    reasons = {r.reason for r in by["unsupported"]}
+    assert {"sliding window", "softcap", "ALiBi", "head_dim > 128"} <= reasons
+    assert "unsupported (" in str(rep)
+
+
+def test_a_crash_is_an_error_and_a_wrong_shape_a_failure():
+    def crash(q, k, v, *, causal, softmax_scale):
+        raise RuntimeError("CUDA error: illegal memory access")
+
+    rep = conformance(crash, convention="bshd-numpy", dtypes=["float32"])
+    assert not rep.ok and {r.verdict for r in rep.cases} == {"error", "unsupported"}  # (window, softcap, ALiBi)
+    assert rep.counts()["error"] == 9
+    assert "RuntimeError: CUDA error: illegal memory access" in rep.cases[0].reason
+
+    def transposed(q, k, v, *, causal, softmax_scale):
+        return np.ascontiguousarray(fp.attention(q, k, v, causal=causal, softmax_scale=softmax_scale).swapaxes(1, 2))
+
+    rep = conformance(transposed, convention="bshd-numpy", suite=[Case(seqlen_q=5, seqlen_k=7)])
+    assert rep.cases[0].verdict == "fail" and "output shape (1, 4, 5, 64), expected (1, 5, 4, 64)" in rep.cases[0].reason
+
+
+def test_kernels_named_by_module_and_bad_arguments():
+    rep = conformance("flashparity.attention:attention", convention="bshd-numpy", suite=[Case()],
+                      capabilities={"lse": False})
+    assert rep.ok and rep.kernel.startswith("python:flashparity.attention.attention")
+    with pytest.raises(ValueError, match="needs convention="):
+        conformance(lambda q, k, v: q)
+    with pytest.raises(ValueError, match="convention must be one of bshd, bshd-numpy, fa2, sdpa, got 'bhsd'"):
+        conformance(lambda q, k, v: q, convention="bhsd")
+    with pytest.raises(ValueError, match="unknown capabilities 'paged'"):
+        conformance(lambda q, k, v: q, convention="bshd", capabilities={"paged": True})
+    with pytest.raises(ValueError, match="torch-sdpa backend must be one of math, flash, efficient, cudnn"):
+        conformance("torch-sdpa:fast")
+    with pytest.raises(ValueError, match="kernel must be a built-in adapter"):
+        conformance("flash-attn-9")
+    with pytest.raises(ModuleNotFoundError):
+        conformance("no_such_module_xyz:fn", convention="bshd")
+
+
+# ---- conventions, against stand-ins that follow them exactly ---------------------------------------------
+
+
+def test_fa2_convention_against_a_stand_in():
+    torch = pytest.importorskip("torch")
+    seen = {}
+
+    def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                        alibi_slopes=None, deterministic=False, return_attn_probs=False):
+        """flash_attn's signature and conventions (BSHD torch tensors, bottom-right causal, natural-log
+        LSE [batch, heads, seqlen_q] as the second of three results), on flashparity's kernel."""
+        assert isinstance(q, torch.Tensor) and dropout_p == 0.0
+        seen.setdefault("window", set()).add(tuple(window_size))
+        arrays = [adapters.from_torch(x) for x in (q, k, v)]
+        out, lse = fp.attention(*arrays, impl="flash2", causal=causal, window=window_size, softcap=softcap,
+                                alibi_slopes=None if alibi_slopes is None else alibi_slopes.numpy(),
+                                softmax_scale=softmax_scale, return_lse=True)
+        out = adapters.to_torch(out)
+        return (out, torch.from_numpy(lse), None) if return_attn_probs else out
+
+    rep = conformance(flash_attn_func, convention="fa2")
+    assert rep.ok, str(rep)
+    c = rep.counts()
+    assert c["fail"] == 0 and c["unsupported"] == 12  # float32: FA2 runs float16 and bfloat16 only
+    assert all("lse" in r.ratios for r in rep.cases if r.verdict == "pass")
+    assert (16, 0) in seen["window"]
+
+
+def test_sdpa_convention_with_pytorchs_own_function():
+    torch = pytest.importorskip("torch")
+    rep = conformance(torch.nn.functional.scaled_dot_product_attention, convention="sdpa", dtypes=["float32"])
+    builtin = conformance("torch-sdpa", dtypes=["float32"])
+    assert [r.verdict for r in rep.cases] == [r.verdict for r in builtin.cases]
+    assert rep.kernel_source.startswith("python:torch")
