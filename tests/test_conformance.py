@@ -249,8 +249,8 @@ def test_kernels_named_by_module_and_bad_arguments():
         conformance("torch-sdpa:fast")
     with pytest.raises(ValueError, match="kernel must be a built-in adapter"):
         conformance("flash-attn-9")
-    with pytest.raises(ModuleNotFoundError):
-        conformance("no_such_module_xyz:fn", convention="bshd")
+    with pytest.raises(ValueError, match="cannot import module 'no_such_module_xyz.sub'"):
+        conformance("no_such_module_xyz.sub:fn", convention="bshd")
 
 
 # ---- conventions, against stand-ins that follow them exactly ---------------------------------------------
@@ -287,3 +287,76 @@ def test_sdpa_convention_with_pytorchs_own_function():
     builtin = conformance("torch-sdpa", dtypes=["float32"])
     assert [r.verdict for r in rep.cases] == [r.verdict for r in builtin.cases]
     assert rep.kernel_source.startswith("python:torch")
+
+
+# ---- the CLI ----------------------------------------------------------------------------------------------
+
+
+def run_cli(argv, capsys):
+    from flashparity.cli import main
+
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_kernel_parity_of_any_kernel_keeps_apr_body(capsys):
+    body = fp.kernel_parity("flashparity.attention:attention", convention="bshd-numpy", dtype="float16",
+                            seqlen_q=37, causal=True)
+    assert body["kernel"] == body["attn_impl"] == "python:flashparity.attention.attention"
+    assert body["kernel_source"].startswith("python:flashparity.attention.attention@sha256:")
+    assert body["fa2_rule_ok"] and body["fallback"] is None and body["seqlen_q"] == 37
+    code, out, _ = run_cli(["kernel", "parity", "--impl", "flashparity.attention:attention", "--convention",
+                            "bshd-numpy", "--check", "--json"], capsys)
+    assert code == 0 and json.loads(out)["check"]["ok"]
+    # a sweep runs the cases the adapter takes and lists the others (varlen, paged, FP8, float64 gold)
+    sweep = fp.kernel_parity("flashparity:flash2", sweep=True)
+    assert len(sweep["cases"]) == 30 and len(sweep["unsupported"]) == 16 and sweep["fa2_rule_ok"]
+    with pytest.raises(ValueError, match="for third-party kernels"):
+        fp.kernel_parity("flash2", convention="fa2")
+
+
+def test_kernel_parity_suite_and_usage_errors(capsys):
+    code, out, _ = run_cli(["kernel", "parity", "--impl", "flash2", "--suite", "quick", "--dtype", "bfloat16",
+                            "--json"], capsys)
+    body = json.loads(out)
+    assert code == 0 and body["ok"] and body["counts"]["pass"] == 12 and body["kernel"] == "flashparity:flash2"
+    code, out, _ = run_cli(["kernel", "parity", "--impl", "flash2", "--suite", "quick", "--dtype", "float32"], capsys)
+    assert code == 0 and out.startswith("conformance of flashparity:flash2") and "determinism" in out
+
+    def bad(q, k, v, *, causal, softmax_scale):
+        return fp.attention(q, k, v, causal=causal, softmax_scale=softmax_scale * 1.01)
+
+    import sys
+
+    mod = types.ModuleType("fp_test_bad_kernel")
+    mod.bad = bad
+    sys.modules["fp_test_bad_kernel"] = mod
+    try:
+        code, out, _ = run_cli(["kernel", "parity", "--impl", "fp_test_bad_kernel:bad", "--convention", "bshd-numpy",
+                                "--suite", "quick", "--dtype", "float32"], capsys)
+        assert code == 1 and "FAIL float32-" in out
+        code, out, _ = run_cli(["kernel", "parity", "--impl", "fp_test_bad_kernel:bad", "--convention", "bshd-numpy",
+                                "--suite", "quick", "--dtype", "float32", "--report-only"], capsys)
+        assert code == 0
+    finally:
+        del sys.modules["fp_test_bad_kernel"]
+    for argv, needle in [
+        (["--impl", "flash-attn-9"], "kernel must be a built-in adapter"),
+        (["--impl", "nosuch_pkg_q.mod:f", "--convention", "bshd"], "cannot import module 'nosuch_pkg_q.mod'"),
+        (["--impl", "flash2", "--convention", "fa2"], "--convention is for a package.module:function kernel"),
+        (["--impl", "flash2", "--suite", "quick", "--check"], "--check and --sweep are for single"),
+        (["--impl", "flash2", "--suite", "quick", "--dtype", "float64"], "--suite runs float32, float16, bfloat16"),
+        (["--impl", "flashparity.attention:attention", "--convention", "bhsd"], "convention must be one of bshd,"),
+    ]:
+        code, out, err = run_cli(["kernel", "parity", *argv], capsys)
+        assert code == 2 and needle in err and "Traceback" not in err, (argv, err)
+
+
+def test_kernels_lists_the_adapters(capsys):
+    code, out, _ = run_cli(["kernels"], capsys)
+    assert code == 0 and "flashparity:flash2" in out and "torch-sdpa:math" in out and "--convention" in out
+    code, out, _ = run_cli(["kernels", "--json"], capsys)
+    body = json.loads(out)
+    assert [a["name"] for a in body["adapters"]] == list(adapters.ADAPTERS)
+    assert body["conventions"] == ["bshd", "bshd-numpy", "fa2", "sdpa"]

@@ -31,7 +31,7 @@ import numpy as np
 
 from ._optional import require
 
-__all__ = ["Capabilities", "Unsupported", "Adapter", "ADAPTERS", "CONVENTIONS", "resolve"]
+__all__ = ["Capabilities", "Unsupported", "Adapter", "ADAPTERS", "CONVENTIONS", "resolve", "adapter_status"]
 
 
 class Unsupported(NotImplementedError):
@@ -407,6 +407,34 @@ def _builtin(name: str) -> Adapter | None:
 ADAPTERS = ("flashparity:flash2", "flashparity:naive", "torch-sdpa", *(f"torch-sdpa:{b}" for b in SDPA_BACKENDS))
 
 
+def adapter_status(name: str) -> dict[str, Any]:
+    """Whether a built-in adapter's package is installed (and its version), without importing it."""
+    import importlib.metadata
+    import importlib.util
+
+    from ._optional import install_hint
+
+    if name.startswith("flashparity:"):
+        from ._core import __version__
+
+        return {"name": name, "package": "flashparity", "installed": True, "version": __version__}
+    module, dist = "torch", "torch"
+    row: dict[str, Any] = {"name": name, "package": dist, "install": install_hint(module)}
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    row["installed"] = found
+    if found:
+        try:
+            row["version"] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            row["version"] = "?"
+    if name.split(":")[-1] in ("efficient", "cudnn"):
+        row["note"] = "CUDA backends"
+    return row
+
+
 def resolve(kernel: Any, *, convention: str | None = None, capabilities: Capabilities | dict | None = None) -> Adapter:
     """The adapter of ``kernel``: a built-in adapter's name, ``"package.module:function"`` or a
     callable (the last two with a ``convention``)."""
@@ -422,7 +450,13 @@ def resolve(kernel: Any, *, convention: str | None = None, capabilities: Capabil
             raise ValueError(f"kernel must be a built-in adapter ({', '.join(ADAPTERS)}), 'package.module:function' "
                              f"or a callable, got {kernel!r}")
         module, _, attr = kernel.partition(":")
-        obj: Any = importlib.import_module(module)
+        try:
+            obj: Any = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not module.startswith(exc.name):  # (the module imports a missing package)
+                raise
+            raise ValueError(f"cannot import module {module!r} (named by {kernel!r}): no module named "
+                             f"{exc.name!r}") from None
         for part in attr.split("."):
             try:
                 obj = getattr(obj, part)

@@ -145,6 +145,23 @@ def _read_json(path: str) -> Any:
 # ------------------------------------------------------------------------------------------------
 
 
+def _cmd_kernels(args: argparse.Namespace) -> int:
+    from .adapters import ADAPTERS, CONVENTIONS, adapter_status
+
+    rows = [adapter_status(name) for name in ADAPTERS]
+    if args.json:
+        print(_dump({"adapters": rows, "conventions": list(CONVENTIONS)}))
+        return EXIT_OK
+    width = max(len(r["name"]) for r in rows)
+    lines = ["attention kernels flashparity can judge (kernel parity --impl NAME [--suite quick|default|full]):"]
+    for r in rows:
+        state = f"{r['package']} {r['version']}" if r["installed"] else f"not installed: {r['install']}"
+        lines.append(f"  {r['name']:<{width}}  {state}" + (f"  ({r['note']})" if r.get("note") else ""))
+    lines.append(f"  package.module:function with --convention {'|'.join(CONVENTIONS)}")
+    print("\n".join(lines))
+    return EXIT_OK
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     info = build_info(occupancy=True)
     if args.json:
@@ -295,19 +312,54 @@ def _case_from(args: argparse.Namespace):
         return Case(seq_len=args.seq_len, num_heads=args.num_heads, num_kv_heads=args.num_kv_heads,
                     head_dim=args.head_dim, seed=args.seed, batch=args.batch, seqlen_q=args.seqlen_q,
                     causal=args.causal, window=tuple(args.window), softcap=args.softcap, alibi=args.alibi,
-                    varlen=args.varlen, page_size=args.page_size, dtype=args.dtype, device=args.device)
+                    varlen=args.varlen, page_size=args.page_size, dtype=args.dtype or "float32",
+                    device=args.device)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
 
+def _cmd_conformance(args: argparse.Namespace) -> int:
+    """kernel parity --suite: the conformance suite of --impl (flashparity.conformance)."""
+    from .conformance import DTYPES, conformance
+
+    if args.check or args.sweep:
+        raise UsageError("--suite runs the conformance suite, judged by its own rules; --check and --sweep are "
+                         "for single kernel parity bodies")
+    if args.dtype is not None and args.dtype not in DTYPES:
+        raise UsageError(f"--suite runs {', '.join(DTYPES)} cases, got --dtype {args.dtype}")
+    if args.device != "cpu":
+        raise UsageError("--suite runs on the cpu here (the GPU adapters come later)")
+    impl = {"flash2": "flashparity:flash2", "tiled": "flashparity:flash2", "naive": "flashparity:naive"}.get(
+        args.impl, args.impl)
+    try:
+        rep = conformance(impl, convention=args.convention, suite=args.suite,
+                          dtypes=[args.dtype] if args.dtype else DTYPES, seed=args.seed)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    _emit(args, rep.to_dict(), str(rep))
+    return _verdict(args, EXIT_OK if rep.ok else EXIT_FAILED)
+
+
 def _cmd_kernel_parity(args: argparse.Namespace) -> int:
+    from .adapters import Unsupported
     from .attention import UnsupportedHeadDimError
     from .kernel_parity import kernel_parity
 
+    if args.suite:
+        return _cmd_conformance(args)
     case = _case_from(args)
+    if args.impl not in ("flash2", "naive", "tiled"):
+        from .adapters import resolve
+
+        try:  # (a kernel name or convention that names nothing: usage, before anything runs)
+            resolve(args.impl, convention=args.convention)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    elif args.convention is not None:
+        raise UsageError(f"--convention is for a package.module:function kernel, not --impl {args.impl}")
     try:
-        body = kernel_parity(args.impl, args.ref, sweep=args.sweep, **case.__dict__)
-    except UnsupportedHeadDimError as exc:
+        body = kernel_parity(args.impl, args.ref, sweep=args.sweep, convention=args.convention, **case.__dict__)
+    except (UnsupportedHeadDimError, Unsupported, ValueError) as exc:
         return _reject(args, exc)
     except RuntimeError as exc:
         return _reject(args, exc)
@@ -339,6 +391,11 @@ def _cmd_kernel_parity(args: argparse.Namespace) -> int:
         failed = [c for c in body["cases"] if not c["fa2_rule_ok"]]
         lines.append(f"FA2 rule: ok in all {len(body['cases'])} cases" if not failed else
                      f"FA2 rule: FAILED in {len(failed)} of {len(body['cases'])} cases")
+        reasons: dict[str, int] = {}
+        for u in body.get("unsupported", []):
+            general = u["reason"].split(" (got")[0]  # (the same reason, whatever the case)
+            reasons[general] = reasons.get(general, 0) + 1
+        lines += [f"  not run ({n} cases): {reason}" for reason, n in reasons.items()]
     if "check" in body:
         lines.append(f"  check: {'PASS' if body['check']['ok'] else 'FAIL'} ({body['check']['outcome']})")
     _emit(args, body, "\n".join(lines))
@@ -628,6 +685,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_info.add_argument("--json", action="store_true", help="print one JSON object")
     p_info.set_defaults(func=_cmd_info)
 
+    p_kernels = sub.add_parser("kernels", help="the attention kernels kernel parity --impl can judge, and whether "
+                               "each is installed")
+    p_kernels.add_argument("--json", action="store_true", help="print one JSON object")
+    p_kernels.set_defaults(func=_cmd_kernels)
+
     def case_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--seq-len", type=_int_at_least("--seq-len", 1), default=128, metavar="N",
                        help="keys per sequence (the KV cache length; default 128)")
@@ -639,8 +701,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="key/value heads (8; fewer is GQA/MQA)")
         p.add_argument("--head-dim", type=_int_at_least("--head-dim", 1), default=64, metavar="D", help="head dim (64)")
         p.add_argument("--seed", type=_int_at_least("--seed", 0), default=0, metavar="S", help="input seed (0)")
-        p.add_argument("--dtype", choices=KP_DTYPES, default="float32",
-                       help="input dtype (float32); the FP8 formats run with unit descales and give bfloat16 outputs")
+        p.add_argument("--dtype", choices=KP_DTYPES, default=None,
+                       help="input dtype (float32; with --suite, every dtype of the suite); the FP8 formats run "
+                       "with unit descales and give bfloat16 outputs")
         p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                        help="where the kernels run (cuda: the CUDA kernels on GPU 0, inputs copied there)")
         p.add_argument("--causal", action="store_true", help="causal mask (bottom-right aligned)")
@@ -680,8 +743,15 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit 0 when every case meets the rule (and --check's gate, if given), 1 when one does not or the "
         "input is rejected, 2 on a usage error; --report-only: exit 0 whatever the errors.",
     )
-    p_kp.add_argument("--impl", choices=("flash2", "naive", "tiled"), default="flash2",
-                      help="kernel under test (tiled is apr's name for flash2)")
+    p_kp.add_argument("--impl", default="flash2", metavar="KERNEL",
+                      help="kernel under test: flash2 (apr's tiled) or naive, a built-in adapter (flashparity "
+                      "kernels lists them: torch-sdpa, torch-sdpa:math, ...), or package.module:function with "
+                      "--convention")
+    p_kp.add_argument("--convention", metavar="NAME",
+                      help="calling convention of a package.module:function kernel: bshd, bshd-numpy, fa2 or sdpa")
+    p_kp.add_argument("--suite", choices=("quick", "default", "full"),
+                      help="run the conformance suite instead of one case: every case judged against the float64 "
+                      "oracle (max, mean, LSE and cosine rules); unsupported cases are listed, never failures")
     p_kp.add_argument("--ref", choices=("naive", "flash2", "tiled"), default="naive", help="reference (naive)")
     case_flags(p_kp)
     p_kp.add_argument("--sweep", action="store_true",

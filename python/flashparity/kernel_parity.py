@@ -197,9 +197,39 @@ def to_host(a, dtype) -> np.ndarray:
     return np.frombuffer(a.to_host_bytes(), dtype=dtype).reshape(a.shape).copy()
 
 
-def _one(impl: str, ref: str, case: Case) -> dict[str, Any]:
+def _conformance_case(case: Case):
+    """The conformance case of a dense kernel parity case (a third-party kernel's view of it)."""
+    from .conformance import Case as ConformanceCase
+
+    if case.layout != "dense" or case.device != "cpu" or case.dtype not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"a kernel run through an adapter takes dense float32/float16/bfloat16 cases on the cpu "
+                         f"(got a {case.layout} {case.dtype} case on {case.device})")
+    return ConformanceCase(dtype=case.dtype, batch=case.batch, seqlen_q=case.q_len, seqlen_k=case.seq_len,
+                           heads_q=case.num_heads, heads_kv=case.num_kv_heads, head_dim=case.head_dim,
+                           causal=case.causal, window=tuple(case.window), softcap=case.softcap, alibi=case.alibi)
+
+
+def _run_adapter(adapter: Any, q, k, v, case: Case) -> np.ndarray:
+    """The adapter's output on the case's inputs (flashparity's layout and dtype); Unsupported when
+    the case is outside what it supports."""
+    from .adapters import Unsupported
+    from .conformance import _host
+
+    cc = _conformance_case(case)
+    reasons = adapter.not_supported_reasons(cc)
+    if reasons:
+        raise Unsupported(f"{adapter.name} does not support this case: {'; '.join(reasons)}")
+    out, _ = adapter.run(cc, {"q": q, "k": k, "v": v,
+                              "alibi_slopes": alibi_slopes(case.num_heads) if case.alibi else None})
+    out = _host(out, "output")
+    if out.shape != q.shape or out.dtype != q.dtype:
+        raise ValueError(f"{adapter.name} returned {out.dtype} {out.shape}; expected q's {q.dtype} {q.shape}")
+    return out
+
+
+def _one(impl: str, ref: str, case: Case, adapter: Any = None) -> dict[str, Any]:
     q, k, v, meta = case_inputs(case)
-    out = _run(impl, q, k, v, meta, case)
+    out = _run(impl, q, k, v, meta, case) if adapter is None else _run_adapter(adapter, q, k, v, case)
     ref_out = _run(ref, q, k, v, meta, case)
     # float64 reference of the same (rounded) inputs, and the naive kernel in the case's dtype
     q64, k64, v64 = (x.astype(np.float64) for x in (q, k, v))
@@ -220,8 +250,8 @@ def _one(impl: str, ref: str, case: Case) -> dict[str, Any]:
         "max_abs_diff": stats.max_abs_diff,
         "cosine_sim": stats.cosine_sim,
         "attn_impl": impl,
-        "kernel_source": kernel_source(impl),
-        "fallback": None if impl == "flash2" else "requested",
+        "kernel_source": kernel_source(impl) if adapter is None else adapter.kernel_source(),
+        "fallback": None if impl == "flash2" or adapter is not None else "requested",
         "batch": case.batch,
         "seqlen_q": case.q_len,
         "causal": case.causal,
@@ -273,21 +303,37 @@ def default_sweep(base: Case) -> list[Case]:
     return cases
 
 
-def kernel_parity(impl: str = "flash2", ref: str = "naive", *, sweep: bool | list[Case] = False,
-                  **case: Any) -> dict[str, Any]:
+def kernel_parity(impl: Any = "flash2", ref: str = "naive", *, sweep: bool | list[Case] = False,
+                  convention: str | None = None, capabilities: dict | None = None, **case: Any) -> dict[str, Any]:
     """Parity of attention ``impl`` against ``ref`` on seeded inputs: the kernel parity JSON body.
 
-    ``case`` takes :class:`Case`'s fields (apr's seq_len=128, num_heads=8, num_kv_heads=8,
-    head_dim=64, seed=0 and decode regime by default). ``sweep=True`` runs :func:`default_sweep`
-    (or pass a list of cases): the body then holds ``cases`` and its top-level ``max_abs_diff`` is
-    the largest and ``cosine_sim`` the smallest over them, ``fa2_rule_ok`` their conjunction.
-    Raises :class:`~flashparity.UnsupportedHeadDimError` for a head_dim the kernel rejects.
+    ``impl``: ``flash2`` (apr's ``tiled``) or ``naive``, or any kernel :func:`flashparity.conformance`
+    takes — a built-in adapter's name (``torch-sdpa:math``, ...), ``"package.module:function"`` or
+    a callable with ``convention=`` (and ``capabilities=``); such a kernel runs dense
+    float32/float16/bfloat16 cases on the CPU, its adapter's name in ``kernel`` and ``attn_impl``
+    and its provenance in ``kernel_source``. ``case`` takes :class:`Case`'s fields (apr's
+    seq_len=128, num_heads=8, num_kv_heads=8, head_dim=64, seed=0 and decode regime by default).
+    ``sweep=True`` runs :func:`default_sweep` (or pass a list of cases): the body then holds
+    ``cases`` and its top-level ``max_abs_diff`` is the largest and ``cosine_sim`` the smallest over
+    them, ``fa2_rule_ok`` their conjunction; cases an adapter's kernel does not support are listed
+    under ``unsupported`` instead. Raises :class:`~flashparity.UnsupportedHeadDimError` for a
+    head_dim the kernel rejects, :class:`flashparity.adapters.Unsupported` for a single case
+    outside an adapter's kernel.
     """
-    impl = IMPL_ALIASES.get(impl, impl)
+    adapter = None
+    if not (isinstance(impl, str) and IMPL_ALIASES.get(impl, impl) in IMPLS):
+        from .adapters import resolve
+
+        adapter = resolve(impl, convention=convention, capabilities=capabilities)
+        adapter.prepare()
+        impl = adapter.name
+    elif convention is not None or capabilities is not None:
+        raise ValueError(f"convention= and capabilities= are for third-party kernels, not {impl!r}")
+    else:
+        impl = IMPL_ALIASES.get(impl, impl)
     ref = IMPL_ALIASES.get(ref, ref)
-    for name, value in (("impl", impl), ("ref", ref)):
-        if value not in IMPLS:
-            raise ValueError(f"{name} must be one of {', '.join(IMPLS)} (or apr's 'tiled'), got {value!r}")
+    if ref not in IMPLS:
+        raise ValueError(f"ref must be one of {', '.join(IMPLS)} (or apr's 'tiled'), got {ref!r}")
     base = Case(**case)
     if base.device == "cuda":
         from ._build import build_info
@@ -295,9 +341,22 @@ def kernel_parity(impl: str = "flash2", ref: str = "naive", *, sweep: bool | lis
         if not build_info()["cuda_available"]:
             raise RuntimeError("no-gpu: no usable CUDA device (or this build has no CUDA kernels)")
     if sweep is False:
-        return _one(impl, ref, base)
+        return _one(impl, ref, base, adapter)
     cases = default_sweep(base) if sweep is True else list(sweep)
-    bodies = [_one(impl, ref, c) for c in cases]
+    unsupported = []
+    if adapter is not None:
+        from .adapters import Unsupported
+
+        bodies = []
+        for c in cases:
+            try:
+                bodies.append(_one(impl, ref, c, adapter))
+            except (Unsupported, ValueError) as exc:  # (a layout or dtype the adapter does not take)
+                unsupported.append({"case": asdict(c), "reason": str(exc)})
+        if not bodies:
+            raise ValueError(f"{adapter.name} supports none of the sweep's cases: {unsupported[0]['reason']}")
+    else:
+        bodies = [_one(impl, ref, c) for c in cases]
     worst_abs = max(bodies, key=lambda b: (b["max_abs_diff"] != b["max_abs_diff"], b["max_abs_diff"]))
     worst_cos = min(bodies, key=lambda b: (b["cosine_sim"] == b["cosine_sim"], b["cosine_sim"]))
     first = bodies[0]
@@ -313,9 +372,10 @@ def kernel_parity(impl: str = "flash2", ref: str = "naive", *, sweep: bool | lis
         "max_abs_diff": worst_abs["max_abs_diff"],
         "cosine_sim": worst_cos["cosine_sim"],
         "attn_impl": impl,
-        "kernel_source": kernel_source(impl),
-        "fallback": None if impl == "flash2" else "requested",
+        "kernel_source": first["kernel_source"],
+        "fallback": first["fallback"],
         "device": first["device"],
         "fa2_rule_ok": all(b["fa2_rule_ok"] for b in bodies),
         "cases": bodies,
+        **({"unsupported": unsupported} if adapter is not None else {}),
     }
