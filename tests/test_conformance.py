@@ -360,3 +360,113 @@ def test_kernels_lists_the_adapters(capsys):
     body = json.loads(out)
     assert [a["name"] for a in body["adapters"]] == list(adapters.ADAPTERS)
     assert body["conventions"] == ["bshd", "bshd-numpy", "fa2", "sdpa"]
+
+
+# ---- adopting the suite: flashparity.testing and the pytest plugin -------------------------------------------
+
+
+def _pytest(args, cwd, autoload=False):
+    import os
+    import subprocess
+
+    from emulation import python_command
+
+    env = dict(os.environ)
+    if not autoload:
+        env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+        args = ["-p", "flashparity.pytest_plugin", *args]
+    return subprocess.run([*python_command(), "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+NATIVE = pytest.mark.skipif(__import__("emulation").emulated(),
+                            reason="a pytest subprocess per test under an emulator takes minutes; nothing here is "
+                            "architecture-specific")
+
+
+@NATIVE
+def test_case_check_in_a_kernels_own_suite(tmp_path):
+    (tmp_path / "test_mine.py").write_text(
+        "import pytest\n"
+        "import flashparity as fp\n"
+        "from flashparity.testing import conformance_cases\n\n"
+        "def mine(q, k, v, *, causal, softmax_scale):\n"
+        "    return fp.attention(q, k, v, causal=causal, softmax_scale=softmax_scale)\n\n"
+        "def off(q, k, v, *, causal, softmax_scale):\n"
+        "    return fp.attention(q, k, v, causal=causal, softmax_scale=softmax_scale * 1.01)\n\n"
+        "@pytest.mark.parametrize('case', conformance_cases('quick', dtypes=['float16']), ids=str)\n"
+        "def test_mine(case):\n"
+        "    case.check(mine, convention='bshd-numpy')\n\n"
+        "def test_off():\n"
+        "    conformance_cases('quick', dtypes=['float16'])[2].check(off, convention='bshd-numpy')\n")
+    res = _pytest([], tmp_path)
+    assert "1 failed, 9 passed, 3 skipped" in res.stdout, res.stdout + res.stderr
+    assert "unsupported: sliding window" in res.stdout
+    assert "AssertionError: float16-b1-q113-k203-h4/4-d64-causal: fail: max|out - gold|" in res.stdout
+    assert "ratios (error / bound, <= 1 passes): max" in res.stdout
+
+
+@NATIVE
+def test_the_pytest_plugin_runs_the_suite_as_items(tmp_path):
+    res = _pytest(["--fp-kernel", "flashparity:naive", "--fp-dtype", "bfloat16"], tmp_path)
+    assert res.returncode == 0 and "12 passed" in res.stdout, res.stdout + res.stderr
+    (tmp_path / "kern.py").write_text(
+        "import flashparity as fp\n"
+        "def off(q, k, v, *, causal, softmax_scale, window_size=(-1, -1)):\n"
+        "    return fp.attention(q, k, v, causal=causal, window=window_size, softmax_scale=softmax_scale * 1.01)\n")
+    res = _pytest(["--fp-kernel", "kern:off", "--fp-convention", "bshd-numpy", "--fp-dtype", "float32",
+                   "--fp-capabilities", '{"window": true}', "-k", "window or d32"], tmp_path)
+    assert res.returncode == 1 and "2 failed" in res.stdout and "python:kern.off: float32-" in res.stdout, res.stdout
+    res = _pytest(["--fp-kernel", "kern:off"], tmp_path)
+    assert res.returncode == 4 and "--fp-kernel: a callable kernel needs convention=" in res.stderr, res.stderr
+    res = _pytest([], tmp_path)  # (without --fp-kernel the plugin adds nothing)
+    assert res.returncode == 5, res.stdout
+
+
+def test_the_plugin_is_registered_as_an_entry_point():
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("flashparity")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("flashparity is on the path without its distribution metadata (a copied package)")
+    eps = importlib.metadata.entry_points(group="pytest11")
+    assert any(ep.name == "flashparity" and ep.value == "flashparity.pytest_plugin" for ep in eps)
+
+
+# ---- FlexAttention ------------------------------------------------------------------------------------------
+
+
+def test_flex_attention_eager():
+    pytest.importorskip("torch")
+    rep = conformance("torch-flex", dtypes=["float32"])
+    assert rep.kernel_source.endswith(":flex-eager") and any("eagerly" in n for n in rep.notes)
+    by = {r.verdict: [] for r in rep.cases}
+    for r in rep.cases:
+        by[r.verdict].append(r)
+    # every feature runs (masks as block masks, softcap and ALiBi as a score_mod) and its LSE is
+    # checked; NaN in v of keys a row cannot see reaches the row, as with SDPA
+    assert len(by["pass"]) == 11 and all("lse" in r.ratios for r in by["pass"])
+    assert [r.case.kind for r in by["fail"]] == ["poisoned"] and "of v," in by["fail"][0].reason
+
+
+def test_flex_attention_compiled():
+    pytest.importorskip("torch")
+    case = Case(dtype="bfloat16", seqlen_q=113, seqlen_k=203, heads_q=4, heads_kv=2, causal=True, softcap=30.0,
+                alibi=True)
+    rep = conformance("torch-flex:compiled", suite=[case])
+    r = rep.cases[0]
+    assert r.verdict == "pass", r.reason[:2000]
+    assert "lse" not in r.ratios and rep.kernel_source.endswith(":flex-compiled")  # (no LSE compiled on a CPU)
+
+
+def test_kernel_parity_suite_writes_the_html_report(tmp_path, capsys):
+    page = tmp_path / "r.html"
+    code, out, err = run_cli(["kernel", "parity", "--impl", "naive", "--suite", "quick", "--dtype", "float16",
+                              "--html", str(page), "--json"], capsys)
+    assert code == 0 and json.loads(out)["ok"]
+    text = page.read_text()
+    assert text.startswith("<!doctype html>") and "flashparity:naive" in text and "<script" not in text
+    assert conformance("flashparity:naive", suite=[Case()]).to_html().count("<table") >= 2
+    code, _, err = run_cli(["kernel", "parity", "--html", str(page)], capsys)
+    assert code == 2 and "--html writes the conformance report of --suite" in err

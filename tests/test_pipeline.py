@@ -62,7 +62,7 @@ def test_kernel_parity_naive_and_tiled_alias():
     assert body["attn_impl"] == "naive" and body["fallback"] == "requested"
     assert classify_provenance(body).ok and body["max_abs_diff"] == 0.0
     assert fp.kernel_parity("tiled")["kernel"] == "flash2"
-    with pytest.raises(ValueError, match="impl must be one of"):
+    with pytest.raises(ValueError, match="kernel must be a built-in adapter"):
         fp.kernel_parity("fast")
 
 

@@ -276,6 +276,95 @@ class TorchSdpaAdapter(Adapter):
         return f"torch@{torch.__version__}:sdpa-{self.backend or 'auto'}"
 
 
+class TorchFlexAdapter(Adapter):
+    """PyTorch's FlexAttention: ``flex_attention(q, k, v, score_mod, block_mask, scale, enable_gqa,
+    return_lse=True)`` on BHSD tensors; causal and windows as a block mask (bottom-right), softcap and
+    ALiBi as a score_mod on the scaled score (softcap, then the bias, as FlashAttention-2 orders
+    them); the natural-log LSE it returns. ``compiled``: through ``torch.compile`` (the first call of
+    each shape compiles, which takes tens of seconds on a CPU) instead of the eager, unfused path."""
+
+    convention = "flex"
+    capabilities = Capabilities(window=True, softcap=True, alibi=True, lse=True)
+
+    def __init__(self, compiled: bool):
+        super().__init__()
+        self.compiled = compiled
+        self.name = "torch-flex" + (":compiled" if compiled else "")
+        self._fn = None
+        if compiled:  # (torch.compile's CPU flex kernel returns no LSE: "return_lse is not supported yet")
+            self.capabilities = dataclasses.replace(self.capabilities, lse=False)
+
+    def prepare(self) -> None:
+        _torch()
+        from torch.nn.attention import flex_attention as mod
+
+        fn = mod.flex_attention
+        if self.compiled:
+            import torch
+
+            with warnings.catch_warnings():  # (torch's own deprecation notices on the way to inductor)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                fn = torch.compile(fn)
+        self._fn = fn
+        self.notes.append("ran " + ("under torch.compile" if self.compiled else "eagerly (unfused: the scores are "
+                                    "materialized)"))
+
+    def call(self, case, inputs):
+        torch = _torch()
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        if self._fn is None:
+            self.prepare()
+        q, k, v = (to_torch(inputs[n]).transpose(1, 2) for n in ("q", "k", "v"))
+        sq, sk = case.seqlen_q, case.seqlen_k
+        left, right = case.window
+        if case.causal:
+            right = 0 if right < 0 else min(right, 0)
+        block_mask = None
+        if left >= 0 or right >= 0:
+            def mask_mod(b, h, qi, ki):
+                diag = qi + sk - sq
+                ok = ki >= diag - left if left >= 0 else ki >= 0
+                return ok & (ki <= diag + right) if right >= 0 else ok
+
+            block_mask = create_block_mask(mask_mod, None, None, sq, sk, device="cpu")
+        score_mod = None
+        if case.softcap or case.alibi:
+            cap = float(case.softcap)
+            slopes = torch.from_numpy(np.asarray(inputs["alibi_slopes"], np.float32)) if case.alibi else None
+
+            def capped_biased(s, b, h, qi, ki):
+                if cap:
+                    s = cap * torch.tanh(s / cap)
+                if slopes is not None:
+                    s = s - slopes[h] * torch.abs(qi + sk - sq - ki)
+                return s
+
+            score_mod = capped_biased
+
+        aux_kw: dict[str, Any] = {}
+        if self.capabilities.lse:
+            try:  # (return_aux replaced return_lse in torch 2.9)
+                from torch.nn.attention.flex_attention import AuxRequest
+                aux_kw = {"return_aux": AuxRequest(lse=True)}
+            except ImportError:
+                aux_kw = {"return_lse": True}
+        with warnings.catch_warnings():  # (the eager path's advice to compile; torch's deprecation notices)
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            res = self._fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=case.softmax_scale,
+                           enable_gqa=case.heads_q != case.heads_kv, **aux_kw)
+        if not aux_kw:
+            return from_torch(res.transpose(1, 2)), None
+        out, aux = res
+        lse = aux.lse if "return_aux" in aux_kw else aux
+        return from_torch(out.transpose(1, 2)), from_torch(lse)
+
+    def kernel_source(self) -> str:
+        torch = _torch()
+        return f"torch@{torch.__version__}:flex-{'compiled' if self.compiled else 'eager'}"
+
+
 # ---- a user's callable ----------------------------------------------------------------------------------
 
 
@@ -395,6 +484,8 @@ def _builtin(name: str) -> Adapter | None:
         return FlashparityAdapter(name.split(":", 1)[1])
     if name == "torch-sdpa":
         return TorchSdpaAdapter(None)
+    if name in ("torch-flex", "torch-flex:compiled"):
+        return TorchFlexAdapter(name.endswith(":compiled"))
     if name.startswith("torch-sdpa:"):
         backend = name.split(":", 1)[1]
         if backend not in SDPA_BACKENDS:
@@ -404,7 +495,8 @@ def _builtin(name: str) -> Adapter | None:
 
 
 #: The built-in adapters' names.
-ADAPTERS = ("flashparity:flash2", "flashparity:naive", "torch-sdpa", *(f"torch-sdpa:{b}" for b in SDPA_BACKENDS))
+ADAPTERS = ("flashparity:flash2", "flashparity:naive", "torch-sdpa", *(f"torch-sdpa:{b}" for b in SDPA_BACKENDS),
+            "torch-flex", "torch-flex:compiled")
 
 
 def adapter_status(name: str) -> dict[str, Any]:

@@ -336,6 +336,11 @@ def _cmd_conformance(args: argparse.Namespace) -> int:
                           dtypes=[args.dtype] if args.dtype else DTYPES, seed=args.seed)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if args.html:
+        try:
+            rep.to_html(args.html)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.html!r}: {exc.strerror or exc}") from None
     _emit(args, rep.to_dict(), str(rep))
     return _verdict(args, EXIT_OK if rep.ok else EXIT_FAILED)
 
@@ -347,6 +352,8 @@ def _cmd_kernel_parity(args: argparse.Namespace) -> int:
 
     if args.suite:
         return _cmd_conformance(args)
+    if args.html:
+        raise UsageError("--html writes the conformance report of --suite")
     case = _case_from(args)
     if args.impl not in ("flash2", "naive", "tiled"):
         from .adapters import resolve
@@ -752,6 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_kp.add_argument("--suite", choices=("quick", "default", "full"),
                       help="run the conformance suite instead of one case: every case judged against the float64 "
                       "oracle (max, mean, LSE and cosine rules); unsupported cases are listed, never failures")
+    p_kp.add_argument("--html", metavar="FILE", help="with --suite: also write the report as a self-contained HTML page")
     p_kp.add_argument("--ref", choices=("naive", "flash2", "tiled"), default="naive", help="reference (naive)")
     case_flags(p_kp)
     p_kp.add_argument("--sweep", action="store_true",

@@ -96,6 +96,29 @@ class Case:
         if self.kind == "poisoned" and not (self.causal and self.seqlen_q <= self.seqlen_k and self.seqlen_q > 1):
             raise ValueError("a poisoned case is causal with 1 < seqlen_q <= seqlen_k")
 
+    def __str__(self) -> str:
+        return self.name
+
+    def check(self, kernel: Any, *, convention: str | None = None, capabilities: dict | None = None) -> "CaseResult":
+        """Run this case through ``kernel`` (anything :func:`conformance` takes) and judge it: raises
+        ``AssertionError`` with the verdict's reason, statistics and ratios when it fails or raises;
+        under pytest an unsupported case is skipped with its reason. Returns the :class:`CaseResult`
+        (for a test suite adopting the cases: ``case.check(my_attention, convention="bshd")``)."""
+        import sys
+
+        from .adapters import resolve
+
+        adapter = resolve(kernel, convention=convention, capabilities=capabilities)
+        adapter.prepare()
+        result = run_case(adapter, self)
+        if result.verdict in ("fail", "error"):
+            raise AssertionError(result.message())
+        if result.verdict == "unsupported" and "pytest" in sys.modules:
+            import pytest
+
+            pytest.skip(f"unsupported: {result.reason}")
+        return result
+
     @property
     def heads(self) -> str:
         """mha, gqa or mqa."""
@@ -308,6 +331,18 @@ class CaseResult:
     deterministic: bool | None = None
     seconds: float = 0.0
 
+    def message(self) -> str:
+        """The verdict for a person: what failed, then the statistics and each rule's ratio."""
+        lines = [f"{self.case.name}: {self.verdict}" + (f": {self.reason}" if self.reason else "")]
+        if self.stats:
+            lines.append("  " + ", ".join(f"{k} {v:.6g}" for k, v in self.stats.items()))
+        if self.ratios:
+            lines.append("  ratios (error / bound, <= 1 passes): " +
+                         ", ".join(f"{k} {v:.3g}" for k, v in self.ratios.items()))
+        if self.deterministic is not None:
+            lines.append(f"  deterministic: {self.deterministic}")
+        return "\n".join(lines)
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.case.name, "case": dataclasses.asdict(self.case), "features": list(self.case.features),
                 "verdict": self.verdict, "reason": self.reason, "stats": dict(self.stats),
@@ -443,6 +478,19 @@ class ConformanceReport:
                           "baseline": "the larger error of flashparity's naive kernel in the case's dtype and "
                                       "FlashAttention-2's test reference without upcasting (scores and "
                                       "probabilities rounded to the dtype)"}}
+
+    def to_html(self, path: str | None = None) -> str:
+        """The report as one self-contained HTML page (the feature × dtype matrix, each failing case's
+        errors against the baseline's, the provenance); written to ``path`` when given (atomically,
+        as every output of flashparity). Returns the page."""
+        from ._write import write_atomically
+        from .conformance_html import render
+
+        page = render(self)
+        if path is not None:
+            data = page.encode("utf-8")
+            write_atomically(str(path), lambda fh: fh.write(data))
+        return page
 
     def __str__(self) -> str:
         from ._write import printable

@@ -1,0 +1,86 @@
+"""pytest plugin: ``pytest --fp-kernel KERNEL [--fp-convention C] [--fp-suite quick|default|full]
+[--fp-dtype D ...] [--fp-capabilities JSON]`` adds one test item per conformance case of KERNEL
+(a built-in adapter's name or ``package.module:function``) to the session: a failing case fails
+with its verdict, an unsupported one is skipped with its reason. Without ``--fp-kernel`` the
+plugin adds nothing. flashparity itself is imported only when the option is given.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("flashparity", "attention-kernel conformance (flashparity)")
+    group.addoption("--fp-kernel", metavar="KERNEL",
+                    help="run flashparity's conformance suite on KERNEL: a built-in adapter (flashparity kernels "
+                    "lists them) or package.module:function (with --fp-convention)")
+    group.addoption("--fp-convention", metavar="C", help="calling convention of the kernel: bshd, bshd-numpy, fa2, sdpa")
+    group.addoption("--fp-suite", default="quick", choices=("quick", "default", "full"),
+                    help="which conformance suite (default quick)")
+    group.addoption("--fp-dtype", action="append", metavar="DTYPE",
+                    help="run only this dtype's cases (float32, float16, bfloat16; repeatable)")
+    group.addoption("--fp-capabilities", metavar="JSON",
+                    help='what the kernel supports, e.g. \'{"window": true, "lse": true}\'')
+
+
+class ConformanceItem(pytest.Item):
+    """One conformance case of the kernel under test."""
+
+    def __init__(self, *, case, adapter, **kw):
+        super().__init__(**kw)
+        self.case = case
+        self.adapter = adapter
+        self.result = None
+
+    def runtest(self):
+        from .conformance import run_case
+
+        self.result = run_case(self.adapter, self.case)
+        if self.result.verdict == "unsupported":
+            pytest.skip(f"unsupported: {self.result.reason}")
+        if self.result.verdict in ("fail", "error"):
+            raise ConformanceFailure(self.result.message())
+
+    def repr_failure(self, excinfo):
+        if isinstance(excinfo.value, ConformanceFailure):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self):
+        return "flashparity-conformance", None, f"{self.adapter.name}: {self.case.name}"
+
+
+class ConformanceFailure(AssertionError):
+    """A case the kernel fails (its verdict is the message)."""
+
+
+def _adapter(config):
+    from .adapters import resolve
+
+    caps = config.getoption("--fp-capabilities")
+    try:
+        capabilities = json.loads(caps) if caps else None
+        adapter = resolve(config.getoption("--fp-kernel"), convention=config.getoption("--fp-convention"),
+                          capabilities=capabilities)
+        adapter.prepare()
+    except (ValueError, TypeError, ImportError) as exc:
+        raise pytest.UsageError(f"--fp-kernel: {exc}") from None
+    return adapter
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session, config, items):
+    if not config.getoption("--fp-kernel"):
+        return
+    from .conformance import DTYPES, suite_cases
+
+    adapter = _adapter(config)
+    try:
+        cases = suite_cases(config.getoption("--fp-suite"), config.getoption("--fp-dtype") or DTYPES)
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    items.extend(ConformanceItem.from_parent(session, name=f"conformance[{case.name}]", case=case, adapter=adapter)
+                 for case in cases)
