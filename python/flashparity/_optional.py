@@ -9,6 +9,7 @@ from types import ModuleType
 #: The command that installs each package a flashparity path imports lazily, by top-level module.
 INSTALL = {
     "torch": "pip install torch",
+    "jax": "pip install 'flashparity[jax]'",
     "distributed": "pip install 'flashparity[dask]'",
     "dask": "pip install 'flashparity[dask]'",
     "cuda": "pip install 'flashparity[cuda]'",

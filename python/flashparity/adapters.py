@@ -365,6 +365,51 @@ class TorchFlexAdapter(Adapter):
         return f"torch@{torch.__version__}:flex-{'compiled' if self.compiled else 'eager'}"
 
 
+def _jax_arguments(case: Any, inputs: dict[str, Any]) -> tuple[tuple, dict]:
+    """The ``jax`` convention's arguments for a case: BTNH (= BSHD) jax arrays; ``is_causal=True``
+    only where JAX's top-left alignment equals the case's bottom-right one (seqlen_q ==
+    seqlen_k, nothing else masked), else an explicit boolean ``mask`` [1, 1, T, S]; ALiBi as a
+    float ``bias`` [1, N, T, S]; ``scale`` the case's softmax scale. (GQA is native.)"""
+    jnp = require("jax.numpy", "conformance of a JAX kernel")
+    q, k, v = (jnp.asarray(np.ascontiguousarray(inputs[n])) for n in ("q", "k", "v"))
+    kw: dict[str, Any] = {"scale": case.softmax_scale}
+    if case.causal and case.seqlen_q == case.seqlen_k and case.window == (-1, -1):
+        kw["is_causal"] = True
+    elif case.causal or case.window != (-1, -1):
+        kw["mask"] = jnp.asarray(visible(case)[None, None])
+    if case.alibi:
+        kw["bias"] = jnp.asarray(alibi_bias(case, inputs["alibi_slopes"])[None]).astype(q.dtype)
+    return (q, k, v), kw
+
+
+class JaxAdapter(Adapter):
+    """``jax.nn.dot_product_attention`` (the ``jax`` convention) with ``implementation=`` recorded
+    (``xla`` on a CPU). No softcap, no LSE."""
+
+    convention = "jax"
+    capabilities = Capabilities(window=True, alibi=True)
+
+    def __init__(self, implementation: str | None):
+        super().__init__()
+        self.implementation = implementation
+        self.name = "jax" + (f":{implementation}" if implementation else "")
+
+    def prepare(self) -> None:
+        require("jax", "conformance of a JAX kernel")
+
+    def call(self, case, inputs):
+        import jax
+
+        args, kw = _jax_arguments(case, inputs)
+        out = jax.nn.dot_product_attention(*args, implementation=self.implementation, **kw)
+        return np.asarray(out), None
+
+    def kernel_source(self) -> str:
+        import jax
+
+        return f"jax@{jax.__version__}:dot_product_attention-{self.implementation or 'auto'}"
+
+
 # ---- a user's callable ----------------------------------------------------------------------------------
 
 
@@ -415,7 +460,9 @@ class CallableAdapter(Adapter):
         return f"{self.name}@sha256:{digest}"
 
     def prepare(self) -> None:
-        if self.convention != "bshd-numpy":
+        if self.convention == "jax":
+            require("jax", "conformance of a JAX kernel")
+        elif self.convention != "bshd-numpy":
             _torch()
 
     def call(self, case, inputs):
@@ -466,6 +513,16 @@ def _sdpa_call(fn, case, inputs, caps):
     return from_torch(out.transpose(1, 2)), (None if lse is None else from_torch(lse))
 
 
+def _jax_call(fn, case, inputs, caps):
+    """``fn(query, key, value, bias=None, mask=None, *, scale, is_causal)`` as
+    ``jax.nn.dot_product_attention``: BTNH jax arrays, top-left ``is_causal``; bottom-right causal
+    and windows go in as an explicit mask, ALiBi as a bias (see :func:`_jax_arguments`). Returns out
+    (or (out, lse) when it declares ``lse``)."""
+    args, kw = _jax_arguments(case, inputs)
+    out, lse = _split(_call_bound(fn, args, kw), caps.lse, "the kernel")
+    return np.asarray(out), (None if lse is None else np.asarray(lse))
+
+
 #: convention -> (how a case's inputs become a call, the default capabilities)
 CONVENTIONS: dict[str, tuple[Callable, Capabilities]] = {
     # fn(q, k, v, *, causal, softmax_scale[, window_size=(l, r)][, softcap=][, alibi_slopes=]) with
@@ -476,6 +533,7 @@ CONVENTIONS: dict[str, tuple[Callable, Capabilities]] = {
     "fa2": (_fa2_call, Capabilities(dtypes=("float16", "bfloat16"), max_head_dim=256, window=True, softcap=True,
                                     alibi=True, lse=True)),
     "sdpa": (_sdpa_call, Capabilities(window=True, alibi=True)),
+    "jax": (_jax_call, Capabilities(window=True, alibi=True)),
 }
 
 
@@ -484,6 +542,8 @@ def _builtin(name: str) -> Adapter | None:
         return FlashparityAdapter(name.split(":", 1)[1])
     if name == "torch-sdpa":
         return TorchSdpaAdapter(None)
+    if name in ("jax", "jax:xla", "jax:cudnn"):
+        return JaxAdapter(name.split(":", 1)[1] if ":" in name else None)
     if name in ("torch-flex", "torch-flex:compiled"):
         return TorchFlexAdapter(name.endswith(":compiled"))
     if name.startswith("torch-sdpa:"):
@@ -496,7 +556,7 @@ def _builtin(name: str) -> Adapter | None:
 
 #: The built-in adapters' names.
 ADAPTERS = ("flashparity:flash2", "flashparity:naive", "torch-sdpa", *(f"torch-sdpa:{b}" for b in SDPA_BACKENDS),
-            "torch-flex", "torch-flex:compiled")
+            "torch-flex", "torch-flex:compiled", "jax", "jax:xla", "jax:cudnn")
 
 
 def adapter_status(name: str) -> dict[str, Any]:
@@ -510,7 +570,7 @@ def adapter_status(name: str) -> dict[str, Any]:
         from ._core import __version__
 
         return {"name": name, "package": "flashparity", "installed": True, "version": __version__}
-    module, dist = "torch", "torch"
+    module, dist = ("jax", "jax") if name.startswith("jax") else ("torch", "torch")
     row: dict[str, Any] = {"name": name, "package": dist, "install": install_hint(module)}
     try:
         found = importlib.util.find_spec(module) is not None
@@ -523,7 +583,7 @@ def adapter_status(name: str) -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             row["version"] = "?"
     if name.split(":")[-1] in ("efficient", "cudnn"):
-        row["note"] = "CUDA backends"
+        row["note"] = "CUDA backend"
     return row
 
 

@@ -445,9 +445,29 @@ def _load_inputs(args: argparse.Namespace):
     return case_inputs(_case_from(args))
 
 
+def _run_adapter(adapter, q, k, v, args: argparse.Namespace):
+    """One forward of a third-party kernel on dense host inputs (its output in q's layout and dtype);
+    Unsupported when the case is outside what it supports."""
+    from .adapters import Unsupported
+    from .conformance import DTYPES, Case, _host
+    from .kernel_parity import alibi_slopes
+
+    if q.dtype.name not in DTYPES:
+        raise Unsupported(f"{adapter.name} runs {', '.join(DTYPES)} inputs, not {q.dtype.name}")
+    case = Case(dtype=q.dtype.name, batch=q.shape[0], seqlen_q=q.shape[1], seqlen_k=k.shape[1], heads_q=q.shape[2],
+                heads_kv=k.shape[2], head_dim=q.shape[3], causal=args.causal, window=tuple(args.window),
+                softcap=args.softcap, alibi=args.alibi)
+    reasons = adapter.not_supported_reasons(case)
+    if reasons:
+        raise Unsupported(f"{adapter.name} does not support this case: {'; '.join(reasons)}")
+    out, _ = adapter.run(case, {"q": q, "k": k, "v": v, "alibi_slopes": alibi_slopes(q.shape[2]) if args.alibi else None})
+    return _host(out, "output")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import time
 
+    from .adapters import Unsupported
     from .attention import UnsupportedHeadDimError
     from .kernel_parity import run_attention
 
@@ -456,8 +476,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except Rejected as exc:
         return _reject(args, exc)
     impl = {"tiled": "flash2"}.get(args.attn, args.attn)
+    adapter = None
+    if impl not in ("flash2", "naive"):
+        from .adapters import resolve
+
+        try:
+            adapter = resolve(impl, convention=args.convention)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        adapter.prepare()
+        impl = adapter.name
+    elif args.convention is not None:
+        raise UsageError(f"--convention is for a package.module:function kernel, not --attn {args.attn}")
     fallback = "requested" if impl == "naive" else None
     device = args.device
+    if adapter is not None and (device != "cpu" or meta):
+        raise UsageError(f"--attn {args.attn}: a kernel run through an adapter takes dense inputs on the cpu")
     if device == "cuda" and not build_info()["cuda_available"]:
         # no usable GPU: an error, or with --fallback the CPU reference, saying why
         code, text = "no-gpu", "no usable CUDA device (or this build has no CUDA kernels)"
@@ -469,6 +503,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from .kernel_parity import alibi_slopes
 
         heads = q.shape[-2]
+        if adapter is not None and impl == adapter.name:
+            return _run_adapter(adapter, q, k, v, args)
         return run_attention(impl, q, k, v, device=device, causal=args.causal, window=tuple(args.window),
                              softcap=args.softcap, alibi=alibi_slopes(heads) if args.alibi else None, meta=meta)
 
@@ -476,7 +512,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         try:
             out = forward(impl)
-        except UnsupportedHeadDimError as exc:
+        except (UnsupportedHeadDimError, Unsupported) as exc:
             if not args.fallback:
                 return _reject(args, exc)
             impl, fallback = "naive", str(exc)
@@ -493,7 +529,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot write --out {args.out!r}: {exc.strerror or exc}") from None
     body = {
         "attn_impl": impl,
-        "kernel_source": kernel_source(impl),
+        "kernel_source": adapter.kernel_source() if adapter is not None and impl == adapter.name else kernel_source(impl),
         "fallback": fallback,
         "device": device,
         "dtype": q.dtype.name,
@@ -776,7 +812,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "given shape. Prints the provenance body (attn_impl, kernel_source, fallback, ...). "
                            "An unsupported head_dim or an unusable --device is an error (exit 1) unless "
                            "--fallback, which runs naive instead (on the CPU when the GPU is the problem) and says why.")
-    p_run.add_argument("--attn", choices=("flash2", "naive", "tiled"), default="flash2", help="implementation")
+    p_run.add_argument("--attn", default="flash2", metavar="KERNEL",
+                       help="implementation: flash2 (apr's tiled) or naive, or any kernel kernel parity --impl takes "
+                       "(a built-in adapter, or package.module:function with --convention): dense inputs on the cpu")
+    p_run.add_argument("--convention", metavar="NAME",
+                       help="calling convention of a package.module:function kernel: bshd, bshd-numpy, fa2, sdpa, jax")
     p_run.add_argument("--fallback", action="store_true", help="fall back to naive (and say why) instead of failing")
     p_run.add_argument("--q", metavar="FILE", help=".npy [batch, seqlen_q, heads_q, head_dim]")
     p_run.add_argument("--k", metavar="FILE", help=".npy [batch, seqlen_k, heads_kv, head_dim]")

@@ -401,6 +401,16 @@ def judge(case: Case, inputs: dict[str, Any], out: Any, lse: Any, gold: tuple, b
               else math.inf if err.cosine_sim == err.cosine_sim else math.nan}
     reasons = []
     o64, g64 = out.astype(np.float64), g_out
+    from .adapters import visible
+
+    blind = ~visible(case).any(axis=-1)  # [seqlen_q]: rows that see no key (their gold is 0)
+    if blind.any():
+        wrong = o64[:, blind] != 0
+        if wrong.any():
+            first = tuple(int(i) for i in np.argwhere(wrong)[0])
+            reasons.append(f"{int(blind.sum())} rows see no key and must give 0 (as FlashAttention-2); "
+                           f"{int(wrong.any(axis=(0, 2, 3)).sum())} of them do not (first at row "
+                           f"{int(np.flatnonzero(blind)[first[1]])}: {float(o64[:, blind][first])!r})")
     bad = ~np.isfinite(o64) & np.isfinite(g64)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -536,19 +546,27 @@ def run_case(adapter: Any, case: Case) -> CaseResult:
         return CaseResult(case, "unsupported", "; ".join(reasons))
     t0 = time.perf_counter()
     inputs = case.inputs()
+    # the references first, on inputs the kernel has not touched; a copy to tell whether it writes them
+    gold = case.reference(inputs, "float64")
+    baseline = case.reference(inputs)
+    lowp = case.lowp_reference(inputs)
+    pristine = {n: np.array(inputs[n]) for n in ("q", "k", "v")}
     try:
-        out, lse = adapter.run(case, inputs)
+        out, lse = _call(adapter, case, inputs)
     except Unsupported as exc:
         return CaseResult(case, "unsupported", str(exc))
     except Exception as exc:  # a crash of the kernel under test is its verdict, not ours
         return CaseResult(case, "error", f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - t0)
-    gold = case.reference(inputs, "float64")
-    baseline = case.reference(inputs)
-    result = judge(case, inputs, out, lse, gold, baseline, case.lowp_reference(inputs))
+    result = judge(case, inputs, out, lse, gold, baseline, lowp)
+    written = [n for n in ("q", "k", "v") if not np.array_equal(inputs[n], pristine[n], equal_nan=True)]
+    if written:
+        result.verdict = "fail"
+        result.reason = "; ".join(filter(None, [result.reason, f"the kernel wrote into its input {', '.join(written)}"]))
+        return result
     if case.kind == "determinism" and result.verdict != "unsupported":
         try:
-            out2, lse2 = adapter.run(case, inputs)
-            same = _same_bits(out, out2) and (lse is None or _same_bits(lse, lse2))
+            out2, lse2 = _call(adapter, case, inputs)
+            same = _same_bits(out, out2) and (lse is None or (lse2 is not None and _same_bits(lse, lse2)))
         except Exception as exc:
             same = False
             result.reason = "; ".join(filter(None, [result.reason, f"second call raised {type(exc).__name__}: {exc}"]))
@@ -562,6 +580,14 @@ def run_case(adapter: Any, case: Case) -> CaseResult:
     return result
 
 
+def _call(adapter: Any, case: Case, inputs: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    """The adapter's (out, lse) as host copies of their own: a kernel that hands back a buffer it
+    reuses on the next call must not make two calls look alike."""
+    out, lse = adapter.run(case, inputs)
+    out = np.array(_host(out, "output"))
+    return out, (None if lse is None else np.array(_host(lse, "lse")))
+
+
 def _same_bits(x: Any, y: Any) -> bool:
     a, b = _host(x, "output"), _host(y, "output")
     return a.shape == b.shape and a.dtype == b.dtype and np.ascontiguousarray(a).tobytes() == \
@@ -573,7 +599,7 @@ def _poison_leaks(adapter: Any, case: Case, inputs: dict, out: Any, lse: Any, wh
     run's; else what changed."""
     rows = case.seqlen_q - case.poisoned_keys  # (rows 0 .. rows-1 see no poisoned key)
     try:
-        out2, lse2 = adapter.run(case, case.poison(inputs, which))
+        out2, lse2 = _call(adapter, case, case.poison(inputs, which))
     except Exception as exc:
         return f"with garbage in unseen keys of {which} the call raised {type(exc).__name__}: {exc}"
     a, b = _host(out, "output")[:, :rows], _host(out2, "output")[:, :rows]
