@@ -114,10 +114,10 @@ def make_kernel(defect: str | None):
                 out = (out.astype(np.float64) + leak).astype(out.dtype)
         elif defect == "nondeterministic":
             calls[0] += 1
-            if calls[0] % 2 == 0:
+            if calls[0] % 2 == 0:  # one ulp up in the last element (the last row sees keys in every case)
                 flat = out.reshape(-1)
-                flat[len(flat) // 2] = np.nextafter(flat[len(flat) // 2].astype(np.float32), np.float32(np.inf)).astype(
-                    out.dtype) if out.dtype != np.float32 else np.nextafter(flat[len(flat) // 2], np.float32(np.inf))
+                flat[-1] = np.nextafter(flat[-1].astype(np.float32), np.float32(np.inf)).astype(out.dtype) \
+                    if out.dtype != np.float32 else np.nextafter(flat[-1], np.float32(np.inf))
         elif defect == "bf16-accumulation" and q.dtype.name == "bfloat16":
             out = _bf16_accumulated(q, k, v, causal, softmax_scale, window_size, out.dtype)
         return out, lse
@@ -241,7 +241,7 @@ def test_kernels_named_by_module_and_bad_arguments():
     assert rep.ok and rep.kernel.startswith("python:flashparity.attention.attention")
     with pytest.raises(ValueError, match="needs convention="):
         conformance(lambda q, k, v: q)
-    with pytest.raises(ValueError, match="convention must be one of bshd, bshd-numpy, fa2, sdpa, got 'bhsd'"):
+    with pytest.raises(ValueError, match="convention must be one of bshd, bshd-numpy, fa2, sdpa, jax, got 'bhsd'"):
         conformance(lambda q, k, v: q, convention="bhsd")
     with pytest.raises(ValueError, match="unknown capabilities 'paged'"):
         conformance(lambda q, k, v: q, convention="bshd", capabilities={"paged": True})
@@ -359,7 +359,7 @@ def test_kernels_lists_the_adapters(capsys):
     code, out, _ = run_cli(["kernels", "--json"], capsys)
     body = json.loads(out)
     assert [a["name"] for a in body["adapters"]] == list(adapters.ADAPTERS)
-    assert body["conventions"] == ["bshd", "bshd-numpy", "fa2", "sdpa"]
+    assert body["conventions"] == ["bshd", "bshd-numpy", "fa2", "sdpa", "jax"]
 
 
 # ---- adopting the suite: flashparity.testing and the pytest plugin -------------------------------------------

@@ -791,7 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "kernels lists them: torch-sdpa, torch-sdpa:math, ...), or package.module:function with "
                       "--convention")
     p_kp.add_argument("--convention", metavar="NAME",
-                      help="calling convention of a package.module:function kernel: bshd, bshd-numpy, fa2 or sdpa")
+                      help="calling convention of a package.module:function kernel: bshd, bshd-numpy, fa2, sdpa or jax")
     p_kp.add_argument("--suite", choices=("quick", "default", "full"),
                       help="run the conformance suite instead of one case: every case judged against the float64 "
                       "oracle (max, mean, LSE and cosine rules); unsupported cases are listed, never failures")

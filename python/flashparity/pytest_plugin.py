@@ -17,7 +17,7 @@ def pytest_addoption(parser):
     group.addoption("--fp-kernel", metavar="KERNEL",
                     help="run flashparity's conformance suite on KERNEL: a built-in adapter (flashparity kernels "
                     "lists them) or package.module:function (with --fp-convention)")
-    group.addoption("--fp-convention", metavar="C", help="calling convention of the kernel: bshd, bshd-numpy, fa2, sdpa")
+    group.addoption("--fp-convention", metavar="C", help="calling convention of the kernel: bshd, bshd-numpy, fa2, sdpa, jax")
     group.addoption("--fp-suite", default="quick", choices=("quick", "default", "full"),
                     help="which conformance suite (default quick)")
     group.addoption("--fp-dtype", action="append", metavar="DTYPE",
