@@ -4,6 +4,7 @@ unrelated case; unsupported cases are listed, never failures."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import types
@@ -73,9 +74,10 @@ def test_sdpa_math_backend():
 def test_sdpa_cpu_flash_backend_runs_or_is_unsupported():
     pytest.importorskip("torch")
     rep = conformance("torch-sdpa:flash", dtypes=["float32"])
-    # (the CPU flash backend takes no explicit mask: masked cases are unsupported, with the reason)
-    for r in rep.cases:
-        assert r.verdict in ("pass", "unsupported") or r.case.kind == "poisoned", (r.case.name, r.reason)
+    # (the CPU flash backend takes explicit masks too: everything runs but softcap, which SDPA lacks)
+    verdicts = {r.case.name: r.verdict for r in rep.cases}
+    assert {n for n, v in verdicts.items() if v == "unsupported"} == {"float32-b1-q113-k203-h4x4-d80-softcap30"}
+    assert {n for n, v in verdicts.items() if v == "fail"} == {"float32-b1-q96-k96-h4x4-d64-causal-poisoned"}
 
 
 # ---- deliberately broken kernels ------------------------------------------------------------------------
@@ -402,7 +404,7 @@ def test_case_check_in_a_kernels_own_suite(tmp_path):
     res = _pytest([], tmp_path)
     assert "1 failed, 9 passed, 3 skipped" in res.stdout, res.stdout + res.stderr
     assert "unsupported: sliding window" in res.stdout
-    assert "AssertionError: float16-b1-q113-k203-h4/4-d64-causal: fail: max|out - gold|" in res.stdout
+    assert "AssertionError: float16-b1-q113-k203-h4x4-d64-causal: fail: max|out - gold|" in res.stdout
     assert "ratios (error / bound, <= 1 passes): max" in res.stdout
 
 
@@ -538,3 +540,87 @@ def test_run_attn_with_any_kernel(tmp_path, capsys):
                          (["--attn", "flashparity:naive", "--varlen", "3,4"], "takes dense inputs on the cpu")]:
         code, _, err = run_cli(["run", *argv], capsys)
         assert code == 2 and needle in err, (argv, err)
+
+
+# ---- what the review found -----------------------------------------------------------------------------------
+
+
+def test_fa2_plus_infinity_lse_of_rows_that_see_no_key_reads_as_minus_infinity():
+    torch = pytest.importorskip("torch")
+
+    def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                        alibi_slopes=None, deterministic=False, return_attn_probs=False):
+        out, lse = fp.attention(*(adapters.from_torch(x) for x in (q, k, v)), causal=causal, window=window_size,
+                                softcap=softcap, softmax_scale=softmax_scale, return_lse=True)
+        lse[np.isneginf(lse)] = np.inf  # (FA2's kernels: sum == 0 ? INFINITY)
+        return adapters.to_torch(out), torch.from_numpy(lse), None
+
+    case = Case(dtype="float16", seqlen_q=239, seqlen_k=17, head_dim=32, causal=True, kind="masked-rows")
+    rep = conformance(flash_attn_func, convention="fa2", suite=[case])
+    assert rep.cases[0].verdict == "pass" and rep.cases[0].ratios["lse"] <= 1, rep.cases[0].reason
+
+
+def test_a_declared_lse_must_come_back_and_the_extreme_cases_have_teeth():
+    def no_lse(q, k, v, *, causal, softmax_scale):
+        return fp.attention(q, k, v, causal=causal, softmax_scale=softmax_scale)
+
+    rep = conformance(no_lse, convention="bshd-numpy", capabilities={"lse": True}, suite=[Case()])
+    assert rep.cases[0].verdict == "fail" and "declares an LSE but returned none" in rep.cases[0].reason
+
+    def tenth(q, k, v, *, causal, softmax_scale):  # a scale 10x too small: near ±1e4 the scores still differ
+        return fp.attention(q, k, v, causal=causal, softmax_scale=softmax_scale * 0.1)
+
+    for dtype in ("float16", "bfloat16"):
+        rep = conformance(tenth, convention="bshd-numpy", suite=[Case(dtype=dtype, kind="extreme")])
+        assert rep.cases[0].verdict == "fail", (dtype, rep.cases[0].ratios)
+
+
+def test_suites_hold_each_case_once_and_cases_normalize_their_window():
+    for name in ("quick", "default", "full"):
+        cases = suite_cases(name, dtypes=["float16"])
+        strip = [dataclasses.replace(c, seed=0) for c in cases]
+        assert len(set(strip)) == len(strip) and len({c.name for c in cases}) == len(cases), name
+    assert any(c.causal and c.window != (-1, -1) for c in suite_cases("default", dtypes=["float32"]))
+    assert Case(window=[-1, -1]) == Case() and hash(Case(window=[3, 0])) == hash(Case(window=(3, 0)))
+    with pytest.raises(ValueError, match=r"window must be \(left, right\), integers >= -1, got \(1.5, 2\)"):
+        Case(window=(1.5, 2))
+    with pytest.raises(ValueError, match="capabilities\\['dtypes'\\] must be a list of"):
+        conformance(lambda q, k, v: q, convention="bshd", capabilities={"dtypes": "float16"})
+    with pytest.raises(ValueError, match="dtypes= and seed= choose a named suite"):
+        conformance("flashparity:naive", suite=[Case()], dtypes=["float16"])
+
+
+def test_kernel_parity_judges_a_kernel_on_untouched_inputs_and_never_skips_a_crash(capsys):
+    def zero_q(q, k, v, *, causal, softmax_scale):
+        q[...] = 0  # (on its own copy: the references see the true inputs)
+        return fp.attention(q, k, v, causal=causal, softmax_scale=softmax_scale)
+
+    body = fp.kernel_parity(zero_q, convention="bshd-numpy", seqlen_q=37, causal=True)
+    assert not body["fa2_rule_ok"] and body["max_abs_diff"] > 0.01
+
+    import sys
+
+    def sloppy(q, k, v, *, causal, softmax_scale):
+        if causal:
+            raise ValueError("no causal here")
+        return fp.attention(q, k, v, softmax_scale=softmax_scale).astype(np.float32)
+
+    mod = types.ModuleType("fp_test_sloppy")
+    mod.sloppy = sloppy
+    sys.modules["fp_test_sloppy"] = mod
+    try:
+        code, out, err = run_cli(["kernel", "parity", "--impl", "fp_test_sloppy:sloppy", "--convention", "bshd-numpy",
+                                  "--sweep", "--check"], capsys)
+        assert code == 1 and ".sloppy raised ValueError: no causal here" in err, err
+        code, out, err = run_cli(["kernel", "parity", "--impl", "fp_test_sloppy:sloppy", "--convention", "bshd-numpy",
+                                  "--dtype", "bfloat16"], capsys)
+        assert code == 1 and "returned float32" in err and "Traceback" not in err
+        mod.not_callable = 3
+        code, _, err = run_cli(["kernel", "parity", "--impl", "fp_test_sloppy:not_callable", "--convention", "bshd",
+                                "--suite", "quick"], capsys)
+        assert code == 2 and "kernel must be callable, got a int" in err
+    finally:
+        del sys.modules["fp_test_sloppy"]
+    code, _, err = run_cli(["kernel", "parity", "--impl", "torch-sdpa", "--suite", "quick", "--causal",
+                            "--head-dim", "512"], capsys)
+    assert code == 2 and "--head-dim, --causal shape one kernel parity case" in err

@@ -31,7 +31,8 @@ import numpy as np
 
 from ._optional import require
 
-__all__ = ["Capabilities", "Unsupported", "Adapter", "ADAPTERS", "CONVENTIONS", "resolve", "adapter_status"]
+__all__ = ["Capabilities", "Unsupported", "Adapter", "ADAPTERS", "CONVENTIONS", "resolve", "adapter_status",
+           "host_array"]
 
 
 class Unsupported(NotImplementedError):
@@ -71,7 +72,19 @@ class Capabilities:
             raise ValueError(f"unknown capabilities {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}")
         value = dict(value)
         if "dtypes" in value:
-            value["dtypes"] = tuple(value["dtypes"])
+            names = value["dtypes"]
+            known = ("float32", "float16", "bfloat16")
+            if isinstance(names, str) or not all(isinstance(n, str) and n in known for n in names):
+                raise ValueError(f"capabilities['dtypes'] must be a list of {', '.join(known)}, got {names!r}")
+            value["dtypes"] = tuple(names)
+        for key in ("gqa", "causal", "window", "softcap", "alibi", "lse", "strided"):
+            if key in value and not isinstance(value[key], bool):
+                raise ValueError(f"capabilities[{key!r}] must be true or false, got {value[key]!r}")
+        for key in ("max_head_dim", "head_dim_multiple"):
+            v = value.get(key)
+            if key in value and not (v is None and key == "max_head_dim") and (
+                    isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"capabilities[{key!r}] must be an integer >= 1, got {v!r}")
         return dataclasses.replace(default, **value)
 
     def reasons(self, case: Any) -> list[str]:
@@ -157,6 +170,22 @@ def from_torch(t: Any) -> np.ndarray:
 
         return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return t.numpy()
+
+
+def host_array(x: Any, name: str) -> np.ndarray:
+    """A kernel's output as a NumPy array: NumPy arrays as they are, torch tensors (bfloat16 kept, as
+    ml_dtypes bfloat16) and anything NumPy can read (jax arrays) converted; TypeError otherwise."""
+    if isinstance(x, np.ndarray):
+        return x
+    if type(x).__module__.startswith("torch"):
+        return from_torch(x)
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:
+        raise TypeError(f"the kernel's {name} is a {type(x).__name__}, not an array") from exc
+    if arr.dtype == object:
+        raise TypeError(f"the kernel's {name} is a {type(x).__name__}, not an array")
+    return arr
 
 
 def alibi_bias(case: Any, slopes: np.ndarray) -> np.ndarray:
@@ -443,7 +472,7 @@ class CallableAdapter(Adapter):
         if convention not in CONVENTIONS:
             raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
         if not callable(fn):
-            raise TypeError(f"kernel must be callable, got {type(fn).__name__}")
+            raise ValueError(f"kernel must be callable, got a {type(fn).__name__}")
         self.fn = fn
         self.convention = convention
         self.capabilities = Capabilities.of(capabilities, CONVENTIONS[convention][1])
@@ -487,7 +516,8 @@ def _fa2_call(fn, case, inputs, caps):
     """FlashAttention-2's ``flash_attn_func(q, k, v, dropout_p, softmax_scale, causal, window_size,
     softcap, alibi_slopes, deterministic, return_attn_probs)``: BSHD torch tensors, bottom-right
     causal, ``return_attn_probs=True`` giving ``(out, softmax_lse, S_dmask)`` (natural-log LSE
-    [batch, heads, seqlen_q])."""
+    [batch, heads, seqlen_q]). FA2 writes +inf as the LSE of a row that sees no key (its kernels'
+    ``sum == 0 ? INFINITY``); the convention reads that as the -inf of an empty sum."""
     kw: dict[str, Any] = {"dropout_p": 0.0, "softmax_scale": case.softmax_scale, "causal": case.causal}
     if case.window != (-1, -1):
         kw["window_size"] = tuple(case.window)
@@ -499,7 +529,13 @@ def _fa2_call(fn, case, inputs, caps):
         kw["return_attn_probs"] = True
     out, lse = _split(_call_bound(fn, tuple(to_torch(inputs[n]) for n in ("q", "k", "v")), kw), caps.lse,
                       "flash_attn_func")
-    return from_torch(out), (None if lse is None else from_torch(lse))
+    if lse is not None:
+        lse = np.array(host_array(lse, "lse"))
+        blind = ~visible(case).any(axis=-1)  # [seqlen_q]
+        if lse.ndim == 3 and lse.shape[-1] == case.seqlen_q and blind.any():
+            rows = lse[:, :, blind]
+            lse[:, :, blind] = np.where(np.isposinf(rows), -np.inf, rows)
+    return host_array(out, "output"), lse
 
 
 def _sdpa_call(fn, case, inputs, caps):
@@ -527,9 +563,9 @@ def _jax_call(fn, case, inputs, caps):
 CONVENTIONS: dict[str, tuple[Callable, Capabilities]] = {
     # fn(q, k, v, *, causal, softmax_scale[, window_size=(l, r)][, softcap=][, alibi_slopes=]) with
     # BSHD torch tensors (bottom-right causal) -> out or (out, lse): the minimum
-    "bshd": (_bshd_call(lambda x: to_torch(x), from_torch), Capabilities()),
+    "bshd": (_bshd_call(lambda x: to_torch(x), lambda x: host_array(x, "output")), Capabilities()),
     # the same with NumPy arrays (ml_dtypes bfloat16) in and out
-    "bshd-numpy": (_bshd_call(lambda x: x, lambda x: np.asarray(x)), Capabilities()),
+    "bshd-numpy": (_bshd_call(lambda x: x, lambda x: host_array(x, "output")), Capabilities()),
     "fa2": (_fa2_call, Capabilities(dtypes=("float16", "bfloat16"), max_head_dim=256, window=True, softcap=True,
                                     alibi=True, lse=True)),
     "sdpa": (_sdpa_call, Capabilities(window=True, alibi=True)),
@@ -609,6 +645,11 @@ def resolve(kernel: Any, *, convention: str | None = None, capabilities: Capabil
                 raise
             raise ValueError(f"cannot import module {module!r} (named by {kernel!r}): no module named "
                              f"{exc.name!r}") from None
+        except ImportError:
+            raise
+        except Exception as exc:  # (a SyntaxError or a crash while the module runs: not ours to raise)
+            raise ValueError(f"importing module {module!r} (named by {kernel!r}) failed: "
+                             f"{type(exc).__name__}: {exc}") from None
         for part in attr.split("."):
             try:
                 obj = getattr(obj, part)

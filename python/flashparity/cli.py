@@ -325,6 +325,14 @@ def _cmd_conformance(args: argparse.Namespace) -> int:
     if args.check or args.sweep:
         raise UsageError("--suite runs the conformance suite, judged by its own rules; --check and --sweep are "
                          "for single kernel parity bodies")
+    case_defaults = {"seq_len": 128, "seqlen_q": None, "batch": 1, "num_heads": 8, "num_kv_heads": 8, "head_dim": 64,
+                     "window": (-1, -1), "softcap": 0.0, "causal": False, "alibi": False, "varlen": None,
+                     "page_size": None, "ref": "naive"}
+    given = [name for name, default in case_defaults.items()
+             if (tuple(getattr(args, name)) if name == "window" else getattr(args, name)) != default]
+    if given:
+        raise UsageError(f"--suite runs its own cases; {', '.join('--' + n.replace('_', '-') for n in given)} "
+                         "shape one kernel parity case (drop them, or drop --suite)")
     if args.dtype is not None and args.dtype not in DTYPES:
         raise UsageError(f"--suite runs {', '.join(DTYPES)} cases, got --dtype {args.dtype}")
     if args.device != "cpu":
@@ -364,9 +372,11 @@ def _cmd_kernel_parity(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
     elif args.convention is not None:
         raise UsageError(f"--convention is for a package.module:function kernel, not --impl {args.impl}")
+    from .kernel_parity import KernelFailed
+
     try:
         body = kernel_parity(args.impl, args.ref, sweep=args.sweep, convention=args.convention, **case.__dict__)
-    except (UnsupportedHeadDimError, Unsupported, ValueError) as exc:
+    except (UnsupportedHeadDimError, Unsupported, KernelFailed, ValueError) as exc:
         return _reject(args, exc)
     except RuntimeError as exc:
         return _reject(args, exc)
@@ -449,7 +459,8 @@ def _run_adapter(adapter, q, k, v, args: argparse.Namespace):
     """One forward of a third-party kernel on dense host inputs (its output in q's layout and dtype);
     Unsupported when the case is outside what it supports."""
     from .adapters import Unsupported
-    from .conformance import DTYPES, Case, _host
+    from .adapters import host_array
+    from .conformance import DTYPES, Case
     from .kernel_parity import alibi_slopes
 
     if q.dtype.name not in DTYPES:
@@ -461,7 +472,7 @@ def _run_adapter(adapter, q, k, v, args: argparse.Namespace):
     if reasons:
         raise Unsupported(f"{adapter.name} does not support this case: {'; '.join(reasons)}")
     out, _ = adapter.run(case, {"q": q, "k": k, "v": v, "alibi_slopes": alibi_slopes(q.shape[2]) if args.alibi else None})
-    return _host(out, "output")
+    return host_array(out, "output")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from .adapters import host_array
 from .attention import attention
 from .kernel_parity import alibi_slopes
 from .parity import parity
@@ -89,8 +90,11 @@ class Case:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         if self.heads_q % self.heads_kv:
             raise ValueError(f"heads_q ({self.heads_q}) must be a multiple of heads_kv ({self.heads_kv})")
-        if len(self.window) != 2 or any(w < -1 for w in self.window):
-            raise ValueError(f"window must be (left, right) with each >= -1, got {self.window!r}")
+        w = self.window
+        if not isinstance(w, (tuple, list)) or len(w) != 2 or any(
+                isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < -1 for x in w):
+            raise ValueError(f"window must be (left, right), integers >= -1, got {w!r}")
+        object.__setattr__(self, "window", (int(w[0]), int(w[1])))  # (a tuple: hashable, equal to its twin)
         if self.kind == "masked-rows" and not (self.causal and self.seqlen_q > self.seqlen_k):
             raise ValueError("a masked-rows case is causal with seqlen_q > seqlen_k")
         if self.kind == "poisoned" and not (self.causal and self.seqlen_q <= self.seqlen_k and self.seqlen_q > 1):
@@ -143,7 +147,7 @@ class Case:
     @property
     def name(self) -> str:
         parts = [self.dtype, f"b{self.batch}", f"q{self.seqlen_q}", f"k{self.seqlen_k}",
-                 f"h{self.heads_q}/{self.heads_kv}", f"d{self.head_dim}"]
+                 f"h{self.heads_q}x{self.heads_kv}", f"d{self.head_dim}"]
         if self.causal:
             parts.append("causal")
         if self.window != (-1, -1):
@@ -203,10 +207,12 @@ class Case:
         return out
 
     def lowp_reference(self, inputs: dict[str, Any]) -> np.ndarray | None:
-        """FlashAttention-2's test reference without upcasting (``attention_ref(upcast=False)``, the
-        baseline FA2's and FA3's tests hold kernels to): q·scale, the scores and the probabilities
-        rounded to the case's dtype, float32 products and sums in between; rows that see no key give
-        0. None for float32 (it is then the naive kernel)."""
+        """Attention as a FlashAttention-2-style kernel computes it in a 16-bit dtype: the scores in
+        float32, the probabilities rounded to the dtype before the P·V product (as FA2 feeds P to its
+        tensor-core mma), the output rounded once; rows that see no key give 0. (FA2's own tests use
+        ``attention_ref(upcast=False)``, which also rounds the scores to the dtype: near ±1e4 that
+        costs it errors of order 1, which would let any kernel pass the extreme cases.) None for
+        float32 (it is then the naive kernel)."""
         from .attention import _numpy_dtype
 
         if self.dtype == "float32":
@@ -217,12 +223,12 @@ class Case:
             return np.asarray(x, np.float32).astype(dt).astype(np.float32)
 
         rep = self.heads_q // self.heads_kv
-        q = rd(np.asarray(inputs["q"], np.float32) * np.float32(self.softmax_scale))
+        q = np.asarray(inputs["q"], np.float32)
         k = np.repeat(np.asarray(inputs["k"], np.float32), rep, axis=2)
         v = np.repeat(np.asarray(inputs["v"], np.float32), rep, axis=2)
-        s = rd(np.einsum("bthd,bshd->bhts", q, k))
+        s = np.einsum("bthd,bshd->bhts", q, k) * np.float32(self.softmax_scale)
         if self.softcap:
-            s = rd(rd(np.tanh(rd(s / np.float32(self.softcap)))) * np.float32(self.softcap))
+            s = np.tanh(s / np.float32(self.softcap)) * np.float32(self.softcap)
         if self.alibi:
             from .adapters import alibi_bias
 
@@ -281,6 +287,8 @@ def _default(dtype: str) -> list[Case]:
     cases += [Case(**c, seqlen_q=sq, seqlen_k=sk, heads_q=2, heads_kv=1, head_dim=64, causal=causal)
               for sq, sk in SEQLENS if sq * sk <= 1 << 19 for causal in (False, True) if not (causal and sq > sk)]
     cases += [Case(**c, seqlen_q=113, seqlen_k=203, head_dim=64, window=w) for w in ((0, 0), (7, 3), (-1, 5))]
+    cases += [Case(**c, seqlen_q=113, seqlen_k=203, head_dim=64, causal=True, window=(9, 0)),
+              Case(**c, seqlen_q=203, seqlen_k=113, head_dim=64, causal=True, window=(5, -1))]  # (rows 0..89: no key)
     cases += [Case(**c, batch=2, seqlen_q=799, seqlen_k=3, heads_q=2, heads_kv=2, head_dim=40, causal=True,
                    kind="masked-rows")]
     return cases
@@ -311,8 +319,11 @@ def suite_cases(name: str = "quick", dtypes: Iterable[str] = DTYPES, seed: int =
     for dt in dtypes:
         if dt not in DTYPES:
             raise ValueError(f"dtypes must be among {', '.join(DTYPES)}, got {dt!r}")
-    cases = [dataclasses.replace(case, seed=seed + i) for dt in dtypes for i, case in enumerate(builders[name](dt))]
-    return list(dict.fromkeys(cases))  # (the same case twice runs once)
+    cases = []
+    for dt in dtypes:
+        own = list(dict.fromkeys(builders[name](dt)))  # (the same case twice runs once)
+        cases += [dataclasses.replace(case, seed=seed + i) for i, case in enumerate(own)]
+    return cases
 
 
 # ---- verdicts ---------------------------------------------------------------------------------------
@@ -355,30 +366,12 @@ def _ratio(err: float, bound: float) -> float:
     return err / bound if bound > 0 else (0.0 if err == 0 else math.inf)
 
 
-def _host(x: Any, name: str) -> np.ndarray:
-    """A kernel's output as a NumPy array (torch tensors through their own conversion, bfloat16 kept)."""
-    if isinstance(x, np.ndarray):
-        return x
-    mod = type(x).__module__
-    if mod.startswith("torch"):
-        t = x.detach().cpu()
-        if str(t.dtype) == "torch.bfloat16":
-            import ml_dtypes
-
-            return t.view(__import__("torch").int16).numpy().view(ml_dtypes.bfloat16)
-        return t.numpy()
-    try:
-        return np.asarray(x)
-    except Exception as exc:
-        raise TypeError(f"the kernel's {name} is a {type(x).__name__}, not an array") from exc
-
-
 def judge(case: Case, inputs: dict[str, Any], out: Any, lse: Any, gold: tuple, baseline: tuple,
           lowp: np.ndarray | None = None) -> CaseResult:
     """The verdict of one output (and LSE, or None) against the gold. The baseline's errors are the
     larger of the naive kernel's in the case's dtype (``baseline``: (out, lse)) and FlashAttention-2's
     low-precision reference's (``lowp``, when given), its cosine the smaller."""
-    out = _host(out, "output")
+    out = host_array(out, "output")
     want_dtype = np.asarray(inputs["q"]).dtype
     if tuple(out.shape) != tuple(inputs["q"].shape):
         return CaseResult(case, "fail", f"output shape {tuple(out.shape)}, expected {tuple(inputs['q'].shape)}")
@@ -417,7 +410,7 @@ def judge(case: Case, inputs: dict[str, Any], out: Any, lse: Any, gold: tuple, b
         reasons.append(f"{int(bad.sum())} NaN/inf outputs where the oracle is finite (first at {first}: "
                        f"{o64[first]!r} vs {g64[first]!r})")
     if lse is not None:
-        lse = _host(lse, "lse")
+        lse = host_array(lse, "lse")
         want = (case.batch, case.heads_q, case.seqlen_q)
         if tuple(lse.shape) != want:
             reasons.append(f"lse shape {tuple(lse.shape)}, expected {want} (batch, heads, seqlen_q)")
@@ -544,20 +537,25 @@ def run_case(adapter: Any, case: Case) -> CaseResult:
     reasons = adapter.not_supported_reasons(case)
     if reasons:
         return CaseResult(case, "unsupported", "; ".join(reasons))
-    t0 = time.perf_counter()
     inputs = case.inputs()
     # the references first, on inputs the kernel has not touched; a copy to tell whether it writes them
     gold = case.reference(inputs, "float64")
     baseline = case.reference(inputs)
     lowp = case.lowp_reference(inputs)
     pristine = {n: np.array(inputs[n]) for n in ("q", "k", "v")}
+    t0 = time.perf_counter()
     try:
         out, lse = _call(adapter, case, inputs)
     except Unsupported as exc:
         return CaseResult(case, "unsupported", str(exc))
     except Exception as exc:  # a crash of the kernel under test is its verdict, not ours
         return CaseResult(case, "error", f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0  # (the kernel's call: the references and the judging are ours)
     result = judge(case, inputs, out, lse, gold, baseline, lowp)
+    result.seconds = seconds
+    if lse is None and adapter.capabilities.lse:
+        result.verdict = "fail"
+        result.reason = "; ".join(filter(None, [result.reason, "the kernel declares an LSE but returned none"]))
     written = [n for n in ("q", "k", "v") if not np.array_equal(inputs[n], pristine[n], equal_nan=True)]
     if written:
         result.verdict = "fail"
@@ -576,7 +574,6 @@ def run_case(adapter: Any, case: Case) -> CaseResult:
             result.reason = "; ".join(filter(None, [result.reason, "two calls on the same inputs differ"]))
     if case.kind == "poisoned" and result.verdict == "pass":
         _check_poison(adapter, case, inputs, out, lse, result)
-    result.seconds = time.perf_counter() - t0
     return result
 
 
@@ -584,12 +581,12 @@ def _call(adapter: Any, case: Case, inputs: dict) -> tuple[np.ndarray, np.ndarra
     """The adapter's (out, lse) as host copies of their own: a kernel that hands back a buffer it
     reuses on the next call must not make two calls look alike."""
     out, lse = adapter.run(case, inputs)
-    out = np.array(_host(out, "output"))
-    return out, (None if lse is None else np.array(_host(lse, "lse")))
+    out = np.array(host_array(out, "output"))
+    return out, (None if lse is None else np.array(host_array(lse, "lse")))
 
 
 def _same_bits(x: Any, y: Any) -> bool:
-    a, b = _host(x, "output"), _host(y, "output")
+    a, b = host_array(x, "output"), host_array(y, "output")
     return a.shape == b.shape and a.dtype == b.dtype and np.ascontiguousarray(a).tobytes() == \
         np.ascontiguousarray(b).tobytes()
 
@@ -602,7 +599,11 @@ def _poison_leaks(adapter: Any, case: Case, inputs: dict, out: Any, lse: Any, wh
         out2, lse2 = _call(adapter, case, case.poison(inputs, which))
     except Exception as exc:
         return f"with garbage in unseen keys of {which} the call raised {type(exc).__name__}: {exc}"
-    a, b = _host(out, "output")[:, :rows], _host(out2, "output")[:, :rows]
+    if out2.shape != out.shape or out2.dtype != out.dtype:
+        return f"with garbage in unseen keys of {which} the output is {out2.dtype} {out2.shape}, not {out.dtype} {out.shape}"
+    if lse is not None and (lse2 is None or lse2.shape != lse.shape):
+        return f"with garbage in unseen keys of {which} the lse is {None if lse2 is None else lse2.shape}, not {lse.shape}"
+    a, b = host_array(out, "output")[:, :rows], host_array(out2, "output")[:, :rows]
     differ = ~((a == b) | (np.isnan(a.astype(np.float64)) & np.isnan(b.astype(np.float64))))
     problems = []
     if differ.any():
@@ -611,7 +612,7 @@ def _poison_leaks(adapter: Any, case: Case, inputs: dict, out: Any, lse: Any, wh
                         f"see, changed {int(differ.sum())} of those rows' outputs (first at {first}: "
                         f"{float(b[first])!r} instead of {float(a[first])!r})")
     if lse is not None and lse2 is not None:
-        la, lb = _host(lse, "lse")[:, :, :rows], _host(lse2, "lse")[:, :, :rows]
+        la, lb = host_array(lse, "lse")[:, :, :rows], host_array(lse2, "lse")[:, :, :rows]
         if not np.array_equal(la, lb, equal_nan=True):
             problems.append(f"garbage in unseen keys of {which} changed the lse of rows 0..{rows - 1}")
     return "; ".join(problems)
@@ -628,7 +629,7 @@ def _check_poison(adapter: Any, case: Case, inputs: dict, out: Any, lse: Any, re
 
 
 def conformance(kernel: Any, *, convention: str | None = None, suite: str | list[Case] = "quick",
-                dtypes: Iterable[str] = DTYPES, device: str = "cpu", seed: int = 0,
+                dtypes: Iterable[str] | None = None, device: str = "cpu", seed: int | None = None,
                 capabilities: dict | None = None, progress: Callable[[int, int], None] | None = None
                 ) -> ConformanceReport:
     """Run a suite of cases through a kernel and judge each against the float64 oracle.
@@ -646,7 +647,12 @@ def conformance(kernel: Any, *, convention: str | None = None, suite: str | list
         raise ValueError(f"device must be 'cpu' (GPU conformance runs come with the GPU adapters), got {device!r}")
     adapter = resolve(kernel, convention=convention, capabilities=capabilities)
     adapter.prepare()
-    cases = suite_cases(suite, dtypes, seed) if isinstance(suite, str) else list(suite)
+    if isinstance(suite, str):
+        cases = suite_cases(suite, DTYPES if dtypes is None else dtypes, 0 if seed is None else seed)
+    else:
+        if dtypes is not None or seed is not None:
+            raise ValueError("dtypes= and seed= choose a named suite's cases; a list of Case carries its own")
+        cases = list(suite)
     if not cases:
         raise ValueError("the suite has no cases")
     for c in cases:

@@ -201,29 +201,40 @@ def _conformance_case(case: Case):
     """The conformance case of a dense kernel parity case (a third-party kernel's view of it)."""
     from .conformance import Case as ConformanceCase
 
+    from .adapters import Unsupported
+
     if case.layout != "dense" or case.device != "cpu" or case.dtype not in ("float32", "float16", "bfloat16"):
-        raise ValueError(f"a kernel run through an adapter takes dense float32/float16/bfloat16 cases on the cpu "
-                         f"(got a {case.layout} {case.dtype} case on {case.device})")
+        raise Unsupported(f"a kernel run through an adapter takes dense float32/float16/bfloat16 cases on the cpu "
+                          f"(got a {case.layout} {case.dtype} case on {case.device})")
     return ConformanceCase(dtype=case.dtype, batch=case.batch, seqlen_q=case.q_len, seqlen_k=case.seq_len,
                            heads_q=case.num_heads, heads_kv=case.num_kv_heads, head_dim=case.head_dim,
                            causal=case.causal, window=tuple(case.window), softcap=case.softcap, alibi=case.alibi)
 
 
+class KernelFailed(RuntimeError):
+    """The kernel under test raised, or returned something that is not its output (exit 1)."""
+
+
 def _run_adapter(adapter: Any, q, k, v, case: Case) -> np.ndarray:
-    """The adapter's output on the case's inputs (flashparity's layout and dtype); Unsupported when
-    the case is outside what it supports."""
-    from .adapters import Unsupported
-    from .conformance import _host
+    """The adapter's output on copies of the case's inputs (a kernel that writes its inputs cannot
+    change what the references see), in flashparity's layout and dtype. Unsupported when the case is
+    outside what the kernel supports; KernelFailed when it raises or returns another shape or dtype."""
+    from .adapters import Unsupported, host_array
 
     cc = _conformance_case(case)
     reasons = adapter.not_supported_reasons(cc)
     if reasons:
         raise Unsupported(f"{adapter.name} does not support this case: {'; '.join(reasons)}")
-    out, _ = adapter.run(cc, {"q": q, "k": k, "v": v,
-                              "alibi_slopes": alibi_slopes(case.num_heads) if case.alibi else None})
-    out = _host(out, "output")
+    try:
+        out, _ = adapter.run(cc, {"q": q.copy(), "k": k.copy(), "v": v.copy(),
+                                  "alibi_slopes": alibi_slopes(case.num_heads) if case.alibi else None})
+        out = host_array(out, "output")
+    except Unsupported:
+        raise
+    except Exception as exc:  # (the kernel under test's own exception: its verdict, one line)
+        raise KernelFailed(f"{adapter.name} raised {type(exc).__name__}: {exc}") from exc
     if out.shape != q.shape or out.dtype != q.dtype:
-        raise ValueError(f"{adapter.name} returned {out.dtype} {out.shape}; expected q's {q.dtype} {q.shape}")
+        raise KernelFailed(f"{adapter.name} returned {out.dtype} {out.shape}; expected q's {q.dtype} {q.shape}")
     return out
 
 
@@ -351,7 +362,7 @@ def kernel_parity(impl: Any = "flash2", ref: str = "naive", *, sweep: bool | lis
         for c in cases:
             try:
                 bodies.append(_one(impl, ref, c, adapter))
-            except (Unsupported, ValueError) as exc:  # (a layout or dtype the adapter does not take)
+            except Unsupported as exc:  # (a layout or dtype the adapter does not take; a raise is no skip)
                 unsupported.append({"case": asdict(c), "reason": str(exc)})
         if not bodies:
             raise ValueError(f"{adapter.name} supports none of the sweep's cases: {unsupported[0]['reason']}")

@@ -1,8 +1,11 @@
 """pytest plugin: ``pytest --fp-kernel KERNEL [--fp-convention C] [--fp-suite quick|default|full]
 [--fp-dtype D ...] [--fp-capabilities JSON]`` adds one test item per conformance case of KERNEL
-(a built-in adapter's name or ``package.module:function``) to the session: a failing case fails
-with its verdict, an unsupported one is skipped with its reason. Without ``--fp-kernel`` the
-plugin adds nothing. flashparity itself is imported only when the option is given.
+(a built-in adapter's name or ``package.module:function``) to the session, under a collector
+named ``flashparity-conformance`` (ids ``flashparity-conformance::<case name>``): a failing case
+fails with its verdict, an unsupported one is skipped with its reason. Without ``--fp-kernel`` the
+plugin adds nothing; the conformance modules (and torch, JAX) load only when it is given. (pytest
+loads the entry point by itself: do not also pass ``-p flashparity.pytest_plugin`` unless plugin
+autoloading is off.)
 """
 
 from __future__ import annotations
@@ -24,6 +27,13 @@ def pytest_addoption(parser):
                     help="run only this dtype's cases (float32, float16, bfloat16; repeatable)")
     group.addoption("--fp-capabilities", metavar="JSON",
                     help='what the kernel supports, e.g. \'{"window": true, "lse": true}\'')
+
+
+class ConformanceCollector(pytest.Collector):
+    """The parent of the conformance items (their ids read ``flashparity-conformance::<case>``)."""
+
+    def collect(self):  # (its items are made by pytest_collection_modifyitems)
+        return []
 
 
 class ConformanceItem(pytest.Item):
@@ -82,5 +92,5 @@ def pytest_collection_modifyitems(session, config, items):
         cases = suite_cases(config.getoption("--fp-suite"), config.getoption("--fp-dtype") or DTYPES)
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
-    items.extend(ConformanceItem.from_parent(session, name=f"conformance[{case.name}]", case=case, adapter=adapter)
-                 for case in cases)
+    parent = ConformanceCollector.from_parent(session, name="flashparity-conformance", nodeid="flashparity-conformance")
+    items.extend(ConformanceItem.from_parent(parent, name=case.name, case=case, adapter=adapter) for case in cases)
