@@ -12,8 +12,7 @@ import numpy as np
 from . import _core
 from ._tensor import FP8, TensorView, as_view, consumer_stream, host_values, producer_waits
 
-__all__ = ["attention", "attention_varlen", "attention_kvcache", "merge_attention_states", "UnsupportedHeadDimError",
-           "IMPLS", "FLASH2_MAX_HEAD_DIM"]
+__all__ = ["attention", "merge_attention_states", "UnsupportedHeadDimError", "IMPLS", "FLASH2_MAX_HEAD_DIM"]
 
 IMPLS = ("flash2", "naive")
 FLASH2_MAX_HEAD_DIM = _core.FLASH2_MAX_HEAD_DIM

@@ -139,7 +139,6 @@ def parity(a_local: Any, b_local: Any, *, atol: float = 0.0, rtol: float = 0.0, 
         raise RuntimeError("fp.distributed.parity needs an initialized torch.distributed process group "
                            "(torch.distributed.init_process_group)")
     world = dist.get_world_size(group)
-    rank = dist.get_rank(group)
     error: Exception | None = None
     try:  # (any error here is sent to the other ranks, so none is left waiting in the all_gather)
         atol = _tolerance("atol", atol)
