@@ -25,3 +25,10 @@ def emulated() -> bool:
     """Under an emulator of another architecture: a subprocess must go through the emulator, so
     anything that execs sys.executable itself (multiprocessing's spawn) cannot run."""
     return bool(os.environ.get("FLASHPARITY_TEST_PYTHON"))
+
+
+def emulated_cpu() -> bool:
+    """A CI stage that runs the suite on an emulated CPU (qemu; CI sets FLASHPARITY_EXPECT_SIMD to
+    the level that CPU must dispatch): tests of pure-Python logic around the kernels are run
+    natively and need not be repeated there at 20-50x the cost."""
+    return bool(os.environ.get("FLASHPARITY_EXPECT_SIMD"))

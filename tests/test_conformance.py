@@ -14,24 +14,12 @@ import pytest
 
 import flashparity as fp
 from flashparity import adapters
+from emulation import emulated_cpu
 from flashparity.conformance import Case, conformance, suite_cases
 
-QUICK_FEATURES = {"mha", "gqa", "mqa", "causal", "window", "softcap", "alibi", "masked-rows", "strided", "stride0",
-                  "poisoned", "extreme", "determinism"}
-
-
-@pytest.mark.parametrize("kernel", ["flashparity:flash2", "flashparity:naive"])
-def test_builtin_kernels_pass_the_quick_suite(kernel):
-    rep = conformance(kernel)
-    assert rep.ok, str(rep)
-    assert rep.counts() == {"pass": 36, "fail": 0, "unsupported": 0, "error": 0}
-    assert set(rep.summary()) == QUICK_FEATURES and rep.kernel_source.startswith(kernel + "@")
-    for r in rep.cases:  # every rule reported as a ratio; the LSE is checked (these kernels return one)
-        assert set(r.ratios) == {"max", "mean", "cosine", "lse"} and all(x <= 1 for x in r.ratios.values()), r
-    det = [r for r in rep.cases if r.case.kind == "determinism"]
-    assert len(det) == 3 and all(r.deterministic for r in det)
-    body = json.loads(json.dumps(rep.to_dict()))
-    assert body["ok"] and len(body["cases"]) == 36 and body["cases"][0]["verdict"] == "pass"
+# (the conformance logic is Python around kernels that other tests run at every level: an emulated
+# CPU runs tests/test_conformance_kernels.py, the built-in kernels through the suite, and not this)
+pytestmark = pytest.mark.skipif(emulated_cpu(), reason="pure-Python conformance logic: run natively")
 
 
 def test_suites_and_cases():
@@ -381,12 +369,6 @@ def _pytest(args, cwd, autoload=False):
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-NATIVE = pytest.mark.skipif(__import__("emulation").emulated(),
-                            reason="a pytest subprocess per test under an emulator takes minutes; nothing here is "
-                            "architecture-specific")
-
-
-@NATIVE
 def test_case_check_in_a_kernels_own_suite(tmp_path):
     (tmp_path / "test_mine.py").write_text(
         "import pytest\n"
@@ -408,7 +390,6 @@ def test_case_check_in_a_kernels_own_suite(tmp_path):
     assert "ratios (error / bound, <= 1 passes): max" in res.stdout
 
 
-@NATIVE
 def test_the_pytest_plugin_runs_the_suite_as_items(tmp_path):
     res = _pytest(["--fp-kernel", "flashparity:naive", "--fp-dtype", "bfloat16"], tmp_path)
     assert res.returncode == 0 and "12 passed" in res.stdout, res.stdout + res.stderr
@@ -511,7 +492,6 @@ print(json.dumps({"version": jax.__version__, "source": rep.kernel_source, "coun
 """
 
 
-@NATIVE
 def test_jax_dot_product_attention():
     # (in a process of its own: once JAX has started its threads, every later os.fork in this process
     # warns "JAX is multithreaded", which the suite's warning filter makes an error)

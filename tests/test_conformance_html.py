@@ -19,7 +19,10 @@ import pytest
 import flashparity as fp
 from flashparity import conformance_html
 from flashparity.conformance import Case, CaseResult, ConformanceReport, conformance
+from emulation import emulated_cpu
 from png import png_pixels
+
+pytestmark = pytest.mark.skipif(emulated_cpu(), reason="an HTML page and a browser: run natively")
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CAPS = {"window": True, "softcap": True, "alibi": True, "lse": True}
