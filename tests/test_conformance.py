@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(emulated_cpu(), reason="pure-Python conformance 
 
 def test_suites_and_cases():
     quick = suite_cases("quick")
-    assert len(quick) == 36 and len(set(quick)) == 36
+    assert len(quick) == 42 and len(set(quick)) == 42
     default = suite_cases("default", dtypes=["float16"])
     assert {c.head_dim for c in default} >= {32, 40, 59, 64, 80, 96, 111, 128, 160, 192, 224, 256}
     assert {(c.seqlen_q, c.seqlen_k) for c in default} >= {(1, 1), (1, 239), (113, 203), (239, 1), (512, 256)}
@@ -50,8 +50,9 @@ def test_sdpa_math_backend():
     by = {}
     for r in rep.cases:
         by.setdefault(r.verdict, []).append(r)
-    assert {r.case.softcap for r in by["unsupported"]} == {30.0}  # SDPA has no softcap: listed, not failed
-    assert all("softcap" in r.reason for r in by["unsupported"])
+    # SDPA has no softcap and no varlen or paged call: listed, not failed
+    assert {r.reason for r in by["unsupported"]} == {"softcap", "varlen batches", "paged KV caches"}
+    assert all(r.case.softcap or r.case.kind in ("varlen", "paged") for r in by["unsupported"])
     # SDPA lets NaN in keys a row cannot see reach that row (0 · NaN in P·V; NaN + -inf in the scores):
     # a finding the poisoned cases report; every other case passes
     assert {r.case.kind for r in by["fail"]} == {"poisoned"}
@@ -64,7 +65,9 @@ def test_sdpa_cpu_flash_backend_runs_or_is_unsupported():
     rep = conformance("torch-sdpa:flash", dtypes=["float32"])
     # (the CPU flash backend takes explicit masks too: everything runs but softcap, which SDPA lacks)
     verdicts = {r.case.name: r.verdict for r in rep.cases}
-    assert {n for n, v in verdicts.items() if v == "unsupported"} == {"float32-b1-q113-k203-h4x4-d80-softcap30"}
+    assert {n for n, v in verdicts.items() if v == "unsupported"} == {
+        "float32-b1-q113-k203-h4x4-d80-softcap30", "float32-seqs1x1_37x61_90x17_8x128-h4x2-d64-causal-varlen",
+        "float32-q1-k1_47_128_200-page16-h8x2-d128-paged"}
     assert {n for n, v in verdicts.items() if v == "fail"} == {"float32-b1-q96-k96-h4x4-d64-causal-poisoned"}
 
 
@@ -140,7 +143,8 @@ CAPS = {"window": True, "softcap": True, "alibi": True, "lse": True}
 
 def failing(defect: str) -> list:
     rep = conformance(make_kernel(defect), convention="bshd-numpy", capabilities=CAPS)
-    assert rep.counts()["unsupported"] == 0
+    # (the bshd conventions take dense batches: the varlen and paged cases are listed as unsupported)
+    assert {r.case.kind for r in rep.cases if r.verdict == "unsupported"} == {"varlen", "paged"}
     return [r for r in rep.cases if r.verdict in ("fail", "error")]
 
 
@@ -231,10 +235,15 @@ def test_kernels_named_by_module_and_bad_arguments():
     assert rep.ok and rep.kernel.startswith("python:flashparity.attention.attention")
     with pytest.raises(ValueError, match="needs convention="):
         conformance(lambda q, k, v: q)
-    with pytest.raises(ValueError, match="convention must be one of bshd, bshd-numpy, fa2, sdpa, jax, got 'bhsd'"):
+    with pytest.raises(ValueError, match="convention must be one of bshd, bshd-numpy, fa2, fa2-varlen, fa2-kvcache, "
+                                         "sdpa, flashinfer, xformers, jax, got 'bhsd'"):
         conformance(lambda q, k, v: q, convention="bhsd")
-    with pytest.raises(ValueError, match="unknown capabilities 'paged'"):
-        conformance(lambda q, k, v: q, convention="bshd", capabilities={"paged": True})
+    with pytest.raises(ValueError, match="unknown capabilities 'dropout'"):
+        conformance(lambda q, k, v: q, convention="bshd", capabilities={"dropout": True})
+    with pytest.raises(ValueError, match=r"capabilities\['head_dims'\] must be a list of integers >= 1 or None"):
+        conformance(lambda q, k, v: q, convention="bshd", capabilities={"head_dims": [64, "128"]})
+    with pytest.raises(ValueError, match=r"capabilities\['page_size_multiple'\] must be an integer >= 1, got 0"):
+        conformance(lambda q, k, v: q, convention="bshd", capabilities={"page_size_multiple": 0})
     with pytest.raises(ValueError, match="torch-sdpa backend must be one of math, flash, efficient, cudnn"):
         conformance("torch-sdpa:fast")
     with pytest.raises(ValueError, match="kernel must be a built-in adapter"):
@@ -266,7 +275,8 @@ def test_fa2_convention_against_a_stand_in():
     rep = conformance(flash_attn_func, convention="fa2")
     assert rep.ok, str(rep)
     c = rep.counts()
-    assert c["fail"] == 0 and c["unsupported"] == 12  # float32: FA2 runs float16 and bfloat16 only
+    # float32 (FA2 runs float16 and bfloat16 only), and flash_attn_func takes no varlen or paged batch
+    assert c["fail"] == 0 and c["unsupported"] == 14 + 2 * 2
     assert all("lse" in r.ratios for r in rep.cases if r.verdict == "pass")
     assert (16, 0) in seen["window"]
 
@@ -299,9 +309,11 @@ def test_kernel_parity_of_any_kernel_keeps_apr_body(capsys):
     code, out, _ = run_cli(["kernel", "parity", "--impl", "flashparity.attention:attention", "--convention",
                             "bshd-numpy", "--check", "--json"], capsys)
     assert code == 0 and json.loads(out)["check"]["ok"]
-    # a sweep runs the cases the adapter takes and lists the others (varlen, paged, FP8, float64 gold)
+    # a sweep runs the cases the adapter takes (varlen and paged batches too) and lists the others (FP8)
     sweep = fp.kernel_parity("flashparity:flash2", sweep=True)
-    assert len(sweep["cases"]) == 30 and len(sweep["unsupported"]) == 16 and sweep["fa2_rule_ok"]
+    assert len(sweep["cases"]) == 36 and len(sweep["unsupported"]) == 10 and sweep["fa2_rule_ok"]
+    assert sum(c["varlen"] is not None for c in sweep["cases"]) == 6
+    assert all("float8" in u["reason"] for u in sweep["unsupported"])
     with pytest.raises(ValueError, match="for third-party kernels"):
         fp.kernel_parity("flash2", convention="fa2")
 
@@ -310,7 +322,7 @@ def test_kernel_parity_suite_and_usage_errors(capsys):
     code, out, _ = run_cli(["kernel", "parity", "--impl", "flash2", "--suite", "quick", "--dtype", "bfloat16",
                             "--json"], capsys)
     body = json.loads(out)
-    assert code == 0 and body["ok"] and body["counts"]["pass"] == 12 and body["kernel"] == "flashparity:flash2"
+    assert code == 0 and body["ok"] and body["counts"]["pass"] == 14 and body["kernel"] == "flashparity:flash2"
     code, out, _ = run_cli(["kernel", "parity", "--impl", "flash2", "--suite", "quick", "--dtype", "float32"], capsys)
     assert code == 0 and out.startswith("conformance of flashparity:flash2") and "determinism" in out
 
@@ -348,8 +360,9 @@ def test_kernels_lists_the_adapters(capsys):
     assert code == 0 and "flashparity:flash2" in out and "torch-sdpa:math" in out and "--convention" in out
     code, out, _ = run_cli(["kernels", "--json"], capsys)
     body = json.loads(out)
-    assert [a["name"] for a in body["adapters"]] == list(adapters.ADAPTERS)
-    assert body["conventions"] == ["bshd", "bshd-numpy", "fa2", "sdpa", "jax"]
+    assert [a["name"] for a in body["adapters"]] == [*adapters.ADAPTERS, "hub:<org>/<repo>@<commit>"]
+    assert body["conventions"] == ["bshd", "bshd-numpy", "fa2", "fa2-varlen", "fa2-kvcache", "sdpa", "flashinfer",
+                                   "xformers", "jax"]
 
 
 # ---- adopting the suite: flashparity.testing and the pytest plugin -------------------------------------------
@@ -384,7 +397,7 @@ def test_case_check_in_a_kernels_own_suite(tmp_path):
         "def test_off():\n"
         "    conformance_cases('quick', dtypes=['float16'])[2].check(off, convention='bshd-numpy')\n")
     res = _pytest([], tmp_path)
-    assert "1 failed, 9 passed, 3 skipped" in res.stdout, res.stdout + res.stderr
+    assert "1 failed, 9 passed, 5 skipped" in res.stdout, res.stdout + res.stderr
     assert "unsupported: sliding window" in res.stdout
     assert "AssertionError: float16-b1-q113-k203-h4x4-d64-causal: fail: max|out - gold|" in res.stdout
     assert "ratios (error / bound, <= 1 passes): max" in res.stdout
@@ -392,7 +405,7 @@ def test_case_check_in_a_kernels_own_suite(tmp_path):
 
 def test_the_pytest_plugin_runs_the_suite_as_items(tmp_path):
     res = _pytest(["--fp-kernel", "flashparity:naive", "--fp-dtype", "bfloat16"], tmp_path)
-    assert res.returncode == 0 and "12 passed" in res.stdout, res.stdout + res.stderr
+    assert res.returncode == 0 and "14 passed" in res.stdout, res.stdout + res.stderr
     (tmp_path / "kern.py").write_text(
         "import flashparity as fp\n"
         "def off(q, k, v, *, causal, softmax_scale, window_size=(-1, -1)):\n"
@@ -509,7 +522,8 @@ def test_jax_dot_product_attention():
     # NaN in v of keys a row cannot see reaches the row; everything else passes (no softcap in JAX)
     assert {kind for kind, _ in bad} == {"masked-rows", "poisoned"}
     assert all("rows see no key and must give 0" in reason for kind, reason in bad if kind == "masked-rows")
-    assert {reason for _, _, verdict, reason in got["cases"] if verdict == "unsupported"} == {"softcap"}
+    assert {reason for _, _, verdict, reason in got["cases"] if verdict == "unsupported"} == {
+        "softcap", "varlen batches", "paged KV caches"}
     assert got["counts"]["pass"] == 2 * 12 - 2 * 2 - 2
     assert got["mine"] == [verdict for dtype, _, verdict, _ in got["cases"] if dtype == "float32"]
 
@@ -534,7 +548,8 @@ def test_run_attn_with_any_kernel(tmp_path, capsys):
     assert code == 0 and body["attn_impl"] == "naive" and "softcap" in body["fallback"]
     for argv, needle in [(["--attn", "flashparity.attention:attention"], "needs convention="),
                          (["--attn", "flash2", "--convention", "sdpa"], "--convention is for a package"),
-                         (["--attn", "flashparity:naive", "--varlen", "3,4"], "takes dense inputs on the cpu")]:
+                         (["--attn", "flashparity:naive", "--varlen", "3,4"], "takes dense inputs here (no --varlen"),
+                         (["--attn", "flash-attn"], "--attn flash-attn runs on cuda only, not --device cpu")]:
         code, _, err = run_cli(["run", *argv], capsys)
         assert code == 2 and needle in err, (argv, err)
 

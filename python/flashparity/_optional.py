@@ -16,6 +16,11 @@ INSTALL = {
     "ml_dtypes": "pip install ml_dtypes",
     "tqdm": "pip install tqdm",
     "numpy": "pip install numpy",
+    "flash_attn": "pip install flash-attn",
+    "flash_attn_interface": "build flash-attention's hopper/ (FlashAttention-3: python setup.py install there)",
+    "flashinfer": "pip install flashinfer-python",
+    "xformers": "pip install xformers",
+    "kernels": "pip install 'flashparity[hub]'",
 }
 
 

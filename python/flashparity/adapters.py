@@ -1,20 +1,25 @@
 """Adapters that run an attention kernel on a conformance case (:mod:`flashparity.conformance`).
 
-An adapter takes a case's inputs (BSHD NumPy arrays), calls the kernel in its own calling
-convention (layout, causal alignment, argument names, LSE base) and hands back ``(out, lse)`` in
-flashparity's: out [batch, seqlen_q, heads_q, head_dim] in q's dtype, lse [batch, heads_q,
-seqlen_q] natural log, or None. Each adapter declares what it supports (:class:`Capabilities`); a
-case outside that is ``unsupported`` with the reasons, as xformers' ops answer
-``not_supported_reasons``. Optional packages (torch) load when an adapter first runs and fail
-with one line naming the ``pip install``.
+An adapter takes a case's inputs (NumPy arrays: BSHD, or packed and paged as
+:meth:`flashparity.conformance.Case.inputs` describes), calls the kernel in its own calling
+convention (layout, causal alignment, argument names, LSE base) on the case's device and hands back
+``(out, lse)`` in flashparity's: out [batch, seqlen_q, heads_q, head_dim] (packed [total_q, ...] for
+a varlen case) in q's dtype, lse [batch, heads_q, seqlen_q] ([heads_q, total_q]) natural log, or
+None. Each adapter declares what it supports (:class:`Capabilities`) and where it runs
+(``devices``); a case outside that is ``unsupported`` with the reasons, as xformers' ops answer
+``not_supported_reasons``. Optional packages (torch, jax, flash_attn, flashinfer, xformers, kernels)
+load when an adapter first runs and fail with one line naming the ``pip install``.
 
 Built-in adapters (:data:`ADAPTERS`): ``flashparity:flash2`` and ``flashparity:naive`` (this
 package's kernels, through the same path as any other); ``torch-sdpa`` (PyTorch's
 ``scaled_dot_product_attention``, backend chosen by PyTorch) and ``torch-sdpa:<backend>`` with
-``math``, ``flash``, ``efficient`` or ``cudnn`` forced through ``torch.nn.attention.sdpa_kernel``.
+``math``, ``flash``, ``efficient`` or ``cudnn`` forced through ``torch.nn.attention.sdpa_kernel``;
+``torch-flex`` and ``torch-flex:compiled``; ``jax``; the CUDA-only ``flash-attn``, ``flash-attn-3``,
+``flashinfer`` and ``xformers``; and ``hub:<org>/<repo>@<commit>`` (:class:`HubAdapter`).
 
 Conventions of a user's callable (:data:`CONVENTIONS`), each documented where it is defined:
-``bshd``, ``bshd-numpy``, ``fa2`` and ``sdpa``.
+``bshd``, ``bshd-numpy``, ``fa2``, ``fa2-varlen``, ``fa2-kvcache``, ``sdpa``, ``flashinfer``,
+``xformers`` and ``jax``.
 """
 
 from __future__ import annotations
@@ -57,6 +62,10 @@ class Capabilities:
     alibi: bool = False
     lse: bool = False
     strided: bool = True
+    varlen: bool = False
+    paged: bool = False
+    page_size_multiple: int = 1
+    head_dims: tuple[int, ...] | None = None
 
     @staticmethod
     def of(value: Capabilities | dict | None, default: Capabilities) -> Capabilities:
@@ -77,10 +86,16 @@ class Capabilities:
             if isinstance(names, str) or not all(isinstance(n, str) and n in known for n in names):
                 raise ValueError(f"capabilities['dtypes'] must be a list of {', '.join(known)}, got {names!r}")
             value["dtypes"] = tuple(names)
-        for key in ("gqa", "causal", "window", "softcap", "alibi", "lse", "strided"):
+        if "head_dims" in value and value["head_dims"] is not None:
+            dims = value["head_dims"]
+            if isinstance(dims, (str, bytes)) or not hasattr(dims, "__iter__") or not all(
+                    isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims):
+                raise ValueError(f"capabilities['head_dims'] must be a list of integers >= 1 or None, got {dims!r}")
+            value["head_dims"] = tuple(dims)
+        for key in ("gqa", "causal", "window", "softcap", "alibi", "lse", "strided", "varlen", "paged"):
             if key in value and not isinstance(value[key], bool):
                 raise ValueError(f"capabilities[{key!r}] must be true or false, got {value[key]!r}")
-        for key in ("max_head_dim", "head_dim_multiple"):
+        for key in ("max_head_dim", "head_dim_multiple", "page_size_multiple"):
             v = value.get(key)
             if key in value and not (v is None and key == "max_head_dim") and (
                     isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -106,6 +121,14 @@ class Capabilities:
             out.append("softcap")
         if case.alibi and not self.alibi:
             out.append("ALiBi")
+        if self.head_dims is not None and case.head_dim not in self.head_dims:
+            out.append(f"head_dim {case.head_dim} (supports {', '.join(map(str, self.head_dims))})")
+        if case.kind == "varlen" and not self.varlen:
+            out.append("varlen batches")
+        if case.kind == "paged" and not self.paged:
+            out.append("paged KV caches")
+        elif case.kind == "paged" and case.page_size % self.page_size_multiple:
+            out.append(f"page size {case.page_size} not a multiple of {self.page_size_multiple}")
         return out
 
 
@@ -116,9 +139,20 @@ class Adapter:
     name = "?"
     convention = "?"
     capabilities = Capabilities()
+    #: the devices the kernel runs on (``device=`` of :func:`flashparity.conformance`)
+    devices: tuple[str, ...] = ("cpu", "cuda")
 
     def __init__(self):
         self.notes: list[str] = []
+        self.device = "cpu"
+
+    def to(self, x: np.ndarray) -> Any:
+        """A case's input as a torch tensor on the adapter's device (a view of it on the CPU)."""
+        return to_torch(x, self.device)
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
 
     def prepare(self) -> None:
         """Import what the adapter needs (before any case runs: a missing package is one line, not
@@ -131,9 +165,7 @@ class Adapter:
         """(out, lse or None) for the case's inputs, in flashparity's layout."""
         if case.kind in ("strided", "stride0") and not self.capabilities.strided:
             inputs = {**inputs, **{n: np.ascontiguousarray(inputs[n]) for n in ("q", "k", "v")}}
-            note = f"{self.name} takes contiguous inputs only: strided cases ran on contiguous copies"
-            if note not in self.notes:
-                self.notes.append(note)
+            self.note(f"{self.name} takes contiguous inputs only: strided cases ran on contiguous copies")
         out, lse = self.call(case, inputs)
         return out, (lse if self.capabilities.lse else None)
 
@@ -151,15 +183,18 @@ def _torch():
     return require("torch", "conformance of a torch kernel")
 
 
-def to_torch(x: np.ndarray):
+def to_torch(x: np.ndarray, device: str = "cpu"):
     """A NumPy array (ml_dtypes bfloat16 included; any non-negative strides, stride 0 too) as a
-    torch tensor viewing the same memory: non-contiguous inputs stay non-contiguous."""
+    torch tensor viewing the same memory: non-contiguous inputs stay non-contiguous. On another
+    ``device`` (``cuda``), a copy there with the same strides where they are dense (a stride-0 or
+    gapped view arrives contiguous)."""
     torch = _torch()
     bf16 = x.dtype.name == "bfloat16"
     with warnings.catch_warnings():  # (broadcast views are read-only; kernels do not write their inputs)
         warnings.simplefilter("ignore", UserWarning)
         t = torch.from_numpy(x.view(np.uint16) if bf16 else x)
-    return t.view(torch.bfloat16) if bf16 else t
+    t = t.view(torch.bfloat16) if bf16 else t
+    return t if device == "cpu" else t.to(device)
 
 
 def from_torch(t: Any) -> np.ndarray:
@@ -215,7 +250,10 @@ def visible(case: Any) -> np.ndarray:
 
 
 class FlashparityAdapter(Adapter):
-    """flashparity's own kernels through :func:`flashparity.attention` (the ``bshd-numpy`` path)."""
+    """flashparity's own kernels through :func:`flashparity.attention` (the ``bshd-numpy`` path), and
+    for varlen and paged cases :func:`flashparity.attention_varlen` and
+    :func:`flashparity.attention_kvcache` (FlashAttention-2's conventions). On ``cuda`` the inputs go
+    in as torch tensors on the GPU."""
 
     convention = "bshd-numpy"
 
@@ -224,14 +262,23 @@ class FlashparityAdapter(Adapter):
         self.impl = impl
         self.name = f"flashparity:{impl}"
         self.capabilities = Capabilities(max_head_dim=256 if impl == "flash2" else None, window=True, softcap=True,
-                                         alibi=True, lse=True)
+                                         alibi=True, lse=True, varlen=True, paged=True)
 
     def call(self, case, inputs):
         from .attention import attention
+        from .serving import attention_kvcache, attention_varlen
 
-        return attention(inputs["q"], inputs["k"], inputs["v"], impl=self.impl, causal=case.causal, window=case.window,
-                         softcap=case.softcap, alibi_slopes=inputs["alibi_slopes"], softmax_scale=case.softmax_scale,
-                         return_lse=True)
+        x = (lambda a: a) if self.device == "cpu" else self.to
+        kw = dict(impl=self.impl, causal=case.causal, window=case.window, softcap=case.softcap,
+                  alibi_slopes=inputs["alibi_slopes"], softmax_scale=case.softmax_scale, return_lse=True)
+        if case.kind == "varlen":
+            return attention_varlen(x(inputs["q"]), x(inputs["k"]), x(inputs["v"]), inputs["cu_seqlens_q"],
+                                    inputs["cu_seqlens_k"], max_seqlen_q=inputs["max_seqlen_q"],
+                                    max_seqlen_k=inputs["max_seqlen_k"], **kw)
+        if case.kind == "paged":
+            return attention_kvcache(x(inputs["q"]), x(inputs["k_cache"]), x(inputs["v_cache"]),
+                                     inputs["cache_seqlens"], block_table=inputs["block_table"], **kw)
+        return attention(x(inputs["q"]), x(inputs["k"]), x(inputs["v"]), **kw)
 
     def kernel_source(self) -> str:
         from ._build import kernel_source
@@ -286,7 +333,7 @@ class TorchSdpaAdapter(Adapter):
         torch = _torch()
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        args, kw = _sdpa_arguments(case, inputs, to_torch)
+        args, kw = _sdpa_arguments(case, inputs, self.to)
         f = torch.nn.functional.scaled_dot_product_attention
         if self.backend is None:
             out = f(*args, **kw)
@@ -344,7 +391,7 @@ class TorchFlexAdapter(Adapter):
 
         if self._fn is None:
             self.prepare()
-        q, k, v = (to_torch(inputs[n]).transpose(1, 2) for n in ("q", "k", "v"))
+        q, k, v = (self.to(inputs[n]).transpose(1, 2) for n in ("q", "k", "v"))
         sq, sk = case.seqlen_q, case.seqlen_k
         left, right = case.window
         if case.causal:
@@ -356,11 +403,11 @@ class TorchFlexAdapter(Adapter):
                 ok = ki >= diag - left if left >= 0 else ki >= 0
                 return ok & (ki <= diag + right) if right >= 0 else ok
 
-            block_mask = create_block_mask(mask_mod, None, None, sq, sk, device="cpu")
+            block_mask = create_block_mask(mask_mod, None, None, sq, sk, device=self.device)
         score_mod = None
         if case.softcap or case.alibi:
             cap = float(case.softcap)
-            slopes = torch.from_numpy(np.asarray(inputs["alibi_slopes"], np.float32)) if case.alibi else None
+            slopes = self.to(np.asarray(inputs["alibi_slopes"], np.float32)) if case.alibi else None
 
             def capped_biased(s, b, h, qi, ki):
                 if cap:
@@ -439,7 +486,7 @@ class JaxAdapter(Adapter):
         return f"jax@{jax.__version__}:dot_product_attention-{self.implementation or 'auto'}"
 
 
-# ---- a user's callable ----------------------------------------------------------------------------------
+# ---- calling conventions ------------------------------------------------------------------------------
 
 
 def _call_bound(fn: Callable, args: tuple, kw: dict) -> Any:
@@ -456,12 +503,323 @@ def _call_bound(fn: Callable, args: tuple, kw: dict) -> Any:
         raise Unsupported(str(exc) or "NotImplementedError") from None
 
 
+def _takes(fn: Callable, name: str) -> bool:
+    """Whether fn has a parameter ``name`` (or takes **kwargs; True where it cannot be told)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def _split(result: Any, want_lse: bool, what: str) -> tuple[Any, Any]:
     if isinstance(result, (tuple, list)):
         if not result:
             raise TypeError(f"{what} returned an empty tuple")
         return result[0], (result[1] if want_lse and len(result) > 1 else None)
     return result, None
+
+
+def _blind_lse(case: Any, lse: Any) -> np.ndarray:
+    """FlashAttention's LSE with the +inf it writes for a row that sees no key (its kernels'
+    ``sum == 0 ? INFINITY``) read as the -inf of an empty sum."""
+    lse = np.array(host_array(lse, "lse"))
+    if tuple(lse.shape) == case.lse_shape:
+        blind = case.blind_rows()
+        if blind.any():
+            rows = np.moveaxis(lse, -2, -1)  # (a view: the rows first, [batch, seqlen_q, heads] or [total_q, heads])
+            sel = rows[blind]
+            rows[blind] = np.where(np.isposinf(sel), -np.inf, sel)
+    return lse
+
+
+def _packed(case: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """A dense case's inputs as a varlen batch of ``batch`` equal sequences (q, k, v packed)."""
+    b, sq, sk = case.batch, case.seqlen_q, case.seqlen_k
+    out = {n: np.ascontiguousarray(inputs[n]).reshape(b * x, inputs[n].shape[2], case.head_dim)
+           for n, x in (("q", sq), ("k", sk), ("v", sk))}
+    return {**out, "cu_seqlens_q": np.arange(b + 1, dtype=np.int32) * sq,
+            "cu_seqlens_k": np.arange(b + 1, dtype=np.int32) * sk, "max_seqlen_q": sq, "max_seqlen_k": sk,
+            "alibi_slopes": inputs["alibi_slopes"]}
+
+
+def _unpacked(case: Any, out: np.ndarray, lse: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A packed output (and LSE [heads, total_q]) of a dense case in the case's layout."""
+    b, sq = case.batch, case.seqlen_q
+    if out.ndim == 3 and out.shape[0] == b * sq:
+        out = out.reshape(b, sq, *out.shape[1:])
+    if lse is not None and lse.ndim == 2 and lse.shape[1] == b * sq:
+        lse = lse.reshape(lse.shape[0], b, sq).transpose(1, 0, 2)
+    return out, lse
+
+
+def _fa_options(case: Any, inputs: dict[str, Any], to: Callable, fa3: bool) -> dict[str, Any]:
+    """FlashAttention's keyword options for a case (FA3 has no dropout and no ALiBi)."""
+    kw: dict[str, Any] = {"softmax_scale": case.softmax_scale, "causal": case.causal}
+    if not fa3:
+        kw["dropout_p"] = 0.0
+    if case.window != (-1, -1):
+        kw["window_size"] = tuple(case.window)
+    if case.softcap:
+        kw["softcap"] = case.softcap
+    if case.alibi:
+        kw["alibi_slopes"] = to(np.asarray(inputs["alibi_slopes"], np.float32))
+    return kw
+
+
+def _fa_call(fn, case, inputs, caps, to, fa3=False):
+    """FlashAttention-2's ``flash_attn_func(q, k, v, dropout_p, softmax_scale, causal, window_size,
+    softcap, alibi_slopes, deterministic, return_attn_probs)``: BSHD torch tensors, bottom-right
+    causal, ``return_attn_probs=True`` giving ``(out, softmax_lse, S_dmask)`` (natural-log LSE
+    [batch, heads, seqlen_q]; the +inf FA2 writes for a row that sees no key read as -inf).
+    FlashAttention-3's (``flash_attn_interface``) is the same without ``dropout_p`` and ALiBi, its
+    result ``out`` or ``(out, lse)``."""
+    if case.kind in ("varlen", "paged"):
+        raise Unsupported(f"flash_attn_func takes dense batches (the fa2-varlen and fa2-kvcache conventions take "
+                          f"{case.kind} cases)")
+    kw = _fa_options(case, inputs, to, fa3)
+    if caps.lse and _takes(fn, "return_attn_probs"):
+        kw["return_attn_probs"] = True
+    res = _call_bound(fn, tuple(to(inputs[n]) for n in ("q", "k", "v")), kw)
+    out, lse = _split(res, caps.lse, "flash_attn_func")
+    return host_array(out, "output"), (None if lse is None else _blind_lse(case, lse))
+
+
+def _fa_varlen_call(fn, case, inputs, caps, to, fa3=False):
+    """FlashAttention-2's ``flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+    max_seqlen_k, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, ...,
+    return_attn_probs)``: packed ``[total, heads, head_dim]`` torch tensors, int32 cu_seqlens,
+    bottom-right causal per sequence; LSE ``[heads, total_q]``. Dense cases go in as a batch of
+    equal sequences. FA3's: the same without ``dropout_p`` and ALiBi."""
+    if case.kind == "paged":
+        raise Unsupported("flash_attn_varlen_func with a paged cache is not judged (the fa2-kvcache convention "
+                          "takes paged cases)")
+    x = inputs if case.kind == "varlen" else _packed(case, inputs)
+    kw = _fa_options(case, inputs, to, fa3)
+    if caps.lse and _takes(fn, "return_attn_probs"):
+        kw["return_attn_probs"] = True
+    args = (to(x["q"]), to(x["k"]), to(x["v"]), to(x["cu_seqlens_q"]), to(x["cu_seqlens_k"]), x["max_seqlen_q"],
+            x["max_seqlen_k"])
+    out, lse = _split(_call_bound(fn, args, kw), caps.lse, "flash_attn_varlen_func")
+    out = host_array(out, "output")
+    lse = None if lse is None else host_array(lse, "lse")
+    if case.kind != "varlen":
+        out, lse = _unpacked(case, out, lse)
+    return out, (None if lse is None else _blind_lse(case, lse))
+
+
+def _fa_kvcache_call(fn, case, inputs, caps, to, fa3=False):
+    """FlashAttention-2's ``flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=, block_table=,
+    softmax_scale=, causal=, window_size=, softcap=, alibi_slopes=, return_softmax_lse=True)``
+    without appending: q ``[batch, seqlen_q, heads, head_dim]``; a dense cache ``[batch, seqlen_k,
+    heads_kv, head_dim]`` or a paged one ``[num_pages, page_size, heads_kv, head_dim]`` with an int32
+    block table and ``cache_seqlens``; returns ``(out, lse)``. FA3's names the block table
+    ``page_table``, has no ALiBi and returns ``(out, lse, out_accum, lse_accum)``."""
+    if case.kind == "varlen":
+        raise Unsupported("flash_attn_with_kvcache takes a batch of equal query lengths (varlen batches go "
+                          "through the fa2-varlen convention)")
+    kw = {k: v for k, v in _fa_options(case, inputs, to, True).items()}
+    if case.alibi and not fa3:
+        kw["alibi_slopes"] = to(np.asarray(inputs["alibi_slopes"], np.float32))
+    if caps.lse:
+        kw["return_softmax_lse"] = True
+    if case.kind == "paged":
+        k, v = to(inputs["k_cache"]), to(inputs["v_cache"])
+        kw["cache_seqlens"] = to(inputs["cache_seqlens"])
+        kw["page_table" if fa3 else "block_table"] = to(inputs["block_table"])
+    else:
+        k, v = to(inputs["k"]), to(inputs["v"])
+    out, lse = _split(_call_bound(fn, (to(inputs["q"]), k, v), kw), caps.lse, "flash_attn_with_kvcache")
+    return host_array(out, "output"), (None if lse is None else _blind_lse(case, lse))
+
+
+def _flashinfer_options(case: Any) -> dict[str, Any]:
+    """FlashInfer's keyword options: ``causal``, ``sm_scale``, ``window_left`` (keys
+    ``i + kv_len - qo_len - window_left .. `` are seen: FA2's left window, inclusive; FlashInfer has
+    no right window), ``logits_soft_cap``."""
+    kw: dict[str, Any] = {"causal": case.causal, "sm_scale": case.softmax_scale}
+    if case.window[0] >= 0:
+        kw["window_left"] = case.window[0]
+    if case.softcap:
+        kw["logits_soft_cap"] = case.softcap
+    return kw
+
+
+def _flashinfer_reasons(case: Any) -> list[str]:
+    """What FlashInfer's calls cannot express: a right window bound without causal (its masks are
+    causal or a left window), ALiBi with FA2's |i - j| distance."""
+    out = []
+    if not case.causal and case.window[1] >= 0:
+        out.append(f"a right window bound without causal (window {case.window})")
+    return out
+
+
+LN2 = float(np.log(2.0))
+
+
+def _flashinfer_call(fn, case, inputs, caps, to):
+    """FlashInfer's ``single_prefill_with_kv_cache(q, k, v, causal=, sm_scale=, window_left=,
+    logits_soft_cap=, return_lse=True)`` (``single_decode_with_kv_cache`` has the same options): one
+    request, NHD ``[qo_len, heads, head_dim]`` torch tensors, bottom-right causal; returns ``out`` or
+    ``(out, lse)`` with lse ``[qo_len, heads]`` in **base 2** (converted to natural log here). A
+    batch runs request by request (varlen cases sequence by sequence)."""
+    reasons = _flashinfer_reasons(case)
+    if reasons:
+        raise Unsupported("; ".join(reasons))
+    if case.kind == "paged":
+        raise Unsupported("the flashinfer convention is one request's dense K/V (paged caches go through "
+                          "FlashInfer's batch wrappers: the flashinfer adapter)")
+    parts = case.dense_inputs(inputs) if case.kind == "varlen" else [
+        {n: inputs[n][i:i + 1] for n in ("q", "k", "v")} for i in range(case.batch)]
+    outs, lses = [], []
+    kw = _flashinfer_options(case)
+    if caps.lse:
+        kw["return_lse"] = True
+    for x in parts:
+        res = _call_bound(fn, tuple(to(np.ascontiguousarray(x[n][0])) for n in ("q", "k", "v")), kw)
+        o, lse = _split(res, caps.lse, "the kernel")
+        outs.append(host_array(o, "output")[None])
+        lses.append(None if lse is None else host_array(lse, "lse"))
+    out = np.concatenate([o[0] for o in outs]) if case.kind == "varlen" else np.concatenate(outs)
+    if any(x is None for x in lses):
+        return out, None
+    lse2 = [np.asarray(x, np.float32).T for x in lses]  # [heads, qo_len] each
+    lse = np.concatenate(lse2, axis=1) if case.kind == "varlen" else np.stack(lse2)
+    return out, lse * np.float32(LN2)
+
+
+def _xformers_bias(case: Any, fmha: Any, seqlens: tuple | None = None) -> Any:
+    """xformers' attention bias for a case: ``LowerTriangularFromBottomRightMask`` (causal),
+    ``LowerTriangularFromBottomRightLocalAttentionMask(left + 1)`` (causal with a left window),
+    ``LocalAttentionFromBottomRightMask(left, right)`` (a window), ``BlockDiagonalMask`` /
+    ``BlockDiagonalCausalFromBottomRightMask`` ``.from_seqlens`` (varlen); None when nothing is masked."""
+    ab = fmha.attn_bias
+    left, right = case.window
+    if seqlens is not None:
+        q_lens, k_lens = [a for a, _ in seqlens], [b for _, b in seqlens]
+        cls = ab.BlockDiagonalCausalFromBottomRightMask if case.causal else ab.BlockDiagonalMask
+        return cls.from_seqlens(q_lens, k_lens)
+    if case.causal:
+        if left >= 0:
+            return ab.LowerTriangularFromBottomRightLocalAttentionMask(left + 1)
+        return ab.LowerTriangularFromBottomRightMask()
+    if (left, right) != (-1, -1):
+        far = case.seqlen_q + case.seqlen_k
+        return ab.LocalAttentionFromBottomRightMask(window_left=far if left < 0 else left,
+                                                    window_right=far if right < 0 else right)
+    return None
+
+
+def _xformers_reasons(case: Any) -> list[str]:
+    out = []
+    if case.kind == "varlen" and case.window != (-1, -1):
+        out.append("sliding windows in a varlen batch (not judged through xformers' block-diagonal masks)")
+    if case.alibi and case.kind == "varlen":
+        out.append("ALiBi in a varlen batch (a tensor bias is one batch's)")
+    return out
+
+
+def _xformers_call(fn, case, inputs, caps, to):
+    """xformers' ``memory_efficient_attention(query, key, value, attn_bias=None, p=0.0, scale=None)``:
+    BMHK torch tensors (GQA/MQA as 5-D BMGHK, K and V expanded over each group's query heads, as
+    xformers wants them); masks as the bias objects of ``xformers.ops.fmha.attn_bias`` (see
+    :func:`_xformers_bias`: bottom-right, never ``LowerTriangularMask``, which is top-left); ALiBi
+    as a float tensor bias (-inf where masked); a varlen batch packed as batch 1 with a
+    block-diagonal bias. No LSE."""
+    reasons = _xformers_reasons(case)
+    if reasons:
+        raise Unsupported("; ".join(reasons))
+    if case.kind == "paged":
+        raise Unsupported("paged KV caches (xformers' Paged* biases are not judged)")
+    fmha = require("xformers.ops.fmha", "conformance of an xformers kernel")
+    torch = _torch()
+    rep = case.heads_q // case.heads_kv
+    varlen = case.kind == "varlen"
+    q, k, v = (to(inputs[n]) for n in ("q", "k", "v"))
+    if varlen:
+        q, k, v = q[None], k[None], v[None]
+    if rep > 1:  # [B, M, G, H, K]: group g holds query heads g*rep .. g*rep+rep-1 (kv head g)
+        q = q.unflatten(2, (case.heads_kv, rep))
+        k, v = (t[:, :, :, None].expand(-1, -1, -1, rep, -1) for t in (k, v))
+    bias = _xformers_bias(case, fmha, case.seqlens if varlen else None)
+    if case.alibi:
+        seen = visible(case)
+        dense = np.where(seen[None], alibi_bias(case, inputs["alibi_slopes"]), -np.inf).astype(np.float32)
+        t = to(np.ascontiguousarray(np.broadcast_to(dense[None], (case.batch, *dense.shape)))).to(q.dtype)
+        bias = t.unflatten(1, (case.heads_kv, rep)) if rep > 1 else t
+    out = _call_bound(fn, (q, k, v), {"attn_bias": bias, "p": 0.0, "scale": case.softmax_scale})
+    out, _ = _split(out, False, "the kernel")
+    if not isinstance(out, torch.Tensor):
+        return host_array(out, "output"), None
+    if rep > 1 and out.dim() == 5:
+        out = out.flatten(2, 3)
+    if varlen and out.dim() == 4 and out.shape[0] == 1:
+        out = out[0]
+    return from_torch(out), None
+
+
+def _bshd_call(numpy: bool):
+    def call(fn, case, inputs, caps, to):
+        if case.kind in ("varlen", "paged"):
+            raise Unsupported(f"the bshd conventions take dense batches, not {case.kind} cases")
+        tx = (lambda a: a) if numpy else to
+        kw: dict[str, Any] = {"causal": case.causal, "softmax_scale": case.softmax_scale}
+        if case.window != (-1, -1):
+            kw["window_size"] = tuple(case.window)
+        if case.softcap:
+            kw["softcap"] = case.softcap
+        if case.alibi:
+            kw["alibi_slopes"] = tx(inputs["alibi_slopes"])
+        out, lse = _split(_call_bound(fn, (tx(inputs["q"]), tx(inputs["k"]), tx(inputs["v"])), kw), caps.lse,
+                          "the kernel")
+        return host_array(out, "output"), (None if lse is None else host_array(lse, "lse"))
+    return call
+
+
+def _sdpa_call(fn, case, inputs, caps, to):
+    """``fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False)``
+    as ``torch.nn.functional.scaled_dot_product_attention``: BHSD torch tensors, top-left
+    ``is_causal``; bottom-right causal, windows and ALiBi go in as an explicit mask (see
+    :func:`_sdpa_arguments`). Returns out [batch, heads, seqlen_q, head_dim] (or (out, lse) when
+    it declares ``lse``)."""
+    args, kw = _sdpa_arguments(case, inputs, to)
+    out, lse = _split(_call_bound(fn, args, kw), caps.lse, "the kernel")
+    return from_torch(out.transpose(1, 2)), (None if lse is None else from_torch(lse))
+
+
+def _jax_call(fn, case, inputs, caps, to):
+    """``fn(query, key, value, bias=None, mask=None, *, scale, is_causal)`` as
+    ``jax.nn.dot_product_attention``: BTNH jax arrays, top-left ``is_causal``; bottom-right causal
+    and windows go in as an explicit mask, ALiBi as a bias (see :func:`_jax_arguments`). Returns out
+    (or (out, lse) when it declares ``lse``)."""
+    args, kw = _jax_arguments(case, inputs)
+    out, lse = _split(_call_bound(fn, args, kw), caps.lse, "the kernel")
+    return np.asarray(out), (None if lse is None else np.asarray(lse))
+
+
+_FA2_CAPS = Capabilities(dtypes=("float16", "bfloat16"), max_head_dim=256, window=True, softcap=True, alibi=True,
+                         lse=True)
+
+#: convention -> (how a case's inputs become a call, the default capabilities, extra reasons a case is unsupported)
+CONVENTIONS: dict[str, tuple[Callable, Capabilities]] = {
+    # fn(q, k, v, *, causal, softmax_scale[, window_size=(l, r)][, softcap=][, alibi_slopes=]) with
+    # BSHD torch tensors (bottom-right causal) -> out or (out, lse): the minimum
+    "bshd": (_bshd_call(numpy=False), Capabilities()),
+    # the same with NumPy arrays (ml_dtypes bfloat16) in and out
+    "bshd-numpy": (_bshd_call(numpy=True), Capabilities()),
+    "fa2": (_fa_call, _FA2_CAPS),
+    "fa2-varlen": (_fa_varlen_call, dataclasses.replace(_FA2_CAPS, varlen=True)),
+    # (FA2's paged caches take pages of a multiple of 256 slots: declare page_size_multiple=1 for a kernel that
+    # takes any page size)
+    "fa2-kvcache": (_fa_kvcache_call, dataclasses.replace(_FA2_CAPS, paged=True, page_size_multiple=256)),
+    "sdpa": (_sdpa_call, Capabilities(window=True, alibi=True)),
+    "flashinfer": (_flashinfer_call, Capabilities(dtypes=("float16", "bfloat16"), max_head_dim=256, window=True,
+                                                  softcap=True, lse=True, varlen=True)),
+    "xformers": (_xformers_call, Capabilities(window=True, alibi=True, varlen=True)),
+    "jax": (_jax_call, Capabilities(window=True, alibi=True)),
+}
+_CONVENTION_REASONS: dict[str, Callable[[Any], list[str]]] = {"flashinfer": _flashinfer_reasons,
+                                                               "xformers": _xformers_reasons}
 
 
 class CallableAdapter(Adapter):
@@ -479,6 +837,10 @@ class CallableAdapter(Adapter):
         mod = getattr(fn, "__module__", None) or "?"
         self.name = f"python:{mod}.{getattr(fn, '__qualname__', type(fn).__name__)}"
 
+    def not_supported_reasons(self, case: Any) -> list[str]:
+        extra = _CONVENTION_REASONS.get(self.convention)
+        return self.capabilities.reasons(case) + (extra(case) if extra else [])
+
     def kernel_source(self) -> str:
         try:
             path = inspect.getsourcefile(self.fn)
@@ -495,82 +857,316 @@ class CallableAdapter(Adapter):
             _torch()
 
     def call(self, case, inputs):
-        return CONVENTIONS[self.convention][0](self.fn, case, inputs, self.capabilities)
+        return CONVENTIONS[self.convention][0](self.fn, case, inputs, self.capabilities, self.to)
 
 
-def _bshd_call(to: Callable[[np.ndarray], Any], back: Callable[[Any], np.ndarray]):
-    def call(fn, case, inputs, caps):
-        kw: dict[str, Any] = {"causal": case.causal, "softmax_scale": case.softmax_scale}
-        if case.window != (-1, -1):
-            kw["window_size"] = tuple(case.window)
-        if case.softcap:
-            kw["softcap"] = case.softcap
-        if case.alibi:
-            kw["alibi_slopes"] = to(inputs["alibi_slopes"])
-        out, lse = _split(_call_bound(fn, (to(inputs["q"]), to(inputs["k"]), to(inputs["v"])), kw), caps.lse, "the kernel")
-        return back(out), (None if lse is None else back(lse))
+# ---- third-party packages -----------------------------------------------------------------------------
+
+
+def _package_source(dist: str, module: Any, fallback: Callable | None = None) -> str:
+    """``pypi:<dist>@<version>+sha256:<digest>`` of the extension file a package loaded (the first, by
+    module name, of the compiled modules under the package's directory in ``sys.modules``); a package
+    with none loaded names the digest of the source file of ``fallback`` (or of the package itself)."""
+    import importlib.metadata
+    import os
+    import sys
+
+    try:
+        version = importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        version = getattr(module, "__version__", "unknown")
+    roots = [os.path.dirname(os.path.abspath(module.__file__))] if getattr(module, "__file__", None) else []
+    try:
+        roots += [os.path.dirname(os.path.abspath(str(f.locate()))) for f in importlib.metadata.files(dist) or ()
+                  if str(f).endswith((".so", ".pyd"))]
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    loaded = sorted(
+        (name, m.__file__) for name, m in list(sys.modules.items())
+        if isinstance(getattr(m, "__file__", None), str) and m.__file__.endswith((".so", ".pyd"))
+        and any(os.path.abspath(m.__file__).startswith(r + os.sep) or os.path.dirname(os.path.abspath(m.__file__)) == r
+                for r in roots))
+    path = loaded[0][1] if loaded else None
+    if path is None:
+        try:
+            path = inspect.getsourcefile(fallback) if fallback is not None else module.__file__
+        except TypeError:
+            path = getattr(module, "__file__", None)
+    if not path:
+        return f"pypi:{dist}@{version}+unpinned"
+    with open(path, "rb") as fh:
+        return f"pypi:{dist}@{version}+sha256:{hashlib.sha256(fh.read()).hexdigest()}"
+
+
+class PackageAdapter(Adapter):
+    """A pip package's attention calls: ``calls`` maps each case kind ("dense", "varlen", "paged") to
+    (function name, convention call); the module is imported in :meth:`prepare` (a missing package
+    is one line naming its ``pip install``)."""
+
+    module_name = "?"
+    dist = "?"
+    calls: dict[str, tuple[str, Callable]] = {}
+    devices = ("cuda",)
+
+    def __init__(self):
+        super().__init__()
+        self.module: Any = None
+        self.used: set[str] = set()
+
+    def prepare(self) -> None:
+        _torch()
+        self.module = require(self.module_name, f"conformance of {self.name}")
+
+    def function(self, attr: str) -> Callable:
+        obj = self.module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def call(self, case, inputs):
+        if self.module is None:
+            self.prepare()
+        kind = case.kind if case.kind in ("varlen", "paged") else "dense"
+        attr, conv = self.calls[kind]
+        self.used.add(attr)
+        return conv(self.function(attr), case, inputs, self.capabilities, self.to, **self.call_options)
+
+    call_options: dict[str, Any] = {}
+
+    def kernel_source(self) -> str:
+        if self.module is None:
+            self.prepare()
+        first = sorted(self.used)[0] if self.used else None
+        return _package_source(self.dist, self.module, self.function(first) if first else None)
+
+
+class FlashAttnAdapter(PackageAdapter):
+    """FlashAttention-2 (``pip install flash-attn``): ``flash_attn_func`` (dense cases),
+    ``flash_attn_varlen_func`` (varlen) and ``flash_attn_with_kvcache`` (paged caches; FA2's page
+    size is a multiple of 256). CUDA only."""
+
+    name = "flash-attn"
+    convention = "fa2"
+    module_name = "flash_attn"
+    dist = "flash-attn"
+    capabilities = dataclasses.replace(_FA2_CAPS, varlen=True, paged=True, page_size_multiple=256)
+    calls = {"dense": ("flash_attn_func", _fa_call), "varlen": ("flash_attn_varlen_func", _fa_varlen_call),
+             "paged": ("flash_attn_with_kvcache", _fa_kvcache_call)}
+
+
+class FlashAttn3Adapter(PackageAdapter):
+    """FlashAttention-3 (``flash_attn_interface``, built from flash-attention's ``hopper/``): the same
+    three calls as FA2 without ALiBi, any page size (``page_table``). CUDA (Hopper) only."""
+
+    name = "flash-attn-3"
+    convention = "fa3"
+    module_name = "flash_attn_interface"
+    dist = "flash-attn-3"
+    capabilities = Capabilities(dtypes=("float16", "bfloat16"), max_head_dim=256, window=True, softcap=True,
+                                lse=True, varlen=True, paged=True)
+    calls = {"dense": ("flash_attn_func", _fa_call), "varlen": ("flash_attn_varlen_func", _fa_varlen_call),
+             "paged": ("flash_attn_with_kvcache", _fa_kvcache_call)}
+    call_options = {"fa3": True}
+
+
+def _flashinfer_batch_call(wrapper_name: str):
+    def call(module, case, inputs, caps, to):
+        """FlashInfer's batch wrappers: ``BatchPrefillWithRaggedKVCacheWrapper`` (varlen) and
+        ``BatchPrefillWithPagedKVCacheWrapper`` (paged, NHD pages, ``paged_kv_indptr``/``indices``/
+        ``last_page_len`` from the block table): constructed on a 128 MiB workspace, ``.plan(...)``
+        with the case's options, ``.run(q, ..., return_lse=True)``; base-2 LSE ``[total_q, heads]``
+        converted."""
+        reasons = _flashinfer_reasons(case)
+        if reasons:
+            raise Unsupported("; ".join(reasons))
+        torch = _torch()
+        ws = torch.empty(128 << 20, dtype=torch.uint8, device=to(np.zeros(1, np.uint8)).device)
+        wrapper = getattr(module, wrapper_name)(ws, "NHD")
+        dtype = to(inputs["q"][:0]).dtype
+        opts = _flashinfer_options(case)
+        if case.kind == "varlen":
+            q = to(inputs["q"])
+            wrapper.plan(to(inputs["cu_seqlens_q"]), to(inputs["cu_seqlens_k"]), case.heads_q, case.heads_kv,
+                         case.head_dim, q_data_type=dtype, kv_data_type=dtype, **opts)
+            res = wrapper.run(q, to(inputs["k"]), to(inputs["v"]), return_lse=caps.lse)
+        else:
+            page = case.page_size
+            counts = [-(-c // page) for _, c in case.seqlens]
+            indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+            indices = np.concatenate([inputs["block_table"][i, :n] for i, n in enumerate(counts)]).astype(np.int32)
+            last = np.array([c - (n - 1) * page for (_, c), n in zip(case.seqlens, counts)], np.int32)
+            qo = np.arange(case.batch + 1, dtype=np.int32) * case.seqlen_q
+            wrapper.plan(to(qo), to(indptr), to(indices), to(last), case.heads_q, case.heads_kv, case.head_dim, page,
+                         q_data_type=dtype, kv_data_type=dtype, **opts)
+            q = to(np.ascontiguousarray(inputs["q"]).reshape(-1, case.heads_q, case.head_dim))
+            res = wrapper.run(q, (to(inputs["k_cache"]), to(inputs["v_cache"])), return_lse=caps.lse)
+        out, lse = _split(res, caps.lse, wrapper_name)
+        out = host_array(out, "output")
+        if lse is not None:
+            lse = np.asarray(host_array(lse, "lse"), np.float32).T * np.float32(LN2)  # [heads, total_q]
+        if case.kind == "paged":
+            out = out.reshape(case.batch, case.seqlen_q, *out.shape[1:])
+            if lse is not None:
+                lse = lse.reshape(case.heads_q, case.batch, case.seqlen_q).transpose(1, 0, 2)
+        return out, lse
     return call
 
 
-def _fa2_call(fn, case, inputs, caps):
-    """FlashAttention-2's ``flash_attn_func(q, k, v, dropout_p, softmax_scale, causal, window_size,
-    softcap, alibi_slopes, deterministic, return_attn_probs)``: BSHD torch tensors, bottom-right
-    causal, ``return_attn_probs=True`` giving ``(out, softmax_lse, S_dmask)`` (natural-log LSE
-    [batch, heads, seqlen_q]). FA2 writes +inf as the LSE of a row that sees no key (its kernels'
-    ``sum == 0 ? INFINITY``); the convention reads that as the -inf of an empty sum."""
-    kw: dict[str, Any] = {"dropout_p": 0.0, "softmax_scale": case.softmax_scale, "causal": case.causal}
-    if case.window != (-1, -1):
-        kw["window_size"] = tuple(case.window)
-    if case.softcap:
-        kw["softcap"] = case.softcap
-    if case.alibi:
-        kw["alibi_slopes"] = to_torch(inputs["alibi_slopes"])
-    if caps.lse:
-        kw["return_attn_probs"] = True
-    out, lse = _split(_call_bound(fn, tuple(to_torch(inputs[n]) for n in ("q", "k", "v")), kw), caps.lse,
-                      "flash_attn_func")
-    if lse is not None:
-        lse = np.array(host_array(lse, "lse"))
-        blind = ~visible(case).any(axis=-1)  # [seqlen_q]
-        if lse.ndim == 3 and lse.shape[-1] == case.seqlen_q and blind.any():
-            rows = lse[:, :, blind]
-            lse[:, :, blind] = np.where(np.isposinf(rows), -np.inf, rows)
-    return host_array(out, "output"), lse
+class FlashInferAdapter(PackageAdapter):
+    """FlashInfer (``pip install flashinfer-python``): ``single_prefill_with_kv_cache`` request by
+    request (dense cases), ``BatchPrefillWithRaggedKVCacheWrapper`` (varlen) and
+    ``BatchPrefillWithPagedKVCacheWrapper`` (paged); base-2 LSE converted; windows as
+    ``window_left``. Head dims of its prebuilt kernels (64, 128, 256); declare others with
+    ``capabilities=``. CUDA only."""
+
+    name = "flashinfer"
+    convention = "flashinfer"
+    module_name = "flashinfer"
+    dist = "flashinfer-python"
+    capabilities = Capabilities(dtypes=("float16", "bfloat16"), head_dims=(64, 128, 256), window=True, softcap=True,
+                                lse=True, varlen=True, paged=True)
+    calls = {"dense": ("single_prefill_with_kv_cache", _flashinfer_call)}
+
+    def not_supported_reasons(self, case):
+        return self.capabilities.reasons(case) + _flashinfer_reasons(case)
+
+    def call(self, case, inputs):
+        if self.module is None:
+            self.prepare()
+        if case.kind in ("varlen", "paged"):
+            name = ("BatchPrefillWithRaggedKVCacheWrapper" if case.kind == "varlen"
+                    else "BatchPrefillWithPagedKVCacheWrapper")
+            self.used.add(name)
+            return _flashinfer_batch_call(name)(self.module, case, inputs, self.capabilities, self.to)
+        return super().call(case, inputs)
 
 
-def _sdpa_call(fn, case, inputs, caps):
-    """``fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False)``
-    as ``torch.nn.functional.scaled_dot_product_attention``: BHSD torch tensors, top-left
-    ``is_causal``; bottom-right causal, windows and ALiBi go in as an explicit mask (see
-    :func:`_sdpa_arguments`). Returns out [batch, heads, seqlen_q, head_dim] (or (out, lse) when
-    it declares ``lse``)."""
-    args, kw = _sdpa_arguments(case, inputs, to_torch)
-    out, lse = _split(_call_bound(fn, args, kw), caps.lse, "the kernel")
-    return from_torch(out.transpose(1, 2)), (None if lse is None else from_torch(lse))
+class XformersAdapter(PackageAdapter):
+    """xformers (``pip install xformers``): ``xformers.ops.memory_efficient_attention`` with its bias
+    classes (see the ``xformers`` convention). CUDA only here (its CPU operators are gone)."""
+
+    name = "xformers"
+    convention = "xformers"
+    module_name = "xformers.ops"
+    dist = "xformers"
+    capabilities = Capabilities(window=True, alibi=True, varlen=True)
+    calls = {"dense": ("memory_efficient_attention", _xformers_call),
+             "varlen": ("memory_efficient_attention", _xformers_call)}
+
+    def not_supported_reasons(self, case):
+        return self.capabilities.reasons(case) + _xformers_reasons(case)
 
 
-def _jax_call(fn, case, inputs, caps):
-    """``fn(query, key, value, bias=None, mask=None, *, scale, is_causal)`` as
-    ``jax.nn.dot_product_attention``: BTNH jax arrays, top-left ``is_causal``; bottom-right causal
-    and windows go in as an explicit mask, ALiBi as a bias (see :func:`_jax_arguments`). Returns out
-    (or (out, lse) when it declares ``lse``)."""
-    args, kw = _jax_arguments(case, inputs)
-    out, lse = _split(_call_bound(fn, args, kw), caps.lse, "the kernel")
-    return np.asarray(out), (None if lse is None else np.asarray(lse))
+def _is_commit(rev: str | None) -> bool:
+    return rev is not None and len(rev) == 40 and all(c in "0123456789abcdef" for c in rev)
 
 
-#: convention -> (how a case's inputs become a call, the default capabilities)
-CONVENTIONS: dict[str, tuple[Callable, Capabilities]] = {
-    # fn(q, k, v, *, causal, softmax_scale[, window_size=(l, r)][, softcap=][, alibi_slopes=]) with
-    # BSHD torch tensors (bottom-right causal) -> out or (out, lse): the minimum
-    "bshd": (_bshd_call(lambda x: to_torch(x), lambda x: host_array(x, "output")), Capabilities()),
-    # the same with NumPy arrays (ml_dtypes bfloat16) in and out
-    "bshd-numpy": (_bshd_call(lambda x: x, lambda x: host_array(x, "output")), Capabilities()),
-    "fa2": (_fa2_call, Capabilities(dtypes=("float16", "bfloat16"), max_head_dim=256, window=True, softcap=True,
-                                    alibi=True, lse=True)),
-    "sdpa": (_sdpa_call, Capabilities(window=True, alibi=True)),
-    "jax": (_jax_call, Capabilities(window=True, alibi=True)),
-}
+class HubAdapter(PackageAdapter):
+    """A Hugging Face hub kernel through ``kernels`` (``pip install kernels``): ``hub:<org>/<repo>@<commit>``
+    loads it with ``kernels.get_kernel(repo, revision=commit)`` (from the hub, or from the local cache
+    when ``HF_HUB_OFFLINE=1``); ``hub:<folder>`` (a path: ``/``, ``./`` or ``~``) with
+    ``kernels.get_local_kernel``. The kernel is called in FlashAttention-2's convention (its
+    ``flash_attn_func``, ``flash_attn_varlen_func``, ``flash_attn_with_kvcache``, as
+    ``kernels-community/flash-attn2`` exposes them).
+
+    A hub kernel is code from the network: it is loaded only when named, and the commit it resolved
+    to is printed (to stderr) before it runs. A revision that is not a 40-hex commit (``main``, a
+    tag) is refused unless ``allow_unpinned`` is set, and is then reported as unpinned, never as a
+    pin. ``kernel_source``: ``hf-<org>:<repo>@<commit>`` (apr's pin, e.g.
+    ``hf-kernels-community:flash-attn2@<sha>``), ``hf-<org>:<repo>@<revision> (unpinned: resolved to
+    <commit>)``, or ``local:<folder>@sha256:<digest of its __init__.py>`` (a folder, or a repo the
+    ``LOCAL_KERNELS`` override redirects: not a hub commit)."""
+
+    convention = "fa2"
+    module_name = "kernels"
+    dist = "kernels"
+    devices = ("cpu", "cuda")
+    capabilities = dataclasses.replace(_FA2_CAPS, varlen=True, paged=True, page_size_multiple=256)
+    calls = FlashAttnAdapter.calls
+
+    def __init__(self, spec: str, allow_unpinned: bool = False):
+        super().__init__()
+        import os
+
+        self.spec = spec
+        self.allow_unpinned = allow_unpinned
+        self.folder: str | None = None
+        self.repo = self.revision = None
+        if spec.startswith(("/", "./", "../", "~")):
+            self.folder = os.path.abspath(os.path.expanduser(spec))
+        else:
+            repo, _, rev = spec.partition("@")
+            parts = repo.split("/")
+            if len(parts) != 2 or not all(parts) or (_ and not rev):
+                raise ValueError(f"a hub kernel is hub:<org>/<repo>[@<revision>] or hub:<folder>, got hub:{spec!r}")
+            self.repo, self.revision = repo, rev or None
+        self.name = f"hub:{spec}"
+        self.commit: str | None = None
+        self.path: str | None = None
+
+    @property
+    def attn_impl(self) -> str:
+        """apr's name for what ran: ``flash2`` for the hub's FlashAttention-2 kernel, else the adapter's."""
+        return "flash2" if self.repo == "kernels-community/flash-attn2" else self.name
+
+    def prepare(self) -> None:
+        import os
+        import sys
+        from pathlib import Path
+
+        if self.module is not None:
+            return
+        if self.folder is None and not _is_commit(self.revision) and not self.allow_unpinned:
+            raise ValueError(f"{self.name}: revision {self.revision or '(none: the default branch)'} is not a commit; "
+                             f"pin one (hub:{self.repo}@<40-hex commit>) or pass --allow-unpinned (allow_unpinned=True)")
+        _torch()
+        kernels = require("kernels", f"the hub kernel {self.name}")
+        if self.folder is not None:
+            module = kernels.get_local_kernel(Path(self.folder))
+        else:
+            module = kernels.get_kernel(self.repo, revision=self.revision or "main")
+        self.module = module
+        self.path = os.path.dirname(os.path.abspath(module.__file__))
+        info = next((k.repo_info for k in kernels.get_loaded_kernels() if k.module is module), None)
+        commit = str(info.revision) if info is not None and getattr(info, "revision", None) is not None else None
+        if commit is None:  # (a snapshot of the hub cache is named by its commit)
+            parts = Path(self.path).parts
+            if "snapshots" in parts and parts.index("snapshots") + 1 < len(parts) and self.folder is None \
+                    and os.environ.get("LOCAL_KERNELS") is None:
+                commit = parts[parts.index("snapshots") + 1]
+        self.commit = commit if _is_commit(commit) else None
+        # kernels imports a kernel once per metadata id: an earlier kernel of the same id comes back as it is
+        stale = (self.folder is not None and os.path.commonpath([self.path, self.folder]) != self.folder) or (
+            self.folder is None and _is_commit(self.revision) and self.commit not in (None, self.revision))
+        if stale:
+            self.module = None
+            raise ValueError(f"{self.name}: kernels handed back the kernel already imported from {self.path} "
+                             f"(commit {self.commit or 'none'}: one of the same id), not the one named; judge it in a "
+                             f"process of its own")
+        where = f"commit {self.commit}" if self.commit else "no hub commit (a local folder)"
+        sys.stderr.write(f"flashparity: {self.name} resolved to {where}, loaded from {self.path}\n")
+        self.note(f"loaded from {self.path}")
+
+    def kernel_source(self) -> str:
+        if self.module is None:
+            self.prepare()
+        if self.commit is None:
+            import os
+
+            init = os.path.join(self.path, "__init__.py")
+            try:
+                with open(init, "rb") as fh:
+                    return f"local:{self.path}@sha256:{hashlib.sha256(fh.read()).hexdigest()}"
+            except OSError:
+                return f"local:{self.path}@unpinned"
+        org, name = self.repo.split("/")
+        if _is_commit(self.revision) and self.revision == self.commit:
+            return f"hf-{org}:{name}@{self.commit}"
+        return f"hf-{org}:{name}@{self.revision or 'main'} (unpinned: resolved to {self.commit})"
+
+
+_PACKAGES = {"flash-attn": FlashAttnAdapter, "flash-attn-3": FlashAttn3Adapter, "flashinfer": FlashInferAdapter,
+             "xformers": XformersAdapter}
 
 
 def _builtin(name: str) -> Adapter | None:
@@ -582,6 +1178,10 @@ def _builtin(name: str) -> Adapter | None:
         return JaxAdapter(name.split(":", 1)[1] if ":" in name else None)
     if name in ("torch-flex", "torch-flex:compiled"):
         return TorchFlexAdapter(name.endswith(":compiled"))
+    if name in _PACKAGES:
+        return _PACKAGES[name]()
+    if name.startswith("hub:"):
+        return HubAdapter(name[4:])
     if name.startswith("torch-sdpa:"):
         backend = name.split(":", 1)[1]
         if backend not in SDPA_BACKENDS:
@@ -592,7 +1192,11 @@ def _builtin(name: str) -> Adapter | None:
 
 #: The built-in adapters' names.
 ADAPTERS = ("flashparity:flash2", "flashparity:naive", "torch-sdpa", *(f"torch-sdpa:{b}" for b in SDPA_BACKENDS),
-            "torch-flex", "torch-flex:compiled", "jax", "jax:xla", "jax:cudnn")
+            "torch-flex", "torch-flex:compiled", "jax", "jax:xla", "jax:cudnn", *_PACKAGES)
+
+
+#: How a Hugging Face hub kernel is named (``flashparity kernels`` lists it with the built-in adapters).
+HUB_PATTERN = "hub:<org>/<repo>@<commit>"
 
 
 def adapter_status(name: str) -> dict[str, Any]:
@@ -606,8 +1210,17 @@ def adapter_status(name: str) -> dict[str, Any]:
         from ._core import __version__
 
         return {"name": name, "package": "flashparity", "installed": True, "version": __version__}
-    module, dist = ("jax", "jax") if name.startswith("jax") else ("torch", "torch")
-    row: dict[str, Any] = {"name": name, "package": dist, "install": install_hint(module)}
+    if name.startswith("hub:"):
+        module, dist, hint = "kernels", "kernels", install_hint("kernels")
+    elif name in _PACKAGES:
+        cls = _PACKAGES[name]
+        module, dist = cls.module_name.split(".")[0], cls.dist
+        hint = f"pip install {dist}" if name != "flash-attn-3" else \
+            "build flash-attention's hopper/ (python setup.py install there)"
+    else:
+        module, dist = ("jax", "jax") if name.startswith("jax") else ("torch", "torch")
+        hint = install_hint(module)
+    row: dict[str, Any] = {"name": name, "package": dist, "install": hint}
     try:
         found = importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
@@ -618,16 +1231,22 @@ def adapter_status(name: str) -> dict[str, Any]:
             row["version"] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             row["version"] = "?"
-    if name.split(":")[-1] in ("efficient", "cudnn"):
-        row["note"] = "CUDA backend"
+    if name.split(":")[-1] in ("efficient", "cudnn") or name in _PACKAGES:
+        row["note"] = "CUDA only"
+    if name.startswith("hub:"):
+        row["note"] = "a Hugging Face hub kernel in FlashAttention-2's convention; --allow-unpinned for a branch or tag"
     return row
 
 
-def resolve(kernel: Any, *, convention: str | None = None, capabilities: Capabilities | dict | None = None) -> Adapter:
-    """The adapter of ``kernel``: a built-in adapter's name, ``"package.module:function"`` or a
-    callable (the last two with a ``convention``)."""
+def resolve(kernel: Any, *, convention: str | None = None, capabilities: Capabilities | dict | None = None,
+            allow_unpinned: bool = False) -> Adapter:
+    """The adapter of ``kernel``: a built-in adapter's name (``hub:<org>/<repo>@<commit>`` for a
+    Hugging Face hub kernel; ``allow_unpinned`` lets its revision be a branch or tag),
+    ``"package.module:function"`` or a callable (the last two with a ``convention``)."""
     if isinstance(kernel, str):
         adapter = _builtin(kernel)
+        if isinstance(adapter, HubAdapter):
+            adapter.allow_unpinned = allow_unpinned
         if adapter is not None:
             if convention is not None and convention != adapter.convention:
                 raise ValueError(f"{kernel} has its own convention ({adapter.convention}); do not pass convention=")

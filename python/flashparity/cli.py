@@ -146,9 +146,9 @@ def _read_json(path: str) -> Any:
 
 
 def _cmd_kernels(args: argparse.Namespace) -> int:
-    from .adapters import ADAPTERS, CONVENTIONS, adapter_status
+    from .adapters import ADAPTERS, CONVENTIONS, HUB_PATTERN, adapter_status
 
-    rows = [adapter_status(name) for name in ADAPTERS]
+    rows = [adapter_status(name) for name in (*ADAPTERS, HUB_PATTERN)]
     if args.json:
         print(_dump({"adapters": rows, "conventions": list(CONVENTIONS)}))
         return EXIT_OK
@@ -335,13 +335,12 @@ def _cmd_conformance(args: argparse.Namespace) -> int:
                          "shape one kernel parity case (drop them, or drop --suite)")
     if args.dtype is not None and args.dtype not in DTYPES:
         raise UsageError(f"--suite runs {', '.join(DTYPES)} cases, got --dtype {args.dtype}")
-    if args.device != "cpu":
-        raise UsageError("--suite runs on the cpu here (the GPU adapters come later)")
     impl = {"flash2": "flashparity:flash2", "tiled": "flashparity:flash2", "naive": "flashparity:naive"}.get(
         args.impl, args.impl)
     try:
         rep = conformance(impl, convention=args.convention, suite=args.suite,
-                          dtypes=[args.dtype] if args.dtype else DTYPES, seed=args.seed)
+                          dtypes=[args.dtype] if args.dtype else DTYPES, seed=args.seed, device=args.device,
+                          allow_unpinned=args.allow_unpinned)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.html:
@@ -367,7 +366,7 @@ def _cmd_kernel_parity(args: argparse.Namespace) -> int:
         from .adapters import resolve
 
         try:  # (a kernel name or convention that names nothing: usage, before anything runs)
-            resolve(args.impl, convention=args.convention)
+            resolve(args.impl, convention=args.convention, allow_unpinned=args.allow_unpinned)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     elif args.convention is not None:
@@ -375,7 +374,8 @@ def _cmd_kernel_parity(args: argparse.Namespace) -> int:
     from .kernel_parity import KernelFailed
 
     try:
-        body = kernel_parity(args.impl, args.ref, sweep=args.sweep, convention=args.convention, **case.__dict__)
+        body = kernel_parity(args.impl, args.ref, sweep=args.sweep, convention=args.convention,
+                             allow_unpinned=args.allow_unpinned, **case.__dict__)
     except (UnsupportedHeadDimError, Unsupported, KernelFailed, ValueError) as exc:
         return _reject(args, exc)
     except RuntimeError as exc:
@@ -492,17 +492,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from .adapters import resolve
 
         try:
-            adapter = resolve(impl, convention=args.convention)
+            adapter = resolve(impl, convention=args.convention, allow_unpinned=args.allow_unpinned)
+            if args.device not in adapter.devices:
+                raise ValueError(f"--attn {args.attn} runs on {' and '.join(adapter.devices)} only, not --device "
+                                 f"{args.device}")
+            adapter.device = args.device
+            adapter.prepare()
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        adapter.prepare()
         impl = adapter.name
     elif args.convention is not None:
         raise UsageError(f"--convention is for a package.module:function kernel, not --attn {args.attn}")
     fallback = "requested" if impl == "naive" else None
     device = args.device
-    if adapter is not None and (device != "cpu" or meta):
-        raise UsageError(f"--attn {args.attn}: a kernel run through an adapter takes dense inputs on the cpu")
+    if adapter is not None and meta:
+        raise UsageError(f"--attn {args.attn}: a kernel run through an adapter takes dense inputs here (no --varlen, "
+                         "--page-size)")
     if device == "cuda" and not build_info()["cuda_available"]:
         # no usable GPU: an error, or with --fallback the CPU reference, saying why
         code, text = "no-gpu", "no usable CUDA device (or this build has no CUDA kernels)"
@@ -538,9 +543,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             write_atomically(args.out, lambda fh: np.save(fh, out, allow_pickle=False))
         except OSError as exc:
             raise UsageError(f"cannot write --out {args.out!r}: {exc.strerror or exc}") from None
+    ran_adapter = adapter is not None and impl == adapter.name
     body = {
-        "attn_impl": impl,
-        "kernel_source": adapter.kernel_source() if adapter is not None and impl == adapter.name else kernel_source(impl),
+        "attn_impl": getattr(adapter, "attn_impl", impl) if ran_adapter else impl,
+        "kernel_source": adapter.kernel_source() if ran_adapter else kernel_source(impl),
         "fallback": fallback,
         "device": device,
         "dtype": q.dtype.name,
@@ -799,10 +805,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_kp.add_argument("--impl", default="flash2", metavar="KERNEL",
                       help="kernel under test: flash2 (apr's tiled) or naive, a built-in adapter (flashparity "
-                      "kernels lists them: torch-sdpa, torch-sdpa:math, ...), or package.module:function with "
-                      "--convention")
+                      "kernels lists them: torch-sdpa, torch-sdpa:math, flash-attn, ...), a Hugging Face hub kernel "
+                      "hub:ORG/REPO@COMMIT, or package.module:function with --convention")
     p_kp.add_argument("--convention", metavar="NAME",
-                      help="calling convention of a package.module:function kernel: bshd, bshd-numpy, fa2, sdpa or jax")
+                      help="calling convention of a package.module:function kernel: bshd, bshd-numpy, fa2, fa2-varlen, fa2-kvcache, sdpa, flashinfer, xformers or jax")
+    p_kp.add_argument("--allow-unpinned", action="store_true",
+                      help="let a hub:ORG/REPO@REVISION kernel's revision be a branch or tag (reported as unpinned)")
     p_kp.add_argument("--suite", choices=("quick", "default", "full"),
                       help="run the conformance suite instead of one case: every case judged against the float64 "
                       "oracle (max, mean, LSE and cosine rules); unsupported cases are listed, never failures")
@@ -825,9 +833,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "--fallback, which runs naive instead (on the CPU when the GPU is the problem) and says why.")
     p_run.add_argument("--attn", default="flash2", metavar="KERNEL",
                        help="implementation: flash2 (apr's tiled) or naive, or any kernel kernel parity --impl takes "
-                       "(a built-in adapter, or package.module:function with --convention): dense inputs on the cpu")
+                       "(a built-in adapter, hub:ORG/REPO@COMMIT, or package.module:function with --convention): "
+                       "dense inputs")
     p_run.add_argument("--convention", metavar="NAME",
-                       help="calling convention of a package.module:function kernel: bshd, bshd-numpy, fa2, sdpa, jax")
+                       help="calling convention of a package.module:function kernel: bshd, bshd-numpy, fa2, fa2-varlen, fa2-kvcache, sdpa, flashinfer, xformers or jax")
+    p_run.add_argument("--allow-unpinned", action="store_true",
+                       help="let a hub:ORG/REPO@REVISION kernel's revision be a branch or tag (reported as unpinned)")
     p_run.add_argument("--fallback", action="store_true", help="fall back to naive (and say why) instead of failing")
     p_run.add_argument("--q", metavar="FILE", help=".npy [batch, seqlen_q, heads_q, head_dim]")
     p_run.add_argument("--k", metavar="FILE", help=".npy [batch, seqlen_k, heads_kv, head_dim]")

@@ -34,12 +34,13 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from ._optional import require
 from .adapters import host_array
 from .attention import attention
 from .kernel_parity import alibi_slopes
 from .parity import parity
 
-__all__ = ["Case", "CaseResult", "ConformanceReport", "suite_cases", "conformance", "SUITES", "KINDS",
+__all__ = ["Case", "CaseResult", "ConformanceReport", "suite_cases", "conformance", "prepare_adapter", "SUITES", "KINDS",
            "MAX_RULE_FACTOR", "MAX_RULE_EPS", "MEAN_RULE_FACTOR", "MEAN_RULE_EPS", "COSINE_FRACTION"]
 
 MAX_RULE_FACTOR, MAX_RULE_EPS = 2.0, 1e-5
@@ -55,6 +56,9 @@ KINDS = {
     "strided": "non-contiguous q, k and v (a slice of a wider head dimension, in heads-major memory)",
     "stride0": "k and v broadcast over their heads (stride 0, as from expand)",
     "determinism": "the same call twice must give the same bits",
+    "varlen": "a packed batch of sequences of different lengths (cu_seqlens), each masked bottom-right on its own",
+    "paged": "a paged KV cache (shuffled pages, a block table, each sequence's own length); unused slots and "
+             "pages hold NaN and inf",
 }
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -63,7 +67,14 @@ DTYPES = ("float32", "float16", "bfloat16")
 class Case:
     """One conformance case. Layout BSHD; ``causal`` and ``window=(left, right)`` are bottom-right
     aligned (FlashAttention-2 >= 2.1): query i sees key j iff
-    ``i + seqlen_k - seqlen_q - left <= j <= i + seqlen_k - seqlen_q + right`` (-1: unbounded)."""
+    ``i + seqlen_k - seqlen_q - left <= j <= i + seqlen_k - seqlen_q + right`` (-1: unbounded).
+
+    ``varlen`` and ``paged`` cases carry ``seqlens``, one ``(seqlen_q, seqlen_k)`` pair a sequence
+    (``batch``, ``seqlen_q`` and ``seqlen_k`` are then the count and the longest); each sequence is
+    masked on its own lengths. A varlen case's q is packed ``[total_q, heads_q, head_dim]`` (its
+    output too, its LSE ``[heads_q, total_q]``, as FlashAttention-2's varlen call); a paged case's q
+    is ``[batch, seqlen_q, ...]`` (every sequence has the same seqlen_q, as ``flash_attn_with_kvcache``)
+    over a cache of ``page_size``-slot pages."""
 
     dtype: str = "float32"
     batch: int = 1
@@ -78,6 +89,8 @@ class Case:
     alibi: bool = False
     kind: str = "plain"
     seed: int = 0
+    seqlens: tuple[tuple[int, int], ...] = ()
+    page_size: int = 0
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -88,6 +101,31 @@ class Case:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.kind in ("varlen", "paged"):
+            pairs = self.seqlens
+            if not isinstance(pairs, (tuple, list)) or not pairs or not all(
+                    isinstance(p, (tuple, list)) and len(p) == 2 and all(
+                        not isinstance(x, bool) and isinstance(x, (int, np.integer)) and x >= 0 for x in p)
+                    for p in pairs):
+                raise ValueError(f"a {self.kind} case's seqlens must be (seqlen_q, seqlen_k) pairs of integers >= 0, "
+                                 f"got {pairs!r}")
+            pairs = tuple((int(a), int(b)) for a, b in pairs)
+            if not any(a for a, _ in pairs) or not any(b for _, b in pairs):
+                raise ValueError(f"a {self.kind} case needs a query and a key somewhere, got seqlens {pairs!r}")
+            object.__setattr__(self, "seqlens", pairs)
+            object.__setattr__(self, "batch", len(pairs))
+            object.__setattr__(self, "seqlen_q", max(a for a, _ in pairs))
+            object.__setattr__(self, "seqlen_k", max(b for _, b in pairs))
+            if self.kind == "paged":
+                if len({a for a, _ in pairs}) != 1:
+                    raise ValueError(f"a paged case's sequences share one seqlen_q (as flash_attn_with_kvcache), "
+                                     f"got {pairs!r}")
+                if isinstance(self.page_size, bool) or not isinstance(self.page_size, int) or self.page_size < 1:
+                    raise ValueError(f"a paged case's page_size must be an integer >= 1, got {self.page_size!r}")
+            elif self.page_size:
+                raise ValueError(f"page_size is for paged cases, got {self.page_size!r} for a varlen case")
+        elif self.seqlens or self.page_size:
+            raise ValueError(f"seqlens and page_size are for varlen and paged cases, not {self.kind}")
         if self.heads_q % self.heads_kv:
             raise ValueError(f"heads_q ({self.heads_q}) must be a multiple of heads_kv ({self.heads_kv})")
         w = self.window
@@ -103,17 +141,15 @@ class Case:
     def __str__(self) -> str:
         return self.name
 
-    def check(self, kernel: Any, *, convention: str | None = None, capabilities: dict | None = None) -> "CaseResult":
+    def check(self, kernel: Any, *, convention: str | None = None, capabilities: dict | None = None,
+              device: str = "cpu") -> "CaseResult":
         """Run this case through ``kernel`` (anything :func:`conformance` takes) and judge it: raises
         ``AssertionError`` with the verdict's reason, statistics and ratios when it fails or raises;
         under pytest an unsupported case is skipped with its reason. Returns the :class:`CaseResult`
         (for a test suite adopting the cases: ``case.check(my_attention, convention="bshd")``)."""
         import sys
 
-        from .adapters import resolve
-
-        adapter = resolve(kernel, convention=convention, capabilities=capabilities)
-        adapter.prepare()
+        adapter = prepare_adapter(kernel, convention=convention, capabilities=capabilities, device=device)
         result = run_case(adapter, self)
         if result.verdict in ("fail", "error"):
             raise AssertionError(result.message())
@@ -156,6 +192,10 @@ class Case:
             parts.append(f"softcap{self.softcap:g}")
         if self.alibi:
             parts.append("alibi")
+        if self.kind == "varlen":
+            parts[1:4] = ["seqs" + "_".join(f"{a}x{b}" for a, b in self.seqlens)]
+        elif self.kind == "paged":
+            parts[1:4] = [f"q{self.seqlen_q}", "k" + "_".join(str(b) for _, b in self.seqlens), f"page{self.page_size}"]
         if self.kind != "plain":
             parts.append(self.kind)
         return "-".join(parts)
@@ -170,14 +210,91 @@ class Case:
         count cannot see them)."""
         return min(3, self.seqlen_q - 1)
 
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """The output's shape: ``[batch, seqlen_q, heads_q, head_dim]``, ``[total_q, heads_q, head_dim]``
+        for a varlen case."""
+        if self.kind == "varlen":
+            return (sum(a for a, _ in self.seqlens), self.heads_q, self.head_dim)
+        return (self.batch, self.seqlen_q, self.heads_q, self.head_dim)
+
+    @property
+    def lse_shape(self) -> tuple[int, ...]:
+        """The LSE's shape: ``[batch, heads_q, seqlen_q]``, ``[heads_q, total_q]`` for a varlen case."""
+        if self.kind == "varlen":
+            return (self.heads_q, sum(a for a, _ in self.seqlens))
+        return (self.batch, self.heads_q, self.seqlen_q)
+
+    def sequences(self) -> list["Case | None"]:
+        """Each sequence of a varlen or paged case as a dense case of its own (batch 1, its own lengths);
+        None for an empty sequence (no query or no key: its rows, if any, see no key)."""
+        return [dataclasses.replace(self, kind="plain", seqlens=(), page_size=0, batch=1, seqlen_q=a, seqlen_k=b)
+                if a and b else None for a, b in self.seqlens]
+
+    def _per_sequence(self, inputs: dict[str, Any], run: Callable[["Case", dict], Any],
+                      empty: Callable[[int], Any]) -> list[Any]:
+        """run(sub-case, its dense inputs) for each sequence; empty(seqlen_q) for an empty one."""
+        return [run(c, x) if c is not None else empty(a)
+                for (a, _), c, x in zip(self.seqlens, self.sequences(), self.dense_inputs(inputs))]
+
+    def blind_rows(self) -> np.ndarray:
+        """Which output rows see no key (their output is 0, their LSE -inf, as FlashAttention-2 gives):
+        bool over the output's leading axes, ``[batch, seqlen_q]`` (``[total_q]`` for varlen)."""
+        from .adapters import visible
+
+        if self.kind in ("varlen", "paged"):
+            rows = [np.ones(a, bool) if c is None else ~visible(c).any(axis=-1)
+                    for (a, _), c in zip(self.seqlens, self.sequences())]
+            return np.concatenate(rows) if self.kind == "varlen" else np.stack(rows)
+        return np.broadcast_to(~visible(self).any(axis=-1), (self.batch, self.seqlen_q))
+
     def inputs(self) -> dict[str, Any]:
         """Seeded q, k, v ([batch, seqlen, heads, head_dim] NumPy arrays in the case's dtype; views
-        for the strided and stride-0 kinds) and ALiBi slopes (float32 [heads_q]) or None."""
+        for the strided and stride-0 kinds) and ALiBi slopes (float32 [heads_q]) or None. A varlen
+        case's q, k and v are packed, with int32 ``cu_seqlens_q``/``cu_seqlens_k`` and
+        ``max_seqlen_q``/``max_seqlen_k``; a paged case has ``k_cache``/``v_cache``
+        ``[num_pages, page_size, heads_kv, head_dim]`` (pages in shuffled order, one page no sequence
+        uses; the slots past each sequence's length and that page hold NaN and ±inf), an int32
+        ``block_table`` ``[batch, max_pages]`` (entries past a sequence's pages name the unused page)
+        and int32 ``cache_seqlens``."""
         from .attention import _numpy_dtype
 
         rng = np.random.default_rng(self.seed)
         dt = _numpy_dtype(self.dtype)
         b, sq, sk, hq, hk, d = self.batch, self.seqlen_q, self.seqlen_k, self.heads_q, self.heads_kv, self.head_dim
+        slopes = alibi_slopes(hq) if self.alibi else None
+        if self.kind == "varlen":
+            cu_q = np.concatenate([[0], np.cumsum([a for a, _ in self.seqlens])]).astype(np.int32)
+            cu_k = np.concatenate([[0], np.cumsum([c for _, c in self.seqlens])]).astype(np.int32)
+            q = rng.standard_normal((int(cu_q[-1]), hq, d)).astype(dt)
+            k = rng.standard_normal((int(cu_k[-1]), hk, d)).astype(dt)
+            v = rng.standard_normal((int(cu_k[-1]), hk, d)).astype(dt)
+            return {"q": q, "k": k, "v": v, "cu_seqlens_q": cu_q, "cu_seqlens_k": cu_k, "max_seqlen_q": sq,
+                    "max_seqlen_k": sk, "alibi_slopes": slopes}
+        if self.kind == "paged":
+            page = self.page_size
+            pages = [-(-c // page) for _, c in self.seqlens]
+            num_pages = sum(pages) + 1
+            order = rng.permutation(num_pages).astype(np.int32)
+            spare = int(order[-1])
+            table = np.full((b, max(pages)), spare, np.int32)
+            at = 0
+            for i, n in enumerate(pages):
+                table[i, :n] = order[at:at + n]
+                at += n
+            q = rng.standard_normal((b, sq, hq, d)).astype(dt)
+            garbage = np.array([np.nan, np.inf, -np.inf])
+            caches = []
+            for _ in range(2):
+                cache = rng.standard_normal((num_pages, page, hk, d)).astype(dt)
+                cache[spare] = np.resize(garbage, cache[spare].shape).astype(dt)
+                for i, (_, c) in enumerate(self.seqlens):
+                    if c % page:
+                        tail = cache[table[i, pages[i] - 1], c % page:]
+                        tail[...] = np.resize(garbage, tail.shape).astype(dt)
+                caches.append(cache)
+            return {"q": q, "k_cache": caches[0], "v_cache": caches[1], "block_table": table,
+                    "cache_seqlens": np.array([c for _, c in self.seqlens], np.int32), "alibi_slopes": slopes}
         if self.kind == "strided":  # BSHD views of [b, h, s, d + 3] memory, a slice of the head dim
             q = rng.standard_normal((b, hq, sq, d + 3)).astype(dt).transpose(0, 2, 1, 3)[..., 1:d + 1]
             k = rng.standard_normal((b, hk, sk, d + 3)).astype(dt).transpose(0, 2, 1, 3)[..., 1:d + 1]
@@ -191,7 +308,31 @@ class Case:
             q = (rng.standard_normal((b, sq, hq, d)) * scale).astype(dt)
             k = (rng.standard_normal((b, sk, hk, d)) * scale).astype(dt)
             v = rng.standard_normal((b, sk, hk, d)).astype(dt)
-        return {"q": q, "k": k, "v": v, "alibi_slopes": alibi_slopes(hq) if self.alibi else None}
+        return {"q": q, "k": k, "v": v, "alibi_slopes": slopes}
+
+    def dense_inputs(self, inputs: dict[str, Any]) -> list[dict[str, Any]]:
+        """A varlen or paged case's inputs as each sequence's dense BSHD inputs (see :meth:`sequences`):
+        the slices of the packed batch, or the cache's pages gathered in block-table order up to the
+        sequence's length."""
+        out = []
+        for i, (a, c) in enumerate(self.seqlens):
+            if self.kind == "varlen":
+                cq, ck = inputs["cu_seqlens_q"], inputs["cu_seqlens_k"]
+                q = inputs["q"][cq[i]:cq[i + 1]][None]
+                k, v = (inputs[n][ck[i]:ck[i + 1]][None] for n in ("k", "v"))
+            else:
+                q = inputs["q"][i:i + 1]
+                used = inputs["block_table"][i, :-(-c // self.page_size)]
+                k, v = (inputs[n][used].reshape(-1, self.heads_kv, self.head_dim)[:c][None]
+                        for n in ("k_cache", "v_cache"))
+            out.append({"q": q, "k": k, "v": v, "alibi_slopes": inputs["alibi_slopes"]})
+        return out
+
+    def _assemble(self, parts: list[Any], lse: bool = False) -> np.ndarray:
+        """Each sequence's dense output ([1, sq, h, d]; an LSE [1, h, sq]) as the case's layout."""
+        if self.kind == "varlen":
+            return np.concatenate([p[0] for p in parts], axis=1 if lse else 0)
+        return np.concatenate(parts, axis=0)
 
     def poison(self, inputs: dict[str, Any], which: str = "kv") -> dict[str, Any]:
         """The inputs with NaN and ±inf at the trailing :attr:`poisoned_keys` keys of k and/or v
@@ -217,6 +358,9 @@ class Case:
 
         if self.dtype == "float32":
             return None
+        if self.kind in ("varlen", "paged"):
+            zeros = (lambda a: np.zeros((1, a, self.heads_q, self.head_dim), _numpy_dtype(self.dtype)))
+            return self._assemble(self._per_sequence(inputs, lambda c, x: c.lowp_reference(x), zeros))
         dt = _numpy_dtype(self.dtype)
 
         def rd(x):
@@ -246,7 +390,15 @@ class Case:
 
     def reference(self, inputs: dict[str, Any], dtype: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(out, lse) of flashparity's naive kernel on the inputs, in float64 (the gold) or in the
-        case's dtype (the baseline)."""
+        case's dtype (the baseline). Varlen and paged cases run sequence by sequence on their dense
+        inputs (:meth:`dense_inputs`)."""
+        if self.kind in ("varlen", "paged"):
+            from .attention import _numpy_dtype
+
+            dt = np.float64 if dtype == "float64" else _numpy_dtype(self.dtype)
+            parts = self._per_sequence(inputs, lambda c, x: c.reference(x, dtype), lambda a: (
+                np.zeros((1, a, self.heads_q, self.head_dim), dt), np.full((1, self.heads_q, a), -np.inf, np.float32)))
+            return self._assemble([o for o, _ in parts]), self._assemble([lse for _, lse in parts], lse=True)
         q, k, v = inputs["q"], inputs["k"], inputs["v"]
         if dtype == "float64":
             q, k, v = (x.astype(np.float64) for x in (q, k, v))
@@ -276,6 +428,10 @@ def _quick(dtype: str) -> list[Case]:
         Case(**c, seqlen_q=96, seqlen_k=96, head_dim=64, causal=True, kind="poisoned"),
         Case(**c, seqlen_q=64, seqlen_k=64, head_dim=64, kind="extreme"),
         Case(**c, seqlen_q=113, seqlen_k=203, heads_q=4, heads_kv=2, head_dim=128, kind="determinism"),
+        Case(**c, heads_q=4, heads_kv=2, head_dim=64, causal=True, kind="varlen",
+             seqlens=((1, 1), (37, 61), (90, 17), (8, 128))),
+        Case(**c, heads_q=8, heads_kv=2, head_dim=128, kind="paged", page_size=16,
+             seqlens=((1, 1), (1, 47), (1, 128), (1, 200))),
     ]
 
 
@@ -291,6 +447,13 @@ def _default(dtype: str) -> list[Case]:
               Case(**c, seqlen_q=203, seqlen_k=113, head_dim=64, causal=True, window=(5, -1))]  # (rows 0..89: no key)
     cases += [Case(**c, batch=2, seqlen_q=799, seqlen_k=3, heads_q=2, heads_kv=2, head_dim=40, causal=True,
                    kind="masked-rows")]
+    cases += [Case(**c, heads_q=4, heads_kv=1, head_dim=96, kind="varlen",
+                   seqlens=((113, 203), (1, 239), (0, 9), (64, 1), (5, 0))),  # (empty sequences too)
+              Case(**c, head_dim=64, window=(7, 3), kind="varlen", seqlens=((50, 80), (33, 33))),
+              Case(**c, head_dim=64, causal=True, softcap=30.0, alibi=True, kind="varlen", seqlens=((40, 70), (70, 40)))]
+    cases += [Case(**c, heads_q=4, heads_kv=2, head_dim=64, causal=True, kind="paged", page_size=page,
+                   seqlens=((7, 7), (7, 100), (7, 263)) + (((7, 0),) if page == 5 else ()))
+              for page in (1, 5, 16, 256)]
     return cases
 
 
@@ -308,9 +471,10 @@ def _full(dtype: str) -> list[Case]:
 
 
 def suite_cases(name: str = "quick", dtypes: Iterable[str] = DTYPES, seed: int = 0) -> list[Case]:
-    """The cases of a named suite for each dtype: ``quick`` (12 a dtype: one of each kind and
-    feature), ``default`` (quick plus every head dim, the sequence-length pairs and windows; under a
-    minute for a CPU kernel on 2 cores) or ``full`` (every head dim × sequence pair × MHA/GQA/MQA ×
+    """The cases of a named suite for each dtype: ``quick`` (14 a dtype: one of each kind and
+    feature), ``default`` (quick plus every head dim, the sequence-length pairs, windows, varlen
+    batches and paged caches of pages of 1, 5, 16 and 256 slots; under a minute for a CPU kernel on
+    2 cores) or ``full`` (every head dim × sequence pair × MHA/GQA/MQA ×
     causal)."""
     builders = {"quick": _quick, "default": _default, "full": _full}
     if name not in builders:
@@ -373,8 +537,8 @@ def judge(case: Case, inputs: dict[str, Any], out: Any, lse: Any, gold: tuple, b
     low-precision reference's (``lowp``, when given), its cosine the smaller."""
     out = host_array(out, "output")
     want_dtype = np.asarray(inputs["q"]).dtype
-    if tuple(out.shape) != tuple(inputs["q"].shape):
-        return CaseResult(case, "fail", f"output shape {tuple(out.shape)}, expected {tuple(inputs['q'].shape)}")
+    if tuple(out.shape) != case.out_shape:
+        return CaseResult(case, "fail", f"output shape {tuple(out.shape)}, expected {case.out_shape}")
     if out.dtype != want_dtype:
         return CaseResult(case, "fail", f"output dtype {out.dtype}, expected {want_dtype}")
     g_out, g_lse = gold
@@ -394,16 +558,14 @@ def judge(case: Case, inputs: dict[str, Any], out: Any, lse: Any, gold: tuple, b
               else math.inf if err.cosine_sim == err.cosine_sim else math.nan}
     reasons = []
     o64, g64 = out.astype(np.float64), g_out
-    from .adapters import visible
-
-    blind = ~visible(case).any(axis=-1)  # [seqlen_q]: rows that see no key (their gold is 0)
+    blind = case.blind_rows()  # rows that see no key (their gold is 0)
     if blind.any():
-        wrong = o64[:, blind] != 0
+        wrong = (o64[blind] != 0).any(axis=(1, 2))
         if wrong.any():
-            first = tuple(int(i) for i in np.argwhere(wrong)[0])
+            first = tuple(int(i) for i in np.argwhere(blind)[np.flatnonzero(wrong)[0]])
             reasons.append(f"{int(blind.sum())} rows see no key and must give 0 (as FlashAttention-2); "
-                           f"{int(wrong.any(axis=(0, 2, 3)).sum())} of them do not (first at row "
-                           f"{int(np.flatnonzero(blind)[first[1]])}: {float(o64[:, blind][first])!r})")
+                           f"{int(wrong.sum())} of them do not (first at row {first}: "
+                           f"{float(o64[first][np.nonzero(o64[first])][0])!r})")
     bad = ~np.isfinite(o64) & np.isfinite(g64)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -411,9 +573,10 @@ def judge(case: Case, inputs: dict[str, Any], out: Any, lse: Any, gold: tuple, b
                        f"{o64[first]!r} vs {g64[first]!r})")
     if lse is not None:
         lse = host_array(lse, "lse")
-        want = (case.batch, case.heads_q, case.seqlen_q)
+        want = case.lse_shape
         if tuple(lse.shape) != want:
-            reasons.append(f"lse shape {tuple(lse.shape)}, expected {want} (batch, heads, seqlen_q)")
+            reasons.append(f"lse shape {tuple(lse.shape)}, expected {want} "
+                           f"({'heads, total_q' if case.kind == 'varlen' else 'batch, heads, seqlen_q'})")
         else:
             e = parity(lse.astype(np.float64), g_lse.astype(np.float64))
             be = parity(b_lse.astype(np.float64), g_lse.astype(np.float64))
@@ -542,7 +705,7 @@ def run_case(adapter: Any, case: Case) -> CaseResult:
     gold = case.reference(inputs, "float64")
     baseline = case.reference(inputs)
     lowp = case.lowp_reference(inputs)
-    pristine = {n: np.array(inputs[n]) for n in ("q", "k", "v")}
+    pristine = {n: np.array(x) for n, x in inputs.items() if isinstance(x, np.ndarray) and n != "alibi_slopes"}
     t0 = time.perf_counter()
     try:
         out, lse = _call(adapter, case, inputs)
@@ -556,7 +719,7 @@ def run_case(adapter: Any, case: Case) -> CaseResult:
     if lse is None and adapter.capabilities.lse:
         result.verdict = "fail"
         result.reason = "; ".join(filter(None, [result.reason, "the kernel declares an LSE but returned none"]))
-    written = [n for n in ("q", "k", "v") if not np.array_equal(inputs[n], pristine[n], equal_nan=True)]
+    written = [n for n in pristine if not np.array_equal(inputs[n], pristine[n], equal_nan=True)]
     if written:
         result.verdict = "fail"
         result.reason = "; ".join(filter(None, [result.reason, f"the kernel wrote into its input {', '.join(written)}"]))
@@ -628,25 +791,46 @@ def _check_poison(adapter: Any, case: Case, inputs: dict, out: Any, lse: Any, re
     result.reason = "; ".join(found) or _poison_leaks(adapter, case, inputs, out, lse, "kv")
 
 
+def prepare_adapter(kernel: Any, *, convention: str | None = None, capabilities: dict | None = None,
+                    device: str = "cpu", allow_unpinned: bool = False) -> Any:
+    """The adapter of ``kernel`` (see :func:`conformance`) on ``device``, its package imported: a
+    ValueError for a device it does not run on or that is not there."""
+    from .adapters import resolve
+
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    adapter = resolve(kernel, convention=convention, capabilities=capabilities, allow_unpinned=allow_unpinned)
+    if device not in adapter.devices:
+        raise ValueError(f"{adapter.name} runs on {' and '.join(adapter.devices)} only, not on {device} "
+                         f"(pass device={adapter.devices[0]!r})")
+    if device == "cuda":
+        torch = require("torch", "conformance on device='cuda'")
+        if not torch.cuda.is_available():
+            raise ValueError("device='cuda' but torch sees no CUDA device")
+    adapter.device = device
+    adapter.prepare()
+    return adapter
+
+
 def conformance(kernel: Any, *, convention: str | None = None, suite: str | list[Case] = "quick",
                 dtypes: Iterable[str] | None = None, device: str = "cpu", seed: int | None = None,
-                capabilities: dict | None = None, progress: Callable[[int, int], None] | None = None
-                ) -> ConformanceReport:
+                capabilities: dict | None = None, progress: Callable[[int, int], None] | None = None,
+                allow_unpinned: bool = False) -> ConformanceReport:
     """Run a suite of cases through a kernel and judge each against the float64 oracle.
 
     ``kernel``: a built-in adapter's name (:data:`flashparity.adapters.ADAPTERS`: ``flashparity:flash2``,
-    ``flashparity:naive``, ``torch-sdpa`` and ``torch-sdpa:<backend>``), ``"package.module:function"``,
-    or a callable; the last two need ``convention`` (:data:`flashparity.adapters.CONVENTIONS`) and may
-    declare ``capabilities`` (see :class:`flashparity.adapters.Capabilities`). ``suite``: ``quick``,
-    ``default``, ``full`` (see :func:`suite`) or a list of :class:`Case`. ``progress(done, total)``
-    after each case. Returns a :class:`ConformanceReport`.
+    ``flashparity:naive``, ``torch-sdpa`` and ``torch-sdpa:<backend>``, ``torch-flex[:compiled]``,
+    ``jax``, and on a GPU ``flash-attn``, ``flash-attn-3``, ``flashinfer``, ``xformers``), a Hugging
+    Face hub kernel ``hub:<org>/<repo>@<commit>`` (``allow_unpinned=True`` for a branch or tag),
+    ``"package.module:function"``, or a callable; the last two need ``convention``
+    (:data:`flashparity.adapters.CONVENTIONS`) and may declare ``capabilities`` (see
+    :class:`flashparity.adapters.Capabilities`). ``suite``: ``quick``, ``default``, ``full`` (see
+    :func:`suite_cases`) or a list of :class:`Case`. ``device``: ``cpu`` or ``cuda`` (the inputs go to
+    the GPU as torch tensors). ``progress(done, total)`` after each case. Returns a
+    :class:`ConformanceReport`.
     """
-    from .adapters import resolve
-
-    if device != "cpu":
-        raise ValueError(f"device must be 'cpu' (GPU conformance runs come with the GPU adapters), got {device!r}")
-    adapter = resolve(kernel, convention=convention, capabilities=capabilities)
-    adapter.prepare()
+    adapter = prepare_adapter(kernel, convention=convention, capabilities=capabilities, device=device,
+                              allow_unpinned=allow_unpinned)
     if isinstance(suite, str):
         cases = suite_cases(suite, DTYPES if dtypes is None else dtypes, 0 if seed is None else seed)
     else:

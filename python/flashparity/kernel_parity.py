@@ -198,36 +198,56 @@ def to_host(a, dtype) -> np.ndarray:
 
 
 def _conformance_case(case: Case):
-    """The conformance case of a dense kernel parity case (a third-party kernel's view of it)."""
+    """The conformance case of a kernel parity case (a third-party kernel's view of it): dense, a
+    varlen batch (the same lengths for queries and keys) or a paged cache."""
     from .conformance import Case as ConformanceCase
 
     from .adapters import Unsupported
 
-    if case.layout != "dense" or case.device != "cpu" or case.dtype not in ("float32", "float16", "bfloat16"):
-        raise Unsupported(f"a kernel run through an adapter takes dense float32/float16/bfloat16 cases on the cpu "
-                          f"(got a {case.layout} {case.dtype} case on {case.device})")
-    return ConformanceCase(dtype=case.dtype, batch=case.batch, seqlen_q=case.q_len, seqlen_k=case.seq_len,
-                           heads_q=case.num_heads, heads_kv=case.num_kv_heads, head_dim=case.head_dim,
-                           causal=case.causal, window=tuple(case.window), softcap=case.softcap, alibi=case.alibi)
+    if case.dtype not in ("float32", "float16", "bfloat16"):
+        raise Unsupported(f"a kernel run through an adapter takes float32/float16/bfloat16 cases (got {case.dtype})")
+    common = dict(dtype=case.dtype, heads_q=case.num_heads, heads_kv=case.num_kv_heads, head_dim=case.head_dim,
+                  causal=case.causal, window=tuple(case.window), softcap=case.softcap, alibi=case.alibi)
+    if case.layout == "varlen":
+        return ConformanceCase(**common, kind="varlen", seqlens=tuple((int(n), int(n)) for n in case.varlen))
+    if case.layout != "dense":
+        lens = case.varlen if case.varlen is not None else [case.seq_len] * case.batch
+        return ConformanceCase(**common, kind="paged", page_size=int(case.page_size),
+                               seqlens=tuple((case.q_len, int(n)) for n in lens))
+    return ConformanceCase(**common, batch=case.batch, seqlen_q=case.q_len, seqlen_k=case.seq_len)
 
 
 class KernelFailed(RuntimeError):
     """The kernel under test raised, or returned something that is not its output (exit 1)."""
 
 
-def _run_adapter(adapter: Any, q, k, v, case: Case) -> np.ndarray:
+def _run_adapter(adapter: Any, q, k, v, meta: dict, case: Case) -> np.ndarray:
     """The adapter's output on copies of the case's inputs (a kernel that writes its inputs cannot
     change what the references see), in flashparity's layout and dtype. Unsupported when the case is
     outside what the kernel supports; KernelFailed when it raises or returns another shape or dtype."""
     from .adapters import Unsupported, host_array
 
     cc = _conformance_case(case)
+    if case.device not in adapter.devices:
+        raise Unsupported(f"{adapter.name} runs on {' and '.join(adapter.devices)} only (this case: --device "
+                          f"{case.device})")
+    adapter.device = case.device
     reasons = adapter.not_supported_reasons(cc)
     if reasons:
         raise Unsupported(f"{adapter.name} does not support this case: {'; '.join(reasons)}")
+    inputs: dict[str, Any] = {"alibi_slopes": alibi_slopes(case.num_heads) if case.alibi else None}
+    if cc.kind == "varlen":
+        cu = np.array(meta["cu_seqlens"], np.int32)
+        inputs.update(q=q.copy(), k=k.copy(), v=v.copy(), cu_seqlens_q=cu, cu_seqlens_k=cu.copy(),
+                      max_seqlen_q=cc.seqlen_q, max_seqlen_k=cc.seqlen_k)
+    elif cc.kind == "paged":
+        inputs.update(q=q.copy(), k_cache=k.copy(), v_cache=v.copy(),
+                      cache_seqlens=np.array(meta["cache_seqlens"], np.int32),
+                      block_table=np.array(meta["block_table"], np.int32))
+    else:
+        inputs.update(q=q.copy(), k=k.copy(), v=v.copy())
     try:
-        out, _ = adapter.run(cc, {"q": q.copy(), "k": k.copy(), "v": v.copy(),
-                                  "alibi_slopes": alibi_slopes(case.num_heads) if case.alibi else None})
+        out, _ = adapter.run(cc, inputs)
         out = host_array(out, "output")
     except Unsupported:
         raise
@@ -240,7 +260,7 @@ def _run_adapter(adapter: Any, q, k, v, case: Case) -> np.ndarray:
 
 def _one(impl: str, ref: str, case: Case, adapter: Any = None) -> dict[str, Any]:
     q, k, v, meta = case_inputs(case)
-    out = _run(impl, q, k, v, meta, case) if adapter is None else _run_adapter(adapter, q, k, v, case)
+    out = _run(impl, q, k, v, meta, case) if adapter is None else _run_adapter(adapter, q, k, v, meta, case)
     ref_out = _run(ref, q, k, v, meta, case)
     # float64 reference of the same (rounded) inputs, and the naive kernel in the case's dtype
     q64, k64, v64 = (x.astype(np.float64) for x in (q, k, v))
@@ -260,7 +280,7 @@ def _one(impl: str, ref: str, case: Case, adapter: Any = None) -> dict[str, Any]
         "regime": case.regime,
         "max_abs_diff": stats.max_abs_diff,
         "cosine_sim": stats.cosine_sim,
-        "attn_impl": impl,
+        "attn_impl": impl if adapter is None else getattr(adapter, "attn_impl", impl),
         "kernel_source": kernel_source(impl) if adapter is None else adapter.kernel_source(),
         "fallback": None if impl == "flash2" or adapter is not None else "requested",
         "batch": case.batch,
@@ -315,13 +335,15 @@ def default_sweep(base: Case) -> list[Case]:
 
 
 def kernel_parity(impl: Any = "flash2", ref: str = "naive", *, sweep: bool | list[Case] = False,
-                  convention: str | None = None, capabilities: dict | None = None, **case: Any) -> dict[str, Any]:
+                  convention: str | None = None, capabilities: dict | None = None, allow_unpinned: bool = False,
+                  **case: Any) -> dict[str, Any]:
     """Parity of attention ``impl`` against ``ref`` on seeded inputs: the kernel parity JSON body.
 
     ``impl``: ``flash2`` (apr's ``tiled``) or ``naive``, or any kernel :func:`flashparity.conformance`
     takes — a built-in adapter's name (``torch-sdpa:math``, ...), ``"package.module:function"`` or
-    a callable with ``convention=`` (and ``capabilities=``); such a kernel runs dense
-    float32/float16/bfloat16 cases on the CPU, its adapter's name in ``kernel`` and ``attn_impl``
+    a callable with ``convention=`` (and ``capabilities=``); such a kernel runs
+    float32/float16/bfloat16 cases (dense, varlen and paged, where it supports them) on the case's
+    device (its inputs copied there as torch tensors), its adapter's name in ``kernel`` and ``attn_impl``
     and its provenance in ``kernel_source``. ``case`` takes :class:`Case`'s fields (apr's
     seq_len=128, num_heads=8, num_kv_heads=8, head_dim=64, seed=0 and decode regime by default).
     ``sweep=True`` runs :func:`default_sweep` (or pass a list of cases): the body then holds
@@ -335,7 +357,7 @@ def kernel_parity(impl: Any = "flash2", ref: str = "naive", *, sweep: bool | lis
     if not (isinstance(impl, str) and IMPL_ALIASES.get(impl, impl) in IMPLS):
         from .adapters import resolve
 
-        adapter = resolve(impl, convention=convention, capabilities=capabilities)
+        adapter = resolve(impl, convention=convention, capabilities=capabilities, allow_unpinned=allow_unpinned)
         adapter.prepare()
         impl = adapter.name
     elif convention is not None or capabilities is not None:
@@ -382,7 +404,7 @@ def kernel_parity(impl: Any = "flash2", ref: str = "naive", *, sweep: bool | lis
         "regime": "sweep",
         "max_abs_diff": worst_abs["max_abs_diff"],
         "cosine_sim": worst_cos["cosine_sim"],
-        "attn_impl": impl,
+        "attn_impl": first["attn_impl"],
         "kernel_source": first["kernel_source"],
         "fallback": first["fallback"],
         "device": first["device"],

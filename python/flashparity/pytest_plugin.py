@@ -1,5 +1,5 @@
 """pytest plugin: ``pytest --fp-kernel KERNEL [--fp-convention C] [--fp-suite quick|default|full]
-[--fp-dtype D ...] [--fp-capabilities JSON]`` adds one test item per conformance case of KERNEL
+[--fp-dtype D ...] [--fp-capabilities JSON] [--fp-device cpu|cuda]`` adds one test item per conformance case of KERNEL
 (a built-in adapter's name or ``package.module:function``) to the session, under a collector
 named ``flashparity-conformance`` (ids ``flashparity-conformance::<case name>``): a failing case
 fails with its verdict, an unsupported one is skipped with its reason. Without ``--fp-kernel`` the
@@ -20,13 +20,17 @@ def pytest_addoption(parser):
     group.addoption("--fp-kernel", metavar="KERNEL",
                     help="run flashparity's conformance suite on KERNEL: a built-in adapter (flashparity kernels "
                     "lists them) or package.module:function (with --fp-convention)")
-    group.addoption("--fp-convention", metavar="C", help="calling convention of the kernel: bshd, bshd-numpy, fa2, sdpa, jax")
+    group.addoption("--fp-convention", metavar="C",
+                    help="calling convention of the kernel: bshd, bshd-numpy, fa2, fa2-varlen, fa2-kvcache, sdpa, "
+                    "flashinfer, xformers, jax")
     group.addoption("--fp-suite", default="quick", choices=("quick", "default", "full"),
                     help="which conformance suite (default quick)")
     group.addoption("--fp-dtype", action="append", metavar="DTYPE",
                     help="run only this dtype's cases (float32, float16, bfloat16; repeatable)")
     group.addoption("--fp-capabilities", metavar="JSON",
                     help='what the kernel supports, e.g. \'{"window": true, "lse": true}\'')
+    group.addoption("--fp-device", default="cpu", choices=("cpu", "cuda"),
+                    help="where the kernel runs (default cpu; cuda: its inputs as torch tensors on the GPU)")
 
 
 class ConformanceCollector(pytest.Collector):
@@ -68,14 +72,13 @@ class ConformanceFailure(AssertionError):
 
 
 def _adapter(config):
-    from .adapters import resolve
+    from .conformance import prepare_adapter
 
     caps = config.getoption("--fp-capabilities")
     try:
         capabilities = json.loads(caps) if caps else None
-        adapter = resolve(config.getoption("--fp-kernel"), convention=config.getoption("--fp-convention"),
-                          capabilities=capabilities)
-        adapter.prepare()
+        adapter = prepare_adapter(config.getoption("--fp-kernel"), convention=config.getoption("--fp-convention"),
+                                  capabilities=capabilities, device=config.getoption("--fp-device"))
     except (ValueError, TypeError, ImportError) as exc:
         raise pytest.UsageError(f"--fp-kernel: {exc}") from None
     return adapter
