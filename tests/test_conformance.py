@@ -31,7 +31,7 @@ def test_suites_and_cases():
     assert len(suite_cases("full", dtypes=["bfloat16"])) > 500
     with pytest.raises(ValueError, match="suite must be one of quick, default, full, got 'big'"):
         suite_cases("big")
-    with pytest.raises(ValueError, match="dtypes must be among float32, float16, bfloat16, got 'int8'"):
+    with pytest.raises(ValueError, match="dtypes must be among float32, float16, bfloat16, float8_e4m3fn, float8_e5m2, got 'int8'"):
         suite_cases("quick", dtypes=["int8"])
     with pytest.raises(ValueError, match=r"heads_q \(6\) must be a multiple of heads_kv \(4\)"):
         Case(heads_q=6, heads_kv=4)
@@ -309,11 +309,12 @@ def test_kernel_parity_of_any_kernel_keeps_apr_body(capsys):
     code, out, _ = run_cli(["kernel", "parity", "--impl", "flashparity.attention:attention", "--convention",
                             "bshd-numpy", "--check", "--json"], capsys)
     assert code == 0 and json.loads(out)["check"]["ok"]
-    # a sweep runs the cases the adapter takes (varlen and paged batches too) and lists the others (FP8)
+    # a sweep runs the cases the adapter takes (varlen and paged batches, FP8 with unit descales)
     sweep = fp.kernel_parity("flashparity:flash2", sweep=True)
-    assert len(sweep["cases"]) == 36 and len(sweep["unsupported"]) == 10 and sweep["fa2_rule_ok"]
-    assert sum(c["varlen"] is not None for c in sweep["cases"]) == 6
-    assert all("float8" in u["reason"] for u in sweep["unsupported"])
+    assert len(sweep["cases"]) == 46 and sweep["unsupported"] == [] and sweep["fa2_rule_ok"]
+    assert sum(c["varlen"] is not None for c in sweep["cases"]) == 8
+    sweep = fp.kernel_parity("torch-sdpa:math", sweep=True)  # (no FP8, no varlen or paged batches in SDPA)
+    assert len(sweep["cases"]) == 30 and len(sweep["unsupported"]) == 16 and sweep["fa2_rule_ok"]
     with pytest.raises(ValueError, match="for third-party kernels"):
         fp.kernel_parity("flash2", convention="fa2")
 

@@ -57,6 +57,32 @@ def test_empty_sequences_in_varlen_and_paged_batches():
         assert rep.ok and rep.counts()["pass"] == 2, str(rep)
 
 
+
+@pytest.mark.parametrize("kernel", ["flashparity:flash2", "flashparity:naive"])
+def test_fp8_cases_with_descales(kernel):
+    """FP8 inputs with FlashAttention-3's descales (float32 [batch, heads_kv]; bfloat16 out), judged
+    against the float64 attention of the values they stand for."""
+    rep = conformance(kernel, dtypes=["float8_e4m3fn", "float8_e5m2"])
+    assert rep.ok and rep.counts()["pass"] == 12, str(rep)
+    assert {r.case.kind for r in rep.cases} == {"plain", "masked-rows", "varlen", "paged"}
+    c = rep.cases[0].case
+    x = c.inputs()
+    assert c.out_dtype == "bfloat16" and x["q"].dtype.name == c.dtype and x["k_descale"].shape == (c.batch, c.heads_kv)
+    assert 0.5 <= x["v_descale"].min() and x["v_descale"].max() < 2.0
+    # the gold is the attention of the dequantized values: a kernel that ignores the descales fails
+    bad = conformance(lambda q, k, v, *, causal, softmax_scale, window_size=(-1, -1), **descales: fp_attention(
+                          q, k, v, causal=causal, softmax_scale=softmax_scale, window=window_size),
+                      convention="bshd-numpy", suite=[r.case for r in rep.cases if r.case.kind == "plain"],
+                      capabilities={"dtypes": ["float8_e4m3fn", "float8_e5m2"], "window": True})
+    assert bad.counts()["fail"] == bad.counts()["pass"] + bad.counts()["fail"] > 0, str(bad)
+
+
+def fp_attention(q, k, v, **kw):
+    import flashparity as fp
+
+    return fp.attention(q, k, v, **kw)
+
+
 # ---- on a GPU: PyTorch's SDPA backends and FlexAttention (skipped without one) --------------------------
 
 

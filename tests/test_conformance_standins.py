@@ -38,9 +38,9 @@ def standins(monkeypatch):
 
 
 def _cases():
-    """The quick suite's float16 cases and the default suite's page-256 paged case."""
+    """The quick suite's float16 cases, the default suite's page-256 paged case and the FP8 cases."""
     extra = [c for c in suite_cases("default", ["float16"]) if c.kind == "paged" and c.page_size == 256]
-    return suite_cases("quick", ["float16"]) + extra
+    return suite_cases("quick", ["float16"]) + extra + suite_cases("quick", ["float8_e4m3fn"])
 
 
 DISTS = {"flash-attn": ("flash-attn", "2.8.3+standin", "flash_attn/__init__.py"),
@@ -56,14 +56,17 @@ def test_adapters_pass_stand_ins_that_follow_their_conventions(standins, name):
     assert rep.ok, str(rep)
     by_kind = {}
     for r in rep.cases:
-        by_kind.setdefault(r.case.kind, set()).add(r.verdict)
+        if not r.case.fp8:
+            by_kind.setdefault(r.case.kind, set()).add(r.verdict)
+    fp8 = {r.verdict for r in rep.cases if r.case.fp8}
+    assert fp8 == ({"pass"} if name == "flash-attn-3" else {"unsupported"}), str(rep)  # (FA3 alone takes FP8)
     want = {"flash-attn": {"varlen": {"pass"}, "paged": {"pass", "unsupported"}},
             "flash-attn-3": {"varlen": {"pass"}, "paged": {"pass"}},
             "flashinfer": {"varlen": {"pass"}, "paged": {"pass"}},
             "xformers": {"varlen": {"pass"}, "paged": {"unsupported"}}}[name]
     for kind, verdicts in want.items():
         assert by_kind[kind] == verdicts, (kind, str(rep))
-    reasons = {r.reason for r in rep.cases if r.verdict == "unsupported"}
+    reasons = {r.reason for r in rep.cases if r.verdict == "unsupported" and not r.case.fp8}
     if name == "flash-attn":  # FA2's paged caches take pages of a multiple of 256 slots
         assert reasons == {"page size 16 not a multiple of 256"}, reasons
     # provenance: the package's version and the digest of the file it ran (no extension module here)
@@ -80,6 +83,7 @@ FAULTS = [  # (adapter, fault, the cases that must fail: by kind or name)
     ("flash-attn", "nan-leak", {"poisoned"}),
     ("flashinfer", "lse-natural", "every case: its LSE"),
     ("xformers", "top-left", {"float16-b1-q113-k203-h4x4-d64-causal", "float16-b1-q239-k17-h4x4-d32-causal-masked-rows"}),
+    ("flash-attn-3", "fp8-no-descale", {"float8_e4m3fn"}),
 ]
 
 
@@ -96,7 +100,8 @@ def test_convention_faults_are_caught_by_their_cases(standins, name, fault, expe
         ran = [r for r in rep.cases if r.verdict != "unsupported"]
         assert failed == ran and all(r.reason.startswith("lse: ") and ";" not in r.reason for r in failed), str(rep)
     else:
-        got = {r.case.kind if r.case.kind in expected else r.case.name for r in failed}
+        got = {r.case.kind if r.case.kind in expected else r.case.dtype if r.case.dtype in expected else r.case.name
+               for r in failed}
         assert got == expected, str(rep)
 
 
@@ -104,7 +109,7 @@ def test_conventions_of_a_users_callables(standins):
     """The stand-ins' functions as a user's own callables, one convention each."""
     fa, fi = __import__("flash_attn"), __import__("flashinfer")
     xops = __import__("xformers.ops", fromlist=["memory_efficient_attention"])
-    cases = _cases()
+    cases = [c for c in _cases() if not c.fp8]
     runs = {"fa2": (fa.flash_attn_func, None), "fa2-varlen": (fa.flash_attn_varlen_func, None),
             "fa2-kvcache": (fa.flash_attn_with_kvcache, None),  # (pages of a multiple of 256 slots, as FA2)
             "flashinfer": (fi.single_prefill_with_kv_cache, None),

@@ -46,7 +46,8 @@ class Unsupported(NotImplementedError):
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a kernel supports. ``dtypes``: among float32, float16, bfloat16; ``max_head_dim`` (None:
+    """What a kernel supports. ``dtypes``: among float32, float16, bfloat16 and the FP8 formats
+    float8_e4m3fn, float8_e5m2 (inputs with FlashAttention-3's descales); ``max_head_dim`` (None:
     any); ``head_dim_multiple``: head dims it takes must be multiples of this; ``gqa``: heads_q a
     multiple of heads_kv other than 1:1; ``causal`` (bottom-right, or converted by the convention);
     ``window``: sliding windows; ``softcap``; ``alibi``; ``lse``: it returns the LSE; ``strided``:
@@ -82,7 +83,7 @@ class Capabilities:
         value = dict(value)
         if "dtypes" in value:
             names = value["dtypes"]
-            known = ("float32", "float16", "bfloat16")
+            known = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
             if isinstance(names, str) or not all(isinstance(n, str) and n in known for n in names):
                 raise ValueError(f"capabilities['dtypes'] must be a list of {', '.join(known)}, got {names!r}")
             value["dtypes"] = tuple(names)
@@ -189,11 +190,11 @@ def to_torch(x: np.ndarray, device: str = "cpu"):
     ``device`` (``cuda``), a copy there with the same strides where they are dense (a stride-0 or
     gapped view arrives contiguous)."""
     torch = _torch()
-    bf16 = x.dtype.name == "bfloat16"
+    bf16, fp8 = x.dtype.name == "bfloat16", x.dtype.name in ("float8_e4m3fn", "float8_e5m2")
     with warnings.catch_warnings():  # (broadcast views are read-only; kernels do not write their inputs)
         warnings.simplefilter("ignore", UserWarning)
-        t = torch.from_numpy(x.view(np.uint16) if bf16 else x)
-    t = t.view(torch.bfloat16) if bf16 else t
+        t = torch.from_numpy(x.view(np.uint16) if bf16 else x.view(np.uint8) if fp8 else x)
+    t = t.view(torch.bfloat16) if bf16 else t.view(getattr(torch, x.dtype.name)) if fp8 else t
     return t if device == "cpu" else t.to(device)
 
 
@@ -261,7 +262,8 @@ class FlashparityAdapter(Adapter):
         super().__init__()
         self.impl = impl
         self.name = f"flashparity:{impl}"
-        self.capabilities = Capabilities(max_head_dim=256 if impl == "flash2" else None, window=True, softcap=True,
+        self.capabilities = Capabilities(dtypes=("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"),
+                                         max_head_dim=256 if impl == "flash2" else None, window=True, softcap=True,
                                          alibi=True, lse=True, varlen=True, paged=True)
 
     def call(self, case, inputs):
@@ -271,6 +273,8 @@ class FlashparityAdapter(Adapter):
         x = (lambda a: a) if self.device == "cpu" else self.to
         kw = dict(impl=self.impl, causal=case.causal, window=case.window, softcap=case.softcap,
                   alibi_slopes=inputs["alibi_slopes"], softmax_scale=case.softmax_scale, return_lse=True)
+        if case.fp8:
+            kw.update({n: inputs[n] for n in ("q_descale", "k_descale", "v_descale")})
         if case.kind == "varlen":
             return attention_varlen(x(inputs["q"]), x(inputs["k"]), x(inputs["v"]), inputs["cu_seqlens_q"],
                                     inputs["cu_seqlens_k"], max_seqlen_q=inputs["max_seqlen_q"],
@@ -558,6 +562,8 @@ def _fa_options(case: Any, inputs: dict[str, Any], to: Callable, fa3: bool) -> d
     kw: dict[str, Any] = {"softmax_scale": case.softmax_scale, "causal": case.causal}
     if not fa3:
         kw["dropout_p"] = 0.0
+    if case.fp8:  # (FA3's FP8: float32 [batch, heads_kv] descales; FA2 has no FP8)
+        kw.update({n: to(inputs[n]) for n in ("q_descale", "k_descale", "v_descale")})
     if case.window != (-1, -1):
         kw["window_size"] = tuple(case.window)
     if case.softcap:
@@ -770,6 +776,8 @@ def _bshd_call(numpy: bool):
             kw["softcap"] = case.softcap
         if case.alibi:
             kw["alibi_slopes"] = tx(inputs["alibi_slopes"])
+        if case.fp8:
+            kw.update({n: tx(inputs[n]) for n in ("q_descale", "k_descale", "v_descale")})
         out, lse = _split(_call_bound(fn, (tx(inputs["q"]), tx(inputs["k"]), tx(inputs["v"])), kw), caps.lse,
                           "the kernel")
         return host_array(out, "output"), (None if lse is None else host_array(lse, "lse"))
@@ -802,8 +810,8 @@ _FA2_CAPS = Capabilities(dtypes=("float16", "bfloat16"), max_head_dim=256, windo
 
 #: convention -> (how a case's inputs become a call, the default capabilities, extra reasons a case is unsupported)
 CONVENTIONS: dict[str, tuple[Callable, Capabilities]] = {
-    # fn(q, k, v, *, causal, softmax_scale[, window_size=(l, r)][, softcap=][, alibi_slopes=]) with
-    # BSHD torch tensors (bottom-right causal) -> out or (out, lse): the minimum
+    # fn(q, k, v, *, causal, softmax_scale[, window_size=(l, r)][, softcap=][, alibi_slopes=][, q_descale=,
+    # k_descale=, v_descale= for FP8]) with BSHD torch tensors (bottom-right causal) -> out or (out, lse): the minimum
     "bshd": (_bshd_call(numpy=False), Capabilities()),
     # the same with NumPy arrays (ml_dtypes bfloat16) in and out
     "bshd-numpy": (_bshd_call(numpy=True), Capabilities()),
@@ -956,14 +964,15 @@ class FlashAttnAdapter(PackageAdapter):
 
 class FlashAttn3Adapter(PackageAdapter):
     """FlashAttention-3 (``flash_attn_interface``, built from flash-attention's ``hopper/``): the same
-    three calls as FA2 without ALiBi, any page size (``page_table``). CUDA (Hopper) only."""
+    three calls as FA2 without ALiBi, any page size (``page_table``), and float8_e4m3fn inputs with
+    ``q_descale``/``k_descale``/``v_descale`` (bfloat16 out). CUDA (Hopper) only."""
 
     name = "flash-attn-3"
     convention = "fa3"
     module_name = "flash_attn_interface"
     dist = "flash-attn-3"
-    capabilities = Capabilities(dtypes=("float16", "bfloat16"), max_head_dim=256, window=True, softcap=True,
-                                lse=True, varlen=True, paged=True)
+    capabilities = Capabilities(dtypes=("float16", "bfloat16", "float8_e4m3fn"), max_head_dim=256, window=True,
+                                softcap=True, lse=True, varlen=True, paged=True)
     calls = {"dense": ("flash_attn_func", _fa_call), "varlen": ("flash_attn_varlen_func", _fa_varlen_call),
              "paged": ("flash_attn_with_kvcache", _fa_kvcache_call)}
     call_options = {"fa3": True}

@@ -320,7 +320,7 @@ def _case_from(args: argparse.Namespace):
 
 def _cmd_conformance(args: argparse.Namespace) -> int:
     """kernel parity --suite: the conformance suite of --impl (flashparity.conformance)."""
-    from .conformance import DTYPES, conformance
+    from .conformance import ALL_DTYPES, DTYPES, conformance
 
     if args.check or args.sweep:
         raise UsageError("--suite runs the conformance suite, judged by its own rules; --check and --sweep are "
@@ -333,8 +333,8 @@ def _cmd_conformance(args: argparse.Namespace) -> int:
     if given:
         raise UsageError(f"--suite runs its own cases; {', '.join('--' + n.replace('_', '-') for n in given)} "
                          "shape one kernel parity case (drop them, or drop --suite)")
-    if args.dtype is not None and args.dtype not in DTYPES:
-        raise UsageError(f"--suite runs {', '.join(DTYPES)} cases, got --dtype {args.dtype}")
+    if args.dtype is not None and args.dtype not in ALL_DTYPES:
+        raise UsageError(f"--suite runs {', '.join(ALL_DTYPES)} cases, got --dtype {args.dtype}")
     impl = {"flash2": "flashparity:flash2", "tiled": "flashparity:flash2", "naive": "flashparity:naive"}.get(
         args.impl, args.impl)
     try:

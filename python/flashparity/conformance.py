@@ -61,6 +61,11 @@ KINDS = {
              "pages hold NaN and inf",
 }
 DTYPES = ("float32", "float16", "bfloat16")
+#: FP8 inputs with FlashAttention-3's descales (float32 [batch, heads_kv] for q, k and v): asked for by
+#: name (``dtypes=[..., "float8_e4m3fn"]``); the output is bfloat16.
+FP8_DTYPES = ("float8_e4m3fn", "float8_e5m2")
+ALL_DTYPES = DTYPES + FP8_DTYPES
+DESCALES = ("q_descale", "k_descale", "v_descale")
 
 
 @dataclass(frozen=True)
@@ -93,8 +98,8 @@ class Case:
     page_size: int = 0
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in ALL_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(ALL_DTYPES)}, got {self.dtype!r}")
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         for name in ("batch", "seqlen_q", "seqlen_k", "heads_q", "heads_kv", "head_dim"):
@@ -256,11 +261,55 @@ class Case:
         ``[num_pages, page_size, heads_kv, head_dim]`` (pages in shuffled order, one page no sequence
         uses; the slots past each sequence's length and that page hold NaN and ±inf), an int32
         ``block_table`` ``[batch, max_pages]`` (entries past a sequence's pages name the unused page)
-        and int32 ``cache_seqlens``."""
+        and int32 ``cache_seqlens``. An FP8 case's inputs are float32 values divided by seeded
+        descales in [0.5, 2) (``q_descale``, ``k_descale``, ``v_descale``: float32 ``[batch, heads_kv]``,
+        a sequence's for varlen and paged cases) and rounded to the FP8 format."""
         from .attention import _numpy_dtype
 
         rng = np.random.default_rng(self.seed)
-        dt = _numpy_dtype(self.dtype)
+        x = self._raw_inputs(rng, np.float32 if self.fp8 else _numpy_dtype(self.dtype))
+        return self._quantized(x, rng) if self.fp8 else x
+
+    @property
+    def fp8(self) -> bool:
+        return self.dtype in FP8_DTYPES
+
+    @property
+    def out_dtype(self) -> str:
+        """The output's dtype: the case's, bfloat16 for FP8 (as FlashAttention-3)."""
+        return "bfloat16" if self.fp8 else self.dtype
+
+    def _quantized(self, x: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        """FP8 inputs: each value divided by its sequence's and kv head's descale, then rounded."""
+        from .attention import _numpy_dtype
+
+        fp8 = _numpy_dtype(self.dtype)
+        b, hk = self.batch, self.heads_kv
+        heads = np.arange(self.heads_q) // (self.heads_q // hk)  # (q's descale is its kv head's, as FA3's)
+        d = {n: rng.uniform(0.5, 2.0, (b, hk)).astype(np.float32) for n in DESCALES}
+        out = dict(x, **d)
+        if self.kind == "varlen":
+            seq_q = np.repeat(np.arange(b), [a for a, _ in self.seqlens])
+            seq_k = np.repeat(np.arange(b), [c for _, c in self.seqlens])
+            out["q"] = (x["q"] / d["q_descale"][seq_q][:, heads, None]).astype(fp8)
+            out["k"] = (x["k"] / d["k_descale"][seq_k][:, :, None]).astype(fp8)
+            out["v"] = (x["v"] / d["v_descale"][seq_k][:, :, None]).astype(fp8)
+            return out
+        out["q"] = (x["q"] / d["q_descale"][:, None, heads, None]).astype(fp8)
+        if self.kind == "paged":
+            owner = np.full(x["k_cache"].shape[0], -1)
+            for i, (_, c) in enumerate(self.seqlens):
+                owner[x["block_table"][i, :-(-c // self.page_size)]] = i
+            for name, desc in (("k_cache", "k_descale"), ("v_cache", "v_descale")):
+                scale = np.where((owner >= 0)[:, None], d[desc][np.maximum(owner, 0)], 1.0).astype(np.float32)
+                with np.errstate(invalid="ignore"):
+                    out[name] = (x[name] / scale[:, None, :, None]).astype(fp8)
+            return out
+        out["k"] = (x["k"] / d["k_descale"][:, None, :, None]).astype(fp8)
+        out["v"] = (x["v"] / d["v_descale"][:, None, :, None]).astype(fp8)
+        return out
+
+    def _raw_inputs(self, rng: np.random.Generator, dt: Any) -> dict[str, Any]:
         b, sq, sk, hq, hk, d = self.batch, self.seqlen_q, self.seqlen_k, self.heads_q, self.heads_kv, self.head_dim
         slopes = alibi_slopes(hq) if self.alibi else None
         if self.kind == "varlen":
@@ -325,7 +374,10 @@ class Case:
                 used = inputs["block_table"][i, :-(-c // self.page_size)]
                 k, v = (inputs[n][used].reshape(-1, self.heads_kv, self.head_dim)[:c][None]
                         for n in ("k_cache", "v_cache"))
-            out.append({"q": q, "k": k, "v": v, "alibi_slopes": inputs["alibi_slopes"]})
+            part = {"q": q, "k": k, "v": v, "alibi_slopes": inputs["alibi_slopes"]}
+            if self.fp8:
+                part.update({n: inputs[n][i:i + 1] for n in DESCALES})
+            out.append(part)
         return out
 
     def _assemble(self, parts: list[Any], lse: bool = False) -> np.ndarray:
@@ -352,14 +404,17 @@ class Case:
         float32, the probabilities rounded to the dtype before the P·V product (as FA2 feeds P to its
         tensor-core mma), the output rounded once; rows that see no key give 0. (FA2's own tests use
         ``attention_ref(upcast=False)``, which also rounds the scores to the dtype: near ±1e4 that
-        costs it errors of order 1, which would let any kernel pass the extreme cases.) None for
+        costs it errors of order 1, which would let any kernel pass the extreme cases.) For FP8, as
+        FlashAttention-3 computes it: the scores of the dequantized inputs in float32, the
+        probabilities rounded to the FP8 format for the P·V product, the output in bfloat16. None for
         float32 (it is then the naive kernel)."""
         from .attention import _numpy_dtype
 
         if self.dtype == "float32":
             return None
+        out_dt = _numpy_dtype(self.out_dtype)
         if self.kind in ("varlen", "paged"):
-            zeros = (lambda a: np.zeros((1, a, self.heads_q, self.head_dim), _numpy_dtype(self.dtype)))
+            zeros = (lambda a: np.zeros((1, a, self.heads_q, self.head_dim), out_dt))
             return self._assemble(self._per_sequence(inputs, lambda c, x: c.lowp_reference(x), zeros))
         dt = _numpy_dtype(self.dtype)
 
@@ -367,9 +422,11 @@ class Case:
             return np.asarray(x, np.float32).astype(dt).astype(np.float32)
 
         rep = self.heads_q // self.heads_kv
-        q = np.asarray(inputs["q"], np.float32)
-        k = np.repeat(np.asarray(inputs["k"], np.float32), rep, axis=2)
-        v = np.repeat(np.asarray(inputs["v"], np.float32), rep, axis=2)
+        if self.fp8:
+            q, k, v = (x.astype(np.float32) for x in self.dequantized(inputs))
+        else:
+            q, k, v = (np.asarray(inputs[n], np.float32) for n in ("q", "k", "v"))
+        k, v = np.repeat(k, rep, axis=2), np.repeat(v, rep, axis=2)
         s = np.einsum("bthd,bshd->bhts", q, k) * np.float32(self.softmax_scale)
         if self.softcap:
             s = np.tanh(s / np.float32(self.softcap)) * np.float32(self.softcap)
@@ -386,7 +443,7 @@ class Case:
             e = np.exp(s - np.where(np.isfinite(top), top, 0), dtype=np.float32)
             p = e / e.sum(axis=-1, keepdims=True)
         p = rd(np.where(seen.any(axis=-1)[:, None], p, 0))
-        return np.einsum("bhts,bshd->bthd", p, v).astype(dt)
+        return np.einsum("bhts,bshd->bthd", p, v).astype(out_dt)
 
     def reference(self, inputs: dict[str, Any], dtype: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(out, lse) of flashparity's naive kernel on the inputs, in float64 (the gold) or in the
@@ -400,10 +457,21 @@ class Case:
                 np.zeros((1, a, self.heads_q, self.head_dim), dt), np.full((1, self.heads_q, a), -np.inf, np.float32)))
             return self._assemble([o for o, _ in parts]), self._assemble([lse for _, lse in parts], lse=True)
         q, k, v = inputs["q"], inputs["k"], inputs["v"]
+        kw: dict[str, Any] = {}
         if dtype == "float64":
-            q, k, v = (x.astype(np.float64) for x in (q, k, v))
+            q, k, v = self.dequantized(inputs) if self.fp8 else (x.astype(np.float64) for x in (q, k, v))
+        elif self.fp8:
+            kw = {n: inputs[n] for n in DESCALES}
         return attention(q, k, v, impl="naive", causal=self.causal, window=self.window, softcap=self.softcap,
-                         alibi_slopes=inputs["alibi_slopes"], softmax_scale=self.softmax_scale, return_lse=True)
+                         alibi_slopes=inputs["alibi_slopes"], softmax_scale=self.softmax_scale, return_lse=True, **kw)
+
+    def dequantized(self, inputs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A dense FP8 case's q, k, v in float64, each times its descale (the values FP8 stands for)."""
+        heads = np.arange(self.heads_q) // (self.heads_q // self.heads_kv)
+        q = inputs["q"].astype(np.float64) * inputs["q_descale"][:, None, heads, None]
+        k = inputs["k"].astype(np.float64) * inputs["k_descale"][:, None, :, None]
+        v = inputs["v"].astype(np.float64) * inputs["v_descale"][:, None, :, None]
+        return q, k, v
 
 
 # ---- suites -----------------------------------------------------------------------------------------
@@ -432,6 +500,20 @@ def _quick(dtype: str) -> list[Case]:
              seqlens=((1, 1), (37, 61), (90, 17), (8, 128))),
         Case(**c, heads_q=8, heads_kv=2, head_dim=128, kind="paged", page_size=16,
              seqlens=((1, 1), (1, 47), (1, 128), (1, 200))),
+    ]
+
+
+def _fp8(dtype: str) -> list[Case]:
+    """FP8 cases (inputs with descales): dense MHA/GQA/MQA, causal, rows that see no key, a varlen batch
+    and a paged cache."""
+    c = dict(dtype=dtype)
+    return [
+        Case(**c, seqlen_q=1, seqlen_k=239, heads_q=8, heads_kv=2, head_dim=128),
+        Case(**c, seqlen_q=113, seqlen_k=203, heads_q=4, heads_kv=2, head_dim=128, causal=True),
+        Case(**c, seqlen_q=128, seqlen_k=128, heads_q=4, heads_kv=1, head_dim=64, window=(16, 0)),
+        Case(**c, seqlen_q=239, seqlen_k=17, head_dim=64, causal=True, kind="masked-rows"),
+        Case(**c, heads_q=4, heads_kv=2, head_dim=128, causal=True, kind="varlen", seqlens=((37, 61), (0, 5), (90, 17))),
+        Case(**c, heads_q=8, heads_kv=2, head_dim=128, kind="paged", page_size=16, seqlens=((1, 47), (1, 200))),
     ]
 
 
@@ -475,17 +557,17 @@ def suite_cases(name: str = "quick", dtypes: Iterable[str] = DTYPES, seed: int =
     feature), ``default`` (quick plus every head dim, the sequence-length pairs, windows, varlen
     batches and paged caches of pages of 1, 5, 16 and 256 slots; under a minute for a CPU kernel on
     2 cores) or ``full`` (every head dim × sequence pair × MHA/GQA/MQA ×
-    causal)."""
+    causal). An FP8 dtype (asked for by name) gives the same six FP8 cases in every suite."""
     builders = {"quick": _quick, "default": _default, "full": _full}
     if name not in builders:
         raise ValueError(f"suite must be one of {', '.join(SUITES)}, got {name!r}")
     dtypes = list(dtypes)
     for dt in dtypes:
-        if dt not in DTYPES:
-            raise ValueError(f"dtypes must be among {', '.join(DTYPES)}, got {dt!r}")
+        if dt not in ALL_DTYPES:
+            raise ValueError(f"dtypes must be among {', '.join(ALL_DTYPES)}, got {dt!r}")
     cases = []
     for dt in dtypes:
-        own = list(dict.fromkeys(builders[name](dt)))  # (the same case twice runs once)
+        own = list(dict.fromkeys((_fp8 if dt in FP8_DTYPES else builders[name])(dt)))  # (a case twice runs once)
         cases += [dataclasses.replace(case, seed=seed + i) for i, case in enumerate(own)]
     return cases
 
@@ -535,8 +617,10 @@ def judge(case: Case, inputs: dict[str, Any], out: Any, lse: Any, gold: tuple, b
     """The verdict of one output (and LSE, or None) against the gold. The baseline's errors are the
     larger of the naive kernel's in the case's dtype (``baseline``: (out, lse)) and FlashAttention-2's
     low-precision reference's (``lowp``, when given), its cosine the smaller."""
+    from .attention import _numpy_dtype
+
     out = host_array(out, "output")
-    want_dtype = np.asarray(inputs["q"]).dtype
+    want_dtype = np.dtype(_numpy_dtype(case.out_dtype))
     if tuple(out.shape) != case.out_shape:
         return CaseResult(case, "fail", f"output shape {tuple(out.shape)}, expected {case.out_shape}")
     if out.dtype != want_dtype:
@@ -665,7 +749,7 @@ class ConformanceReport:
         lines = [f"conformance of {printable(self.kernel)} ({printable(self.kernel_source)}), convention "
                  f"{self.convention}, on {self.device}: {'PASS' if self.ok else 'FAIL'} — {c['pass']} passed, "
                  f"{c['fail']} failed, {c['error']} errors, {c['unsupported']} unsupported"]
-        dtypes = sorted({r.case.dtype for r in self.cases}, key=DTYPES.index)
+        dtypes = sorted({r.case.dtype for r in self.cases}, key=ALL_DTYPES.index)
         table = self.summary()
         width = max([len(f) for f in table] + [8])
         lines.append(f"  {'feature':<{width}}  " + "  ".join(f"{d:>16}" for d in dtypes))

@@ -204,8 +204,8 @@ def _conformance_case(case: Case):
 
     from .adapters import Unsupported
 
-    if case.dtype not in ("float32", "float16", "bfloat16"):
-        raise Unsupported(f"a kernel run through an adapter takes float32/float16/bfloat16 cases (got {case.dtype})")
+    if case.dtype == "float64":
+        raise Unsupported("a kernel run through an adapter takes float32, float16, bfloat16 and FP8 cases (got float64)")
     common = dict(dtype=case.dtype, heads_q=case.num_heads, heads_kv=case.num_kv_heads, head_dim=case.head_dim,
                   causal=case.causal, window=tuple(case.window), softcap=case.softcap, alibi=case.alibi)
     if case.layout == "varlen":
@@ -236,6 +236,8 @@ def _run_adapter(adapter: Any, q, k, v, meta: dict, case: Case) -> np.ndarray:
     if reasons:
         raise Unsupported(f"{adapter.name} does not support this case: {'; '.join(reasons)}")
     inputs: dict[str, Any] = {"alibi_slopes": alibi_slopes(case.num_heads) if case.alibi else None}
+    if cc.fp8:  # (kernel parity's FP8 cases run with unit descales)
+        inputs.update({n: np.ones((cc.batch, cc.heads_kv), np.float32) for n in ("q_descale", "k_descale", "v_descale")})
     if cc.kind == "varlen":
         cu = np.array(meta["cu_seqlens"], np.int32)
         inputs.update(q=q.copy(), k=k.copy(), v=v.copy(), cu_seqlens_q=cu, cu_seqlens_k=cu.copy(),
@@ -253,8 +255,9 @@ def _run_adapter(adapter: Any, q, k, v, meta: dict, case: Case) -> np.ndarray:
         raise
     except Exception as exc:  # (the kernel under test's own exception: its verdict, one line)
         raise KernelFailed(f"{adapter.name} raised {type(exc).__name__}: {exc}") from exc
-    if out.shape != q.shape or out.dtype != q.dtype:
-        raise KernelFailed(f"{adapter.name} returned {out.dtype} {out.shape}; expected q's {q.dtype} {q.shape}")
+    want = _numpy_dtype(cc.out_dtype)
+    if out.shape != q.shape or out.dtype != want:
+        raise KernelFailed(f"{adapter.name} returned {out.dtype} {out.shape}; expected {np.dtype(want)} {q.shape}")
     return out
 
 

@@ -26,7 +26,8 @@ def pytest_addoption(parser):
     group.addoption("--fp-suite", default="quick", choices=("quick", "default", "full"),
                     help="which conformance suite (default quick)")
     group.addoption("--fp-dtype", action="append", metavar="DTYPE",
-                    help="run only this dtype's cases (float32, float16, bfloat16; repeatable)")
+                    help="run only this dtype's cases (float32, float16, bfloat16, or the FP8 cases of "
+                    "float8_e4m3fn, float8_e5m2; repeatable)")
     group.addoption("--fp-capabilities", metavar="JSON",
                     help='what the kernel supports, e.g. \'{"window": true, "lse": true}\'')
     group.addoption("--fp-device", default="cpu", choices=("cpu", "cuda"),
