@@ -779,7 +779,10 @@ void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std:
     cache.ready.assign(static_cast<std::size_t>(cached ? n_tiles : 1), 0);
     cache.v_nonfinite.assign(static_cast<std::size_t>(cached ? n_tiles : 1), 0);
   }
-  std::vector<float> s(kBr * kBc), o(kBr * Dp, 0.0f), m(kBr, -INFINITY), l(kBr, 0.0f);
+  // l: the sum of the bfloat16-rounded probabilities P.V uses (the output's normalizer); l_lse: the
+  // sum of the float32 probabilities, for the LSE (rounding P costs the sum up to 2^-9 relative, which
+  // the LSE, unlike the output, would keep)
+  std::vector<float> s(kBr * kBc), o(kBr * Dp, 0.0f), m(kBr, -INFINITY), l(kBr, 0.0f), l_lse(kBr, 0.0f);
   const std::int64_t rows_p = std::min<std::int64_t>(round_up(rows, kRB), kBr);
   load_bf16_rows(p.q, b, h, r0, rows_p, r0 + rows, D, q2.data(), Dp);
   const TileSpan tiles = row_block_key_tiles(r0, rows, p, kBc);
@@ -836,17 +839,23 @@ void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std:
       // normalizer sums the rounded values P.V actually uses
       typedef std::uint32_t vu32l __attribute__((vector_size(4 * kLanes)));
       typedef std::uint16_t vu16l __attribute__((vector_size(2 * kLanes)));
-      vf sum = {};
+      vf sum = {}, sum_exact = {};
       for (std::int64_t j = 0; j < kBc; j += kLanes) {
-        const vu32l u = bitcast<vu32l>(loadv(srow + j));
+        const vf x = loadv(srow + j);
+        const vu32l u = bitcast<vu32l>(x);
         const vu32l r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;  // finite, >= 0
         const vu16l pb = __builtin_convertvector(r, vu16l);
         std::memcpy(prow + j, &pb, sizeof(pb));
         sum += bitcast<vf>(r << 16);
+        sum_exact += x;
       }
-      float rs = 0;
-      for (int k2 = 0; k2 < kLanes; ++k2) rs += sum[k2];
+      float rs = 0, rs_exact = 0;
+      for (int k2 = 0; k2 < kLanes; ++k2) {
+        rs += sum[k2];
+        rs_exact += sum_exact[k2];
+      }
       l[i] = l[i] * st.alpha + rs;
+      l_lse[i] = l_lse[i] * st.alpha + rs_exact;
       m[i] = st.m_new;
       if (st.alpha != 1.0f) {
         float* __restrict orow = o.data() + i * Dp;
@@ -885,7 +894,7 @@ void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std:
   }
   for (std::int64_t i = 0; i < rows; ++i) {
     store_row<bf16_bits, float>(p, b, r0 + i, h, o.data() + i * Dp, l[i]);
-    store_lse(p, b, h, r0 + i, row_lse(m[i], l[i]));
+    store_lse(p, b, h, r0 + i, row_lse(m[i], l_lse[i]));
   }
 }
 #else
