@@ -236,7 +236,7 @@ def test_kernels_named_by_module_and_bad_arguments():
     with pytest.raises(ValueError, match="needs convention="):
         conformance(lambda q, k, v: q)
     with pytest.raises(ValueError, match="convention must be one of bshd, bshd-numpy, fa2, fa2-varlen, fa2-kvcache, "
-                                         "sdpa, flashinfer, xformers, jax, got 'bhsd'"):
+                                         "fa3, fa3-varlen, fa3-kvcache, sdpa, flashinfer, xformers, jax, got 'bhsd'"):
         conformance(lambda q, k, v: q, convention="bhsd")
     with pytest.raises(ValueError, match="unknown capabilities 'dropout'"):
         conformance(lambda q, k, v: q, convention="bshd", capabilities={"dropout": True})
@@ -362,8 +362,8 @@ def test_kernels_lists_the_adapters(capsys):
     code, out, _ = run_cli(["kernels", "--json"], capsys)
     body = json.loads(out)
     assert [a["name"] for a in body["adapters"]] == [*adapters.ADAPTERS, "hub:<org>/<repo>@<commit>"]
-    assert body["conventions"] == ["bshd", "bshd-numpy", "fa2", "fa2-varlen", "fa2-kvcache", "sdpa", "flashinfer",
-                                   "xformers", "jax"]
+    assert body["conventions"] == ["bshd", "bshd-numpy", "fa2", "fa2-varlen", "fa2-kvcache", "fa3", "fa3-varlen",
+                                   "fa3-kvcache", "sdpa", "flashinfer", "xformers", "jax"]
 
 
 # ---- adopting the suite: flashparity.testing and the pytest plugin -------------------------------------------
@@ -550,7 +550,7 @@ def test_run_attn_with_any_kernel(tmp_path, capsys):
     for argv, needle in [(["--attn", "flashparity.attention:attention"], "needs convention="),
                          (["--attn", "flash2", "--convention", "sdpa"], "--convention is for a package"),
                          (["--attn", "flashparity:naive", "--varlen", "3,4"], "takes dense inputs here (no --varlen"),
-                         (["--attn", "flash-attn"], "--attn flash-attn runs on cuda only, not --device cpu")]:
+                         (["--attn", "flash-attn"], "flash-attn runs on cuda only, not on cpu (pass device='cuda')")]:
         code, _, err = run_cli(["run", *argv], capsys)
         assert code == 2 and needle in err, (argv, err)
 

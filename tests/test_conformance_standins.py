@@ -38,9 +38,11 @@ def standins(monkeypatch):
 
 
 def _cases():
-    """The quick suite's float16 cases, the default suite's page-256 paged case and the FP8 cases."""
-    extra = [c for c in suite_cases("default", ["float16"]) if c.kind == "paged" and c.page_size == 256]
-    return suite_cases("quick", ["float16"]) + extra + suite_cases("quick", ["float8_e4m3fn"])
+    """The quick suite's float16 cases, the default suite's varlen and paged ones (pages of 1, 5, 16
+    and 256 slots, empty sequences) and the FP8 cases."""
+    quick = suite_cases("quick", ["float16"])
+    extra = [c for c in suite_cases("default", ["float16"]) if c.kind in ("varlen", "paged") and c not in quick]
+    return quick + extra + suite_cases("quick", ["float8_e4m3fn"])
 
 
 DISTS = {"flash-attn": ("flash-attn", "2.8.3+standin", "flash_attn/__init__.py"),
@@ -54,24 +56,36 @@ def test_adapters_pass_stand_ins_that_follow_their_conventions(standins, name):
     caps = {"head_dims": None} if name == "flashinfer" else None  # (judge every head dim the stand-in takes)
     rep = conformance(name, suite=_cases(), capabilities=caps)
     assert rep.ok, str(rep)
-    by_kind = {}
-    for r in rep.cases:
-        if not r.case.fp8:
-            by_kind.setdefault(r.case.kind, set()).add(r.verdict)
-    fp8 = {r.verdict for r in rep.cases if r.case.fp8}
-    assert fp8 == ({"pass"} if name == "flash-attn-3" else {"unsupported"}), str(rep)  # (FA3 alone takes FP8)
-    want = {"flash-attn": {"varlen": {"pass"}, "paged": {"pass", "unsupported"}},
-            "flash-attn-3": {"varlen": {"pass"}, "paged": {"pass"}},
-            "flashinfer": {"varlen": {"pass"}, "paged": {"pass"}},
-            "xformers": {"varlen": {"pass"}, "paged": {"unsupported"}}}[name]
-    for kind, verdicts in want.items():
-        assert by_kind[kind] == verdicts, (kind, str(rep))
+    # every varlen and paged case, by name: "+" passes, "-" is unsupported (with the reasons below)
+    names = ["seqs1x1_37x61_90x17_8x128-h4x2-d64-causal-varlen", "q1-k1_47_128_200-page16-h8x2-d128-paged",
+             "seqs113x203_1x239_0x9_64x1_5x0-h4x1-d96-varlen", "seqs50x80_33x33-h4x4-d64-window7,3-varlen",
+             "seqs40x70_70x40-h4x4-d64-causal-softcap30-alibi-varlen", "q7-k7_100_263-page1-h4x2-d64-causal-paged",
+             "q7-k7_100_263_0-page5-h4x2-d64-causal-paged", "q7-k7_100_263-page16-h4x2-d64-causal-paged",
+             "q7-k7_100_263-page256-h4x2-d64-causal-paged"]
+    want = {"flash-attn": "+-+++---+",     # FA2: pages of a multiple of 256 slots
+            "flash-attn-3": "++++-++++",   # FA3: no ALiBi
+            "flashinfer": "-++--+-++",     # causal with more queries than keys (7 queries, 0 keys); no right window
+            "xformers": "--+------"}[name]  # causal varlen needs keys >= queries; no varlen windows; no paged
+    got = {r.case.name.removeprefix("float16-"): r.verdict for r in rep.cases if r.case.dtype == "float16"}
+    assert "".join("+" if got[n] == "pass" else "-" if got[n] == "unsupported" else "?" for n in names) == want, (
+        str(rep))
     reasons = {r.reason for r in rep.cases if r.verdict == "unsupported" and not r.case.fp8}
-    if name == "flash-attn":  # FA2's paged caches take pages of a multiple of 256 slots
-        assert reasons == {"page size 16 not a multiple of 256"}, reasons
+    expected_reasons = {
+        "flash-attn": {"page size 1 not a multiple of 256", "page size 5 not a multiple of 256",
+                       "page size 16 not a multiple of 256"},
+        "flash-attn-3": {"ALiBi"},
+        "flashinfer": {"causal with more queries than keys", "a right window bound without causal (window (7, 3))",
+                       "ALiBi; causal with more queries than keys",
+                       "a right window bound without causal (window (16, 0))"},
+        "xformers": {"a causal varlen batch with more queries than keys in a sequence", "paged KV caches",
+                     "sliding windows in a varlen batch (not judged through xformers' block-diagonal masks)",
+                     "softcap", "softcap; a causal varlen batch with more queries than keys in a sequence; ALiBi in a "
+                     "varlen batch (a tensor bias is one batch's)"}}[name]
+    assert reasons >= expected_reasons, reasons
     # provenance: the package's version and the digest of the file it ran (no extension module here)
     dist, version, path = DISTS[name]
-    m = re.fullmatch(rf"pypi:{re.escape(dist)}@{re.escape(version)}\+sha256:([0-9a-f]{{64}})", rep.kernel_source)
+    # (a pure-Python package: the source file's digest, named so, never taken for an extension's)
+    m = re.fullmatch(rf"pypi:{re.escape(dist)}@{re.escape(version)}\+source-sha256:([0-9a-f]{{64}})", rep.kernel_source)
     assert m, rep.kernel_source
     with open(os.path.join(STANDINS, path), "rb") as fh:
         assert m.group(1) == hashlib.sha256(fh.read()).hexdigest()
@@ -114,17 +128,27 @@ def test_conventions_of_a_users_callables(standins):
             "fa2-kvcache": (fa.flash_attn_with_kvcache, None),  # (pages of a multiple of 256 slots, as FA2)
             "flashinfer": (fi.single_prefill_with_kv_cache, None),
             "xformers": (xops.memory_efficient_attention, None)}
+    fa3 = __import__("flash_attn_interface")
+    runs.update({"fa3": (fa3.flash_attn_func, None), "fa3-varlen": (fa3.flash_attn_varlen_func, None),
+                 "fa3-kvcache": (fa3.flash_attn_with_kvcache, None)})
     for convention, (fn, caps) in runs.items():
         rep = conformance(fn, convention=convention, suite=cases, capabilities=caps)
         assert rep.ok, (convention, str(rep))
         assert rep.kernel_source.startswith(f"python:{fn.__module__}.{fn.__qualname__}@sha256:")
-        verdicts = {r.case.kind: r.verdict for r in rep.cases if r.case.kind in ("varlen", "paged")}
-        if convention in ("fa2-varlen", "flashinfer", "xformers"):
-            assert verdicts["varlen"] == "pass", (convention, str(rep))
-        if convention == "fa2-kvcache":
-            assert verdicts["paged"] == "pass" and rep.counts()["pass"] >= 12, str(rep)
-        if convention == "fa2-varlen":  # dense cases go in as a batch of equal sequences
-            assert rep.counts()["pass"] >= 13, str(rep)
+        passed = {r.case.name.split("-")[1] for r in rep.cases if r.case.kind in ("varlen", "paged") and
+                  r.verdict == "pass"}  # (the sequences: seqs... for varlen, q... for paged)
+        want = {"fa2": set(),  # (flash_attn_func: dense batches only)
+                "fa2-varlen": {"seqs1x1_37x61_90x17_8x128", "seqs113x203_1x239_0x9_64x1_5x0", "seqs50x80_33x33",
+                               "seqs40x70_70x40"},
+                "fa2-kvcache": {"q7"},  # (the page-256 case; q1's pages are 16 slots)
+                "flashinfer": {"seqs113x203_1x239_0x9_64x1_5x0"},
+                "xformers": {"seqs113x203_1x239_0x9_64x1_5x0"},
+                "fa3": set(),
+                "fa3-varlen": {"seqs1x1_37x61_90x17_8x128", "seqs113x203_1x239_0x9_64x1_5x0", "seqs50x80_33x33"},
+                "fa3-kvcache": {"q7", "q1"}}[convention]  # (FA3: no ALiBi, any page size)
+        assert passed == want, (convention, str(rep))
+        if convention in ("fa2-varlen", "fa2-kvcache", "fa3-varlen", "fa3-kvcache"):  # dense cases too (a batch of equal sequences; the cache)
+            assert rep.counts()["pass"] >= 11 + len(want), str(rep)  # (11: the dense quick cases but ALiBi)
     # fp16/bf16 only: a float32 case of an FA2 callable is unsupported, with its reason
     rep = conformance(fa.flash_attn_func, convention="fa2", suite=suite_cases("quick", ["float32"])[:1])
     assert rep.cases[0].verdict == "unsupported" and "dtype float32" in rep.cases[0].reason
@@ -236,8 +260,18 @@ def test_hub_kernel_from_a_local_folder(hub):
     folder = _kernel_folder(hub / "my-kernel", kernel_id=f"_my_kernel_{os.getpid()}_{id(hub)}")
     rep = conformance(f"hub:{folder}", suite=_cases()[:3])
     assert rep.ok, str(rep)
-    digest = hashlib.sha256(KERNEL_INIT.encode()).hexdigest()
-    assert rep.kernel_source == f"local:{folder}@sha256:{digest}"  # (a folder is no hub commit: never a pin)
+    # (a folder is no hub commit, never a pin: the digest of its files, names and bytes)
+    m = re.fullmatch(rf"local:{re.escape(str(folder))}@sha256:([0-9a-f]{{64}})", rep.kernel_source)
+    assert m, rep.kernel_source
+    import shutil
+
+    from flashparity.adapters import _tree_digest
+
+    twin = hub / "twin"
+    shutil.copytree(folder, twin, ignore=shutil.ignore_patterns("__pycache__"))
+    assert _tree_digest(str(twin)) == m.group(1)
+    (twin / "_ops.abi3.so").write_bytes(b"rebuilt")  # (the compiled code counts, not only __init__.py)
+    assert _tree_digest(str(twin)) != m.group(1)
     # kernels imports a kernel once per id: a folder whose id was imported from elsewhere is refused
     conformance(f"hub:kernels-community/flash-attn2@{SHA}", suite=_cases()[:1])
     clash = _kernel_folder(hub / "same-id")
@@ -269,3 +303,40 @@ def test_apr_gate_on_a_hub_kernel(hub, capsys, tmp_path):
     assert code == 0
     code = main(["classify", "provenance", str(tmp_path / "run.json")])
     assert code == 1 and json.loads(capsys.readouterr().out)["outcome"] == "KernelSourceMalformed"
+
+
+def test_flashinfer_paged_batch_with_an_empty_sequence(standins):
+    """A request with no key has no page and a last page of 0 slots (FlashInfer's kv length is
+    max(pages - 1, 0) * page_size + last_page_len): its rows see nothing."""
+    case = Case(dtype="bfloat16", kind="paged", page_size=5, seqlens=((3, 0), (3, 12), (3, 5)))
+    rep = conformance("flashinfer", suite=[case])
+    assert rep.ok and rep.cases[0].verdict == "pass", str(rep)
+
+
+def test_hub_kernel_redirected_by_local_kernels_is_refused(hub, monkeypatch):
+    folder = _kernel_folder(hub / "override", kernel_id=f"_override_{os.getpid()}_{id(hub)}")
+    monkeypatch.setenv("LOCAL_KERNELS", f"kernels-community/flash-attn2={folder}")
+    with pytest.raises(ValueError, match="with no hub commit .*LOCAL_KERNELS override"):
+        conformance(f"hub:kernels-community/flash-attn2@{SHA}", suite=_cases()[:1])
+
+
+def test_package_provenance_hashes_the_packages_own_extension():
+    """pypi:<dist>@<version>+sha256: the digest of an extension module the distribution's RECORD lists
+    as its own and that is loaded; never another package's (torch's are loaded too)."""
+    import importlib.metadata
+
+    import numpy
+
+    from flashparity.adapters import _package_source
+
+    src = _package_source("numpy", numpy)
+    m = re.fullmatch(r"pypi:numpy@(.+)\+sha256:([0-9a-f]{64})", src)
+    assert m and m.group(1) == importlib.metadata.version("numpy"), src
+    own = {os.path.realpath(str(f.locate())) for f in importlib.metadata.files("numpy") if str(f).endswith(".so")}
+    loaded = own & {os.path.realpath(mod.__file__) for mod in list(sys.modules.values())
+                    if isinstance(getattr(mod, "__file__", None), str)}
+    digests = set()
+    for path in loaded:
+        with open(path, "rb") as fh:
+            digests.add(hashlib.sha256(fh.read()).hexdigest())
+    assert m.group(2) in digests

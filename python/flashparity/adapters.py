@@ -18,13 +18,14 @@ package's kernels, through the same path as any other); ``torch-sdpa`` (PyTorch'
 ``flashinfer`` and ``xformers``; and ``hub:<org>/<repo>@<commit>`` (:class:`HubAdapter`).
 
 Conventions of a user's callable (:data:`CONVENTIONS`), each documented where it is defined:
-``bshd``, ``bshd-numpy``, ``fa2``, ``fa2-varlen``, ``fa2-kvcache``, ``sdpa``, ``flashinfer``,
-``xformers`` and ``jax``.
+``bshd``, ``bshd-numpy``, ``fa2``, ``fa2-varlen``, ``fa2-kvcache``, ``fa3``, ``fa3-varlen``,
+``fa3-kvcache``, ``sdpa``, ``flashinfer``, ``xformers`` and ``jax``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib
 import inspect
@@ -568,7 +569,7 @@ def _fa_options(case: Any, inputs: dict[str, Any], to: Callable, fa3: bool) -> d
         kw["window_size"] = tuple(case.window)
     if case.softcap:
         kw["softcap"] = case.softcap
-    if case.alibi:
+    if case.alibi and not fa3:
         kw["alibi_slopes"] = to(np.asarray(inputs["alibi_slopes"], np.float32))
     return kw
 
@@ -624,9 +625,8 @@ def _fa_kvcache_call(fn, case, inputs, caps, to, fa3=False):
     if case.kind == "varlen":
         raise Unsupported("flash_attn_with_kvcache takes a batch of equal query lengths (varlen batches go "
                           "through the fa2-varlen convention)")
-    kw = {k: v for k, v in _fa_options(case, inputs, to, True).items()}
-    if case.alibi and not fa3:
-        kw["alibi_slopes"] = to(np.asarray(inputs["alibi_slopes"], np.float32))
+    kw = _fa_options(case, inputs, to, fa3)
+    kw.pop("dropout_p", None)  # (the kvcache call has no dropout)
     if caps.lse:
         kw["return_softmax_lse"] = True
     if case.kind == "paged":
@@ -651,12 +651,19 @@ def _flashinfer_options(case: Any) -> dict[str, Any]:
     return kw
 
 
+def _seq_pairs(case: Any) -> list[tuple[int, int]]:
+    return list(case.seqlens) if case.kind in ("varlen", "paged") else [(case.seqlen_q, case.seqlen_k)]
+
+
 def _flashinfer_reasons(case: Any) -> list[str]:
     """What FlashInfer's calls cannot express: a right window bound without causal (its masks are
-    causal or a left window), ALiBi with FA2's |i - j| distance."""
+    causal or a left window); causal with more queries than keys (its tests skip "qo_len > kv_len and
+    causal is not supported")."""
     out = []
     if not case.causal and case.window[1] >= 0:
         out.append(f"a right window bound without causal (window {case.window})")
+    if case.causal and any(a > c for a, c in _seq_pairs(case)):
+        out.append("causal with more queries than keys")
     return out
 
 
@@ -717,7 +724,12 @@ def _xformers_bias(case: Any, fmha: Any, seqlens: tuple | None = None) -> Any:
 
 
 def _xformers_reasons(case: Any) -> list[str]:
+    """What xformers' biases cannot express here: windows and ALiBi in a varlen batch, and a causal
+    varlen batch with a sequence of more queries than keys (its block-diagonal bottom-right mask
+    raises "Expected num_keys >= num_queries")."""
     out = []
+    if case.kind == "varlen" and case.causal and any(a > c for a, c in case.seqlens):
+        out.append("a causal varlen batch with more queries than keys in a sequence")
     if case.kind == "varlen" and case.window != (-1, -1):
         out.append("sliding windows in a varlen batch (not judged through xformers' block-diagonal masks)")
     if case.alibi and case.kind == "varlen":
@@ -807,6 +819,8 @@ def _jax_call(fn, case, inputs, caps, to):
 
 _FA2_CAPS = Capabilities(dtypes=("float16", "bfloat16"), max_head_dim=256, window=True, softcap=True, alibi=True,
                          lse=True)
+_FA3_CAPS = Capabilities(dtypes=("float16", "bfloat16", "float8_e4m3fn"), max_head_dim=256, window=True, softcap=True,
+                         lse=True)
 
 #: convention -> (how a case's inputs become a call, the default capabilities, extra reasons a case is unsupported)
 CONVENTIONS: dict[str, tuple[Callable, Capabilities]] = {
@@ -820,6 +834,10 @@ CONVENTIONS: dict[str, tuple[Callable, Capabilities]] = {
     # (FA2's paged caches take pages of a multiple of 256 slots: declare page_size_multiple=1 for a kernel that
     # takes any page size)
     "fa2-kvcache": (_fa_kvcache_call, dataclasses.replace(_FA2_CAPS, paged=True, page_size_multiple=256)),
+    # FlashAttention-3's (flash_attn_interface): no dropout, no ALiBi, FP8 e4m3 with descales, any page size
+    "fa3": (functools.partial(_fa_call, fa3=True), _FA3_CAPS),
+    "fa3-varlen": (functools.partial(_fa_varlen_call, fa3=True), dataclasses.replace(_FA3_CAPS, varlen=True)),
+    "fa3-kvcache": (functools.partial(_fa_kvcache_call, fa3=True), dataclasses.replace(_FA3_CAPS, paged=True)),
     "sdpa": (_sdpa_call, Capabilities(window=True, alibi=True)),
     "flashinfer": (_flashinfer_call, Capabilities(dtypes=("float16", "bfloat16"), max_head_dim=256, window=True,
                                                   softcap=True, lse=True, varlen=True)),
@@ -872,9 +890,11 @@ class CallableAdapter(Adapter):
 
 
 def _package_source(dist: str, module: Any, fallback: Callable | None = None) -> str:
-    """``pypi:<dist>@<version>+sha256:<digest>`` of the extension file a package loaded (the first, by
-    module name, of the compiled modules under the package's directory in ``sys.modules``); a package
-    with none loaded names the digest of the source file of ``fallback`` (or of the package itself)."""
+    """``pypi:<dist>@<version>+sha256:<digest>`` of the extension file the package loaded: the first,
+    by module name, of the modules in ``sys.modules`` whose file the distribution's RECORD lists as
+    its own compiled extension. A package with none loaded (pure Python, or kernels compiled outside
+    it, as FlashInfer's JIT) names ``+source-sha256:<digest>`` of the Python file that defines the call
+    (``fallback``, else the package's ``__init__``), so the two are never confused."""
     import importlib.metadata
     import os
     import sys
@@ -883,27 +903,24 @@ def _package_source(dist: str, module: Any, fallback: Callable | None = None) ->
         version = importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         version = getattr(module, "__version__", "unknown")
-    roots = [os.path.dirname(os.path.abspath(module.__file__))] if getattr(module, "__file__", None) else []
     try:
-        roots += [os.path.dirname(os.path.abspath(str(f.locate()))) for f in importlib.metadata.files(dist) or ()
-                  if str(f).endswith((".so", ".pyd"))]
+        own = {os.path.realpath(str(f.locate())) for f in importlib.metadata.files(dist) or ()
+               if str(f).endswith((".so", ".pyd"))}
     except importlib.metadata.PackageNotFoundError:
-        pass
-    loaded = sorted(
-        (name, m.__file__) for name, m in list(sys.modules.items())
-        if isinstance(getattr(m, "__file__", None), str) and m.__file__.endswith((".so", ".pyd"))
-        and any(os.path.abspath(m.__file__).startswith(r + os.sep) or os.path.dirname(os.path.abspath(m.__file__)) == r
-                for r in roots))
-    path = loaded[0][1] if loaded else None
-    if path is None:
-        try:
-            path = inspect.getsourcefile(fallback) if fallback is not None else module.__file__
-        except TypeError:
-            path = getattr(module, "__file__", None)
+        own = set()
+    loaded = sorted((name, m.__file__) for name, m in list(sys.modules.items())
+                    if isinstance(getattr(m, "__file__", None), str) and os.path.realpath(m.__file__) in own)
+    if loaded:
+        with open(loaded[0][1], "rb") as fh:
+            return f"pypi:{dist}@{version}+sha256:{hashlib.sha256(fh.read()).hexdigest()}"
+    try:
+        path = inspect.getsourcefile(fallback) if fallback is not None else module.__file__
+    except TypeError:
+        path = getattr(module, "__file__", None)
     if not path:
         return f"pypi:{dist}@{version}+unpinned"
     with open(path, "rb") as fh:
-        return f"pypi:{dist}@{version}+sha256:{hashlib.sha256(fh.read()).hexdigest()}"
+        return f"pypi:{dist}@{version}+source-sha256:{hashlib.sha256(fh.read()).hexdigest()}"
 
 
 class PackageAdapter(Adapter):
@@ -971,8 +988,7 @@ class FlashAttn3Adapter(PackageAdapter):
     convention = "fa3"
     module_name = "flash_attn_interface"
     dist = "flash-attn-3"
-    capabilities = Capabilities(dtypes=("float16", "bfloat16", "float8_e4m3fn"), max_head_dim=256, window=True,
-                                softcap=True, lse=True, varlen=True, paged=True)
+    capabilities = dataclasses.replace(_FA3_CAPS, varlen=True, paged=True)
     calls = {"dense": ("flash_attn_func", _fa_call), "varlen": ("flash_attn_varlen_func", _fa_varlen_call),
              "paged": ("flash_attn_with_kvcache", _fa_kvcache_call)}
     call_options = {"fa3": True}
@@ -1003,7 +1019,8 @@ def _flashinfer_batch_call(wrapper_name: str):
             counts = [-(-c // page) for _, c in case.seqlens]
             indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
             indices = np.concatenate([inputs["block_table"][i, :n] for i, n in enumerate(counts)]).astype(np.int32)
-            last = np.array([c - (n - 1) * page for (_, c), n in zip(case.seqlens, counts)], np.int32)
+            # (FlashInfer's kv length is max(pages - 1, 0) * page_size + last_page_len: 0 for an empty sequence)
+            last = np.array([c - (n - 1) * page if n else 0 for (_, c), n in zip(case.seqlens, counts)], np.int32)
             qo = np.arange(case.batch + 1, dtype=np.int32) * case.seqlen_q
             wrapper.plan(to(qo), to(indptr), to(indices), to(last), case.heads_q, case.heads_kv, case.head_dim, page,
                          q_data_type=dtype, kv_data_type=dtype, **opts)
@@ -1066,6 +1083,26 @@ class XformersAdapter(PackageAdapter):
         return self.capabilities.reasons(case) + _xformers_reasons(case)
 
 
+def _tree_digest(folder: str) -> str:
+    """sha256 over a folder's files (each one's path relative to the folder, then its bytes, in sorted
+    order; bytecode caches left out): a kernel build's code, its extension modules included."""
+    import os
+
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for f in sorted(files):
+            if f.endswith((".pyc", ".pyo")):
+                continue
+            path = os.path.join(root, f)
+            rel = os.path.relpath(path, folder).replace(os.sep, "/").encode()
+            h.update(len(rel).to_bytes(8, "little") + rel)
+            with open(path, "rb") as fh:
+                data = fh.read()
+            h.update(len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()
+
+
 def _is_commit(rev: str | None) -> bool:
     return rev is not None and len(rev) == 40 and all(c in "0123456789abcdef" for c in rev)
 
@@ -1083,8 +1120,9 @@ class HubAdapter(PackageAdapter):
     tag) is refused unless ``allow_unpinned`` is set, and is then reported as unpinned, never as a
     pin. ``kernel_source``: ``hf-<org>:<repo>@<commit>`` (apr's pin, e.g.
     ``hf-kernels-community:flash-attn2@<sha>``), ``hf-<org>:<repo>@<revision> (unpinned: resolved to
-    <commit>)``, or ``local:<folder>@sha256:<digest of its __init__.py>`` (a folder, or a repo the
-    ``LOCAL_KERNELS`` override redirects: not a hub commit)."""
+    <commit>)``, or ``local:<folder>@sha256:<digest of the folder's files>`` for ``hub:<folder>`` (no hub
+    commit: never a pin). A kernel that ``kernels`` hands back from elsewhere (an earlier kernel of the
+    same metadata id, a ``LOCAL_KERNELS`` override) is refused."""
 
     convention = "fa2"
     module_name = "kernels"
@@ -1144,14 +1182,21 @@ class HubAdapter(PackageAdapter):
                     and os.environ.get("LOCAL_KERNELS") is None:
                 commit = parts[parts.index("snapshots") + 1]
         self.commit = commit if _is_commit(commit) else None
-        # kernels imports a kernel once per metadata id: an earlier kernel of the same id comes back as it is
-        stale = (self.folder is not None and os.path.commonpath([self.path, self.folder]) != self.folder) or (
-            self.folder is None and _is_commit(self.revision) and self.commit not in (None, self.revision))
-        if stale:
+        # kernels imports a kernel once per metadata id: an earlier kernel of the same id comes back as it
+        # is; and LOCAL_KERNELS redirects a repo to a folder. Either way what runs is not what was named.
+        if self.folder is not None and os.path.commonpath([self.path, self.folder]) != self.folder:
+            why = f"the kernel already imported from {self.path} (one of the same id)"
+        elif self.folder is None and self.commit is None:
+            why = (f"a kernel from {self.path}, with no hub commit (a LOCAL_KERNELS override, or a kernel of the "
+                   f"same id imported earlier; name a folder as hub:<folder>)")
+        elif self.folder is None and _is_commit(self.revision) and self.commit != self.revision:
+            why = f"commit {self.commit} from {self.path} (a kernel of the same id imported earlier)"
+        else:
+            why = ""
+        if why:
             self.module = None
-            raise ValueError(f"{self.name}: kernels handed back the kernel already imported from {self.path} "
-                             f"(commit {self.commit or 'none'}: one of the same id), not the one named; judge it in a "
-                             f"process of its own")
+            raise ValueError(f"{self.name}: kernels handed back {why}, not the kernel named; judge it in a process "
+                             f"of its own")
         where = f"commit {self.commit}" if self.commit else "no hub commit (a local folder)"
         sys.stderr.write(f"flashparity: {self.name} resolved to {where}, loaded from {self.path}\n")
         self.note(f"loaded from {self.path}")
@@ -1159,15 +1204,8 @@ class HubAdapter(PackageAdapter):
     def kernel_source(self) -> str:
         if self.module is None:
             self.prepare()
-        if self.commit is None:
-            import os
-
-            init = os.path.join(self.path, "__init__.py")
-            try:
-                with open(init, "rb") as fh:
-                    return f"local:{self.path}@sha256:{hashlib.sha256(fh.read()).hexdigest()}"
-            except OSError:
-                return f"local:{self.path}@unpinned"
+        if self.folder is not None:
+            return f"local:{self.path}@sha256:{_tree_digest(self.path)}"
         org, name = self.repo.split("/")
         if _is_commit(self.revision) and self.revision == self.commit:
             return f"hf-{org}:{name}@{self.commit}"

@@ -489,15 +489,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     impl = {"tiled": "flash2"}.get(args.attn, args.attn)
     adapter = None
     if impl not in ("flash2", "naive"):
-        from .adapters import resolve
+        from .conformance import prepare_adapter
 
-        try:
-            adapter = resolve(impl, convention=args.convention, allow_unpinned=args.allow_unpinned)
-            if args.device not in adapter.devices:
-                raise ValueError(f"--attn {args.attn} runs on {' and '.join(adapter.devices)} only, not --device "
-                                 f"{args.device}")
-            adapter.device = args.device
-            adapter.prepare()
+        try:  # (a device the kernel does not run on, or that is not there: usage)
+            adapter = prepare_adapter(impl, convention=args.convention, device=args.device,
+                                      allow_unpinned=args.allow_unpinned)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         impl = adapter.name
@@ -508,7 +504,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if adapter is not None and meta:
         raise UsageError(f"--attn {args.attn}: a kernel run through an adapter takes dense inputs here (no --varlen, "
                          "--page-size)")
-    if device == "cuda" and not build_info()["cuda_available"]:
+    if adapter is None and device == "cuda" and not build_info()["cuda_available"]:
         # no usable GPU: an error, or with --fallback the CPU reference, saying why
         code, text = "no-gpu", "no usable CUDA device (or this build has no CUDA kernels)"
         if not args.fallback:
@@ -808,7 +804,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "kernels lists them: torch-sdpa, torch-sdpa:math, flash-attn, ...), a Hugging Face hub kernel "
                       "hub:ORG/REPO@COMMIT, or package.module:function with --convention")
     p_kp.add_argument("--convention", metavar="NAME",
-                      help="calling convention of a package.module:function kernel: bshd, bshd-numpy, fa2, fa2-varlen, fa2-kvcache, sdpa, flashinfer, xformers or jax")
+                      help="calling convention of a package.module:function kernel: bshd, bshd-numpy, fa2, fa2-varlen, fa2-kvcache, fa3, fa3-varlen, fa3-kvcache, sdpa, flashinfer, xformers or jax")
     p_kp.add_argument("--allow-unpinned", action="store_true",
                       help="let a hub:ORG/REPO@REVISION kernel's revision be a branch or tag (reported as unpinned)")
     p_kp.add_argument("--suite", choices=("quick", "default", "full"),
@@ -836,7 +832,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(a built-in adapter, hub:ORG/REPO@COMMIT, or package.module:function with --convention): "
                        "dense inputs")
     p_run.add_argument("--convention", metavar="NAME",
-                       help="calling convention of a package.module:function kernel: bshd, bshd-numpy, fa2, fa2-varlen, fa2-kvcache, sdpa, flashinfer, xformers or jax")
+                       help="calling convention of a package.module:function kernel: bshd, bshd-numpy, fa2, fa2-varlen, fa2-kvcache, fa3, fa3-varlen, fa3-kvcache, sdpa, flashinfer, xformers or jax")
     p_run.add_argument("--allow-unpinned", action="store_true",
                        help="let a hub:ORG/REPO@REVISION kernel's revision be a branch or tag (reported as unpinned)")
     p_run.add_argument("--fallback", action="store_true", help="fall back to naive (and say why) instead of failing")

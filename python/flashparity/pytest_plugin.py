@@ -21,8 +21,8 @@ def pytest_addoption(parser):
                     help="run flashparity's conformance suite on KERNEL: a built-in adapter (flashparity kernels "
                     "lists them) or package.module:function (with --fp-convention)")
     group.addoption("--fp-convention", metavar="C",
-                    help="calling convention of the kernel: bshd, bshd-numpy, fa2, fa2-varlen, fa2-kvcache, sdpa, "
-                    "flashinfer, xformers, jax")
+                    help="calling convention of the kernel: bshd, bshd-numpy, fa2, fa2-varlen, fa2-kvcache, fa3, "
+                    "fa3-varlen, fa3-kvcache, sdpa, flashinfer, xformers, jax")
     group.addoption("--fp-suite", default="quick", choices=("quick", "default", "full"),
                     help="which conformance suite (default quick)")
     group.addoption("--fp-dtype", action="append", metavar="DTYPE",

@@ -13,6 +13,8 @@ LOG2E = 1.0 / math.log(2.0)
 
 
 def _one(q, k, v, causal, sm_scale, window_left, logits_soft_cap):
+    if causal and q.shape[0] > k.shape[0]:  # (FlashInfer's tests skip it: "not supported")
+        raise ValueError(f"causal attention with qo_len {q.shape[0]} > kv_len {k.shape[0]} is not supported")
     scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     ok = mask(q.shape[0], k.shape[0], causal, (window_left, -1))
     out, lse = attend(q, k, v, scale, ok, None, logits_soft_cap or 0.0)
@@ -95,6 +97,8 @@ class BatchPrefillWithPagedKVCacheWrapper(_Batch):
         kvs = []
         for b in range(len(ind) - 1):
             rows = pages[ind[b]:ind[b + 1]]
-            n = (len(rows) - 1) * p["page_size"] + last[b]
+            n = max(len(rows) - 1, 0) * p["page_size"] + last[b]  # (flashinfer.page.get_seq_lens)
+            if not 0 <= last[b] <= p["page_size"] or n > len(rows) * p["page_size"]:  # (it would read past its pages)
+                raise IndexError(f"request {b}: last_page_len {last[b]} with {len(rows)} pages of {p['page_size']}")
             kvs.append(tuple(c[rows].reshape(-1, *c.shape[2:])[:n] for c in (k_cache, v_cache)))
         return self._run(q, kvs, return_lse)

@@ -62,6 +62,11 @@ class BlockDiagonalMask(AttentionBias):
 
 
 class BlockDiagonalCausalFromBottomRightMask(BlockDiagonalMask):
+    def __post_init__(self):
+        for a, b in zip(self.q_seqlen, self.kv_seqlen):
+            if a > b:
+                raise ValueError(f"Block #? has num_queries={a} and num_keys={b}. Expected num_keys >= num_queries")
+
     @classmethod
     def from_seqlens(cls, q_seqlen, kv_seqlen=None):
         return cls(list(q_seqlen), list(q_seqlen if kv_seqlen is None else kv_seqlen), True)
