@@ -1,9 +1,11 @@
 """Running comparison tasks beyond this process: a pool of local processes, or a Dask cluster.
 
 Neither is a scheduler of ours. The pool is the standard library's ProcessPoolExecutor; a Dask
-cluster's scheduler places the tasks, and reruns those of a worker it loses. Tasks carry file paths
-only (workers read the files themselves) and return pickled ParityStats; the caller merges them in
-task order, so the report does not depend on where or in which order the tasks ran.
+cluster's scheduler places the tasks, and reruns those of a worker it loses. The caller passes the
+function a worker runs (a module-level function, pickled by reference: files.run_task) and the tasks
+(which carry file paths only: workers read the files themselves); the results come back pickled,
+and the caller merges them in task order, so the report does not depend on where or in which order
+the tasks ran. (This module imports nothing of flashparity: files.py, above it, calls it.)
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor
 from concurrent.futures import wait as wait_futures
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
-
-from .files import RangeTask, run_task
 
 # A pool whose worker died (killed, out of memory) is started again for the tasks without a result;
 # this many times per comparison, then the error is raised.
@@ -41,9 +41,9 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
-def run_on_pool(tasks: list[RangeTask], workers: int, done: Callable[[int, Any], None]) -> None:
-    """Run `tasks` on `workers` local processes (spawned: safe with the threads this process has);
-    done(i, stats) is called here as each finishes. A lost worker's tasks are run again."""
+def run_on_pool(run: Callable[[Any], Any], tasks: list[Any], workers: int, done: Callable[[int, Any], None]) -> None:
+    """run(task) for each of `tasks` on `workers` local processes (spawned: safe with the threads this
+    process has); done(i, result) is called here as each finishes. A lost worker's tasks are run again."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     pending = set(range(len(tasks)))
@@ -53,7 +53,7 @@ def run_on_pool(tasks: list[RangeTask], workers: int, done: Callable[[int, Any],
         pool = ProcessPoolExecutor(min(workers, len(pending)), mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_init_worker, initargs=(threads,))
         try:
-            futures = {pool.submit(run_task, tasks[i]): i for i in sorted(pending)}
+            futures = {pool.submit(run, tasks[i]): i for i in sorted(pending)}
             waiting = set(futures)
             while waiting:
                 finished, waiting = wait_futures(waiting, return_when=FIRST_COMPLETED)
@@ -75,10 +75,10 @@ def run_on_pool(tasks: list[RangeTask], workers: int, done: Callable[[int, Any],
                                    "tasks could not be run (out of memory?)")
 
 
-def run_on_dask(tasks: list[RangeTask], cluster: Any, done: Callable[[int, Any], None]) -> None:
-    """Run `tasks` on a Dask cluster: `cluster` is a scheduler address ("tcp://host:8786") or a
-    ``distributed.Client``. The workers must have flashparity installed and see the files at the same
-    paths (shared storage). done(i, stats) is called here as each finishes."""
+def run_on_dask(run: Callable[[Any], Any], tasks: list[Any], cluster: Any, done: Callable[[int, Any], None]) -> None:
+    """run(task) for each of `tasks` on a Dask cluster: `cluster` is a scheduler address
+    ("tcp://host:8786") or a ``distributed.Client``. The workers must have flashparity installed and
+    see the files at the same paths (shared storage). done(i, result) is called here as each finishes."""
     try:
         from distributed import Client, as_completed
     except ImportError:
@@ -101,7 +101,7 @@ def run_on_dask(tasks: list[RangeTask], cluster: Any, done: Callable[[int, Any],
                                   f"(waited {CONNECT_TIMEOUT_S} s): {exc}") from None
         token = uuid.uuid4().hex
         keys = [f"flashparity-compare-{token}-{i}" for i in range(len(tasks))]
-        futures = client.map(run_task, tasks, key=keys, pure=False)
+        futures = client.map(run, tasks, key=keys, pure=False)
         index = {f.key: i for i, f in enumerate(futures)}
         try:
             # one gather at a time, of what has finished (on this client's loop: not the default

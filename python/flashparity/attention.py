@@ -12,7 +12,8 @@ import numpy as np
 from . import _core
 from ._tensor import FP8, TensorView, as_view, consumer_stream, host_values, producer_waits
 
-__all__ = ["attention", "merge_attention_states", "UnsupportedHeadDimError", "IMPLS", "FLASH2_MAX_HEAD_DIM"]
+__all__ = ["attention", "merge_attention_states", "alibi_slopes", "UnsupportedHeadDimError", "IMPLS",
+           "FLASH2_MAX_HEAD_DIM"]
 
 IMPLS = ("flash2", "naive")
 FLASH2_MAX_HEAD_DIM = _core.FLASH2_MAX_HEAD_DIM
@@ -73,6 +74,21 @@ def _views(q: Any, k: Any, v: Any, stream: int) -> tuple[TensorView, TensorView,
     if vk.shape[3] != vq.shape[3]:
         raise ValueError(f"q and k must have the same head_dim, got {vq.shape[3]} and {vk.shape[3]}")
     return vq, vk, vv
+
+
+def alibi_slopes(num_heads: int) -> np.ndarray:
+    """The ALiBi paper's slopes for `num_heads` heads (float32): the geometric sequence
+    2^(-8/n), 2^(-16/n), ... for the largest power of two n <= num_heads, then every other slope of
+    the sequence for 2n, as the reference implementations (and FlashAttention-2's tests) build them."""
+    def power_of_two(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    n = 1 << (int(num_heads).bit_length() - 1)
+    slopes = power_of_two(n)
+    if n < num_heads:
+        slopes += power_of_two(2 * n)[0::2][: num_heads - n]
+    return np.asarray(slopes, dtype=np.float32)
 
 
 def attention(

@@ -17,8 +17,10 @@ import os
 from typing import Any, Callable
 
 from ._write import printable
-from .conformance import (DTYPES, MAX_RULE_EPS, MAX_RULE_FACTOR, MEAN_RULE_EPS, MEAN_RULE_FACTOR, CaseResult,
-                          ConformanceReport)
+
+# (the report's types are flashparity.conformance's, which imports this module to render itself: the
+# rules' factors and the dtypes' order come with the report, so nothing here imports it back)
+ConformanceReport = CaseResult = Any
 
 __all__ = ["render", "write"]
 
@@ -29,9 +31,11 @@ _CW, _LABEL_W, _VALUE_W, _RATIO_W, _ROW_H, _BAR_H, _TOP, _AXIS_H = 760, 132, 86,
 
 #: (ratio key, label, error stat, baseline stat, factor, eps) of each rule drawn as bars: the cosine
 #: rule is a ratio of similarities, not an error against a bound, and is listed with the ratios only.
-_RULES = (("max", "max |out − gold|", "max_abs_diff", "baseline_max_abs_diff", MAX_RULE_FACTOR, MAX_RULE_EPS),
-          ("mean", "mean |out − gold|", "mean_abs_diff", "baseline_mean_abs_diff", MEAN_RULE_FACTOR, MEAN_RULE_EPS),
-          ("lse", "max |lse − gold|", "lse_max_abs_diff", "baseline_lse_max_abs_diff", MAX_RULE_FACTOR, MAX_RULE_EPS))
+def _rules(report: ConformanceReport) -> tuple:
+    f = report.RULE_FACTORS  # {rule: (factor, eps)}
+    return (("max", "max |out − gold|", "max_abs_diff", "baseline_max_abs_diff", *f["max"]),
+            ("mean", "mean |out − gold|", "mean_abs_diff", "baseline_mean_abs_diff", *f["mean"]),
+            ("lse", "max |lse − gold|", "lse_max_abs_diff", "baseline_lse_max_abs_diff", *f["lse"]))
 _RATIO_KEYS = ("max", "mean", "lse", "cosine")
 
 
@@ -86,13 +90,13 @@ def _decades(values: list[float]) -> tuple[int, int]:
     return (lo, hi) if hi > lo else (lo, lo + 1)
 
 
-def _chart(r: CaseResult) -> str:
+def _chart(r: CaseResult, rules: tuple) -> str:
     """The kernel's error against the baseline's for each error rule of the case (bars from the
     left edge, log scale) with the rule's bound (factor × baseline + eps) as a dark line; '' when the
     case has no statistics (it raised, or its output had the wrong shape or dtype). The values sit in
     a column of their own, right of the plot: next to the bars, the bound line would cross them."""
     rows = []
-    for key, label, err_key, base_key, factor, eps in _RULES:
+    for key, label, err_key, base_key, factor, eps in rules:
         if err_key in r.stats and base_key in r.stats:
             err, base = float(r.stats[err_key]), float(r.stats[base_key])
             rows.append((key, label, err, base, factor * base + eps, r.ratios.get(key)))
@@ -234,7 +238,8 @@ def _plural(n: int, noun: str) -> str:
 def _matrix(report: ConformanceReport) -> str:
     """The feature × dtype table of report.summary(): pass ✓ / fail and error ✗ / unsupported –."""
     table = report.summary()
-    dtypes = sorted({r.case.dtype for r in report.cases}, key=lambda d: DTYPES.index(d) if d in DTYPES else 99)
+    order = report.DTYPE_ORDER
+    dtypes = sorted({r.case.dtype for r in report.cases}, key=lambda d: order.index(d) if d in order else len(order))
     out = ['<table class="matrix"><tr><th class="f">feature</th>'
            + "".join(f"<th>{_esc(d)}</th>" for d in dtypes) + "</tr>"]
     for feature, row in table.items():
@@ -272,9 +277,9 @@ def _ratio_chips(r: CaseResult) -> str:
     return f'<div class="chips">ratios (error / bound, at most 1 passes): {"".join(chips)}</div>'
 
 
-def _case_section(i: int, r: CaseResult) -> str:
+def _case_section(i: int, r: CaseResult, rules: tuple) -> str:
     reasons = [p for p in r.reason.split("; ") if p] or ["(no reason given)"]
-    chart = _chart(r)
+    chart = _chart(r, rules)
     if not chart:
         chart = ('<p class="hint">No statistics: the kernel raised.</p>' if r.verdict == "error" else
                  '<p class="hint">No statistics: the output was not compared (see the reason).</p>')
@@ -351,7 +356,7 @@ def render(report: ConformanceReport) -> str:
     bad = [(i, r) for i, r in enumerate(report.cases) if r.verdict in ("fail", "error")]
     if bad:
         parts.append(f"<h2>Failing cases ({len(bad)})</h2>")
-        parts += [_case_section(i, r) for i, r in bad]
+        parts += [_case_section(i, r, _rules(report)) for i, r in bad]
     parts.append(_unsupported(report))
     parts.append(f"<h2>All cases ({len(report.cases)})</h2>" + _all_cases(report))
     parts.append("</body></html>\n")

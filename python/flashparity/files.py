@@ -954,11 +954,11 @@ def compare_files(path_a: str, path_b: str, *, atol: float = 0.0, rtol: float = 
     if dask is not None:
         from ._parallel import run_on_dask
 
-        run_on_dask(tasks, dask, lambda i, parts: (done(i, parts), advance(tasks[i].nbytes)))
+        run_on_dask(run_task, tasks, dask, lambda i, parts: (done(i, parts), advance(tasks[i].nbytes)))
     elif workers is not None:
         from ._parallel import run_on_pool
 
-        run_on_pool(tasks, workers, lambda i, parts: (done(i, parts), advance(tasks[i].nbytes)))
+        run_on_pool(run_task, tasks, workers, lambda i, parts: (done(i, parts), advance(tasks[i].nbytes)))
     else:
         opened = {(os.path.abspath(t.path), t.key): t for _, a, b in pairs for t in (a, b)}
         _run_in_process(tasks, opened, done, advance)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ._build import kernel_source
-from .attention import IMPLS, _numpy_dtype, attention
+from .attention import IMPLS, _numpy_dtype, alibi_slopes, attention
 from .parity import parity
 
 __all__ = ["Case", "kernel_parity", "make_inputs", "case_inputs", "default_sweep", "alibi_slopes", "FA2_RULE_SLACK",
@@ -111,21 +111,6 @@ def make_inputs(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     k = rng.standard_normal((case.batch, case.seq_len, case.num_kv_heads, case.head_dim)).astype(dt)
     v = rng.standard_normal((case.batch, case.seq_len, case.num_kv_heads, case.head_dim)).astype(dt)
     return q, k, v
-
-
-def alibi_slopes(num_heads: int) -> np.ndarray:
-    """The ALiBi paper's slopes for `num_heads` heads (float32): the geometric sequence
-    2^(-8/n), 2^(-16/n), ... for the largest power of two n <= num_heads, then every other slope of
-    the sequence for 2n, as the reference implementations (and FlashAttention-2's tests) build them."""
-    def power_of_two(n: int) -> list[float]:
-        start = 2.0 ** (-8.0 / n)
-        return [start ** (i + 1) for i in range(n)]
-
-    n = 1 << (int(num_heads).bit_length() - 1)
-    slopes = power_of_two(n)
-    if n < num_heads:
-        slopes += power_of_two(2 * n)[0::2][: num_heads - n]
-    return np.asarray(slopes, dtype=np.float32)
 
 
 def run_attention(impl: str, q, k, v, *, device: str, causal: bool, window, softcap: float,
