@@ -550,9 +550,24 @@ def test_run_attn_with_any_kernel(tmp_path, capsys):
     for argv, needle in [(["--attn", "flashparity.attention:attention"], "needs convention="),
                          (["--attn", "flash2", "--convention", "sdpa"], "--convention is for a package"),
                          (["--attn", "flashparity:naive", "--varlen", "3,4"], "takes dense inputs here (no --varlen"),
-                         (["--attn", "flash-attn"], "flash-attn runs on cuda only, not on cpu (pass device='cuda')")]:
+                         (["--attn", "flash-attn"], "--attn flash-attn runs on cuda only, not --device cpu")]:
         code, _, err = run_cli(["run", *argv], capsys)
         assert code == 2 and needle in err, (argv, err)
+    # FP8 inputs through an adapter (unit descales, as flash2's own run): bfloat16 out
+    code, out, _ = run_cli(["run", "--attn", "flashparity:flash2", "--dtype", "float8_e4m3fn"], capsys)
+    body = json.loads(out)
+    assert code == 0 and body["attn_impl"] == "flashparity:flash2" and body["out_dtype"] == "bfloat16", body
+
+
+def test_run_attn_adapter_on_a_missing_gpu_is_no_gpu(capsys):
+    pytest.importorskip("torch")
+    if __import__("torch").cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    code, _, err = run_cli(["run", "--attn", "torch-sdpa", "--device", "cuda"], capsys)
+    assert code == 1 and "no-gpu: no usable CUDA device for --attn torch-sdpa (torch sees none)" in err, err
+    code, out, _ = run_cli(["run", "--attn", "torch-sdpa", "--device", "cuda", "--fallback"], capsys)
+    body = json.loads(out)
+    assert code == 0 and body["attn_impl"] == "naive" and body["fallback"] == "no-gpu" and body["device"] == "cpu"
 
 
 # ---- what the review found -----------------------------------------------------------------------------------

@@ -63,6 +63,51 @@ def test_fp8_cases_with_descales(kernel):
                       convention="bshd-numpy", suite=[r.case for r in rep.cases if r.case.kind == "plain"],
                       capabilities={"dtypes": ["float8_e4m3fn", "float8_e5m2"], "window": True})
     assert bad.counts()["fail"] == bad.counts()["pass"] + bad.counts()["fail"] > 0, str(bad)
+    # a kernel that rounds its scores to FP8 before the softmax, or returns float32 instead of bfloat16, fails
+    plain = [r.case for r in rep.cases if r.case.kind == "plain" and r.case.dtype == "float8_e4m3fn"]
+    caps = {"dtypes": ["float8_e4m3fn"], "window": True}
+    for defect in ("fp8-scores", "float32-out"):
+        rep2 = conformance(_fp8_kernel(defect), convention="bshd-numpy", suite=plain, capabilities=caps)
+        assert rep2.counts()["fail"] == len(plain), (defect, str(rep2))
+        if defect == "float32-out":
+            assert all("output dtype float32, expected bfloat16" in r.reason for r in rep2.cases)
+    assert conformance(_fp8_kernel(None), convention="bshd-numpy", suite=plain, capabilities=caps).ok
+    for kind in ("extreme", "strided", "stride0", "poisoned"):
+        with pytest.raises(ValueError, match=f"an FP8 case is plain, masked-rows, determinism, varlen or paged, "
+                                             f"not {kind}"):
+            Case(dtype="float8_e4m3fn", kind=kind, causal=kind == "poisoned")
+
+
+def _fp8_kernel(defect):
+    """A NumPy FP8 kernel: the dequantized inputs in float32, optionally with a defect."""
+    import ml_dtypes
+
+    def kernel(q, k, v, *, causal, softmax_scale, window_size=(-1, -1), q_descale, k_descale, v_descale):
+        rep = q.shape[2] // k.shape[2]
+        heads = np.arange(q.shape[2]) // rep
+        q32 = q.astype(np.float32) * q_descale[:, None, heads, None]
+        k32 = np.repeat(k.astype(np.float32) * k_descale[:, None, :, None], rep, axis=2)
+        v32 = np.repeat(v.astype(np.float32) * v_descale[:, None, :, None], rep, axis=2)
+        s = np.einsum("bthd,bshd->bhts", q32, k32) * np.float32(softmax_scale)
+        if defect == "fp8-scores":
+            s = s.astype(ml_dtypes.float8_e4m3fn).astype(np.float32)
+        sq, sk = q.shape[1], k.shape[1]
+        i = np.arange(sq)[:, None] + sk - sq
+        j = np.arange(sk)[None, :]
+        left, right = window_size
+        if causal:
+            right = 0 if right < 0 else min(right, 0)
+        seen = np.ones((sq, sk), bool)
+        if left >= 0:
+            seen &= j >= i - left
+        if right >= 0:
+            seen &= j <= i + right
+        s = np.where(seen, s, -np.inf)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        out = np.einsum("bhts,bshd->bthd", p / p.sum(-1, keepdims=True), v32)
+        return out if defect == "float32-out" else out.astype(ml_dtypes.bfloat16)
+
+    return kernel
 
 
 def fp_attention(q, k, v, **kw):

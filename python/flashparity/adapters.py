@@ -582,7 +582,7 @@ def _fa_call(fn, case, inputs, caps, to, fa3=False):
     FlashAttention-3's (``flash_attn_interface``) is the same without ``dropout_p`` and ALiBi, its
     result ``out`` or ``(out, lse)``."""
     if case.kind in ("varlen", "paged"):
-        raise Unsupported(f"flash_attn_func takes dense batches (the fa2-varlen and fa2-kvcache conventions take "
+        raise Unsupported(f"flash_attn_func takes dense batches (the -varlen and -kvcache conventions take "
                           f"{case.kind} cases)")
     kw = _fa_options(case, inputs, to, fa3)
     if caps.lse and _takes(fn, "return_attn_probs"):
@@ -599,8 +599,8 @@ def _fa_varlen_call(fn, case, inputs, caps, to, fa3=False):
     bottom-right causal per sequence; LSE ``[heads, total_q]``. Dense cases go in as a batch of
     equal sequences. FA3's: the same without ``dropout_p`` and ALiBi."""
     if case.kind == "paged":
-        raise Unsupported("flash_attn_varlen_func with a paged cache is not judged (the fa2-kvcache convention "
-                          "takes paged cases)")
+        raise Unsupported("flash_attn_varlen_func with a paged cache is not judged (the -kvcache conventions "
+                          "take paged cases)")
     x = inputs if case.kind == "varlen" else _packed(case, inputs)
     kw = _fa_options(case, inputs, to, fa3)
     if caps.lse and _takes(fn, "return_attn_probs"):
@@ -624,7 +624,7 @@ def _fa_kvcache_call(fn, case, inputs, caps, to, fa3=False):
     ``page_table``, has no ALiBi and returns ``(out, lse, out_accum, lse_accum)``."""
     if case.kind == "varlen":
         raise Unsupported("flash_attn_with_kvcache takes a batch of equal query lengths (varlen batches go "
-                          "through the fa2-varlen convention)")
+                          "through the -varlen conventions)")
     kw = _fa_options(case, inputs, to, fa3)
     kw.pop("dropout_p", None)  # (the kvcache call has no dropout)
     if caps.lse:
@@ -890,29 +890,34 @@ class CallableAdapter(Adapter):
 
 
 def _package_source(dist: str, module: Any, fallback: Callable | None = None) -> str:
-    """``pypi:<dist>@<version>+sha256:<digest>`` of the extension file the package loaded: the first,
-    by module name, of the modules in ``sys.modules`` whose file the distribution's RECORD lists as
-    its own compiled extension. A package with none loaded (pure Python, or kernels compiled outside
-    it, as FlashInfer's JIT) names ``+source-sha256:<digest>`` of the Python file that defines the call
-    (``fallback``, else the package's ``__init__``), so the two are never confused."""
+    """``pypi:<dist>@<version>+sha256:<digest>`` of the compiled extension the distribution's RECORD
+    lists (``+sha256-of-<n>-extensions:`` over all of them, by path, where it lists several: the same
+    whichever of them a run happened to load). A distribution with none (pure Python, or kernels
+    compiled outside it, as FlashInfer's JIT) names ``+source-sha256:<digest>`` of the Python file that
+    defines the call (``fallback``, else the package's ``__init__``), so the two are never confused."""
     import importlib.metadata
     import os
-    import sys
 
     try:
         version = importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         version = getattr(module, "__version__", "unknown")
     try:
-        own = {os.path.realpath(str(f.locate())) for f in importlib.metadata.files(dist) or ()
-               if str(f).endswith((".so", ".pyd"))}
+        exts = sorted({(str(f), os.path.realpath(str(f.locate()))) for f in importlib.metadata.files(dist) or ()
+                       if str(f).endswith((".so", ".pyd"))})
     except importlib.metadata.PackageNotFoundError:
-        own = set()
-    loaded = sorted((name, m.__file__) for name, m in list(sys.modules.items())
-                    if isinstance(getattr(m, "__file__", None), str) and os.path.realpath(m.__file__) in own)
-    if loaded:
-        with open(loaded[0][1], "rb") as fh:
+        exts = []
+    exts = [(rel, path) for rel, path in exts if os.path.isfile(path)]
+    if len(exts) == 1:
+        with open(exts[0][1], "rb") as fh:
             return f"pypi:{dist}@{version}+sha256:{hashlib.sha256(fh.read()).hexdigest()}"
+    if exts:
+        h = hashlib.sha256()
+        for rel, path in exts:
+            with open(path, "rb") as fh:
+                data = fh.read()
+            h.update(len(rel).to_bytes(8, "little") + rel.encode() + len(data).to_bytes(8, "little") + data)
+        return f"pypi:{dist}@{version}+sha256-of-{len(exts)}-extensions:{h.hexdigest()}"
     try:
         path = inspect.getsourcefile(fallback) if fallback is not None else module.__file__
     except TypeError:
@@ -1085,11 +1090,18 @@ class XformersAdapter(PackageAdapter):
 
 def _tree_digest(folder: str) -> str:
     """sha256 over a folder's files (each one's path relative to the folder, then its bytes, in sorted
-    order; bytecode caches left out): a kernel build's code, its extension modules included."""
+    order; symlinked folders followed, once each; bytecode caches left out; an entry that cannot be read
+    counted as such, not skipped): a kernel build's code, its extension modules included."""
     import os
 
     h = hashlib.sha256()
-    for root, dirs, files in os.walk(folder):
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # (a symlink loop, or a folder reached twice)
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = sorted(d for d in dirs if d != "__pycache__")
         for f in sorted(files):
             if f.endswith((".pyc", ".pyo")):
@@ -1097,8 +1109,12 @@ def _tree_digest(folder: str) -> str:
             path = os.path.join(root, f)
             rel = os.path.relpath(path, folder).replace(os.sep, "/").encode()
             h.update(len(rel).to_bytes(8, "little") + rel)
-            with open(path, "rb") as fh:
-                data = fh.read()
+            try:
+                with open(path, "rb") as fh:
+                    data = fh.read()
+            except OSError as exc:
+                data = f"unreadable: {type(exc).__name__}".encode()
+                h.update(b"\xff")  # (an unreadable entry differs from a file holding those bytes)
             h.update(len(data).to_bytes(8, "little") + data)
     return h.hexdigest()
 
@@ -1149,6 +1165,7 @@ class HubAdapter(PackageAdapter):
             self.repo, self.revision = repo, rev or None
         self.name = f"hub:{spec}"
         self.commit: str | None = None
+        self.digest: str | None = None
         self.path: str | None = None
 
     @property
@@ -1200,12 +1217,14 @@ class HubAdapter(PackageAdapter):
         where = f"commit {self.commit}" if self.commit else "no hub commit (a local folder)"
         sys.stderr.write(f"flashparity: {self.name} resolved to {where}, loaded from {self.path}\n")
         self.note(f"loaded from {self.path}")
+        # (a folder's digest as it was loaded, before anything runs)
+        self.digest = _tree_digest(self.path) if self.folder is not None else None
 
     def kernel_source(self) -> str:
         if self.module is None:
             self.prepare()
         if self.folder is not None:
-            return f"local:{self.path}@sha256:{_tree_digest(self.path)}"
+            return f"local:{self.path}@sha256:{self.digest}"
         org, name = self.repo.split("/")
         if _is_commit(self.revision) and self.revision == self.commit:
             return f"hf-{org}:{name}@{self.commit}"

@@ -458,21 +458,34 @@ def _load_inputs(args: argparse.Namespace):
 def _run_adapter(adapter, q, k, v, args: argparse.Namespace):
     """One forward of a third-party kernel on dense host inputs (its output in q's layout and dtype);
     Unsupported when the case is outside what it supports."""
+    import numpy as np
+
     from .adapters import Unsupported
     from .adapters import host_array
-    from .conformance import DTYPES, Case
+    from .conformance import ALL_DTYPES, DESCALES, Case
     from .kernel_parity import alibi_slopes
 
-    if q.dtype.name not in DTYPES:
-        raise Unsupported(f"{adapter.name} runs {', '.join(DTYPES)} inputs, not {q.dtype.name}")
+    if q.dtype.name not in ALL_DTYPES:
+        raise Unsupported(f"{adapter.name} runs {', '.join(ALL_DTYPES)} inputs, not {q.dtype.name}")
     case = Case(dtype=q.dtype.name, batch=q.shape[0], seqlen_q=q.shape[1], seqlen_k=k.shape[1], heads_q=q.shape[2],
                 heads_kv=k.shape[2], head_dim=q.shape[3], causal=args.causal, window=tuple(args.window),
                 softcap=args.softcap, alibi=args.alibi)
     reasons = adapter.not_supported_reasons(case)
     if reasons:
         raise Unsupported(f"{adapter.name} does not support this case: {'; '.join(reasons)}")
-    out, _ = adapter.run(case, {"q": q, "k": k, "v": v, "alibi_slopes": alibi_slopes(q.shape[2]) if args.alibi else None})
+    inputs = {"q": q, "k": k, "v": v, "alibi_slopes": alibi_slopes(q.shape[2]) if args.alibi else None}
+    if case.fp8:  # (run's FP8 inputs carry unit descales, as flash2's own FP8 run)
+        inputs.update({n: np.ones((case.batch, case.heads_kv), np.float32) for n in DESCALES})
+    out, _ = adapter.run(case, inputs)
     return host_array(out, "output")
+
+
+def _torch_sees_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -488,19 +501,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _reject(args, exc)
     impl = {"tiled": "flash2"}.get(args.attn, args.attn)
     adapter = None
+    no_gpu = None
     if impl not in ("flash2", "naive"):
+        from .adapters import resolve
         from .conformance import prepare_adapter
 
-        try:  # (a device the kernel does not run on, or that is not there: usage)
-            adapter = prepare_adapter(impl, convention=args.convention, device=args.device,
-                                      allow_unpinned=args.allow_unpinned)
+        try:  # (a kernel name, a convention or a device the kernel does not run on that is wrong: usage)
+            devices = resolve(impl, convention=args.convention, allow_unpinned=True).devices
+            if args.device not in devices:
+                raise ValueError(f"--attn {args.attn} runs on {' and '.join(devices)} only, not --device {args.device}")
+            if args.device == "cuda" and not _torch_sees_cuda():
+                no_gpu = f"no usable CUDA device for --attn {args.attn} (torch sees none)"
+            else:
+                adapter = prepare_adapter(impl, convention=args.convention, device=args.device,
+                                          allow_unpinned=args.allow_unpinned)
+                impl = adapter.name
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        impl = adapter.name
     elif args.convention is not None:
         raise UsageError(f"--convention is for a package.module:function kernel, not --attn {args.attn}")
     fallback = "requested" if impl == "naive" else None
     device = args.device
+    if no_gpu is not None:  # (as flash2 without a GPU: an error, or with --fallback the CPU reference)
+        if not args.fallback:
+            return _reject(args, Rejected("no-gpu", no_gpu))
+        device, impl, fallback = "cpu", "naive", "no-gpu"
     if adapter is not None and meta:
         raise UsageError(f"--attn {args.attn}: a kernel run through an adapter takes dense inputs here (no --varlen, "
                          "--page-size)")

@@ -133,6 +133,9 @@ class Case:
                 raise ValueError(f"page_size is for paged cases, got {self.page_size!r} for a varlen case")
         elif self.seqlens or self.page_size:
             raise ValueError(f"seqlens and page_size are for varlen and paged cases, not {self.kind}")
+        if self.dtype in FP8_DTYPES and self.kind not in ("plain", "masked-rows", "determinism", "varlen", "paged"):
+            raise ValueError(f"an FP8 case is plain, masked-rows, determinism, varlen or paged, not {self.kind} "
+                             f"(its values would overflow the format, or lose their layout when quantized)")
         if self.heads_q % self.heads_kv:
             raise ValueError(f"heads_q ({self.heads_q}) must be a multiple of heads_kv ({self.heads_kv})")
         w = self.window
@@ -443,8 +446,13 @@ class Case:
         top = s.max(axis=-1, keepdims=True)
         with np.errstate(invalid="ignore"):
             e = np.exp(s - np.where(np.isfinite(top), top, 0), dtype=np.float32)
-            p = e / e.sum(axis=-1, keepdims=True)
-        p = rd(np.where(seen.any(axis=-1)[:, None], p, 0))
+            e = np.where(seen.any(axis=-1)[:, None], e, 0)
+            total = e.sum(axis=-1, keepdims=True)
+            if self.fp8:  # (FA3 rounds exp(s - max), at most 1, to FP8 and divides by the float32 sum at the
+                # end: normalized probabilities near 1/seqlen_k would be subnormal in e4m3)
+                out = np.einsum("bhts,bshd->bhtd", rd(e), v) / np.where(total > 0, total, 1)
+                return out.transpose(0, 2, 1, 3).astype(out_dt)
+            p = rd(np.where(total > 0, e / np.where(total > 0, total, 1), 0))
         return np.einsum("bhts,bshd->bthd", p, v).astype(out_dt)
 
     def reference(self, inputs: dict[str, Any], dtype: str | None = None) -> tuple[np.ndarray, np.ndarray]:
