@@ -313,10 +313,15 @@ def test_kernel_parity_of_any_kernel_keeps_apr_body(capsys):
     sweep = fp.kernel_parity("flashparity:flash2", sweep=True)
     assert len(sweep["cases"]) == 46 and sweep["unsupported"] == [] and sweep["fa2_rule_ok"]
     assert sum(c["varlen"] is not None for c in sweep["cases"]) == 8
-    sweep = fp.kernel_parity("torch-sdpa:math", sweep=True)  # (no FP8, no varlen or paged batches in SDPA)
-    assert len(sweep["cases"]) == 30 and len(sweep["unsupported"]) == 16 and sweep["fa2_rule_ok"]
     with pytest.raises(ValueError, match="for third-party kernels"):
         fp.kernel_parity("flash2", convention="fa2")
+
+
+def test_kernel_parity_sweep_lists_what_a_kernel_does_not_take():
+    pytest.importorskip("torch")
+    sweep = fp.kernel_parity("torch-sdpa:math", sweep=True)  # (no FP8, no varlen or paged batches in SDPA)
+    assert len(sweep["cases"]) == 30 and len(sweep["unsupported"]) == 16 and sweep["fa2_rule_ok"]
+    assert {u["reason"].split(": ")[-1] for u in sweep["unsupported"]} >= {"varlen batches", "paged KV caches"}
 
 
 def test_kernel_parity_suite_and_usage_errors(capsys):
