@@ -161,7 +161,10 @@ class Adapter:
         a failed case)."""
 
     def not_supported_reasons(self, case: Any) -> list[str]:
-        return self.capabilities.reasons(case)
+        """Why the kernel cannot take a case: outside its capabilities, or what its calling convention
+        cannot express (:data:`_CONVENTION_REASONS`)."""
+        extra = _CONVENTION_REASONS.get(self.convention)
+        return self.capabilities.reasons(case) + (extra(case) if extra else [])
 
     def run(self, case: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
         """(out, lse or None) for the case's inputs, in flashparity's layout."""
@@ -231,6 +234,12 @@ def alibi_bias(case: Any, slopes: np.ndarray) -> np.ndarray:
     j = np.arange(case.seqlen_k)[None, :]
     dist = np.abs(i + case.seqlen_k - case.seqlen_q - j).astype(np.float32)
     return -slopes.astype(np.float32)[:, None, None] * dist[None]
+
+
+def alibi_mask(case: Any, slopes: np.ndarray) -> np.ndarray:
+    """ALiBi's bias where a query sees the key (:func:`visible`), -inf elsewhere: the additive float
+    mask [heads_q, seqlen_q, seqlen_k] float32 of the conventions that take ALiBi as a mask."""
+    return np.where(visible(case)[None], alibi_bias(case, slopes), -np.inf).astype(np.float32)
 
 
 def visible(case: Any) -> np.ndarray:
@@ -308,13 +317,10 @@ def _sdpa_arguments(case: Any, inputs: dict[str, Any], to: Callable[[np.ndarray]
     if plain_causal:
         kw["is_causal"] = True
     elif case.causal or case.window != (-1, -1) or case.alibi:
-        seen = visible(case)
         if case.alibi:
-            bias = alibi_bias(case, inputs["alibi_slopes"])
-            mask = np.where(seen[None], bias, -np.inf).astype(np.float32)[None]  # [1, heads_q, sq, sk]
-            kw["attn_mask"] = to(mask).to(q.dtype)
+            kw["attn_mask"] = to(alibi_mask(case, inputs["alibi_slopes"])[None]).to(q.dtype)  # [1, heads_q, sq, sk]
         else:
-            kw["attn_mask"] = to(seen)
+            kw["attn_mask"] = to(visible(case))
     return (q, k, v), kw
 
 
@@ -558,10 +564,11 @@ def _unpacked(case: Any, out: np.ndarray, lse: np.ndarray | None) -> tuple[np.nd
     return out, lse
 
 
-def _fa_options(case: Any, inputs: dict[str, Any], to: Callable, fa3: bool) -> dict[str, Any]:
-    """FlashAttention's keyword options for a case (FA3 has no dropout and no ALiBi)."""
+def _fa_options(case: Any, inputs: dict[str, Any], to: Callable, fa3: bool, dropout: bool = True) -> dict[str, Any]:
+    """FlashAttention's keyword options for a case (FA3 has no dropout and no ALiBi; ``dropout``:
+    whether the call takes ``dropout_p``, which the kvcache call does not)."""
     kw: dict[str, Any] = {"softmax_scale": case.softmax_scale, "causal": case.causal}
-    if not fa3:
+    if dropout and not fa3:
         kw["dropout_p"] = 0.0
     if case.fp8:  # (FA3's FP8: float32 [batch, heads_kv] descales; FA2 has no FP8)
         kw.update({n: to(inputs[n]) for n in ("q_descale", "k_descale", "v_descale")})
@@ -625,8 +632,7 @@ def _fa_kvcache_call(fn, case, inputs, caps, to, fa3=False):
     if case.kind == "varlen":
         raise Unsupported("flash_attn_with_kvcache takes a batch of equal query lengths (varlen batches go "
                           "through the -varlen conventions)")
-    kw = _fa_options(case, inputs, to, fa3)
-    kw.pop("dropout_p", None)  # (the kvcache call has no dropout)
+    kw = _fa_options(case, inputs, to, fa3, dropout=False)
     if caps.lse:
         kw["return_softmax_lse"] = True
     if case.kind == "paged":
@@ -761,8 +767,7 @@ def _xformers_call(fn, case, inputs, caps, to):
         k, v = (t[:, :, :, None].expand(-1, -1, -1, rep, -1) for t in (k, v))
     bias = _xformers_bias(case, fmha, case.seqlens if varlen else None)
     if case.alibi:
-        seen = visible(case)
-        dense = np.where(seen[None], alibi_bias(case, inputs["alibi_slopes"]), -np.inf).astype(np.float32)
+        dense = alibi_mask(case, inputs["alibi_slopes"])
         t = to(np.ascontiguousarray(np.broadcast_to(dense[None], (case.batch, *dense.shape)))).to(q.dtype)
         bias = t.unflatten(1, (case.heads_kv, rep)) if rep > 1 else t
     out = _call_bound(fn, (q, k, v), {"attn_bias": bias, "p": 0.0, "scale": case.softmax_scale})
@@ -862,10 +867,6 @@ class CallableAdapter(Adapter):
         self.capabilities = Capabilities.of(capabilities, CONVENTIONS[convention][1])
         mod = getattr(fn, "__module__", None) or "?"
         self.name = f"python:{mod}.{getattr(fn, '__qualname__', type(fn).__name__)}"
-
-    def not_supported_reasons(self, case: Any) -> list[str]:
-        extra = _CONVENTION_REASONS.get(self.convention)
-        return self.capabilities.reasons(case) + (extra(case) if extra else [])
 
     def kernel_source(self) -> str:
         try:
@@ -1058,9 +1059,6 @@ class FlashInferAdapter(PackageAdapter):
                                 lse=True, varlen=True, paged=True)
     calls = {"dense": ("single_prefill_with_kv_cache", _flashinfer_call)}
 
-    def not_supported_reasons(self, case):
-        return self.capabilities.reasons(case) + _flashinfer_reasons(case)
-
     def call(self, case, inputs):
         if self.module is None:
             self.prepare()
@@ -1083,9 +1081,6 @@ class XformersAdapter(PackageAdapter):
     capabilities = Capabilities(window=True, alibi=True, varlen=True)
     calls = {"dense": ("memory_efficient_attention", _xformers_call),
              "varlen": ("memory_efficient_attention", _xformers_call)}
-
-    def not_supported_reasons(self, case):
-        return self.capabilities.reasons(case) + _xformers_reasons(case)
 
 
 def _tree_digest(folder: str) -> str:
