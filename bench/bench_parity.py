@@ -164,6 +164,26 @@ def make_inputs(n, dtype, seed=0):
     return a.astype(ml_dtypes.bfloat16), b.astype(ml_dtypes.bfloat16)
 
 
+SUBNORMAL_BITS = {"float32": (np.uint32, 0x7FFFFF, 31), "float16": (np.uint16, 0x3FF, 15), "bfloat16": (np.uint16, 0x7F, 15)}
+
+
+def with_denormals(a, b, frac, seed=1):
+    """Copies of a and b with a fraction `frac` of the elements (the same in both) replaced by
+    subnormal numbers of their format: random bit patterns with a zero exponent field, a's a few
+    units in the last place from b's (as a tiny tensor's elements would be)."""
+    uint, mant, sign_bit = SUBNORMAL_BITS[a.dtype.name]
+    rng = np.random.default_rng(seed)
+    at = rng.random(a.size) < frac
+    k = int(at.sum())
+    mb = rng.integers(1, mant + 1, k).astype(np.int64)
+    ma = np.clip(mb + rng.integers(-3, 4, k), 1, mant)
+    sign = (rng.integers(0, 2, k).astype(np.int64) << sign_bit)
+    a, b = a.copy(), b.copy()
+    a.view(uint)[at] = (ma | sign).astype(uint)
+    b.view(uint)[at] = (mb | sign).astype(uint)
+    return a, b
+
+
 def to_torch(x):
     if x.dtype.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
         raw = x.view(np.int16 if x.dtype.itemsize == 2 else np.uint8)
@@ -201,6 +221,16 @@ def run_case(n, dtype, repeat, rows):
     t_fp = add("fp.parity (every statistic, one pass)", fused, max_of=lambda s: s.max_abs_diff,
                cos_of=lambda s: s.cosine_sim, best=best_fp)
     rows[-1]["of_limit"] = t_probe / t_fp
+    if dtype in SUBNORMAL_BITS:
+        # Genuine denormal inputs (a user's tensor may hold them): what they cost against the normal
+        # inputs' time, timed in alternation with them. An Intel core takes an assist for every
+        # instruction with a denormal lane; an AMD core barely notices.
+        for frac in (0.01, 0.5):
+            da, db = with_denormals(a, b, frac)
+            t_n, t_d = best_times([fused, lambda: fp.parity(da, db, atol=1e-3, rtol=1e-3)], repeat)
+            add(f"fp.parity, {frac:.0%} of the elements denormal", lambda: fp.parity(da, db, atol=1e-3, rtol=1e-3),
+                best=t_d)
+            rows[-1]["vs_normal"] = t_d / t_n
     if simd_env.LEVEL is None and fp.build_info()["simd_detected"].startswith("avx512"):
         # what a CPU without AVX-512 runs (AVX2 + FMA), on this machine: the code path, not that CPU
         def fused_avx2():
@@ -277,6 +307,11 @@ def machine() -> str:
     try:
         text = Path("/proc/cpuinfo").read_text()
         model = re.search(r"model name\s*:\s*(.*)", text).group(1)
+        # a VM's model name can hide the generation ("AMD EPYC"): family and model tell Zen 3 (25/1)
+        # from Zen 4 (25/17), Sapphire Rapids (6/143) from Emerald Rapids (6/207)
+        fam, mod = re.search(r"cpu family\s*:\s*(\d+)", text), re.search(r"^model\s*:\s*(\d+)", text, re.M)
+        if fam and mod:
+            model += f" (family {fam.group(1)}, model {mod.group(1)})"
     except Exception:
         pass
     flags = fp.build_info()
@@ -307,6 +342,8 @@ def render(rows, args, title) -> str:
         " limit and fp.parity run in alternation, so their ratio compares the same machine state; a read limit whose"
         " median is over 1.25x its best is marked unsteady (on a shared host the memory bandwidth can jump for a"
         " while). GB/s counts the bytes of a and b once."
+        " Denormal rows: that fraction of the elements (the same in a and b) replaced by subnormal numbers of the"
+        " dtype, their time against the normal inputs' timed in alternation with them."
         " Extra memory: peak resident memory above the level before the call. Errors: against a float64"
         " oracle (max |a-b| exact; cosine from Σ(a-b)² and the norms).",
         "",
@@ -317,6 +354,8 @@ def render(rows, args, title) -> str:
         note = ""
         if "of_limit" in r:
             note = f"{r['of_limit']:.2f} of read limit"
+        if "vs_normal" in r:
+            note = f"{r['vs_normal']:.2f}x the normal-input time"
         if "unsteady" in r:
             note = f"unsteady: median {r['unsteady']:.1f} GB/s"
         if "speedup" in r:

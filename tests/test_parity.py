@@ -748,6 +748,39 @@ def test_isclose_boundary_at_every_level(level, da, db, atol, rtol, monkeypatch)
 
 
 @pytest.mark.parametrize("level", LEVELS)
+def test_ratio_screen_on_denormal_inputs(level, monkeypatch):
+    # The float32 ratio screen bounds thr * |b| with no margin (a margin, being a normal number, would
+    # flag every lane of a denormal b): in the subnormal range its rounding is absorbed by comparing
+    # multiples of 2^-149. After a running maximum of 1.5, denormal pairs with ratios just below,
+    # equal to (a tie, which loses to the earlier index) and just above it, in later blocks.
+    use_level(level, monkeypatch)
+    rng = np.random.default_rng(28)
+    b = rng.uniform(1.0, 2.0, 4 * 4096).astype(np.float32)
+    a = (b * np.float32(1.001)).astype(np.float32)
+    a[10], b[10] = 2.5, 1.0
+    tiny = lambda m: np.uint32(m).view(np.float32)  # noqa: E731  (m * 2^-149)
+    for at, (m, k) in zip((4096 + 3, 4096 + 40, 2 * 4096 + 17, 3 * 4096 + 5, 3 * 4096 + 6),
+                          ((2, 2), (2, 3), (1_000_001, 1_499_999), (1_000_001, 1_500_002), (1, 2))):
+        b[at], a[at] = tiny(m), tiny(m + k)  # ratio k / m: 1, 1.5 (tie), below, above, 2
+    s = fp.parity(a, b)
+    assert s.max_rel_diff == 2.0 and s.max_rel_index == (3 * 4096 + 6,)
+    check_against_oracle(s, a, b)
+    a[3 * 4096 + 6] = b[3 * 4096 + 6]  # without the ratio of 2, the one just above 1.5 wins
+    s = fp.parity(a, b)
+    assert s.max_rel_diff == 1_500_002 / 1_000_001 and s.max_rel_index == (3 * 4096 + 5,)
+    check_against_oracle(s, a, b)
+    # A difference equal to the bound: after a maximum of 0.75, ratio 4/5 = 0.8 rounds its bound
+    # fl(0.75 (1 - 2^-16) 5 2^-149) to 4 units, the difference itself: a lane must be flagged at >=.
+    b = rng.uniform(1.0, 2.0, 4 * 4096).astype(np.float32)
+    a = (b * np.float32(1.001)).astype(np.float32)
+    a[10], b[10] = 1.75, 1.0
+    b[2 * 4096 + 17], a[2 * 4096 + 17] = tiny(5), tiny(9)
+    s = fp.parity(a, b)
+    assert s.max_rel_diff == 0.8 and s.max_rel_index == (2 * 4096 + 17,)
+    check_against_oracle(s, a, b)
+
+
+@pytest.mark.parametrize("level", LEVELS)
 def test_ratio_screen_with_a_difference_past_float32_range(level, monkeypatch):
     # After a running relative maximum of 1.5, a later block holds a = -3e38, b = 3e38: ratio 2,
     # |a-b| = 6e38 past FLT_MAX and 1.5 * |b| past it too; the screen must still send that block to

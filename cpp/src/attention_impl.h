@@ -106,8 +106,15 @@ FP_INLINE bool any_lane(vi m) {
 }
 
 // exp(x) for kLanes floats: x = n*ln2 + r with |r| <= ln2/2, a degree-6 polynomial for exp(r), 2^n
-// through the exponent field (Cephes' expf coefficients; <= 2 ulp). -inf and anything below the
-// float32 range give 0; NaN stays NaN.
+// through the exponent field (Cephes' expf coefficients; <= 2 ulp). -inf and anything below
+// ln 2^-100 give 0; NaN stays NaN. The callers take exp(s - max) (at most 1), so the probabilities
+// dropped are below 2^-100 of the row's largest: with the row's sum l >= 1 and at most 2^40 keys,
+// the output moves by at most 2^-60 max|v| (absolute; below float32's resolution of any output
+// above 2^-36 max|v|, and smaller than what the float32 products p v already lose near FLT_MIN).
+// Kept, they make the P.V products and their sums denormal (ALiBi over a few hundred keys gives
+// e^-150), and an Intel core takes a ~100-cycle assist for each instruction that reads or makes a
+// denormal (issue 28). (The previous cut, at float32's range, dropped below e^-87.3 likewise.)
+constexpr float kExpFlush = -69.3147180559945f;  // ln 2^-100
 FP_INLINE vf vexp(vf x) {
   const vf zero = {};
   vf xc = x > 88.3762626647949f ? zero + 88.3762626647949f : x;
@@ -125,7 +132,7 @@ FP_INLINE vf vexp(vf x) {
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
   vf e = bitcast<vf>(bitcast<vi>(p) + (ni << 23));
-  e = x < -87.33654475f ? zero : e;
+  e = x < kExpFlush ? zero : e;
   return x != x ? x : e;
 }
 

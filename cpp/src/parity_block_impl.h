@@ -192,6 +192,54 @@ FP_INLINE vu16x16 f32_to_half(vf16 x) {
 }
 #endif
 
+// f32_to_half without making a denormal: a float32 of magnitude below 2^-14 rounds to a subnormal
+// half, which the conversion instruction makes (an underflow, and on Intel cores an assist for every
+// instruction with such a lane). Those lanes, rare in ordinary data (|x| ~ N(0,1): one in 20,000),
+// are rounded on the bit pattern instead: the half's bits are round(|x| 2^24), to nearest even,
+// and the instruction sees 1.0 there. Zeros convert exactly and stay on the fast path. Same bits as
+// f32_to_half for every input. (The x86 baseline's f32_to_half rounds in float64, where nothing is
+// denormal: it is used as it is.)
+template <typename VU>
+FP_INLINE bool any_nonzero(VU v) {  // 32-bit lanes, 8 or 16 of them
+#if FP_ISA_AVX512
+  if constexpr (sizeof(VU) == 64) return _mm512_test_epi32_mask(bitcast<__m512i>(v), bitcast<__m512i>(v)) != 0;
+#endif
+#if FP_ISA_AVX2
+  if constexpr (sizeof(VU) == 32) return !_mm256_testz_si256(bitcast<__m256i>(v), bitcast<__m256i>(v));
+#elif FP_ISA_NEON
+  if constexpr (sizeof(VU) == 32) {
+    const vu32x4 lo = __builtin_shufflevector(v, v, 0, 1, 2, 3), hi = __builtin_shufflevector(v, v, 4, 5, 6, 7);
+    return vmaxvq_u32(bitcast<uint32x4_t>(lo | hi)) != 0;
+  }
+#endif
+  bool any = false;
+  for (int j = 0; j < static_cast<int>(sizeof(VU) / 4); ++j) any |= v[j] != 0;
+  return any;
+}
+
+template <int N>
+FP_INLINE typename Vec<N>::u16 f32_to_half_normal(typename Vec<N>::f x) {
+  typedef typename Vec<N>::u32 VU;
+  typedef typename Vec<N>::u16 VU16;
+  if constexpr (!(FP_ISA_AVX2 || FP_ISA_NEON)) return f32_to_half(x);
+  const VU u = bitcast<VU>(x), mag = u & 0x7fffffffu;
+  // 0 < |x| < 2^-14 (all ones): zero wraps to 2^32 - 1; NaN and inf are above
+  const VU small = static_cast<VU>(mag - 1u < 0x387fffffu);
+  if (__builtin_expect(!any_nonzero(small), 1)) return f32_to_half(x);
+  const VU16 h = f32_to_half(bitcast<typename Vec<N>::f>((u & ~small) | (0x3f800000u & small)));
+  // |x| = M 2^(E - 150) (E the biased exponent, M the significand with its hidden bit; a float32
+  // denormal has E = 0 and the scale of E = 1), so |x| 2^24 = M 2^-s with s = 126 - max(E, 1) >= 14;
+  // s past 25 leaves 0 (M < 2^24), as a shift of 31 does
+  const VU e = mag >> 23;
+  const VU m = (mag & 0x7fffffu) | (static_cast<VU>(e != 0) & 0x800000u);
+  VU sh = 126u - (e != 0 ? e : VU{} + 1u);
+  sh = sh > 31u ? VU{} + 31u : sh;
+  const VU q = m >> sh, rem = m & (((VU{} + 1u) << sh) - 1u), halfway = (VU{} + 1u) << (sh - 1u);
+  const VU up = static_cast<VU>((rem > halfway) | ((rem == halfway) & ((q & 1u) != 0))) & 1u;
+  const VU sub = ((u >> 16) & 0x8000u) | (q + up);
+  return static_cast<VU16>(__builtin_convertvector(small, VU16) != 0 ? __builtin_convertvector(sub, VU16) : h);
+}
+
 // |a-b| in float32 rounded toward zero where AVX-512 offers it (one instruction). Truncation keeps
 // the binary exponent of every value in float32's normal range, so the histogram bin can be read
 // off it; the ratio screen's error bound holds for either rounding.
@@ -216,28 +264,31 @@ FP_INLINE vf narrow_f32(vd x) {
 FP_INLINE vf trunc_f32(vd x) { return narrow_f32(x); }  // never called: kTruncF32 is false here
 #endif
 
-// The ratio screen's bound: an unflagged lane (|a-b| in float32 at most this) has |a-b| < thr * |b|
-// exactly, so its ratio cannot beat the running maximum thr (thr32 = thr * (1 - 2^-16)). The
-// product's relative rounding (at most two roundings of 2^-24) is absorbed by the 2^-16 slack and
-// its absolute rounding near the subnormal range by the 1e-40 margin; a negative bound counts as 0
-// (flag any nonzero difference: see above_clamped). A difference past 1e38 could exceed a bound
-// near FLT_MAX while truncating below it (or to FLT_MAX under a bound of +inf): the caller sends
-// such a block to the exact pass whatever the flags say.
-FP_INLINE vf rel_limit(vf thr32, vf den) {
-#if FP_ISA_AVX2
-  return bitcast<vf>(_mm256_fmadd_ps(bitcast<__m256>(thr32), bitcast<__m256>(den), _mm256_set1_ps(-1e-40f)));
-#elif FP_ISA_NEON
-  const float32x4_t m = vdupq_n_f32(-1e-40f);
-  return join4(vfmaq_f32(m, lo4(thr32), lo4(den)), vfmaq_f32(m, hi4(thr32), hi4(den)));
-#else
-  return thr32 * den - 1e-40f;
-#endif
-}
-#if defined(FP_NARROW16)
-FP_INLINE vf16 rel_limit(vf16 thr32, vf16 den) {
-  return bitcast<vf16>(_mm512_fmadd_ps(bitcast<__m512>(thr32), bitcast<__m512>(den), _mm512_set1_ps(-1e-40f)));
-}
-#endif
+// No constant and no per-call threshold of the float32 screens is a denormal number: an Intel core
+// takes a microcode assist (~100 cycles) for every instruction that reads or makes one, and a
+// denormal constant is read by every iteration (issue 28: 6.5x slower on an Emerald Rapids Xeon).
+// The isclose screen's margins are FLT_MIN where its analysis needs less, and a threshold below
+// FLT_MIN moves to 0 or FLT_MIN, whichever way keeps its screen conservative (decides fewer lanes,
+// never a wrong one); the ratio screen needs no margin (below). Data of the usual scales (|b| above
+// about 2^-100) then never makes a denormal either: the bounds are FLT_MIN away from 0 or scale |b|
+// by a threshold; a smaller |b| can (thr * |b| or rtol * |b| below FLT_MIN), and so can float64
+// differences below 2^-126 narrowed to float32 for the histogram (AVX-512 suppresses their flags).
+constexpr float kFltMin = 0x1p-126f;
+
+// The ratio screen's bound lim = fl(thr32 * |b|), one rounding (thr32 = thr * (1 - 2^-16), 0 when
+// that is below FLT_MIN): a nonzero lane is flagged when ad32 >= lim (reaches). An unflagged lane
+// has |a-b| < thr * |b| exactly, so its ratio cannot beat the running maximum thr:
+//   lim < 2^-125, where every float32 is a multiple of 2^-149 (the spacing of the subnormals and of
+//     the lowest normal binade): ad32 < lim gives ad32 <= lim - 2^-149 < thr32 |b| (lim rounded by
+//     at most 2^-150), and the difference, below 2^-125, is exact in float32 (ad32 = |a-b|);
+//   lim >= 2^-125: the product's relative rounding (2^-24) and the difference's (< 2^-23) are
+//     absorbed by the 2^-16 slack.
+// Genuine denormal inputs are screened as tightly as normal ones (a margin would flag every lane
+// of a tiny b). A difference past 1e38 could exceed a bound near FLT_MAX while truncating below it
+// (or to FLT_MAX under a bound of +inf): the caller sends such a block to the exact pass whatever
+// the flags say.
+template <typename VF>
+FP_INLINE VF rel_limit(VF thr32, VF den) { return thr32 * den; }
 
 // Lanes where ad32 > max(lim, 0), for ad32 >= 0, so a zero difference never counts. AVX-512 masks
 // the compare with the nonzero lanes (`nz`, shared with the histogram) instead of clamping lim: one
@@ -248,11 +299,17 @@ FP_INLINE LaneMask nonzero_lanes(vu32 u) { return _mm256_test_epi32_mask(bitcast
 FP_INLINE LaneMask above_clamped(vf ad32, vf lim, LaneMask nz) {
   return _mm256_mask_cmp_ps_mask(nz, bitcast<__m256>(ad32), bitcast<__m256>(lim), _CMP_GT_OQ);
 }
+FP_INLINE LaneMask reaches(vf ad32, vf lim, LaneMask nz) {  // nonzero lanes with ad32 >= lim
+  return _mm256_mask_cmp_ps_mask(nz, bitcast<__m256>(ad32), bitcast<__m256>(lim), _CMP_GE_OQ);
+}
 FP_INLINE bool any_lane(LaneMask m) { return m != 0; }
 #if defined(FP_NARROW16)
 FP_INLINE __mmask16 nonzero_lanes(vu32x16 u) { return _mm512_test_epi32_mask(bitcast<__m512i>(u), bitcast<__m512i>(u)); }
 FP_INLINE __mmask16 above_clamped(vf16 ad32, vf16 lim, __mmask16 nz) {
   return _mm512_mask_cmp_ps_mask(nz, bitcast<__m512>(ad32), bitcast<__m512>(lim), _CMP_GT_OQ);
+}
+FP_INLINE __mmask16 reaches(vf16 ad32, vf16 lim, __mmask16 nz) {
+  return _mm512_mask_cmp_ps_mask(nz, bitcast<__m512>(ad32), bitcast<__m512>(lim), _CMP_GE_OQ);
 }
 FP_INLINE bool any_lane(__mmask16 m) { return m != 0; }
 #endif
@@ -260,6 +317,7 @@ FP_INLINE bool any_lane(__mmask16 m) { return m != 0; }
 typedef vi32 LaneMask;
 FP_INLINE LaneMask nonzero_lanes(vu32 u) { return u != 0; }
 FP_INLINE LaneMask above_clamped(vf ad32, vf lim, LaneMask) { return ad32 > (lim > 0.0f ? lim : vf{}); }
+FP_INLINE LaneMask reaches(vf ad32, vf lim, LaneMask nz) { return (ad32 >= lim) & nz; }
 FP_INLINE bool any_lane(LaneMask m) {
 #if FP_ISA_AVX2
   return _mm256_movemask_ps(bitcast<__m256>(m)) != 0;
@@ -517,7 +575,7 @@ FP_INLINE NarrowBits<Narrow, N> narrow_bits(const T* p, vd v) {
     static_assert(N == W, "float64 lanes come eight at a time");
     return bitcast<vu32>(narrow_f32(v));  // one rounding, to nearest even
   } else if constexpr (own == DType::Float32 && narrow == DType::Float16) {
-    return f32_to_half(load<typename Vec<N>::f>(p));  // one rounding, to nearest even
+    return f32_to_half_normal<N>(load<typename Vec<N>::f>(p));  // one rounding, to nearest even
   } else if constexpr (own == DType::Float32 && narrow == DType::BFloat16) {
     const VU32 u = load<VU32>(p);  // finite: round to nearest even on the bit pattern
     return narrow_u16(static_cast<VU32>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16));
@@ -807,9 +865,9 @@ FP_INLINE float f32_up(double x) {  // the smallest float32 >= x
 
 // The isclose test of narrow pairs screened in float32. With L = atol + rtol * |b| as evaluated in
 // float64 (the definition), every lane is sorted by two float32 bounds of L computed from |b|:
-//   above hi = fl(rtol_hi * |b| + atol_hi)  with rtol_hi >= rtol (1 + 2^-20), atol_hi >= atol (1 + 2^-20) + 2^-140:
+//   above hi = fl(rtol_hi * |b| + atol_hi)  with rtol_hi >= rtol (1 + 2^-20), atol_hi >= atol (1 + 2^-20) + 2^-126:
 //     hi > L whatever the (one or two) roundings, so ad32 > hi proves |a-b| > L: a mismatch;
-//   at most lo = max(fl(rtol_lo * |b| + atol_lo), 0) (above_clamped)  with rtol_lo <= rtol (1 - 2^-20), atol_lo <= atol (1 - 2^-20) - 2^-140:
+//   at most lo = max(fl(rtol_lo * |b| + atol_lo), 0) (above_clamped)  with rtol_lo <= rtol (1 - 2^-20), atol_lo <= atol (1 - 2^-20) - 2^-126:
 //     lo (1 + 2^-23) < L when lo > 0, and |a-b| <= ad32 (1 + 2^-23), so ad32 <= lo proves a match
 //     (lo = 0 means ad32 = 0: a zero difference always matches).
 // A lane between the two is undecided; the groups of elements holding one are counted again exactly
@@ -820,10 +878,15 @@ struct TolScreen {
   vfn r_hi, a_hi, r_lo, a_lo;
   explicit TolScreen(const ParityParams& p) {
     if (p.rtol <= 0.5 && p.atol <= 1e37) {
-      r_hi = vfn{} + f32_up(p.rtol * (1.0 + 0x1p-20));
-      a_hi = vfn{} + f32_up(p.atol * (1.0 + 0x1p-20) + 0x1p-140);
-      r_lo = vfn{} + f32_down(p.rtol * (1.0 - 0x1p-20));
-      a_lo = vfn{} + f32_down(p.atol * (1.0 - 0x1p-20) - 0x1p-140);
+      // none of the four denormal (see kFltMin): hi's terms move up, lo's down, which keeps both
+      // bounds valid; a_hi >= FLT_MIN and a_lo <= -FLT_MIN or >= FLT_MIN are the margins
+      const float rh = f32_up(p.rtol * (1.0 + 0x1p-20)), rl = f32_down(p.rtol * (1.0 - 0x1p-20));
+      const float ah = f32_up(p.atol * (1.0 + 0x1p-20) + 0x1p-126);
+      const float al = f32_down(p.atol * (1.0 - 0x1p-20) - 0x1p-126);
+      r_hi = vfn{} + (rh > 0.0f && rh < kFltMin ? kFltMin : rh);
+      r_lo = vfn{} + (rl < kFltMin ? 0.0f : rl);
+      a_hi = vfn{} + (ah < kFltMin ? kFltMin : ah);
+      a_lo = vfn{} + (al > -kFltMin && al < kFltMin ? -kFltMin : al);
     } else {
       r_hi = r_lo = vfn{};
       a_hi = vfn{} + INFINITY;
@@ -908,7 +971,8 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   // cannot be beaten by this finite block (its indices come later, so a tie loses): no pass.
   const bool rel_settled = thr_rel == INFINITY;
   const bool exact_rel_pass = !rel_settled && !(thr_rel >= 0.0 && thr_rel < kRelScreenMax);
-  const vfn thr32 = vfn{} + static_cast<float>(exact_rel_pass ? 0.0 : thr_rel * (1.0 - 0x1p-16));
+  const double thr_d = exact_rel_pass ? 0.0 : thr_rel * (1.0 - 0x1p-16);
+  const vfn thr32 = vfn{} + (thr_d < 0x1p-126 ? 0.0f : static_cast<float>(thr_d));  // lower: flags more
   // the groups of kNL elements with a flagged lane: only those get the exact pass
   std::uint8_t rel_groups[kBlock / kNL];
   bool rel_any = false;
@@ -972,7 +1036,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
       if constexpr (!kSplitPasses) vmx32 = vmaxf(ad32, vmx32);
       // |b| is 0 or >= 2^-149 and exact in float32; ad32 differs from |a-b| by at most 2^-23
       // relative. A zero b with a nonzero a flags; an equal pair (ratio 0) never does.
-      const bool flag = any_lane(above_clamped(ad32, rel_limit(thr32, den), nz));
+      const bool flag = any_lane(reaches(ad32, rel_limit(thr32, den), nz));
       rel_groups[i / kNL] = flag;
       rel_any |= flag;
       if constexpr (kTol) {
@@ -1087,13 +1151,20 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
       constexpr int kE0 = 127 + kHistMinExp - 2;  // E - kE0 is the bin
       int e_lo, e_hi;
       byte_range(bins, nb, e_lo, e_hi);
-      if (e_lo <= e_hi && kGroupCount) {  // counts of every exponent present, eight per pass
-        std::int64_t cnt[256];
-        count_byte_values(bins, nb, e_lo, e_hi, cnt);
-        for (int e = e_lo; e <= e_hi; ++e) {
-          const int bin = e - kE0 < 1 ? 1 : e - kE0 > 58 ? 58 : e - kE0;
-          hist[bin] += cnt[e - e_lo];
-          nonzero += cnt[e - e_lo];
+      if (e_lo <= e_hi && kGroupCount) {
+        // the exponents of bins 1 and 58 (everything below 2^kHistMinExp, or at least 2^kHistMaxExp)
+        // one range pass each, the others eight per pass: a block with one denormal difference
+        // (code 0) among normal ones (codes near 117) would otherwise count 15 groups instead of 2
+        if (e_lo <= kE0 + 1) add(1, e_lo, e_hi < kE0 + 1 ? e_hi : kE0 + 1);
+        if (e_hi >= kE0 + 58) add(58, e_lo > kE0 + 58 ? e_lo : kE0 + 58, e_hi);
+        const int m_lo = e_lo > kE0 + 2 ? e_lo : kE0 + 2, m_hi = e_hi < kE0 + 57 ? e_hi : kE0 + 57;
+        if (m_lo <= m_hi) {
+          std::int64_t cnt[256];
+          count_byte_values(bins, nb, m_lo, m_hi, cnt);
+          for (int e = m_lo; e <= m_hi; ++e) {
+            hist[e - kE0] += cnt[e - m_lo];
+            nonzero += cnt[e - m_lo];
+          }
         }
       } else if (e_lo <= e_hi) {  // (else every difference was zero) one compare pass per bin
         if (e_lo <= kE0 + 1) add(1, e_lo, e_hi < kE0 + 1 ? e_hi : kE0 + 1);
@@ -1202,7 +1273,10 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   if constexpr (kNarrowPair && !kSplitPasses) {
     float m32 = 0.0f;
     for (int j = 0; j < kNL; ++j) m32 = vmx32[j] > m32 ? vmx32[j] : m32;
-    const double upper = std::fmax(mx, static_cast<double>(std::nextafter(m32, INFINITY)));
+    // (the successor on the bit pattern, as std::nextafter(m32, inf) but for m32 = 0, where that
+    // makes a denormal: all differences zero, 0 is the exact maximum itself; +inf stays +inf)
+    const float succ = m32 > 0.0f && m32 < INFINITY ? bitcast<float>(bitcast<std::uint32_t>(m32) + 1u) : m32;
+    const double upper = std::fmax(mx, static_cast<double>(succ));
     if (upper > thr_abs) {
       LaneMax exact;
       vl at = lane_indices(index0);
