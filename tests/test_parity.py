@@ -747,6 +747,15 @@ def test_isclose_boundary_at_every_level(level, da, db, atol, rtol, monkeypatch)
     check_against_oracle(fp.parity(a, b, atol=atol, rtol=rtol), a, b, atol, rtol)
 
 
+def blocks_after_a_running_ratio(rng, ratio):
+    """Four blocks (4096 elements each) of float32 pairs with ratios near 0.001, but for one of
+    `ratio` at index 10: the running relative maximum the later blocks are screened against."""
+    b = rng.uniform(1.0, 2.0, 4 * 4096).astype(np.float32)
+    a = (b * np.float32(1.001)).astype(np.float32)
+    a[10], b[10] = 1.0 + ratio, 1.0
+    return a, b
+
+
 @pytest.mark.parametrize("level", LEVELS)
 def test_ratio_screen_on_denormal_inputs(level, monkeypatch):
     # The float32 ratio screen bounds thr * |b| with no margin (a margin, being a normal number, would
@@ -755,9 +764,7 @@ def test_ratio_screen_on_denormal_inputs(level, monkeypatch):
     # equal to (a tie, which loses to the earlier index) and just above it, in later blocks.
     use_level(level, monkeypatch)
     rng = np.random.default_rng(28)
-    b = rng.uniform(1.0, 2.0, 4 * 4096).astype(np.float32)
-    a = (b * np.float32(1.001)).astype(np.float32)
-    a[10], b[10] = 2.5, 1.0
+    a, b = blocks_after_a_running_ratio(rng, 1.5)
     tiny = lambda m: np.uint32(m).view(np.float32)  # noqa: E731  (m * 2^-149)
     for at, (m, k) in zip((4096 + 3, 4096 + 40, 2 * 4096 + 17, 3 * 4096 + 5, 3 * 4096 + 6),
                           ((2, 2), (2, 3), (1_000_001, 1_499_999), (1_000_001, 1_500_002), (1, 2))):
@@ -771,9 +778,7 @@ def test_ratio_screen_on_denormal_inputs(level, monkeypatch):
     check_against_oracle(s, a, b)
     # A difference equal to the bound: after a maximum of 0.75, ratio 4/5 = 0.8 rounds its bound
     # fl(0.75 (1 - 2^-16) 5 2^-149) to 4 units, the difference itself: a lane must be flagged at >=.
-    b = rng.uniform(1.0, 2.0, 4 * 4096).astype(np.float32)
-    a = (b * np.float32(1.001)).astype(np.float32)
-    a[10], b[10] = 1.75, 1.0
+    a, b = blocks_after_a_running_ratio(rng, 0.75)
     b[2 * 4096 + 17], a[2 * 4096 + 17] = tiny(5), tiny(9)
     s = fp.parity(a, b)
     assert s.max_rel_diff == 0.8 and s.max_rel_index == (2 * 4096 + 17,)
@@ -786,10 +791,7 @@ def test_ratio_screen_with_a_difference_past_float32_range(level, monkeypatch):
     # |a-b| = 6e38 past FLT_MAX and 1.5 * |b| past it too; the screen must still send that block to
     # the exact ratio pass.
     use_level(level, monkeypatch)
-    rng = np.random.default_rng(15)
-    b = rng.uniform(1.0, 2.0, 4 * 4096).astype(np.float32)
-    a = (b * np.float32(1.001)).astype(np.float32)
-    a[10], b[10] = 2.5, 1.0
+    a, b = blocks_after_a_running_ratio(np.random.default_rng(15), 1.5)
     a[3 * 4096 + 5], b[3 * 4096 + 5] = -3e38, 3e38
     s = fp.parity(a, b)
     assert s.max_rel_diff == 2.0 and s.max_rel_index == (3 * 4096 + 5,)

@@ -71,9 +71,10 @@ constexpr int kNL = 8;
 // scalar tail), so levels of different step widths reduce the same elements the same way.
 constexpr int kStep = 16;
 static_assert(kStep % kNL == 0 && kNL % W == 0, "steps must nest");
-// Narrow pairs on AVX2: the float64 sums and the float32 screens in separate passes (below). Not on
-// the baseline, where float16 converts in software and three passes would convert three times.
-constexpr bool kSplitPasses = FP_ISA_AVX2 && !FP_ISA_AVX512;
+// Narrow pairs on AVX2 and NEON: the float64 sums and the float32 screens in separate passes
+// (below). Not on the baseline, where float16 converts in software and two passes would convert
+// twice; not with AVX-512, whose 32 registers hold one pass.
+constexpr bool kSplitPasses = (FP_ISA_AVX2 && !FP_ISA_AVX512) || FP_ISA_NEON;
 
 // float32, 32- and 16-bit vectors of N lanes
 template <int N> struct Vec;
@@ -136,24 +137,16 @@ FP_INLINE vd widen(vf x) {
 }
 
 #if FP_ISA_NEON
-// Eight lanes as two NEON registers and back: shuffles of 16-byte generic vectors, which GCC keeps
-// in registers (and which convert to and from the intrinsics' types by a bitcast of equal size).
-typedef float vf4 __attribute__((vector_size(16)));
-typedef double vd2 __attribute__((vector_size(16)));
-typedef std::uint32_t vu32x4 __attribute__((vector_size(16)));
-FP_INLINE float32x4_t lo4(vf x) { return bitcast<float32x4_t>(__builtin_shufflevector(x, x, 0, 1, 2, 3)); }
-FP_INLINE float32x4_t hi4(vf x) { return bitcast<float32x4_t>(__builtin_shufflevector(x, x, 4, 5, 6, 7)); }
-FP_INLINE vf join4(float32x4_t lo, float32x4_t hi) {
-  return __builtin_shufflevector(bitcast<vf4>(lo), bitcast<vf4>(hi), 0, 1, 2, 3, 4, 5, 6, 7);
-}
+// Eight lanes as two NEON registers and back (four for float64): a bitcast to and from the
+// intrinsics' register tuples, which GCC keeps in registers (shuffles into 16-byte halves it
+// lowered lane by lane, a move per lane).
+FP_INLINE float32x4_t lo4(vf x) { return bitcast<float32x4x2_t>(x).val[0]; }
+FP_INLINE float32x4_t hi4(vf x) { return bitcast<float32x4x2_t>(x).val[1]; }
+FP_INLINE vf join4(float32x4_t lo, float32x4_t hi) { return bitcast<vf>(float32x4x2_t{{lo, hi}}); }
 template <int Q>
-FP_INLINE float64x2_t quarter(vd x) {
-  return bitcast<float64x2_t>(__builtin_shufflevector(x, x, 2 * Q, 2 * Q + 1));
-}
+FP_INLINE float64x2_t quarter(vd x) { return bitcast<float64x2x4_t>(x).val[Q]; }
 FP_INLINE vd join2(float64x2_t a, float64x2_t b, float64x2_t c, float64x2_t d) {
-  const vd4 lo = __builtin_shufflevector(bitcast<vd2>(a), bitcast<vd2>(b), 0, 1, 2, 3);
-  const vd4 hi = __builtin_shufflevector(bitcast<vd2>(c), bitcast<vd2>(d), 0, 1, 2, 3);
-  return join(lo, hi);
+  return bitcast<vd>(float64x2x4_t{{a, b, c, d}});
 }
 #endif
 
@@ -200,7 +193,7 @@ FP_INLINE vu16x16 f32_to_half(vf16 x) {
 // f32_to_half for every input. (The x86 baseline's f32_to_half rounds in float64, where nothing is
 // denormal: it is used as it is.)
 template <typename VU>
-FP_INLINE bool any_nonzero(VU v) {  // 32-bit lanes, 8 or 16 of them
+FP_INLINE bool any_nonzero(VU v) {  // whether a lane is nonzero: 32-bit lanes, 8 or 16 of them
 #if FP_ISA_AVX512
   if constexpr (sizeof(VU) == 64) return _mm512_test_epi32_mask(bitcast<__m512i>(v), bitcast<__m512i>(v)) != 0;
 #endif
@@ -208,8 +201,8 @@ FP_INLINE bool any_nonzero(VU v) {  // 32-bit lanes, 8 or 16 of them
   if constexpr (sizeof(VU) == 32) return !_mm256_testz_si256(bitcast<__m256i>(v), bitcast<__m256i>(v));
 #elif FP_ISA_NEON
   if constexpr (sizeof(VU) == 32) {
-    const vu32x4 lo = __builtin_shufflevector(v, v, 0, 1, 2, 3), hi = __builtin_shufflevector(v, v, 4, 5, 6, 7);
-    return vmaxvq_u32(bitcast<uint32x4_t>(lo | hi)) != 0;
+    const uint32x4x2_t h = bitcast<uint32x4x2_t>(v);
+    return vmaxvq_u32(vorrq_u32(h.val[0], h.val[1])) != 0;
   }
 #endif
   bool any = false;
@@ -276,7 +269,7 @@ FP_INLINE vf trunc_f32(vd x) { return narrow_f32(x); }  // never called: kTruncF
 constexpr float kFltMin = 0x1p-126f;
 
 // The ratio screen's bound lim = fl(thr32 * |b|), one rounding (thr32 = thr * (1 - 2^-16), 0 when
-// that is below FLT_MIN): a nonzero lane is flagged when ad32 >= lim (reaches). An unflagged lane
+// that is below FLT_MIN): a nonzero lane is flagged when ad32 >= lim (any_reaches). An unflagged lane
 // has |a-b| < thr * |b| exactly, so its ratio cannot beat the running maximum thr:
 //   lim < 2^-125, where every float32 is a multiple of 2^-149 (the spacing of the subnormals and of
 //     the lowest normal binade): ad32 < lim gives ad32 <= lim - 2^-149 < thr32 |b| (lim rounded by
@@ -287,8 +280,6 @@ constexpr float kFltMin = 0x1p-126f;
 // of a tiny b). A difference past 1e38 could exceed a bound near FLT_MAX while truncating below it
 // (or to FLT_MAX under a bound of +inf): the caller sends such a block to the exact pass whatever
 // the flags say.
-template <typename VF>
-FP_INLINE VF rel_limit(VF thr32, VF den) { return thr32 * den; }
 
 // Lanes where ad32 > max(lim, 0), for ad32 >= 0, so a zero difference never counts. AVX-512 masks
 // the compare with the nonzero lanes (`nz`, shared with the histogram) instead of clamping lim: one
@@ -313,25 +304,58 @@ FP_INLINE __mmask16 reaches(vf16 ad32, vf16 lim, __mmask16 nz) {
 }
 FP_INLINE bool any_lane(__mmask16 m) { return m != 0; }
 #endif
+#elif FP_ISA_NEON
+// NEON: each half compared by its instruction (GCC lowers the generic comparisons of 32-byte vectors
+// lane by lane on aarch64: a scalar compare, a conditional set and an insertion for each lane)
+typedef vi32 LaneMask;
+template <typename F>
+FP_INLINE LaneMask halves(vf x, vf y, F f) {
+  return bitcast<LaneMask>(join4(vreinterpretq_f32_u32(f(lo4(x), lo4(y))), vreinterpretq_f32_u32(f(hi4(x), hi4(y)))));
+}
+FP_INLINE LaneMask nonzero_lanes(vu32 u) {
+  const vf x = bitcast<vf>(u);
+  return halves(x, x, [](float32x4_t p, float32x4_t) {
+    return vtstq_u32(vreinterpretq_u32_f32(p), vreinterpretq_u32_f32(p));
+  });
+}
+FP_INLINE LaneMask above_clamped(vf ad32, vf lim, LaneMask) {  // max(lim, +0): FMAX orders -0 below +0
+  return halves(ad32, lim, [](float32x4_t d, float32x4_t l) { return vcgtq_f32(d, vmaxq_f32(l, vdupq_n_f32(0.0f))); });
+}
+FP_INLINE LaneMask reaches(vf ad32, vf lim, LaneMask nz) {
+  return halves(ad32, lim, [](float32x4_t d, float32x4_t l) { return vcgeq_f32(d, l); }) & nz;
+}
+FP_INLINE bool any_lane(LaneMask m) { return any_nonzero(bitcast<vu32>(m)); }
 #else
 typedef vi32 LaneMask;
 FP_INLINE LaneMask nonzero_lanes(vu32 u) { return u != 0; }
-FP_INLINE LaneMask above_clamped(vf ad32, vf lim, LaneMask) { return ad32 > (lim > 0.0f ? lim : vf{}); }
-FP_INLINE LaneMask reaches(vf ad32, vf lim, LaneMask nz) { return (ad32 >= lim) & nz; }
-FP_INLINE bool any_lane(LaneMask m) {
+FP_INLINE LaneMask above_clamped(vf ad32, vf lim, LaneMask) {
 #if FP_ISA_AVX2
-  return _mm256_movemask_ps(bitcast<__m256>(m)) != 0;
-#elif FP_ISA_NEON
-  const vu32x4 lo = bitcast<vu32x4>(__builtin_shufflevector(m, m, 0, 1, 2, 3));
-  const vu32x4 hi = bitcast<vu32x4>(__builtin_shufflevector(m, m, 4, 5, 6, 7));
-  return vmaxvq_u32(bitcast<uint32x4_t>(lo | hi)) != 0;
+  // max(lim, +0): vmaxps gives its second operand for lim = -0 (no NaN here), one instruction
+  return ad32 > bitcast<vf>(_mm256_max_ps(bitcast<__m256>(lim), _mm256_setzero_ps()));
 #else
-  bool r = false;
-  for (int j = 0; j < W; ++j) r |= m[j] != 0;
-  return r;
+  return ad32 > (lim > 0.0f ? lim : vf{});
 #endif
 }
+FP_INLINE LaneMask reaches(vf ad32, vf lim, LaneMask nz) { return (ad32 >= lim) & nz; }
+FP_INLINE bool any_lane(LaneMask m) { return any_nonzero(bitcast<vu32>(m)); }
 #endif
+
+// Whether a nonzero lane has ad32 >= lim. With AVX2, on the bit patterns (for values >= 0 they
+// order as the values do, +inf included): ad32 >= max(lim, smallest nonzero) holds for no lane when
+// max(lim bits, 1) > ad32 bits in all eight, two instructions before the movemask where the float
+// compare, the nonzero test and their conjunction took four. lim is never NaN where the flags are
+// read: thr32 = +inf (a running maximum of +inf) makes inf * 0 there, but such a block is settled
+// and its flags are not read.
+template <typename VF, typename M>
+FP_INLINE bool any_reaches(VF ad32, VF lim, M nz) {
+#if FP_ISA_AVX2 && !FP_ISA_AVX512
+  (void)nz;
+  const __m256i floor = _mm256_max_epi32(bitcast<__m256i>(lim), _mm256_set1_epi32(1));
+  return _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(floor, bitcast<__m256i>(ad32)))) != 0xff;
+#else
+  return any_lane(reaches(ad32, lim, nz));
+#endif
+}
 
 // Comparisons of eight float64 lanes as all-ones lane masks. Below AVX-512 GCC lowers the generic
 // comparison of 64-byte vectors to eight scalar compares and branches (a bfloat16 pair's exact
@@ -344,6 +368,15 @@ FP_INLINE vl vcmp(vd a, vd b) {
 }
 FP_INLINE vl vgt(vd a, vd b) { return vcmp<_CMP_GT_OQ>(a, b); }
 FP_INLINE vl veq(vd a, vd b) { return vcmp<_CMP_EQ_OQ>(a, b); }
+#elif FP_ISA_NEON
+template <typename F>
+FP_INLINE vl vcmp(vd a, vd b, F f) {
+  auto q = [](uint64x2_t m) { return vreinterpretq_f64_u64(m); };
+  return bitcast<vl>(join2(q(f(quarter<0>(a), quarter<0>(b))), q(f(quarter<1>(a), quarter<1>(b))),
+                           q(f(quarter<2>(a), quarter<2>(b))), q(f(quarter<3>(a), quarter<3>(b)))));
+}
+FP_INLINE vl vgt(vd a, vd b) { return vcmp(a, b, [](float64x2_t x, float64x2_t y) { return vcgtq_f64(x, y); }); }
+FP_INLINE vl veq(vd a, vd b) { return vcmp(a, b, [](float64x2_t x, float64x2_t y) { return vceqq_f64(x, y); }); }
 #else
 FP_INLINE vl vgt(vd a, vd b) { return a > b; }
 FP_INLINE vl veq(vd a, vd b) { return a == b; }
@@ -380,6 +413,23 @@ FP_INLINE vd vmaxd(vd a, vd b) {  // a > b ? a : b for non-NaN lanes (NaN blocks
 #endif
 }
 
+// a - b (eight float64 lanes) into p[0, 8), by register: GCC moved a 64-byte generic vector through
+// the stack below AVX-512 on its way to memory.
+FP_INLINE void store_diff8(double* p, vd a, vd b) {
+#if FP_ISA_AVX2 && !FP_ISA_AVX512
+  _mm256_storeu_pd(p, bitcast<__m256d>(lo_half(a) - lo_half(b)));
+  _mm256_storeu_pd(p + 4, bitcast<__m256d>(hi_half(a) - hi_half(b)));
+#elif FP_ISA_NEON
+  vst1q_f64(p, vsubq_f64(quarter<0>(a), quarter<0>(b)));
+  vst1q_f64(p + 2, vsubq_f64(quarter<1>(a), quarter<1>(b)));
+  vst1q_f64(p + 4, vsubq_f64(quarter<2>(a), quarter<2>(b)));
+  vst1q_f64(p + 6, vsubq_f64(quarter<3>(a), quarter<3>(b)));
+#else
+  static_assert(!kSplitPasses, "only the split passes keep the differences");
+  (void)p, (void)a, (void)b;
+#endif
+}
+
 // Loop-carried float64 accumulators of eight lanes. With AVX-512 one zmm register; below it, two
 // explicit 4-lane halves: GCC keeps a loop-carried 64-byte vector in memory there (moved through
 // general registers every iteration). Same lanes, same operations, so results stay identical.
@@ -391,6 +441,36 @@ struct Acc8 {
   FP_INLINE void fma_exact(vd x, vd y) { fma(x, y); }
   FP_INLINE void max(vd x) { v = vmaxd(x, v); }
   FP_INLINE double lane(int j) const { return v[j]; }
+};
+#elif FP_ISA_NEON
+// NEON: four 2-lane registers of the intrinsics' type, named (GCC kept 32-byte generic halves in
+// memory, and an array indexed at run time too: a store of every accumulator each iteration)
+struct Acc8 {
+  float64x2_t q0 = vdupq_n_f64(0.0), q1 = q0, q2 = q0, q3 = q0;
+  template <typename F>
+  FP_INLINE void each(vd x, F f) {
+    q0 = f(q0, quarter<0>(x));
+    q1 = f(q1, quarter<1>(x));
+    q2 = f(q2, quarter<2>(x));
+    q3 = f(q3, quarter<3>(x));
+  }
+  FP_INLINE void add(vd x) {
+    each(x, [](float64x2_t s, float64x2_t v) { return vaddq_f64(s, v); });
+  }
+  FP_INLINE void fma(vd x, vd y) {
+    q0 = vfmaq_f64(q0, quarter<0>(x), quarter<0>(y));
+    q1 = vfmaq_f64(q1, quarter<1>(x), quarter<1>(y));
+    q2 = vfmaq_f64(q2, quarter<2>(x), quarter<2>(y));
+    q3 = vfmaq_f64(q3, quarter<3>(x), quarter<3>(y));
+  }
+  FP_INLINE void fma_exact(vd x, vd y) { fma(x, y); }
+  FP_INLINE void max(vd x) {  // vmaxd(x, acc): x > acc ? x : acc
+    each(x, [](float64x2_t s, float64x2_t v) { return vbslq_f64(vcgtq_f64(v, s), v, s); });
+  }
+  FP_INLINE double lane(int j) const {
+    const vd all = join2(q0, q1, q2, q3);
+    return all[j];
+  }
 };
 #else
 struct Acc8 {
@@ -407,7 +487,7 @@ struct Acc8 {
   // fma for an exact product x * y (values from formats up to float32): the same bits as the fused
   // multiply-add, which the x86 baseline computes in software (std::fma, ~10x the cost)
   FP_INLINE void fma_exact(vd x, vd y) {
-#if FP_ISA_AVX2 || FP_ISA_NEON
+#if FP_ISA_AVX2
     fma(x, y);
 #else
     add(x * y);
@@ -446,7 +526,16 @@ template <> struct Lanes<double> {
 template <> struct Lanes<float> {
   template <int N = W>
   static FP_INLINE typename Vec<N>::f value32(const float* p) { return load<typename Vec<N>::f>(p); }
-  static FP_INLINE vd value(const float* p) { return widen(value32(p)); }
+  static FP_INLINE vd value(const float* p) {
+#if FP_ISA_AVX2 && !FP_ISA_AVX512
+    // each half converted from memory (one instruction each: GCC loaded all eight, then converted
+    // the low half from memory again and extracted the high one: four)
+    auto half = [](const float* q) { return bitcast<vd4>(_mm256_cvtps_pd(_mm_loadu_ps(q))); };
+    return join(half(p), half(p + 4));
+#else
+    return widen(value32(p));
+#endif
+  }
   static FP_INLINE vul bits(const float* p) { return __builtin_convertvector(load<vu32>(p), vul); }
 };
 template <> struct Lanes<half_bits> {
@@ -527,6 +616,21 @@ FP_INLINE vu32x16 add_where_signs_differ(vu32x16 same, vu32x16 ua, vu32x16 ub, v
 FP_INLINE vu16x16 add_where_signs_differ(vu16x16 same, vu16x16 ua, vu16x16 ub, vu16x16 ma, vu16x16 mb) {
   const __mmask16 m = _mm256_test_epi16_mask(bitcast<__m256i>(ua ^ ub), _mm256_set1_epi16(INT16_MIN));
   return bitcast<vu16x16>(_mm256_mask_add_epi16(bitcast<__m256i>(same), m, bitcast<__m256i>(ma), bitcast<__m256i>(mb)));
+}
+#endif
+
+#if FP_ISA_NEON
+// Eight 32-bit lanes on NEON by halves: |ma - mb| is one absolute difference, the sign test one
+// compare (GCC's generic forms went lane by lane).
+FP_INLINE vu32 ulp_distance(vu32 ua, vu32 ub) {
+  auto half = [](uint32x4_t x, uint32x4_t y) {
+    const uint32x4_t mag = vdupq_n_u32(0x7fffffffu);
+    const uint32x4_t mx = vandq_u32(x, mag), my = vandq_u32(y, mag);
+    const uint32x4_t differ = vcltzq_s32(vreinterpretq_s32_u32(veorq_u32(x, y)));
+    return vbslq_u32(differ, vaddq_u32(mx, my), vabdq_u32(mx, my));
+  };
+  const uint32x4x2_t x = bitcast<uint32x4x2_t>(ua), y = bitcast<uint32x4x2_t>(ub);
+  return bitcast<vu32>(uint32x4x2_t{{half(x.val[0], y.val[0]), half(x.val[1], y.val[1])}});
 }
 #endif
 
@@ -696,6 +800,24 @@ FP_INLINE void store_exponent_codes_f64(vd ad0, vd ad1, std::uint8_t* out) {
   w = _mm256_blendv_epi8(w, _mm256_set1_epi16(255), zero);
   const __m256i b = _mm256_permute4x64_epi64(_mm256_packus_epi16(w, w), 0x08);  // qwords 0 and 2
   _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm256_castsi256_si128(b));
+#elif FP_ISA_NEON
+  // the high words four at a time (UZP2 of two registers), E - 896 narrowed to 16 bits saturating
+  // (negatives to 0), at most 254, 255 where the difference is zero, narrowed to bytes
+  auto words = [](vd ad, int h) {
+    const uint32x4_t x = vreinterpretq_u32_f64(h ? quarter<2>(ad) : quarter<0>(ad));
+    const uint32x4_t y = vreinterpretq_u32_f64(h ? quarter<3>(ad) : quarter<1>(ad));
+    return vuzp2q_u32(x, y);
+  };
+  auto codes8 = [](uint32x4_t h0, uint32x4_t h1) {
+    const int32x4_t bias = vdupq_n_s32(1023 - 127);
+    const int32x4_t e0 = vsubq_s32(vreinterpretq_s32_u32(vshrq_n_u32(h0, 20)), bias);
+    const int32x4_t e1 = vsubq_s32(vreinterpretq_s32_u32(vshrq_n_u32(h1, 20)), bias);
+    const uint16x8_t w = vminq_u16(vcombine_u16(vqmovun_s32(e0), vqmovun_s32(e1)), vdupq_n_u16(254));
+    const uint16x8_t zero = vcombine_u16(vmovn_u32(vceqzq_u32(h0)), vmovn_u32(vceqzq_u32(h1)));
+    return vbslq_u16(zero, vdupq_n_u16(255), w);
+  };
+  const uint16x8_t c0 = codes8(words(ad0, 0), words(ad0, 1)), c1 = codes8(words(ad1, 0), words(ad1, 1));
+  vst1q_u8(out, vcombine_u8(vmovn_u16(c0), vmovn_u16(c1)));
 #else
   const vu8 e0 = exponent_codes_f64(ad0), e1 = exponent_codes_f64(ad1);
   std::memcpy(out, &e0, sizeof(e0));
@@ -898,8 +1020,7 @@ struct TolScreen {
 };
 
 // Lanes where x > y (float32), and how many lanes a mask holds: mask registers and popcounts with
-// AVX-512, movemask and popcount with AVX2 (vector counters would join the loop-carried vectors
-// that already outnumber its sixteen registers), else a loop.
+// AVX-512, movemask and popcount with AVX2, else a loop (LaneCount counts in the loops).
 #if FP_ISA_AVX512
 FP_INLINE LaneMask gt_lanes(vf x, vf y) { return _mm256_cmp_ps_mask(bitcast<__m256>(x), bitcast<__m256>(y), _CMP_GT_OQ); }
 FP_INLINE int count_lanes(LaneMask m) { return __builtin_popcount(m); }
@@ -911,7 +1032,13 @@ FP_INLINE int count_lanes(__mmask16 m) { return __builtin_popcount(m); }
 #endif
 FP_INLINE int count_lanes(vl m) { return __builtin_popcount(_mm512_movepi64_mask(bitcast<__m512i>(m))); }
 #else
+#if FP_ISA_NEON
+FP_INLINE LaneMask gt_lanes(vf x, vf y) {
+  return halves(x, y, [](float32x4_t p, float32x4_t q) { return vcgtq_f32(p, q); });
+}
+#else
 FP_INLINE LaneMask gt_lanes(vf x, vf y) { return x > y; }
+#endif
 #if FP_ISA_AVX2
 FP_INLINE int count_lanes(LaneMask m) { return __builtin_popcount(_mm256_movemask_ps(bitcast<__m256>(m))); }
 FP_INLINE int count_lanes(vl m) {
@@ -930,6 +1057,30 @@ FP_INLINE int count_lanes(vl m) {
   return c;
 }
 #endif
+#endif
+
+// How many lanes of a block's masks were set, counted in the loop: popcounts of AVX-512's bit masks;
+// elsewhere a 32-bit counter per lane, which subtracting an all-ones lane (-1) raises by one (one
+// subtraction where a movemask, a popcount and an addition took three; at most kBlock / 8 a lane).
+#if FP_ISA_AVX512
+template <typename M>
+struct LaneCount {
+  std::int64_t c = 0;
+  FP_INLINE void add(M m) { c += count_lanes(m); }
+  FP_INLINE std::int64_t total() const { return c; }
+};
+#else
+template <typename M>
+struct LaneCount {
+  static_assert(std::is_same_v<M, vi32>, "all-ones 32-bit lanes");
+  vi32 c = {};
+  FP_INLINE void add(vi32 m) { c -= m; }
+  FP_INLINE std::int64_t total() const {
+    std::int64_t t = 0;
+    for (int j = 0; j < W; ++j) t += c[j];
+    return t;
+  }
+};
 #endif
 
 // One block of n contiguous elements into the freshly constructed `out`. Returns false, leaving
@@ -978,7 +1129,10 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   bool rel_any = false;
   std::int64_t mism = 0;                     // float64 pairs: the exact isclose count
   const TolScreen tol(p);                    // narrow pairs: the float32 screen, its count of lanes
-  std::int64_t above_hi = 0, undecided = 0;  // lanes above hi, and between lo and hi
+  // lanes above hi, and above max(lo, 0): hi >= max(lo, 0) (hi's terms are lo's or larger, and
+  // a_hi > 0), so the lanes above hi are among them, and the difference counts the undecided lanes
+  typedef decltype(nonzero_lanes(vun{})) MaskN;
+  LaneCount<MaskN> above_hi_n, above_lo_n;
   NarrowBits<Narrow, kNarrowPair ? kNL : W> ulpn = {};  // (formats up to 32 bits)
   vul ulp64 = {};
   vl idx = lane_indices(index0);
@@ -1036,13 +1190,12 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
       if constexpr (!kSplitPasses) vmx32 = vmaxf(ad32, vmx32);
       // |b| is 0 or >= 2^-149 and exact in float32; ad32 differs from |a-b| by at most 2^-23
       // relative. A zero b with a nonzero a flags; an equal pair (ratio 0) never does.
-      const bool flag = any_lane(reaches(ad32, rel_limit(thr32, den), nz));
+      const bool flag = any_reaches(ad32, thr32 * den, nz);  // lim = fl(thr32 |b|): see kFltMin
       rel_groups[i / kNL] = flag;
       rel_any |= flag;
       if constexpr (kTol) {
-        const auto hi = gt_lanes(ad32, tol.hi(den));
-        above_hi += count_lanes(hi);
-        undecided += count_lanes(and_not(above_clamped(ad32, tol.lo_unclamped(den), nz), hi));
+        above_hi_n.add(gt_lanes(ad32, tol.hi(den)));
+        above_lo_n.add(above_clamped(ad32, tol.lo_unclamped(den), nz));
       }
       const auto dist = ulp_distance(narrow_bits<TA, Narrow, kNL>(a + i, vd{}), narrow_bits<TB, Narrow, kNL>(b + i, vd{}));
       ulpn = dist > ulpn ? dist : ulpn;
@@ -1063,10 +1216,16 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
       }
     };
     if constexpr (kSplitPasses) {
-      // With AVX2 the float64 sums alone hold twelve of the sixteen registers: with the float32
-      // screens in the same loop, GCC spilled a dozen vectors per iteration. Three passes over the
-      // block (the later two read it from L1/L2) keep each in registers, and leave room for the
-      // exact float64 maximum, so a block that ties the running maximum needs no exact pass.
+      // With AVX2 the float64 sums alone hold twelve of the sixteen registers (NEON: 24 of 32):
+      // with the float32 screens in the same loop, GCC spilled a dozen vectors per iteration. Three
+      // passes over the block (the third reads it again from L1/L2) keep each in registers, and leave
+      // room for the exact float64 maximum, so a block that ties the running maximum needs no exact
+      // pass. The first keeps the differences a - b (float64, 32 KiB) for the second, which
+      // converted both inputs again: Zen 3 converts on two of its four floating-point pipes, the
+      // two that also add, and they were the second pass's bottleneck (llvm-mca, -mcpu=znver3).
+      // (On the stack: the deepest frame, fp8_block's with its decoded inputs, is ~70 KiB; pool
+      // threads have std::thread's default stack, 8 MiB with glibc, 512 KiB on macOS.)
+      alignas(64) double diffs[kBlock];
       for (std::int64_t i = 0; i < nv; i += W) {  // the values' sums, as the block comes in
         __builtin_prefetch(a + i + kAhead, 0, 3);
         __builtin_prefetch(b + i + kAhead, 0, 3);
@@ -1075,11 +1234,12 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
         fma_square(s_bb, bv, kExactB);
         sa.add(av);
         sb.add(bv);
+        store_diff8(diffs + i, av, bv);
       }
       for (std::int64_t i = 0; i < nv; i += 2 * W) {  // the differences' sums and histogram codes
         vd ad[2];
         for (int h = 0; h < 2; ++h) {
-          const vd d = Lanes<TA>::value(a + i + W * h) - Lanes<TB>::value(b + i + W * h);
+          const vd d = load<vd>(diffs + i + W * h);
           ad[h] = vabs(d);
           vmx.max(ad[h]);
           s_abs.add(ad[h]);
@@ -1204,8 +1364,9 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   if constexpr (kTol && kNarrowPair) {
     // with an undecided lane (rare: a difference within 2^-20 of its allowance), the groups that
     // hold one are counted exactly in float64, in place of the screen's count
-    mismatches = above_hi;
-    for (std::int64_t i = 0; undecided > 0 && i < nv; i += kNL) {
+    mismatches = above_hi_n.total();
+    const bool undecided = above_lo_n.total() > mismatches;
+    for (std::int64_t i = 0; undecided && i < nv; i += kNL) {
       const vfn a32 = Lanes<TA>::template value32<kNL>(a + i), b32 = Lanes<TB>::template value32<kNL>(b + i);
       const vfn den = bitcast<vfn>(bitcast<vun>(b32) & 0x7fffffffu);
       const vfn ad32 = abs_diff32(a32, b32);
@@ -1309,7 +1470,7 @@ bool block_kernel(ParityAccum& out, const void* a_, const void* b_, std::int64_t
   if constexpr (kNarrowPair) {
     // The tail's ratios were exact (rel, rel_i); the vector part is recomputed exactly only when
     // a lane was flagged (or there is no running maximum to screen against).
-    const bool every_group = exact_rel_pass || mx >= 1e38;  // (mx: see rel_limit)
+    const bool every_group = exact_rel_pass || mx >= 1e38;  // (mx: see kFltMin)
     if (!rel_settled && (every_group || rel_any)) {
       // exact ratios, eight lanes at a time (every difference is finite here), of the flagged
       // groups: an unflagged lane cannot beat the running maximum (quantized formats tie with it in
@@ -1607,9 +1768,9 @@ bool fp8_block(ParityAccum& out, const void* a_, const void* b_, std::int64_t n,
   const Fp8Pattern<TB, Narrow> pb;
   std::uint32_t mx = 0;
   for (std::int64_t i = 0; i < n; ++i) {
-    const std::uint32_t x = pa(a[i]), y = pb(b[i]);
-    const std::uint32_t mxv = x & 0x7fu, myv = y & 0x7fu;
-    const std::uint32_t u = ((x ^ y) & 0x80u) ? mxv + myv : (mxv > myv ? mxv - myv : myv - mxv);
+    // patterns of the 8-bit narrower format (a wider side rounded to it may be its NaN or inf
+    // pattern: magnitudes below 128 all the same, so every sum fits the byte)
+    const std::uint32_t u = ulp_distance_of(static_cast<std::uint8_t>(pa(a[i])), static_cast<std::uint8_t>(pb(b[i])));
     mx = u > mx ? u : mx;
   }
   out.max_ulp = mx;
