@@ -129,12 +129,13 @@ def run(args) -> list[dict]:
                 os.close(fd)
         """)
         add("read limit: both files as compare reads them, no reduction", f"""
-            ta, = files.open_tensors({a!r}); tb, = files.open_tensors({b!r})
-            s = files._PairStreamer(files.CHUNK_BYTES)
+            ta, = open_tensors({a!r}); tb, = open_tensors({b!r})
+            s = PairStreamer(CHUNK_BYTES)
             for _ in s.chunks(ta, tb):
                 pass
             s.close()
-        """, setup="from flashparity import files")
+        """, setup="from flashparity.io import open_tensors\nfrom flashparity.compare.stream import PairStreamer\n"
+               "from flashparity.compare.tasks import CHUNK_BYTES")
         # fp.parity in memory: the arrays are loaded first (untimed), then the call alone is timed
         dt = min(float(_child(f"""
             import numpy as np, flashparity as fp, time as _t
@@ -153,9 +154,9 @@ def run(args) -> list[dict]:
                 setup="from flashparity.cli import main", numel=n if fmt != "npz-deflated" else deflate_n)
         for mib in args.chunks:
             add(f"flashparity compare (npy), {mib} MiB chunks", f"""
-                files.CHUNK_BYTES = {mib} << 20
+                tasks.CHUNK_BYTES = {mib} << 20
                 assert main(["compare", {a!r}, {b!r}, "--quiet", "--json"]) == 0
-            """, setup="from flashparity import files\nfrom flashparity.cli import main", numel=n,
+            """, setup="from flashparity.compare import tasks\nfrom flashparity.cli import main", numel=n,
                 note="chunk-size sweep")
         add("NumPy mmap + np.max(np.abs(a - b))", f"""
             x = np.load({a!r}, mmap_mode="r"); y = np.load({b!r}, mmap_mode="r")

@@ -22,7 +22,7 @@ import numpy as np
 
 import flashparity as fp
 from bench_parity import publish
-from flashparity.kernel_parity import to_device
+from flashparity.kernels.kernel_parity import to_device
 
 try:
     import torch

@@ -3,7 +3,7 @@
 
 Writes two sharded checkpoints (Hugging Face layout: N .safetensors shards and a
 model.safetensors.index.json; float32 tensors of 128 MiB, 4 a shard), compares them with
-flashparity.files.compare_files in each mode, checks that the three reports are the same bit for bit,
+flashparity.compare.compare_files in each mode, checks that the three reports are the same bit for bit,
 and times each (best of --repeat; the page cache warm, or dropped before each run with --cold). The
 pool is started inside the timed call (it is, from the CLI); the Dask cluster is up before (it is, for
 a user who submits to one). Per-task cost: 2048 tensors of 64 elements a side, one task each.
@@ -102,7 +102,7 @@ def timed(fn, repeat: int, cold: bool) -> tuple[float, dict]:
 def run(args) -> list[dict]:
     from distributed import LocalCluster
 
-    from flashparity import files
+    from flashparity.compare import files, tasks
 
     root = Path(tempfile.mkdtemp(prefix="fp-bench-scale-", dir=args.dir))
     try:
@@ -117,7 +117,7 @@ def run(args) -> list[dict]:
             bodies = []
             for what, kw in modes:
                 s, body = timed(lambda kw=kw: files.compare_files(str(a), str(b), **kw), args.repeat, args.cold)
-                ntasks = sum(-(-(TENSOR_ELEMS * 4) // (files.CHUNK_BYTES * files.TASK_CHUNKS))
+                ntasks = sum(-(-(TENSOR_ELEMS * 4) // (tasks.CHUNK_BYTES * tasks.TASK_CHUNKS))
                              for _ in body["tensors"])
                 bodies.append(json.dumps(body, sort_keys=True))
                 # the marginal cost of a task: (time for many tasks - time for few) / the difference

@@ -23,7 +23,7 @@ def placed(where):
     typestr names FP8), the rest go as there."""
     if where == "cpu":
         return (lambda x: x), (lambda x, dt: x)
-    from flashparity.kernel_parity import to_device, to_host
+    from flashparity.kernels.kernel_parity import to_device, to_host
     from test_attention_gpu import dev
 
     return (lambda x: to_device(x) if x.dtype in FP8.values() else dev(x)), to_host

@@ -9,7 +9,7 @@ import pytest
 
 import flashparity as fp
 from attention_ref import reference
-from flashparity.kernel_parity import to_device, to_host
+from flashparity.kernels.kernel_parity import to_device, to_host
 from test_attention import ALIBI_CASES, BF16, CASES, DTYPES, IMPLS, alibi_slopes, err, lse_err, make, rounding
 
 pytestmark = pytest.mark.gpu

@@ -214,7 +214,7 @@ def test_help_is_true():
 def test_files_are_written_atomically(tmp_path):
     # a temporary file in the same directory, renamed into place once complete: an error or an
     # interrupt midway leaves the previous file (or none), and no temporary behind
-    from flashparity.cli import write_atomically
+    from flashparity._write import write_atomically
 
     target = tmp_path / "report.json"
     target.write_text("old\n")

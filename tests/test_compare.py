@@ -12,7 +12,9 @@ import pytest
 from emulation import python_command
 
 import flashparity as fp
-from flashparity import files
+from flashparity import io as fio
+from flashparity.compare import stream, tasks
+from flashparity.io import npy
 from flashparity.cli import main
 
 
@@ -57,7 +59,7 @@ EXACT = ("numel", "max_abs_diff", "max_abs_index", "max_rel_diff", "max_rel_inde
 
 def test_npy_compare_equals_parity(pair, capsys, monkeypatch):
     tmp, a, b = pair
-    monkeypatch.setattr(files, "CHUNK_BYTES", 4096)  # many chunks, merged
+    monkeypatch.setattr(tasks, "CHUNK_BYTES", 4096)  # many chunks, merged
     code, out, _ = run_cli(["compare", str(tmp / "a.npy"), str(tmp / "b.npy"), "--atol", "1e-3", "--json"], capsys)
     assert code == 1  # (outside atol: exit 1)
     body = json.loads(out)
@@ -244,7 +246,7 @@ def test_fortran_order_npy_compares_in_c_order(tmp_path, capsys):
 def test_npz_members_stream_in_chunks(tmp_path, capsys, monkeypatch, compress):
     # stored members are byte ranges of the archive (positioned reads, CRC-32 checked on the way);
     # deflated ones stream through zlib; both in many chunks, both exact
-    monkeypatch.setattr(files, "CHUNK_BYTES", 1000)  # not a multiple of any element size
+    monkeypatch.setattr(tasks, "CHUNK_BYTES", 1000)  # not a multiple of any element size
     rng = np.random.default_rng(8)
     a = {"w": rng.standard_normal((97, 13)).astype(np.float32), "h": rng.standard_normal(301).astype(np.float16)}
     b = {k: (v + v.dtype.type(1e-2) * rng.standard_normal(v.shape).astype(v.dtype)).astype(v.dtype) for k, v in a.items()}
@@ -271,7 +273,7 @@ def _flip_a_data_byte(path):
 
 @pytest.mark.parametrize("compress", [False, True], ids=["stored", "deflated"])
 def test_npz_corruption_is_a_bad_file(tmp_path, capsys, monkeypatch, compress):
-    monkeypatch.setattr(files, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(tasks, "CHUNK_BYTES", 4096)
     x = np.random.default_rng(9).standard_normal(5000).astype(np.float32)
     (np.savez_compressed if compress else np.savez)(tmp_path / "a.npz", x=x)
     np.savez(tmp_path / "b.npz", x=x)
@@ -287,19 +289,19 @@ def test_a_file_truncated_while_it_is_read_is_an_error(tmp_path):
     x = np.arange(100_000, dtype=np.float32)
     np.save(tmp_path / "a.npy", x)
     np.save(tmp_path / "b.npy", x)
-    (ta,) = files.open_tensors(str(tmp_path / "a.npy"))
+    (ta,) = fio.open_tensors(str(tmp_path / "a.npy"))
     with open(tmp_path / "a.npy", "r+b") as fh:
         fh.truncate(50_000)
-    (tb,) = files.open_tensors(str(tmp_path / "b.npy"))
-    streamer = files._PairStreamer(16 << 10)
-    with pytest.raises(files.BadFile, match="ended early"):
+    (tb,) = fio.open_tensors(str(tmp_path / "b.npy"))
+    streamer = stream.PairStreamer(16 << 10)
+    with pytest.raises(fio.BadFile, match="ended early"):
         for _ in streamer.chunks(ta, tb):
             pass
     streamer.close()
 
 
 def test_big_endian_npy_compares_like_native(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(files, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(tasks, "CHUNK_BYTES", 1000)
     rng = np.random.default_rng(10)
     a = rng.standard_normal(3001).astype(np.float32)
     b = a + np.float32(1e-3)
@@ -375,8 +377,8 @@ def test_deflated_members_share_one_directory_read(tmp_path, capsys, monkeypatch
 def test_files_are_read_never_mapped(tmp_path, monkeypatch):
     a = np.asfortranarray(np.arange(12, dtype=np.float32).reshape(3, 4))
     np.save(tmp_path / "f.npy", a)
-    got = files.load_npy(str(tmp_path / "f.npy"))
+    got = fio.load_npy(str(tmp_path / "f.npy"))
     assert type(got) is np.ndarray and not isinstance(got, np.memmap) and np.array_equal(got, a)
-    monkeypatch.setattr(files, "FORTRAN_MAX_BYTES", 16)
-    with pytest.raises(files.BadFile, match="re-save it in C order"):
-        files.open_tensors(str(tmp_path / "f.npy"))
+    monkeypatch.setattr(npy, "FORTRAN_MAX_BYTES", 16)
+    with pytest.raises(fio.BadFile, match="re-save it in C order"):
+        fio.open_tensors(str(tmp_path / "f.npy"))

@@ -15,7 +15,7 @@ from emulation import emulated
 from test_compare import run_cli, write_safetensors
 
 import flashparity as fp
-from flashparity import files
+from flashparity.compare import files, tasks
 
 
 def shard(tmp, name, tensors: dict, groups: list[list[str]]):
@@ -125,7 +125,7 @@ def test_a_symlinked_shard_is_followed(checkpoints, tmp_path, capsys):
 
 
 def test_in_process_progress_is_per_chunk_and_merges_as_one_pass(tmp_path, monkeypatch):
-    monkeypatch.setattr(files, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(tasks, "CHUNK_BYTES", 4096)
     rng = np.random.default_rng(12)
     b = rng.standard_normal(100_000).astype(np.float32)
     a = (b * (1 + 1e-4 * rng.standard_normal(b.shape))).astype(np.float32)
@@ -154,8 +154,8 @@ def test_a_name_in_two_files_of_a_directory_is_an_error(tmp_path, capsys):
 @pytest.fixture
 def many_tasks(tmp_path, monkeypatch):
     """Two directories whose comparison is split into ~200 tasks of 3 chunks of 4 KiB."""
-    monkeypatch.setattr(files, "CHUNK_BYTES", 4096)
-    monkeypatch.setattr(files, "TASK_CHUNKS", 3)
+    monkeypatch.setattr(tasks, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(tasks, "TASK_CHUNKS", 3)
     rng = np.random.default_rng(9)
     for side in ("a", "b"):
         (tmp_path / side).mkdir()
@@ -198,7 +198,7 @@ def test_workers_give_the_same_bits_as_in_process(many_tasks):
 def test_a_killed_pool_worker_has_its_tasks_rerun(many_tasks, monkeypatch):
     import multiprocessing
 
-    from flashparity import _parallel
+    from flashparity.compare import engines as _parallel
 
     pools = []
 
@@ -208,7 +208,7 @@ def test_a_killed_pool_worker_has_its_tasks_rerun(many_tasks, monkeypatch):
             super().__init__(*args, **kw)
 
     monkeypatch.setattr(_parallel, "ProcessPoolExecutor", Counted)
-    monkeypatch.setattr(files, "TASK_CHUNKS", 1)  # (~180 tasks: most still pending at the kill)
+    monkeypatch.setattr(tasks, "TASK_CHUNKS", 1)  # (~180 tasks: most still pending at the kill)
     a, b = many_tasks
     serial = files.compare_files(a, b)
     state = {"killed": 0, "done": 0}
@@ -256,7 +256,7 @@ def test_dask_gives_the_same_bits_and_survives_a_killed_worker(many_tasks, clust
     on_dask = files.compare_files(a, b, atol=1e-5, dask=client)
     assert canonical(on_dask) == canonical(serial)
 
-    monkeypatch.setattr(files, "TASK_CHUNKS", 1)  # (~180 tasks: most still to run at the kill)
+    monkeypatch.setattr(tasks, "TASK_CHUNKS", 1)  # (~180 tasks: most still to run at the kill)
     pids = list(client.run(os.getpid).values())
     state = {"done": 0, "killed": False, "indices": []}
 
@@ -286,7 +286,7 @@ def test_dask_on_the_cli(many_tasks, cluster, capsys):
 
 def test_an_unreachable_scheduler_is_a_usage_error(many_tasks, capsys, monkeypatch):
     pytest.importorskip("distributed")
-    from flashparity import _parallel
+    from flashparity.compare import engines as _parallel
 
     monkeypatch.setattr(_parallel, "CONNECT_TIMEOUT_S", 1)
     a, b = many_tasks
@@ -296,7 +296,7 @@ def test_an_unreachable_scheduler_is_a_usage_error(many_tasks, capsys, monkeypat
 
 def test_the_progress_bar_counts_bytes(capsys):
     pytest.importorskip("tqdm")
-    from flashparity.cli import _Progress
+    from flashparity.cli.compare import _Progress
 
     bar = _Progress(enabled=True)
     for done in (1 << 20, 3 << 20, 4 << 20):

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import flashparity as fp
-from flashparity import adapters
+from flashparity.kernels import adapters
 from emulation import emulated_cpu
-from flashparity.conformance import Case, conformance, suite_cases
+from flashparity.kernels.conformance import Case, conformance, suite_cases
 
 # (the conformance logic is Python around kernels that other tests run at every level: an emulated
 # CPU runs tests/test_conformance_kernels.py, the built-in kernels through the suite, and not this)
@@ -230,9 +230,9 @@ def test_a_crash_is_an_error_and_a_wrong_shape_a_failure():
 
 
 def test_kernels_named_by_module_and_bad_arguments():
-    rep = conformance("flashparity.attention:attention", convention="bshd-numpy", suite=[Case()],
+    rep = conformance("flashparity.kernels.attention:attention", convention="bshd-numpy", suite=[Case()],
                       capabilities={"lse": False})
-    assert rep.ok and rep.kernel.startswith("python:flashparity.attention.attention")
+    assert rep.ok and rep.kernel.startswith("python:flashparity.kernels.attention.attention")
     with pytest.raises(ValueError, match="needs convention="):
         conformance(lambda q, k, v: q)
     with pytest.raises(ValueError, match="convention must be one of bshd, bshd-numpy, fa2, fa2-varlen, fa2-kvcache, "
@@ -301,12 +301,12 @@ def run_cli(argv, capsys):
 
 
 def test_kernel_parity_of_any_kernel_keeps_apr_body(capsys):
-    body = fp.kernel_parity("flashparity.attention:attention", convention="bshd-numpy", dtype="float16",
+    body = fp.kernel_parity("flashparity.kernels.attention:attention", convention="bshd-numpy", dtype="float16",
                             seqlen_q=37, causal=True)
-    assert body["kernel"] == body["attn_impl"] == "python:flashparity.attention.attention"
-    assert body["kernel_source"].startswith("python:flashparity.attention.attention@sha256:")
+    assert body["kernel"] == body["attn_impl"] == "python:flashparity.kernels.attention.attention"
+    assert body["kernel_source"].startswith("python:flashparity.kernels.attention.attention@sha256:")
     assert body["fa2_rule_ok"] and body["fallback"] is None and body["seqlen_q"] == 37
-    code, out, _ = run_cli(["kernel", "parity", "--impl", "flashparity.attention:attention", "--convention",
+    code, out, _ = run_cli(["kernel", "parity", "--impl", "flashparity.kernels.attention:attention", "--convention",
                             "bshd-numpy", "--check", "--json"], capsys)
     assert code == 0 and json.loads(out)["check"]["ok"]
     # a sweep runs the cases the adapter takes (varlen and paged batches, FP8 with unit descales)
@@ -355,7 +355,7 @@ def test_kernel_parity_suite_and_usage_errors(capsys):
         (["--impl", "flash2", "--convention", "fa2"], "--convention is for a package.module:function kernel"),
         (["--impl", "flash2", "--suite", "quick", "--check"], "--check and --sweep are for single"),
         (["--impl", "flash2", "--suite", "quick", "--dtype", "float64"], "--suite runs float32, float16, bfloat16"),
-        (["--impl", "flashparity.attention:attention", "--convention", "bhsd"], "convention must be one of bshd,"),
+        (["--impl", "flashparity.kernels.attention:attention", "--convention", "bhsd"], "convention must be one of bshd,"),
     ]:
         code, out, err = run_cli(["kernel", "parity", *argv], capsys)
         assert code == 2 and needle in err and "Traceback" not in err, (argv, err)
@@ -535,24 +535,24 @@ def test_jax_dot_product_attention():
 
 
 def test_run_attn_with_any_kernel(tmp_path, capsys):
-    code, out, _ = run_cli(["run", "--attn", "flashparity.attention:attention", "--convention", "bshd-numpy",
+    code, out, _ = run_cli(["run", "--attn", "flashparity.kernels.attention:attention", "--convention", "bshd-numpy",
                             "--seqlen-q", "9", "--causal", "--dtype", "bfloat16", "--out", str(tmp_path / "o.npy")],
                            capsys)
     body = json.loads(out)
-    assert code == 0 and body["attn_impl"] == "python:flashparity.attention.attention" and body["fallback"] is None
-    assert body["kernel_source"].startswith("python:flashparity.attention.attention@sha256:")
+    assert code == 0 and body["attn_impl"] == "python:flashparity.kernels.attention.attention" and body["fallback"] is None
+    assert body["kernel_source"].startswith("python:flashparity.kernels.attention.attention@sha256:")
     assert body["q_shape"] == [1, 9, 8, 64] and body["out_dtype"] == "bfloat16"
     # (apr's provenance classifier knows flash2 and naive: another kernel is UnknownAttnImpl, exit 1)
     (tmp_path / "run.json").write_text(out)
     assert run_cli(["classify", "provenance", str(tmp_path / "run.json")], capsys)[0] == 1
     # a case outside the kernel: an error, or with --fallback the naive kernel saying why
-    argv = ["run", "--attn", "flashparity.attention:attention", "--convention", "bshd-numpy", "--softcap", "30"]
+    argv = ["run", "--attn", "flashparity.kernels.attention:attention", "--convention", "bshd-numpy", "--softcap", "30"]
     code, out, err = run_cli(argv, capsys)
     assert code == 1 and "does not support this case: softcap" in err
     code, out, _ = run_cli([*argv, "--fallback"], capsys)
     body = json.loads(out)
     assert code == 0 and body["attn_impl"] == "naive" and "softcap" in body["fallback"]
-    for argv, needle in [(["--attn", "flashparity.attention:attention"], "needs convention="),
+    for argv, needle in [(["--attn", "flashparity.kernels.attention:attention"], "needs convention="),
                          (["--attn", "flash2", "--convention", "sdpa"], "--convention is for a package"),
                          (["--attn", "flashparity:naive", "--varlen", "3,4"], "takes dense inputs here (no --varlen"),
                          (["--attn", "flash-attn"], "--attn flash-attn runs on cuda only, not --device cpu")]:

@@ -1,4 +1,4 @@
-"""The HTML report of a conformance run (flashparity.conformance_html): built from real runs (a sound
+"""The HTML report of a conformance run (flashparity.kernels.conformance_html): built from real runs (a sound
 built-in kernel, a kernel with a wrong softmax scale, one that declines head dims over 64, one whose
 outputs are NaN and inf), its content checked (escaping, the matrix, a section per failing case,
 no NaN in SVG coordinates), and opened in headless Chromium (Debian `chromium`): the screenshot is
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import flashparity as fp
-from flashparity import conformance_html
-from flashparity.conformance import Case, CaseResult, ConformanceReport, conformance, suite_cases
+from flashparity.kernels import conformance_html
+from flashparity.kernels.conformance import Case, CaseResult, ConformanceReport, conformance, suite_cases
 from emulation import emulated_cpu
 from png import png_pixels
 

@@ -9,7 +9,7 @@ import pytest
 
 import numpy as np
 
-from flashparity.conformance import Case, conformance
+from flashparity.kernels.conformance import Case, conformance
 
 QUICK_FEATURES = {"mha", "gqa", "mqa", "causal", "window", "softcap", "alibi", "masked-rows", "strided", "stride0",
                   "poisoned", "extreme", "determinism", "varlen", "paged"}

@@ -17,8 +17,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from flashparity.adapters import _PACKAGES  # noqa: E402
-from flashparity.conformance import Case, conformance, suite_cases  # noqa: E402
+from flashparity.kernels.adapters import _PACKAGES  # noqa: E402
+from flashparity.kernels.conformance import Case, conformance, suite_cases  # noqa: E402
 
 STANDINS = os.path.join(os.path.dirname(__file__), "standins")
 MODULES = ("_standin_core", "flash_attn", "flash_attn_interface", "flashinfer", "xformers")
@@ -276,7 +276,7 @@ def test_hub_kernel_from_a_local_folder(hub):
     assert m, rep.kernel_source
     import shutil
 
-    from flashparity.adapters import _tree_digest
+    from flashparity.kernels.adapters import _tree_digest
 
     twin = hub / "twin"
     shutil.copytree(folder, twin, ignore=shutil.ignore_patterns("__pycache__"))
@@ -340,7 +340,7 @@ def test_package_provenance_hashes_the_packages_own_extensions():
 
     import numpy
 
-    from flashparity.adapters import _package_source
+    from flashparity.kernels.adapters import _package_source
 
     src = _package_source("numpy", numpy)
     m = re.fullmatch(r"pypi:numpy@(.+)\+sha256-of-(\d+)-extensions:([0-9a-f]{64})", src)
@@ -352,7 +352,7 @@ def test_package_provenance_hashes_the_packages_own_extensions():
 
 
 def test_a_folders_digest_covers_linked_folders_and_unreadable_entries(tmp_path):
-    from flashparity.adapters import _tree_digest
+    from flashparity.kernels.adapters import _tree_digest
 
     (tmp_path / "k").mkdir()
     (tmp_path / "k" / "__init__.py").write_text("x = 1\n")

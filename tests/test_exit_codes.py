@@ -4,7 +4,6 @@ that is not installed."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import subprocess
@@ -16,9 +15,7 @@ from emulation import emulated, python_command
 
 import flashparity as fp
 from flashparity.cli import EXIT_RULE, build_parser, main
-
-
-kp = importlib.import_module("flashparity.kernel_parity")  # (fp.kernel_parity is the function)
+from flashparity.kernels import kernel_parity as kp
 
 
 def run_cli(argv, capsys):
@@ -167,7 +164,7 @@ def test_compare_usage_errors(argv, msg, close_pair, tmp_path, capsys):
 
 
 def test_compare_files_api_validates_and_judges(close_pair, tmp_path):
-    from flashparity.files import compare_files
+    from flashparity.compare import compare_files
 
     pa, pb = sides(tmp_path, *close_pair, "npz")
     body = compare_files(pa, pb, atol=1e-4, max_mismatch_ratio=0.5)
@@ -193,9 +190,9 @@ def test_a_shape_or_dtype_mismatch_fails(tmp_path, capsys):
 
 @pytest.mark.parametrize("dtype", [np.int64, np.int8, np.uint16, np.bool_, np.complex64])
 def test_tensors_that_are_not_floats_compare_exactly(dtype, tmp_path, capsys, monkeypatch):
-    from flashparity import files
+    from flashparity.compare import tasks
 
-    monkeypatch.setattr(files, "CHUNK_BYTES", 1000)  # (several chunks, not a multiple of any element size)
+    monkeypatch.setattr(tasks, "CHUNK_BYTES", 1000)  # (several chunks, not a multiple of any element size)
     rng = np.random.default_rng(5)
     if dtype is np.complex64:
         x = (rng.standard_normal(1001) + 1j * rng.standard_normal(1001)).astype(dtype)
@@ -414,7 +411,7 @@ def test_the_torch_features_name_the_install_without_torch(call, feature, tmp_pa
 
 
 def test_min_cosine_is_validated_alike_everywhere(tmp_path):
-    from flashparity.modules import compare_dumps
+    from flashparity.models.modules import compare_dumps
 
     for bad in (float("nan"), 2.0):
         with pytest.raises(ValueError, match="min_cosine must be a number from -1 to 1"):

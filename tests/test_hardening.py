@@ -4,7 +4,6 @@ promised, terminal escapes in untrusted names, and safetensors headers the libra
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
@@ -280,7 +279,7 @@ def test_kernel_parity_bad_cases_are_usage_errors(argv, needle, capsys):
 
 
 def test_too_large_a_case_is_one_line(capsys, monkeypatch):
-    kp = importlib.import_module("flashparity.kernel_parity")  # (fp.kernel_parity is the function)
+    from flashparity.kernels import kernel_parity as kp
 
     def no_memory(case):
         raise MemoryError  # (what NumPy raises for --seq-len 3000000000, without allocating here)
@@ -380,7 +379,8 @@ def fp8_pair(fmt):
 
 
 def test_fp8_npy_files_as_numpy_writes_them(tmp_path, capsys):
-    from flashparity.files import BadFile, compare_files, load_npy
+    from flashparity.compare import compare_files
+    from flashparity.io import BadFile, load_npy
 
     for fmt in ("float8_e4m3fn", "float8_e5m2"):
         a, b = fp8_pair(fmt)
@@ -424,9 +424,10 @@ def test_fp8_npy_files_as_numpy_writes_them(tmp_path, capsys):
     (tmp_path / "forged.npy").write_bytes(raw)  # (NumPy's own checks pass a bool dimension on to the descr)
     with pytest.raises(BadFile, match="is not a valid .npy file: header b"):
         load_npy(str(tmp_path / "forged.npy"))
-    from flashparity import cli, files
+    from flashparity import io
+    from flashparity.cli import _common
 
-    assert cli.FP8_FORMATS == files.FP8_FORMATS
+    assert _common.FP8_FORMATS == io.FP8_FORMATS
 
 
 def test_a_one_byte_void_tensor_in_a_directory_is_one_row_not_a_bad_file(tmp_path, capsys):
@@ -453,7 +454,7 @@ def test_run_reads_fp8_npy_inputs(tmp_path, capsys):
     assert code == 1 and "--void1-as" in out + err
     code, out, err = run_cli([*argv, "--void1-as", "float8_e4m3fn", "--out", str(tmp_path / "o.npy")], capsys)
     assert code == 0, (out, err)
-    from flashparity.files import load_npy
+    from flashparity.io import load_npy
 
     want = fp.attention(q, q, q, impl="naive")
     got = load_npy(str(tmp_path / "o.npy"), void2_as_bfloat16=True, void1_as="float8_e4m3fn")

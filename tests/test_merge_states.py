@@ -124,7 +124,7 @@ def test_bad_input_names_the_value():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_gpu_matches_cpu(dtype):
-    from flashparity.kernel_parity import to_host
+    from flashparity.kernels.kernel_parity import to_host
     from test_attention_gpu import dev
 
     rng = np.random.default_rng(11)

@@ -177,7 +177,7 @@ def test_a_run_that_raises_is_raised_and_nothing_hangs():
 @pytest.fixture
 def held(monkeypatch):
     """The number of outputs waiting in the rendezvous, seen at each arrival."""
-    from flashparity import modules
+    from flashparity.models import modules
 
     counts = []
     real = modules._Rendezvous.arrive

@@ -21,7 +21,7 @@ SHAPES = [(1,), (7,), (1031,), (3, 5, 7), (257, 129)]
 def dev(x):
     """float16/32/64 through __cuda_array_interface__ (cuda-python buffers), bfloat16 and FP8 through DLPack."""
     if x.dtype.name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
-        from flashparity.kernel_parity import to_device
+        from flashparity.kernels.kernel_parity import to_device
 
         return to_device(x)
     from cuda_buffers import DeviceArray

@@ -48,7 +48,7 @@ def test_kernel_parity_is_reproducible_and_seed_sensitive():
 
 
 def test_kernel_parity_inputs_are_the_seeded_generator():
-    from flashparity.kernel_parity import Case, make_inputs
+    from flashparity.kernels.kernel_parity import Case, make_inputs
 
     q, k, v = make_inputs(Case(seed=5, seq_len=7, num_heads=2, num_kv_heads=1, head_dim=3))
     rng = np.random.default_rng(5)
@@ -96,7 +96,7 @@ def test_kernel_parity_alibi():
     assert body["alibi"] is True and plain["alibi"] is False and body["fa2_rule_ok"]
     assert body["max_abs_diff"] < 1e-5
     # the case's inputs with and without the bias give different outputs: the flag reaches the kernels
-    from flashparity.kernel_parity import Case, alibi_slopes, case_inputs
+    from flashparity.kernels.kernel_parity import Case, alibi_slopes, case_inputs
 
     q, k, v, _ = case_inputs(Case(seqlen_q=48, seq_len=80, num_heads=6, num_kv_heads=2))
     assert not np.array_equal(fp.attention(q, k, v, causal=True, alibi_slopes=alibi_slopes(6)),
@@ -127,7 +127,7 @@ def test_cli_serving_flags(tmp_path, capsys):
     out_path = tmp_path / "o.npy"
     code, out, _ = run_cli(["run", "--varlen", "3,5", "--causal", "--out", str(out_path)], capsys)
     assert code == 0 and json.loads(out)["q_shape"] == [8, 8, 64]
-    from flashparity.kernel_parity import Case, case_inputs
+    from flashparity.kernels.kernel_parity import Case, case_inputs
 
     q, k, v, meta = case_inputs(Case(varlen=(3, 5)))
     cu = meta["cu_seqlens"]
@@ -139,7 +139,7 @@ def test_cli_serving_flags(tmp_path, capsys):
 
 
 def test_alibi_slopes_are_the_papers():
-    from flashparity.kernel_parity import alibi_slopes
+    from flashparity.kernels.kernel_parity import alibi_slopes
 
     assert np.array_equal(alibi_slopes(8), np.float32([2.0 ** -(i + 1) for i in range(8)]))
     # 12 heads: the 8-head sequence, then the odd members of the 16-head one
@@ -244,7 +244,7 @@ def test_cli_run_alibi(tmp_path, capsys):
     code, out, _ = run_cli(["run", "--alibi", "--seqlen-q", "9", "--seq-len", "20", "--num-heads", "3",
                             "--num-kv-heads", "1", "--out", str(out_path)], capsys)
     assert code == 0 and json.loads(out)["alibi"] is True
-    from flashparity.kernel_parity import Case, alibi_slopes, make_inputs
+    from flashparity.kernels.kernel_parity import Case, alibi_slopes, make_inputs
 
     q, k, v = make_inputs(Case(seqlen_q=9, seq_len=20, num_heads=3, num_kv_heads=1))
     assert np.array_equal(np.load(out_path), fp.attention(q, k, v, alibi_slopes=alibi_slopes(3)))

@@ -21,7 +21,7 @@ def placed(where):
     back to NumPy arrays of a given dtype."""
     if where == "cpu":
         return (lambda x: x), (lambda x, dt: x)
-    from flashparity.kernel_parity import to_host
+    from flashparity.kernels.kernel_parity import to_host
     from test_attention_gpu import dev
 
     return dev, to_host
@@ -283,7 +283,7 @@ def test_bad_metadata_names_the_value():
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_gpu_varlen_and_paged(impl, dtype):
-    from flashparity.kernel_parity import to_host
+    from flashparity.kernels.kernel_parity import to_host
     from test_attention_gpu import dev
 
     rng = np.random.default_rng(71)

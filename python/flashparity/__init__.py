@@ -5,7 +5,7 @@ Public API (see the README and SPEC): :func:`build_info`; the fused parity reduc
 attention forward :func:`attention` (naive and flash2, on the CPU and the GPU) and
 :func:`merge_attention_states`; serving layouts :func:`attention_varlen` and
 :func:`attention_kvcache` (paged); :func:`conformance` of any attention kernel (adapters in
-:mod:`flashparity.adapters`) against the float64 oracle; the
+:mod:`flashparity.kernels.adapters`) against the float64 oracle; the
 classifiers in :mod:`flashparity.classify`; parity over torch.distributed ranks in
 :mod:`flashparity.distributed`. The compiled core is the private module ``flashparity._core``.
 """
@@ -15,11 +15,11 @@ from __future__ import annotations
 from . import classify, distributed
 from ._build import build_info
 from ._core import __version__
-from .attention import UnsupportedHeadDimError, attention, merge_attention_states
-from .conformance import ConformanceReport, conformance
-from .kernel_parity import kernel_parity
-from .serving import attention_kvcache, attention_varlen
-from .modules import ModuleReport, compare_modules, dump
+from .kernels.attention import UnsupportedHeadDimError, attention, merge_attention_states
+from .kernels.conformance import ConformanceReport, conformance
+from .kernels.kernel_parity import kernel_parity
+from .kernels.serving import attention_kvcache, attention_varlen
+from .models.modules import ModuleReport, compare_modules, dump
 from .parity import ParityStats, assert_parity, cosine_sim, max_abs_diff, parity
 
 __all__ = [

@@ -51,7 +51,7 @@ class ConformanceItem(pytest.Item):
         self.result = None
 
     def runtest(self):
-        from .conformance import run_case
+        from .kernels.conformance import run_case
 
         self.result = run_case(self.adapter, self.case)
         if self.result.verdict == "unsupported":
@@ -73,7 +73,7 @@ class ConformanceFailure(AssertionError):
 
 
 def _adapter(config):
-    from .conformance import prepare_adapter
+    from .kernels.conformance import prepare_adapter
 
     caps = config.getoption("--fp-capabilities")
     try:
@@ -89,7 +89,7 @@ def _adapter(config):
 def pytest_collection_modifyitems(session, config, items):
     if not config.getoption("--fp-kernel"):
         return
-    from .conformance import DTYPES, suite_cases
+    from .kernels.conformance import DTYPES, suite_cases
 
     adapter = _adapter(config)
     try:

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from .conformance import DTYPES, Case, suite_cases
+from .kernels.conformance import DTYPES, Case, suite_cases
 
 __all__ = ["conformance_cases", "Case"]
 
 
 def conformance_cases(suite: str = "quick", dtypes: Iterable[str] = DTYPES, seed: int = 0) -> list[Case]:
     """The cases of a conformance suite (``quick``, ``default`` or ``full``; see
-    :func:`flashparity.conformance.suite_cases`), each with ``check(kernel, convention=...)`` and
+    :func:`flashparity.kernels.conformance.suite_cases`), each with ``check(kernel, convention=...)`` and
     its name as ``str(case)`` (a test id)."""
     return suite_cases(suite, dtypes, seed)

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
-from ._tensor import FP8, TensorView, as_view, consumer_stream, host_values, producer_waits
+from .. import _core
+from .._tensor import FP8, TensorView, as_view, consumer_stream, host_values, producer_waits
 
 __all__ = ["attention", "merge_attention_states", "alibi_slopes", "UnsupportedHeadDimError", "IMPLS",
            "FLASH2_MAX_HEAD_DIM"]

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ._build import kernel_source
+from .._build import kernel_source
 from .attention import IMPLS, _numpy_dtype, alibi_slopes, attention
-from .parity import parity
+from ..parity import parity
 
 __all__ = ["Case", "kernel_parity", "make_inputs", "case_inputs", "default_sweep", "alibi_slopes", "FA2_RULE_SLACK",
            "IMPL_ALIASES"]
@@ -123,7 +123,7 @@ def run_attention(impl: str, q, k, v, *, device: str, causal: bool, window, soft
     kw = dict(impl=impl, causal=causal, window=window, softcap=softcap, alibi_slopes=alibi)
     meta = meta or {}
     if device == "cuda":
-        from . import _core
+        from .. import _core
 
         if not hasattr(_core, "attention_cuda"):
             raise RuntimeError("device-unavailable: this build has no CUDA kernels; use --device cpu")
@@ -169,8 +169,8 @@ def _run(impl: str, q, k, v, meta: dict, case: Case):
 
 def to_device(x: np.ndarray, device: int = 0):
     """A device copy of a host array (CUDA builds): a DeviceArray."""
-    from . import _core
-    from ._tensor import DTYPE_CODES, as_view
+    from .. import _core
+    from .._tensor import DTYPE_CODES, as_view
 
     x = np.ascontiguousarray(x)
     view = as_view(x, "x")
@@ -327,7 +327,7 @@ def kernel_parity(impl: Any = "flash2", ref: str = "naive", *, sweep: bool | lis
                   **case: Any) -> dict[str, Any]:
     """Parity of attention ``impl`` against ``ref`` on seeded inputs: the kernel parity JSON body.
 
-    ``impl``: ``flash2`` (apr's ``tiled``) or ``naive``, or any kernel :func:`flashparity.conformance`
+    ``impl``: ``flash2`` (apr's ``tiled``) or ``naive``, or any kernel :func:`flashparity.kernels.conformance`
     takes — a built-in adapter's name (``torch-sdpa:math``, ...), ``"package.module:function"`` or
     a callable with ``convention=`` (and ``capabilities=``); such a kernel runs
     float32/float16/bfloat16 cases (dense, varlen and paged, where it supports them) on the case's
@@ -338,7 +338,7 @@ def kernel_parity(impl: Any = "flash2", ref: str = "naive", *, sweep: bool | lis
     ``cases`` and its top-level ``max_abs_diff`` is the largest and ``cosine_sim`` the smallest over
     them, ``fa2_rule_ok`` their conjunction; cases an adapter's kernel does not support are listed
     under ``unsupported`` instead. Raises :class:`~flashparity.UnsupportedHeadDimError` for a
-    head_dim the kernel rejects, :class:`flashparity.adapters.Unsupported` for a single case
+    head_dim the kernel rejects, :class:`flashparity.kernels.adapters.Unsupported` for a single case
     outside an adapter's kernel.
     """
     adapter = None
@@ -357,7 +357,7 @@ def kernel_parity(impl: Any = "flash2", ref: str = "naive", *, sweep: bool | lis
         raise ValueError(f"ref must be one of {', '.join(IMPLS)} (or apr's 'tiled'), got {ref!r}")
     base = Case(**case)
     if base.device == "cuda":
-        from ._build import build_info
+        from .._build import build_info
 
         if not build_info()["cuda_available"]:
             raise RuntimeError("no-gpu: no usable CUDA device (or this build has no CUDA kernels)")

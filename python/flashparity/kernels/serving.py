@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
-from ._tensor import TensorView, consumer_stream, host_values, producer_waits
+from .. import _core
+from .._tensor import TensorView, consumer_stream, host_values, producer_waits
 from .attention import (
     _KERNEL_CODES,
     _alibi,

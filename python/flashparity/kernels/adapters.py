@@ -1,7 +1,7 @@
-"""Adapters that run an attention kernel on a conformance case (:mod:`flashparity.conformance`).
+"""Adapters that run an attention kernel on a conformance case (:mod:`flashparity.kernels.conformance`).
 
 An adapter takes a case's inputs (NumPy arrays: BSHD, or packed and paged as
-:meth:`flashparity.conformance.Case.inputs` describes), calls the kernel in its own calling
+:meth:`flashparity.kernels.conformance.Case.inputs` describes), calls the kernel in its own calling
 convention (layout, causal alignment, argument names, LSE base) on the case's device and hands back
 ``(out, lse)`` in flashparity's: out [batch, seqlen_q, heads_q, head_dim] (packed [total_q, ...] for
 a varlen case) in q's dtype, lse [batch, heads_q, seqlen_q] ([heads_q, total_q]) natural log, or
@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._optional import require
+from .._optional import require
 
 __all__ = ["Capabilities", "Unsupported", "Adapter", "ADAPTERS", "CONVENTIONS", "resolve", "adapter_status",
            "host_array"]
@@ -141,7 +141,7 @@ class Adapter:
     name = "?"
     convention = "?"
     capabilities = Capabilities()
-    #: the devices the kernel runs on (``device=`` of :func:`flashparity.conformance`)
+    #: the devices the kernel runs on (``device=`` of :func:`flashparity.kernels.conformance`)
     devices: tuple[str, ...] = ("cpu", "cuda")
 
     def __init__(self):
@@ -295,7 +295,7 @@ class FlashparityAdapter(Adapter):
         return attention(x(inputs["q"]), x(inputs["k"]), x(inputs["v"]), **kw)
 
     def kernel_source(self) -> str:
-        from ._build import kernel_source
+        from .._build import kernel_source
 
         return kernel_source(self.impl)
 
@@ -1265,10 +1265,10 @@ def adapter_status(name: str) -> dict[str, Any]:
     import importlib.metadata
     import importlib.util
 
-    from ._optional import install_hint
+    from .._optional import install_hint
 
     if name.startswith("flashparity:"):
-        from ._core import __version__
+        from .._core import __version__
 
         return {"name": name, "package": "flashparity", "installed": True, "version": __version__}
     if name.startswith("hub:"):

@@ -1,11 +1,12 @@
-"""Running comparison tasks beyond this process: a pool of local processes, or a Dask cluster.
+"""Where comparison tasks run: in this process (the default), on a pool of local processes, or on a
+Dask cluster.
 
-Neither is a scheduler of ours. The pool is the standard library's ProcessPoolExecutor; a Dask
+The last two are no scheduler of ours. The pool is the standard library's ProcessPoolExecutor; a Dask
 cluster's scheduler places the tasks, and reruns those of a worker it loses. The caller passes the
-function a worker runs (a module-level function, pickled by reference: files.run_task) and the tasks
+function a worker runs (a module-level function, pickled by reference: tasks.run_task) and the tasks
 (which carry file paths only: workers read the files themselves); the results come back pickled,
 and the caller merges them in task order, so the report does not depend on where or in which order
-the tasks ran. (This module imports nothing of flashparity: files.py, above it, calls it.)
+the tasks ran. In this process, the same tasks run in order on one read-ahead streamer.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor
 from concurrent.futures import wait as wait_futures
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
+
+from ..io.source import TensorSource
+from . import tasks as _tasks
+from .stream import PairStreamer
+from .tasks import RangeTask, run_task
 
 # A pool whose worker died (killed, out of memory) is started again for the tasks without a result;
 # this many times per comparison, then the error is raised.
@@ -116,3 +122,15 @@ def run_on_dask(run: Callable[[Any], Any], tasks: list[Any], cluster: Any, done:
     finally:
         if own:
             client.close()
+
+
+def run_in_process(tasks: list[RangeTask], opened: dict[tuple[str, str], TensorSource],
+                    done: Callable[[int, list], None], on_chunk: Callable[[int], None]) -> None:
+    """Run the tasks in order in this process; `done(i, parts)` after each."""
+    streamer = PairStreamer(_tasks.CHUNK_BYTES)  # (its buffers and reader thread serve every task)
+    try:
+        for i, task in enumerate(tasks):
+            done(i, run_task(task, opened, streamer, on_chunk))
+    finally:
+        streamer.close()
+

@@ -1,4 +1,4 @@
-"""The HTML report of a conformance run (:func:`flashparity.conformance.conformance`): one
+"""The HTML report of a conformance run (:func:`flashparity.kernels.conformance.conformance`): one
 self-contained file (inline CSS and SVG, no script, no network) with the verdict and provenance, the
 rules, the feature × dtype matrix, a section for each failing case (its reasons and its error against
 the baseline's, rule by rule, on a log scale with the bound drawn), the unsupported cases grouped by
@@ -16,9 +16,9 @@ import math
 import os
 from typing import Any, Callable
 
-from ._write import printable
+from .._write import printable
 
-# (the report's types are flashparity.conformance's, which imports this module to render itself: the
+# (the report's types are flashparity.kernels.conformance's, which imports this module to render itself: the
 # rules' factors and the dtypes' order come with the report, so nothing here imports it back)
 ConformanceReport = CaseResult = Any
 
@@ -366,7 +366,7 @@ def render(report: ConformanceReport) -> str:
 def write(report: ConformanceReport, path: str | os.PathLike) -> None:
     """Write the self-contained HTML report to ``path`` the way every flashparity output is written
     (:func:`flashparity._write.write_atomically`: never half a file; /dev/stdout and pipes in place)."""
-    from ._write import write_atomically
+    from .._write import write_atomically
 
     data = render(report).encode("utf-8")
     write_atomically(os.fspath(path), lambda fh: fh.write(data))

@@ -23,8 +23,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Callable, Iterable
 
-from ._optional import require
-from .parity import ParityStats, parity, within_gates
+from .._optional import require
+from ..parity import ParityStats, parity, within_gates
 
 __all__ = ["compare_modules", "ModuleReport", "ModuleEntry", "default_tolerances", "dump", "DUMP_MANIFEST"]
 
@@ -152,13 +152,13 @@ class ModuleReport:
         """Write the self-contained HTML report (inline SVG, no network) to ``path``."""
         from .report import render_html
 
-        from ._write import write_atomically
+        from .._write import write_atomically
 
         data = render_html(self).encode("utf-8")
         write_atomically(os.fspath(path), lambda fh: fh.write(data))
 
     def __str__(self) -> str:
-        from ._write import printable  # (keys come from module names, or a dump's manifest: untrusted)
+        from .._write import printable  # (keys come from module names, or a dump's manifest: untrusted)
 
         fd = self.first_divergence
         head = (f"compare_modules: {'OK' if self.ok else 'DIVERGED'}, {len(self.entries)} module outputs"
@@ -381,8 +381,12 @@ class _Rendezvous:
 _RUN = threading.local()  # which run the current thread executes: (its comparison's rendezvous, side)
 
 
-def _hook_modules(model: Any, side: int, canon: Callable[[str], str | None], arrive: Callable,
-                  order: Callable | None, token: Any) -> tuple[list, set[str]]:
+def _hook_calls(model: Any, canon: Callable[[str], str | None], on_call: Callable[[str, int, Any], None],
+                active: Callable[[], bool] | None = None) -> tuple[list, set[str]]:
+    """A forward hook on every submodule `canon` names: ``on_call(name, call, output)``, where `call`
+    counts that module's calls from 0 (a module called twice in a forward is two entries). When
+    `active` is given, a call it refuses is neither counted nor passed on. Returns the hook handles
+    and the names hooked."""
     calls: dict[str, int] = {}
     handles = []
     names = set()
@@ -393,18 +397,26 @@ def _hook_modules(model: Any, side: int, canon: Callable[[str], str | None], arr
         names.add(name)
 
         def hook(_module, _inputs, output, name=name):
-            if getattr(_RUN, "run", None) != (token, side):
-                # (a module the models share is hooked once per model: each hook serves its own run, of
-                # its own comparison: a run an earlier comparison left going feeds nothing here)
+            if active is not None and not active():
                 return
             call = calls.get(name, 0)
             calls[name] = call + 1
-            if order is not None:
-                order((name, call))
-            arrive(side, (name, call), leaves(output))
+            on_call(name, call, output)
 
         handles.append(module.register_forward_hook(hook))
     return handles, names
+
+
+def _hook_modules(model: Any, side: int, canon: Callable[[str], str | None], arrive: Callable,
+                  order: Callable | None, token: Any) -> tuple[list, set[str]]:
+    def on_call(name: str, call: int, output: Any) -> None:
+        if order is not None:
+            order((name, call))
+        arrive(side, (name, call), leaves(output))
+
+    # (a module the models share is hooked once per model: each hook serves its own run, of its own
+    # comparison: a run an earlier comparison left going feeds nothing here)
+    return _hook_calls(model, canon, on_call, active=lambda: getattr(_RUN, "run", None) == (token, side))
 
 
 def _canon(name_map, include, exclude) -> Callable[[str], str | None]:
@@ -458,7 +470,7 @@ def compare_modules(model_a: Any, model_b: Any, *args: Any, atol: float | None =
     :class:`ModuleReport`.
     """
     torch = require("torch", "fp.compare_modules")
-    from .files import check_min_cosine, check_mismatch_ratio
+    from ..compare.files import check_min_cosine, check_mismatch_ratio
 
     atol = _check_number("atol", atol)
     rtol = _check_number("rtol", rtol)
@@ -648,23 +660,19 @@ def dump(model: Any, directory: str | os.PathLike, *args: Any, **kwargs: Any) ->
         raise ValueError(f"dump directory {directory!r} is not empty")
     writer = _ShardWriter(directory, DUMP_SHARD_BYTES)
     entries: list[dict] = []
-    calls: dict[str, int] = {}
-    handles = []
-    for qname, module in model.named_modules():
-        def hook(_module, _inputs, output, name=qname):
-            call = calls.get(name, 0)
-            calls[name] = call + 1
-            for path, t in leaves(output):
-                key = f"{name or '<model>'}#{call}{path}"
-                entry = {"key": key, "name": name, "call": call, "path": path, "shape": list(t.shape),
-                         "dtype": _dtype_name(t), "device": str(t.device)}
-                if entry["dtype"] in _ST_CODES:
-                    entry["file"] = writer.add(key, t)
-                else:
-                    entry["skipped"] = f"no safetensors dtype for {entry['dtype']}"
-                entries.append(entry)
 
-        handles.append(module.register_forward_hook(hook))
+    def on_call(name: str, call: int, output: Any) -> None:
+        for path, t in leaves(output):
+            key = f"{name or '<model>'}#{call}{path}"
+            entry = {"key": key, "name": name, "call": call, "path": path, "shape": list(t.shape),
+                     "dtype": _dtype_name(t), "device": str(t.device)}
+            if entry["dtype"] in _ST_CODES:
+                entry["file"] = writer.add(key, t)
+            else:
+                entry["skipped"] = f"no safetensors dtype for {entry['dtype']}"
+            entries.append(entry)
+
+    handles, _ = _hook_calls(model, lambda qname: qname, on_call)
     try:
         with torch.no_grad():
             model(*args, **kwargs)
@@ -674,7 +682,7 @@ def dump(model: Any, directory: str | os.PathLike, *args: Any, **kwargs: Any) ->
         writer.close()
     manifest = {"format": "flashparity-dump", "version": 1, "torch": torch.__version__,
                 "device": sorted({e["device"] for e in entries}), "entries": entries}
-    from ._write import write_atomically
+    from .._write import write_atomically
 
     data = (json.dumps(manifest, indent=1) + "\n").encode("utf-8")
     write_atomically(os.path.join(directory, DUMP_MANIFEST), lambda fh: fh.write(data))
@@ -686,7 +694,7 @@ def is_dump(path: str) -> bool:
 
 
 def _manifest(path: str) -> dict:
-    from .files import BadFile, _regular, strict_json
+    from ..io.source import BadFile, _regular, strict_json
 
     manifest = os.path.join(path, DUMP_MANIFEST)
     _regular(manifest)
@@ -707,7 +715,7 @@ def compare_dumps(path_a: str, path_b: str, *, atol: float | None = None, rtol: 
     """Two ``fp.dump`` directories compared with compare_modules' verdicts (model_b's dump is the
     reference), in model_a's execution order; ``compare_kw`` goes to ``files.compare_files``
     (``workers``, ``dask``, ``progress``, ``void2_as_bfloat16``, ``void1_as``)."""
-    from .files import check_min_cosine, check_mismatch_ratio, compare_files
+    from ..compare.files import check_min_cosine, check_mismatch_ratio, compare_files
 
     judge = _Judge(atol, rtol, check_min_cosine(min_cosine), check_mismatch_ratio(max_mismatch_ratio), False)
     man_a, man_b = _manifest(path_a), _manifest(path_b)

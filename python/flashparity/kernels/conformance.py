@@ -3,7 +3,7 @@
 A suite of cases (:func:`suite_cases`) learned from the kernel projects' own tests (head dims, odd
 sequence lengths, MHA/GQA/MQA, causal, windows, softcap, ALiBi, fully masked rows, garbage in keys
 no row sees, extreme logits, strided and stride-0 inputs, determinism, varlen batches, paged caches,
-FP8 with descales) runs through an adapter (:mod:`flashparity.adapters`: built-in kernels, PyTorch
+FP8 with descales) runs through an adapter (:mod:`flashparity.kernels.adapters`: built-in kernels, PyTorch
 SDPA and FlexAttention, JAX, FlashAttention-2/3, FlashInfer, xformers, Hugging Face hub kernels, or
 a user's callable in a named calling convention). Each case's output is judged with
 :func:`flashparity.parity`'s exact statistics against a float64 run of the naive kernel on the same
@@ -37,10 +37,10 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ._optional import require
+from .._optional import require
 from .adapters import host_array
 from .attention import alibi_slopes, attention
-from .parity import parity
+from ..parity import parity
 
 __all__ = ["Case", "CaseResult", "ConformanceReport", "suite_cases", "conformance", "prepare_adapter", "SUITES", "KINDS",
            "MAX_RULE_FACTOR", "MAX_RULE_EPS", "MEAN_RULE_FACTOR", "MEAN_RULE_EPS", "COSINE_FRACTION"]
@@ -750,7 +750,7 @@ class ConformanceReport:
         """The report as one self-contained HTML page (the feature × dtype matrix, each failing case's
         errors against the baseline's, the provenance); written to ``path`` when given (atomically,
         as every output of flashparity). Returns the page."""
-        from ._write import write_atomically
+        from .._write import write_atomically
         from .conformance_html import render
 
         page = render(self)
@@ -760,7 +760,7 @@ class ConformanceReport:
         return page
 
     def __str__(self) -> str:
-        from ._write import printable
+        from .._write import printable
 
         c = self.counts()
         lines = [f"conformance of {printable(self.kernel)} ({printable(self.kernel_source)}), convention "
@@ -919,13 +919,13 @@ def conformance(kernel: Any, *, convention: str | None = None, suite: str | list
                 allow_unpinned: bool = False) -> ConformanceReport:
     """Run a suite of cases through a kernel and judge each against the float64 oracle.
 
-    ``kernel``: a built-in adapter's name (:data:`flashparity.adapters.ADAPTERS`: ``flashparity:flash2``,
+    ``kernel``: a built-in adapter's name (:data:`flashparity.kernels.adapters.ADAPTERS`: ``flashparity:flash2``,
     ``flashparity:naive``, ``torch-sdpa`` and ``torch-sdpa:<backend>``, ``torch-flex[:compiled]``,
     ``jax``, and on a GPU ``flash-attn``, ``flash-attn-3``, ``flashinfer``, ``xformers``), a Hugging
     Face hub kernel ``hub:<org>/<repo>@<commit>`` (``allow_unpinned=True`` for a branch or tag),
     ``"package.module:function"``, or a callable; the last two need ``convention``
-    (:data:`flashparity.adapters.CONVENTIONS`) and may declare ``capabilities`` (see
-    :class:`flashparity.adapters.Capabilities`). ``suite``: ``quick``, ``default``, ``full`` (see
+    (:data:`flashparity.kernels.adapters.CONVENTIONS`) and may declare ``capabilities`` (see
+    :class:`flashparity.kernels.adapters.Capabilities`). ``suite``: ``quick``, ``default``, ``full`` (see
     :func:`suite_cases`) or a list of :class:`Case`. ``device``: ``cpu`` or ``cuda`` (the inputs go to
     the GPU as torch tensors). ``progress(done, total)`` after each case. Returns a
     :class:`ConformanceReport`.

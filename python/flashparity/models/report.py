@@ -8,7 +8,7 @@ import html
 import math
 from typing import Any
 
-from .parity import HISTOGRAM_BINS
+from ..parity import HISTOGRAM_BINS
 
 _W, _H, _PAD_L, _PAD_R, _PAD_T, _PAD_B = 960, 150, 64, 16, 18, 22
 _RED, _GREEN, _BLUE, _GREY = "#c62828", "#2e7d32", "#1565c0", "#9e9e9e"
