@@ -74,7 +74,7 @@ AVX512 = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mprefer-vecto
 
 
 def test_a_target_region_unit_passes(tmp_path):
-    src = KERNEL.format(prelude="#define FP_ISA FP_ISA_ID_AVX512\n#include \"isa_target.h\"\nFP_ISA_BEGIN",
+    src = KERNEL.format(prelude="#define FP_ISA FP_ISA_ID_AVX512\n#include \"isa/isa_target.h\"\nFP_ISA_BEGIN",
                         epilogue="FP_ISA_END")
     assert errors(compile_obj(tmp_path, "kernel_avx512.cpp.o", src, "-Wno-psabi")) == []
 
@@ -129,7 +129,7 @@ int get() { return seed; }""")
 
 
 def test_what_a_unit_exports_and_runs_at_load_time(tmp_path):
-    region = "#define FP_ISA FP_ISA_ID_AVX2\n#include \"isa_target.h\"\n"
+    region = "#define FP_ISA FP_ISA_ID_AVX2\n#include \"isa/isa_target.h\"\n"
     body = """typedef float vf __attribute__((vector_size(32)));
 FP_ISA_BEGIN
 namespace { __attribute__((noinline)) void twice(vf* x) { *x = *x + *x; } }

@@ -1,5 +1,5 @@
 // What the CUDA runtime linked into _core can see. Implemented in cuda/cuda_info.cu (CUDA build) or
-// cpp/src/cuda_info_nocuda.cpp (CPU build). Never throws: no driver or no GPU is a normal state.
+// cpp/src/bindings/cuda_info_nocuda.cpp (CPU build). Never throws: no driver or no GPU is a normal state.
 #pragma once
 
 #include <cstdint>

@@ -45,6 +45,10 @@ FP_HOST_DEVICE FP_INLINE double merge_value(const MergedState& m, double oa, dou
   return (m.wa != 0.0 ? m.wa * oa : 0.0) + (m.wb != 0.0 ? m.wb * ob : 0.0);
 }
 
+// On the CPU (cpp/src/cpu/merge_states.cpp): the rows on the worker threads; inputs host memory.
+// Releases nothing itself: the caller drops the GIL.
+void merge_states_cpu(const MergeParams& p);
+
 // On the GPU (cuda/merge_states.cu): the same float64 math; inputs element-aligned device memory
 // on `device`; ordered on `stream` after the work queued on each stream of `after`; returns when done.
 void merge_states_cuda(const MergeParams& p, int device, std::uintptr_t stream,

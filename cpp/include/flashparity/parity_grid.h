@@ -1,6 +1,6 @@
 // The CUDA parity kernel's work split, host/device: which elements each thread of the grid visits,
 // in which order, and how a block folds its threads. cuda/parity.cu runs it on the GPU;
-// parity_grid_host (cpp/src/parity_grid_host.cpp) runs the very same functions on the CPU, thread
+// parity_grid_host (cpp/src/cpu/parity_grid_host.cpp) runs the very same functions on the CPU, thread
 // by thread, so the CPU tests check the logic the GPU runs, for any grid shape.
 #pragma once
 

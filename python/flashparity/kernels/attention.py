@@ -17,7 +17,7 @@ __all__ = ["attention", "merge_attention_states", "alibi_slopes", "UnsupportedHe
 
 IMPLS = ("flash2", "naive")
 FLASH2_MAX_HEAD_DIM = _core.FLASH2_MAX_HEAD_DIM
-_KERNEL_CODES = {"naive": 0, "flash2": 1}  # AttnImpl in cpp/src/attention_cpu.h
+_KERNEL_CODES = {"naive": 0, "flash2": 1}  # AttnImpl in cpp/src/cpu/attention_cpu.h
 
 
 class UnsupportedHeadDimError(ValueError):

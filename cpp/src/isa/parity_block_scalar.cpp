@@ -1,4 +1,4 @@
 // The parity block kernel for the scalar level: baseline x86-64 (SSE2), or any other CPU.
 #define FP_ISA FP_ISA_ID_SCALAR
 #define FP_ISA_NAMESPACE isa_scalar
-#include "parity_block_impl.h"
+#include "isa/parity_block_impl.h"

@@ -1,11 +1,11 @@
 // CPU attention driver: picks the ISA kernels at run time and spreads (batch, head, row tile)
 // tasks over the threads.
-#include "attention_cpu.h"
+#include "cpu/attention_cpu.h"
 
 #include <algorithm>
 #include <vector>
 
-#include "threading.h"
+#include "cpu/threading.h"
 
 namespace flashparity {
 

@@ -1,5 +1,5 @@
 // The persistent helper threads behind parallel_for (threading.h).
-#include "threading.h"
+#include "cpu/threading.h"
 
 #include <pthread.h>
 

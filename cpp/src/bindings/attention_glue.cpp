@@ -8,9 +8,10 @@
 
 #include <pybind11/stl.h>
 
-#include "attention_cpu.h"
-#include "attention_seqs.h"
-#include "glue.h"
+#include "bindings/glue.h"
+#include "cpu/attention_cpu.h"
+#include "cpu/attention_seqs.h"
+#include "cpu/mma_layout_check.h"
 
 namespace py = pybind11;
 

@@ -1,4 +1,4 @@
 // The parity block kernel for the avx2 level: AVX2, FMA, F16C, POPCNT (isa_target.h).
 #define FP_ISA FP_ISA_ID_AVX2
 #define FP_ISA_NAMESPACE isa_avx2
-#include "parity_block_impl.h"
+#include "isa/parity_block_impl.h"

@@ -2,8 +2,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "bindings/glue.h"
 #include "flashparity/parity_cuda.h"
-#include "glue.h"
 
 namespace py = pybind11;
 

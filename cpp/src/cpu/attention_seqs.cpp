@@ -1,5 +1,5 @@
 // Varlen batches and KV caches split into one-sequence problems (attention_seqs.h).
-#include "attention_seqs.h"
+#include "cpu/attention_seqs.h"
 
 #include <stdexcept>
 

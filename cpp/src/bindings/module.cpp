@@ -10,10 +10,10 @@
 #include <immintrin.h>
 #endif
 
+#include "bindings/glue.h"
 #include "flashparity/build_config.h"
 #include "flashparity/cpu_features.h"
 #include "flashparity/cuda_info.h"
-#include "glue.h"
 
 namespace py = pybind11;
 using namespace flashparity;

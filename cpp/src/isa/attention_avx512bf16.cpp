@@ -2,4 +2,4 @@
 // bfloat16 inputs only, on CPUs that have them.
 #define FP_ISA FP_ISA_ID_AVX512BF16
 #define FP_ISA_NAMESPACE isa_avx512bf16
-#include "attention_impl.h"
+#include "isa/attention_impl.h"

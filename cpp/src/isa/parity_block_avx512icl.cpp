@@ -2,4 +2,4 @@
 // histogram eight exponents per pass (isa_target.h).
 #define FP_ISA FP_ISA_ID_AVX512ICL
 #define FP_ISA_NAMESPACE isa_avx512icl
-#include "parity_block_impl.h"
+#include "isa/parity_block_impl.h"

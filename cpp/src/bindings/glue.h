@@ -43,7 +43,7 @@ AttnParams make_attn_params(const pybind11::tuple& q, const pybind11::tuple& k, 
 // pointers or 0); the block table pointer is left for the caller to place where the kernels run.
 std::vector<AttnParams> sequence_problems_from_python(const AttnParams& base, const pybind11::tuple& layout,
                                                       const std::int32_t* block_table_in_kernel_memory);
-// Checked merge_attention_states parameters from the descriptors (merge_states.cpp).
+// Checked merge_attention_states parameters from the descriptors (merge_states_glue.cpp).
 MergeParams merge_params_from_python(const pybind11::tuple& oa, const pybind11::tuple& lsea, const pybind11::tuple& ob,
                                      const pybind11::tuple& lseb, std::uintptr_t out, std::uintptr_t lse_out);
 // ALiBi slopes from Python's (pointer or 0, batch stride, head stride) (attention.py checked them).
@@ -51,9 +51,6 @@ void set_alibi(AttnParams& p, const pybind11::tuple& alibi);
 // FP8 descales from Python's (pointer to host float32 [3, batch, heads_kv] or 0, plane stride):
 // std::invalid_argument for descales on inputs that are not FP8.
 void set_descale(AttnParams& p, const pybind11::tuple& descale);
-// CPU emulation of one warp of the tensor-core flash2 tile math (mma_layout_check.cpp): "" when
-// S = Q K^T and O = P V come out exact, else what differed. d and bc multiples of 16, warp 0..3.
-std::string mma_layout_check(int d, int bc, int warp);
 
 #if FP_WITH_CUDA
 void bind_parity_cuda(pybind11::module_& m);

@@ -24,10 +24,10 @@
 #include <arm_neon.h>
 #endif
 
-#include "attention_cpu.h"
+#include "cpu/attention_cpu.h"
 #include "flashparity/attention_math.h"
 #include "flashparity/dtype.h"
-#include "isa_target.h"
+#include "isa/isa_target.h"
 
 #ifndef FP_ISA_NAMESPACE
 #error "define FP_ISA_NAMESPACE before including attention_impl.h"

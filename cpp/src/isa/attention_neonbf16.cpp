@@ -2,4 +2,4 @@
 // bfloat16 inputs only, on CPUs that have it.
 #define FP_ISA FP_ISA_ID_NEONBF16
 #define FP_ISA_NAMESPACE isa_neonbf16
-#include "attention_impl.h"
+#include "isa/attention_impl.h"

@@ -25,10 +25,10 @@
 
 #include "flashparity/dtype.h"
 #include "flashparity/parity_stats.h"
-#include "isa_target.h"
+#include "isa/isa_target.h"
 #include "flashparity/cpu_features.h"
-#include "crc32_impl.h"  // (outside the target region: its inline code is baseline in every unit)
-#include "parity_cpu.h"
+#include "isa/crc32_impl.h"  // (outside the target region: its inline code is baseline in every unit)
+#include "cpu/parity_cpu.h"
 
 #ifndef FP_ISA_NAMESPACE
 #error "define FP_ISA_NAMESPACE before including parity_block_impl.h"

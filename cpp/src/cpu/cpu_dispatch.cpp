@@ -1,9 +1,9 @@
 // Run-time dispatch of the CPU kernels: the one place that names a per-ISA unit's table. Each unit
-// (see isa_target.h) exports nothing but its tables; the level picked here never exceeds what the
+// (see isa/isa_target.h) exports nothing but its tables; the level picked here never exceeds what the
 // CPU supports (active_simd_level), so no instruction above the CPU's level can be reached.
-#include "attention_cpu.h"
+#include "cpu/attention_cpu.h"
+#include "cpu/parity_cpu.h"
 #include "flashparity/cpu_features.h"
-#include "parity_cpu.h"
 
 namespace flashparity {
 

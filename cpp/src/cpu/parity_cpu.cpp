@@ -14,8 +14,8 @@
 #include <thread>
 #include <vector>
 
-#include "parity_cpu.h"
-#include "threading.h"
+#include "cpu/parity_cpu.h"
+#include "cpu/threading.h"
 
 namespace flashparity {
 

@@ -10,11 +10,11 @@
 
 #include <pybind11/stl.h>
 
+#include "bindings/glue.h"
 #include "flashparity/attention_cuda.h"
 #include "flashparity/device_array.h"
 #include "flashparity/dlpack.h"
 #include "flashparity/parity_cuda.h"
-#include "glue.h"
 
 namespace py = pybind11;
 

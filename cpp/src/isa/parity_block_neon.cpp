@@ -3,4 +3,4 @@
 // them (isa_target.h).
 #define FP_ISA FP_ISA_ID_NEON
 #define FP_ISA_NAMESPACE isa_neon
-#include "parity_block_impl.h"
+#include "isa/parity_block_impl.h"

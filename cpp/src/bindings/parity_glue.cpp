@@ -6,9 +6,9 @@
 
 #include <pybind11/stl.h>
 
-#include "glue.h"
-#include "parity_cpu.h"
-#include "parity_grid_host.h"
+#include "bindings/glue.h"
+#include "cpu/parity_cpu.h"
+#include "cpu/parity_grid_host.h"
 
 namespace py = pybind11;
 

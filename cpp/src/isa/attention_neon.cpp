@@ -2,4 +2,4 @@
 // FMAs blocked for its 32 vector registers (isa_target.h).
 #define FP_ISA FP_ISA_ID_NEON
 #define FP_ISA_NAMESPACE isa_neon
-#include "attention_impl.h"
+#include "isa/attention_impl.h"

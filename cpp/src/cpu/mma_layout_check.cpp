@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "cpu/mma_layout_check.h"
 #include "flashparity/mma_layout.h"
-#include "glue.h"
 
 namespace flashparity {
 

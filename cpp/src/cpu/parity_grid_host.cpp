@@ -6,7 +6,7 @@
 // checks the kernel's logic:
 // which elements each thread visits and in which order, the vector and element-wise paths, the
 // short last chunk, the tree, the merge. A test tool, not a fast path.
-#include "parity_grid_host.h"
+#include "cpu/parity_grid_host.h"
 
 #include <stdexcept>
 #include <string>
