@@ -113,7 +113,7 @@ __global__ void __launch_bounds__(kThreads) Flash2SimtKernel(const Args a, std::
     // (a NaN l leaves inv 0, but then o is NaN too: the NaN probability reached it)
     const Acc inv = l > Acc(0) ? Acc(1) / l : Acc(0);
 #pragma unroll
-    for (int c = 0; c < DPT; ++c) o[c] = vscale != Acc(1) ? o[c] * inv * vscale : o[c] * inv;
+    for (int c = 0; c < DPT; ++c) o[c] = apply_v_descale(o[c] * inv, vscale);
     if (a.n_splits == 1) {
       Out* out = static_cast<Out*>(p.out) + ((b * p.seqlen_q + i) * p.heads_q + h) * p.head_dim;
 #pragma unroll

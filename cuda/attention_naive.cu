@@ -104,8 +104,8 @@ __global__ void NaivePVKernel(const AttnParams p, std::int64_t r0, std::int64_t 
   const Acc l = lsum[bh * rows + r];
   using Out = attn_out_t<T>;  // (bfloat16 for FP8 inputs, whose v_descale scales the output)
   Out* out = static_cast<Out*>(p.out) + ((b * p.seqlen_q + i) * p.heads_q + h) * p.head_dim + d;
-  Acc o = l == Acc(0) ? Acc(0) : acc / l;  // a NaN l (an inf score) stays NaN
-  if (p.descale != nullptr) o *= static_cast<Acc>(out_scale(p, b, h));
+  // (a NaN l, from an inf score, stays NaN)
+  const Acc o = apply_v_descale(l == Acc(0) ? Acc(0) : acc / l, static_cast<Acc>(out_scale(p, b, h)));
   *out = from_f64<Out>(static_cast<double>(o));
 }
 

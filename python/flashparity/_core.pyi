@@ -42,9 +42,20 @@ def parity_cuda_blocks(a: Desc, b: Desc, device: int = 0) -> int: ...  # CUDA bu
 def attention_host(q: Desc, k: Desc, v: Desc, out: int, lse: int, impl: int, scale: float, softcap: float,
                    window_left: int, window_right: int, alibi: tuple[int, int, int] = ...,
                    descale: tuple[int, int] = ...) -> None: ...
+
+class SeqLayout:  # a varlen batch's or KV cache's layout: host int32 array pointers or 0, by keyword only
+    batch: int
+    cu_seqlens_q: int  # varlen: [batch + 1] offsets of q's and k's sequences
+    cu_seqlens_k: int
+    cache_seqlens: int  # KV cache: [batch] lengths
+    block_table: int  # paged KV cache: [batch, block_table_stride]
+    block_table_stride: int
+    def __init__(self, *, batch: int, cu_seqlens_q: int = 0, cu_seqlens_k: int = 0, cache_seqlens: int = 0,
+                 block_table: int = 0, block_table_stride: int = 0) -> None: ...
+
 def attention_seqs_host(q: Desc, k: Desc, v: Desc, out: int, lse: int, impl: int, scale: float, softcap: float,
                         window_left: int, window_right: int, alibi: tuple[int, int, int],
-                        layout: tuple[int, int, int, int, int, int], descale: tuple[int, int] = ...) -> None: ...
+                        layout: SeqLayout, descale: tuple[int, int] = ...) -> None: ...
 def merge_states_host(o_a: Desc, lse_a: Desc, o_b: Desc, lse_b: Desc, out: int, lse_out: int) -> None: ...
 
 class DeviceArray:  # CUDA builds: owned, C-contiguous device memory
@@ -65,7 +76,7 @@ def attention_cuda(q: Desc, k: Desc, v: Desc, impl: int, scale: float, softcap: 
                    descale: tuple[int, int] = ...) -> tuple[DeviceArray | None, DeviceArray | None]: ...  # CUDA builds
 def attention_seqs_cuda(q: Desc, k: Desc, v: Desc, impl: int, scale: float, softcap: float, window_left: int,
                         window_right: int, want_lse: bool, stream: int, out: int, after: list[int],
-                        alibi: tuple[int, int, int], alibi_on_host: bool, layout: tuple[int, int, int, int, int, int],
+                        alibi: tuple[int, int, int], alibi_on_host: bool, layout: SeqLayout,
                         out_shape: list[int], lse_shape: list[int],
                         descale: tuple[int, int] = ...) -> tuple[DeviceArray | None, DeviceArray | None]: ...  # CUDA builds
 def copy_device_to_host(ptr: int, nbytes: int, after: int = 0) -> bytes: ...  # CUDA builds

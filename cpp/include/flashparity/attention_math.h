@@ -71,6 +71,15 @@ FP_HOST_DEVICE FP_INLINE float out_scale(const AttnParams& p, std::int64_t b, st
   return p.descale[2 * p.descale_plane + b * p.heads_kv + h / (p.heads_q / p.heads_kv)];
 }
 
+// A finished output element o (the row's P.V sum over its softmax sum l, as each kernel rounds that)
+// times the head's v_descale (out_scale, rounded to Acc): one more rounding after the normalization,
+// none when v_descale is 1. The CPU kernels (store_row) and both CUDA kernels apply it through this
+// helper, so FP8 outputs get the same operations in the same order everywhere.
+template <typename Acc>
+FP_HOST_DEVICE FP_INLINE Acc apply_v_descale(Acc o, Acc v_descale) {
+  return v_descale != Acc(1) ? o * v_descale : o;
+}
+
 FP_HOST_DEVICE FP_INLINE float alibi_slope(const AttnParams& p, std::int64_t b, std::int64_t h) {
   return p.alibi != nullptr ? p.alibi[b * p.alibi_stride_b + h * p.alibi_stride_h] : 0.0f;
 }

@@ -65,19 +65,16 @@ AttnParams make_attn_params(const py::tuple& q_desc, const py::tuple& k_desc, co
   return p;
 }
 
-std::vector<AttnParams> sequence_problems_from_python(const AttnParams& base, const py::tuple& layout,
+std::vector<AttnParams> sequence_problems_from_python(const AttnParams& base, const SeqLayoutArgs& layout,
                                                       const std::int32_t* block_table) {
-  if (layout.size() != 6) throw std::invalid_argument("malformed sequence layout");
-  const auto ptr = [&](int i) { return reinterpret_cast<const std::int32_t*>(layout[i].cast<std::uintptr_t>()); };
+  const auto ptr = [](std::uintptr_t p) { return reinterpret_cast<const std::int32_t*>(p); };
   SeqLayout L;
-  L.batch = layout[0].cast<std::int64_t>();
-  L.cu_q = ptr(1);
-  L.cu_k = ptr(2);
-  L.cache_seqlens = ptr(3);
-  L.block_table = ptr(4) != nullptr ? block_table : nullptr;
-  L.block_table_stride = layout[5].cast<std::int64_t>();
-  if (L.batch < 0 || (L.cu_q == nullptr) != (L.cu_k == nullptr) || (L.cu_q == nullptr && L.cache_seqlens == nullptr))
-    throw std::invalid_argument("malformed sequence layout");
+  L.batch = layout.batch;
+  L.cu_q = ptr(layout.cu_seqlens_q);
+  L.cu_k = ptr(layout.cu_seqlens_k);
+  L.cache_seqlens = ptr(layout.cache_seqlens);
+  L.block_table = layout.block_table != 0 ? block_table : nullptr;
+  L.block_table_stride = layout.block_table_stride;
   return sequence_problems(base, L);
 }
 
@@ -86,16 +83,15 @@ namespace {
 // fp.attention_varlen / fp.attention_kvcache on the CPU: every sequence a problem of its own.
 void attention_seqs_host(const py::tuple& q_desc, const py::tuple& k_desc, const py::tuple& v_desc, std::uintptr_t out,
                          std::uintptr_t lse, int impl, double scale, double softcap, std::int64_t left,
-                         std::int64_t right, const py::tuple& alibi, const py::tuple& layout,
+                         std::int64_t right, const py::tuple& alibi, const SeqLayoutArgs& layout,
                          const py::tuple& descale) {
-  const bool paged = layout[4].cast<std::uintptr_t>() != 0;
-  AttnParams base = make_attn_params(q_desc, k_desc, v_desc, impl, scale, softcap, left, right, paged);
+  AttnParams base = make_attn_params(q_desc, k_desc, v_desc, impl, scale, softcap, left, right, layout.block_table != 0);
   set_alibi(base, alibi);
   set_descale(base, descale);
   base.out = reinterpret_cast<void*>(out);
   base.lse = reinterpret_cast<float*>(lse);
-  const std::vector<AttnParams> seqs = sequence_problems_from_python(
-      base, layout, reinterpret_cast<const std::int32_t*>(layout[4].cast<std::uintptr_t>()));
+  const std::vector<AttnParams> seqs =
+      sequence_problems_from_python(base, layout, reinterpret_cast<const std::int32_t*>(layout.block_table));
   py::gil_scoped_release release;
   attention_cpu(seqs.data(), static_cast<std::int64_t>(seqs.size()), static_cast<AttnImpl>(impl));
 }
@@ -121,6 +117,21 @@ py::tuple merge_split_lse_py(const std::vector<double>& lse_parts) {
   return py::make_tuple(lse, w);
 }
 
+// _core.SeqLayout(batch=..., cu_seqlens_q=..., ...): what a layout must hold to be one.
+SeqLayoutArgs make_seq_layout(std::int64_t batch, std::uintptr_t cu_seqlens_q, std::uintptr_t cu_seqlens_k,
+                              std::uintptr_t cache_seqlens, std::uintptr_t block_table,
+                              std::int64_t block_table_stride) {
+  if (batch < 0) throw std::invalid_argument("SeqLayout: batch must be >= 0, got " + std::to_string(batch));
+  if ((cu_seqlens_q == 0) != (cu_seqlens_k == 0))
+    throw std::invalid_argument("SeqLayout: a varlen layout has both cu_seqlens_q and cu_seqlens_k");
+  if (cu_seqlens_q == 0 && cache_seqlens == 0)
+    throw std::invalid_argument("SeqLayout: give cu_seqlens_q and cu_seqlens_k (varlen) or cache_seqlens (KV cache)");
+  if (block_table_stride < 0)
+    throw std::invalid_argument("SeqLayout: block_table_stride must be >= 0, got " +
+                                std::to_string(block_table_stride));
+  return SeqLayoutArgs{batch, cu_seqlens_q, cu_seqlens_k, cache_seqlens, block_table, block_table_stride};
+}
+
 std::vector<std::pair<std::int64_t, std::int64_t>> split_spans_py(std::int64_t begin, std::int64_t end, std::int64_t n) {
   if (n < 1) throw std::invalid_argument("n_splits must be >= 1");
   std::vector<std::pair<std::int64_t, std::int64_t>> r;
@@ -134,6 +145,20 @@ std::vector<std::pair<std::int64_t, std::int64_t>> split_spans_py(std::int64_t b
 }  // namespace
 
 void bind_attention(py::module_& m) {
+  py::class_<SeqLayoutArgs>(m, "SeqLayout",
+                            "A varlen batch's or KV cache's sequence layout for attention_seqs_host/_cuda, by\n"
+                            "keyword only: host int32 array pointers or 0 (varlen: cu_seqlens_q, cu_seqlens_k\n"
+                            "[batch + 1]; KV cache: cache_seqlens [batch], a paged one's block_table\n"
+                            "[batch, block_table_stride]). The arrays must outlive the call it is given to.")
+      .def(py::init(&make_seq_layout), py::kw_only(), py::arg("batch"), py::arg("cu_seqlens_q") = 0,
+           py::arg("cu_seqlens_k") = 0, py::arg("cache_seqlens") = 0, py::arg("block_table") = 0,
+           py::arg("block_table_stride") = 0)
+      .def_readonly("batch", &SeqLayoutArgs::batch)
+      .def_readonly("cu_seqlens_q", &SeqLayoutArgs::cu_seqlens_q)
+      .def_readonly("cu_seqlens_k", &SeqLayoutArgs::cu_seqlens_k)
+      .def_readonly("cache_seqlens", &SeqLayoutArgs::cache_seqlens)
+      .def_readonly("block_table", &SeqLayoutArgs::block_table)
+      .def_readonly("block_table_stride", &SeqLayoutArgs::block_table_stride);
   m.def("_mma_layout_check",
         [](int d, int bc, int warp) {
           if (d < 16 || d % 16 != 0 || bc < 16 || bc % 16 != 0 || warp < 0 || warp > 3)
@@ -167,8 +192,7 @@ void bind_attention(py::module_& m) {
   m.def("attention_seqs_host", &attention_seqs_host, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"),
         py::arg("lse"), py::arg("impl"), py::arg("scale"), py::arg("softcap"), py::arg("window_left"),
         py::arg("window_right"), py::arg("alibi"), py::arg("layout"), py::arg("descale") = py::make_tuple(0, 0),
-        "CPU attention over a varlen batch or a KV cache, one problem per sequence; layout = (batch,\n"
-        "cu_seqlens_q, cu_seqlens_k, cache_seqlens, block_table, block_table_stride) host int32 pointers or 0;\n"
+        "CPU attention over a varlen batch or a KV cache, one problem per sequence; layout a SeqLayout;\n"
         "descale as attention_host.");
   m.attr("FLASH2_MAX_HEAD_DIM") = 256;
 }

@@ -217,18 +217,18 @@ py::tuple attention_device(const py::tuple& q_desc, const py::tuple& k_desc, con
 py::tuple attention_seqs_device(const py::tuple& q_desc, const py::tuple& k_desc, const py::tuple& v_desc, int impl,
                                 double scale, double softcap, std::int64_t left, std::int64_t right, bool want_lse,
                                 std::uintptr_t stream, std::uintptr_t out_ptr, const std::vector<std::uintptr_t>& after,
-                                const py::tuple& alibi, bool alibi_on_host, const py::tuple& layout,
+                                const py::tuple& alibi, bool alibi_on_host, const SeqLayoutArgs& layout,
                                 std::vector<std::int64_t> out_shape, std::vector<std::int64_t> lse_shape,
                                 const py::tuple& descale) {
-  const std::uintptr_t host_table = layout[4].cast<std::uintptr_t>();
+  const std::uintptr_t host_table = layout.block_table;
   AttnParams base = make_attn_params(q_desc, k_desc, v_desc, impl, scale, softcap, left, right, host_table != 0);
   set_alibi(base, alibi);
   set_descale(base, descale);
   const int device = attention_device_of(base, out_ptr);
-  const std::int64_t batch = layout[0].cast<std::int64_t>();
+  const std::int64_t batch = layout.batch;
   const auto placed = place_alibi_and_descale(base, alibi_on_host, device, batch, stream);
   const DeviceArrayPtr table =
-      upload(reinterpret_cast<const void*>(host_table), batch * layout[5].cast<std::int64_t>() * 4, device, stream);
+      upload(reinterpret_cast<const void*>(host_table), batch * layout.block_table_stride * 4, device, stream);
   DeviceArrayPtr out;
   if (out_ptr == 0) {
     out = std::make_shared<DeviceArray>(attention_out_dtype(base.q.dtype), std::move(out_shape), device);

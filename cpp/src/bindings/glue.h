@@ -38,10 +38,21 @@ void bind_merge_states(pybind11::module_& m);
 // `kv_pool`: k and v are a paged cache's blocks (their dim 0 is not the batch).
 AttnParams make_attn_params(const pybind11::tuple& q, const pybind11::tuple& k, const pybind11::tuple& v, int impl,
                             double scale, double softcap, std::int64_t left, std::int64_t right, bool kv_pool = false);
-// A varlen batch's or KV cache's sequences as one-sequence problems, from Python's layout tuple
-// (batch, cu_seqlens_q, cu_seqlens_k, cache_seqlens, block_table, block_table_stride: host int32
-// pointers or 0); the block table pointer is left for the caller to place where the kernels run.
-std::vector<AttnParams> sequence_problems_from_python(const AttnParams& base, const pybind11::tuple& layout,
+// A varlen batch's or KV cache's layout as Python gives it: _core.SeqLayout, built from keyword
+// arguments only (bind_attention), so neither side depends on an order. The pointers are host int32
+// arrays or 0: varlen cu_seqlens_q and cu_seqlens_k [batch + 1]; KV cache cache_seqlens [batch] and,
+// for a paged cache, block_table [batch, block_table_stride]. Checked when built.
+struct SeqLayoutArgs {
+  std::int64_t batch = 0;
+  std::uintptr_t cu_seqlens_q = 0;
+  std::uintptr_t cu_seqlens_k = 0;
+  std::uintptr_t cache_seqlens = 0;
+  std::uintptr_t block_table = 0;
+  std::int64_t block_table_stride = 0;
+};
+// The layout's sequences as one-sequence problems; the block table pointer is left for the caller to
+// place where the kernels run.
+std::vector<AttnParams> sequence_problems_from_python(const AttnParams& base, const SeqLayoutArgs& layout,
                                                       const std::int32_t* block_table_in_kernel_memory);
 // Checked merge_attention_states parameters from the descriptors (merge_states_glue.cpp).
 MergeParams merge_params_from_python(const pybind11::tuple& oa, const pybind11::tuple& lsea, const pybind11::tuple& ob,

@@ -256,8 +256,7 @@ void store_row(const AttnParams& p, std::int64_t b, std::int64_t i, std::int64_t
   T* out = static_cast<T*>(p.out) + ((b * p.seqlen_q + i) * p.heads_q + h) * p.head_dim;
   const Acc inv = Acc(1) / l;
   for (std::int64_t d = 0; d < p.head_dim; ++d) {
-    Acc v = l == Acc(0) ? Acc(0) : acc[d * stride] * inv;
-    if (scale != Acc(1)) v *= scale;
+    const Acc v = apply_v_descale(l == Acc(0) ? Acc(0) : acc[d * stride] * inv, scale);
     out[d] = from_f64<T>(static_cast<double>(v));
   }
 }

@@ -54,7 +54,7 @@ def _check_max_seqlen(value: Any, name: str, longest: int) -> None:
 
 
 def _run(vq: TensorView, vk: TensorView, vv: TensorView, *, impl: str, scale: float, softcap: float, left: int,
-         right: int, alibi, descale, layout: tuple, return_lse: bool, lse_shape: tuple[int, ...], out: Any,
+         right: int, alibi, descale, layout: _core.SeqLayout, return_lse: bool, lse_shape: tuple[int, ...], out: Any,
          vout: TensorView | None, stream: int):
     q4, k4, v4 = (_with_batch(x, 4) for x in (vq, vk, vv))
     if vq.device == "cuda":
@@ -128,7 +128,7 @@ def attention_varlen(
     alibi = _alibi(alibi_slopes, batch, heads_q, vq.device, stream)
     descale = _descales((q_descale, k_descale, v_descale), vq.dtype, batch, vk.shape[1])
     vout = _out_view(out, vq, (vk, vv), stream) if out is not None else None
-    layout = (batch, cu_q.ctypes.data, cu_k.ctypes.data, 0, 0, 0)
+    layout = _core.SeqLayout(batch=batch, cu_seqlens_q=cu_q.ctypes.data, cu_seqlens_k=cu_k.ctypes.data)
     return _run(vq, vk, vv, impl=impl, scale=scale, softcap=float(softcap), left=left, right=right, alibi=alibi,
                 descale=descale, layout=layout, return_lse=return_lse, lse_shape=(heads_q, total_q), out=out, vout=vout,
                 stream=stream)
@@ -214,7 +214,8 @@ def attention_kvcache(
     alibi = _alibi(alibi_slopes, batch, heads_q, vq.device, stream)
     descale = _descales((q_descale, k_descale, v_descale), vq.dtype, batch, vk.shape[2])
     vout = _out_view(out, vq, (vk, vv), stream) if out is not None else None
-    layout = (batch, 0, 0, lens.ctypes.data, table.ctypes.data if paged else 0, table.shape[1] if paged else 0)
+    layout = _core.SeqLayout(batch=batch, cache_seqlens=lens.ctypes.data, block_table=table.ctypes.data if paged else 0,
+                             block_table_stride=table.shape[1] if paged else 0)
     return _run(vq, vk, vv, impl=impl, scale=scale, softcap=float(softcap), left=left, right=right, alibi=alibi,
                 descale=descale, layout=layout, return_lse=return_lse, lse_shape=(batch, heads_q, seqlen_q), out=out, vout=vout,
                 stream=stream)
