@@ -1,13 +1,16 @@
 """Benchmark: fp.attention (flash2, naive) against torch's scaled_dot_product_attention and a NumPy
 float32 implementation, same inputs, same run, on the CPU. Writes the "Attention forward (CPU)"
-section of BENCHMARKS.md.
+section of BENCHMARKS.md; with --backward, fp.attention_backward against the backward of torch's
+SDPA (autograd, the forward run once beforehand) and writes "Attention backward (CPU)".
 
 Each implementation gets its natural contiguous layout: PyTorch BHSD, flashparity BSHD.
-GFLOP/s counts 4·B·H·S²·D (halved for causal).
+GFLOP/s counts 4·B·H·S²·D (halved for causal) for the forward, 2.5 times that for the backward
+(FlashAttention-2's count: five S²·D products against the forward's two).
 
     python bench/bench_attention.py
     python bench/bench_attention.py --shapes 1,16,1024,64 --repeat 2 --no-write
     python bench/bench_attention.py --simd avx2   # the AVX2 kernels, torch held to AVX2 (simd_env.py)
+    python bench/bench_attention.py --backward
 """
 
 from __future__ import annotations
@@ -79,6 +82,63 @@ def run(shape, dtype, causal, repeat, rows):
     print(res, flush=True)
 
 
+def run_backward(shape, dtype, causal, repeat, rows):
+    b, h, s, d = shape
+    flops = 2.5 * 4 * b * h * s * s * d / (2 if causal else 1)
+    rng = np.random.default_rng(0)
+    qf, kf, vf, gf = (rng.standard_normal((b, s, h, d), dtype=np.float32) for _ in range(4))
+    npdt = np.float32 if dtype == "float32" else ml_dtypes.bfloat16
+    q, k, v, g = (x.astype(npdt) for x in (qf, kf, vf, gf))
+    res = {"shape": shape, "dtype": dtype, "causal": causal}
+    for impl in ("flash2", "naive"):
+        out, lse = fp.attention(q, k, v, impl=impl, causal=causal, return_lse=True)
+        res[impl] = flops / best_time(lambda: fp.attention_backward(q, k, v, out, lse, g, impl=impl, causal=causal),
+                                      repeat) / 1e9
+    if torch is not None:
+        tdt = torch.float32 if dtype == "float32" else torch.bfloat16
+        tq, tk, tv, tg = (torch.from_numpy(np.ascontiguousarray(x.transpose(0, 2, 1, 3))).to(tdt)
+                          for x in (qf, kf, vf, gf))
+        for t in (tq, tk, tv):
+            t.requires_grad_()
+        tout = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
+        res["torch"] = flops / best_time(lambda: torch.autograd.grad(tout, (tq, tk, tv), tg, retain_graph=True),
+                                         repeat) / 1e9
+    rows.append(res)
+    print(res, flush=True)
+
+
+def render_backward(rows, args):
+    title = simd_env.title("Attention backward (CPU)", args.simd)
+    out = [
+        "## " + title,
+        "",
+        f"Machine: {machine()}.",
+        f"Command: `python bench/bench_attention.py --backward --repeat {args.repeat}"
+        + (f" --simd {args.simd}" if args.simd else "") + f"` ({time.strftime('%Y-%m-%d')}).",
+        *simd_env.held_to(args.simd),
+        "GFLOP/s = 2.5·4·B·H·S²·D / time (halved for causal); torch is the autograd backward of",
+        "`scaled_dot_product_attention` on BHSD tensors (its forward run once beforehand), flashparity",
+        "`fp.attention_backward` on BSHD arrays with the forward's out and lse.",
+        "",
+        "| (B, H, S, D) | dtype | causal | torch SDPA bwd | fp flash2 bwd | fp naive bwd | flash2 / torch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    ratios = {}
+    for r in rows:
+        t, f, n = r.get("torch"), r["flash2"], r["naive"]
+        ft = f / t if t else None
+        if ft:
+            ratios.setdefault(r["dtype"], []).append(ft)
+        cell = lambda x: "–" if x is None else f"{x:.1f}"  # noqa: E731
+        out.append(f"| {r['shape']} | {r['dtype']} | {r['causal']} | {cell(t)} | {cell(f)} | {cell(n)} | "
+                   f"{'–' if ft is None else f'{ft:.2f}'} |")
+    out.append("")
+    gmean = lambda xs: math.exp(sum(math.log(x) for x in xs) / len(xs))  # noqa: E731
+    for dt, rs in ratios.items():
+        out.append(f"Geometric mean flash2 / torch SDPA backward, {dt}: {gmean(rs):.2f} (target: 1.0).")
+    return "\n".join(out) + "\n"
+
+
 def render(rows, args):
     out = [
         "## " + simd_env.title("Attention forward (CPU)", args.simd),
@@ -120,6 +180,7 @@ def main():
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--backward", action="store_true", help="time the backward pass instead of the forward")
     ap.add_argument("--simd", choices=simd_env.LEVELS,
                     help="run at this SIMD level, NumPy and PyTorch held to the same (simd_env.py)")
     args = ap.parse_args()
@@ -130,8 +191,11 @@ def main():
             if dt == "bfloat16" and ml_dtypes is None:
                 continue
             for causal in (False, True):
-                run(shape, dt, causal, args.repeat, rows)
-    publish(render(rows, args), simd_env.title("Attention forward (CPU)", args.simd), args.no_write)
+                (run_backward if args.backward else run)(shape, dt, causal, args.repeat, rows)
+    if args.backward:
+        publish(render_backward(rows, args), simd_env.title("Attention backward (CPU)", args.simd), args.no_write)
+    else:
+        publish(render(rows, args), simd_env.title("Attention forward (CPU)", args.simd), args.no_write)
 
 
 if __name__ == "__main__":

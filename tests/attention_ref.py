@@ -69,3 +69,41 @@ def reference(q, k, v, *, causal=False, window=(-1, -1), softcap=0.0, softmax_sc
             out[bi, :, h, :] = np.where(seen[:, None], _masked_pv(p, v[bi, :, h // group, :], ok) / safe[:, None], 0.0)
             lse[bi, h] = np.where(seen, np.log(safe) + m, -np.inf)
     return out, lse
+
+
+def reference_backward(q, k, v, dout, *, causal=False, window=(-1, -1), softcap=0.0, softmax_scale=None,
+                       alibi_slopes=None):
+    """(dq, dk, dv) in float64: the analytic gradients of sum(dout * out) for the forward above.
+
+    Per (batch, head): S = scale q k^T, T = softcap tanh(S / softcap) (or S), Z = T + ALiBi bias,
+    P = softmax over the visible keys, out = P v. Then dv = P^T dout, dP = dout v^T,
+    D = rowsum(dout * out) = rowsum(P * dP), dZ = P (dP - D), dS = dZ (1 - (T / softcap)^2),
+    dq = scale dS k, dk = scale dS^T q; a GQA group's heads sum into their shared k and v head.
+    Masked keys get exactly 0 (their P is 0), as do rows that see no key."""
+    q, k, v, dout = (np.asarray(x).astype(np.float64) for x in (q, k, v, dout))
+    b, sq, hq, d = q.shape
+    sk, hk = k.shape[1], k.shape[2]
+    group = hq // hk
+    scale = 1.0 / np.sqrt(d) if softmax_scale is None else softmax_scale
+    ok = visible(sq, sk, causal, window)
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    for bi in range(b):
+        for h in range(hq):
+            kh, vh, g = k[bi, :, h // group, :], v[bi, :, h // group, :], dout[bi, :, h, :]
+            s = scale * (q[bi, :, h, :] @ kh.T)
+            t = softcap * np.tanh(s / softcap) if softcap > 0 else s
+            z = t + alibi_bias(alibi_slopes, bi, h, sq, sk) if alibi_slopes is not None else t
+            z = np.where(ok, z, -np.inf)
+            seen = ok.any(axis=1)
+            m = np.where(seen, z.max(axis=1, initial=-np.inf), 0.0)
+            p = np.where(ok, np.exp(z - m[:, None]), 0.0)
+            p /= np.where(seen, p.sum(axis=1), 1.0)[:, None]
+            vf = np.where(np.isfinite(vh), vh, 0.0)  # (a masked key's non-finite value meets only P = 0)
+            dp = np.where(ok, g @ vf.T, 0.0)
+            dz = p * (dp - (p * dp).sum(axis=1, keepdims=True))
+            ds = dz * (1.0 - (t / softcap) ** 2) if softcap > 0 else dz
+            ds = np.where(ok, ds, 0.0)
+            dq[bi, :, h, :] = scale * (ds @ kh)
+            dk[bi, :, h // group, :] += scale * (ds.T @ q[bi, :, h, :])
+            dv[bi, :, h // group, :] += p.T @ g
+    return dq, dk, dv

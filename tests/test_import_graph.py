@@ -20,7 +20,7 @@ PKG = os.path.join(os.path.dirname(__file__), os.pardir, "python", "flashparity"
 LAYERS = [
     {"__main__"},  # python -m flashparity
     {"cli"},  # the command line: nothing else imports it
-    {"flashparity", "testing", "pytest_plugin"},  # the public API (import flashparity as fp) and the test plug-ins
+    {"flashparity", "testing", "pytest_plugin", "torch"},  # the public API (fp, flashparity.torch), test plug-ins
     {"kernels", "models"},  # attention kernels, adapters, conformance | model-level comparison
     {"compare"},  # file comparison: tasks, streaming, engines
     {"io", "distributed"},  # tensor file formats | parity across torch.distributed ranks

@@ -2,8 +2,8 @@
 
 Public API (see the README and SPEC): :func:`build_info`; the fused parity reductions
 :func:`parity` (-> :class:`ParityStats`), :func:`max_abs_diff`, :func:`cosine_sim`; the
-attention forward :func:`attention` (naive and flash2, on the CPU and the GPU) and
-:func:`merge_attention_states`; serving layouts :func:`attention_varlen` and
+attention forward :func:`attention` (naive and flash2, on the CPU and the GPU), its backward
+:func:`attention_backward` (on the CPU) and :func:`merge_attention_states`; serving layouts :func:`attention_varlen` and
 :func:`attention_kvcache` (paged); :func:`conformance` of any attention kernel (adapters in
 :mod:`flashparity.kernels.adapters`) against the float64 oracle; the
 classifiers in :mod:`flashparity.classify`; parity over torch.distributed ranks in
@@ -15,7 +15,7 @@ from __future__ import annotations
 from . import classify, distributed
 from ._build import build_info
 from ._core import __version__
-from .kernels.attention import UnsupportedHeadDimError, attention, merge_attention_states
+from .kernels.attention import UnsupportedHeadDimError, attention, attention_backward, merge_attention_states
 from .kernels.conformance import ConformanceReport, conformance
 from .kernels.kernel_parity import kernel_parity
 from .kernels.serving import attention_kvcache, attention_varlen
@@ -32,6 +32,7 @@ __all__ = [
     "max_abs_diff",
     "cosine_sim",
     "attention",
+    "attention_backward",
     "attention_varlen",
     "attention_kvcache",
     "merge_attention_states",

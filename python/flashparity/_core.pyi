@@ -42,6 +42,9 @@ def parity_cuda_blocks(a: Desc, b: Desc, device: int = 0) -> int: ...  # CUDA bu
 def attention_host(q: Desc, k: Desc, v: Desc, out: int, lse: int, impl: int, scale: float, softcap: float,
                    window_left: int, window_right: int, alibi: tuple[int, int, int] = ...,
                    descale: tuple[int, int] = ...) -> None: ...
+def attention_backward_host(q: Desc, k: Desc, v: Desc, out: Desc, dout: Desc, lse: Desc, dq: int, dk: int, dv: int,
+                            impl: int, scale: float, softcap: float, window_left: int, window_right: int,
+                            alibi: tuple[int, int, int] = ...) -> None: ...  # dq/dk/dv: contiguous, inputs' dtype
 
 class SeqLayout:  # a varlen batch's or KV cache's layout: host int32 array pointers or 0, by keyword only
     batch: int

@@ -32,6 +32,7 @@ pybind11::dict accum_to_dict(const ParityAccum& s);
 void bind_parity(pybind11::module_& m);
 void bind_dlpack(pybind11::module_& m);
 void bind_attention(pybind11::module_& m);
+void bind_attention_backward(pybind11::module_& m);
 void bind_merge_states(pybind11::module_& m);
 
 // Checked attention parameters from the descriptors (out/lse left for the caller).

@@ -134,6 +134,7 @@ PYBIND11_MODULE(_core, m) {
   bind_parity(m);
   bind_dlpack(m);
   bind_attention(m);
+  bind_attention_backward(m);
   bind_merge_states(m);
 #if FP_WITH_CUDA
   bind_parity_cuda(m);

@@ -1,5 +1,6 @@
 // CPU attention forward, written once and compiled per ISA (attention_{scalar,avx2,avx512,
-// avx512bf16}.cpp; isa_target.h says how): the naive reference (materialized scores of whole rows)
+// avx512bf16,neon,neonbf16}.cpp; isa_target.h says how; the backward follows in
+// attention_backward_impl.h): the naive reference (materialized scores of whole rows)
 // and FlashAttention-2's tiled algorithm (online softmax over K/V tiles, one tile of scores at a
 // time). float32 accumulation for float32/16 and bfloat16 inputs, float64 for float64. Vectors are
 // the unit's register width (GCC vector extensions); exp is a shared polynomial, so every ISA
@@ -7,7 +8,8 @@
 //
 // Included once by each of those units, after it defines FP_ISA and FP_ISA_NAMESPACE. Every header
 // is included here, before the ISA region opens: what they define stays baseline code. The kernels
-// sit in an anonymous namespace; the unit exports only its AttentionTable.
+// sit in an anonymous namespace; the unit exports only its AttentionTable (which points to the
+// unit's AttentionBackwardTable).
 
 #include <algorithm>
 #include <cmath>
@@ -1080,6 +1082,8 @@ FP_ISA_END
 namespace flashparity {
 namespace FP_ISA_NAMESPACE {
 extern const AttentionTable attention_table;  // (declared again in cpu_dispatch.cpp, its one user)
-const AttentionTable attention_table = {&attention_task_fn, &attention_rows_per_task, &scratch_new, &scratch_free};
+extern const AttentionBackwardTable attention_backward_table;  // (isa/attention_backward_impl.h)
+const AttentionTable attention_table = {&attention_task_fn, &attention_rows_per_task, &scratch_new, &scratch_free,
+                                        &attention_backward_table};
 }  // namespace FP_ISA_NAMESPACE
 }  // namespace flashparity

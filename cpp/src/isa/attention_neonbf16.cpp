@@ -3,3 +3,4 @@
 #define FP_ISA FP_ISA_ID_NEONBF16
 #define FP_ISA_NAMESPACE isa_neonbf16
 #include "isa/attention_impl.h"
+#include "isa/attention_backward_impl.h"

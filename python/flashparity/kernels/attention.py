@@ -12,7 +12,7 @@ import numpy as np
 from .. import _core
 from .._tensor import FP8, TensorView, as_view, consumer_stream, host_values, producer_waits
 
-__all__ = ["attention", "merge_attention_states", "alibi_slopes", "UnsupportedHeadDimError", "IMPLS",
+__all__ = ["attention", "attention_backward", "merge_attention_states", "alibi_slopes", "UnsupportedHeadDimError", "IMPLS",
            "FLASH2_MAX_HEAD_DIM"]
 
 IMPLS = ("flash2", "naive")
@@ -170,6 +170,75 @@ def attention(
             descale.args,
         )
     return (out, lse) if return_lse else out
+
+
+def attention_backward(
+    q: Any,
+    k: Any,
+    v: Any,
+    out: Any,
+    lse: Any,
+    dout: Any,
+    *,
+    impl: str = "flash2",
+    causal: bool = False,
+    softmax_scale: float | None = None,
+    window: tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: Any = None,
+):
+    """The gradients (dq, dk, dv) of :func:`attention` for the output gradient ``dout``, as
+    FlashAttention-2's backward.
+
+    q, k, v and the options are those of the forward; ``out`` and ``lse`` are what the forward
+    returned for them (``attention(..., return_lse=True)``: out ``[batch, seqlen_q, heads_q,
+    head_dim]``, lse float32 ``[batch, heads_q, seqlen_q]``); ``dout`` has out's shape and dtype.
+    Returns dq of q's shape and dk, dv of k's, in the inputs' dtype (new C-contiguous NumPy arrays).
+    A GQA group's query heads sum into their k and v head. A key outside a row's visible range gets
+    nothing from that row, whatever the values on either side; a row that saw no key (lse -inf) gets
+    dq 0 and gives nothing.
+
+    ``impl="flash2"`` recomputes the probabilities tile by tile from ``lse`` (FlashAttention-2's
+    algorithm: a dK/dV pass over key tiles, then a dQ pass over query tiles; head_dim 1..256).
+    ``impl="naive"``, the reference, materializes whole rows with its own softmax (``lse`` is read
+    for its shape only). Both take D = rowsum(dout * out) from ``out`` as given, in the inputs'
+    dtype, as every kernel of that dtype does. Accumulation is float32
+    (float64 for float64 inputs; flash2's probabilities come from the float32 lse, so its float64
+    gradients carry float32's ~1e-7 relative error there); the gradients are the same bits for any
+    thread count. float64, float32, float16 and bfloat16 inputs, on the CPU (every SIMD level).
+    """
+    left, right = _check_options(impl, causal, window, softcap)
+    stream = consumer_stream(q)
+    vq, vk, vv = _views(q, k, v, stream)
+    batch, seqlen_q, heads_q, head_dim = vq.shape
+    scale = _check_heads(impl, heads_q, vk.shape[2], head_dim, softmax_scale)
+    if vq.dtype not in ("float64", "float32", "float16", "bfloat16"):
+        raise TypeError(f"the attention backward takes float64, float32, float16 and bfloat16 inputs, got {vq.dtype}")
+    vout, vdout = (as_view(x, name, stream) for x, name in ((out, "out"), (dout, "dout")))
+    for name, view in (("out", vout), ("dout", vdout)):
+        if view.device != vq.device:
+            raise ValueError(f"{name} must live on q's device ({vq.device}), got {view.device}")
+        if view.shape != vq.shape or view.dtype != vq.dtype:
+            raise ValueError(f"{name} must have q's shape {vq.shape} and dtype {vq.dtype}, got {view.shape} {view.dtype}")
+    if vq.device == "cuda":
+        raise NotImplementedError("fp.attention_backward runs on the CPU in this version; got CUDA tensors "
+                                  "(copy q, k, v, out, lse and dout to the host)")
+    lse_view = as_view(lse, "lse", stream)
+    if lse_view.device != "cpu":
+        raise ValueError(f"lse must live on the host with q, got {lse_view.device}")
+    if lse_view.dtype != "float32" or lse_view.shape != (batch, heads_q, seqlen_q):
+        raise ValueError(f"lse must be float32 of shape {(batch, heads_q, seqlen_q)} ([batch, heads_q, seqlen_q]: "
+                         f"the forward's), got {lse_view.shape} {lse_view.dtype}")
+    alibi = _alibi(alibi_slopes, batch, heads_q, vq.device, stream)
+    dq = np.empty(vq.shape, dtype=_numpy_dtype(vq.dtype))
+    dk = np.empty(vk.shape, dtype=dq.dtype)
+    dv = np.empty(vk.shape, dtype=dq.dtype)
+    ptr = lambda a: a.__array_interface__["data"][0] if a.size else 0  # noqa: E731
+    if dq.size or dk.size:
+        _core.attention_backward_host(vq.desc, vk.desc, vv.desc, vout.desc, vdout.desc, lse_view.desc, ptr(dq),
+                                      ptr(dk), ptr(dv), _KERNEL_CODES[impl], scale, float(softcap), left, right,
+                                      alibi.args)
+    return dq, dk, dv
 
 
 def _host_outputs(out: Any, vout: TensorView | None, vq: TensorView, lse_shape: tuple[int, ...], return_lse: bool):

@@ -1,0 +1,32 @@
+// CPU attention backward: the driver (attention_backward_cpu.cpp) and the per-ISA task kernels it
+// runs (isa/attention_backward_impl.h), reached through the forward's AttentionTable.
+#pragma once
+
+#include <cstdint>
+
+#include "cpu/attention_cpu.h"
+#include "flashparity/attention_backward.h"
+#include "flashparity/dtype.h"
+
+namespace flashparity {
+
+enum class AttnBwdKind : int { Naive = 0, Flash2DkDv = 1, Flash2Dq = 2 };
+
+// A task of one pass: head h of batch b (a kv head for Naive and Flash2DkDv, a query head for
+// Flash2Dq) and its items [t0, t0 + n) (keys for Flash2DkDv, query rows for Flash2Dq; Naive takes the
+// whole head and ignores them). Each task writes its own rows of dq, dk, dv.
+using AttnBwdTaskFn = void (*)(const AttnBwdParams& p, std::int64_t b, std::int64_t h, std::int64_t t0,
+                               std::int64_t n);
+
+struct AttentionBackwardTable {
+  AttnBwdTaskFn (*task_fn)(AttnBwdKind kind, DType dtype);  // null for a dtype it does not take
+  std::int64_t rows_per_task;  // Flash2Dq's n
+  std::int64_t keys_per_task;  // Flash2DkDv's n
+};
+
+// The whole backward on the CPU threads (float64, float32, float16, bfloat16; dense BSHD): naive
+// one task per (batch, kv head); flash2 a dK/dV pass over (batch, kv head, key tile) tasks, then a
+// dQ pass over (batch, head, query tile) tasks. The gradients are the same for any thread count.
+void attention_backward_cpu(const AttnBwdParams& p, AttnImpl impl);
+
+}  // namespace flashparity
