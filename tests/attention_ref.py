@@ -97,13 +97,15 @@ def reference_backward(q, k, v, dout, *, causal=False, window=(-1, -1), softcap=
             seen = ok.any(axis=1)
             m = np.where(seen, z.max(axis=1, initial=-np.inf), 0.0)
             p = np.where(ok, np.exp(z - m[:, None]), 0.0)
-            p /= np.where(seen, p.sum(axis=1), 1.0)[:, None]
-            vf = np.where(np.isfinite(vh), vh, 0.0)  # (a masked key's non-finite value meets only P = 0)
-            dp = np.where(ok, g @ vf.T, 0.0)
+            with np.errstate(invalid="ignore"):
+                p = np.where(ok, p / np.where(seen, p.sum(axis=1), 1.0)[:, None], 0.0)  # (a NaN row stays in its pairs)
+            with np.errstate(invalid="ignore", over="ignore"):  # (non-finite products of masked pairs: dropped)
+                dp = np.where(ok, g @ vh.T, 0.0)
             dz = p * (dp - (p * dp).sum(axis=1, keepdims=True))
             ds = dz * (1.0 - (t / softcap) ** 2) if softcap > 0 else dz
             ds = np.where(ok, ds, 0.0)
-            dq[bi, :, h, :] = scale * (ds @ kh)
-            dk[bi, :, h // group, :] += scale * (ds.T @ q[bi, :, h, :])
-            dv[bi, :, h // group, :] += p.T @ g
+            # sums over visible pairs only: a masked key's values never meet a row, nor a row's a key
+            dq[bi, :, h, :] = scale * _masked_pv(ds, kh, ok)
+            dk[bi, :, h // group, :] += scale * _masked_pv(ds.T, q[bi, :, h, :], ok.T)
+            dv[bi, :, h // group, :] += _masked_pv(p.T, g, ok.T)
     return dq, dk, dv

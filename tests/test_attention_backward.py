@@ -286,3 +286,44 @@ def test_flashparity_torch_refuses_what_it_cannot_run():
 
     with pytest.raises(TypeError, match="q must be a torch tensor"):
         attention(np.zeros((1, 1, 1, 4), np.float32), torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4))
+    q, k, v = (torch.randn(1, 3, 1, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    with pytest.raises(RuntimeError, match="differentiable once"):  # a second derivative would be silently 0
+        torch.autograd.grad(attention(q, k, v).sum(), q, create_graph=True)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_every_gradient_element_is_written(impl):
+    # outputs filled with NaN first: zeros a kernel must write (rows that see nothing, keys no row
+    # sees) come out as zeros, not as whatever the buffer held
+    from flashparity import _core
+    from flashparity._tensor import as_view
+
+    rng = np.random.default_rng(14)
+    for sq, sk, left, zero_rows, zero_keys in ((70, 45, -1, 25, 0), (45, 70, 6, 0, 19)):
+        q, k, v, g = make(rng, 2, sq, sk, 4, 2, 12, np.float32)
+        opts = {"causal": True, "window": (left, -1)}  # (bottom-right: row i sees keys up to i + sk - sq)
+        out, lse = fp.attention(q, k, v, impl=impl, return_lse=True, **opts)
+        dq, dk, dv = (np.full(x.shape, np.nan, np.float32) for x in (q, k, v))
+        descs = (as_view(x, n).desc for x, n in ((q, "q"), (k, "k"), (v, "v"), (out, "out"), (g, "dout"), (lse, "lse")))
+        _core.attention_backward_host(*descs, dq.ctypes.data, dk.ctypes.data, dv.ctypes.data, IMPLS.index(impl),
+                                      1 / np.sqrt(12), 0.0, left, 0)
+        gold = reference_backward(q, k, v, g, **opts)
+        for x, ref in zip((dq, dk, dv), gold):
+            assert not np.isnan(x).any() and err(x, ref) < 2e-5
+        assert not dq[:, :zero_rows].any() and not dk[:, :zero_keys].any() and not dv[:, :zero_keys].any()
+
+
+def test_the_oracle_keeps_non_finite_values_to_the_pairs_they_enter():
+    # the oracle drops masked pairs by selection: non-finite values reach exactly the rows that see
+    # them, and from those rows the keys they see
+    rng = np.random.default_rng(15)
+    q, k, v, g = make(rng, 1, 6, 9, 1, 1, 4, np.float64)
+    opts = {"causal": True, "window": (2, -1)}  # row i sees keys i + 1 .. i + 3: key 8 only row 5
+    clean = reference_backward(q, k, v, g, **opts)
+    k2, v2 = k.copy(), v.copy()
+    k2[0, 8], v2[0, 8] = np.inf, np.nan
+    with np.errstate(invalid="ignore", over="ignore"):
+        dirty = reference_backward(q, k2, v2, g, **opts)
+    assert np.array_equal(dirty[0][0, :5], clean[0][0, :5]) and np.isnan(dirty[0][0, 5]).all()
+    for d, c in zip(dirty[1:], clean[1:]):  # keys 0..5 are seen by rows 0..4 only (key 0 by none)
+        assert np.array_equal(d[0, :6], c[0, :6]) and np.isnan(d[0, 6:]).all()

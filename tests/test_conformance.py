@@ -657,3 +657,10 @@ def test_kernel_parity_judges_a_kernel_on_untouched_inputs_and_never_skips_a_cra
     code, _, err = run_cli(["kernel", "parity", "--impl", "torch-sdpa", "--suite", "quick", "--causal",
                             "--head-dim", "512"], capsys)
     assert code == 2 and "--head-dim, --causal shape one kernel parity case" in err
+
+
+def test_a_kernel_named_by_a_module_path_from_before_the_layers_is_told_where_it_went():
+    from flashparity.kernels.adapters import resolve
+
+    with pytest.raises(ValueError, match=r"flashparity.attention moved to flashparity.kernels.attention"):
+        resolve("flashparity.attention:attention", convention="bshd-numpy")

@@ -39,6 +39,11 @@ def _function() -> Any:
 
         @staticmethod
         def backward(ctx, dout):  # noqa: ANN001
+            if torch.is_grad_enabled():  # create_graph=True: the gradients would carry no graph, and a
+                # second derivative through them would be silently 0
+                raise RuntimeError("flashparity.torch.attention is differentiable once: its backward runs "
+                                   "fp.attention_backward, which has no derivative (create_graph=True is not "
+                                   "supported)")
             q, k, v, out = (from_torch(t) for t in ctx.saved_tensors)
             grads = _attention_backward(q, k, v, out, ctx.lse, from_torch(dout), **ctx.options)
             return (*(to_torch(g) for g in grads), None)
@@ -62,8 +67,9 @@ def attention(
     head_dim]``, k and v ``[batch, seqlen_k, heads_kv, head_dim]`` (BSHD, any strides), float64,
     float32, float16 or bfloat16. Returns out like q. The options are :func:`flashparity.attention`'s;
     ``out.backward(...)`` (or any loss built on it) fills q.grad, k.grad and v.grad through
-    :func:`flashparity.attention_backward` with the same ``impl``. CUDA tensors: not yet (the
-    backward runs on the CPU in this version)."""
+    :func:`flashparity.attention_backward` with the same ``impl`` (``alibi_slopes`` are constants:
+    they get no gradient). Differentiable once: a backward with ``create_graph=True`` is an error.
+    CUDA tensors: not yet (the backward runs on the CPU in this version)."""
     torch = require("torch", "flashparity.torch")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):

@@ -19,7 +19,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 _CLASSIFIERS = ("parity", "provenance", "head-dim")
-FP8_FORMATS = ("float8_e4m3fn", "float8_e5m2")  # (files.FP8_FORMATS; files is imported when a command reads one)
+FP8_FORMATS = ("float8_e4m3fn", "float8_e5m2")  # (io.FP8_FORMATS; io is imported when a command reads a file)
 
 #: The exit-code rule, said once in `flashparity --help` (each judging command's help says it for itself).
 EXIT_RULE = ("Exit codes of every command that judges (kernel parity, compare, classify): 0 within "

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..io.source import _VOID1_WORDS, TensorSource, Voids
 from ..io.tree import _open_side
-from . import tasks
+from . import tasks as _tasks
 from .engines import run_in_process
 from .tasks import COMPARABLE, RangeTask, _plan, run_task
 
@@ -197,7 +197,7 @@ def _unequal_elements(a: TensorSource, b: TensorSource) -> tuple[int, float]:
     if n == 0:
         return 0, 0.0
     kind = a.dtype.kind
-    step = max(1, tasks.CHUNK_BYTES // a.dtype.itemsize)
+    step = max(1, _tasks.CHUNK_BYTES // a.dtype.itemsize)
     buf_a, buf_b = np.empty(min(step, n), a.dtype), np.empty(min(step, n), b.dtype)
     ra, rb = a.open(), b.open()
     unequal, worst = 0, 0

@@ -1299,6 +1299,14 @@ def adapter_status(name: str) -> dict[str, Any]:
     return row
 
 
+# flashparity's modules before it was layered into subpackages, and where they went: a kernel named
+# by an old path (flashparity.attention:attention) gets the new one in its error.
+_MOVED_MODULES = {f"flashparity.{old}": f"flashparity.{new}" for old, new in (
+    ("attention", "kernels.attention"), ("serving", "kernels.serving"), ("adapters", "kernels.adapters"),
+    ("conformance", "kernels.conformance"), ("kernel_parity", "kernels.kernel_parity"),
+    ("modules", "models.modules"), ("report", "models.report"), ("files", "compare.files"))}
+
+
 def resolve(kernel: Any, *, convention: str | None = None, capabilities: Capabilities | dict | None = None,
             allow_unpinned: bool = False) -> Adapter:
     """The adapter of ``kernel``: a built-in adapter's name (``hub:<org>/<repo>@<commit>`` for a
@@ -1323,8 +1331,10 @@ def resolve(kernel: Any, *, convention: str | None = None, capabilities: Capabil
         except ModuleNotFoundError as exc:
             if exc.name is None or not module.startswith(exc.name):  # (the module imports a missing package)
                 raise
+            moved = _MOVED_MODULES.get(module)
+            hint = f" ({module} moved to {moved} when the package was layered)" if moved else ""
             raise ValueError(f"cannot import module {module!r} (named by {kernel!r}): no module named "
-                             f"{exc.name!r}") from None
+                             f"{exc.name!r}{hint}") from None
         except ImportError:
             raise
         except Exception as exc:  # (a SyntaxError or a crash while the module runs: not ours to raise)
