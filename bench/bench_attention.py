@@ -107,53 +107,33 @@ def run_backward(shape, dtype, causal, repeat, rows):
     print(res, flush=True)
 
 
-def render_backward(rows, args):
-    title = simd_env.title("Attention backward (CPU)", args.simd)
-    out = [
-        "## " + title,
-        "",
-        f"Machine: {machine()}.",
-        f"Command: `python bench/bench_attention.py --backward --repeat {args.repeat}"
-        + (f" --simd {args.simd}" if args.simd else "") + f"` ({time.strftime('%Y-%m-%d')}).",
-        *simd_env.held_to(args.simd),
-        "GFLOP/s = 2.5·4·B·H·S²·D / time (halved for causal); torch is the autograd backward of",
-        "`scaled_dot_product_attention` on BHSD tensors (its forward run once beforehand), flashparity",
-        "`fp.attention_backward` on BSHD arrays with the forward's out and lse.",
-        "",
-        "| (B, H, S, D) | dtype | causal | torch SDPA bwd | fp flash2 bwd | fp naive bwd | flash2 / torch |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    ratios = {}
-    for r in rows:
-        t, f, n = r.get("torch"), r["flash2"], r["naive"]
-        ft = f / t if t else None
-        if ft:
-            ratios.setdefault(r["dtype"], []).append(ft)
-        cell = lambda x: "–" if x is None else f"{x:.1f}"  # noqa: E731
-        out.append(f"| {r['shape']} | {r['dtype']} | {r['causal']} | {cell(t)} | {cell(f)} | {cell(n)} | "
-                   f"{'–' if ft is None else f'{ft:.2f}'} |")
-    out.append("")
-    gmean = lambda xs: math.exp(sum(math.log(x) for x in xs) / len(xs))  # noqa: E731
-    for dt, rs in ratios.items():
-        out.append(f"Geometric mean flash2 / torch SDPA backward, {dt}: {gmean(rs):.2f} (target: 1.0).")
-    return "\n".join(out) + "\n"
+def title(args):
+    return simd_env.title("Attention backward (CPU)" if args.backward else "Attention forward (CPU)", args.simd)
 
 
 def render(rows, args):
+    bwd = args.backward
+    what = ("GFLOP/s = 2.5·4·B·H·S²·D / time (halved for causal); torch is the autograd backward of\n"
+            "`scaled_dot_product_attention` on BHSD tensors (its forward run once beforehand), flashparity\n"
+            "`fp.attention_backward` on BSHD arrays with the forward's out and lse." if bwd else
+            "GFLOP/s = 4·B·H·S²·D / time (halved for causal); torch is `scaled_dot_product_attention` on BHSD\n"
+            "tensors, numpy a float32 matmul/softmax/matmul on BHSD arrays, flashparity `fp.attention` on BSHD.")
+    cols = (["torch SDPA bwd", "fp flash2 bwd", "fp naive bwd", "flash2 / torch"] if bwd else
+            ["torch SDPA", "fp flash2", "fp naive", "numpy", "flash2 / torch", "naive / numpy"])
     out = [
-        "## " + simd_env.title("Attention forward (CPU)", args.simd),
+        "## " + title(args),
         "",
         f"Machine: {machine()}.",
-        f"Command: `python bench/bench_attention.py --repeat {args.repeat}"
+        f"Command: `python bench/bench_attention.py{' --backward' if bwd else ''} --repeat {args.repeat}"
         + (f" --simd {args.simd}" if args.simd else "") + f"` ({time.strftime('%Y-%m-%d')}).",
         *simd_env.held_to(args.simd),
-        "GFLOP/s = 4·B·H·S²·D / time (halved for causal); torch is `scaled_dot_product_attention` on BHSD",
-        "tensors, numpy a float32 matmul/softmax/matmul on BHSD arrays, flashparity `fp.attention` on BSHD.",
+        what,
         "",
-        "| (B, H, S, D) | dtype | causal | torch SDPA | fp flash2 | fp naive | numpy | flash2 / torch | naive / numpy |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| (B, H, S, D) | dtype | causal | " + " | ".join(cols) + " |",
+        "|---|---|---|" + "---|" * len(cols),
     ]
     ratios, naive_ratios = {}, []
+    cell = lambda x, fmt="{:.1f}": "–" if x is None else fmt.format(x)  # noqa: E731
     for r in rows:
         t, f, n, npy = r.get("torch"), r["flash2"], r["naive"], r.get("numpy")
         ft = f / t if t else None
@@ -162,13 +142,14 @@ def render(rows, args):
             ratios.setdefault(r["dtype"], []).append(ft)
         if nn:
             naive_ratios.append(nn)
-        cell = lambda x: "–" if x is None else f"{x:.1f}"  # noqa: E731
-        out.append(f"| {r['shape']} | {r['dtype']} | {r['causal']} | {cell(t)} | {cell(f)} | {cell(n)} | {cell(npy)} | "
-                   f"{'–' if ft is None else f'{ft:.2f}'} | {'–' if nn is None else f'{nn:.2f}'} |")
+        cells = ([cell(t), cell(f), cell(n), cell(ft, "{:.2f}")] if bwd else
+                 [cell(t), cell(f), cell(n), cell(npy), cell(ft, "{:.2f}"), cell(nn, "{:.2f}")])
+        out.append(f"| {r['shape']} | {r['dtype']} | {r['causal']} | " + " | ".join(cells) + " |")
     out.append("")
     gmean = lambda xs: math.exp(sum(math.log(x) for x in xs) / len(xs))  # noqa: E731
     for dt, rs in ratios.items():
-        out.append(f"Geometric mean flash2 / torch SDPA, {dt}: {gmean(rs):.2f}.")
+        out.append(f"Geometric mean flash2 / torch SDPA{' backward' if bwd else ''}, {dt}: {gmean(rs):.2f}"
+                   + (" (target: 1.0)." if bwd else "."))
     if naive_ratios:
         out.append(f"Geometric mean naive / numpy, float32: {gmean(naive_ratios):.2f}.")
     return "\n".join(out) + "\n"
@@ -192,10 +173,7 @@ def main():
                 continue
             for causal in (False, True):
                 (run_backward if args.backward else run)(shape, dt, causal, args.repeat, rows)
-    if args.backward:
-        publish(render_backward(rows, args), simd_env.title("Attention backward (CPU)", args.simd), args.no_write)
-    else:
-        publish(render(rows, args), simd_env.title("Attention forward (CPU)", args.simd), args.no_write)
+    publish(render(rows, args), title(args), args.no_write)
 
 
 if __name__ == "__main__":

@@ -51,18 +51,8 @@ def _function() -> Any:
     return FlashParityAttention
 
 
-def attention(
-    q: Any,
-    k: Any,
-    v: Any,
-    *,
-    impl: str = "flash2",
-    causal: bool = False,
-    softmax_scale: float | None = None,
-    window: tuple[int, int] = (-1, -1),
-    softcap: float = 0.0,
-    alibi_slopes: Any = None,
-):
+def attention(q: Any, k: Any, v: Any, *, impl: str = "flash2", causal: bool = False, softmax_scale: float | None = None,
+              window: tuple[int, int] = (-1, -1), softcap: float = 0.0, alibi_slopes: Any = None):
     """softmax(scale · q kᵀ) v on torch CPU tensors, differentiable: q ``[batch, seqlen_q, heads_q,
     head_dim]``, k and v ``[batch, seqlen_k, heads_kv, head_dim]`` (BSHD, any strides), float64,
     float32, float16 or bfloat16. Returns out like q. The options are :func:`flashparity.attention`'s;
