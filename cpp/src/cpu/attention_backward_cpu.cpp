@@ -44,6 +44,15 @@ void attention_backward_cpu(const AttnBwdParams& bp, AttnImpl impl) {
     });
     return;
   }
+  const std::int64_t dq_rows_bytes =  // (the fused task's dQ accumulators: a GQA group's heads, whole rows)
+      (p.heads_q / p.heads_kv) * p.seqlen_q * (p.head_dim + 16) * static_cast<std::int64_t>(sizeof(double));
+  if (p.batch * p.heads_kv >= kFusedMinTasks && dq_rows_bytes <= kFusedMaxDqBytes) {
+    const AttnBwdTaskFn fused = fn(AttnBwdKind::Flash2Fused);
+    run_tiles(p.batch, p.heads_kv, 1, 1, [&](std::int64_t b, std::int64_t h, std::int64_t, std::int64_t) {
+      fused(bp, b, h, 0, 0);
+    });
+    return;
+  }
   const AttnBwdTaskFn dkdv = fn(AttnBwdKind::Flash2DkDv), dq = fn(AttnBwdKind::Flash2Dq);
   if (p.seqlen_k > 0)
     run_tiles(p.batch, p.heads_kv, p.seqlen_k, table.keys_per_task,

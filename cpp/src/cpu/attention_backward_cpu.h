@@ -10,11 +10,11 @@
 
 namespace flashparity {
 
-enum class AttnBwdKind : int { Naive = 0, Flash2DkDv = 1, Flash2Dq = 2 };
+enum class AttnBwdKind : int { Naive = 0, Flash2DkDv = 1, Flash2Dq = 2, Flash2Fused = 3 };
 
-// A task of one pass: head h of batch b (a kv head for Naive and Flash2DkDv, a query head for
-// Flash2Dq) and its items [t0, t0 + n) (keys for Flash2DkDv, query rows for Flash2Dq; Naive takes the
-// whole head and ignores them). Each task writes its own rows of dq, dk, dv.
+// A task of one pass: head h of batch b (a kv head for Naive, Flash2DkDv and Flash2Fused, a query
+// head for Flash2Dq) and its items [t0, t0 + n) (keys for Flash2DkDv, query rows for Flash2Dq; Naive
+// and Flash2Fused take the whole head and ignore them). Each task writes its own rows of dq, dk, dv.
 using AttnBwdTaskFn = void (*)(const AttnBwdParams& p, std::int64_t b, std::int64_t h, std::int64_t t0,
                                std::int64_t n);
 
@@ -25,8 +25,14 @@ struct AttentionBackwardTable {
 };
 
 // The whole backward on the CPU threads (float64, float32, float16, bfloat16; dense BSHD): naive
-// one task per (batch, kv head); flash2 a dK/dV pass over (batch, kv head, key tile) tasks, then a
-// dQ pass over (batch, head, query tile) tasks. The gradients are the same for any thread count.
+// one task per (batch, kv head); flash2 one fused task per (batch, kv head) when there are at least
+// kFusedMinTasks of them and their dQ accumulators fit kFusedMaxDqBytes, else a dK/dV pass over (batch, kv head, key tile) tasks, then a dQ pass over
+// (batch, head, query tile) tasks (the scores computed twice, for more tasks). The choice depends on
+// the shapes only, and both give dQ's terms in the same order: the gradients are the same for any
+// thread count.
+constexpr std::int64_t kFusedMinTasks = 16;
+constexpr std::int64_t kFusedMaxDqBytes = std::int64_t{64} << 20;  // per fused task (an upper bound is checked)
+
 void attention_backward_cpu(const AttnBwdParams& p, AttnImpl impl);
 
 }  // namespace flashparity

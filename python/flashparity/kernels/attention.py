@@ -199,7 +199,9 @@ def attention_backward(
     dq 0 and gives nothing.
 
     ``impl="flash2"`` recomputes the probabilities tile by tile from ``lse`` (FlashAttention-2's
-    algorithm: a dK/dV pass over key tiles, then a dQ pass over query tiles; head_dim 1..256).
+    algorithm: per (batch, kv head) over its key tiles, dQ accumulated on the way, or, with fewer than
+    16 (batch, kv head) pairs, a dK/dV pass over key tiles and a dQ pass over query tiles; head_dim
+    1..256).
     ``impl="naive"``, the reference, materializes whole rows with its own softmax (``lse`` is read
     for its shape only). Both take D = rowsum(dout * out) from ``out`` as given, in the inputs'
     dtype, as every kernel of that dtype does. Accumulation is float32
