@@ -1,5 +1,6 @@
 """A small decoder-only transformer for the module-comparison tests: random weights, nothing
-downloaded, two attention implementations (an explicit softmax, and torch's SDPA)."""
+downloaded, three attention implementations (an explicit softmax, torch's SDPA, flashparity's
+differentiable attention)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,12 @@ class Attention(nn.Module):
             return t.view(b, s, h, d // h).transpose(1, 2)
 
         q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
-        if self.impl == "sdpa":
+        if self.impl == "flashparity":  # (BSHD views of the same tensors; differentiable)
+            import flashparity.torch
+
+            y = flashparity.torch.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                            causal=True).transpose(1, 2)
+        elif self.impl == "sdpa":
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(d // h)
@@ -67,13 +73,13 @@ class TinyTransformer(nn.Module):
         return {"logits": self.head(self.norm(x)), "hidden": x}
 
 
-def pair(seed: int = 0, dtype=torch.float32, **kw):
-    """(eager, sdpa) with the same random weights, in `dtype`, and a batch of token ids."""
+def pair(seed: int = 0, dtype=torch.float32, impl_b: str = "sdpa", **kw):
+    """(eager, impl_b) with the same random weights, in `dtype`, and a batch of token ids."""
     torch.manual_seed(seed)
     a = TinyTransformer(impl="eager", **kw)
     for p in a.parameters():  # (LayerNorm starts at 1/0: give it random values too)
         p.data.add_(0.1 * torch.randn_like(p))
-    b = TinyTransformer(impl="sdpa", **kw)
+    b = TinyTransformer(impl=impl_b, **kw)
     b.load_state_dict(a.state_dict())
     ids = torch.randint(0, 97, (2, 33), generator=torch.Generator().manual_seed(seed + 1))
     return a.to(dtype).eval(), b.to(dtype).eval(), ids

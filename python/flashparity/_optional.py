@@ -21,6 +21,7 @@ INSTALL = {
     "flashinfer": "pip install flashinfer-python",
     "xformers": "pip install xformers",
     "kernels": "pip install 'flashparity[hub]'",
+    "transformers": "pip install transformers",
 }
 
 

@@ -1,6 +1,8 @@
 """flashparity's attention as a differentiable PyTorch function:
 ``flashparity.torch.attention(q, k, v, ...)``, a ``torch.autograd.Function`` whose forward is
-:func:`flashparity.attention` and whose backward is :func:`flashparity.attention_backward`.
+:func:`flashparity.attention` and whose backward is :func:`flashparity.attention_backward`; and
+``flashparity.torch.register_hf()``, which makes it a Hugging Face ``transformers`` attention
+implementation (``attn_implementation="fp_attention"``).
 
 Layer: the public API's (beside ``flashparity/__init__.py``); it imports :mod:`flashparity.kernels`
 and torch, which it loads on first use (``import flashparity`` never imports torch).
@@ -16,7 +18,7 @@ from .kernels.adapters import from_torch, to_torch
 from .kernels.attention import attention as _attention
 from .kernels.attention import attention_backward as _attention_backward
 
-__all__ = ["attention"]
+__all__ = ["attention", "hf_attention", "register_hf"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -71,3 +73,53 @@ def attention(q: Any, k: Any, v: Any, *, impl: str = "flash2", causal: bool = Fa
     options = {"impl": impl, "causal": causal, "softmax_scale": softmax_scale, "window": tuple(window),
                "softcap": softcap, "alibi_slopes": alibi_slopes}
     return _function().apply(q, k, v, options)
+
+
+def hf_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
+                 scaling: float | None = None, sliding_window: int | None = None, softcap: float | None = None,
+                 is_causal: bool | None = None, *, impl: str = "flash2", **kwargs: Any):
+    """A Hugging Face ``transformers`` attention function (the ``AttentionInterface`` signature):
+    query ``[batch, heads_q, seq_q, head_dim]``, key and value ``[batch, heads_kv, seq_k, head_dim]``
+    (GQA as they come: no repeat), through :func:`attention`. Causal (bottom-right aligned, as with a
+    KV cache) unless the module says ``is_causal = False``; ``sliding_window`` and ``softcap`` as
+    FlashAttention-2's integration reads them. Returns ``(out [batch, seq_q, heads_q, head_dim],
+    None)``. Not taken, each an error naming it: a padding or custom mask (``attention_mask`` not
+    None: unpad the batch), dropout > 0, attention sinks (``s_aux``), ``output_attentions``."""
+    if attention_mask is not None:
+        raise NotImplementedError("the flashparity attention takes no attention_mask (padding or a custom mask): "
+                                  "give it unpadded batches (a mask of all ones is dropped before it)")
+    if dropout:
+        raise NotImplementedError(f"the flashparity attention has no dropout; got dropout={dropout} (set the "
+                                  "config's attention_dropout to 0, or call model.eval())")
+    if kwargs.get("s_aux") is not None:
+        raise NotImplementedError("the flashparity attention has no attention sinks (s_aux)")
+    if kwargs.get("output_attentions"):
+        raise NotImplementedError("the flashparity attention does not return attention weights "
+                                  "(output_attentions=True): use attn_implementation='eager' for them")
+    causal = bool(getattr(module, "is_causal", True) if is_causal is None else is_causal)
+    window = (-1, -1)
+    if sliding_window is not None and key.shape[2] > sliding_window:
+        window = (sliding_window - 1, sliding_window - 1)
+    out = attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), impl=impl, causal=causal,
+                    softmax_scale=scaling, window=window, softcap=float(softcap or 0.0))
+    return out, None
+
+
+def register_hf(name: str = "fp_attention", *, impl: str = "flash2") -> str:
+    """Register :func:`hf_attention` (with ``impl``) as the ``transformers`` attention implementation
+    ``name``, with FlashAttention-2's mask function (no mask for unpadded batches), so that
+    ``AutoModel...from_pretrained(..., attn_implementation=name)`` or ``model.set_attn_implementation(name)``
+    runs every attention layer through flashparity, forward and backward. Returns ``name``. (A name
+    with "flash" in it is refused: transformers takes any such name for a FlashAttention build.)"""
+    require("transformers", "flashparity.torch.register_hf")
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
+
+    if not isinstance(name, str) or not name or name in ("eager", "sdpa", "flex_attention") or "flash" in name:
+        raise ValueError(f"name must be a new attention implementation name without 'flash' in it (transformers "
+                         f"takes such names for FlashAttention builds), got {name!r}")
+    if impl not in ("flash2", "naive"):
+        raise ValueError(f"impl must be 'flash2' or 'naive', got {impl!r}")
+    AttentionInterface.register(name, functools.partial(hf_attention, impl=impl))
+    ALL_MASK_ATTENTION_FUNCTIONS.register(name, flash_attention_mask)
+    return name

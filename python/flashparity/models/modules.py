@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -76,8 +77,11 @@ class ModuleEntry:
     """One tensor of one module call: ``name`` (qualified module name, after ``name_map``), ``call``
     (0 for the first call of that module), ``path`` (the tensor's place in the output), ``stats``
     (model_a's tensor against model_b's), ``ok`` and ``rule`` (what judged it), ``error`` (why it
-    could not be compared: shapes, dtypes, a side missing), and with a reference model ``ref``:
-    ``{"err_a", "err_b", "ratio"}`` (max-abs errors against the gold run)."""
+    could not be compared: shapes, dtypes, a side missing), with a reference model ``ref``:
+    ``{"err_a", "err_b", "ratio"}`` (max-abs errors against the gold run), and ``phase``: "forward"
+    (a module output, or the loss ``<loss>#0``), "backward" (the gradient a module sends back into
+    one of its inputs: path ``.grad_input[i]`` or ``.grad_input.<keyword>``) or "parameter" (a
+    parameter's ``.grad``: name the parameter's, path ``.grad``)."""
 
     name: str
     call: int
@@ -88,6 +92,7 @@ class ModuleEntry:
     rule: str
     error: str | None = None
     ref: dict | None = None
+    phase: str = "forward"
 
     @property
     def key(self) -> str:
@@ -112,6 +117,8 @@ class ModuleEntry:
             d["stats"] = self.stats.to_dict()
         if self.ref is not None:
             d["ref"] = dict(self.ref)
+        if self.phase != "forward":
+            d["phase"] = self.phase
         return d
 
 
@@ -136,13 +143,24 @@ class ModuleReport:
 
     @property
     def first_divergence(self) -> ModuleEntry | None:
+        """The first failing entry: forward outputs in execution order, then (``backward=True``) module
+        gradients in backward execution order, then parameter gradients."""
         return next((e for e in self.entries if not e.ok), None)
+
+    @property
+    def first_backward_divergence(self) -> ModuleEntry | None:
+        """The first failing module gradient in backward execution order (then parameter gradients),
+        whatever the forward did; None without ``backward=True`` or when every gradient passes."""
+        return next((e for e in self.entries if not e.ok and e.phase != "forward"), None)
 
     def to_dict(self) -> dict:
         fd = self.first_divergence
+        backward = any(e.phase != "forward" for e in self.entries)
+        fbd = self.first_backward_divergence
         return {
             "ok": self.ok,
             "first_divergence": None if fd is None else fd.key,
+            **({"first_backward_divergence": None if fbd is None else fbd.key} if backward else {}),
             "entries": [e.to_dict() for e in self.entries],
             **{f"only_in_{side}": list(keys) for side, keys in self.only.items()},
             "meta": dict(self.meta),
@@ -161,8 +179,10 @@ class ModuleReport:
         from .._write import printable  # (keys come from module names, or a dump's manifest: untrusted)
 
         fd = self.first_divergence
+        fbd = self.first_backward_divergence
         head = (f"compare_modules: {'OK' if self.ok else 'DIVERGED'}, {len(self.entries)} module outputs"
-                + (f"; first divergence: {printable(fd.key)} ({fd.rule})" if fd is not None else ""))
+                + (f"; first divergence: {printable(fd.key)} ({fd.rule})" if fd is not None else "")
+                + (f"; first backward divergence: {printable(fbd.key)}" if fbd is not None and fbd is not fd else ""))
         lines = [head, f"{'module output':<48} {'ok':<3} {'max_abs_diff':>12} {'cosine_sim':>14} {'mismatch':>9} "
                        f"{'ref ratio':>9}  rule"]
         for e in sorted(self.entries, key=lambda e: (e.ok, -e.badness, e.order)):
@@ -281,6 +301,173 @@ def _gold_error(x: Any, gold: Any) -> float:
     same = (xd == gd) | (torch.isnan(xd) & torch.isnan(gd))
     diff = torch.where(same, torch.zeros((), dtype=xd.dtype, device=xd.device), (xd - gd).abs())
     return float(diff.max().double()) if diff.numel() else 0.0
+
+
+# ---- gradients ----------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _identity() -> Any:
+    import torch
+
+    class InputGrad(torch.autograd.Function):
+        """x itself (a view, as any custom function's output that is its input): a node of its own,
+        so a hook on its output sees the gradient of this one use of x."""
+
+        @staticmethod
+        def forward(ctx, x):  # noqa: ANN001 - torch's signature
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, g):  # noqa: ANN001
+            return g
+
+    return InputGrad
+
+
+def _hook_input_grads(model: Any, canon: Callable[[str], str | None],
+                      on_grad: Callable[[str, int, str, Any], None],
+                      active: Callable[[], bool] | None = None) -> list:
+    """A forward pre-hook on every submodule `canon` names that routes each tensor input needing a
+    gradient (positional or keyword, not inside a container) through an identity node, so that the
+    gradient the module sends back into that input, and only that use of it, reaches
+    ``on_grad(name, call, path, grad)`` when the backward computes it (paths ``.grad_input[i]`` and
+    ``.grad_input.<keyword>``; `call` is the forward call's index). This is what
+    ``register_full_backward_hook`` gives, for keyword inputs too (Hugging Face passes
+    ``hidden_states=`` by keyword). A module that changes such an input in place fails as it would
+    under a full backward hook."""
+    import torch
+
+    identity = _identity()
+    calls: dict[str, int] = {}
+    handles = []
+    for qname, module in model.named_modules():
+        name = canon(qname)
+        if name is None:
+            continue
+
+        def pre(_module, args, kwargs, name=name):
+            if (active is not None and not active()) or not torch.is_grad_enabled():
+                return None
+            call = calls.get(name, 0)
+            calls[name] = call + 1
+
+            def wrap(path: str, x: Any) -> Any:
+                if not (isinstance(x, torch.Tensor) and x.requires_grad and x.is_floating_point()):
+                    return x
+                y = identity.apply(x)
+                y.register_hook(lambda g: on_grad(name, call, path, g))
+                return y
+
+            return (tuple(wrap(f".grad_input[{i}]", a) for i, a in enumerate(args)),
+                    {k: wrap(f".grad_input.{k}", v) for k, v in kwargs.items()})
+
+        handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+    return handles
+
+
+def _loss_of(output: Any, loss_fn: Callable | None) -> Any:
+    """loss_fn(output), or the output's own ``loss`` (a Hugging Face model given labels): a scalar
+    tensor with a graph."""
+    import torch
+
+    if loss_fn is not None:
+        loss = loss_fn(output)
+    else:
+        loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+        if loss is None:
+            raise ValueError(f"backward=True needs loss_fn= (a function of the model's output returning a scalar "
+                             f"tensor): the output, a {type(output).__name__}, has no loss")
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
+        raise ValueError(f"the loss must be a floating-point tensor of one element, got "
+                         f"{type(loss).__name__}{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}")
+    if not loss.requires_grad:
+        raise ValueError("the loss does not require a gradient: no parameter or input of the model requires "
+                         "one (or the forward ran without autograd)")
+    return loss
+
+
+def _param_grads(model: Any, canon: Callable[[str], str | None]) -> list[tuple[str, Any]]:
+    """(name, .grad) of every parameter of a module `canon` keeps, the module's name after `canon`
+    (each parameter once, by its first name)."""
+    out = []
+    for qname, p in model.named_parameters():
+        owner, _, leaf = qname.rpartition(".")
+        name = canon(owner)
+        if name is not None:
+            out.append((f"{name}.{leaf}" if name else leaf, p.grad))
+    return out
+
+
+_LOSS = "<loss>"
+
+
+class _GradRecorder:
+    """The backward phase of compare_modules: runs go one at a time, model_a's last. Until then each
+    gradient is copied to the host under its key; model_a's are judged against those as they arrive
+    (in its backward execution order), then the parameters'."""
+
+    def __init__(self, n: int, judge: _Judge, canon: Callable[[str], str | None]):
+        self.n, self.judge, self.canon = n, judge, canon
+        self.kept: list[dict[tuple, Any]] = [{} for _ in range(n)]  # side -> key -> host copy
+        self.seen: set[tuple] = set()  # keys model_a brought
+        self.entries: list[ModuleEntry] = []
+        self.side, self.order = -1, 0.0
+
+    def start(self, side: int, base: float) -> None:
+        self.side, self.order = side, base
+
+    def _judge(self, name: str, call: int, path: str, phase: str, grad: Any) -> None:
+        key = (name, call, path)
+        self.seen.add(key)
+        b = self.kept[1].pop(key, None)
+        gold = self.kept[2].pop(key, None) if self.n > 2 else None
+        order, self.order = self.order, self.order + 1
+        if b is None:
+            self.entries.append(ModuleEntry(name, call, path, order, None, False, "structure", "only in model_a",
+                                            phase=phase))
+            return
+        if grad is None and b is False:  # (a frozen parameter, in both)
+            return
+        if grad is None or b is False:
+            ok = False
+            self.entries.append(ModuleEntry(name, call, path, order, None, ok, "structure",
+                                            "no gradient in model_a" if grad is None else "no gradient in model_b",
+                                            phase=phase))
+            return
+        a = grad.detach()
+        if a.device != b.device:
+            a = a.to(b.device)
+        with_gold = gold is not None and gold is not False
+        e = self.judge.entry(name, call, path, order, a, b, gold if with_gold else None, use_reference=with_gold)
+        if self.n > 2 and not with_gold:
+            e.rule += " (the reference has no such gradient)"
+        e.phase = phase
+        self.entries.append(e)
+
+    def arrive(self, side: int, name: str, call: int, path: str, grad: Any) -> None:
+        if side != self.side:  # (a graph left from a run the caller stopped: not this phase's)
+            return
+        if side == 0:
+            self._judge(name, call, path, "backward", grad)
+        else:
+            self.kept[side][(name, call, path)] = grad.detach().to("cpu", copy=True)
+
+    def parameters(self, side: int, named: list[tuple[str, Any]]) -> None:
+        for name, g in named:
+            if side == 0:
+                self._judge(name, 0, ".grad", "parameter", g)
+            else:  # (False: the parameter is there and got no gradient)
+                self.kept[side][(name, 0, ".grad")] = False if g is None else g.detach().to("cpu", copy=True)
+
+    def finish(self) -> list[ModuleEntry]:
+        for side in range(1, self.n):
+            for (name, call, path), g in self.kept[side].items():
+                if side == 1 and g is not False:  # (what only the reference has is not a divergence)
+                    self.entries.append(ModuleEntry(name, call, path, self.order, None, False, "structure",
+                                                    "only in model_b",
+                                                    phase="parameter" if path == ".grad" else "backward"))
+        return self.entries
 
 
 # ---- the lockstep rendezvous ---------------------------------------------------------------------
@@ -449,10 +636,23 @@ def compare_modules(model_a: Any, model_b: Any, *args: Any, atol: float | None =
                     min_cosine: float | None = None, max_mismatch_ratio: float = 0.0, reference: Any = None,
                     name_map: Mapping[str, str] | Callable[[str], str | None] | None = None,
                     include: str | Iterable[str] | None = None, exclude: str | Iterable[str] | None = None,
+                    backward: bool = False, loss_fn: Callable[[Any], Any] | None = None,
                     **kwargs: Any) -> ModuleReport:
     """Run ``model_a(*args, **kwargs)`` and ``model_b(...)`` (and ``reference(...)``) under
     ``torch.no_grad()`` with forward hooks on every submodule, and compare each module output of
     model_a with model_b's (model_b is the reference of ``ParityStats``) as soon as both exist.
+
+    ``backward=True``: the forwards run with autograd, each run's loss (``loss_fn(output)``, or the
+    output's ``loss`` when ``loss_fn`` is None: a Hugging Face model given ``labels``) is compared as
+    ``<loss>#0``, and ``loss.backward()`` runs in each model (model_b's, the reference's, then
+    model_a's, one at a time; every parameter's ``.grad`` is set to None first and holds that
+    run's gradient afterwards). Compared then, with the same verdicts: the gradient every submodule
+    sends back into each of its tensor inputs (positional or keyword; entries ``name#call
+    .grad_input[i]`` / ``.grad_input.<keyword>``, phase "backward", in model_a's backward execution
+    order), then every parameter's ``.grad`` (``<param name>#0.grad``, phase "parameter"). The
+    report's ``first_backward_divergence`` names the first module, in backward order, whose
+    gradient breaks the rule. Memory: model_b's (and the reference's) gradients are copied to the
+    host until model_a's backward reaches them.
 
     Outputs are matched by qualified module name (after ``name_map``: ``{name: canonical name}`` or a
     function, applied to every model's names; None drops a module), with the call index for modules
@@ -480,6 +680,12 @@ def compare_modules(model_a: Any, model_b: Any, *args: Any, atol: float | None =
     for i, m in enumerate(models):
         if not isinstance(m, torch.nn.Module):
             raise TypeError(f"{('model_a', 'model_b', 'reference')[i]} must be a torch.nn.Module, got {type(m).__name__}")
+    if not isinstance(backward, bool):
+        raise TypeError(f"backward must be True or False, got {backward!r}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    if backward and torch.is_inference_mode_enabled():
+        raise RuntimeError("backward=True cannot run under torch.inference_mode(): leave it for the comparison")
     judge = _Judge(atol, rtol, min_cosine, max_mismatch_ratio, reference is not None)
     canon = _canon(name_map, include, exclude)
     order_a: dict[tuple, int] = {}
@@ -516,12 +722,19 @@ def compare_modules(model_a: Any, model_b: Any, *args: Any, atol: float | None =
     handles: list[list] = []  # each run's hooks
     rv = _Rendezvous([set() for _ in models], on_complete)  # (the names are filled in below)
     rv.order_hint = lambda: len(order_a) - 0.5
+    grads = _GradRecorder(len(models), judge, canon) if backward else None
     for side, model in enumerate(models):
         h, n = _hook_modules(model, side, canon, rv.arrive, note_order if side == 0 else None, rv)
+        if grads is not None:
+            h += _hook_input_grads(model, canon, functools.partial(grads.arrive, side),
+                                   active=lambda side=side: getattr(_RUN, "run", None) == (rv, side))
+            n.add(_LOSS)
         handles.append(h)
         rv.names[side] = n
+    losses: list[Any] = [None] * len(models)
 
-    grad_ctx = torch.inference_mode if torch.is_inference_mode_enabled() else torch.no_grad
+    grad_ctx = (torch.enable_grad if backward else
+                torch.inference_mode if torch.is_inference_mode_enabled() else torch.no_grad)
     autocast = [(dev, torch.get_autocast_dtype(dev)) for dev in ("cpu", "cuda")
                 if torch.is_autocast_enabled(dev)]
 
@@ -534,7 +747,13 @@ def compare_modules(model_a: Any, model_b: Any, *args: Any, atol: float | None =
                 stack.enter_context(grad_ctx())
                 for dev, dtype in autocast:
                     stack.enter_context(torch.autocast(dev, dtype=dtype))
-                models[side](*args, **kwargs)
+                output = models[side](*args, **kwargs)
+                if backward:
+                    losses[side] = _loss_of(output, loss_fn)
+                    del output
+                    if side == 0:
+                        note_order((_LOSS, 0))
+                    rv.arrive(side, (_LOSS, 0), [("", losses[side])])
         except BaseException as exc:  # noqa: BLE001 (re-raised in the caller)
             err = exc
         finally:
@@ -564,6 +783,16 @@ def compare_modules(model_a: Any, model_b: Any, *args: Any, atol: float | None =
                     h.remove()
     if rv.failed is not None:
         raise rv.failed
+    if grads is not None:
+        base = len(order_a) + 1.0
+        for side in [*range(1, len(models)), 0]:  # (model_a's last: its gradients are judged as they come)
+            for p in models[side].parameters():
+                p.grad = None
+            grads.start(side, base)
+            losses[side].backward()
+            losses[side] = None
+            grads.parameters(side, _param_grads(models[side], canon))
+        entries += grads.finish()
     only: dict[str, list[str]] = {("a", "b", "reference")[i]: [] for i in range(len(models))}
     found = [(side, key, [p for p, _ in outs] if outs else [""], order_a.get(key, len(order_a)))
              for key, slot in rv.pending.items() for side, outs in slot.items()]
@@ -645,15 +874,28 @@ class _ShardWriter:
         self.close_shard()
 
 
-def dump(model: Any, directory: str | os.PathLike, *args: Any, **kwargs: Any) -> dict:
+def dump(model: Any, directory: str | os.PathLike, *args: Any, backward: bool = False,
+         loss_fn: Callable[[Any], Any] | None = None, **kwargs: Any) -> dict:
     """Run ``model(*args, **kwargs)`` once under ``torch.no_grad()`` and write every submodule's
     output tensors to safetensors shards in ``directory`` (created; it must be empty or absent), with
     a manifest (``flashparity-dump.json``: execution order, names, call indices, paths, shapes,
     dtypes, the torch version and the device). Memory: one output tensor at a time is copied to the
     host and written. Compare two dumps with ``flashparity compare DIR_A DIR_B``. Returns the manifest.
+
+    ``backward=True``: the forward runs with autograd, the loss (``loss_fn(output)``, or the
+    output's ``loss``) is written as ``<loss>#0``, ``loss.backward()`` runs (every parameter's
+    ``.grad`` set to None first), and the gradient each submodule sends back into each tensor input
+    (``name#call.grad_input[i]`` / ``.grad_input.<keyword>``, as they come) and then every
+    parameter's ``.grad`` (``<param name>#0.grad``) are written too; their manifest entries carry
+    ``"phase": "backward"`` / ``"parameter"``, and a comparison of two such dumps judges them as
+    ``compare_modules(backward=True)`` does.
     """
     torch = require("torch", "fp.dump")
 
+    if not isinstance(backward, bool):
+        raise TypeError(f"backward must be True or False, got {backward!r}")
+    if backward and torch.is_inference_mode_enabled():
+        raise RuntimeError("backward=True cannot run under torch.inference_mode(): leave it for the dump")
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     if os.listdir(directory):
@@ -661,21 +903,42 @@ def dump(model: Any, directory: str | os.PathLike, *args: Any, **kwargs: Any) ->
     writer = _ShardWriter(directory, DUMP_SHARD_BYTES)
     entries: list[dict] = []
 
+    def write(name: str, call: int, path: str, t: Any, phase: str = "forward") -> None:
+        key = f"{name or '<model>'}#{call}{path}"
+        entry = {"key": key, "name": name, "call": call, "path": path, "shape": list(t.shape),
+                 "dtype": _dtype_name(t), "device": str(t.device)}
+        if phase != "forward":
+            entry["phase"] = phase
+        if entry["dtype"] in _ST_CODES:
+            entry["file"] = writer.add(key, t)
+        else:
+            entry["skipped"] = f"no safetensors dtype for {entry['dtype']}"
+        entries.append(entry)
+
     def on_call(name: str, call: int, output: Any) -> None:
         for path, t in leaves(output):
-            key = f"{name or '<model>'}#{call}{path}"
-            entry = {"key": key, "name": name, "call": call, "path": path, "shape": list(t.shape),
-                     "dtype": _dtype_name(t), "device": str(t.device)}
-            if entry["dtype"] in _ST_CODES:
-                entry["file"] = writer.add(key, t)
-            else:
-                entry["skipped"] = f"no safetensors dtype for {entry['dtype']}"
-            entries.append(entry)
+            write(name, call, path, t)
 
-    handles, _ = _hook_calls(model, lambda qname: qname, on_call)
+    def keep(qname: str) -> str:
+        return qname
+
+    handles, _ = _hook_calls(model, keep, on_call)
+    if backward:
+        handles += _hook_input_grads(model, keep, lambda name, call, path, g: write(name, call, path, g, "backward"))
     try:
-        with torch.no_grad():
-            model(*args, **kwargs)
+        with torch.enable_grad() if backward else torch.no_grad():
+            output = model(*args, **kwargs)
+            if backward:
+                loss = _loss_of(output, loss_fn)
+                del output
+                write(_LOSS, 0, "", loss.detach())
+        if backward:
+            for p in model.parameters():
+                p.grad = None
+            loss.backward()
+            for name, g in _param_grads(model, keep):
+                if g is not None:
+                    write(name, 0, ".grad", g, "parameter")
     finally:
         for h in handles:
             h.remove()
@@ -710,6 +973,11 @@ def _manifest(path: str) -> dict:
     return doc
 
 
+def _dump_phase(e: dict) -> str:
+    phase = e.get("phase", "forward")
+    return phase if phase in ("forward", "backward", "parameter") else "forward"
+
+
 def compare_dumps(path_a: str, path_b: str, *, atol: float | None = None, rtol: float | None = None,
                   min_cosine: float | None = None, max_mismatch_ratio: float = 0.0, **compare_kw: Any) -> ModuleReport:
     """Two ``fp.dump`` directories compared with compare_modules' verdicts (model_b's dump is the
@@ -725,34 +993,38 @@ def compare_dumps(path_a: str, path_b: str, *, atol: float | None = None, rtol: 
     rows = {r["name"]: r for r in body["tensors"]}
     only_a, only_b = set(body["only_in_a"]), set(body["only_in_b"])
     entries = []
-    for order, e in enumerate(man_a["entries"]):
+
+    def one(order: int, e: dict) -> ModuleEntry | None:
         key, row = e["key"], rows.get(e["key"])
         if row is None:
             if "skipped" in e:
-                entries.append(ModuleEntry(e["name"], e["call"], e["path"], order, None, True, "not compared",
-                                           e["skipped"]))
-            elif key in only_a:
-                entries.append(ModuleEntry(e["name"], e["call"], e["path"], order, None, False, "structure",
-                                           "only in a"))
-            continue
+                return ModuleEntry(e["name"], e["call"], e["path"], order, None, True, "not compared", e["skipped"])
+            if key in only_a:
+                return ModuleEntry(e["name"], e["call"], e["path"], order, None, False, "structure", "only in a")
+            return None
         explicit = judge.atol is not None and judge.rtol is not None
         if key in stats and not explicit and not set(row["dtypes"]) <= set(_COMPARED):  # (FP8, as compare_modules)
             da, db = row["dtypes"]
-            entries.append(ModuleEntry(e["name"], e["call"], e["path"], order, None, True, "not compared",
-                                       f"no default tolerances for {da} vs {db}: give atol and rtol"))
-        elif key in stats:
-            entries.append(judge.entry(e["name"], e["call"], e["path"], order, None, None, stats=stats[key]))
-        elif row.get("exact"):  # (an integer or bool output, bit for bit)
-            entries.append(judge.exact(e["name"], e["call"], e["path"], order, row["numel"], row["mismatches"]))
-        else:
-            err = row.get("error")
-            entries.append(ModuleEntry(e["name"], e["call"], e["path"], order, None,
-                                       err is None,
-                                       "not compared" if err else "empty", err))
+            return ModuleEntry(e["name"], e["call"], e["path"], order, None, True, "not compared",
+                               f"no default tolerances for {da} vs {db}: give atol and rtol")
+        if key in stats:
+            return judge.entry(e["name"], e["call"], e["path"], order, None, None, stats=stats[key])
+        if row.get("exact"):  # (an integer or bool output, bit for bit)
+            return judge.exact(e["name"], e["call"], e["path"], order, row["numel"], row["mismatches"])
+        err = row.get("error")
+        return ModuleEntry(e["name"], e["call"], e["path"], order, None, err is None,
+                           "not compared" if err else "empty", err)
+
+    for order, e in enumerate(man_a["entries"]):
+        entry = one(order, e)
+        if entry is not None:
+            entry.phase = _dump_phase(e)
+            entries.append(entry)
     for order, e in enumerate(man_b["entries"]):  # (placed by b's order: near where a would have it)
         if e["key"] in only_b:
             entries.append(ModuleEntry(e["name"], e["call"], e["path"], order + 0.25, None, False, "structure",
                                        "only in b"))
+            entries[-1].phase = _dump_phase(e)
     only = {"a": list(body["only_in_a"]), "b": list(body["only_in_b"])}
     meta = {"torch": f"{man_a.get('torch')} / {man_b.get('torch')}",
             "devices": [f"a: {', '.join(man_a.get('device', []))}", f"b: {', '.join(man_b.get('device', []))}"],

@@ -22,9 +22,13 @@ def _fmt(x: float) -> str:
     return "NaN" if x != x else f"{x:.4g}"
 
 
-def _series(report) -> list[tuple[str, str, list[tuple[int, float | None, bool]]]]:
+_LANES = (("forward", "Forward: module outputs in execution order"),
+          ("backward", "Backward: the gradient each module sends back into its inputs, in backward execution order"),
+          ("parameter", "Parameter gradients (.grad)"))
+
+
+def _series(rows) -> list[tuple[str, str, list[tuple[int, float | None, bool]]]]:
     """(title, y label, [(x, value or None, ok)]) per panel; values on a log10 axis."""
-    rows = [e for e in report.entries]
     panels = [("max |a − b|  (grey at the floor: exactly 0; red triangles on top: NaN or inf)", "log10", [(i, e.stats.max_abs_diff if e.stats else None, e.ok) for i, e in enumerate(rows)]),
               ("1 − cosine", "log10", [(i, (1.0 - e.stats.cosine_sim) if e.stats else None, e.ok)
                                        for i, e in enumerate(rows)])]
@@ -35,7 +39,7 @@ def _series(report) -> list[tuple[str, str, list[tuple[int, float | None, bool]]
 
 
 def _panel(title: str, points: list[tuple[int, float | None, bool]], n: int, first: int | None,
-           threshold: float | None, keys: list[str]) -> str:
+           threshold: float | None, keys: list[str], xlabel: str = "execution order") -> str:
     def logv(v: float) -> float | None:
         if v is None or not math.isfinite(v) or v <= 0:  # (NaN and infinities: marks on top; 0: the floor)
             return None
@@ -84,7 +88,7 @@ def _panel(title: str, points: list[tuple[int, float | None, bool]], n: int, fir
                    f'<title>#{i} {_esc(keys[i])}: {_fmt(v)}</title></circle>')
     if path:
         out.insert(3, f'<path d="{" ".join(path)}" class="line"/>')
-    out.append(f'<text x="{_W - _PAD_R}" y="{_H - 6}" class="tick" text-anchor="end">execution order →</text></svg>')
+    out.append(f'<text x="{_W - _PAD_R}" y="{_H - 6}" class="tick" text-anchor="end">{_esc(xlabel)} →</text></svg>')
     return "".join(out)
 
 
@@ -134,26 +138,38 @@ def render_html(report) -> str:
     """The report as one HTML document."""
     d = report.to_dict()
     fd = report.first_divergence
-    first_i = next((i for i, e in enumerate(report.entries) if e is fd), None)
+    fbd = report.first_backward_divergence
     with_ref = any(e.ref is not None for e in report.entries)
     parts = ["<!doctype html><html lang=en><head><meta charset=utf-8><title>flashparity: module comparison</title>",
              f"<style>{_CSS}</style></head><body>",
              f"<h1>flashparity module comparison <span class='verdict {'ok' if report.ok else 'bad'}'>"
              f"{'MATCH' if report.ok else 'DIVERGED'}</span></h1>"]
     meta = report.meta
-    parts.append(f"<p class=meta>{len(report.entries)} module outputs compared in execution order; "
+    counts = {phase: sum(e.phase == phase for e in report.entries) for phase, _ in _LANES}
+    what = (f"{counts['forward']} module outputs compared in execution order"
+            + (f", {counts['backward']} module gradients in backward order and {counts['parameter']} parameter "
+               "gradients" if counts["backward"] or counts["parameter"] else ""))
+    parts.append(f"<p class=meta>{what}; "
                  + (f"first divergence: <b>{_esc(fd.key)}</b> ({_esc(fd.rule)})" if fd else "no divergence")
+                 + (f"; first backward divergence: <b>{_esc(fbd.key)}</b>" if fbd is not None and fbd is not fd else "")
                  + f". torch {_esc(meta.get('torch', '?'))}, devices {_esc(', '.join(meta.get('devices', [])) or '?')}, "
                  f"dtypes {_esc(' / '.join(str(x) for x in meta.get('dtypes', [])))}.</p>")
     for side in ("a", "b", "reference"):
         keys = d.get(f"only_in_{side}") or []
         if keys:
             parts.append(f"<p class=meta>Only in {side}: {_esc(', '.join(keys[:30]))}{' …' if len(keys) > 30 else ''}</p>")
-    parts.append("<h2>Error along execution order</h2>")
-    n = len(report.entries)
-    for title, _, points in _series(report):
-        thr = 1.0 if title.startswith("rule ratio") else None
-        parts.append(_panel(title, points, n, first_i, thr, [e.key for e in report.entries]))
+    lanes = [(phase, heading, [e for e in report.entries if e.phase == phase]) for phase, heading in _LANES]
+    lanes = [lane for lane in lanes if lane[2]]
+    if len(lanes) == 1 and lanes[0][0] == "forward":
+        lanes = [("forward", "Error along execution order", lanes[0][2])]
+    for _phase, heading, rows in lanes:
+        parts.append(f"<h2>{_esc(heading)}</h2>")
+        first = next((i for i, e in enumerate(rows) if not e.ok), None)
+        for title, _, points in _series(rows):
+            thr = 1.0 if title.startswith("rule ratio") else None
+            parts.append(_panel(title, points, len(rows), first, thr, [e.key for e in rows],
+                                {"backward": "backward execution order", "parameter": "the model's parameter order"}
+                                .get(_phase, "execution order")))
     worst = sorted((e for e in report.entries if e.stats is not None), key=lambda e: (e.ok, -e.badness))[:6]
     if worst:
         parts.append("<h2>|a − b| histograms of the worst outputs</h2><div class=hists>")
