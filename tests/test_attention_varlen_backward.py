@@ -198,6 +198,36 @@ def test_empty_batches(impl):
             assert x.shape == ref.shape and not x.any()
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("hk", [1, 8], ids=["two-pass", "fused"])
+def test_every_gradient_element_is_written(impl, hk):
+    # outputs filled with NaN first: the zeros of sequences without keys or queries, of rows that see
+    # nothing and of keys no row sees are written, not left as the buffer held them; and a layout
+    # that is not a varlen one is refused by the binding
+    from flashparity import _core
+    from flashparity._tensor import as_view
+
+    lens_q, lens_k = [0, 7, 30, 5], [6, 0, 12, 40]
+    cq, ck = cu(lens_q), cu(lens_k)
+    rng = np.random.default_rng(27)
+    q, k, v, g = make(rng, lens_q, lens_k, 2 * hk, hk, 12, np.float32)
+    opts = {"causal": True, "window": (6, -1)}
+    out, lse = fp.attention_varlen(q, k, v, cq, ck, impl=impl, return_lse=True, **opts)
+    dq, dk, dv = (np.full(x.shape, np.nan, np.float32) for x in (q, k, v))
+    descs = [as_view(x[None], n).desc for x, n in ((q, "q"), (k, "k"), (v, "v"), (out, "out"), (g, "dout"),
+                                                   (lse, "lse"))]
+    args = (*descs, dq.ctypes.data, dk.ctypes.data, dv.ctypes.data, IMPLS.index(impl), 1 / np.sqrt(12), 0.0, 6, 0)
+    layout = _core.SeqLayout(batch=len(lens_q), cu_seqlens_q=cq.ctypes.data, cu_seqlens_k=ck.ctypes.data)
+    _core.attention_backward_host(*args, layout=layout)
+    ref = gold(q, k, v, g, lens_q, lens_k, **opts)
+    for x, r in zip((dq, dk, dv), ref):
+        assert not np.isnan(x).any() and err(x, r) < 2e-5
+    assert not dk[:6].any() and not dq[:7].any() and not dq[7:7 + 18].any()  # (sequence 2: rows 0..17 see nothing)
+    lens = np.array(lens_k[:3], np.int32)
+    with pytest.raises(ValueError, match="takes a varlen layout"):
+        _core.attention_backward_host(*args, layout=_core.SeqLayout(batch=3, cache_seqlens=lens.ctypes.data))
+
+
 def test_bad_inputs_are_named():
     lens = [3, 5]
     rng = np.random.default_rng(26)

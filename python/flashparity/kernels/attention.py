@@ -208,6 +208,7 @@ def attention_backward(
     (float64 for float64 inputs; flash2's probabilities come from the float32 lse, so its float64
     gradients carry float32's ~1e-7 relative error there); the gradients are the same bits for any
     thread count. float64, float32, float16 and bfloat16 inputs, on the CPU (every SIMD level).
+    The packed variable-length form is :func:`flashparity.attention_varlen_backward`.
     """
     left, right = _check_options(impl, causal, window, softcap)
     stream = consumer_stream(q)

@@ -118,6 +118,7 @@ def attention_varlen(
         raise ValueError(f"q and k must have the same head_dim, got {vq.shape[2]} and {vk.shape[2]}")
     total_q, heads_q, head_dim = vq.shape
     scale = _check_heads(impl, heads_q, vk.shape[1], head_dim, softmax_scale)
+    # (cu_q and cu_k hold the arrays the layout points into until the kernels are done)
     cu_q, cu_k, layout = _varlen_layout(vq, vk, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     batch = cu_q.size - 1
     alibi = _alibi(alibi_slopes, batch, heads_q, vq.device, stream)
@@ -184,6 +185,7 @@ def attention_varlen_backward(
         raise ValueError(f"q and k must have the same head_dim, got {vq.shape[2]} and {vk.shape[2]}")
     total_q, heads_q, head_dim = vq.shape
     scale = _check_heads(impl, heads_q, vk.shape[1], head_dim, softmax_scale)
+    # (cu_q and cu_k hold the arrays the layout points into until the kernels are done)
     cu_q, cu_k, layout = _varlen_layout(vq, vk, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     alibi = _alibi(alibi_slopes, cu_q.size - 1, heads_q, vq.device, stream)
     return _backward_host(vq, vk, vv, out, lse, dout, stream, impl=impl, scale=scale, softcap=float(softcap), left=left,
