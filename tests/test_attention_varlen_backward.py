@@ -9,6 +9,7 @@ import pytest
 
 import flashparity as fp
 from attention_ref import reference_backward
+from simd import LEVELS, use_level
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 IMPLS = ["naive", "flash2"]
@@ -226,6 +227,36 @@ def test_every_gradient_element_is_written(impl, hk):
     lens = np.array(lens_k[:3], np.int32)
     with pytest.raises(ValueError, match="takes a varlen layout"):
         _core.attention_backward_host(*args, layout=_core.SeqLayout(batch=3, cache_seqlens=lens.ctypes.data))
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_every_simd_level(level, monkeypatch):
+    use_level(level, monkeypatch)
+    lens_q, lens_k = [33, 0, 70, 1], [40, 9, 90, 17]
+    rng = np.random.default_rng(28)
+    opts = {"causal": True, "softcap": 5.0, "alibi_slopes": fp.kernels.attention.alibi_slopes(4)}
+    for dtype in (np.float32, BF16):
+        q, k, v, g = make(rng, lens_q, lens_k, 4, 2, 48, dtype)
+        ref = gold(q, k, v, g, lens_q, lens_k, **opts)
+        naive = backward(q, k, v, g, lens_q, lens_k, "naive", **opts)
+        flash = backward(q, k, v, g, lens_q, lens_k, "flash2", **opts)
+        for f, n, r in zip(flash, naive, ref):
+            assert err(f, r) <= 2 * err(n, r) + 1e-5
+            if dtype == np.float32:
+                assert err(n, r) < 2e-5 * max(1.0, float(np.max(np.abs(r))))
+
+
+def test_torch_cpu_tensors():
+    torch = pytest.importorskip("torch")
+    lens = [5, 0, 9]
+    rng = np.random.default_rng(29)
+    q, k, v, g = make(rng, lens, lens, 2, 1, 8, np.float32)
+    cq = cu(lens)
+    out, lse = fp.attention_varlen(q, k, v, cq, cq, causal=True, return_lse=True)
+    t = [torch.from_numpy(x) for x in (q, k, v, out, lse, g)]
+    got = fp.attention_varlen_backward(*t, torch.from_numpy(cq), torch.from_numpy(cq), causal=True)
+    want = fp.attention_varlen_backward(q, k, v, out, lse, g, cq, cq, causal=True)
+    assert all(np.array_equal(np.asarray(a), b) for a, b in zip(got, want))
 
 
 def test_bad_inputs_are_named():
