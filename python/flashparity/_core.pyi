@@ -44,7 +44,9 @@ def attention_host(q: Desc, k: Desc, v: Desc, out: int, lse: int, impl: int, sca
                    descale: tuple[int, int] = ...) -> None: ...
 def attention_backward_host(q: Desc, k: Desc, v: Desc, out: Desc, dout: Desc, lse: Desc, dq: int, dk: int, dv: int,
                             impl: int, scale: float, softcap: float, window_left: int, window_right: int,
-                            alibi: tuple[int, int, int] = ...) -> None: ...  # dq/dk/dv: contiguous, inputs' dtype
+                            alibi: tuple[int, int, int] = ..., *,
+                            layout: SeqLayout | None = None) -> None: ...  # dq/dk/dv: contiguous, inputs' dtype;
+# layout: a varlen batch (q, out, dout, k, v packed along dim 1 of batch 1, lse [1, heads_q, total_q])
 
 class SeqLayout:  # a varlen batch's or KV cache's layout: host int32 array pointers or 0, by keyword only
     batch: int

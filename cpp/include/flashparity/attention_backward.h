@@ -19,6 +19,8 @@
 
 namespace flashparity {
 
+// One problem: a dense batch, or one sequence of a varlen batch as a batch of 1 whose pointers sit at
+// the sequence's rows (cpu/attention_seqs.h's sequence_backward_problems).
 struct AttnBwdParams {
   // q, k, v and the options as the forward ran (fwd.out and fwd.lse unused; no FP8, no paging).
   AttnParams fwd;

@@ -1,10 +1,11 @@
-// CPU attention backward driver: picks the ISA kernels at run time and spreads each pass's tasks
-// over the threads.
+// CPU attention backward driver: picks the ISA kernels at run time and spreads each pass's tasks,
+// over every problem (the batch, or each sequence of a varlen batch), across the threads.
 #include "cpu/attention_backward_cpu.h"
 
 #include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "cpu/threading.h"
 
@@ -12,54 +13,80 @@ namespace flashparity {
 
 namespace {
 
-// Runs fn(b, h, t0, n) for every (batch, head, tile of `per` items out of `items`) of `heads` heads.
-template <typename Fn>
-void run_tiles(std::int64_t batch, std::int64_t heads, std::int64_t items, std::int64_t per, Fn fn) {
+// One task of a pass: problem `p`, (batch, head) (b, h), items [t0, t0 + n).
+struct BwdTask {
+  const AttnBwdParams* p;
+  std::int64_t b, h, t0, n;
+};
+
+// Appends a task for every (batch, head, tile of `per` items out of `items`) of `heads` heads of
+// problem p (one task of 0 items when there are none, as a whole-head task wants).
+void add_tiles(std::vector<BwdTask>& tasks, const AttnBwdParams& p, std::int64_t heads, std::int64_t items,
+               std::int64_t per) {
   const std::int64_t tiles = std::max<std::int64_t>(1, (items + per - 1) / per);
-  const std::int64_t tasks = batch * heads * tiles;
-  if (tasks == 0) return;
-  parallel_for(tasks, parallel_workers(tasks), [&](std::int64_t t, int) {
-    const std::int64_t tile = t % tiles, bh = t / tiles;
-    const std::int64_t t0 = tile * per;
-    fn(bh / heads, bh % heads, t0, std::max<std::int64_t>(0, std::min(per, items - t0)));
+  for (std::int64_t b = 0; b < p.fwd.batch; ++b)
+    for (std::int64_t h = 0; h < heads; ++h)
+      for (std::int64_t tile = 0; tile < tiles; ++tile) {
+        const std::int64_t t0 = tile * per;
+        tasks.push_back({&p, b, h, t0, std::max<std::int64_t>(0, std::min(per, items - t0))});
+      }
+}
+
+void run_tasks(const std::vector<BwdTask>& tasks, AttnBwdTaskFn fn) {
+  const auto n = static_cast<std::int64_t>(tasks.size());
+  if (n == 0) return;
+  parallel_for(n, parallel_workers(n), [&](std::int64_t t, int) {
+    const BwdTask& k = tasks[static_cast<std::size_t>(t)];
+    fn(*k.p, k.b, k.h, k.t0, k.n);
   });
 }
 
 }  // namespace
 
-void attention_backward_cpu(const AttnBwdParams& bp, AttnImpl impl) {
-  const AttnParams& p = bp.fwd;
-  const AttentionBackwardTable& table = *active_attention_table(p.q.dtype).backward;
+void attention_backward_cpu(const AttnBwdParams& bp, AttnImpl impl) { attention_backward_cpu(&bp, 1, impl); }
+
+void attention_backward_cpu(const AttnBwdParams* problems, std::int64_t count, AttnImpl impl) {
+  if (count == 0) return;
+  const DType dtype = problems[0].fwd.q.dtype;
+  const AttentionBackwardTable& table = *active_attention_table(dtype).backward;
   const auto fn = [&](AttnBwdKind kind) {
-    const AttnBwdTaskFn f = table.task_fn(kind, p.q.dtype);
+    const AttnBwdTaskFn f = table.task_fn(kind, dtype);
     if (f == nullptr)
       throw std::invalid_argument(std::string("the attention backward takes float64, float32, float16 and "
-                                              "bfloat16 inputs, got ") + dtype_name(p.q.dtype));
+                                              "bfloat16 inputs, got ") + dtype_name(dtype));
     return f;
   };
+  std::vector<BwdTask> tasks;
+  const AttnBwdParams* const end = problems + count;
   if (impl == AttnImpl::Naive) {
-    const AttnBwdTaskFn naive = fn(AttnBwdKind::Naive);
-    run_tiles(p.batch, p.heads_kv, 1, 1, [&](std::int64_t b, std::int64_t h, std::int64_t, std::int64_t) {
-      naive(bp, b, h, 0, 0);
-    });
+    for (const AttnBwdParams* bp = problems; bp != end; ++bp) add_tiles(tasks, *bp, bp->fwd.heads_kv, 1, 1);
+    run_tasks(tasks, fn(AttnBwdKind::Naive));
     return;
   }
-  const std::int64_t dq_rows_bytes =  // (the fused task's dQ accumulators: a GQA group's heads, whole rows)
-      (p.heads_q / p.heads_kv) * p.seqlen_q * (p.head_dim + 16) * static_cast<std::int64_t>(sizeof(double));
-  if (p.batch * p.heads_kv >= kFusedMinTasks && dq_rows_bytes <= kFusedMaxDqBytes) {
-    const AttnBwdTaskFn fused = fn(AttnBwdKind::Flash2Fused);
-    run_tiles(p.batch, p.heads_kv, 1, 1, [&](std::int64_t b, std::int64_t h, std::int64_t, std::int64_t) {
-      fused(bp, b, h, 0, 0);
-    });
+  // fused when there are enough (problem, batch, kv head) tasks and every one's dQ accumulators (a
+  // GQA group's heads, whole rows) fit: a choice from the shapes only, and both schemes give the
+  // same bits anyway
+  std::int64_t pairs = 0, dq_rows_bytes = 0;
+  for (const AttnBwdParams* bp = problems; bp != end; ++bp) {
+    const AttnParams& p = bp->fwd;
+    pairs += p.batch * p.heads_kv;
+    dq_rows_bytes = std::max<std::int64_t>(
+        dq_rows_bytes,
+        (p.heads_q / p.heads_kv) * p.seqlen_q * (p.head_dim + 16) * static_cast<std::int64_t>(sizeof(double)));
+  }
+  if (pairs >= kFusedMinTasks && dq_rows_bytes <= kFusedMaxDqBytes) {
+    for (const AttnBwdParams* bp = problems; bp != end; ++bp) add_tiles(tasks, *bp, bp->fwd.heads_kv, 1, 1);
+    run_tasks(tasks, fn(AttnBwdKind::Flash2Fused));
     return;
   }
   const AttnBwdTaskFn dkdv = fn(AttnBwdKind::Flash2DkDv), dq = fn(AttnBwdKind::Flash2Dq);
-  if (p.seqlen_k > 0)
-    run_tiles(p.batch, p.heads_kv, p.seqlen_k, table.keys_per_task,
-              [&](std::int64_t b, std::int64_t h, std::int64_t j0, std::int64_t n) { dkdv(bp, b, h, j0, n); });
-  if (p.seqlen_q > 0)
-    run_tiles(p.batch, p.heads_q, p.seqlen_q, table.rows_per_task,
-              [&](std::int64_t b, std::int64_t h, std::int64_t i0, std::int64_t n) { dq(bp, b, h, i0, n); });
+  for (const AttnBwdParams* bp = problems; bp != end; ++bp)
+    if (bp->fwd.seqlen_k > 0) add_tiles(tasks, *bp, bp->fwd.heads_kv, bp->fwd.seqlen_k, table.keys_per_task);
+  run_tasks(tasks, dkdv);
+  tasks.clear();
+  for (const AttnBwdParams* bp = problems; bp != end; ++bp)
+    if (bp->fwd.seqlen_q > 0) add_tiles(tasks, *bp, bp->fwd.heads_q, bp->fwd.seqlen_q, table.rows_per_task);
+  run_tasks(tasks, dq);
 }
 
 }  // namespace flashparity

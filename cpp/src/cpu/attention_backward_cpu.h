@@ -24,15 +24,18 @@ struct AttentionBackwardTable {
   std::int64_t keys_per_task;  // Flash2DkDv's n
 };
 
-// The whole backward on the CPU threads (float64, float32, float16, bfloat16; dense BSHD): naive
-// one task per (batch, kv head); flash2 one fused task per (batch, kv head) when there are at least
-// kFusedMinTasks of them and their dQ accumulators fit kFusedMaxDqBytes, else a dK/dV pass over (batch, kv head, key tile) tasks, then a dQ pass over
-// (batch, head, query tile) tasks (the scores computed twice, for more tasks). The choice depends on
-// the shapes only, and both give dQ's terms in the same order: the gradients are the same for any
-// thread count.
+// The whole backward on the CPU threads (float64, float32, float16, bfloat16) of `count` problems:
+// a dense BSHD batch is one, a varlen batch one per sequence (attention_seqs.h's
+// sequence_backward_problems). Naive: one task per (problem, batch, kv head); flash2: one fused task
+// per (problem, batch, kv head) when there are at least kFusedMinTasks of them and each one's dQ
+// accumulators fit kFusedMaxDqBytes, else a dK/dV pass over (problem, batch, kv head, key tile)
+// tasks, then a dQ pass over (problem, batch, head, query tile) tasks (the scores computed twice, for
+// more tasks). The choice depends on the shapes only, and both give dQ's terms in the same order:
+// the gradients are the same for any thread count.
 constexpr std::int64_t kFusedMinTasks = 16;
 constexpr std::int64_t kFusedMaxDqBytes = std::int64_t{64} << 20;  // per fused task (an upper bound is checked)
 
-void attention_backward_cpu(const AttnBwdParams& p, AttnImpl impl);
+void attention_backward_cpu(const AttnBwdParams* problems, std::int64_t count, AttnImpl impl);
+void attention_backward_cpu(const AttnBwdParams& p, AttnImpl impl);  // (one problem)
 
 }  // namespace flashparity

@@ -59,4 +59,32 @@ std::vector<AttnParams> sequence_problems(const AttnParams& base, const SeqLayou
   return out;
 }
 
+std::vector<AttnBwdParams> sequence_backward_problems(const AttnBwdParams& base, const SeqLayout& L) {
+  if (L.cu_q == nullptr || L.cu_k == nullptr)
+    throw std::invalid_argument("the attention backward takes a varlen layout (cu_seqlens_q and cu_seqlens_k)");
+  const std::vector<AttnParams> fwd = sequence_problems(base.fwd, L);
+  std::vector<AttnBwdParams> out;
+  out.reserve(fwd.size());
+  const std::int64_t esize = dtype_size(base.fwd.q.dtype);
+  const std::int64_t q_row = base.fwd.heads_q * base.fwd.head_dim * esize;  // bytes of one dq row
+  const std::int64_t k_row = base.fwd.heads_kv * base.fwd.head_dim * esize;
+  const auto at = [](void* p, std::int64_t bytes) { return p == nullptr ? p : static_cast<char*>(p) + bytes; };
+  for (std::size_t b = 0; b < fwd.size(); ++b) {
+    AttnBwdParams p = base;
+    p.fwd = fwd[b];
+    const std::int64_t q0 = L.cu_q[b], k0 = L.cu_k[b];
+    for (TensorArg* t : {&p.out, &p.dout}) {
+      t->data = static_cast<const char*>(t->data) + q0 * t->strides[1];
+      t->shape[1] = p.fwd.seqlen_q;
+    }
+    p.lse.data = static_cast<const char*>(p.lse.data) + q0 * p.lse.strides[2];
+    p.lse.shape[2] = p.fwd.seqlen_q;
+    p.dq = at(base.dq, q0 * q_row);
+    p.dk = at(base.dk, k0 * k_row);
+    p.dv = at(base.dv, k0 * k_row);
+    out.push_back(p);
+  }
+  return out;
+}
+
 }  // namespace flashparity

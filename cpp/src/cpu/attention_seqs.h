@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "flashparity/attention_backward.h"
 #include "flashparity/attention_math.h"
 
 namespace flashparity {
@@ -27,5 +28,11 @@ struct SeqLayout {
 
 // One problem per sequence (lengths and offsets already checked by the Python layer).
 std::vector<AttnParams> sequence_problems(const AttnParams& base, const SeqLayout& layout);
+
+// The backward's problems of a varlen layout, one per sequence (the forward's, plus out, dout and
+// lse at the sequence's rows and dq, dk, dv at its rows of their contiguous packed outputs). base:
+// q, out, dout [1, total_q, Hq, D] and k, v [1, total_k, Hkv, D] (any strides), lse [1, Hq, total_q]
+// (any strides), dq [total_q, Hq, D] and dk, dv [total_k, Hkv, D] contiguous.
+std::vector<AttnBwdParams> sequence_backward_problems(const AttnBwdParams& base, const SeqLayout& layout);
 
 }  // namespace flashparity

@@ -265,6 +265,29 @@ void probs_and_dscores(const AttnParams& p, Acc slope, const QueryChunk<T, Acc>&
   }
 }
 
+// dQ += dS K of a (chunk, tile) pair into the chunk's dQ rows (row stride ld; ds as probs_and_dscores
+// leaves it): over every pair on the fast path (masked pairs' dS are exact zeros), pair by pair over
+// each row's visible keys on the exact one. Both flash2 schemes add a row's terms here, tile after
+// tile in key order: they agree bit for bit.
+template <typename T, typename Acc>
+void add_dq_terms(const PairInputs<T, Acc>& in, const std::vector<Acc>& ds, Acc* dq, std::int64_t ld) {
+  const QueryChunk<T, Acc>& qc = *in.qc;
+  const KeyTile<T, Acc>& kt = *in.kt;
+  if (!in.exact) {
+    matmul(ds.data(), kt.njp, 1, kt.k.data(), kt.ldk, kt.n, dq, ld, qc.n, ld, true);
+    return;
+  }
+  for (std::int64_t i = 0; i < qc.n; ++i) {
+    const KeyRange c = tile_cols(qc, i, kt);
+    Acc* __restrict dqi = dq + i * ld;
+    for (std::int64_t j = c.lo; j < c.hi; ++j) {
+      const Acc dsc = ds[i * kt.njp + j];
+      const Acc* __restrict kj = kt.k.data() + j * kt.ldk;
+      for (std::int64_t d = 0; d < qc.D; ++d) dqi[d] += dsc * kj[d];
+    }
+  }
+}
+
 // Writes n rows of Acc (row stride ld) as rows s0.. of head h of a contiguous [batch, seqlen, heads,
 // D] output.
 template <typename T, typename Acc>
@@ -332,11 +355,10 @@ void flash2_key_tile(const AttnBwdParams& bp, std::int64_t b, std::int64_t hk, s
       const QueryChunk<T, Acc>& qc = *in.qc;
       const KeyTile<T, Acc>& kt = *in.kt;
       probs_and_dscores(p, slope, qc, kt, s, dp, prob, ds);
-      Acc* dq_rows = dq != nullptr ? dq->at(h - hk * group, i0) : nullptr;
-      if (!in.exact) {  // dV += Pᵀ dout, dK += dSᵀ Q, dQ += dS K over every pair (masked: exact zeros)
+      if (dq != nullptr) add_dq_terms(in, ds, dq->at(h - hk * group, i0), ld);
+      if (!in.exact) {  // dV += Pᵀ dout, dK += dSᵀ Q over every pair (masked: exact zeros)
         matmul(prob.data(), 1, njp, qc.dout.data(), qc.ld, qc.n, dv.data(), ld, n, ld, true);
         matmul(ds.data(), 1, njp, qc.q.data(), qc.ld, qc.n, dk.data(), ld, n, ld, true);
-        if (dq_rows != nullptr) matmul(ds.data(), njp, 1, kt.k.data(), kt.ldk, n, dq_rows, ld, qc.n, ld, true);
         continue;
       }
       for (std::int64_t i = 0; i < qc.n; ++i) {
@@ -349,10 +371,6 @@ void flash2_key_tile(const AttnBwdParams& bp, std::int64_t b, std::int64_t hk, s
           Acc* __restrict dkj = dk.data() + j * ld;
           for (std::int64_t d = 0; d < D; ++d) dvj[d] += pr * gi[d];
           for (std::int64_t d = 0; d < D; ++d) dkj[d] += dsc * qi[d];
-          if (dq_rows == nullptr) continue;
-          Acc* __restrict dqi = dq_rows + i * ld;
-          const Acc* __restrict kj = kt.k.data() + j * kt.ldk;
-          for (std::int64_t d = 0; d < D; ++d) dqi[d] += dsc * kj[d];
         }
       }
     }
@@ -402,21 +420,8 @@ void flash2_dq_task(const AttnBwdParams& bp, std::int64_t b, std::int64_t h, std
     const std::int64_t j0 = t * kBwdBc, nj = std::min(kBwdBc, p.seqlen_k - j0);
     tile.load(p, b, hk, j0, nj);
     in.prepare(chunk, tile);
-    const KeyTile<T, Acc>& kt = *in.kt;
-    probs_and_dscores(p, slope, *in.qc, kt, s, dp, prob, ds);
-    if (!in.exact) {  // dQ += dS K over every pair (masked ones are exact zeros)
-      matmul(ds.data(), kt.njp, 1, kt.k.data(), kt.ldk, nj, dq.data(), ld, n, ld, true);
-      continue;
-    }
-    for (std::int64_t i = 0; i < n; ++i) {
-      const KeyRange c = tile_cols(*in.qc, i, kt);
-      Acc* __restrict dqi = dq.data() + i * ld;
-      for (std::int64_t j = c.lo; j < c.hi; ++j) {
-        const Acc dsc = ds[i * kt.njp + j];
-        const Acc* __restrict kj = kt.k.data() + j * kt.ldk;
-        for (std::int64_t d = 0; d < D; ++d) dqi[d] += dsc * kj[d];
-      }
-    }
+    probs_and_dscores(p, slope, *in.qc, *in.kt, s, dp, prob, ds);
+    add_dq_terms(in, ds, dq.data(), ld);
   }
   store_grad_rows<T, Acc>(bp.dq, p.seqlen_q, p.heads_q, b, h, i0, n, D, dq.data(), ld);
 }

@@ -7,7 +7,8 @@ Layer: imports ``flashparity._core``, the base modules (:mod:`flashparity._tenso
 
 * :mod:`.attention`: the Python face of the naive and flash2 kernels (``fp.attention``,
   ``fp.merge_attention_states``): views checked, the CPU or CUDA kernel called on them.
-* :mod:`.serving`: the serving layouts (``fp.attention_varlen``, ``fp.attention_kvcache``).
+* :mod:`.serving`: the serving layouts (``fp.attention_varlen`` and its backward
+  ``fp.attention_varlen_backward``, ``fp.attention_kvcache``).
 * :mod:`.adapters`: third-party kernels (FlashAttention, FlashInfer, xformers, SDPA/Flex, JAX, hub
   kernels, a user's callable) behind one calling convention, each saying what it cannot run.
 * :mod:`.conformance` (+ :mod:`.conformance_html`): any kernel's suite against the float64 oracle.

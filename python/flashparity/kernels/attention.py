@@ -208,12 +208,24 @@ def attention_backward(
     (float64 for float64 inputs; flash2's probabilities come from the float32 lse, so its float64
     gradients carry float32's ~1e-7 relative error there); the gradients are the same bits for any
     thread count. float64, float32, float16 and bfloat16 inputs, on the CPU (every SIMD level).
+    The packed variable-length form is :func:`flashparity.attention_varlen_backward`.
     """
     left, right = _check_options(impl, causal, window, softcap)
     stream = consumer_stream(q)
     vq, vk, vv = _views(q, k, v, stream)
     batch, seqlen_q, heads_q, head_dim = vq.shape
     scale = _check_heads(impl, heads_q, vk.shape[2], head_dim, softmax_scale)
+    return _backward_host(vq, vk, vv, out, lse, dout, stream, impl=impl, scale=scale, softcap=float(softcap), left=left,
+                          right=right, alibi=_alibi(alibi_slopes, batch, heads_q, vq.device, stream),
+                          lse_shape=(batch, heads_q, seqlen_q), lse_what="[batch, heads_q, seqlen_q]", what="attention_backward")
+
+
+def _backward_host(vq: TensorView, vk: TensorView, vv: TensorView, out: Any, lse: Any, dout: Any, stream: int, *,
+                   impl: str, scale: float, softcap: float, left: int, right: int, alibi, lse_shape: tuple[int, ...],
+                   lse_what: str, what: str, layout: Any = None):
+    """The checks of out, dout and lse every backward makes, then the CPU kernels: (dq, dk, dv) as new
+    C-contiguous arrays of q's and k's shapes. A varlen `layout` (q, k, v packed, 3-D) runs one
+    problem per sequence."""
     if vq.dtype not in ("float64", "float32", "float16", "bfloat16"):
         raise TypeError(f"the attention backward takes float64, float32, float16 and bfloat16 inputs, got {vq.dtype}")
     vout, vdout = (as_view(x, name, stream) for x, name in ((out, "out"), (dout, "dout")))
@@ -223,23 +235,23 @@ def attention_backward(
         if view.shape != vq.shape or view.dtype != vq.dtype:
             raise ValueError(f"{name} must have q's shape {vq.shape} and dtype {vq.dtype}, got {view.shape} {view.dtype}")
     if vq.device == "cuda":
-        raise NotImplementedError("fp.attention_backward runs on the CPU in this version; got CUDA tensors "
+        raise NotImplementedError(f"fp.{what} runs on the CPU in this version; got CUDA tensors "
                                   "(copy q, k, v, out, lse and dout to the host)")
     lse_view = as_view(lse, "lse", stream)
     if lse_view.device != "cpu":
         raise ValueError(f"lse must live on the host with q, got {lse_view.device}")
-    if lse_view.dtype != "float32" or lse_view.shape != (batch, heads_q, seqlen_q):
-        raise ValueError(f"lse must be float32 of shape {(batch, heads_q, seqlen_q)} ([batch, heads_q, seqlen_q]: "
-                         f"the forward's), got {lse_view.shape} {lse_view.dtype}")
-    alibi = _alibi(alibi_slopes, batch, heads_q, vq.device, stream)
+    if lse_view.dtype != "float32" or lse_view.shape != lse_shape:
+        raise ValueError(f"lse must be float32 of shape {lse_shape} ({lse_what}: the forward's), got "
+                         f"{lse_view.shape} {lse_view.dtype}")
     dq = np.empty(vq.shape, dtype=_numpy_dtype(vq.dtype))
     dk = np.empty(vk.shape, dtype=dq.dtype)
     dv = np.empty(vk.shape, dtype=dq.dtype)
     ptr = lambda a: a.__array_interface__["data"][0] if a.size else 0  # noqa: E731
     if dq.size or dk.size:
-        _core.attention_backward_host(vq.desc, vk.desc, vv.desc, vout.desc, vdout.desc, lse_view.desc, ptr(dq),
-                                      ptr(dk), ptr(dv), _KERNEL_CODES[impl], scale, float(softcap), left, right,
-                                      alibi.args)
+        q4, k4, v4, out4, dout4 = (_with_batch(x, 4) for x in (vq, vk, vv, vout, vdout))
+        _core.attention_backward_host(q4.desc, k4.desc, v4.desc, out4.desc, dout4.desc, _with_batch(lse_view, 3).desc,
+                                      ptr(dq), ptr(dk), ptr(dv), _KERNEL_CODES[impl], scale, softcap, left, right,
+                                      alibi.args, layout=layout)
     return dq, dk, dv
 
 

@@ -1,5 +1,6 @@
-"""Attention as serving engines run it: packed variable-length batches (:func:`attention_varlen`)
-and dense or paged KV caches (:func:`attention_kvcache`), with FlashAttention-2's Python API.
+"""Attention as serving engines run it: packed variable-length batches (:func:`attention_varlen`,
+its gradients :func:`attention_varlen_backward`) and dense or paged KV caches
+(:func:`attention_kvcache`), with FlashAttention-2's Python API.
 
 Each sequence becomes a problem of its own for the same kernels :func:`attention` runs (naive and
 flash2, every CPU level, the CUDA kernels), reading its rows in place: a packed batch at its
@@ -19,6 +20,7 @@ from .._tensor import TensorView, consumer_stream, host_values, producer_waits
 from .attention import (
     _KERNEL_CODES,
     _alibi,
+    _backward_host,
     _descales,
     _input_views,
     _check_heads,
@@ -28,7 +30,7 @@ from .attention import (
     _with_batch,
 )
 
-__all__ = ["attention_varlen", "attention_kvcache"]
+__all__ = ["attention_varlen", "attention_varlen_backward", "attention_kvcache"]
 
 
 def _check_cu_seqlens(cu: np.ndarray, name: str, total: int, packed: str) -> None:
@@ -116,22 +118,79 @@ def attention_varlen(
         raise ValueError(f"q and k must have the same head_dim, got {vq.shape[2]} and {vk.shape[2]}")
     total_q, heads_q, head_dim = vq.shape
     scale = _check_heads(impl, heads_q, vk.shape[1], head_dim, softmax_scale)
-    cu_q = host_values(cu_seqlens_q, "cu_seqlens_q", "int32")
-    cu_k = host_values(cu_seqlens_k, "cu_seqlens_k", "int32")
-    _check_cu_seqlens(cu_q, "cu_seqlens_q", total_q, "q")
-    _check_cu_seqlens(cu_k, "cu_seqlens_k", vk.shape[0], "k")
-    if cu_k.size != cu_q.size:
-        raise ValueError(f"cu_seqlens_k must have as many offsets as cu_seqlens_q ({cu_q.size}), got {cu_k.size}")
+    # (cu_q and cu_k hold the arrays the layout points into until the kernels are done)
+    cu_q, cu_k, layout = _varlen_layout(vq, vk, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     batch = cu_q.size - 1
-    _check_max_seqlen(max_seqlen_q, "max_seqlen_q", int(np.diff(cu_q).max(initial=0)))
-    _check_max_seqlen(max_seqlen_k, "max_seqlen_k", int(np.diff(cu_k).max(initial=0)))
     alibi = _alibi(alibi_slopes, batch, heads_q, vq.device, stream)
     descale = _descales((q_descale, k_descale, v_descale), vq.dtype, batch, vk.shape[1])
     vout = _out_view(out, vq, (vk, vv), stream) if out is not None else None
-    layout = _core.SeqLayout(batch=batch, cu_seqlens_q=cu_q.ctypes.data, cu_seqlens_k=cu_k.ctypes.data)
     return _run(vq, vk, vv, impl=impl, scale=scale, softcap=float(softcap), left=left, right=right, alibi=alibi,
                 descale=descale, layout=layout, return_lse=return_lse, lse_shape=(heads_q, total_q), out=out, vout=vout,
                 stream=stream)
+
+
+def _varlen_layout(vq: TensorView, vk: TensorView, cu_seqlens_q: Any, cu_seqlens_k: Any, max_seqlen_q: Any,
+                   max_seqlen_k: Any):
+    """The checked cu_seqlens of a packed batch (host int32 copies) and its SeqLayout (which points
+    into them: keep the arrays alive while it is used)."""
+    cu_q = host_values(cu_seqlens_q, "cu_seqlens_q", "int32")
+    cu_k = host_values(cu_seqlens_k, "cu_seqlens_k", "int32")
+    _check_cu_seqlens(cu_q, "cu_seqlens_q", vq.shape[0], "q")
+    _check_cu_seqlens(cu_k, "cu_seqlens_k", vk.shape[0], "k")
+    if cu_k.size != cu_q.size:
+        raise ValueError(f"cu_seqlens_k must have as many offsets as cu_seqlens_q ({cu_q.size}), got {cu_k.size}")
+    _check_max_seqlen(max_seqlen_q, "max_seqlen_q", int(np.diff(cu_q).max(initial=0)))
+    _check_max_seqlen(max_seqlen_k, "max_seqlen_k", int(np.diff(cu_k).max(initial=0)))
+    layout = _core.SeqLayout(batch=cu_q.size - 1, cu_seqlens_q=cu_q.ctypes.data, cu_seqlens_k=cu_k.ctypes.data)
+    return cu_q, cu_k, layout
+
+
+def attention_varlen_backward(
+    q: Any,
+    k: Any,
+    v: Any,
+    out: Any,
+    lse: Any,
+    dout: Any,
+    cu_seqlens_q: Any,
+    cu_seqlens_k: Any,
+    *,
+    max_seqlen_q: int | None = None,
+    max_seqlen_k: int | None = None,
+    impl: str = "flash2",
+    causal: bool = False,
+    softmax_scale: float | None = None,
+    window: tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: Any = None,
+):
+    """The gradients (dq, dk, dv) of :func:`attention_varlen` for the output gradient ``dout``
+    (FlashAttention-2's ``flash_attn_varlen_func`` backward).
+
+    q ``[total_q, heads_q, head_dim]``, k and v ``[total_k, heads_kv, head_dim]``, ``cu_seqlens_q``,
+    ``cu_seqlens_k`` and the options are those of the forward; ``out`` and ``lse`` are what
+    ``attention_varlen(..., return_lse=True)`` returned for them (out ``[total_q, heads_q, head_dim]``,
+    lse float32 ``[heads_q, total_q]``); ``dout`` has out's shape and dtype. Returns dq of q's shape
+    and dk, dv of k's, in the inputs' dtype (new C-contiguous NumPy arrays). Each sequence is a
+    problem of its own, as in the forward: its rows see its keys only, causal and window bottom-right
+    aligned to its own lengths; a sequence without keys gets dq 0, one without queries dk and dv 0.
+    Everything else is :func:`attention_backward`'s, applied per sequence (the same kernels, the
+    same bits as the batched backward for a batch of equal lengths, and for any thread count).
+    """
+    left, right = _check_options(impl, causal, window, softcap)
+    stream = consumer_stream(q)
+    vq, vk, vv = _input_views({"q": (q, "[total_q, heads_q, head_dim]"), "k": (k, "[total_k, heads_kv, head_dim]"),
+                               "v": (v, "[total_k, heads_kv, head_dim]")}, stream)
+    if vk.shape[2] != vq.shape[2]:
+        raise ValueError(f"q and k must have the same head_dim, got {vq.shape[2]} and {vk.shape[2]}")
+    total_q, heads_q, head_dim = vq.shape
+    scale = _check_heads(impl, heads_q, vk.shape[1], head_dim, softmax_scale)
+    # (cu_q and cu_k hold the arrays the layout points into until the kernels are done)
+    cu_q, cu_k, layout = _varlen_layout(vq, vk, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    alibi = _alibi(alibi_slopes, cu_q.size - 1, heads_q, vq.device, stream)
+    return _backward_host(vq, vk, vv, out, lse, dout, stream, impl=impl, scale=scale, softcap=float(softcap), left=left,
+                          right=right, alibi=alibi, lse_shape=(heads_q, total_q), lse_what="[heads_q, total_q]",
+                          what="attention_varlen_backward", layout=layout)
 
 
 def attention_kvcache(
