@@ -443,7 +443,7 @@ def kernel_parity(impl: Any = "flash2", ref: str = "naive", *, sweep: bool | lis
             raise RuntimeError("no-gpu: no usable CUDA device (or this build has no CUDA kernels)")
     if sweep is False:
         return _one(impl, ref, base, adapter, backward)
-    cases = default_sweep(base, backward) if sweep is True else list(sweep)
+    cases = (default_sweep(base, backward=True) if backward else default_sweep(base)) if sweep is True else list(sweep)
     unsupported = []
     if adapter is not None:
         from .adapters import Unsupported
