@@ -35,7 +35,7 @@ def _cmd_conformance(args: argparse.Namespace) -> int:
     try:
         rep = conformance(impl, convention=args.convention, suite=args.suite,
                           dtypes=[args.dtype] if args.dtype else DTYPES, seed=args.seed, device=args.device,
-                          allow_unpinned=args.allow_unpinned)
+                          allow_unpinned=args.allow_unpinned, backward=args.backward)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.html:
@@ -45,6 +45,13 @@ def _cmd_conformance(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot write {args.html!r}: {exc.strerror or exc}") from None
     _emit(args, rep.to_dict(), str(rep))
     return _verdict(args, EXIT_OK if rep.ok else EXIT_FAILED)
+
+
+def _backward_cell(b: dict) -> str:
+    """A case's gradient verdict in one word: ok (with the largest ratio), FAILED, ERROR or unsupported."""
+    if b["verdict"] == "pass":
+        return f"ok (ratio {max(b[g]['ratio'] for g in ('dq', 'dk', 'dv')):.2g})"
+    return "unsupported" if b["verdict"] == "unsupported" else b["verdict"].upper().replace("FAIL", "FAILED")
 
 
 def _cmd_kernel_parity(args: argparse.Namespace) -> int:
@@ -70,13 +77,13 @@ def _cmd_kernel_parity(args: argparse.Namespace) -> int:
 
     try:
         body = kernel_parity(args.impl, args.ref, sweep=args.sweep, convention=args.convention,
-                             allow_unpinned=args.allow_unpinned, **case.__dict__)
+                             allow_unpinned=args.allow_unpinned, backward=args.backward, **case.__dict__)
     except (UnsupportedHeadDimError, Unsupported, KernelFailed, ValueError) as exc:
         return _reject(args, exc)
     except RuntimeError as exc:
         return _reject(args, exc)
     code = _gate(args, body)
-    if not body["fa2_rule_ok"]:
+    if not body["fa2_rule_ok"] or not body.get("backward_ok", True):
         code = EXIT_FAILED
     if "cases" in body:
         lines = [f"kernel parity {body['kernel']} vs {body['reference']}: {len(body['cases'])} cases"]
@@ -84,7 +91,8 @@ def _cmd_kernel_parity(args: argparse.Namespace) -> int:
             regime = c["regime"] + ("+alibi" if c["alibi"] else "") + (
                 "+paged" if c["page_size"] else "+varlen" if c["varlen"] else "")
             lines.append(f"  {c['dtype']:<13} {regime:<14} D={c['head_dim']:<3} max_abs_diff {c['max_abs_diff']:.3g}"
-                         f"  cosine {c['cosine_sim']:.8f}  fa2_rule {'ok' if c['fa2_rule_ok'] else 'FAILED'}")
+                         f"  cosine {c['cosine_sim']:.8f}  fa2_rule {'ok' if c['fa2_rule_ok'] else 'FAILED'}"
+                         + (f"  backward {_backward_cell(c['backward'])}" if "backward" in c else ""))
     else:
         lines = [f"kernel parity {body['kernel']} vs {body['reference']} ({body['regime']}, {body['dtype']}, "
                  + ("ALiBi, " if body["alibi"] else "")
@@ -99,6 +107,14 @@ def _cmd_kernel_parity(args: argparse.Namespace) -> int:
                  f"  FA2 rule: kernel error {body['ref_max_abs_diff']:.3g} vs naive {body['baseline_max_abs_diff']:.3g}"
                  f" in {body['dtype']}: {'ok' if body['fa2_rule_ok'] else 'FAILED'}",
                  f"  kernel_source {body['kernel_source']}"]
+        if "backward" in body:
+            b = body["backward"]
+            lines.append(f"  backward: {_backward_cell(b)}" + (f" ({b['reason']})" if b["reason"] else ""))
+            lines += [f"    {g}: error {b[g]['max_abs_diff']:.3g} vs naive {b[g]['baseline_max_abs_diff']:.3g}, "
+                      f"ratio {b[g]['ratio']:.3g}" for g in ("dq", "dk", "dv") if b[g]]
+            if b["masked_keys"]:
+                lines.append(f"    {b['masked_keys']} keys no query sees: dk, dv exactly 0: "
+                             f"{'yes' if b['masked_keys_zero'] else 'NO'}")
     if "cases" in body:
         failed = [c for c in body["cases"] if not c["fa2_rule_ok"]]
         lines.append(f"FA2 rule: ok in all {len(body['cases'])} cases" if not failed else
@@ -108,6 +124,15 @@ def _cmd_kernel_parity(args: argparse.Namespace) -> int:
             general = u["reason"].split(" (got")[0]  # (the same reason, whatever the case)
             reasons[general] = reasons.get(general, 0) + 1
         lines += [f"  not run ({n} cases): {reason}" for reason, n in reasons.items()]
+        if "backward_counts" in body:
+            n = body["backward_counts"]
+            lines.append(f"backward (dq, dk, dv): {n['pass']} passed, {n['fail']} failed, {n['error']} errors, "
+                         f"{n['unsupported']} unsupported")
+            for c in body["cases"]:
+                b = c["backward"]
+                if b["verdict"] in ("fail", "error"):
+                    lines.append(f"  backward {b['verdict'].upper()} {c['dtype']} {c['regime']} D={c['head_dim']}: "
+                                 f"{b['reason']}")
     if "check" in body:
         lines.append(f"  check: {'PASS' if body['check']['ok'] else 'FAIL'} ({body['check']['outcome']})")
     _emit(args, body, "\n".join(lines))
@@ -134,6 +159,11 @@ def add_parser(sub) -> None:
     p_kp.add_argument("--suite", choices=("quick", "default", "full"),
                       help="run the conformance suite instead of one case: every case judged against the float64 "
                       "oracle (max, mean, LSE and cosine rules); unsupported cases are listed, never failures")
+    p_kp.add_argument("--backward", action="store_true",
+                      help="also judge the gradients dq, dk, dv for a seeded output gradient against float64 gold "
+                      "gradients (FlashAttention-2's rule: error <= 2 x the naive backward's in the same dtype + 1e-5, "
+                      "and exactly 0 for keys no query sees); with --suite too. Dense CPU cases of flash2, naive and "
+                      "torch-differentiable kernels; the others are reported unsupported. A failed gradient exits 1")
     p_kp.add_argument("--html", metavar="FILE", help="with --suite: also write the report as a self-contained HTML page")
     p_kp.add_argument("--ref", choices=("naive", "flash2", "tiled"), default="naive", help="reference (naive)")
     case_flags(p_kp)

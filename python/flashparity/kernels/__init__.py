@@ -14,6 +14,8 @@ Layer: imports ``flashparity._core``, the base modules (:mod:`flashparity._tenso
 * :mod:`.conformance` (+ :mod:`.conformance_html`): any kernel's suite against the float64 oracle.
 * :mod:`.kernel_parity`: ``fp.kernel_parity``, apr's kernel parity body (a kernel against a reference
   under FlashAttention-2's rule).
+* :mod:`.backward`: gradient verdicts (``backward=True`` of both): dq, dk, dv against float64 gold
+  gradients under FlashAttention-2's rule.
 
 The submodules share their names with the functions ``import flashparity as fp`` gives
 (``fp.attention``, ``fp.conformance``, ``fp.kernel_parity``), so this package re-exports nothing:

@@ -149,8 +149,14 @@ class Adapter:
         self.device = "cpu"
 
     def to(self, x: np.ndarray) -> Any:
-        """A case's input as a torch tensor on the adapter's device (a view of it on the CPU)."""
-        return to_torch(x, self.device)
+        """A case's input as a torch tensor on the adapter's device (a view of it on the CPU). While
+        :meth:`gradients` runs, q, k and v become leaf tensors that require grad (copies)."""
+        t = to_torch(x, self.device)
+        wanted = getattr(self, "_grad_inputs", None)
+        if wanted is not None and id(x) in wanted:
+            t = t.detach().clone().requires_grad_(True)
+            self._grad_leaves[wanted[id(x)]] = t
+        return t
 
     def note(self, text: str) -> None:
         if text not in self.notes:
@@ -180,6 +186,68 @@ class Adapter:
     def kernel_source(self) -> str:
         return self.name
 
+    def gradients(self, case: Any, inputs: dict[str, Any], dout: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(dq, dk, dv) of the kernel's output for the output gradient ``dout`` (BSHD, the output's
+        dtype), as NumPy arrays in q's, k's and v's layout: the forward runs on torch leaf tensors
+        that require grad (copies of contiguous q, k and v) and ``torch.autograd.grad`` takes the
+        gradients through whatever the kernel recorded (an ``autograd.Function``, SDPA's and
+        FlexAttention's own backwards). Raises :class:`Unsupported` for a case or kernel that gives
+        no gradients: varlen and paged cases, FP8, a CUDA device, a kernel that takes NumPy arrays
+        or returns an output with no autograd graph back to q, k and v."""
+        reasons = _gradient_reasons(self, case)
+        if reasons:
+            raise Unsupported("; ".join(reasons))
+        torch = _torch()
+        inputs = {**inputs, **{n: np.ascontiguousarray(inputs[n]) for n in ("q", "k", "v")}}
+        global _GRAD_OUTPUTS
+        self._grad_inputs = {id(inputs[n]): n for n in ("q", "k", "v")}
+        self._grad_leaves: dict[str, Any] = {}
+        _GRAD_OUTPUTS = []
+        try:
+            with torch.enable_grad():
+                self.run(case, inputs)
+            outputs, leaves = _GRAD_OUTPUTS, self._grad_leaves
+        except NotImplementedError as exc:  # (a kernel with no backward for this case, as flex on a CPU)
+            raise Unsupported(str(exc) or "NotImplementedError") from None
+        finally:
+            _GRAD_OUTPUTS = None
+            self._grad_inputs = None
+        if len(leaves) < 3:
+            raise Unsupported(f"{self.name} did not take q, k and v as torch tensors through its convention: no "
+                              "gradients to take")
+        if not outputs or outputs[0].grad_fn is None:
+            raise Unsupported(f"{self.name}'s output carries no autograd graph back to q, k and v (not "
+                              "differentiable in torch)")
+        out = outputs[0]
+        if tuple(out.shape) != tuple(dout.shape):
+            raise ValueError(f"{self.name}'s output has shape {tuple(out.shape)}; dout {tuple(dout.shape)}")
+        g = to_torch(np.ascontiguousarray(dout), self.device).to(out.dtype)
+        try:
+            grads = torch.autograd.grad(out, [leaves[n] for n in ("q", "k", "v")], g, allow_unused=True)
+        except NotImplementedError as exc:
+            raise Unsupported(str(exc) or "NotImplementedError") from None
+        return tuple(np.zeros(inputs[n].shape, inputs[n].dtype) if x is None else np.array(from_torch(x))
+                     for n, x in zip(("q", "k", "v"), grads))
+
+
+#: while Adapter.gradients runs: every torch tensor that requires grad and goes through from_torch
+#: (the first is the kernel's output, in flashparity's layout)
+_GRAD_OUTPUTS: list | None = None
+
+
+def _gradient_reasons(adapter: Adapter, case: Any) -> list[str]:
+    """Why gradients of a case are not judged (see :meth:`Adapter.gradients`)."""
+    out = []
+    if case.kind in ("varlen", "paged"):
+        out.append(f"gradients are judged on dense cases only (the backward oracle is dense), not {case.kind}")
+    if case.dtype not in ("float32", "float16", "bfloat16"):
+        out.append(f"gradients are judged in float32, float16 and bfloat16, not {case.dtype}")
+    if adapter.device != "cpu":
+        out.append("the CUDA backward is not built yet")
+    if adapter.convention in ("bshd-numpy", "jax"):
+        out.append(f"a kernel in the {adapter.convention} convention gives no torch gradients")
+    return out
+
 
 # ---- torch conversions --------------------------------------------------------------------------------
 
@@ -204,6 +272,8 @@ def to_torch(x: np.ndarray, device: str = "cpu"):
 
 def from_torch(t: Any) -> np.ndarray:
     torch = _torch()
+    if _GRAD_OUTPUTS is not None and t.requires_grad:
+        _GRAD_OUTPUTS.append(t)
     t = t.detach().cpu()
     if t.dtype == torch.bfloat16:
         import ml_dtypes
@@ -298,6 +368,17 @@ class FlashparityAdapter(Adapter):
         from .._build import kernel_source
 
         return kernel_source(self.impl)
+
+    def gradients(self, case, inputs, dout):
+        """(dq, dk, dv) of flashparity's backward of this impl (:func:`flashparity.attention_backward`)."""
+        from .backward import own_gradients
+
+        reasons = [r for r in _gradient_reasons(self, case) if "convention" not in r]
+        if reasons:
+            raise Unsupported("; ".join(reasons))
+        return own_gradients(self.impl, inputs["q"], inputs["k"], inputs["v"], dout, causal=case.causal,
+                             window=case.window, softcap=case.softcap, alibi_slopes=inputs["alibi_slopes"],
+                             softmax_scale=case.softmax_scale)
 
 
 SDPA_BACKENDS = {"math": "MATH", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",

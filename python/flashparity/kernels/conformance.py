@@ -475,6 +475,29 @@ class Case:
         return attention(q, k, v, impl="naive", causal=self.causal, window=self.window, softcap=self.softcap,
                          alibi_slopes=inputs["alibi_slopes"], softmax_scale=self.softmax_scale, return_lse=True, **kw)
 
+    def dout(self) -> np.ndarray:
+        """The seeded output gradient of a dense case (``backward=True``): the draws of the case's
+        generator after its inputs, [batch, seqlen_q, heads_q, head_dim] in the output's dtype."""
+        from .attention import _numpy_dtype
+        from .backward import draw_dout
+
+        rng = np.random.default_rng(self.seed)
+        self._raw_inputs(rng, np.float32 if self.fp8 else _numpy_dtype(self.dtype))
+        return draw_dout(rng, self.out_shape, _numpy_dtype(self.out_dtype))
+
+    def reference_gradients(self, inputs: dict[str, Any], dout: np.ndarray,
+                            dtype: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(dq, dk, dv) of flashparity's naive backward on a dense case's inputs, in float64 (the
+        gold, on float64 copies of the rounded inputs) or in the case's dtype (the baseline)."""
+        from .backward import gold_gradients, own_gradients
+
+        kw = dict(causal=self.causal, window=self.window, softcap=self.softcap, alibi_slopes=inputs["alibi_slopes"],
+                  softmax_scale=self.softmax_scale)
+        q, k, v = inputs["q"], inputs["k"], inputs["v"]
+        if dtype == "float64":
+            return gold_gradients(q, k, v, dout, **kw)
+        return own_gradients("naive", q, k, v, dout, **kw)
+
     def dequantized(self, inputs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A dense FP8 case's q, k, v in float64, each times its descale (the values FP8 stands for)."""
         heads = np.arange(self.heads_q) // (self.heads_q // self.heads_kv)
@@ -597,6 +620,13 @@ class CaseResult:
     ratios: dict[str, float] = field(default_factory=dict)
     deterministic: bool | None = None
     seconds: float = 0.0
+    #: with ``backward=True``: the gradients' verdict (:func:`flashparity.kernels.backward.judge_gradients`'s
+    #: body: verdict, reason, dq/dk/dv errors, baselines and ratios, masked_keys_zero)
+    backward: dict[str, Any] | None = None
+
+    @property
+    def backward_verdict(self) -> str | None:
+        return None if self.backward is None else self.backward["verdict"]
 
     def message(self) -> str:
         """The verdict for a person: what failed, then the statistics and each rule's ratio."""
@@ -608,12 +638,19 @@ class CaseResult:
                          ", ".join(f"{k} {v:.3g}" for k, v in self.ratios.items()))
         if self.deterministic is not None:
             lines.append(f"  deterministic: {self.deterministic}")
+        if self.backward is not None:
+            b = self.backward
+            lines.append(f"  backward: {b['verdict']}" + (f": {b['reason']}" if b["reason"] else ""))
+            ratios = [f"{g} {b[g]['ratio']:.3g}" for g in ("dq", "dk", "dv") if b.get(g)]
+            if ratios:
+                lines.append("  backward ratios (error / bound, <= 1 passes): " + ", ".join(ratios))
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.case.name, "case": dataclasses.asdict(self.case), "features": list(self.case.features),
                 "verdict": self.verdict, "reason": self.reason, "stats": dict(self.stats),
-                "ratios": dict(self.ratios), "deterministic": self.deterministic, "seconds": self.seconds}
+                "ratios": dict(self.ratios), "deterministic": self.deterministic, "seconds": self.seconds,
+                **({"backward": dict(self.backward)} if self.backward is not None else {})}
 
 
 def _ratio(err: float, bound: float) -> float:
@@ -711,9 +748,16 @@ class ConformanceReport:
     DTYPE_ORDER = ALL_DTYPES
 
     @property
+    def backward(self) -> bool:
+        """Whether the run judged gradients too (``backward=True``)."""
+        return any(r.backward is not None for r in self.cases)
+
+    @property
     def ok(self) -> bool:
+        """No case failed or raised, forward or backward, and at least one forward passed."""
         return all(r.verdict in ("pass", "unsupported") for r in self.cases) and any(
-            r.verdict == "pass" for r in self.cases)
+            r.verdict == "pass" for r in self.cases) and all(
+            r.backward_verdict in (None, "pass", "unsupported") for r in self.cases)
 
     def counts(self) -> dict[str, int]:
         out = {"pass": 0, "fail": 0, "unsupported": 0, "error": 0}
@@ -721,17 +765,38 @@ class ConformanceReport:
             out[r.verdict] += 1
         return out
 
-    def summary(self) -> dict[str, dict[str, dict[str, int]]]:
-        """{feature: {dtype: {verdict: count}}}: each case counts under each of its features."""
-        table: dict[str, dict[str, dict[str, int]]] = {}
+    def backward_counts(self) -> dict[str, int]:
+        """The gradients' verdicts (with ``backward=True``), as :meth:`counts`."""
+        out = {"pass": 0, "fail": 0, "unsupported": 0, "error": 0}
+        for r in self.cases:
+            if r.backward is not None:
+                out[r.backward["verdict"]] += 1
+        return out
+
+    def summary(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """{feature: {dtype: {verdict: count}}}: each case counts under each of its features. With
+        ``backward=True`` each cell also holds ``"backward": {verdict: count}``, the gradients'."""
+        table: dict[str, dict[str, dict[str, Any]]] = {}
         for r in self.cases:
             for f in r.case.features:
                 cell = table.setdefault(f, {}).setdefault(r.case.dtype, {"pass": 0, "fail": 0, "unsupported": 0,
                                                                          "error": 0})
                 cell[r.verdict] += 1
+                if r.backward is not None:
+                    bwd = cell.setdefault("backward", {"pass": 0, "fail": 0, "unsupported": 0, "error": 0})
+                    bwd[r.backward["verdict"]] += 1
         return table
 
     def to_dict(self) -> dict[str, Any]:
+        body = self._to_dict()
+        if self.backward:
+            from .backward import RULE
+
+            body["backward_counts"] = self.backward_counts()
+            body["rules"]["backward"] = RULE
+        return body
+
+    def _to_dict(self) -> dict[str, Any]:
         return {"kernel": self.kernel, "kernel_source": self.kernel_source, "convention": self.convention,
                 "device": self.device, "ok": self.ok, "counts": self.counts(), "summary": self.summary(),
                 "notes": list(self.notes), "cases": [r.to_dict() for r in self.cases],
@@ -768,7 +833,7 @@ class ConformanceReport:
                  f"{c['fail']} failed, {c['error']} errors, {c['unsupported']} unsupported"]
         dtypes = sorted({r.case.dtype for r in self.cases}, key=ALL_DTYPES.index)
         table = self.summary()
-        width = max([len(f) for f in table] + [8])
+        width = max([len(f) + (4 if self.backward else 0) for f in table] + [8])
         lines.append(f"  {'feature':<{width}}  " + "  ".join(f"{d:>16}" for d in dtypes))
         for feat, row in table.items():
             cells = []
@@ -777,9 +842,23 @@ class ConformanceReport:
                 cells.append(f"{'':>16}" if x is None else
                              f"{x['pass']:>4} ok {x['fail'] + x['error']:>3} ✗ {x['unsupported']:>3} –")
             lines.append(f"  {feat:<{width}}  " + "  ".join(cells))
+        if self.backward:
+            b = self.backward_counts()
+            lines.append(f"  backward (dq, dk, dv): {b['pass']} passed, {b['fail']} failed, {b['error']} errors, "
+                         f"{b['unsupported']} unsupported")
+            for feat, row in table.items():
+                cells = []
+                for d in dtypes:
+                    x = row.get(d, {}).get("backward")
+                    cells.append(f"{'':>16}" if x is None else
+                                 f"{x['pass']:>4} ok {x['fail'] + x['error']:>3} ✗ {x['unsupported']:>3} –")
+                lines.append(f"  {'bwd ' + feat:<{width}}  " + "  ".join(cells))
         for r in self.cases:
             if r.verdict in ("fail", "error"):
                 lines.append(f"  {r.verdict.upper()} {r.case.name}: {printable(r.reason)}")
+            if r.backward_verdict in ("fail", "error"):
+                lines.append(f"  BACKWARD {r.backward_verdict.upper()} {r.case.name}: "
+                             f"{printable(r.backward['reason'])}")
         unsupported = {}
         for r in self.cases:
             if r.verdict == "unsupported":
@@ -793,9 +872,60 @@ class ConformanceReport:
 # ---- running a suite --------------------------------------------------------------------------------
 
 
-def run_case(adapter: Any, case: Case) -> CaseResult:
+def run_case(adapter: Any, case: Case, backward: bool = False) -> CaseResult:
     """One case through an adapter: unsupported (with every reason), or run and judged (a crash is
-    an ``error``, with the exception)."""
+    an ``error``, with the exception). ``backward``: the gradients judged too (:func:`run_backward`)."""
+    result = _run_forward(adapter, case)
+    if backward:
+        result.backward = run_backward(adapter, case, result)
+    return result
+
+
+def run_backward(adapter: Any, case: Case, forward: CaseResult | None = None) -> dict[str, Any]:
+    """The gradients' verdict of a case (:func:`flashparity.kernels.backward.judge_gradients`):
+    the kernel's dq, dk, dv for the case's seeded dout (:meth:`Case.dout`) against the naive
+    backward in float64 (the gold) and in the case's dtype (the baseline). ``unsupported`` (with
+    the reason) when the forward was not run or the kernel gives no gradients for the case,
+    ``error`` when taking them raised."""
+    from . import backward as bw
+    from .adapters import Unsupported
+
+    if forward is not None and forward.verdict == "unsupported":
+        return bw.unsupported(f"the forward is unsupported: {forward.reason}")
+    if forward is not None and forward.verdict == "error":
+        return bw.unsupported("the forward raised (see its verdict)")
+    if case.kind in ("varlen", "paged"):
+        return bw.unsupported(f"gradients are judged on dense cases only (the backward oracle is dense), not "
+                              f"{case.kind}")
+    if case.fp8:
+        return bw.unsupported(f"the attention backward takes float32, float16 and bfloat16 cases, not {case.dtype}")
+    if adapter.device != "cpu":
+        return bw.unsupported(bw.CUDA_NOT_BUILT)
+    inputs = case.inputs()
+    dout = case.dout()
+    gold = case.reference_gradients(inputs, dout, "float64")
+    baseline = case.reference_gradients(inputs, dout)
+    try:
+        grads = adapter.gradients(case, inputs, dout)
+    except Unsupported as exc:
+        return bw.unsupported(str(exc))
+    except Exception as exc:  # (the kernel's backward raised: its verdict)
+        return bw.error(f"{type(exc).__name__}: {exc}")
+    also = None
+    if case.kind == "extreme":
+        # logits near ±1e4: FlashAttention-2's backward recomputes P from the float32 LSE, whose rounding
+        # there (an ulp of 1e4 is ~1e-3) alone exceeds twice the naive kernel's error; its algorithm in the
+        # case's dtype (flashparity's flash2 backward) is then a baseline too, as the forward's lowp reference
+        from .backward import own_gradients
+
+        also = own_gradients("flash2", inputs["q"], inputs["k"], inputs["v"], dout, causal=case.causal,
+                             window=case.window, softcap=case.softcap, alibi_slopes=inputs["alibi_slopes"],
+                             softmax_scale=case.softmax_scale)
+    unseen = bw.unseen_keys(case.seqlen_q, case.seqlen_k, case.causal, case.window)
+    return bw.judge_gradients(grads, gold, baseline, unseen, also)
+
+
+def _run_forward(adapter: Any, case: Case) -> CaseResult:
     from .adapters import Unsupported
 
     reasons = adapter.not_supported_reasons(case)
@@ -916,7 +1046,7 @@ def prepare_adapter(kernel: Any, *, convention: str | None = None, capabilities:
 def conformance(kernel: Any, *, convention: str | None = None, suite: str | list[Case] = "quick",
                 dtypes: Iterable[str] | None = None, device: str = "cpu", seed: int | None = None,
                 capabilities: dict | None = None, progress: Callable[[int, int], None] | None = None,
-                allow_unpinned: bool = False) -> ConformanceReport:
+                allow_unpinned: bool = False, backward: bool = False) -> ConformanceReport:
     """Run a suite of cases through a kernel and judge each against the float64 oracle.
 
     ``kernel``: a built-in adapter's name (:data:`flashparity.kernels.adapters.ADAPTERS`: ``flashparity:flash2``,
@@ -929,7 +1059,17 @@ def conformance(kernel: Any, *, convention: str | None = None, suite: str | list
     :func:`suite_cases`) or a list of :class:`Case`. ``device``: ``cpu`` or ``cuda`` (the inputs go to
     the GPU as torch tensors). ``progress(done, total)`` after each case. Returns a
     :class:`ConformanceReport`.
+
+    ``backward=True`` also judges each dense case's gradients (:func:`run_backward`): the kernel's
+    dq, dk, dv for a seeded output gradient against float64 gold gradients, FlashAttention-2's rule
+    ``max|dX - gold| <= 2 * max|dX_naive - gold| + 1e-5`` for each, and exactly zero dk, dv for keys
+    no query sees. A torch kernel's gradients come from ``torch.autograd.grad`` through its forward;
+    kernels with none (NumPy or JAX conventions, an output with no autograd graph), varlen, paged
+    and FP8 cases and CUDA devices are ``unsupported`` there, with the reason. A failed or raising
+    backward fails the report (``ok`` False).
     """
+    if not isinstance(backward, bool):
+        raise TypeError(f"backward must be a bool, got {backward!r}")
     adapter = prepare_adapter(kernel, convention=convention, capabilities=capabilities, device=device,
                               allow_unpinned=allow_unpinned)
     if isinstance(suite, str):
@@ -945,7 +1085,7 @@ def conformance(kernel: Any, *, convention: str | None = None, suite: str | list
             raise TypeError(f"suite must be a suite name or a list of Case, got an item {c!r}")
     results = []
     for i, case in enumerate(cases):
-        results.append(run_case(adapter, case))
+        results.append(run_case(adapter, case, backward))
         if progress is not None:
             progress(i + 1, len(cases))
     return ConformanceReport(adapter.name, adapter.kernel_source(), adapter.convention, device, results,

@@ -254,10 +254,22 @@ def _matrix(report: ConformanceReport) -> str:
                      f'{cell["unsupported"]} unsupported')
             counts = "".join(f'<span class="k{" z" if n == 0 else ""}"><b>{n}</b> <i>{mark}</i></span>'
                              for n, mark in ((cell["pass"], "✓"), (bad, "✗"), (cell["unsupported"], "–")))
-            cells.append(f'<td class="{_cell_class(cell)}" title="{title}">{counts}</td>')
+            cls = _cell_class(cell)
+            bwd = cell.get("backward")
+            if bwd is not None:  # (backward=True: the gradients' verdicts under the forward's)
+                b_bad = bwd["fail"] + bwd["error"]
+                title += (f'; gradients: {bwd["pass"]} passed, {bwd["fail"]} failed, {bwd["error"]} errors, '
+                          f'{bwd["unsupported"]} unsupported')
+                counts += '<br><span class="k">∇</span>' + "".join(
+                    f'<span class="k{" z" if n == 0 else ""}"><b>{n}</b> <i>{mark}</i></span>'
+                    for n, mark in ((bwd["pass"], "✓"), (b_bad, "✗"), (bwd["unsupported"], "–")))
+                if b_bad:
+                    cls = "c-fail"
+            cells.append(f'<td class="{cls}" title="{title}">{counts}</td>')
         out.append(f'<tr><th class="f mono">{_esc(feature)}</th>{"".join(cells)}</tr>')
     out.append("</table>")
-    out.append('<p class="hint legend">Each cell: passed ✓, failed or raised ✗, unsupported –. A case counts '
+    out.append('<p class="hint legend">Each cell: passed ✓, failed or raised ✗, unsupported –'
+               + (' (∇: the gradients dq, dk, dv)' if report.backward else '') + '. A case counts '
                'under every feature it exercises.<span class="c-pass"></span>every case that ran passed'
                '<span class="c-fail"></span>a failure or error<span class="c-unsup"></span>only unsupported</p>')
     return "".join(out)
@@ -308,9 +320,28 @@ def _unsupported(report: ConformanceReport) -> str:
     return "".join(out)
 
 
+def _backward_section(i: int, r: CaseResult) -> str:
+    """A case whose gradients failed or raised: the reasons and each gradient's error, baseline and ratio."""
+    b = r.backward
+    reasons = [p for p in b["reason"].split("; ") if p] or ["(no reason given)"]
+    rows = "".join(f'<tr><td class="l">{g}</td><td>{_esc(_fmt(b[g]["max_abs_diff"]))}</td>'
+                   f'<td>{_esc(_fmt(b[g]["baseline_max_abs_diff"]))}</td>'
+                   f'<td{"" if _passes(b[g]["ratio"]) else " class=over"}>{_esc(_fmt(b[g]["ratio"]))}</td></tr>'
+                   for g in ("dq", "dk", "dv") if b.get(g))
+    table = ('<table class="all"><tr><th class="l">gradient</th><th>max |dX − gold|</th><th>baseline</th>'
+             f"<th>ratio</th></tr>{rows}</table>") if rows else ""
+    return (f'<section class="case{" err" if b["verdict"] == "error" else ""}" id="bwd-{i}">'
+            f'<h3><span class="badge b-{_esc(b["verdict"])}">{_esc(b["verdict"].upper())}</span>'
+            f'<span class="mono">∇ {_esc(r.case.name)}</span></h3>'
+            f'<ul class="reasons">{"".join(f"<li>{_esc(p)}</li>" for p in reasons)}</ul>{table}</section>')
+
+
 def _all_cases(report: ConformanceReport) -> str:
+    bwd = report.backward
     out = ['<table class="all"><tr><th class="l">#</th><th class="l">case</th><th class="l">verdict</th>'
-           "<th>max ratio</th><th>mean ratio</th><th>lse ratio</th><th>cosine ratio</th><th>seconds</th></tr>"]
+           "<th>max ratio</th><th>mean ratio</th><th>lse ratio</th><th>cosine ratio</th><th>seconds</th>"
+           + ('<th class="l">backward</th><th>dq ratio</th><th>dk ratio</th><th>dv ratio</th>' if bwd else "")
+           + "</tr>"]
     for i, r in enumerate(report.cases):
         name = _esc(r.case.name)
         if r.verdict in ("fail", "error"):
@@ -320,9 +351,24 @@ def _all_cases(report: ConformanceReport) -> str:
             v = r.ratios.get(key)
             cells.append("<td></td>" if v is None else f'<td{"" if _passes(v) else " class=over"}>{_esc(_fmt(v))}</td>')
         seconds = f"{r.seconds:.3f}" if r.verdict != "unsupported" and math.isfinite(r.seconds) else ""
+        if bwd:
+            b = r.backward or {"verdict": ""}
+            verdict = _esc(b["verdict"])
+            if b["verdict"] in ("fail", "error"):
+                verdict = f'<a href="#bwd-{i}">{verdict}</a>'
+            cells.append(f'<td>{seconds}</td><td class="l">'
+                         + (f'<span class="badge b-{_esc(b["verdict"])}">{verdict}</span>' if b["verdict"] else "")
+                         + "</td>")
+            for g in ("dq", "dk", "dv"):
+                v = (b.get(g) or {}).get("ratio")
+                cells.append("<td></td>" if v is None else
+                             f'<td{"" if _passes(v) else " class=over"}>{_esc(_fmt(v))}</td>')
+            seconds_cell = ""
+        else:
+            seconds_cell = f"<td>{seconds}</td>"
         out.append(f'<tr class="v-{_esc(r.verdict)}"><td class="l">{i}</td><td class="l">{name}</td>'
                    f'<td class="l"><span class="badge b-{_esc(r.verdict)}">{_esc(r.verdict)}</span></td>'
-                   f'{"".join(cells)}<td>{seconds}</td></tr>')
+                   f'{"".join(cells)}{seconds_cell}</tr>')
     out.append("</table>")
     return "".join(out)
 
@@ -343,6 +389,8 @@ def render(report: ConformanceReport) -> str:
              f'<tr><th>convention</th><td class="mono">{_esc(report.convention)}</td></tr>'
              f'<tr><th>device</th><td class="mono">{_esc(report.device)}</td></tr></table>',
              _counts(counts)]
+    if report.backward:
+        parts.append('<p class="hint">Gradients (dq, dk, dv):</p>' + _counts(report.backward_counts()))
     if not ok and not counts["fail"] + counts["error"]:  # (FAIL with nothing failed: no case ran at all)
         parts.append('<p class="hint">No case passed: a kernel that runs none of the suite does not conform.</p>')
     if report.notes:
@@ -357,6 +405,10 @@ def render(report: ConformanceReport) -> str:
     if bad:
         parts.append(f"<h2>Failing cases ({len(bad)})</h2>")
         parts += [_case_section(i, r, _rules(report)) for i, r in bad]
+    bad_bwd = [(i, r) for i, r in enumerate(report.cases) if r.backward_verdict in ("fail", "error")]
+    if bad_bwd:
+        parts.append(f"<h2>Failing gradients ({len(bad_bwd)})</h2>")
+        parts += [_backward_section(i, r) for i, r in bad_bwd]
     parts.append(_unsupported(report))
     parts.append(f"<h2>All cases ({len(report.cases)})</h2>" + _all_cases(report))
     parts.append("</body></html>\n")

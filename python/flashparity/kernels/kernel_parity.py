@@ -5,7 +5,9 @@
 head_dim, seed, regime, max_abs_diff, cosine_sim, attn_impl, kernel_source, fallback), the case
 (batch, seqlen_q, causal, window, softcap, alibi, varlen, page_size, dtype, device), the rest of the
 parity statistics, and
-FlashAttention-2's test rule (ref_max_abs_diff, baseline_max_abs_diff, fa2_rule_ok).
+FlashAttention-2's test rule (ref_max_abs_diff, baseline_max_abs_diff, fa2_rule_ok). With
+``backward=True`` each case's body also holds ``backward``: the gradients' verdict
+(:func:`flashparity.kernels.backward.judge_gradients`), and the body ``backward_ok``.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from .._build import kernel_source
 from .attention import IMPLS, _numpy_dtype, alibi_slopes, attention
 from ..parity import parity
 
-__all__ = ["Case", "kernel_parity", "make_inputs", "case_inputs", "default_sweep", "alibi_slopes", "FA2_RULE_SLACK",
-           "IMPL_ALIASES"]
+__all__ = ["Case", "kernel_parity", "make_inputs", "make_dout", "case_inputs", "default_sweep", "alibi_slopes",
+           "FA2_RULE_SLACK", "IMPL_ALIASES"]
 
 #: ``ref_max_abs_diff <= 2 * baseline_max_abs_diff + FA2_RULE_SLACK`` (FlashAttention-2's tests).
 FA2_RULE_SLACK = 1e-5
@@ -111,6 +113,52 @@ def make_inputs(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     k = rng.standard_normal((case.batch, case.seq_len, case.num_kv_heads, case.head_dim)).astype(dt)
     v = rng.standard_normal((case.batch, case.seq_len, case.num_kv_heads, case.head_dim)).astype(dt)
     return q, k, v
+
+
+def make_dout(case: Case) -> np.ndarray:
+    """The seeded output gradient of a dense case (``backward=True``): the draws of the case's
+    generator after :func:`make_inputs`' q, k and v, [batch, seqlen_q, heads, head_dim] in its dtype."""
+    from .backward import draw_dout
+
+    rng = np.random.default_rng(case.seed)
+    dt = _numpy_dtype(case.dtype)
+    for heads, length in ((case.num_heads, case.q_len), (case.num_kv_heads, case.seq_len),
+                          (case.num_kv_heads, case.seq_len)):
+        rng.standard_normal((case.batch, length, heads, case.head_dim)).astype(dt)
+    return draw_dout(rng, (case.batch, case.q_len, case.num_heads, case.head_dim), dt)
+
+
+def _backward(impl: str, case: Case, adapter: Any, q, k, v) -> dict[str, Any]:
+    """The gradients' verdict of a case: ``impl``'s (flashparity's backward) or the adapter's
+    (torch autograd through its forward) dq, dk, dv for :func:`make_dout`'s output gradient against
+    the naive backward in float64 (the gold) and in the case's dtype (the baseline)."""
+    from . import backward as bw
+    from .adapters import Unsupported
+
+    if case.layout != "dense":
+        return bw.unsupported(f"gradients are judged on dense cases only (the backward oracle is dense), not "
+                              f"{case.layout}")
+    if case.dtype not in bw.BACKWARD_DTYPES:
+        return bw.unsupported(f"the attention backward takes {', '.join(bw.BACKWARD_DTYPES)} cases, not {case.dtype}")
+    if case.device != "cpu":
+        return bw.unsupported(bw.CUDA_NOT_BUILT)
+    dout = make_dout(case)
+    slopes = alibi_slopes(case.num_heads) if case.alibi else None
+    kw = dict(causal=case.causal, window=case.window, softcap=case.softcap, alibi_slopes=slopes)
+    gold = bw.gold_gradients(q, k, v, dout, **kw)
+    baseline = bw.own_gradients("naive", q, k, v, dout, **kw)
+    if adapter is None:
+        grads = bw.own_gradients(impl, q, k, v, dout, **kw)
+    else:
+        try:
+            cc = _conformance_case(case)
+            grads = adapter.gradients(cc, {"q": q.copy(), "k": k.copy(), "v": v.copy(), "alibi_slopes": slopes}, dout)
+        except Unsupported as exc:
+            return bw.unsupported(str(exc))
+        except Exception as exc:  # (the kernel's backward raised: its verdict)
+            return bw.error(f"{type(exc).__name__}: {exc}")
+    unseen = bw.unseen_keys(case.q_len, case.seq_len, case.causal, case.window)
+    return bw.judge_gradients(grads, gold, baseline, unseen)
 
 
 def run_attention(impl: str, q, k, v, *, device: str, causal: bool, window, softcap: float,
@@ -246,7 +294,7 @@ def _run_adapter(adapter: Any, q, k, v, meta: dict, case: Case) -> np.ndarray:
     return out
 
 
-def _one(impl: str, ref: str, case: Case, adapter: Any = None) -> dict[str, Any]:
+def _one(impl: str, ref: str, case: Case, adapter: Any = None, backward: bool = False) -> dict[str, Any]:
     q, k, v, meta = case_inputs(case)
     out = _run(impl, q, k, v, meta, case) if adapter is None else _run_adapter(adapter, q, k, v, meta, case)
     ref_out = _run(ref, q, k, v, meta, case)
@@ -289,13 +337,23 @@ def _one(impl: str, ref: str, case: Case, adapter: Any = None) -> dict[str, Any]
     body["ref_max_abs_diff"] = ref_err
     body["baseline_max_abs_diff"] = base_err
     body["fa2_rule_ok"] = bool(ref_err <= 2 * base_err + FA2_RULE_SLACK)
+    if backward:
+        body["backward"] = _backward(impl, case, adapter, q, k, v)
+        body["backward_ok"] = _backward_ok([body])
     return body
 
 
-def default_sweep(base: Case) -> list[Case]:
+def _backward_ok(bodies: list[dict[str, Any]]) -> bool:
+    """No case's gradients failed or raised (unsupported ones are listed, never failures)."""
+    return all(b["backward"]["verdict"] in ("pass", "unsupported") for b in bodies)
+
+
+def default_sweep(base: Case, backward: bool = False) -> list[Case]:
     """Prefill and decode cases across head dims and dtypes (the base case's other settings), and
     ALiBi prefill and decode cases per dtype, a varlen batch and a paged cache per dtype; the FP8
-    formats at head dims 64 and 128, prefill and decode, and a paged cache each."""
+    formats at head dims 64 and 128, prefill and decode, and a paged cache each. ``backward``: per
+    dtype also a GQA causal prefill and a causal sliding-window prefill of half as many queries as
+    keys (keys no query sees, whose gradients must be exactly 0), where the base case has neither."""
     cases = []
     for dtype in ("float32", "bfloat16", "float16"):
         for head_dim in (64, 128, 96, 80):
@@ -311,6 +369,14 @@ def default_sweep(base: Case) -> list[Case]:
             lens = (base.seq_len, 1, max(1, base.seq_len // 3) + 2, 0, 2 * base.seq_len - 1)
             cases.append(Case(**(asdict(base) | {"dtype": dtype, "varlen": lens, "causal": True})))
             cases.append(Case(**(asdict(base) | {"dtype": dtype, "varlen": lens, "page_size": 16, "seqlen_q": None})))
+        if backward and base.layout == "dense":
+            if base.num_kv_heads == base.num_heads and base.num_heads > 1:
+                kv = max(d for d in range(1, base.num_heads) if base.num_heads % d == 0)
+                cases.append(Case(**(asdict(base) | {"dtype": dtype, "seqlen_q": base.seq_len, "causal": True,
+                                                     "num_kv_heads": kv})))
+            if base.window == (-1, -1):
+                cases.append(Case(**(asdict(base) | {"dtype": dtype, "seqlen_q": max(1, base.seq_len // 2),
+                                                     "causal": True, "window": (max(1, base.seq_len // 8), 0)})))
     for dtype in ("float8_e4m3fn", "float8_e5m2"):
         for head_dim in (64, 128):
             for seqlen_q in (None, base.seq_len):
@@ -324,7 +390,7 @@ def default_sweep(base: Case) -> list[Case]:
 
 def kernel_parity(impl: Any = "flash2", ref: str = "naive", *, sweep: bool | list[Case] = False,
                   convention: str | None = None, capabilities: dict | None = None, allow_unpinned: bool = False,
-                  **case: Any) -> dict[str, Any]:
+                  backward: bool = False, **case: Any) -> dict[str, Any]:
     """Parity of attention ``impl`` against ``ref`` on seeded inputs: the kernel parity JSON body.
 
     ``impl``: ``flash2`` (apr's ``tiled``) or ``naive``, or any kernel :func:`flashparity.kernels.conformance`
@@ -340,7 +406,21 @@ def kernel_parity(impl: Any = "flash2", ref: str = "naive", *, sweep: bool | lis
     under ``unsupported`` instead. Raises :class:`~flashparity.UnsupportedHeadDimError` for a
     head_dim the kernel rejects, :class:`flashparity.kernels.adapters.Unsupported` for a single case
     outside an adapter's kernel.
+
+    ``backward=True`` also judges the gradients: each case draws a seeded output gradient
+    (:func:`make_dout`) and its body gains ``backward`` (``verdict`` pass, fail, unsupported or
+    error, ``reason``, and for each of ``dq``, ``dk``, ``dv`` its ``max_abs_diff`` against the float64
+    gold, the naive backward's in the case's dtype as ``baseline_max_abs_diff``, their ``ratio`` to
+    FlashAttention-2's bound ``2 * baseline + 1e-5`` and ``fa2_rule_ok``; ``masked_keys``, the keys no
+    query sees, and ``masked_keys_zero``, whether the kernel gave them exactly 0) and
+    ``backward_ok``; the sweep body ``backward_ok`` (their conjunction) and ``backward_counts``.
+    flash2 and naive take :func:`flashparity.attention_backward`; a third-party kernel's gradients
+    come from ``torch.autograd.grad`` through its forward. Varlen, paged and FP8 cases, CUDA cases
+    ("the CUDA backward is not built yet") and kernels with no torch gradients are ``unsupported``
+    with the reason. The sweep adds a GQA and a sliding-window case per dtype.
     """
+    if not isinstance(backward, bool):
+        raise TypeError(f"backward must be a bool, got {backward!r}")
     adapter = None
     if not (isinstance(impl, str) and IMPL_ALIASES.get(impl, impl) in IMPLS):
         from .adapters import resolve
@@ -362,8 +442,8 @@ def kernel_parity(impl: Any = "flash2", ref: str = "naive", *, sweep: bool | lis
         if not build_info()["cuda_available"]:
             raise RuntimeError("no-gpu: no usable CUDA device (or this build has no CUDA kernels)")
     if sweep is False:
-        return _one(impl, ref, base, adapter)
-    cases = default_sweep(base) if sweep is True else list(sweep)
+        return _one(impl, ref, base, adapter, backward)
+    cases = (default_sweep(base, backward=True) if backward else default_sweep(base)) if sweep is True else list(sweep)
     unsupported = []
     if adapter is not None:
         from .adapters import Unsupported
@@ -371,13 +451,13 @@ def kernel_parity(impl: Any = "flash2", ref: str = "naive", *, sweep: bool | lis
         bodies = []
         for c in cases:
             try:
-                bodies.append(_one(impl, ref, c, adapter))
+                bodies.append(_one(impl, ref, c, adapter, backward))
             except Unsupported as exc:  # (a layout or dtype the adapter does not take; a raise is no skip)
                 unsupported.append({"case": asdict(c), "reason": str(exc)})
         if not bodies:
             raise ValueError(f"{adapter.name} supports none of the sweep's cases: {unsupported[0]['reason']}")
     else:
-        bodies = [_one(impl, ref, c) for c in cases]
+        bodies = [_one(impl, ref, c, backward=backward) for c in cases]
     worst_abs = max(bodies, key=lambda b: (b["max_abs_diff"] != b["max_abs_diff"], b["max_abs_diff"]))
     worst_cos = min(bodies, key=lambda b: (b["cosine_sim"] == b["cosine_sim"], b["cosine_sim"]))
     first = bodies[0]
@@ -399,4 +479,12 @@ def kernel_parity(impl: Any = "flash2", ref: str = "naive", *, sweep: bool | lis
         "fa2_rule_ok": all(b["fa2_rule_ok"] for b in bodies),
         "cases": bodies,
         **({"unsupported": unsupported} if adapter is not None else {}),
+        **({"backward_ok": _backward_ok(bodies), "backward_counts": _backward_counts(bodies)} if backward else {}),
     }
+
+
+def _backward_counts(bodies: list[dict[str, Any]]) -> dict[str, int]:
+    out = {"pass": 0, "fail": 0, "unsupported": 0, "error": 0}
+    for b in bodies:
+        out[b["backward"]["verdict"]] += 1
+    return out

@@ -1,0 +1,74 @@
+"""Torch attention kernels for the gradient-parity tests (tests/test_kernel_parity_backward.py), in
+the ``bshd`` convention (BSHD torch tensors, bottom-right causal): a correct eager one, one whose
+backward scales dv by 1.01, one that leaks a tiny gradient into keys no query sees, and one whose
+output has no autograd graph. Named by "grad_kernels:<function>" strings."""
+
+from __future__ import annotations
+
+import torch
+
+
+def _visible(sq: int, sk: int, causal: bool, window) -> torch.Tensor:
+    i = torch.arange(sq)[:, None] + sk - sq
+    j = torch.arange(sk)[None, :]
+    left, right = window
+    if causal:
+        right = 0 if right < 0 else min(right, 0)
+    ok = torch.ones(sq, sk, dtype=torch.bool)
+    if left >= 0:
+        ok &= j >= i - left
+    if right >= 0:
+        ok &= j <= i + right
+    return ok
+
+
+def eager(q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1)):
+    """Attention in float32 torch ops (differentiable), the output in q's dtype."""
+    hq, hk, d = q.shape[2], k.shape[2], q.shape[3]
+    scale = d ** -0.5 if softmax_scale is None else softmax_scale
+    q32, k32, v32 = q.float(), k.float().repeat_interleave(hq // hk, dim=2), v.float().repeat_interleave(hq // hk, dim=2)
+    s = torch.einsum("bqhd,bkhd->bhqk", q32, k32) * scale
+    s = s.masked_fill(~_visible(q.shape[1], k.shape[1], causal, window_size), float("-inf"))
+    return torch.einsum("bhqk,bkhd->bqhd", torch.softmax(s, dim=-1), v32).to(q.dtype)
+
+
+class _Perturbed(torch.autograd.Function):
+    """eager's forward; its backward's gradients changed by ``tweak(dq, dk, dv)``."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, options, tweak):
+        ctx.save_for_backward(q, k, v)
+        ctx.options, ctx.tweak = options, tweak
+        with torch.no_grad():
+            return eager(q, k, v, **options)
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v = (x.detach().requires_grad_(True) for x in ctx.saved_tensors)
+        with torch.enable_grad():
+            out = eager(q, k, v, **ctx.options)
+        dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
+        return (*ctx.tweak(dq, dk, dv), None, None)
+
+
+def bad_dv(q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1)):
+    """Right forward, dv 1% too large."""
+    options = dict(causal=causal, softmax_scale=softmax_scale, window_size=window_size)
+    return _Perturbed.apply(q, k, v, options, lambda dq, dk, dv: (dq, dk, dv * 1.01))
+
+
+def leaky_keys(q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1)):
+    """Right forward and gradients, except 1e-30 in dk of key 0 (which a window hides from every query)."""
+    def tweak(dq, dk, dv):
+        dk = dk.clone()
+        dk[:, 0] += 1e-30
+        return dq, dk, dv
+
+    options = dict(causal=causal, softmax_scale=softmax_scale, window_size=window_size)
+    return _Perturbed.apply(q, k, v, options, tweak)
+
+
+def detached(q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1)):
+    """Right forward, computed under no_grad: no gradients to take."""
+    with torch.no_grad():
+        return eager(q, k, v, causal=causal, softmax_scale=softmax_scale, window_size=window_size)

@@ -1,0 +1,194 @@
+"""Gradient parity (issue 31, parts 3 and 5): kernel_parity(backward=True), conformance(backward=True)
+and `flashparity kernel parity --backward`: dq, dk, dv against float64 gold gradients under
+FlashAttention-2's rule, exactly zero gradients for keys no query sees, unsupported (never failed)
+where a kernel gives no gradients."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import flashparity as fp
+from flashparity.cli import main
+from flashparity.kernels import backward as bw
+from flashparity.kernels import kernel_parity as kp
+from flashparity.kernels.conformance import Case, conformance
+
+torch = pytest.importorskip("torch")
+
+WINDOWED = dict(convention="bshd", capabilities={"window": True})
+SMALL = dict(seq_len=32, seqlen_q=16, causal=True, window=(4, 0), num_heads=4, num_kv_heads=2)
+
+
+def run_cli(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_flash2_gradients_pass_the_sweep_with_gqa_causal_and_window_cases():
+    body = fp.kernel_parity("flash2", sweep=True, backward=True, seq_len=32, num_heads=4, num_kv_heads=4)
+    assert body["fa2_rule_ok"] and body["backward_ok"]
+    assert body["backward_counts"]["fail"] == body["backward_counts"]["error"] == 0
+    judged = [c for c in body["cases"] if c["backward"]["verdict"] == "pass"]
+    for dtype in ("float32", "bfloat16"):
+        mine = [c for c in judged if c["dtype"] == dtype]
+        assert any(c["num_kv_heads"] < c["num_heads"] and c["causal"] for c in mine)  # GQA, causal
+        windowed = [c for c in mine if c["window"] != [-1, -1]]
+        assert windowed and all(c["backward"]["masked_keys"] > 0 and c["backward"]["masked_keys_zero"]
+                                for c in windowed)
+    for c in judged:
+        for g in bw.GRADS:
+            x = c["backward"][g]
+            assert x["ratio"] <= 1 and x["fa2_rule_ok"]
+            assert x["max_abs_diff"] <= 2 * x["baseline_max_abs_diff"] + 1e-5
+    # FP8, varlen and paged cases are listed as unsupported, with the reason, never failed
+    reasons = {c["backward"]["reason"] for c in body["cases"] if c["backward"]["verdict"] == "unsupported"}
+    assert any("float8_e4m3fn" in r for r in reasons) and any("varlen" in r for r in reasons)
+
+
+def test_gold_matches_the_float64_oracle():
+    from attention_ref import reference_backward  # noqa: F401  (the tests' oracle exists; the package cannot import it)
+
+    case = kp.Case(seq_len=24, seqlen_q=24, num_heads=4, num_kv_heads=2, head_dim=16, causal=True)
+    q, k, v = kp.make_inputs(case)
+    dout = kp.make_dout(case)
+    dq, dk, dv = bw.gold_gradients(q, k, v, dout, causal=True)
+    assert dq.dtype == np.float64 and dq.shape == q.shape and dk.shape == k.shape
+    # dout is the next draws of the case's generator: q, k, v are those of make_inputs
+    rng = np.random.default_rng(case.seed)
+    for x in (q, k, v):
+        np.testing.assert_array_equal(rng.standard_normal(x.shape).astype(np.float32), x)
+    np.testing.assert_array_equal(rng.standard_normal(dout.shape).astype(np.float32), dout)
+    # finite differences in float64 on one element of each
+    eps = 1e-6
+
+    def loss(qq, kk, vv):
+        return float((fp.attention(qq, kk, vv, impl="naive", causal=True) * dout).sum())
+
+    q64, k64, v64 = (x.astype(np.float64) for x in (q, k, v))
+    for which, grad in ((0, dq), (1, dk), (2, dv)):
+        plus, minus = [q64.copy(), k64.copy(), v64.copy()], [q64.copy(), k64.copy(), v64.copy()]
+        plus[which][0, 5, 1, 3] += eps
+        minus[which][0, 5, 1, 3] -= eps
+        assert abs((loss(*plus) - loss(*minus)) / (2 * eps) - grad[0, 5, 1, 3]) < 1e-6
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_wrong_gradient_fails_the_backward_but_not_the_forward(dtype):
+    body = fp.kernel_parity("grad_kernels:bad_dv", backward=True, dtype=dtype, **WINDOWED, **SMALL)
+    assert body["fa2_rule_ok"] is True and body["backward_ok"] is False
+    b = body["backward"]
+    assert b["verdict"] == "fail" and b["dv"]["ratio"] > 1 and not b["dv"]["fa2_rule_ok"]
+    assert b["dq"]["fa2_rule_ok"] and b["dk"]["fa2_rule_ok"] and b["reason"].startswith("dv:")
+    good = fp.kernel_parity("grad_kernels:eager", backward=True, dtype=dtype, **WINDOWED, **SMALL)
+    assert good["backward"]["verdict"] == "pass" and good["backward"]["masked_keys_zero"] is True
+
+
+def test_a_gradient_into_keys_no_query_sees_fails():
+    body = fp.kernel_parity("grad_kernels:leaky_keys", backward=True, **WINDOWED, **SMALL)
+    b = body["backward"]
+    assert body["fa2_rule_ok"] and b["verdict"] == "fail" and b["masked_keys_zero"] is False
+    assert b["dk"]["fa2_rule_ok"]  # (1e-30: within the rule; only the exact-zero check catches it)
+    assert "dk is nonzero at 1 of the 12 keys no query sees (first: key 0)" in b["reason"]
+
+
+def test_torch_sdpa_math_gradients_pass():
+    body = fp.kernel_parity("torch-sdpa:math", backward=True, **SMALL)
+    assert body["backward"]["verdict"] == "pass" and body["backward_ok"]
+    rep = conformance("torch-sdpa:math", suite="quick", dtypes=["float32", "bfloat16"], backward=True)
+    counts = rep.backward_counts()
+    # (SDPA's forward fails a case or two of its own, as without backward: the gradients all pass)
+    assert counts["fail"] == counts["error"] == 0 and counts["pass"] >= 16
+    assert all(r.backward is not None for r in rep.cases)
+
+
+def test_kernels_without_gradients_are_unsupported():
+    body = fp.kernel_parity("grad_kernels:detached", backward=True, **WINDOWED, **SMALL)
+    assert body["backward"]["verdict"] == "unsupported" and body["backward_ok"]
+    assert "not differentiable" in body["backward"]["reason"]
+    # a NumPy kernel (bshd-numpy) gives no torch gradients
+    body = fp.kernel_parity("flashparity.kernels.attention:attention", convention="bshd-numpy", backward=True,
+                            seq_len=16)
+    assert body["backward"]["verdict"] == "unsupported" and "bshd-numpy" in body["backward"]["reason"]
+    assert body["backward_ok"] and body["fa2_rule_ok"]
+    rep = conformance(lambda q, k, v, **kw: np.asarray(fp.attention(q, k, v, **kw)), convention="bshd-numpy",
+                      suite=[Case(seqlen_q=8, seqlen_k=8, head_dim=16)], backward=True)
+    assert rep.ok and rep.cases[0].backward["verdict"] == "unsupported"
+
+
+def test_cuda_cases_are_unsupported_with_the_reason():
+    case = kp.Case(seq_len=8, seqlen_q=8, device="cuda")
+    q, k, v = kp.make_inputs(case)
+    assert kp._backward("flash2", case, None, q, k, v) == bw.unsupported("the CUDA backward is not built yet")
+
+
+def test_bad_input_names_the_value():
+    with pytest.raises(TypeError, match="backward must be a bool, got 'yes'"):
+        fp.kernel_parity("flash2", backward="yes")
+    with pytest.raises(TypeError, match="backward must be a bool, got 1"):
+        conformance("flashparity:naive", suite=[Case(seqlen_q=4, seqlen_k=4, head_dim=16)], backward=1)
+
+
+def test_cli_backward_exit_codes(capsys):
+    small = ["--seq-len", "32", "--seqlen-q", "16", "--causal", "--window", "4", "0"]
+    code, out, _ = run_cli(["kernel", "parity", "--backward", *small], capsys)
+    assert code == 0 and "backward: ok" in out and "exactly 0: yes" in out
+    code, out, _ = run_cli(["kernel", "parity", "--backward", "--json", *small], capsys)
+    assert code == 0 and json.loads(out)["backward"]["verdict"] == "pass"
+    code, out, _ = run_cli(["kernel", "parity", "--backward", "--json", "--impl", "grad_kernels:bad_dv",
+                            "--convention", "bshd", "--seq-len", "32", "--seqlen-q", "32", "--causal"], capsys)
+    body = json.loads(out)
+    assert code == 1 and body["fa2_rule_ok"] and not body["backward_ok"]
+    # without --backward the same kernel passes: its forward is right
+    code, _, _ = run_cli(["kernel", "parity", "--impl", "grad_kernels:bad_dv", "--convention", "bshd",
+                          "--seq-len", "32", "--seqlen-q", "32", "--causal"], capsys)
+    assert code == 0
+    code, out, _ = run_cli(["kernel", "parity", "--backward", "--impl", "grad_kernels:bad_dv", "--convention", "bshd",
+                            "--suite", "quick", "--dtype", "float32"], capsys)
+    assert code == 1 and "BACKWARD FAIL" in out
+    assert "--backward" in build_help()
+
+
+def build_help() -> str:
+    from flashparity.cli import build_parser
+
+    p = build_parser()
+    sub = next(a for a in p._actions if a.dest == "command").choices["kernel"]
+    return next(a for a in sub._actions if a.dest == "kernel_command").choices["parity"].format_help()
+
+
+def test_json_without_backward_is_unchanged():
+    plain = fp.kernel_parity("flash2", seq_len=16)
+    with_bwd = fp.kernel_parity("flash2", seq_len=16, backward=True)
+    assert "backward" not in plain and "backward_ok" not in plain
+    assert set(with_bwd) - set(plain) == {"backward", "backward_ok"}
+    assert json.dumps({k: with_bwd[k] for k in plain}, sort_keys=True) == json.dumps(plain, sort_keys=True)
+    sweep = fp.kernel_parity("flash2", seq_len=16, sweep=True)
+    assert not {"backward_ok", "backward_counts"} & set(sweep) and "backward" not in sweep["cases"][0]
+    assert len(sweep["cases"]) == len(kp.default_sweep(kp.Case(seq_len=16)))
+    cases = [Case(seqlen_q=8, seqlen_k=8, head_dim=16)]
+    d = conformance("flashparity:flash2", suite=cases).to_dict()
+    assert "backward_counts" not in d and "backward" not in d["rules"] and "backward" not in d["cases"][0]
+    assert all("backward" not in cell for row in d["summary"].values() for cell in row.values())
+
+
+def test_conformance_report_shows_the_gradients(tmp_path):
+    cases = [Case(seqlen_q=16, seqlen_k=32, heads_q=4, heads_kv=2, head_dim=16, causal=True, window=(4, 0)),
+             Case(seqlen_q=8, seqlen_k=8, head_dim=16, kind="varlen", seqlens=((3, 5), (5, 3)))]
+    rep = conformance("flashparity:flash2", suite=cases, backward=True)
+    assert rep.ok and [r.backward["verdict"] for r in rep.cases] == ["pass", "unsupported"]
+    assert rep.cases[0].backward["masked_keys"] == 12 and rep.cases[0].backward["masked_keys_zero"]
+    d = rep.to_dict()
+    assert d["backward_counts"] == {"pass": 1, "fail": 0, "unsupported": 1, "error": 0}
+    assert "dq, dk, dv" in d["rules"]["backward"] and d["cases"][0]["backward"]["dq"]["ratio"] <= 1
+    assert d["summary"]["gqa"]["float32"]["backward"]["pass"] == 1
+    assert "backward (dq, dk, dv): 1 passed" in str(rep)
+    page = rep.to_html(str(tmp_path / "r.html"))
+    assert "dq ratio" in page and "∇" in page
+    bad = conformance("grad_kernels:bad_dv", suite=cases[:1], backward=True, **WINDOWED)
+    assert not bad.ok and bad.cases[0].verdict == "pass" and bad.cases[0].backward["verdict"] == "fail"
+    assert "Failing gradients (1)" in bad.to_html() and "BACKWARD FAIL" in str(bad)
+    assert "backward: fail: dv:" in bad.cases[0].message()
