@@ -72,3 +72,43 @@ def detached(q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1))
     """Right forward, computed under no_grad: no gradients to take."""
     with torch.no_grad():
         return eager(q, k, v, causal=causal, softmax_scale=softmax_scale, window_size=window_size)
+
+
+
+class _FA2Rounding(torch.autograd.Function):
+    """Attention with FlashAttention-2's kernel arithmetic in a 16-bit dtype, in torch ops: float32
+    scores and softmax, P rounded to the dtype for P·V; the backward from the saved output: dP and
+    D = rowsum(dO·O) in float32, dS rounded to the dtype for dQ and dK, P for dV; per query head dK
+    and dV rounded, then the GQA group summed in the dtype (as flash_attn's interface does)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, options):
+        hq, hk, d = q.shape[2], k.shape[2], q.shape[3]
+        scale = d ** -0.5 if options["softmax_scale"] is None else options["softmax_scale"]
+        kf, vf = (x.float().repeat_interleave(hq // hk, dim=2) for x in (k, v))
+        s = torch.einsum("bqhd,bkhd->bhqk", q.float() * scale, kf)
+        s = s.masked_fill(~_visible(q.shape[1], k.shape[1], options["causal"], options["window_size"]), float("-inf"))
+        p = torch.softmax(s, dim=-1)
+        out = torch.einsum("bhqk,bkhd->bqhd", p.to(q.dtype).float(), vf).to(q.dtype)
+        ctx.save_for_backward(q, kf, vf, p, out)
+        ctx.scale, ctx.group = scale, hq // hk
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, kf, vf, p, out = ctx.saved_tensors
+        dt, do = q.dtype, dout.float()
+        dv = torch.einsum("bhqk,bqhd->bkhd", p.to(dt).float(), do).to(dt)
+        dp = torch.einsum("bqhd,bkhd->bhqk", do, vf)
+        delta = (do * out.float()).sum(-1).transpose(1, 2)[..., None]  # [b, h, q, 1]
+        ds = (p * (dp - delta)).to(dt).float()
+        dq = (torch.einsum("bhqk,bkhd->bqhd", ds, kf) * ctx.scale).to(dt)
+        dk = (torch.einsum("bhqk,bqhd->bkhd", ds, q.float()) * ctx.scale).to(dt)
+        b, sk, hq, d = dk.shape
+        dk, dv = (x.view(b, sk, hq // ctx.group, ctx.group, d).sum(3) for x in (dk, dv))
+        return dq, dk, dv, None
+
+
+def fa2_rounding(q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1)):
+    """FlashAttention-2's kernel arithmetic in the inputs' dtype (:class:`_FA2Rounding`)."""
+    return _FA2Rounding.apply(q, k, v, dict(causal=causal, softmax_scale=softmax_scale, window_size=window_size))

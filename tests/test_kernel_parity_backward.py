@@ -192,3 +192,48 @@ def test_conformance_report_shows_the_gradients(tmp_path):
     assert not bad.ok and bad.cases[0].verdict == "pass" and bad.cases[0].backward["verdict"] == "fail"
     assert "Failing gradients (1)" in bad.to_html() and "BACKWARD FAIL" in str(bad)
     assert "backward: fail: dv:" in bad.cases[0].message()
+
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_kernel_that_rounds_as_flash_attention_2_does_passes_on_the_low_precision_baseline(seed):
+    """A kernel with FA2's arithmetic in bfloat16 (P and dS rounded for their products, a GQA
+    group's per-head gradients summed in bfloat16) has larger gradient errors than the naive backward
+    (float32 throughout), up to twice and more; lowp_gradients, FA2's rounding, is the baseline that
+    does not fail it for that."""
+    case = kp.Case(dtype="bfloat16", seq_len=256, num_heads=4, num_kv_heads=2, head_dim=64, causal=True, seed=seed)
+    q, k, v = kp.make_inputs(case)
+    dout = kp.make_dout(case)
+    gold = bw.gold_gradients(q, k, v, dout, causal=True)
+    naive = bw.own_gradients("naive", q, k, v, dout, causal=True)
+    lowp = bw.lowp_gradients(q, k, v, dout, causal=True)
+    adapter = fp.kernels.adapters.resolve("grad_kernels:fa2_rounding", convention="bshd")
+    grads = adapter.gradients(kp._conformance_case(case), {"q": q, "k": k, "v": v, "alibi_slopes": None}, dout)
+    body = bw.judge_gradients(grads, gold, naive, bw.unseen_keys(256, 256, True, (-1, -1)), lowp=lowp)
+    assert body["verdict"] == "pass", body["reason"]
+    if seed == 1:  # (on this draw dk and dv exceed twice the naive kernel's error: 1.12x, 1.07x the bound)
+        assert bw.judge_gradients(grads, gold, naive)["verdict"] == "fail"
+    for name in bw.GRADS:  # the low-precision reference's errors are the kernel's, not the naive kernel's
+        g = body[name]
+        assert g["lowp_ref_max_abs_diff"] >= g["naive_max_abs_diff"]
+        assert g["max_abs_diff"] <= 2 * g["lowp_ref_max_abs_diff"] and g["lowp_ref_max_abs_diff"] <= 2 * g["max_abs_diff"]
+    assert bw.lowp_gradients(*(a.astype(np.float32) for a in (q, k, v, dout))) is None
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_the_low_precision_reference_is_near_the_gold_under_every_option(dtype):
+    """lowp_gradients only rounds where FA2 rounds: under softcap, ALiBi, a window, GQA and a scale,
+    its errors stay within a few times the naive kernel's (a wrong derivative would be far off, and
+    would loosen every 16-bit bound)."""
+    case = kp.Case(dtype=dtype, seq_len=96, seqlen_q=80, num_heads=6, num_kv_heads=2, head_dim=40, causal=True,
+                   window=(17, 0), softcap=7.5, alibi=True, seed=3)
+    q, k, v = kp.make_inputs(case)
+    dout = kp.make_dout(case)
+    kw = dict(causal=True, window=(17, 0), softcap=7.5, alibi_slopes=kp.alibi_slopes(6), softmax_scale=0.21)
+    gold = bw.gold_gradients(q, k, v, dout, **kw)
+    naive = bw.own_gradients("naive", q, k, v, dout, **kw)
+    lowp = bw.lowp_gradients(q, k, v, dout, **kw)
+    for x, n, g in zip(lowp, naive, gold):
+        assert x.dtype == n.dtype and x.shape == g.shape
+        e_lowp, e_naive = (np.abs(np.asarray(a, np.float64) - g).max() for a in (x, n))
+        assert 0 < e_lowp <= 4 * e_naive + 1e-5

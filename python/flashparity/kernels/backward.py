@@ -9,7 +9,11 @@ backward in the case's dtype. For each of dq, dk and dv:
     max|dX_kernel - dX_gold| <= GRAD_RULE_FACTOR * max|dX_naive - dX_gold| + GRAD_RULE_EPS
 
 (2x + 1e-5, as FlashAttention-2's causal and varlen gradient tests; its non-causal output test
-allows 3x). Keys that no query sees must get exactly zero dk and dv from the kernel.
+allows 3x). Keys that no query sees must get exactly zero dk and dv from the kernel. In float16 and
+bfloat16 the baseline's error is the larger of the naive kernel's (float32 throughout, one rounding
+per gradient) and that of the backward as FlashAttention-2 computes it in that dtype
+(:func:`lowp_gradients`: P and dS rounded to the dtype for their products), as the forward's
+baseline is: a kernel that rounds where FlashAttention-2's does is not failed for it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from .attention import attention, attention_backward
 from ..parity import parity
 
 __all__ = ["GRAD_RULE_FACTOR", "GRAD_RULE_EPS", "GRADS", "draw_dout", "own_gradients", "gold_gradients",
-           "judge_gradients", "unsupported", "error", "unseen_keys", "BACKWARD_DTYPES", "CUDA_NOT_BUILT"]
+           "judge_gradients", "lowp_gradients", "unsupported", "error", "unseen_keys", "BACKWARD_DTYPES",
+           "CUDA_NOT_BUILT"]
 
 GRAD_RULE_FACTOR, GRAD_RULE_EPS = 2.0, 1e-5
 GRADS = ("dq", "dk", "dv")
@@ -55,8 +60,67 @@ def gold_gradients(q, k, v, dout, **options) -> tuple[np.ndarray, np.ndarray, np
     return own_gradients("naive", *(np.asarray(x, np.float64) for x in (q, k, v, dout)), **options)
 
 
-def unseen_keys(seqlen_q: int, seqlen_k: int, causal: bool, window: tuple[int, int]) -> np.ndarray:
-    """[seqlen_k] bool: the keys no query sees (bottom-right causal and window, as the forward)."""
+def lowp_gradients(q, k, v, dout, *, causal: bool = False, window: tuple[int, int] = (-1, -1),
+                   softcap: float = 0.0, alibi_slopes: Any = None,
+                   softmax_scale: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(dq, dk, dv) as FlashAttention-2's backward computes them in a 16-bit dtype, the gradients'
+    counterpart of the forward's low-precision reference: scores, probabilities and dP = dO·Vᵀ in
+    float32 (exact softmax); P rounded to the dtype for dV = Pᵀ·dO; D = rowsum(dO·O) from the output
+    rounded to the dtype; dS = P·(dP − D) (times 1 − tanh² under softcap) rounded to the dtype for
+    dQ = dS·K and dK = dSᵀ·Q (its tensor-core mma operands); sums in float32, each gradient rounded
+    once, and under GQA each query head's dK and dV rounded before the group's sum is (FA2's
+    interface sums per-head gradients in the dtype). None for float32 and float64 inputs (the
+    naive kernel is then that computation). Per (batch, head): one [seqlen_q, seqlen_k] float32 block at a time."""
+    from .attention import _numpy_dtype  # (the case dtype's NumPy type: ml_dtypes for bfloat16)
+
+    name = str(np.asarray(q).dtype)
+    if name not in ("float16", "bfloat16"):
+        return None
+    dt = _numpy_dtype(name)
+
+    def rd(x):
+        return np.asarray(x, np.float32).astype(dt).astype(np.float32)
+
+    q, k, v, dout = (np.asarray(x, np.float32) for x in (q, k, v, dout))
+    batch, sq, hq, d = q.shape
+    sk, hk = k.shape[1], k.shape[2]
+    group = hq // hk
+    scale = np.float32(1.0 / math.sqrt(d) if softmax_scale is None else softmax_scale)
+    seen = visible(sq, sk, causal, window)
+    slopes = None if alibi_slopes is None else np.asarray(alibi_slopes, np.float32)
+    dist = np.abs(np.arange(sq)[:, None] + sk - sq - np.arange(sk)[None, :]).astype(np.float32)
+    dq = np.zeros(q.shape, np.float32)
+    dk = np.zeros(k.shape, np.float32)
+    dv = np.zeros(v.shape, np.float32)
+    for b in range(batch):
+        for h in range(hq):
+            qh, kh, vh, doh = q[b, :, h], k[b, :, h // group], v[b, :, h // group], dout[b, :, h]
+            s = (qh @ kh.T) * scale
+            t = np.tanh(s / np.float32(softcap)) if softcap else None
+            z = t * np.float32(softcap) if softcap else s
+            if slopes is not None:
+                z = z - (slopes[h] if slopes.ndim == 1 else slopes[b, h]) * dist
+            z = np.where(seen, z, -np.inf)
+            top = z.max(axis=1, keepdims=True)
+            with np.errstate(invalid="ignore"):
+                e = np.where(seen, np.exp(z - np.where(np.isfinite(top), top, 0)), 0).astype(np.float32)
+            total = e.sum(axis=1, keepdims=True)
+            p = e / np.where(total > 0, total, 1)
+            out = rd(rd(p) @ vh)
+            dv[b, :, h // group] += rd(rd(p).T @ doh)
+            dp = doh @ vh.T
+            ds = p * (dp - (doh * out).sum(axis=1, keepdims=True))
+            if softcap:
+                ds = ds * (1 - t * t)
+            ds = rd(ds)
+            dq[b, :, h] = rd((ds @ kh) * scale)
+            dk[b, :, h // group] += rd((ds.T @ qh) * scale)
+    return dq.astype(dt), dk.astype(dt), dv.astype(dt)  # (a GQA group's heads summed in float32, rounded once)
+
+
+def visible(seqlen_q: int, seqlen_k: int, causal: bool, window: tuple[int, int]) -> np.ndarray:
+    """[seqlen_q, seqlen_k] bool: which keys each query sees (bottom-right causal and window, as the
+    forward)."""
     i = np.arange(seqlen_q)[:, None] + seqlen_k - seqlen_q
     j = np.arange(seqlen_k)[None, :]
     left, right = window
@@ -67,7 +131,12 @@ def unseen_keys(seqlen_q: int, seqlen_k: int, causal: bool, window: tuple[int, i
         ok &= j >= i - left
     if right >= 0:
         ok &= j <= i + right
-    return ~ok.any(axis=0)
+    return ok
+
+
+def unseen_keys(seqlen_q: int, seqlen_k: int, causal: bool, window: tuple[int, int]) -> np.ndarray:
+    """[seqlen_k] bool: the keys no query sees."""
+    return ~visible(seqlen_q, seqlen_k, causal, window).any(axis=0)
 
 
 def unsupported(reason: str) -> dict[str, Any]:
@@ -88,12 +157,13 @@ def _ratio(err: float, bound: float) -> float:
 
 
 def judge_gradients(grads: tuple, gold: tuple, baseline: tuple, unseen: np.ndarray | None = None,
-                    also: tuple | None = None) -> dict[str, Any]:
+                    also: tuple | None = None, lowp: tuple | None = None) -> dict[str, Any]:
     """The backward body of one case: each gradient's max error against the gold, the baseline's,
     their ratio to the bound (at most 1 passes) and the verdict (``pass`` or ``fail`` with the
-    reasons). ``grads``, ``gold``, ``baseline``: (dq, dk, dv) in BSHD; ``also``: a second baseline
-    (the larger error of the two counts); ``unseen``: [seqlen_k] bool, the keys whose dk and dv must
-    be exactly 0."""
+    reasons). ``grads``, ``gold``, ``baseline``: (dq, dk, dv) in BSHD; ``also``: a second baseline;
+    ``lowp``: :func:`lowp_gradients` (FlashAttention-2's own rounding in a 16-bit dtype), a third
+    (the largest error counts); ``unseen``: [seqlen_k] bool, the keys whose dk and dv must be
+    exactly 0."""
     body: dict[str, Any] = {"verdict": "pass", "reason": ""}
     reasons = []
     for i, (name, x, g, b) in enumerate(zip(GRADS, grads, gold, baseline)):
@@ -103,12 +173,16 @@ def judge_gradients(grads: tuple, gold: tuple, baseline: tuple, unseen: np.ndarr
             reasons.append(f"{name} has shape {tuple(x.shape)}, expected {tuple(g.shape)}")
             continue
         err = parity(x, g)
-        base = parity(b, g).max_abs_diff
+        naive = base = parity(b, g).max_abs_diff
         if also is not None:
             base = max(base, parity(also[i], g).max_abs_diff)
+        lowp_err = None if lowp is None else parity(lowp[i], g).max_abs_diff
+        if lowp_err is not None:
+            base = max(base, lowp_err)
         ratio = _ratio(err.max_abs_diff, GRAD_RULE_FACTOR * base + GRAD_RULE_EPS)
         body[name] = {"max_abs_diff": err.max_abs_diff, "baseline_max_abs_diff": base, "ratio": ratio,
-                      "fa2_rule_ok": bool(ratio <= 1)}
+                      "fa2_rule_ok": bool(ratio <= 1), "naive_max_abs_diff": naive,
+                      "lowp_ref_max_abs_diff": lowp_err}
         if not ratio <= 1:
             reasons.append(f"{name}: max|{name} - gold| {err.max_abs_diff:.3g} (at {err.max_abs_index}) > "
                            f"{GRAD_RULE_FACTOR:g} × baseline's {base:.3g} + {GRAD_RULE_EPS:g}")

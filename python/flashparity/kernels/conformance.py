@@ -922,7 +922,10 @@ def run_backward(adapter: Any, case: Case, forward: CaseResult | None = None) ->
                              window=case.window, softcap=case.softcap, alibi_slopes=inputs["alibi_slopes"],
                              softmax_scale=case.softmax_scale)
     unseen = bw.unseen_keys(case.seqlen_q, case.seqlen_k, case.causal, case.window)
-    return bw.judge_gradients(grads, gold, baseline, unseen, also)
+    lowp = bw.lowp_gradients(inputs["q"], inputs["k"], inputs["v"], dout, causal=case.causal, window=case.window,
+                             softcap=case.softcap, alibi_slopes=inputs["alibi_slopes"],
+                             softmax_scale=case.softmax_scale)
+    return bw.judge_gradients(grads, gold, baseline, unseen, also, lowp)
 
 
 def _run_forward(adapter: Any, case: Case) -> CaseResult:

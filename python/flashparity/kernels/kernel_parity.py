@@ -158,7 +158,7 @@ def _backward(impl: str, case: Case, adapter: Any, q, k, v) -> dict[str, Any]:
         except Exception as exc:  # (the kernel's backward raised: its verdict)
             return bw.error(f"{type(exc).__name__}: {exc}")
     unseen = bw.unseen_keys(case.q_len, case.seq_len, case.causal, case.window)
-    return bw.judge_gradients(grads, gold, baseline, unseen)
+    return bw.judge_gradients(grads, gold, baseline, unseen, lowp=bw.lowp_gradients(q, k, v, dout, **kw))
 
 
 def run_attention(impl: str, q, k, v, *, device: str, causal: bool, window, softcap: float,
