@@ -332,11 +332,39 @@ struct DqRows {
   Acc* at(std::int64_t g, std::int64_t i) { return rows.data() + (g * sq + i) * ld; }
 };
 
-// flash2's dK and dV of keys [j0, j0 + n) of kv head hk, from every query row of the group's heads
-// that sees one of them; with `dq`, also those rows' dQ terms of these keys (the fused task).
+// The query chunks of one (batch, kv head)'s query heads, [group][ceil(seqlen_q / kBwdBr)], each
+// loaded on its first use and kept: the fused task's key tiles visit them all again, and loading a
+// chunk (converting its rows, D = dout · out, the finiteness checks) is otherwise repeated per tile.
+// Used when their Q and dout rows fit kChunkCacheBytes.
+constexpr std::int64_t kChunkCacheBytes = std::int64_t(64) << 20;
+
+template <typename T, typename Acc>
+struct ChunkCache {
+  std::vector<QueryChunk<T, Acc>> chunks;
+  std::vector<char> loaded;
+  std::int64_t per_head = 0;
+
+  const QueryChunk<T, Acc>& get(const AttnBwdParams& bp, std::int64_t b, std::int64_t h, std::int64_t g,
+                                std::int64_t c) {
+    const std::size_t at = static_cast<std::size_t>(g * per_head + c);
+    if (!loaded[at]) {
+      QueryChunk<T, Acc>& chunk = chunks[at];
+      const std::int64_t i0 = c * kBwdBr;
+      chunk.load(bp, b, h, i0, std::min(kBwdBr, bp.fwd.seqlen_q - i0), true);
+      std::vector<Acc>().swap(chunk.o);  // (read for D only)
+      loaded[at] = 1;
+    }
+    return chunks[at];
+  }
+};
+
+// flash2's dK and dV of keys [j0, j0 + n) of kv head hk, from the query chunks (rows [c·kBwdBr,
+// (c + 1)·kBwdBr)) of the group's heads that hold a row seeing one of them (a chunk's other rows
+// add exact zeros); with `dq`, also those rows' dQ terms of these keys (the fused task), with
+// `cache` its chunks loaded once for every tile.
 template <typename T, typename Acc>
 void flash2_key_tile(const AttnBwdParams& bp, std::int64_t b, std::int64_t hk, std::int64_t j0, std::int64_t n,
-                     DqRows<Acc>* dq) {
+                     DqRows<Acc>* dq, ChunkCache<T, Acc>* cache = nullptr) {
   const AttnParams& p = bp.fwd;
   const std::int64_t D = p.head_dim, group = p.heads_q / p.heads_kv;
   KeyTile<T, Acc> tile;
@@ -349,9 +377,14 @@ void flash2_key_tile(const AttnBwdParams& bp, std::int64_t b, std::int64_t hk, s
   const RowSpan rows = rows_seeing_keys(p, j0, j0 + n);
   for (std::int64_t h = hk * group; h < (hk + 1) * group; ++h) {
     const Acc slope = static_cast<Acc>(alibi_slope(p, b, h));
-    for (std::int64_t i0 = rows.lo; i0 < rows.hi; i0 += kBwdBr) {
-      chunk.load(bp, b, h, i0, std::min(kBwdBr, rows.hi - i0), true);
-      in.prepare(chunk, tile);
+    for (std::int64_t c = rows.lo / kBwdBr; c * kBwdBr < rows.hi; ++c) {
+      const std::int64_t i0 = c * kBwdBr;
+      if (cache != nullptr) {
+        in.prepare(cache->get(bp, b, h, h - hk * group, c), tile);
+      } else {
+        chunk.load(bp, b, h, i0, std::min(kBwdBr, p.seqlen_q - i0), true);
+        in.prepare(chunk, tile);
+      }
       const QueryChunk<T, Acc>& qc = *in.qc;
       const KeyTile<T, Acc>& kt = *in.kt;
       probs_and_dscores(p, slope, qc, kt, s, dp, prob, ds);
@@ -395,8 +428,15 @@ void flash2_fused_task(const AttnBwdParams& bp, std::int64_t b, std::int64_t hk,
   dq.sq = p.seqlen_q;
   dq.ld = round_up(p.head_dim, kRowPad<Acc>);
   dq.rows.assign(static_cast<std::size_t>(group * dq.sq * dq.ld), Acc(0));
+  ChunkCache<T, Acc> cache;
+  const bool cached = 2 * group * dq.sq * dq.ld * static_cast<std::int64_t>(sizeof(Acc)) <= kChunkCacheBytes;
+  if (cached) {
+    cache.per_head = (p.seqlen_q + kBwdBr - 1) / kBwdBr;
+    cache.chunks.resize(static_cast<std::size_t>(group * cache.per_head));
+    cache.loaded.assign(cache.chunks.size(), 0);
+  }
   for (std::int64_t j0 = 0; j0 < p.seqlen_k; j0 += kBwdBc)
-    flash2_key_tile<T, Acc>(bp, b, hk, j0, std::min(kBwdBc, p.seqlen_k - j0), &dq);
+    flash2_key_tile<T, Acc>(bp, b, hk, j0, std::min(kBwdBc, p.seqlen_k - j0), &dq, cached ? &cache : nullptr);
   for (std::int64_t g = 0; g < group; ++g)
     store_grad_rows<T, Acc>(bp.dq, p.seqlen_q, p.heads_q, b, hk * group + g, 0, dq.sq, p.head_dim, dq.at(g, 0),
                             dq.ld);
