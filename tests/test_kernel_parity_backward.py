@@ -353,3 +353,40 @@ def test_kernel_parity_judges_a_varlen_batch():
                                   num_heads=4, num_kv_heads=2, head_dim=32, convention="fa2-varlen",
                                   capabilities=VARLEN_CAPS)
     assert torch_body["fa2_rule_ok"] and torch_body["backward"]["verdict"] == "fail"
+
+
+# ---- Case.check and the pytest plugin with backward ---------------------------------------------------------
+
+
+def test_case_check_judges_gradients_with_backward():
+    case = Case(seqlen_q=16, seqlen_k=32, heads_q=4, heads_kv=2, head_dim=16, causal=True, window=(4, 0))
+    assert case.check("grad_kernels:bad_dv", **WINDOWED).backward is None  # (its forward is right)
+    with pytest.raises(AssertionError, match="backward: fail: dv:"):
+        case.check("grad_kernels:bad_dv", backward=True, **WINDOWED)
+    assert case.check("grad_kernels:eager", backward=True, **WINDOWED).backward["verdict"] == "pass"
+    assert VARLEN_CASES[0].check("flashparity:flash2", backward=True).backward["verdict"] == "pass"
+    paged = Case(heads_q=4, heads_kv=2, head_dim=32, kind="paged", page_size=16, seqlens=((1, 20), (1, 40)))
+    with pytest.raises(pytest.skip.Exception, match="backward unsupported: the paged KV-cache backward is not built"):
+        paged.check("flashparity:naive", backward=True)
+    with pytest.raises(TypeError, match="backward must be a bool, got 'yes'"):
+        case.check("flashparity:naive", backward="yes")
+
+
+def test_the_pytest_plugin_judges_gradients_with_fp_backward(tmp_path):
+    import os
+
+    from test_conformance import _pytest
+
+    (tmp_path / "kern.py").write_text(f"import sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+                                      "from grad_kernels import bad_dv, eager  # noqa: F401\n")
+    args = ["--fp-convention", "bshd", "--fp-dtype", "float32", "--fp-capabilities", '{"window": true}', "-k", "window"]
+    res = _pytest(["--fp-kernel", "kern:bad_dv", *args], tmp_path)
+    assert res.returncode == 0 and "1 passed" in res.stdout, res.stdout + res.stderr
+    res = _pytest(["--fp-kernel", "kern:bad_dv", "--fp-backward", *args], tmp_path)
+    assert res.returncode == 1 and "1 failed" in res.stdout and "backward: fail: dv:" in res.stdout, res.stdout
+    res = _pytest(["--fp-kernel", "kern:eager", "--fp-backward", *args], tmp_path)
+    assert res.returncode == 0 and "1 passed" in res.stdout, res.stdout + res.stderr
+    res = _pytest(["--fp-kernel", "flashparity:naive", "--fp-backward", "--fp-dtype", "float32", "-k", "varlen or paged"],
+                  tmp_path)
+    assert res.returncode == 0 and "1 passed, 1 skipped" in res.stdout, res.stdout + res.stderr
+    assert "backward unsupported: the paged KV-cache backward is not built" in res.stdout

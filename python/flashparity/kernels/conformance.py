@@ -152,21 +152,26 @@ class Case:
         return self.name
 
     def check(self, kernel: Any, *, convention: str | None = None, capabilities: dict | None = None,
-              device: str = "cpu") -> "CaseResult":
+              device: str = "cpu", backward: bool = False) -> "CaseResult":
         """Run this case through ``kernel`` (anything :func:`conformance` takes) and judge it: raises
         ``AssertionError`` with the verdict's reason, statistics and ratios when it fails or raises;
-        under pytest an unsupported case is skipped with its reason. Returns the :class:`CaseResult`
-        (for a test suite adopting the cases: ``case.check(my_attention, convention="bshd")``)."""
+        under pytest an unsupported case is skipped with its reason. ``backward=True``: its gradients
+        are judged too (:func:`run_backward`), a failed or raising backward raises, an unsupported
+        one is skipped with its reason. Returns the :class:`CaseResult` (for a test suite adopting
+        the cases: ``case.check(my_attention, convention="bshd")``)."""
         import sys
 
+        if not isinstance(backward, bool):
+            raise TypeError(f"backward must be a bool, got {backward!r}")
         adapter = prepare_adapter(kernel, convention=convention, capabilities=capabilities, device=device)
-        result = run_case(adapter, self)
-        if result.verdict in ("fail", "error"):
-            raise AssertionError(result.message())
-        if result.verdict == "unsupported" and "pytest" in sys.modules:
+        result = run_case(adapter, self, backward)
+        what, text = result.outcome()
+        if what == "fail":
+            raise AssertionError(text)
+        if what == "skip" and "pytest" in sys.modules:
             import pytest
 
-            pytest.skip(f"unsupported: {result.reason}")
+            pytest.skip(text)
         return result
 
     @property
@@ -686,6 +691,18 @@ class CaseResult:
             if ratios:
                 lines.append("  backward ratios (error / bound, <= 1 passes): " + ", ".join(ratios))
         return "\n".join(lines)
+
+    def outcome(self) -> tuple[str, str]:
+        """What a test of this case does: ``("fail", message)`` when the forward or the gradients
+        failed or raised, ``("skip", reason)`` when the forward (else, with ``backward``, the
+        gradients) is unsupported, else ``("pass", "")``."""
+        if self.verdict in ("fail", "error") or self.backward_verdict in ("fail", "error"):
+            return "fail", self.message()
+        if self.verdict == "unsupported":
+            return "skip", f"unsupported: {self.reason}"
+        if self.backward_verdict == "unsupported":
+            return "skip", f"backward unsupported: {self.backward['reason']}"
+        return "pass", ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.case.name, "case": dataclasses.asdict(self.case), "features": list(self.case.features),
