@@ -349,6 +349,9 @@ def test_kernel_parity_judges_a_varlen_batch():
                             num_kv_heads=2, head_dim=32, dtype="bfloat16")
     assert body["backward"]["verdict"] == "pass" and body["backward_ok"]
     assert kp.make_dout(kp.Case(varlen=(3, 4), num_heads=2, num_kv_heads=1, head_dim=8)).shape == (7, 2, 8)
+    f64 = fp.kernel_parity("flash2", backward=True, varlen=[5, 0, 3], causal=True, dtype="float64", num_heads=2,
+                           num_kv_heads=2, head_dim=16)
+    assert f64["backward"]["verdict"] == "pass" and f64["backward"]["dq"]["lowp_ref_max_abs_diff"] is None
     torch_body = fp.kernel_parity("grad_kernels:varlen_bad_dv", backward=True, varlen=[12, 0, 5, 20], causal=True,
                                   num_heads=4, num_kv_heads=2, head_dim=32, convention="fa2-varlen",
                                   capabilities=VARLEN_CAPS)

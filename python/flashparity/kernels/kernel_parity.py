@@ -12,7 +12,7 @@ FlashAttention-2's test rule (ref_max_abs_diff, baseline_max_abs_diff, fa2_rule_
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -173,13 +173,11 @@ def _backward(impl: str, case: Case, adapter: Any, q, k, v, meta: dict | None = 
 def _varlen_backward(impl: str, case: Case, adapter: Any, q, k, v, dout, cu_seqlens, slopes) -> dict[str, Any]:
     """:func:`_backward` of a varlen batch (queries and keys of the same lengths)."""
     from . import backward as bw
-    from .adapters import Unsupported
     from .conformance import judge_case_gradients
 
-    try:
-        cc = _conformance_case(case)
-    except Unsupported as exc:
-        return bw.unsupported(str(exc))
+    # (a float64 batch of flashparity's own kernels: the float32 case carries its layout; the references run in
+    # the inputs' dtype, and there is no 16-bit baseline)
+    cc = _conformance_case(replace(case, dtype="float32") if case.dtype == "float64" else case)
     cu = np.array(cu_seqlens, np.int32)
     inputs = {"q": q.copy(), "k": k.copy(), "v": v.copy(), "cu_seqlens_q": cu, "cu_seqlens_k": cu.copy(),
               "max_seqlen_q": cc.seqlen_q, "max_seqlen_k": cc.seqlen_k, "alibi_slopes": slopes}
