@@ -112,3 +112,60 @@ class _FA2Rounding(torch.autograd.Function):
 def fa2_rounding(q, k, v, *, causal=False, softmax_scale=None, window_size=(-1, -1)):
     """FlashAttention-2's kernel arithmetic in the inputs' dtype (:class:`_FA2Rounding`)."""
     return _FA2Rounding.apply(q, k, v, dict(causal=causal, softmax_scale=softmax_scale, window_size=window_size))
+
+
+def _tweaked(x, tweak):
+    """x (a view), its gradient changed by ``tweak(grad)`` on the way back (a tensor hook, where it
+    requires grad)."""
+    y = x.view_as(x)
+    if y.requires_grad:
+        y.register_hook(tweak)
+    return y
+
+
+def _eager_blind_rows(q, k, v, causal, softmax_scale, window_size):
+    """One packed sequence's attention as :func:`eager`, rows that see no key giving 0 (and no NaN
+    gradients): masked scores -1e30 (exp gives exactly 0 where a row sees a key), blind rows zeroed."""
+    hq, hk, d = q.shape[1], k.shape[1], q.shape[2]
+    scale = d ** -0.5 if softmax_scale is None else softmax_scale
+    k32, v32 = (x.float().repeat_interleave(hq // hk, dim=1) for x in (k, v))
+    seen = _visible(q.shape[0], k.shape[0], causal, window_size)
+    s = torch.einsum("qhd,khd->hqk", q.float(), k32).mul(scale).masked_fill(~seen, -1e30)
+    p = torch.softmax(s, dim=-1) * seen.any(-1, keepdim=True)
+    return torch.einsum("hqk,khd->qhd", p, v32).to(q.dtype)
+
+
+def varlen_eager(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                 softmax_scale=None, causal=False, window_size=(-1, -1)):
+    """The fa2-varlen convention's call (packed [total, heads, head_dim] torch tensors): eager attention
+    sequence by sequence (differentiable; :func:`_eager_blind_rows`); a sequence without keys gives zeros."""
+    outs = []
+    for i in range(len(cu_seqlens_q) - 1):
+        a, b, c, d = (int(x) for x in (cu_seqlens_q[i], cu_seqlens_q[i + 1], cu_seqlens_k[i], cu_seqlens_k[i + 1]))
+        if c == d:
+            outs.append(torch.zeros_like(q[a:b]))
+        elif a < b:
+            outs.append(_eager_blind_rows(q[a:b], k[c:d], v[c:d], causal, softmax_scale, window_size))
+    return torch.cat(outs)
+
+
+def varlen_bad_dv(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                  softmax_scale=None, causal=False, window_size=(-1, -1)):
+    """varlen_eager's forward, dv 1% too large."""
+    return varlen_eager(q, k, _tweaked(v, lambda g: g * 1.01), cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                        max_seqlen_k, softmax_scale=softmax_scale, causal=causal, window_size=window_size)
+
+
+def varlen_leaky_keys(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                      softmax_scale=None, causal=False, window_size=(-1, -1)):
+    """varlen_eager, except 1e-30 in dk of the first key of the first sequence without queries."""
+    empty = next(i for i in range(len(cu_seqlens_q) - 1) if cu_seqlens_q[i] == cu_seqlens_q[i + 1])
+    first = int(cu_seqlens_k[empty])
+
+    def tweak(g):
+        g = g.clone()
+        g[first] += 1e-30
+        return g
+
+    return varlen_eager(q, _tweaked(k, tweak), v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                        softmax_scale=softmax_scale, causal=causal, window_size=window_size)

@@ -46,7 +46,10 @@ def test_flash2_gradients_pass_the_sweep_with_gqa_causal_and_window_cases():
             assert x["max_abs_diff"] <= 2 * x["baseline_max_abs_diff"] + 1e-5
     # FP8, varlen and paged cases are listed as unsupported, with the reason, never failed
     reasons = {c["backward"]["reason"] for c in body["cases"] if c["backward"]["verdict"] == "unsupported"}
-    assert any("float8_e4m3fn" in r for r in reasons) and any("varlen" in r for r in reasons)
+    assert any("float8_e4m3fn" in r for r in reasons) and bw.PAGED_NOT_BUILT in reasons
+    # varlen batches are judged (flashparity's varlen backward, per sequence)
+    varlen = [c for c in body["cases"] if c["varlen"] is not None and c["page_size"] is None]
+    assert len(varlen) == 3 and all(c["backward"]["verdict"] == "pass" for c in varlen)
 
 
 def test_gold_matches_the_float64_oracle():
@@ -179,13 +182,13 @@ def test_conformance_report_shows_the_gradients(tmp_path):
     cases = [Case(seqlen_q=16, seqlen_k=32, heads_q=4, heads_kv=2, head_dim=16, causal=True, window=(4, 0)),
              Case(seqlen_q=8, seqlen_k=8, head_dim=16, kind="varlen", seqlens=((3, 5), (5, 3)))]
     rep = conformance("flashparity:flash2", suite=cases, backward=True)
-    assert rep.ok and [r.backward["verdict"] for r in rep.cases] == ["pass", "unsupported"]
+    assert rep.ok and [r.backward["verdict"] for r in rep.cases] == ["pass", "pass"]
     assert rep.cases[0].backward["masked_keys"] == 12 and rep.cases[0].backward["masked_keys_zero"]
     d = rep.to_dict()
-    assert d["backward_counts"] == {"pass": 1, "fail": 0, "unsupported": 1, "error": 0}
+    assert d["backward_counts"] == {"pass": 2, "fail": 0, "unsupported": 0, "error": 0}
     assert "dq, dk, dv" in d["rules"]["backward"] and d["cases"][0]["backward"]["dq"]["ratio"] <= 1
     assert d["summary"]["gqa"]["float32"]["backward"]["pass"] == 1
-    assert "backward (dq, dk, dv): 1 passed" in str(rep)
+    assert "backward (dq, dk, dv): 2 passed" in str(rep)
     page = rep.to_html(str(tmp_path / "r.html"))
     assert "dq ratio" in page and "∇" in page
     bad = conformance("grad_kernels:bad_dv", suite=cases[:1], backward=True, **WINDOWED)
@@ -237,3 +240,156 @@ def test_the_low_precision_reference_is_near_the_gold_under_every_option(dtype):
         assert x.dtype == n.dtype and x.shape == g.shape
         e_lowp, e_naive = (np.abs(np.asarray(a, np.float64) - g).max() for a in (x, n))
         assert 0 < e_lowp <= 4 * e_naive + 1e-5
+
+
+# ---- JAX kernels (jax.vjp) and varlen batches -------------------------------------------------------
+
+VARLEN_CAPS = {"dtypes": ["float32", "float16", "bfloat16"], "lse": False, "softcap": False, "alibi": False}
+VARLEN_CASES = [Case(heads_q=4, heads_kv=2, head_dim=32, causal=True, kind="varlen",
+                     seqlens=((1, 1), (37, 61), (0, 9), (20, 5), (8, 40))),
+                Case(dtype="bfloat16", head_dim=32, window=(7, 3), kind="varlen", seqlens=((30, 50), (0, 4), (17, 17)))]
+
+
+def test_jax_gradients_pass_where_the_forward_is_supported():
+    pytest.importorskip("jax")
+    rep = conformance("jax", backward=True, suite="quick", dtypes=["bfloat16"])
+    by = {r.case.kind + ("-softcap" if r.case.softcap else ""): r for r in rep.cases}
+    judged = [r for r in rep.cases if r.verdict == "pass"]
+    assert len(judged) >= 9 and all(r.backward["verdict"] == "pass" for r in judged)
+    assert all(r.backward[g]["ratio"] <= 1 for r in judged for g in bw.GRADS)
+    # unsupported forwards keep their reasons
+    for kind, why in (("plain-softcap", "softcap"), ("varlen", "varlen batches"), ("paged", "paged KV caches")):
+        assert by[kind].backward["verdict"] == "unsupported" and why in by[kind].backward["reason"]
+    windowed = next(r for r in judged if r.case.window != (-1, -1))
+    assert windowed.backward["masked_keys"] == 0 or windowed.backward["masked_keys_zero"]
+
+
+def jax_bad_dv(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False):
+    """jax.nn.dot_product_attention's forward; a custom_vjp whose dv is 1% too large."""
+    import jax
+
+    def attend(q, k, v):
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale, is_causal=is_causal)
+
+    @jax.custom_vjp
+    def f(q, k, v):
+        return attend(q, k, v)
+
+    def fwd(q, k, v):
+        return attend(q, k, v), (q, k, v)
+
+    def bwd(saved, g):
+        dq, dk, dv = jax.vjp(attend, *saved)[1](g)
+        return dq, dk, dv * 1.01
+
+    f.defvjp(fwd, bwd)
+    return f(query, key, value)
+
+
+def test_a_wrong_jax_gradient_fails_the_backward():
+    pytest.importorskip("jax")
+    cases = [Case(seqlen_q=16, seqlen_k=32, heads_q=4, heads_kv=2, head_dim=16, causal=True, window=(4, 0))]
+    rep = conformance(jax_bad_dv, convention="jax", suite=cases, backward=True)
+    r = rep.cases[0]
+    assert r.verdict == "pass" and r.backward["verdict"] == "fail" and not rep.ok
+    assert r.backward["reason"].startswith("dv:")
+    assert r.backward["dq"]["fa2_rule_ok"] and r.backward["dk"]["fa2_rule_ok"]
+    assert r.backward["masked_keys"] == 12 and r.backward["masked_keys_zero"]
+    good = conformance("jax", suite=cases, backward=True)
+    assert good.ok and good.cases[0].backward["verdict"] == "pass"
+
+
+@pytest.mark.parametrize("kernel", ["flashparity:flash2", "flashparity:naive", "grad_kernels:varlen_eager"])
+def test_varlen_gradients_pass(kernel):
+    extra = {} if kernel.startswith("flashparity") else dict(convention="fa2-varlen", capabilities=VARLEN_CAPS)
+    rep = conformance(kernel, suite=VARLEN_CASES, backward=True, **extra)
+    assert rep.ok, str(rep)
+    for r in rep.cases:
+        b = r.backward
+        assert b["verdict"] == "pass", b["reason"]
+        assert b["masked_keys"] > 0 and b["masked_keys_zero"]  # (the keys of a sequence without queries)
+        assert all(b[g]["max_abs_diff"] <= 2 * b[g]["baseline_max_abs_diff"] + 1e-5 for g in bw.GRADS)
+    assert rep.cases[1].backward["dq"]["lowp_ref_max_abs_diff"] is not None  # (bfloat16: FA2's rounding too)
+
+
+def test_varlen_gold_is_the_dense_gold_sequence_by_sequence():
+    case = VARLEN_CASES[0]
+    inputs, dout = case.inputs(), case.dout()
+    dq, dk, dv = case.reference_gradients(inputs, dout, "float64")
+    assert dq.shape == inputs["q"].shape and dk.shape == inputs["k"].shape and dq.dtype == np.float64
+    cq, ck = inputs["cu_seqlens_q"], inputs["cu_seqlens_k"]
+    for i, (c, x) in enumerate(zip(case.sequences(), case.dense_inputs(inputs))):
+        if c is None:
+            assert not np.any(dk[ck[i]:ck[i + 1]]) and not np.any(dq[cq[i]:cq[i + 1]])
+            continue
+        want = bw.gold_gradients(x["q"], x["k"], x["v"], dout[None, cq[i]:cq[i + 1]], causal=True)
+        for got, w, lo, hi in ((dq, want[0], cq[i], cq[i + 1]), (dk, want[1], ck[i], ck[i + 1]),
+                               (dv, want[2], ck[i], ck[i + 1])):
+            np.testing.assert_allclose(got[lo:hi], w[0], rtol=1e-12, atol=1e-12)
+    assert case.unseen_keys().sum() == 9 and case.unseen_keys()[ck[2]:ck[3]].all()
+
+
+def test_wrong_varlen_gradients_fail():
+    kw = dict(convention="fa2-varlen", capabilities=VARLEN_CAPS, suite=VARLEN_CASES[:1], backward=True)
+    bad = conformance("grad_kernels:varlen_bad_dv", **kw).cases[0]
+    assert bad.verdict == "pass" and bad.backward["verdict"] == "fail" and bad.backward["reason"].startswith("dv:")
+    leaky = conformance("grad_kernels:varlen_leaky_keys", **kw).cases[0]
+    assert leaky.backward["verdict"] == "fail" and leaky.backward["masked_keys_zero"] is False
+    assert "dk is nonzero at 1 of the 9 keys no query sees (first: key 62)" in leaky.backward["reason"]
+
+
+def test_paged_cases_stay_unsupported():
+    case = Case(heads_q=4, heads_kv=2, head_dim=32, kind="paged", page_size=16, seqlens=((1, 20), (1, 40)))
+    rep = conformance("flashparity:flash2", suite=[case], backward=True)
+    assert rep.cases[0].verdict == "pass" and rep.cases[0].backward == bw.unsupported(bw.PAGED_NOT_BUILT)
+
+
+def test_kernel_parity_judges_a_varlen_batch():
+    body = fp.kernel_parity("flash2", backward=True, varlen=[12, 0, 5, 20], causal=True, num_heads=4,
+                            num_kv_heads=2, head_dim=32, dtype="bfloat16")
+    assert body["backward"]["verdict"] == "pass" and body["backward_ok"]
+    assert kp.make_dout(kp.Case(varlen=(3, 4), num_heads=2, num_kv_heads=1, head_dim=8)).shape == (7, 2, 8)
+    f64 = fp.kernel_parity("flash2", backward=True, varlen=[5, 0, 3], causal=True, dtype="float64", num_heads=2,
+                           num_kv_heads=2, head_dim=16)
+    assert f64["backward"]["verdict"] == "pass" and f64["backward"]["dq"]["lowp_ref_max_abs_diff"] is None
+    torch_body = fp.kernel_parity("grad_kernels:varlen_bad_dv", backward=True, varlen=[12, 0, 5, 20], causal=True,
+                                  num_heads=4, num_kv_heads=2, head_dim=32, convention="fa2-varlen",
+                                  capabilities=VARLEN_CAPS)
+    assert torch_body["fa2_rule_ok"] and torch_body["backward"]["verdict"] == "fail"
+
+
+# ---- Case.check and the pytest plugin with backward ---------------------------------------------------------
+
+
+def test_case_check_judges_gradients_with_backward():
+    case = Case(seqlen_q=16, seqlen_k=32, heads_q=4, heads_kv=2, head_dim=16, causal=True, window=(4, 0))
+    assert case.check("grad_kernels:bad_dv", **WINDOWED).backward is None  # (its forward is right)
+    with pytest.raises(AssertionError, match="backward: fail: dv:"):
+        case.check("grad_kernels:bad_dv", backward=True, **WINDOWED)
+    assert case.check("grad_kernels:eager", backward=True, **WINDOWED).backward["verdict"] == "pass"
+    assert VARLEN_CASES[0].check("flashparity:flash2", backward=True).backward["verdict"] == "pass"
+    paged = Case(heads_q=4, heads_kv=2, head_dim=32, kind="paged", page_size=16, seqlens=((1, 20), (1, 40)))
+    with pytest.raises(pytest.skip.Exception, match="backward unsupported: the paged KV-cache backward is not built"):
+        paged.check("flashparity:naive", backward=True)
+    with pytest.raises(TypeError, match="backward must be a bool, got 'yes'"):
+        case.check("flashparity:naive", backward="yes")
+
+
+def test_the_pytest_plugin_judges_gradients_with_fp_backward(tmp_path):
+    import os
+
+    from test_conformance import _pytest
+
+    (tmp_path / "kern.py").write_text(f"import sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+                                      "from grad_kernels import bad_dv, eager  # noqa: F401\n")
+    args = ["--fp-convention", "bshd", "--fp-dtype", "float32", "--fp-capabilities", '{"window": true}', "-k", "window"]
+    res = _pytest(["--fp-kernel", "kern:bad_dv", *args], tmp_path)
+    assert res.returncode == 0 and "1 passed" in res.stdout, res.stdout + res.stderr
+    res = _pytest(["--fp-kernel", "kern:bad_dv", "--fp-backward", *args], tmp_path)
+    assert res.returncode == 1 and "1 failed" in res.stdout and "backward: fail: dv:" in res.stdout, res.stdout
+    res = _pytest(["--fp-kernel", "kern:eager", "--fp-backward", *args], tmp_path)
+    assert res.returncode == 0 and "1 passed" in res.stdout, res.stdout + res.stderr
+    res = _pytest(["--fp-kernel", "flashparity:naive", "--fp-backward", "--fp-dtype", "float32", "-k", "varlen or paged"],
+                  tmp_path)
+    assert res.returncode == 0 and "1 passed, 1 skipped" in res.stdout, res.stdout + res.stderr
+    assert "backward unsupported: the paged KV-cache backward is not built" in res.stdout

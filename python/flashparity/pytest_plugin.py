@@ -1,8 +1,10 @@
 """pytest plugin: ``pytest --fp-kernel KERNEL [--fp-convention C] [--fp-suite quick|default|full]
-[--fp-dtype D ...] [--fp-capabilities JSON] [--fp-device cpu|cuda]`` adds one test item per conformance case of KERNEL
-(a built-in adapter's name or ``package.module:function``) to the session, under a collector
-named ``flashparity-conformance`` (ids ``flashparity-conformance::<case name>``): a failing case
-fails with its verdict, an unsupported one is skipped with its reason. Without ``--fp-kernel`` the
+[--fp-dtype D ...] [--fp-capabilities JSON] [--fp-device cpu|cuda] [--fp-backward]`` adds one test item per
+conformance case of KERNEL (a built-in adapter's name or ``package.module:function``) to the session,
+under a collector named ``flashparity-conformance`` (ids ``flashparity-conformance::<case name>``): a
+failing case fails with its verdict, an unsupported one is skipped with its reason. ``--fp-backward``
+judges each case's gradients too (``conformance(..., backward=True)``): a failed or raising backward
+fails the item, an unsupported one skips it with the reason. Without ``--fp-kernel`` the
 plugin adds nothing; the conformance modules (and torch, JAX) load only when it is given. (pytest
 loads the entry point by itself: do not also pass ``-p flashparity.pytest_plugin`` unless plugin
 autoloading is off.)
@@ -32,6 +34,8 @@ def pytest_addoption(parser):
                     help='what the kernel supports, e.g. \'{"window": true, "lse": true}\'')
     group.addoption("--fp-device", default="cpu", choices=("cpu", "cuda"),
                     help="where the kernel runs (default cpu; cuda: its inputs as torch tensors on the GPU)")
+    group.addoption("--fp-backward", action="store_true",
+                    help="judge each case's gradients (dq, dk, dv) too, as conformance(..., backward=True)")
 
 
 class ConformanceCollector(pytest.Collector):
@@ -44,20 +48,22 @@ class ConformanceCollector(pytest.Collector):
 class ConformanceItem(pytest.Item):
     """One conformance case of the kernel under test."""
 
-    def __init__(self, *, case, adapter, **kw):
+    def __init__(self, *, case, adapter, backward=False, **kw):
         super().__init__(**kw)
         self.case = case
         self.adapter = adapter
+        self.backward = backward
         self.result = None
 
     def runtest(self):
         from .kernels.conformance import run_case
 
-        self.result = run_case(self.adapter, self.case)
-        if self.result.verdict == "unsupported":
-            pytest.skip(f"unsupported: {self.result.reason}")
-        if self.result.verdict in ("fail", "error"):
-            raise ConformanceFailure(self.result.message())
+        self.result = run_case(self.adapter, self.case, self.backward)
+        what, text = self.result.outcome()
+        if what == "fail":
+            raise ConformanceFailure(text)
+        if what == "skip":
+            pytest.skip(text)
 
     def repr_failure(self, excinfo):
         if isinstance(excinfo.value, ConformanceFailure):
@@ -97,4 +103,6 @@ def pytest_collection_modifyitems(session, config, items):
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
     parent = ConformanceCollector.from_parent(session, name="flashparity-conformance", nodeid="flashparity-conformance")
-    items.extend(ConformanceItem.from_parent(parent, name=case.name, case=case, adapter=adapter) for case in cases)
+    backward = bool(config.getoption("--fp-backward"))
+    items.extend(ConformanceItem.from_parent(parent, name=case.name, case=case, adapter=adapter, backward=backward)
+                 for case in cases)

@@ -162,8 +162,9 @@ def add_parser(sub) -> None:
     p_kp.add_argument("--backward", action="store_true",
                       help="also judge the gradients dq, dk, dv for a seeded output gradient against float64 gold "
                       "gradients (FlashAttention-2's rule: error <= 2 x the naive backward's in the same dtype + 1e-5, "
-                      "and exactly 0 for keys no query sees); with --suite too. Dense CPU cases of flash2, naive and "
-                      "torch-differentiable kernels; the others are reported unsupported. A failed gradient exits 1")
+                      "and exactly 0 for keys no query sees); with --suite too. Dense and varlen CPU cases of flash2, "
+                      "naive, torch-differentiable and JAX kernels; the others (paged, FP8) are reported unsupported. "
+                      "A failed gradient exits 1")
     p_kp.add_argument("--html", metavar="FILE", help="with --suite: also write the report as a self-contained HTML page")
     p_kp.add_argument("--ref", choices=("naive", "flash2", "tiled"), default="naive", help="reference (naive)")
     case_flags(p_kp)

@@ -191,9 +191,10 @@ class Adapter:
         dtype), as NumPy arrays in q's, k's and v's layout: the forward runs on torch leaf tensors
         that require grad (copies of contiguous q, k and v) and ``torch.autograd.grad`` takes the
         gradients through whatever the kernel recorded (an ``autograd.Function``, SDPA's and
-        FlexAttention's own backwards). Raises :class:`Unsupported` for a case or kernel that gives
-        no gradients: varlen and paged cases, FP8, a CUDA device, a kernel that takes NumPy arrays
-        or returns an output with no autograd graph back to q, k and v."""
+        FlexAttention's own backwards; a varlen case's packed q, k, v in the conventions that take
+        them). Raises :class:`Unsupported` for a case or kernel that gives no gradients: paged
+        cases, FP8, a CUDA device, a kernel that takes NumPy arrays or returns an output with no
+        autograd graph back to q, k and v. (JAX kernels: :func:`_jax_gradients`.)"""
         reasons = _gradient_reasons(self, case)
         if reasons:
             raise Unsupported("; ".join(reasons))
@@ -237,16 +238,43 @@ _GRAD_OUTPUTS: list | None = None
 
 def _gradient_reasons(adapter: Adapter, case: Any) -> list[str]:
     """Why gradients of a case are not judged (see :meth:`Adapter.gradients`)."""
+    from .backward import CUDA_NOT_BUILT, PAGED_NOT_BUILT
+
     out = []
-    if case.kind in ("varlen", "paged"):
-        out.append(f"gradients are judged on dense cases only (the backward oracle is dense), not {case.kind}")
+    if case.kind == "paged":
+        out.append(PAGED_NOT_BUILT)
     if case.dtype not in ("float32", "float16", "bfloat16"):
         out.append(f"gradients are judged in float32, float16 and bfloat16, not {case.dtype}")
     if adapter.device != "cpu":
-        out.append("the CUDA backward is not built yet")
-    if adapter.convention in ("bshd-numpy", "jax"):
-        out.append(f"a kernel in the {adapter.convention} convention gives no torch gradients")
+        out.append(CUDA_NOT_BUILT)
+    if adapter.convention == "bshd-numpy":
+        out.append(f"a kernel in the {adapter.convention} convention gives no gradients")
     return out
+
+
+def _jax_gradients(adapter: Adapter, fn: Callable, case: Any, inputs: dict[str, Any],
+                   dout: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(dq, dk, dv) of a kernel in the ``jax`` convention: ``jax.vjp`` of ``fn(q, k, v, **kw)`` (its
+    arguments as the forward's, :func:`_jax_arguments`; the output alone where it also returns an
+    LSE) at the case's q, k, v, pulled back from ``dout`` (BSHD, in the output's dtype); NumPy arrays
+    in q's, k's and v's layout and dtype."""
+    reasons = _gradient_reasons(adapter, case)
+    if case.kind == "varlen":
+        reasons.append("the jax convention takes dense batches, not varlen cases")
+    if reasons:
+        raise Unsupported("; ".join(reasons))
+    import jax
+
+    (q, k, v), kw = _jax_arguments(case, inputs)
+
+    def forward(q, k, v):
+        return _split(_call_bound(fn, (q, k, v), kw), adapter.capabilities.lse, "the kernel")[0]
+
+    out, pull = jax.vjp(forward, q, k, v)
+    if tuple(out.shape) != tuple(dout.shape):
+        raise ValueError(f"{adapter.name}'s output has shape {tuple(out.shape)}; dout {tuple(dout.shape)}")
+    grads = pull(jax.numpy.asarray(np.ascontiguousarray(dout)).astype(out.dtype))
+    return tuple(np.asarray(g).astype(inputs[n].dtype) for n, g in zip(("q", "k", "v"), grads))
 
 
 # ---- torch conversions --------------------------------------------------------------------------------
@@ -370,15 +398,21 @@ class FlashparityAdapter(Adapter):
         return kernel_source(self.impl)
 
     def gradients(self, case, inputs, dout):
-        """(dq, dk, dv) of flashparity's backward of this impl (:func:`flashparity.attention_backward`)."""
+        """(dq, dk, dv) of flashparity's backward of this impl (:func:`flashparity.attention_backward`;
+        :func:`flashparity.attention_varlen_backward` for a varlen case)."""
         from .backward import own_gradients
+
+        from .backward import varlen_gradients
 
         reasons = [r for r in _gradient_reasons(self, case) if "convention" not in r]
         if reasons:
             raise Unsupported("; ".join(reasons))
-        return own_gradients(self.impl, inputs["q"], inputs["k"], inputs["v"], dout, causal=case.causal,
-                             window=case.window, softcap=case.softcap, alibi_slopes=inputs["alibi_slopes"],
-                             softmax_scale=case.softmax_scale)
+        kw = dict(causal=case.causal, window=case.window, softcap=case.softcap, alibi_slopes=inputs["alibi_slopes"],
+                  softmax_scale=case.softmax_scale)
+        if case.kind == "varlen":
+            return varlen_gradients(self.impl, inputs["q"], inputs["k"], inputs["v"], dout, inputs["cu_seqlens_q"],
+                                    inputs["cu_seqlens_k"], inputs["max_seqlen_q"], inputs["max_seqlen_k"], **kw)
+        return own_gradients(self.impl, inputs["q"], inputs["k"], inputs["v"], dout, **kw)
 
 
 SDPA_BACKENDS = {"math": "MATH", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
@@ -576,6 +610,13 @@ class JaxAdapter(Adapter):
         import jax
 
         return f"jax@{jax.__version__}:dot_product_attention-{self.implementation or 'auto'}"
+
+    def gradients(self, case, inputs, dout):
+        """(dq, dk, dv) through ``jax.vjp`` of the forward (:func:`_jax_gradients`)."""
+        import jax
+
+        fn = functools.partial(jax.nn.dot_product_attention, implementation=self.implementation)
+        return _jax_gradients(self, fn, case, inputs, dout)
 
 
 # ---- calling conventions ------------------------------------------------------------------------------
@@ -966,6 +1007,13 @@ class CallableAdapter(Adapter):
 
     def call(self, case, inputs):
         return CONVENTIONS[self.convention][0](self.fn, case, inputs, self.capabilities, self.to)
+
+    def gradients(self, case, inputs, dout):
+        """A ``jax`` kernel's through ``jax.vjp`` (:func:`_jax_gradients`), any other's through torch
+        autograd (:meth:`Adapter.gradients`)."""
+        if self.convention == "jax":
+            return _jax_gradients(self, self.fn, case, inputs, dout)
+        return super().gradients(case, inputs, dout)
 
 
 # ---- third-party packages -----------------------------------------------------------------------------

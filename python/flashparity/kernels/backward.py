@@ -27,14 +27,15 @@ from .attention import attention, attention_backward
 from ..parity import parity
 
 __all__ = ["GRAD_RULE_FACTOR", "GRAD_RULE_EPS", "GRADS", "draw_dout", "own_gradients", "gold_gradients",
-           "judge_gradients", "lowp_gradients", "unsupported", "error", "unseen_keys", "BACKWARD_DTYPES",
-           "CUDA_NOT_BUILT"]
+           "varlen_gradients", "judge_gradients", "lowp_gradients", "unsupported", "error", "unseen_keys",
+           "BACKWARD_DTYPES", "CUDA_NOT_BUILT", "PAGED_NOT_BUILT"]
 
 GRAD_RULE_FACTOR, GRAD_RULE_EPS = 2.0, 1e-5
 GRADS = ("dq", "dk", "dv")
 #: the dtypes fp.attention_backward takes in a case (float64 is the gold's)
 BACKWARD_DTYPES = ("float64", "float32", "float16", "bfloat16")
 CUDA_NOT_BUILT = "the CUDA backward is not built yet"
+PAGED_NOT_BUILT = "the paged KV-cache backward is not built"
 RULE = (f"max|dX - gold| <= {GRAD_RULE_FACTOR:g} * max|dX_naive - gold| + {GRAD_RULE_EPS:g} for dX in dq, dk, dv "
         "(gold: the naive backward in float64 on the same rounded inputs and dout; keys no query sees get "
         "exactly 0)")
@@ -58,6 +59,19 @@ def own_gradients(impl: str, q, k, v, dout, **options) -> tuple[np.ndarray, np.n
 def gold_gradients(q, k, v, dout, **options) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The float64 gold: the naive backward on float64 copies of the (rounded) arrays."""
     return own_gradients("naive", *(np.asarray(x, np.float64) for x in (q, k, v, dout)), **options)
+
+
+def varlen_gradients(impl: str, q, k, v, dout, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int, max_seqlen_k: int,
+                     **options) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dq, dk, dv) of flashparity's ``impl`` on a packed varlen batch (:func:`flashparity.attention_varlen`
+    with its LSE, then :func:`flashparity.attention_varlen_backward`), in the arrays' dtype (float64
+    copies give the gold). ``options``: the forward's."""
+    from .serving import attention_varlen, attention_varlen_backward
+
+    q, k, v, dout = (np.ascontiguousarray(x) for x in (q, k, v, dout))
+    lens = dict(max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, impl=impl, **options)
+    out, lse = attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, return_lse=True, **lens)
+    return attention_varlen_backward(q, k, v, out, lse, dout, cu_seqlens_q, cu_seqlens_k, **lens)
 
 
 def lowp_gradients(q, k, v, dout, *, causal: bool = False, window: tuple[int, int] = (-1, -1),
@@ -162,8 +176,8 @@ def judge_gradients(grads: tuple, gold: tuple, baseline: tuple, unseen: np.ndarr
     their ratio to the bound (at most 1 passes) and the verdict (``pass`` or ``fail`` with the
     reasons). ``grads``, ``gold``, ``baseline``: (dq, dk, dv) in BSHD; ``also``: a second baseline;
     ``lowp``: :func:`lowp_gradients` (FlashAttention-2's own rounding in a 16-bit dtype), a third
-    (the largest error counts); ``unseen``: [seqlen_k] bool, the keys whose dk and dv must be
-    exactly 0."""
+    (the largest error counts); ``unseen``: [seqlen_k] bool ([total_k] for a packed varlen batch),
+    the keys whose dk and dv must be exactly 0."""
     body: dict[str, Any] = {"verdict": "pass", "reason": ""}
     reasons = []
     for i, (name, x, g, b) in enumerate(zip(GRADS, grads, gold, baseline)):
@@ -195,11 +209,12 @@ def judge_gradients(grads: tuple, gold: tuple, baseline: tuple, unseen: np.ndarr
             x = np.asarray(x)
             if tuple(x.shape) != tuple(g.shape):
                 continue
-            masked = x[:, unseen].astype(np.float64)  # [batch, unseen keys, heads_kv, head_dim]
-            bad = masked != 0  # (NaN too)
+            # ([batch, keys, heads_kv, head_dim], or packed [total_k, heads_kv, head_dim]: keys on axis ndim - 3)
+            keys = np.moveaxis(x, x.ndim - 3, 0)[unseen].astype(np.float64)
+            bad = (keys != 0).reshape(keys.shape[0], -1).any(axis=1)  # (NaN too)
             if bad.any():
-                key = int(np.flatnonzero(unseen)[np.argwhere(bad)[0][1]])
-                wrong.append(f"{name} is nonzero at {int(bad.any(axis=(0, 2, 3)).sum())} of the {n_unseen} keys "
+                key = int(np.flatnonzero(unseen)[np.flatnonzero(bad)[0]])
+                wrong.append(f"{name} is nonzero at {int(bad.sum())} of the {n_unseen} keys "
                              f"no query sees (first: key {key})")
         body["masked_keys_zero"] = not wrong
         reasons += wrong

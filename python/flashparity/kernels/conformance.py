@@ -152,21 +152,26 @@ class Case:
         return self.name
 
     def check(self, kernel: Any, *, convention: str | None = None, capabilities: dict | None = None,
-              device: str = "cpu") -> "CaseResult":
+              device: str = "cpu", backward: bool = False) -> "CaseResult":
         """Run this case through ``kernel`` (anything :func:`conformance` takes) and judge it: raises
         ``AssertionError`` with the verdict's reason, statistics and ratios when it fails or raises;
-        under pytest an unsupported case is skipped with its reason. Returns the :class:`CaseResult`
-        (for a test suite adopting the cases: ``case.check(my_attention, convention="bshd")``)."""
+        under pytest an unsupported case is skipped with its reason. ``backward=True``: its gradients
+        are judged too (:func:`run_backward`), a failed or raising backward raises, an unsupported
+        one is skipped with its reason. Returns the :class:`CaseResult` (for a test suite adopting
+        the cases: ``case.check(my_attention, convention="bshd")``)."""
         import sys
 
+        if not isinstance(backward, bool):
+            raise TypeError(f"backward must be a bool, got {backward!r}")
         adapter = prepare_adapter(kernel, convention=convention, capabilities=capabilities, device=device)
-        result = run_case(adapter, self)
-        if result.verdict in ("fail", "error"):
-            raise AssertionError(result.message())
-        if result.verdict == "unsupported" and "pytest" in sys.modules:
+        result = run_case(adapter, self, backward)
+        what, text = result.outcome()
+        if what == "fail":
+            raise AssertionError(text)
+        if what == "skip" and "pytest" in sys.modules:
             import pytest
 
-            pytest.skip(f"unsupported: {result.reason}")
+            pytest.skip(text)
         return result
 
     @property
@@ -487,16 +492,57 @@ class Case:
 
     def reference_gradients(self, inputs: dict[str, Any], dout: np.ndarray,
                             dtype: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(dq, dk, dv) of flashparity's naive backward on a dense case's inputs, in float64 (the
-        gold, on float64 copies of the rounded inputs) or in the case's dtype (the baseline)."""
-        from .backward import gold_gradients, own_gradients
+        """(dq, dk, dv) of flashparity's naive backward on a dense or varlen case's inputs, in float64
+        (the gold, on float64 copies of the rounded inputs) or in the case's dtype (the baseline). A
+        varlen case's are packed as its q, k and v (:func:`flashparity.attention_varlen_backward`)."""
+        from .backward import gold_gradients, own_gradients, varlen_gradients
 
         kw = dict(causal=self.causal, window=self.window, softcap=self.softcap, alibi_slopes=inputs["alibi_slopes"],
                   softmax_scale=self.softmax_scale)
         q, k, v = inputs["q"], inputs["k"], inputs["v"]
+        if self.kind == "varlen":
+            if dtype == "float64":
+                q, k, v, dout = (np.asarray(x, np.float64) for x in (q, k, v, dout))
+            return varlen_gradients("naive", q, k, v, dout, inputs["cu_seqlens_q"], inputs["cu_seqlens_k"],
+                                    inputs["max_seqlen_q"], inputs["max_seqlen_k"], **kw)
         if dtype == "float64":
             return gold_gradients(q, k, v, dout, **kw)
         return own_gradients("naive", q, k, v, dout, **kw)
+
+    def lowp_gradients(self, inputs: dict[str, Any], dout: np.ndarray) -> tuple | None:
+        """FlashAttention-2's low-precision backward (:func:`flashparity.kernels.backward.lowp_gradients`)
+        of a dense or varlen case (sequence by sequence, packed as its q, k and v); None in float32."""
+        from .attention import _numpy_dtype
+        from .backward import lowp_gradients
+
+        kw = dict(causal=self.causal, window=self.window, softcap=self.softcap, alibi_slopes=inputs["alibi_slopes"],
+                  softmax_scale=self.softmax_scale)
+        if self.kind != "varlen":
+            return lowp_gradients(inputs["q"], inputs["k"], inputs["v"], dout, **kw)
+        if self.dtype not in ("float16", "bfloat16"):
+            return None
+        dt = _numpy_dtype(self.dtype)
+        cu_q = inputs["cu_seqlens_q"]
+        dq, dk, dv = [], [], []
+        for i, ((a, b), c, x) in enumerate(zip(self.seqlens, self.sequences(), self.dense_inputs(inputs))):
+            if c is None:  # (an empty sequence: no query or no key, every gradient 0)
+                part = (np.zeros((1, a, self.heads_q, self.head_dim), dt),
+                        *(np.zeros((1, b, self.heads_kv, self.head_dim), dt) for _ in range(2)))
+            else:
+                part = lowp_gradients(x["q"], x["k"], x["v"], dout[cu_q[i]:cu_q[i + 1]][None], **kw)
+            for acc, g in zip((dq, dk, dv), part):
+                acc.append(g[0])
+        return tuple(np.concatenate(acc, axis=0) for acc in (dq, dk, dv))
+
+    def unseen_keys(self) -> np.ndarray:
+        """Which keys no query sees, bool [seqlen_k] (a varlen case's [total_k], sequence by sequence:
+        every key of a sequence without queries)."""
+        from .backward import unseen_keys
+
+        if self.kind != "varlen":
+            return unseen_keys(self.seqlen_q, self.seqlen_k, self.causal, self.window)
+        return np.concatenate([unseen_keys(a, b, self.causal, self.window) if a else np.ones(b, bool)
+                               for a, b in self.seqlens])
 
     def dequantized(self, inputs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A dense FP8 case's q, k, v in float64, each times its descale (the values FP8 stands for)."""
@@ -645,6 +691,18 @@ class CaseResult:
             if ratios:
                 lines.append("  backward ratios (error / bound, <= 1 passes): " + ", ".join(ratios))
         return "\n".join(lines)
+
+    def outcome(self) -> tuple[str, str]:
+        """What a test of this case does: ``("fail", message)`` when the forward or the gradients
+        failed or raised, ``("skip", reason)`` when the forward (else, with ``backward``, the
+        gradients) is unsupported, else ``("pass", "")``."""
+        if self.verdict in ("fail", "error") or self.backward_verdict in ("fail", "error"):
+            return "fail", self.message()
+        if self.verdict == "unsupported":
+            return "skip", f"unsupported: {self.reason}"
+        if self.backward_verdict == "unsupported":
+            return "skip", f"backward unsupported: {self.backward['reason']}"
+        return "pass", ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.case.name, "case": dataclasses.asdict(self.case), "features": list(self.case.features),
@@ -888,25 +946,36 @@ def run_backward(adapter: Any, case: Case, forward: CaseResult | None = None) ->
     the reason) when the forward was not run or the kernel gives no gradients for the case,
     ``error`` when taking them raised."""
     from . import backward as bw
-    from .adapters import Unsupported
 
     if forward is not None and forward.verdict == "unsupported":
         return bw.unsupported(f"the forward is unsupported: {forward.reason}")
     if forward is not None and forward.verdict == "error":
         return bw.unsupported("the forward raised (see its verdict)")
-    if case.kind in ("varlen", "paged"):
-        return bw.unsupported(f"gradients are judged on dense cases only (the backward oracle is dense), not "
-                              f"{case.kind}")
+    if case.kind == "paged":
+        return bw.unsupported(bw.PAGED_NOT_BUILT)
     if case.fp8:
         return bw.unsupported(f"the attention backward takes float32, float16 and bfloat16 cases, not {case.dtype}")
     if adapter.device != "cpu":
         return bw.unsupported(bw.CUDA_NOT_BUILT)
     inputs = case.inputs()
     dout = case.dout()
+    return judge_case_gradients(case, inputs, dout, lambda: adapter.gradients(case, inputs, dout))
+
+
+def judge_case_gradients(case: Case, inputs: dict[str, Any], dout: np.ndarray,
+                         take: Callable[[], tuple]) -> dict[str, Any]:
+    """The gradients' verdict of a dense or varlen case's ``inputs`` for ``dout``: ``take()``'s (dq,
+    dk, dv) against the naive backward in float64 (the gold), in the case's dtype and as
+    FlashAttention-2 rounds in 16 bits (the baselines), and exactly 0 dk, dv for keys no query sees
+    (:meth:`Case.unseen_keys`). ``take`` raising :class:`~flashparity.kernels.adapters.Unsupported`
+    gives ``unsupported``, anything else ``error``."""
+    from . import backward as bw
+    from .adapters import Unsupported
+
     gold = case.reference_gradients(inputs, dout, "float64")
     baseline = case.reference_gradients(inputs, dout)
     try:
-        grads = adapter.gradients(case, inputs, dout)
+        grads = take()
     except Unsupported as exc:
         return bw.unsupported(str(exc))
     except Exception as exc:  # (the kernel's backward raised: its verdict)
@@ -916,16 +985,10 @@ def run_backward(adapter: Any, case: Case, forward: CaseResult | None = None) ->
         # logits near ±1e4: FlashAttention-2's backward recomputes P from the float32 LSE, whose rounding
         # there (an ulp of 1e4 is ~1e-3) alone exceeds twice the naive kernel's error; its algorithm in the
         # case's dtype (flashparity's flash2 backward) is then a baseline too, as the forward's lowp reference
-        from .backward import own_gradients
-
-        also = own_gradients("flash2", inputs["q"], inputs["k"], inputs["v"], dout, causal=case.causal,
-                             window=case.window, softcap=case.softcap, alibi_slopes=inputs["alibi_slopes"],
-                             softmax_scale=case.softmax_scale)
-    unseen = bw.unseen_keys(case.seqlen_q, case.seqlen_k, case.causal, case.window)
-    lowp = bw.lowp_gradients(inputs["q"], inputs["k"], inputs["v"], dout, causal=case.causal, window=case.window,
-                             softcap=case.softcap, alibi_slopes=inputs["alibi_slopes"],
-                             softmax_scale=case.softmax_scale)
-    return bw.judge_gradients(grads, gold, baseline, unseen, also, lowp)
+        also = bw.own_gradients("flash2", inputs["q"], inputs["k"], inputs["v"], dout, causal=case.causal,
+                                window=case.window, softcap=case.softcap, alibi_slopes=inputs["alibi_slopes"],
+                                softmax_scale=case.softmax_scale)
+    return bw.judge_gradients(grads, gold, baseline, case.unseen_keys(), also, case.lowp_gradients(inputs, dout))
 
 
 def _run_forward(adapter: Any, case: Case) -> CaseResult:
@@ -1063,12 +1126,13 @@ def conformance(kernel: Any, *, convention: str | None = None, suite: str | list
     the GPU as torch tensors). ``progress(done, total)`` after each case. Returns a
     :class:`ConformanceReport`.
 
-    ``backward=True`` also judges each dense case's gradients (:func:`run_backward`): the kernel's
+    ``backward=True`` also judges each dense and varlen case's gradients (:func:`run_backward`): the kernel's
     dq, dk, dv for a seeded output gradient against float64 gold gradients, FlashAttention-2's rule
     ``max|dX - gold| <= 2 * max|dX_naive - gold| + 1e-5`` for each, and exactly zero dk, dv for keys
-    no query sees. A torch kernel's gradients come from ``torch.autograd.grad`` through its forward;
-    kernels with none (NumPy or JAX conventions, an output with no autograd graph), varlen, paged
-    and FP8 cases and CUDA devices are ``unsupported`` there, with the reason. A failed or raising
+    no query sees. A torch kernel's gradients come from ``torch.autograd.grad`` through its forward,
+    a JAX kernel's from ``jax.vjp``; varlen cases are judged on their packed gradients
+    (:func:`judge_case_gradients`). Kernels with none (the NumPy convention, an output with no
+    autograd graph), paged and FP8 cases and CUDA devices are ``unsupported`` there, with the reason. A failed or raising
     backward fails the report (``ok`` False).
     """
     if not isinstance(backward, bool):

@@ -12,7 +12,7 @@ FlashAttention-2's test rule (ref_max_abs_diff, baseline_max_abs_diff, fa2_rule_
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -116,34 +116,43 @@ def make_inputs(case: Case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def make_dout(case: Case) -> np.ndarray:
-    """The seeded output gradient of a dense case (``backward=True``): the draws of the case's
-    generator after :func:`make_inputs`' q, k and v, [batch, seqlen_q, heads, head_dim] in its dtype."""
+    """The seeded output gradient of a dense or varlen case (``backward=True``): the draws of the
+    case's generator after :func:`case_inputs`' q, k and v, [batch, seqlen_q, heads, head_dim] (a
+    varlen batch's packed [total, heads, head_dim]) in its dtype."""
     from .backward import draw_dout
 
     rng = np.random.default_rng(case.seed)
     dt = _numpy_dtype(case.dtype)
+    if case.layout == "varlen":
+        total = sum(case.varlen)
+        for heads in (case.num_heads, case.num_kv_heads, case.num_kv_heads):
+            rng.standard_normal((total, heads, case.head_dim)).astype(dt)
+        return draw_dout(rng, (total, case.num_heads, case.head_dim), dt)
     for heads, length in ((case.num_heads, case.q_len), (case.num_kv_heads, case.seq_len),
                           (case.num_kv_heads, case.seq_len)):
         rng.standard_normal((case.batch, length, heads, case.head_dim)).astype(dt)
     return draw_dout(rng, (case.batch, case.q_len, case.num_heads, case.head_dim), dt)
 
 
-def _backward(impl: str, case: Case, adapter: Any, q, k, v) -> dict[str, Any]:
+def _backward(impl: str, case: Case, adapter: Any, q, k, v, meta: dict | None = None) -> dict[str, Any]:
     """The gradients' verdict of a case: ``impl``'s (flashparity's backward) or the adapter's
-    (torch autograd through its forward) dq, dk, dv for :func:`make_dout`'s output gradient against
-    the naive backward in float64 (the gold) and in the case's dtype (the baseline)."""
+    (torch autograd or ``jax.vjp`` through its forward) dq, dk, dv for :func:`make_dout`'s output
+    gradient against the naive backward in float64 (the gold) and in the case's dtype (the
+    baseline). A varlen batch (``meta``: its ``cu_seqlens``) is judged as the conformance suite's
+    (:func:`flashparity.kernels.conformance.judge_case_gradients`)."""
     from . import backward as bw
     from .adapters import Unsupported
 
-    if case.layout != "dense":
-        return bw.unsupported(f"gradients are judged on dense cases only (the backward oracle is dense), not "
-                              f"{case.layout}")
+    if case.layout == "paged":
+        return bw.unsupported(bw.PAGED_NOT_BUILT)
     if case.dtype not in bw.BACKWARD_DTYPES:
         return bw.unsupported(f"the attention backward takes {', '.join(bw.BACKWARD_DTYPES)} cases, not {case.dtype}")
     if case.device != "cpu":
         return bw.unsupported(bw.CUDA_NOT_BUILT)
     dout = make_dout(case)
     slopes = alibi_slopes(case.num_heads) if case.alibi else None
+    if case.layout == "varlen":
+        return _varlen_backward(impl, case, adapter, q, k, v, dout, meta["cu_seqlens"], slopes)
     kw = dict(causal=case.causal, window=case.window, softcap=case.softcap, alibi_slopes=slopes)
     gold = bw.gold_gradients(q, k, v, dout, **kw)
     baseline = bw.own_gradients("naive", q, k, v, dout, **kw)
@@ -159,6 +168,24 @@ def _backward(impl: str, case: Case, adapter: Any, q, k, v) -> dict[str, Any]:
             return bw.error(f"{type(exc).__name__}: {exc}")
     unseen = bw.unseen_keys(case.q_len, case.seq_len, case.causal, case.window)
     return bw.judge_gradients(grads, gold, baseline, unseen, lowp=bw.lowp_gradients(q, k, v, dout, **kw))
+
+
+def _varlen_backward(impl: str, case: Case, adapter: Any, q, k, v, dout, cu_seqlens, slopes) -> dict[str, Any]:
+    """:func:`_backward` of a varlen batch (queries and keys of the same lengths)."""
+    from . import backward as bw
+    from .conformance import judge_case_gradients
+
+    # (a float64 batch of flashparity's own kernels: the float32 case carries its layout; the references run in
+    # the inputs' dtype, and there is no 16-bit baseline)
+    cc = _conformance_case(replace(case, dtype="float32") if case.dtype == "float64" else case)
+    cu = np.array(cu_seqlens, np.int32)
+    inputs = {"q": q.copy(), "k": k.copy(), "v": v.copy(), "cu_seqlens_q": cu, "cu_seqlens_k": cu.copy(),
+              "max_seqlen_q": cc.seqlen_q, "max_seqlen_k": cc.seqlen_k, "alibi_slopes": slopes}
+    if adapter is not None:
+        return judge_case_gradients(cc, inputs, dout, lambda: adapter.gradients(cc, inputs, dout))
+    return judge_case_gradients(cc, inputs, dout, lambda: bw.varlen_gradients(
+        impl, q, k, v, dout, cu, cu, cc.seqlen_q, cc.seqlen_k, causal=case.causal, window=case.window,
+        softcap=case.softcap, alibi_slopes=slopes))
 
 
 def run_attention(impl: str, q, k, v, *, device: str, causal: bool, window, softcap: float,
@@ -338,7 +365,7 @@ def _one(impl: str, ref: str, case: Case, adapter: Any = None, backward: bool = 
     body["baseline_max_abs_diff"] = base_err
     body["fa2_rule_ok"] = bool(ref_err <= 2 * base_err + FA2_RULE_SLACK)
     if backward:
-        body["backward"] = _backward(impl, case, adapter, q, k, v)
+        body["backward"] = _backward(impl, case, adapter, q, k, v, meta)
         body["backward_ok"] = _backward_ok([body])
     return body
 
@@ -414,10 +441,11 @@ def kernel_parity(impl: Any = "flash2", ref: str = "naive", *, sweep: bool | lis
     FlashAttention-2's bound ``2 * baseline + 1e-5`` and ``fa2_rule_ok``; ``masked_keys``, the keys no
     query sees, and ``masked_keys_zero``, whether the kernel gave them exactly 0) and
     ``backward_ok``; the sweep body ``backward_ok`` (their conjunction) and ``backward_counts``.
-    flash2 and naive take :func:`flashparity.attention_backward`; a third-party kernel's gradients
-    come from ``torch.autograd.grad`` through its forward. Varlen, paged and FP8 cases, CUDA cases
-    ("the CUDA backward is not built yet") and kernels with no torch gradients are ``unsupported``
-    with the reason. The sweep adds a GQA and a sliding-window case per dtype.
+    flash2 and naive take :func:`flashparity.attention_backward` (varlen batches
+    :func:`flashparity.attention_varlen_backward`, judged per sequence); a third-party kernel's
+    gradients come from ``torch.autograd.grad`` (a JAX kernel's from ``jax.vjp``) through its
+    forward. Paged and FP8 cases, CUDA cases ("the CUDA backward is not built yet") and kernels with
+    no gradients are ``unsupported`` with the reason. The sweep adds a GQA and a sliding-window case per dtype.
     """
     if not isinstance(backward, bool):
         raise TypeError(f"backward must be a bool, got {backward!r}")
