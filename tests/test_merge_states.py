@@ -8,7 +8,7 @@ import pytest
 
 import flashparity as fp
 from attention_ref import reference
-from test_attention import BF16, DTYPES, err, make, rounding
+from test_attention import DTYPES, err, make, rounding
 
 
 def oracle(oa, la, ob, lb):

@@ -29,6 +29,7 @@ import functools
 import hashlib
 import importlib
 import inspect
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -200,18 +201,17 @@ class Adapter:
             raise Unsupported("; ".join(reasons))
         torch = _torch()
         inputs = {**inputs, **{n: np.ascontiguousarray(inputs[n]) for n in ("q", "k", "v")}}
-        global _GRAD_OUTPUTS
         self._grad_inputs = {id(inputs[n]): n for n in ("q", "k", "v")}
         self._grad_leaves: dict[str, Any] = {}
-        _GRAD_OUTPUTS = []
+        _GRAD.outputs = []
         try:
             with torch.enable_grad():
                 self.run(case, inputs)
-            outputs, leaves = _GRAD_OUTPUTS, self._grad_leaves
+            outputs, leaves = _GRAD.outputs, self._grad_leaves
         except NotImplementedError as exc:  # (a kernel with no backward for this case, as flex on a CPU)
             raise Unsupported(str(exc) or "NotImplementedError") from None
         finally:
-            _GRAD_OUTPUTS = None
+            _GRAD.outputs = None
             self._grad_inputs = None
         if len(leaves) < 3:
             raise Unsupported(f"{self.name} did not take q, k and v as torch tensors through its convention: no "
@@ -233,7 +233,7 @@ class Adapter:
 
 #: while Adapter.gradients runs: every torch tensor that requires grad and goes through from_torch
 #: (the first is the kernel's output, in flashparity's layout)
-_GRAD_OUTPUTS: list | None = None
+_GRAD = threading.local()  # .outputs (a list or None), per thread: conformance runs may run side by side
 
 
 def _gradient_reasons(adapter: Adapter, case: Any) -> list[str]:
@@ -300,8 +300,9 @@ def to_torch(x: np.ndarray, device: str = "cpu"):
 
 def from_torch(t: Any) -> np.ndarray:
     torch = _torch()
-    if _GRAD_OUTPUTS is not None and t.requires_grad:
-        _GRAD_OUTPUTS.append(t)
+    outputs = getattr(_GRAD, "outputs", None)
+    if outputs is not None and t.requires_grad:
+        outputs.append(t)
     t = t.detach().cpu()
     if t.dtype == torch.bfloat16:
         import ml_dtypes
