@@ -138,14 +138,19 @@ void matmul(const Acc* x, std::int64_t xr, std::int64_t xt, const Acc* y, std::i
             Acc* out, std::int64_t ldo, std::int64_t rows, std::int64_t cols, bool accumulate) {
   if constexpr (std::is_same_v<Acc, float>) {
     if (cols % kLanes == 0) {
-      for (std::int64_t c0 = 0; c0 < cols; c0 += kQB) {
-        with_vectors(std::min<std::int64_t>(kQB, cols - c0) / kLanes, [&](auto cv) {
+      // column blocks of at most kCV vectors, balanced (head_dim 128 at AVX2: 3,3,3,3,2,2 vectors, not
+      // 3,3,3,3,3,1, whose last block's 4 accumulators cannot cover the FMA latency); each output is
+      // one accumulator's sum over t whatever the blocks, so they change no bits
+      for (std::int64_t c0 = 0; c0 < cols;) {
+        const std::int64_t rv = (cols - c0) / kLanes, nb = (rv + kCV - 1) / kCV, take = (rv + nb - 1) / nb;
+        with_vectors(take, [&](auto cv) {
           std::int64_t r = 0;
           for (; r + kRK <= rows; r += kRK)
             outer_block<kRK, cv()>(x + r * xr, xr, xt, y + c0, ly, n, out + r * ldo + c0, ldo, accumulate);
           for (; r < rows; ++r)
             outer_block<1, cv()>(x + r * xr, xr, xt, y + c0, ly, n, out + r * ldo + c0, ldo, accumulate);
         });
+        c0 += take * kLanes;
       }
       return;
     }
