@@ -260,8 +260,11 @@ def test_jax_gradients_pass_where_the_forward_is_supported():
     # unsupported forwards keep their reasons
     for kind, why in (("plain-softcap", "softcap"), ("varlen", "varlen batches"), ("paged", "paged KV caches")):
         assert by[kind].backward["verdict"] == "unsupported" and why in by[kind].backward["reason"]
-    windowed = next(r for r in judged if r.case.window != (-1, -1))
-    assert windowed.backward["masked_keys"] == 0 or windowed.backward["masked_keys_zero"]
+    # keys no query sees (a causal window, fewer queries than keys): exactly 0 dk, dv through jax.vjp too
+    hidden = Case(dtype="bfloat16", seqlen_q=24, seqlen_k=64, causal=True, window=(8, 0), heads_q=4, heads_kv=2)
+    r = conformance("jax", backward=True, suite=[hidden]).cases[0]
+    assert r.verdict == "pass" and r.backward["verdict"] == "pass", (r.reason, r.backward["reason"])
+    assert r.backward["masked_keys"] == 64 - 24 - 8 and r.backward["masked_keys_zero"] is True
 
 
 def jax_bad_dv(query, key, value, bias=None, mask=None, *, scale=None, is_causal=False):
@@ -393,3 +396,23 @@ def test_the_pytest_plugin_judges_gradients_with_fp_backward(tmp_path):
                   tmp_path)
     assert res.returncode == 0 and "1 passed, 1 skipped" in res.stdout, res.stdout + res.stderr
     assert "backward unsupported: the paged KV-cache backward is not built" in res.stdout
+
+
+def test_extreme_cases_fail_a_wrong_flash2_backward(monkeypatch):
+    """The extreme cases' looser factor (3x) is no blank cheque: no kernel is its own baseline, so a
+    flash2 whose dv is 10% off fails them, while the real one passes."""
+    from flashparity.kernels.conformance import suite_cases
+
+    cases = [c for c in suite_cases("full", ["float32", "bfloat16"]) if c.kind == "extreme"]
+    assert cases
+    rep = conformance("flashparity:flash2", suite=cases, backward=True)
+    assert all(c.backward["verdict"] == "pass" for c in rep.cases), [c.backward["reason"] for c in rep.cases]
+    own = bw.own_gradients
+
+    def wrong(impl, *args, **kw):
+        dq, dk, dv = own(impl, *args, **kw)
+        return (dq, dk, (dv.astype(np.float32) * 1.1).astype(dv.dtype)) if impl == "flash2" else (dq, dk, dv)
+
+    monkeypatch.setattr(bw, "own_gradients", wrong)
+    rep = conformance("flashparity:flash2", suite=cases, backward=True)
+    assert all(c.backward["verdict"] == "fail" and "dv" in c.backward["reason"] for c in rep.cases)

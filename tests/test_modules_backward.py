@@ -163,6 +163,10 @@ def test_backward_arguments_are_checked():
         fp.compare_modules(a, b, ids, backward=True, loss_fn=3)
     with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
         fp.compare_modules(a, b, ids, backward=True, loss_fn=next_token_loss(ids))
+    with pytest.raises(ValueError, match="loss_fn is used only with backward=True"):
+        fp.compare_modules(a, b, ids, loss_fn=next_token_loss(ids))
+    with pytest.raises(TypeError, match="loss_fn must be callable"):
+        fp.dump(a, "/nonexistent/never-made", ids, backward=True, loss_fn="loss")
     frozen = copy.deepcopy(a).requires_grad_(False)
     with pytest.raises(ValueError, match="does not require a gradient"):
         fp.compare_modules(frozen, frozen, ids, backward=True, loss_fn=next_token_loss(ids))
@@ -274,3 +278,38 @@ def test_hf_attention_takes_transformers_layouts_and_refuses_what_it_cannot_do()
         flashparity.torch.hf_attention(Module(), q, k, v, None, dropout=0.1)
     with pytest.raises(NotImplementedError, match="output_attentions"):
         flashparity.torch.hf_attention(Module(), q, k, v, None, output_attentions=True)
+
+
+def test_a_module_that_changes_its_input_in_place_is_an_error_naming_the_fix(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(inplace=True), torch.nn.Linear(8, 1))
+    x = torch.randn(4, 8)
+    with pytest.raises(RuntimeError, match=r"in place .*inplace=False") as info:
+        fp.compare_modules(model, copy.deepcopy(model), x, backward=True, loss_fn=lambda y: y.sum())
+    assert "InputGrad" in str(info.value.__cause__)
+    with pytest.raises(RuntimeError, match=r"inplace=False"):
+        fp.dump(model, tmp_path / "d", x, backward=True, loss_fn=lambda y: y.sum())
+    model[1].inplace = False
+    assert fp.compare_modules(model, copy.deepcopy(model), x, backward=True, loss_fn=lambda y: y.sum()).ok
+
+
+def test_hf_attention_sliding_window_and_softcap_as_transformers_passes_them():
+    """sliding_window W (transformers: a key at most W - 1 positions back, FA2's window_size (W - 1,
+    W - 1) under causal) and softcap (Gemma's tanh cap), against an explicit masked softmax."""
+    g = torch.Generator().manual_seed(8)
+    q = torch.randn(1, 4, 20, 8, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(1, 2, 20, 8, generator=g, dtype=torch.float64) for _ in range(2))
+
+    class Module:
+        is_causal = True
+
+    out, _ = flashparity.torch.hf_attention(Module(), q, k, v, None, scaling=0.5, sliding_window=5, softcap=3.0)
+    kk, vv = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
+    s = 3.0 * torch.tanh((q @ kk.transpose(-1, -2)) * 0.5 / 3.0)
+    i, j = torch.arange(20)[:, None], torch.arange(20)[None, :]
+    s = s.masked_fill((j > i) | (j < i - 4), float("-inf"))
+    ref = (torch.softmax(s, dim=-1) @ vv).transpose(1, 2)
+    assert fp.parity(out, ref, atol=1e-12, rtol=1e-10).mismatches == 0
+    # a window as long as the keys is no window (transformers passes it only when it cuts)
+    out, _ = flashparity.torch.hf_attention(Module(), q, k, v, None, sliding_window=20)
+    full, _ = flashparity.torch.hf_attention(Module(), q, k, v, None)
+    assert torch.equal(out, full)

@@ -340,7 +340,7 @@ struct DqRows {
 // The query chunks of one (batch, kv head)'s query heads, [group][ceil(seqlen_q / kBwdBr)], each
 // loaded on its first use and kept: the fused task's key tiles visit them all again, and loading a
 // chunk (converting its rows, D = dout · out, the finiteness checks) is otherwise repeated per tile.
-// Used when their Q and dout rows fit kChunkCacheBytes.
+// Used when they and the task's dQ rows fit kChunkCacheBytes together (per concurrent task).
 constexpr std::int64_t kChunkCacheBytes = std::int64_t(64) << 20;
 
 template <typename T, typename Acc>
@@ -434,7 +434,8 @@ void flash2_fused_task(const AttnBwdParams& bp, std::int64_t b, std::int64_t hk,
   dq.ld = round_up(p.head_dim, kRowPad<Acc>);
   dq.rows.assign(static_cast<std::size_t>(group * dq.sq * dq.ld), Acc(0));
   ChunkCache<T, Acc> cache;
-  const bool cached = 2 * group * dq.sq * dq.ld * static_cast<std::int64_t>(sizeof(Acc)) <= kChunkCacheBytes;
+  // (Q and dout rows, twice the dQ rows' bytes)
+  const bool cached = 3 * group * dq.sq * dq.ld * static_cast<std::int64_t>(sizeof(Acc)) <= kChunkCacheBytes;
   if (cached) {
     cache.per_head = (p.seqlen_q + kBwdBr - 1) / kBwdBr;
     cache.chunks.resize(static_cast<std::size_t>(group * cache.per_head));

@@ -8,9 +8,7 @@ from ._common import (
     EXIT_FAILED, EXIT_OK, UsageError, _Parser, _case_from, _emit, _gate, _reject, _verdict, case_flags,
     gate_flags, kernel_flags,
 )
-
-
-
+from .._write import printable
 
 
 def _cmd_conformance(args: argparse.Namespace) -> int:
@@ -109,9 +107,12 @@ def _cmd_kernel_parity(args: argparse.Namespace) -> int:
                  f"  kernel_source {body['kernel_source']}"]
         if "backward" in body:
             b = body["backward"]
-            lines.append(f"  backward: {_backward_cell(b)}" + (f" ({b['reason']})" if b["reason"] else ""))
-            lines += [f"    {g}: error {b[g]['max_abs_diff']:.3g} vs naive {b[g]['baseline_max_abs_diff']:.3g}, "
-                      f"ratio {b[g]['ratio']:.3g}" for g in ("dq", "dk", "dv") if b[g]]
+            lines.append(f"  backward: {_backward_cell(b)}" + (f" ({printable(b['reason'])})" if b["reason"] else ""))
+            lines += [f"    {g}: error {b[g]['max_abs_diff']:.3g} vs baseline {b[g]['baseline_max_abs_diff']:.3g} "
+                      f"(naive {b[g]['naive_max_abs_diff']:.3g}"
+                      + (f", FA2 low-precision {b[g]['lowp_ref_max_abs_diff']:.3g}"
+                         if b[g].get("lowp_ref_max_abs_diff") is not None else "")
+                      + f"), ratio {b[g]['ratio']:.3g}" for g in ("dq", "dk", "dv") if b[g]]
             if b["masked_keys"]:
                 lines.append(f"    {b['masked_keys']} keys no query sees: dk, dv exactly 0: "
                              f"{'yes' if b['masked_keys_zero'] else 'NO'}")

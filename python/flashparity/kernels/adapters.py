@@ -153,10 +153,10 @@ class Adapter:
         """A case's input as a torch tensor on the adapter's device (a view of it on the CPU). While
         :meth:`gradients` runs, q, k and v become leaf tensors that require grad (copies)."""
         t = to_torch(x, self.device)
-        wanted = getattr(self, "_grad_inputs", None)
+        wanted = getattr(_GRAD, "inputs", None)
         if wanted is not None and id(x) in wanted:
             t = t.detach().clone().requires_grad_(True)
-            self._grad_leaves[wanted[id(x)]] = t
+            _GRAD.leaves[wanted[id(x)]] = t
         return t
 
     def note(self, text: str) -> None:
@@ -201,18 +201,16 @@ class Adapter:
             raise Unsupported("; ".join(reasons))
         torch = _torch()
         inputs = {**inputs, **{n: np.ascontiguousarray(inputs[n]) for n in ("q", "k", "v")}}
-        self._grad_inputs = {id(inputs[n]): n for n in ("q", "k", "v")}
-        self._grad_leaves: dict[str, Any] = {}
-        _GRAD.outputs = []
+        _GRAD.inputs = {id(inputs[n]): n for n in ("q", "k", "v")}
+        _GRAD.leaves, _GRAD.outputs = {}, []
         try:
             with torch.enable_grad():
                 self.run(case, inputs)
-            outputs, leaves = _GRAD.outputs, self._grad_leaves
+            outputs, leaves = _GRAD.outputs, _GRAD.leaves
         except NotImplementedError as exc:  # (a kernel with no backward for this case, as flex on a CPU)
             raise Unsupported(str(exc) or "NotImplementedError") from None
         finally:
-            _GRAD.outputs = None
-            self._grad_inputs = None
+            _GRAD.inputs = _GRAD.leaves = _GRAD.outputs = None
         if len(leaves) < 3:
             raise Unsupported(f"{self.name} did not take q, k and v as torch tensors through its convention: no "
                               "gradients to take")
@@ -233,7 +231,9 @@ class Adapter:
 
 #: while Adapter.gradients runs: every torch tensor that requires grad and goes through from_torch
 #: (the first is the kernel's output, in flashparity's layout)
-_GRAD = threading.local()  # .outputs (a list or None), per thread: conformance runs may run side by side
+#: (and .inputs: id of q, k, v -> name; .leaves: name -> the leaf tensor made of it; per thread:
+#: conformance runs may run side by side, even on one adapter)
+_GRAD = threading.local()
 
 
 def _gradient_reasons(adapter: Adapter, case: Any) -> list[str]:

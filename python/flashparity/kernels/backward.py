@@ -26,11 +26,15 @@ import numpy as np
 from .attention import attention, attention_backward
 from ..parity import parity
 
-__all__ = ["GRAD_RULE_FACTOR", "GRAD_RULE_EPS", "GRADS", "draw_dout", "own_gradients", "gold_gradients",
+__all__ = ["GRAD_RULE_FACTOR", "GRAD_RULE_FACTOR_EXTREME", "GRAD_RULE_EPS", "GRADS", "draw_dout", "own_gradients", "gold_gradients",
            "varlen_gradients", "judge_gradients", "lowp_gradients", "unsupported", "error", "unseen_keys",
            "BACKWARD_DTYPES", "CUDA_NOT_BUILT", "PAGED_NOT_BUILT"]
 
 GRAD_RULE_FACTOR, GRAD_RULE_EPS = 2.0, 1e-5
+#: the factor of the extreme cases (scores near ±1e4): FA2's 3x (its test_flash_attn_output's gradient
+#: factor), for a kernel that recomputes P from the forward's float32 LSE, whose rounding there (an ulp
+#: of 1e4 is ~1e-3) does not cancel against the backward's scores as the naive kernel's own softmax does
+GRAD_RULE_FACTOR_EXTREME = 3.0
 GRADS = ("dq", "dk", "dv")
 #: the dtypes fp.attention_backward takes in a case (float64 is the gold's)
 BACKWARD_DTYPES = ("float64", "float32", "float16", "bfloat16")
@@ -171,11 +175,12 @@ def _ratio(err: float, bound: float) -> float:
 
 
 def judge_gradients(grads: tuple, gold: tuple, baseline: tuple, unseen: np.ndarray | None = None,
-                    also: tuple | None = None, lowp: tuple | None = None) -> dict[str, Any]:
+                    lowp: tuple | None = None,
+                    factor: float = GRAD_RULE_FACTOR) -> dict[str, Any]:
     """The backward body of one case: each gradient's max error against the gold, the baseline's,
     their ratio to the bound (at most 1 passes) and the verdict (``pass`` or ``fail`` with the
-    reasons). ``grads``, ``gold``, ``baseline``: (dq, dk, dv) in BSHD; ``also``: a second baseline;
-    ``lowp``: :func:`lowp_gradients` (FlashAttention-2's own rounding in a 16-bit dtype), a third
+    reasons). ``grads``, ``gold``, ``baseline``: (dq, dk, dv) in BSHD; ``lowp``:
+    :func:`lowp_gradients` (FlashAttention-2's own rounding in a 16-bit dtype), a second baseline
     (the largest error counts); ``unseen``: [seqlen_k] bool ([total_k] for a packed varlen batch),
     the keys whose dk and dv must be exactly 0."""
     body: dict[str, Any] = {"verdict": "pass", "reason": ""}
@@ -188,18 +193,16 @@ def judge_gradients(grads: tuple, gold: tuple, baseline: tuple, unseen: np.ndarr
             continue
         err = parity(x, g)
         naive = base = parity(b, g).max_abs_diff
-        if also is not None:
-            base = max(base, parity(also[i], g).max_abs_diff)
         lowp_err = None if lowp is None else parity(lowp[i], g).max_abs_diff
         if lowp_err is not None:
             base = max(base, lowp_err)
-        ratio = _ratio(err.max_abs_diff, GRAD_RULE_FACTOR * base + GRAD_RULE_EPS)
+        ratio = _ratio(err.max_abs_diff, factor * base + GRAD_RULE_EPS)
         body[name] = {"max_abs_diff": err.max_abs_diff, "baseline_max_abs_diff": base, "ratio": ratio,
                       "fa2_rule_ok": bool(ratio <= 1), "naive_max_abs_diff": naive,
                       "lowp_ref_max_abs_diff": lowp_err}
         if not ratio <= 1:
             reasons.append(f"{name}: max|{name} - gold| {err.max_abs_diff:.3g} (at {err.max_abs_index}) > "
-                           f"{GRAD_RULE_FACTOR:g} × baseline's {base:.3g} + {GRAD_RULE_EPS:g}")
+                           f"{factor:g} × baseline's {base:.3g} + {GRAD_RULE_EPS:g}")
     n_unseen = 0 if unseen is None else int(unseen.sum())
     body["masked_keys"] = n_unseen
     body["masked_keys_zero"] = None

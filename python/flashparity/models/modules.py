@@ -387,6 +387,30 @@ def _loss_of(output: Any, loss_fn: Callable | None) -> Any:
     return loss
 
 
+def _check_backward_args(torch: Any, backward: Any, loss_fn: Any, what: str) -> None:
+    if not isinstance(backward, bool):
+        raise TypeError(f"backward must be True or False, got {backward!r}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    if loss_fn is not None and not backward:
+        raise ValueError("loss_fn is used only with backward=True (the forward alone has no loss)")
+    if backward and torch.is_inference_mode_enabled():
+        raise RuntimeError(f"backward=True cannot run under torch.inference_mode(): leave it for {what}")
+
+
+def _in_place_hint(exc: BaseException) -> BaseException:
+    """torch's error for an in-place change of a module input that the gradient hooks routed through
+    their identity node, with what to do about it; any other error as it is."""
+    if isinstance(exc, RuntimeError) and "InputGrad" in str(exc) and "inplace" in str(exc).replace("-", ""):
+        hint = RuntimeError("backward=True: a module changes one of its inputs in place (e.g. nn.ReLU(inplace=True)), "
+                            "which the per-module gradient hooks cannot follow, as register_full_backward_hook "
+                            "cannot: make it out of place (inplace=False) for the comparison. torch said: "
+                            f"{str(exc).splitlines()[0]}")
+        hint.__cause__ = exc
+        return hint
+    return exc
+
+
 def _param_grads(model: Any, canon: Callable[[str], str | None]) -> list[tuple[str, Any]]:
     """(name, .grad) of every parameter of a module `canon` keeps, the module's name after `canon`
     (each parameter once, by its first name)."""
@@ -651,8 +675,11 @@ def compare_modules(model_a: Any, model_b: Any, *args: Any, atol: float | None =
     .grad_input[i]`` / ``.grad_input.<keyword>``, phase "backward", in model_a's backward execution
     order), then every parameter's ``.grad`` (``<param name>#0.grad``, phase "parameter"). The
     report's ``first_backward_divergence`` names the first module, in backward order, whose
-    gradient breaks the rule. Memory: model_b's (and the reference's) gradients are copied to the
-    host until model_a's backward reaches them.
+    gradient breaks the rule. Memory: every run's autograd graph (its activations) lives until its
+    own backward, so at the peak all of them at once, as two or three training steps would hold;
+    model_b's (and the reference's) gradients are copied to the host until model_a's backward
+    reaches them. A module that changes an input in place is an error naming the fix (inplace=False).
+    ``loss_fn`` without ``backward=True`` is an error.
 
     Outputs are matched by qualified module name (after ``name_map``: ``{name: canonical name}`` or a
     function, applied to every model's names; None drops a module), with the call index for modules
@@ -680,12 +707,7 @@ def compare_modules(model_a: Any, model_b: Any, *args: Any, atol: float | None =
     for i, m in enumerate(models):
         if not isinstance(m, torch.nn.Module):
             raise TypeError(f"{('model_a', 'model_b', 'reference')[i]} must be a torch.nn.Module, got {type(m).__name__}")
-    if not isinstance(backward, bool):
-        raise TypeError(f"backward must be True or False, got {backward!r}")
-    if loss_fn is not None and not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-    if backward and torch.is_inference_mode_enabled():
-        raise RuntimeError("backward=True cannot run under torch.inference_mode(): leave it for the comparison")
+    _check_backward_args(torch, backward, loss_fn, "the comparison")
     judge = _Judge(atol, rtol, min_cosine, max_mismatch_ratio, reference is not None)
     canon = _canon(name_map, include, exclude)
     order_a: dict[tuple, int] = {}
@@ -755,7 +777,7 @@ def compare_modules(model_a: Any, model_b: Any, *args: Any, atol: float | None =
                         note_order((_LOSS, 0))
                     rv.arrive(side, (_LOSS, 0), [("", losses[side])])
         except BaseException as exc:  # noqa: BLE001 (re-raised in the caller)
-            err = exc
+            err = _in_place_hint(exc) if backward else exc
         finally:
             _RUN.run = None
             for h in handles[side]:  # (a run the caller stopped waiting for takes its hooks away itself)
@@ -892,10 +914,7 @@ def dump(model: Any, directory: str | os.PathLike, *args: Any, backward: bool = 
     """
     torch = require("torch", "fp.dump")
 
-    if not isinstance(backward, bool):
-        raise TypeError(f"backward must be True or False, got {backward!r}")
-    if backward and torch.is_inference_mode_enabled():
-        raise RuntimeError("backward=True cannot run under torch.inference_mode(): leave it for the dump")
+    _check_backward_args(torch, backward, loss_fn, "the dump")
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     if os.listdir(directory):
@@ -927,7 +946,13 @@ def dump(model: Any, directory: str | os.PathLike, *args: Any, backward: bool = 
         handles += _hook_input_grads(model, keep, lambda name, call, path, g: write(name, call, path, g, "backward"))
     try:
         with torch.enable_grad() if backward else torch.no_grad():
-            output = model(*args, **kwargs)
+            try:
+                output = model(*args, **kwargs)
+            except RuntimeError as exc:
+                hint = _in_place_hint(exc) if backward else exc
+                if hint is exc:
+                    raise
+                raise hint from exc
             if backward:
                 loss = _loss_of(output, loss_fn)
                 del output
@@ -1020,11 +1045,21 @@ def compare_dumps(path_a: str, path_b: str, *, atol: float | None = None, rtol: 
         if entry is not None:
             entry.phase = _dump_phase(e)
             entries.append(entry)
-    for order, e in enumerate(man_b["entries"]):  # (placed by b's order: near where a would have it)
+    # (one only in b: placed by b's order near where a would have it, within its own phase's lane)
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for order, e in enumerate(man_a["entries"]):
+        first.setdefault(_dump_phase(e), order)
+        last[_dump_phase(e)] = order
+    lanes = ("forward", "backward", "parameter")
+    for order, e in enumerate(man_b["entries"]):
         if e["key"] in only_b:
-            entries.append(ModuleEntry(e["name"], e["call"], e["path"], order + 0.25, None, False, "structure",
-                                       "only in b"))
-            entries[-1].phase = _dump_phase(e)
+            phase = _dump_phase(e)
+            i = lanes.index(phase)
+            lo = max((last[p] + 0.5 for p in lanes[:i] if p in last), default=-math.inf)
+            hi = min((first[p] - 0.5 for p in lanes[i + 1:] if p in first), default=math.inf)
+            entries.append(ModuleEntry(e["name"], e["call"], e["path"], min(max(order + 0.25, lo), hi), None, False,
+                                       "structure", "only in b", phase=phase))
     only = {"a": list(body["only_in_a"]), "b": list(body["only_in_b"])}
     meta = {"torch": f"{man_a.get('torch')} / {man_b.get('torch')}",
             "devices": [f"a: {', '.join(man_a.get('device', []))}", f"b: {', '.join(man_b.get('device', []))}"],
