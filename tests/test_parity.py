@@ -173,6 +173,8 @@ def _parity_in_child(conn, a, b):
     conn.close()
 
 
+# (JAX, once another test has started it in this process, warns at every os.fork; the child here runs no JAX)
+@pytest.mark.filterwarnings(r"ignore:os\.fork\(\) was called:RuntimeWarning")
 def test_thread_pool_after_fork(monkeypatch):
     # A forked child has none of the parent's helper threads: it must build its own pool, not wait
     # forever on the parent's.
