@@ -343,17 +343,9 @@ def alibi_mask(case: Any, slopes: np.ndarray) -> np.ndarray:
 
 def visible(case: Any) -> np.ndarray:
     """[seqlen_q, seqlen_k] bool: which keys each query sees (bottom-right causal and window)."""
-    i = np.arange(case.seqlen_q)[:, None] + case.seqlen_k - case.seqlen_q
-    j = np.arange(case.seqlen_k)[None, :]
-    left, right = case.window
-    if case.causal:
-        right = 0 if right < 0 else min(right, 0)
-    ok = np.ones((case.seqlen_q, case.seqlen_k), bool)
-    if left >= 0:
-        ok &= j >= i - left
-    if right >= 0:
-        ok &= j <= i + right
-    return ok
+    from .backward import visible as keys_seen
+
+    return keys_seen(case.seqlen_q, case.seqlen_k, case.causal, case.window)
 
 
 # ---- built-in adapters --------------------------------------------------------------------------------
