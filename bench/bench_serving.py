@@ -15,7 +15,6 @@ Workloads (float32 and bfloat16, GQA 16/4 heads, head_dim 128):
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import simd_env  # noqa: I001  (first: it sets what the libraries read when they load)

@@ -18,15 +18,17 @@ import sys
 
 # this architecture's levels (flashparity's _core.simd_levels(), which cannot be imported yet)
 LEVELS = ("neon", "neonbf16") if platform.machine().lower() in ("aarch64", "arm64") else (
-    "scalar", "avx2", "avx512", "avx512icl")
+    "scalar", "avx2", "avx512", "avx512icl", "avx512amx")
 CAPS = {
     "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
              "OPENBLAS_CORETYPE": "Haswell"},
+    # AVX-512 with BF16 but without AMX: oneDNN (torch's bfloat16 matmuls) held below its AMX kernels
+    "avx512icl": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
     "scalar": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41",
                "OPENBLAS_CORETYPE": "Nehalem"},
 }
 TITLES = {"scalar": "scalar level, no AVX", "avx2": "AVX2 level", "avx512": "AVX-512 level",
-          "avx512icl": "AVX-512 level", "neon": "NEON level", "neonbf16": "NEON BF16 level"}
+          "avx512icl": "AVX-512 level", "avx512amx": "AMX level", "neon": "NEON level", "neonbf16": "NEON BF16 level"}
 
 
 def level_from_argv(argv: list[str]) -> str | None:

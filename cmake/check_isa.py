@@ -43,12 +43,13 @@ LEVELS = {
     "avx512": BASE | {"avx512f"},
     "avx512icl": BASE | {"avx512f", "gfni", "avx512bitalg"},
     "avx512bf16": BASE | {"avx512f", "avx512bf16"},
+    "avx512amx": BASE | {"avx512f", "avx512bf16", "amx"},
 }
 # what a unit of each level must use somewhere (rule 7)
 SIGNATURE = {"avx2": {"avx2"}, "avx512": {"avx512f"}, "avx512icl": {"gfni", "avx512bitalg"},
-             "avx512bf16": {"avx512bf16"}}
+             "avx512bf16": {"avx512bf16"}, "avx512amx": {"amx"}}
 
-UNIT_RE = re.compile(r"_(scalar|avx2|avx512|avx512icl|avx512bf16)\.(?:cpp|cc|cxx)\.o(?:bj)?$")
+UNIT_RE = re.compile(r"_(scalar|avx2|avx512|avx512icl|avx512bf16|avx512amx)\.(?:cpp|cc|cxx)\.o(?:bj)?$")
 ISA_SYMBOL_RE = re.compile(r"^_ZN\w*?11flashparity\d+isa_")  # anything in namespace flashparity::isa_*
 LOAD_TIME_RE = re.compile(r"^\.(init_array|preinit_array|ctors|fini_array|dtors)(\.|$)")
 
@@ -108,7 +109,7 @@ def instruction_feature(raw: list[int], mnemonic: str) -> str | None:
             return "bmi"
         if op == 0xC4 and (nxt & 0x1F) not in (1, 2, 3):
             return "vex-map%d" % (nxt & 0x1F)  # (AMX's tile instructions are map 2: caught below)
-        if mnemonic.startswith("t") or "tmm" in mnemonic:
+        if mnemonic.startswith("t") or "tmm" in mnemonic or mnemonic in ("ldtilecfg", "sttilecfg"):
             return "amx"
         for pattern, feature in FAMILIES:
             if pattern.match(mnemonic):

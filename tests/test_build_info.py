@@ -26,7 +26,9 @@ def test_build_info_keys_and_types():
     assert isinstance(info["cuda_available"], bool)
     assert isinstance(info["devices"], list)
     assert info["simd"] in _core.simd_levels() and info["simd_detected"] in _core.simd_levels()
-    assert _core.simd_levels() in (["scalar", "avx2", "avx512", "avx512icl"], ["neon", "neonbf16"], ["scalar"])
+    assert _core.simd_levels() in (["scalar", "avx2", "avx512", "avx512icl", "avx512amx"], ["neon", "neonbf16"],
+                                   ["scalar"])
+    assert isinstance(info["amx"], str) and info["amx"]
     assert info["simd_levels"] == _core.simd_levels()
     assert HEX40.fullmatch(info["kernel_digest"])
     assert info["kernel_source"] == {

@@ -179,6 +179,8 @@ def test_info(capsys):
     assert out.startswith(f"flashparity {fp.__version__}\n")
     assert fp.build_info()["kernel_digest"] in out
     assert f"  simd levels   {' '.join(fp.build_info()['simd_levels'])} (" in out
+    amx = fp.build_info()["amx"]  # available (then how to opt in, or that it is in use), or why not
+    assert f"  amx           {amx}" in out and ("FLASHPARITY_SIMD=avx512amx" in out) == (amx == "available")
     code, out, _ = run(["info", "--json"], capsys)
     assert code == 0
     info = json.loads(out)

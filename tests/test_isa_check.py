@@ -199,3 +199,45 @@ def test_instruction_features():
     assert feat([0x8F, 0xC0], "pop") is None
     assert feat([0x62, 0xF4, 0x7C, 0x48, 0x00, 0xC1], "add") == "evex-map4"  # APX
     assert feat([0x62, 0xF3, 0x7C, 0x48, 0x66, 0xC1, 0x00], "vfpclassph") == "avx512fp16"
+
+
+def test_amx_tiles_only_in_the_amx_unit(tmp_path):
+    # AMX's tile instructions (ldtilecfg and tilerelease included) belong to the avx512amx level only:
+    # the same kernel passes in the AMX unit and fails in the AVX-512 BF16 unit (where it got AMX by an
+    # attribute of its own, as a stray intrinsic would need)
+    def unit(level, attribute=""):
+        src = f"""#include <immintrin.h>
+#define FP_ISA FP_ISA_ID_{level.upper()}
+#include "isa/isa_target.h"
+FP_ISA_BEGIN
+namespace flashparity {{ namespace isa_{level} {{ namespace {{
+{attribute} void tiles(const void* cfg, const void* p, void* q) {{
+  _tile_loadconfig(cfg); _tile_loadd(4, p, 64); _tile_loadd(6, p, 64); _tile_zero(0);
+  _tile_dpbf16ps(0, 4, 6); _tile_stored(0, q, 64); _tile_release();
+  __m512 x; __builtin_memcpy(&x, p, 64);
+  x = _mm512_dpbf16_ps(x, (__m512bh)_mm512_castps_si512(x), (__m512bh)_mm512_castps_si512(x));
+  __builtin_memcpy(q, &x, 64);
+}}
+}}
+extern void (*const attention_table)(const void*, const void*, void*);
+void (*const attention_table)(const void*, const void*, void*) = &tiles;
+}} }}
+FP_ISA_END"""
+        return compile_obj(tmp_path, f"attention_{level}.cpp.o", src, "-Wno-psabi")
+
+    amx_unit = unit("avx512amx")
+    assert errors(amx_unit) == []
+    errs = errors(unit("avx512bf16", '__attribute__((target("amx-tile,amx-bf16")))'))
+    assert any("uses amx (" in e for e in errs), errs
+    # each tile instruction is AMX by itself (the report names one example per extension)
+    seen = set()
+    for line in subprocess.run([OBJDUMP, "-d", "-w", amx_unit], check=True, capture_output=True,
+                               text=True).stdout.splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 3 and parts[2].split():
+            mnemonic = parts[2].split()[0]
+            if mnemonic in ("ldtilecfg", "tileloadd", "tilezero", "tdpbf16ps", "tilestored", "tilerelease"):
+                raw = [int(x, 16) for x in parts[1].split()]
+                assert check_isa.instruction_feature(raw, mnemonic) == "amx", line
+                seen.add(mnemonic)
+    assert seen == {"ldtilecfg", "tileloadd", "tilezero", "tdpbf16ps", "tilestored", "tilerelease"}

@@ -33,6 +33,7 @@ py::dict build_info() {
   d["simd"] = simd_level_name(active_simd_level());
   d["simd_detected"] = simd_level_name(detected_simd_level());
   d["cpu_features"] = cpu_feature_names();
+  d["amx"] = amx_status();
 
   CudaInfo cuda;
   {

@@ -48,7 +48,7 @@ void attention_backward_cpu(const AttnBwdParams& bp, AttnImpl impl) { attention_
 void attention_backward_cpu(const AttnBwdParams* problems, std::int64_t count, AttnImpl impl) {
   if (count == 0) return;
   const DType dtype = problems[0].fwd.q.dtype;
-  const AttentionBackwardTable& table = *active_attention_table(dtype).backward;
+  const AttentionBackwardTable& table = active_attention_backward_table(dtype);
   const auto fn = [&](AttnBwdKind kind) {
     const AttnBwdTaskFn f = table.task_fn(kind, dtype);
     if (f == nullptr)

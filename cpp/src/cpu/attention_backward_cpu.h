@@ -1,5 +1,5 @@
 // CPU attention backward: the driver (attention_backward_cpu.cpp) and the per-ISA task kernels it
-// runs (isa/attention_backward_impl.h), reached through the forward's AttentionTable.
+// runs (isa/attention_backward_impl.h), reached through active_attention_backward_table().
 #pragma once
 
 #include <cstdint>
@@ -23,6 +23,10 @@ struct AttentionBackwardTable {
   std::int64_t rows_per_task;  // Flash2Dq's n
   std::int64_t keys_per_task;  // Flash2DkDv's n
 };
+
+// The backward table for the active SIMD level (cpu_dispatch.cpp): the forward's unit's, but at the
+// avx512amx level (whose unit has no backward) the AVX-512 BF16 unit's.
+const AttentionBackwardTable& active_attention_backward_table(DType dtype);
 
 // The whole backward on the CPU threads (float64, float32, float16, bfloat16) of `count` problems:
 // a dense BSHD batch is one, a varlen batch one per sequence (attention_seqs.h's

@@ -3,6 +3,8 @@
 #include "cpu/attention_cpu.h"
 
 #include <algorithm>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "cpu/threading.h"
@@ -15,6 +17,9 @@ void attention_cpu(const AttnParams* problems, std::int64_t n, AttnImpl impl) {
   if (n == 0) return;
   const AttentionTable& kernels = active_attention_table(problems[0].q.dtype);
   const AttnTaskFn fn = kernels.task_fn(impl, problems[0].q.dtype);
+  if (fn == nullptr)  // (the dispatcher's promise broken: never a silent no-op)
+    throw std::logic_error(std::string("no CPU attention kernel for ") + dtype_name(problems[0].q.dtype) +
+                           " at this SIMD level");
   const std::int64_t rows_per_task = kernels.rows_per_task(impl);
   // first task of each problem (tiles of rows_per_task query rows per (batch, head))
   std::vector<std::int64_t> first(static_cast<std::size_t>(n) + 1, 0);

@@ -15,20 +15,19 @@ enum class AttnImpl : int { Naive = 0, Flash2 = 1 };
 using AttnTaskFn = void (*)(const AttnParams& p, void* scratch, std::int64_t b, std::int64_t h, std::int64_t r0,
                             std::int64_t rows);
 
-struct AttentionBackwardTable;  // cpu/attention_backward_cpu.h
-
-// One ISA's attention kernels (attention_{scalar,avx2,avx512,avx512bf16}.cpp). Common code reaches
-// a unit's kernels only through its table, picked for the CPU by active_attention_table().
+// One ISA's attention kernels (attention_{scalar,avx2,avx512,avx512bf16,avx512amx,neon,neonbf16}.cpp).
+// Common code reaches a unit's kernels only through its table, picked for the CPU by
+// active_attention_table(). task_fn gives null for a dtype the unit is not dispatched for.
 struct AttentionTable {
   AttnTaskFn (*task_fn)(AttnImpl impl, DType dtype);
   std::int64_t (*rows_per_task)(AttnImpl impl);  // the `rows` a task takes at most
   void* (*scratch_new)();                        // one worker's state for one call (K/V it converted)
   void (*scratch_free)(void* scratch);
-  const AttentionBackwardTable* backward;        // the same unit's backward kernels
 };
 
 // The table for the active SIMD level (cpu_dispatch.cpp); bfloat16 inputs get the AVX-512 BF16
-// unit where the CPU has its dot products.
+// unit where the CPU has its dot products (the AMX unit at the opt-in avx512amx level; the AMX
+// kernels with emulated tiles under FLASHPARITY_AMX_EMULATE=1).
 const AttentionTable& active_attention_table(DType dtype);
 
 // Runs the whole forward on the CPU threads: tasks are (batch, head, query-row tile), each written

@@ -3,6 +3,13 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#endif
 #elif defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
 #elif defined(__aarch64__) && defined(__APPLE__)
@@ -22,6 +29,7 @@ namespace {
 
 struct Features {
   bool popcnt, pclmul, avx2, fma, f16c, avx512f, avx512bw, avx512dq, avx512vl, avx512bf16, gfni, avx512bitalg;
+  bool amx_tile, amx_bf16, amx_os;  // CPUID's AMX-TILE and AMX-BF16; XCR0's tile state (XTILECFG, XTILEDATA)
   bool asimd, crc32, fphp, asimdhp, asimdfhm, bf16, i8mm, sve, sve2;  // aarch64
 };
 
@@ -44,6 +52,7 @@ Features probe() {
   }
   const bool ymm = avx && (xcr0 & 0x6) == 0x6;      // XMM and YMM state
   const bool zmm = ymm && (xcr0 & 0xe0) == 0xe0;     // + opmask, ZMM_Hi256, Hi16_ZMM
+  f.amx_os = (xcr0 & 0x60000) == 0x60000;            // bits 17, 18: XTILECFG, XTILEDATA
   f.fma = ymm && (c & (1u << 12));
   f.f16c = ymm && (c & (1u << 29));
   unsigned max_leaf = __get_cpuid_max(0, nullptr);
@@ -56,6 +65,8 @@ Features probe() {
     f.avx512vl = zmm && (b & (1u << 31));
     f.gfni = c & (1u << 8);
     f.avx512bitalg = zmm && (c & (1u << 12));
+    f.amx_bf16 = d & (1u << 22);
+    f.amx_tile = d & (1u << 24);
     const unsigned sub_leaves = a;
     if (sub_leaves >= 1) {
       __cpuid_count(7, 1, a, b, c, d);
@@ -96,17 +107,52 @@ const Features& features() {
   return f;
 }
 
+// AMX's tile data (8 KiB a thread) is a dynamically enabled XSAVE feature on Linux (5.16+): a process
+// asks for it once, ARCH_REQ_XCOMP_PERM with XFEATURE_XTILEDATA, before its first tile instruction
+// (which would otherwise die of SIGILL). Asked at most once, when a CPU that has AMX is detected.
+// Empty when granted, else why not.
+std::string amx_refusal() {
+#if defined(__x86_64__) && defined(__linux__)
+  static const std::string why = [] {
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;  // asm/prctl.h, asm/fpu/types.h
+    if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0) return std::string();
+    const int err = errno;
+    return std::string("refused by the kernel (arch_prctl(ARCH_REQ_XCOMP_PERM): ") + std::strerror(err) + ")";
+  }();
+  return why;
+#else
+  return "not supported on this OS by flashparity";
+#endif
+}
+
+bool amx_built() {
+#if defined(FP_HAVE_AMX_UNIT)
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool amx_usable() {
+  const Features& f = features();
+  return amx_built() && f.amx_tile && f.amx_bf16 && f.amx_os && f.avx512bf16 && amx_refusal().empty();
+}
+
 struct LevelName {
   SimdLevel level;
   const char* name;
 };
 #if defined(__x86_64__) || defined(__i386__)
 constexpr LevelName kLevels[] = {{SimdLevel::Scalar, "scalar"}, {SimdLevel::Avx2, "avx2"},
-                                 {SimdLevel::Avx512, "avx512"}, {SimdLevel::Avx512Icl, "avx512icl"}};
+                                 {SimdLevel::Avx512, "avx512"}, {SimdLevel::Avx512Icl, "avx512icl"},
+                                 {SimdLevel::Avx512Amx, "avx512amx"}};
+constexpr SimdLevel kHighestDefault = SimdLevel::Avx512Icl;  // the levels above it are opt-ins
 #elif defined(__aarch64__)
 constexpr LevelName kLevels[] = {{SimdLevel::Neon, "neon"}, {SimdLevel::NeonBf16, "neonbf16"}};
+constexpr SimdLevel kHighestDefault = SimdLevel::NeonBf16;
 #else
 constexpr LevelName kLevels[] = {{SimdLevel::Scalar, "scalar"}};
+constexpr SimdLevel kHighestDefault = SimdLevel::Scalar;
 #endif
 
 }  // namespace
@@ -126,8 +172,10 @@ std::vector<std::string> simd_level_names() {
 SimdLevel detected_simd_level() {
 #if defined(__x86_64__) || defined(__i386__)
   const Features& f = features();
-  if (f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.avx2 && f.fma && f.f16c && f.popcnt)
-    return f.gfni && f.avx512bitalg ? SimdLevel::Avx512Icl : SimdLevel::Avx512;
+  if (f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.avx2 && f.fma && f.f16c && f.popcnt) {
+    if (!(f.gfni && f.avx512bitalg)) return SimdLevel::Avx512;
+    return amx_usable() ? SimdLevel::Avx512Amx : SimdLevel::Avx512Icl;  // (every AMX CPU has GFNI, BITALG)
+  }
   if (f.avx2 && f.fma && f.f16c && f.popcnt) return SimdLevel::Avx2;
 #elif defined(__aarch64__)
   if (features().bf16) return SimdLevel::NeonBf16;
@@ -138,7 +186,8 @@ SimdLevel detected_simd_level() {
 SimdLevel active_simd_level() {
   const SimdLevel level = detected_simd_level();
   const char* env = std::getenv("FLASHPARITY_SIMD");
-  if (env == nullptr || *env == '\0') return level;
+  if (env == nullptr || *env == '\0')  // opt-in levels only when asked for by name
+    return static_cast<int>(level) > static_cast<int>(kHighestDefault) ? kHighestDefault : level;
   const std::string want(env);
   for (const LevelName& l : kLevels)  // a cap: never above the CPU's level
     if (want == l.name) return static_cast<int>(l.level) < static_cast<int>(level) ? l.level : level;
@@ -146,6 +195,23 @@ SimdLevel active_simd_level() {
   const int n = static_cast<int>(sizeof(kLevels) / sizeof(kLevels[0]));
   for (int i = 0; i < n; ++i) names += std::string(i == 0 ? "" : i + 1 == n ? " or " : ", ") + kLevels[i].name;
   throw std::invalid_argument("FLASHPARITY_SIMD must be " + names + ", got '" + want + "'");
+}
+
+std::string amx_status() {
+  const Features& f = features();
+  if (!amx_built()) return "not in this build (its compiler has no AMX intrinsics)";
+  if (!(f.amx_tile && f.amx_bf16)) return "not on this CPU";
+  if (!f.amx_os) return "not enabled by the OS (XCR0 lacks the tile state)";
+  if (!f.avx512bf16) return "not usable: the CPU lacks AVX-512 BF16";
+  const std::string why = amx_refusal();
+  return why.empty() ? "available" : why;
+}
+
+bool amx_emulation() {
+  const char* env = std::getenv("FLASHPARITY_AMX_EMULATE");
+  if (env == nullptr || *env == '\0' || std::string(env) == "0") return false;
+  if (std::string(env) == "1") return true;
+  throw std::invalid_argument(std::string("FLASHPARITY_AMX_EMULATE must be 0 or 1, got '") + env + "'");
 }
 
 bool cpu_has_pclmul() { return features().pclmul; }
@@ -161,6 +227,7 @@ std::vector<std::string> cpu_feature_names() {
       {f.f16c, "f16c"},         {f.avx512f, "avx512f"},   {f.avx512bw, "avx512bw"},
       {f.avx512dq, "avx512dq"}, {f.avx512vl, "avx512vl"}, {f.avx512bf16, "avx512bf16"},
       {f.gfni, "gfni"},         {f.avx512bitalg, "avx512bitalg"},
+      {f.amx_tile, "amx-tile"}, {f.amx_bf16, "amx-bf16"},
       {f.asimd, "asimd"},       {f.crc32, "crc32"},       {f.fphp, "fphp"},
       {f.asimdhp, "asimdhp"},   {f.asimdfhm, "asimdfhm"},
       {f.bf16, "bf16"},         {f.i8mm, "i8mm"},         {f.sve, "sve"},

@@ -567,7 +567,7 @@ FP_ISA_END
 
 namespace flashparity {
 namespace FP_ISA_NAMESPACE {
-extern const AttentionBackwardTable attention_backward_table;  // (reached through attention_table)
+extern const AttentionBackwardTable attention_backward_table;  // (declared again in cpu_dispatch.cpp, its one user)
 const AttentionBackwardTable attention_backward_table = {&backward_task_fn, kBwdBr, kBwdBc};
 }  // namespace FP_ISA_NAMESPACE
 }  // namespace flashparity

@@ -660,12 +660,12 @@ void float_task(const AttnParams& p, KVRows& kv, std::int64_t b, std::int64_t h,
   }
 }
 
-// ---- bfloat16 dot products (AVX-512 BF16, NEON BFDOT) -------------------------------------------
+// ---- bfloat16 dot products (AVX-512 BF16, NEON BFDOT) and AMX tiles ------------------------------
 // vdpbf16ps (x86) and BFDOT (aarch64) add the products of two adjacent bfloat16 pairs into each
 // float32 lane: twice the multiply-adds of a float32 FMA. Q.K^T pairs adjacent head_dim elements;
 // P.V pairs adjacent keys (P is rounded to bfloat16 first, as FlashAttention-2 does for its second
-// product).
-#if FP_ISA_AVX512BF16 || FP_ISA_NEONBF16
+// product). AMX's tdpbf16ps does the same on 16 x 16 tiles, from the same pair layouts.
+#if FP_ISA_AVX512BF16 || FP_ISA_AVX512AMX || FP_ISA_NEONBF16
 constexpr bool kBf16Dot = true;
 constexpr int kRB = 4;              // query rows per micro-kernel block
 constexpr int kKV = kBc / kLanes;  // key vectors per score row
@@ -676,7 +676,7 @@ static_assert(kKV % kKC == 0, "key vectors come in whole blocks");
 typedef std::uint16_t vbh __attribute__((vector_size(4 * kLanes)));  // 2 kLanes bfloat16
 
 FP_INLINE vf dpbf16(vf acc, std::uint32_t pair, vbh x) {
-#if FP_ISA_AVX512BF16
+#if FP_ISA_AVX512BF16 || FP_ISA_AVX512AMX
   const __m512i bp = _mm512_set1_epi32(static_cast<int>(pair));
   return bitcast<vf>(_mm512_dpbf16_ps(bitcast<__m512>(acc), (__m512bh)bp, bitcast<__m512bh>(x)));
 #else
@@ -755,6 +755,208 @@ void pv_tile_bf16(const std::uint16_t* p2, const std::uint16_t* v2, std::int64_t
   }
 }
 
+// The dot-product kernels above as the products of flash2_task_bf16.
+struct DotProducts {
+  static constexpr std::int64_t kRowBlock = kRB;     // query rows: whole blocks of the micro-kernel
+  static constexpr std::int64_t kDimBlock = kLanes;  // head_dim: whole vectors
+  void begin() {}
+  void end() {}
+  void scores(const std::uint16_t* q2, std::int64_t Dp, const std::uint16_t* kt2, std::int64_t rows, float* s) {
+    scores_tile_bf16(q2, Dp, kt2, rows, s);
+  }
+  void pv(const std::uint16_t* p2, const std::uint16_t* v2, std::int64_t Dp, std::int64_t rows, float* o) {
+    pv_tile_bf16(p2, v2, Dp, kBc, rows, o);
+  }
+};
+
+#if FP_ISA_AVX512BF16 || FP_ISA_AVX512AMX
+// ---- AMX tiles ----
+// tdpbf16ps C[16][16] (float32) += A[16][32] (bfloat16 rows) . B[16][16][2] (bfloat16 pairs, AMX's
+// VNNI-2 layout): C[m][n] += A[m][2k] B[k][2n] + A[m][2k+1] B[k][2n+1] for k < 16. The pair layouts the
+// dot-product kernels pack are that layout already: Q.K^T takes Q's rows as A and kt2 (head_dim pairs
+// of a key, a row per pair) as B; P.V takes P's rows as A and v2 (key pairs of a dim) as B. Every tile
+// is 16 rows of 64 bytes: one configuration for every head_dim, which is padded to 32 (the last K step
+// of a head_dim of 16 mod 32 multiplies zeros). A block of 2 x 2 result tiles takes all 8 tile
+// registers: tmm0-3 accumulate, tmm4-5 hold A, tmm6-7 hold B, so each A and B tile loaded feeds two
+// tdpbf16ps.
+constexpr int kTileRows = 16;
+constexpr std::int64_t kTileK = 32;  // bfloat16 elements of an A row: 64 bytes
+static_assert(kBr % (2 * kTileRows) == 0 && kBc % (2 * kTileRows) == 0 && kBc % kTileK == 0,
+              "query and key tiles are whole AMX tile blocks");
+
+// The tile instructions in plain code: the same data movement, and TDPBF16PS's arithmetic as Intel
+// defines it (each pair's two products added one after the other, in k order, each addition rounded to
+// nearest even; bfloat16 and float32 denormal inputs read as zero, denormal results flushed to zero,
+// whatever MXCSR says). With FLASHPARITY_AMX_EMULATE=1 the AMX kernels' tiling, packing and softmax run
+// on any CPU with AVX-512 BF16, and the tests check them there.
+struct EmulatedTiles {
+  alignas(64) std::uint8_t t[8][kTileRows * 64];
+  void begin() {}
+  void end() {}
+  template <int T>
+  void zero() { std::memset(t[T], 0, sizeof(t[T])); }
+  template <int T>
+  void load(const void* p, std::int64_t stride) {
+    for (int r = 0; r < kTileRows; ++r) std::memcpy(t[T] + r * 64, static_cast<const char*>(p) + r * stride, 64);
+  }
+  template <int T>
+  void store(void* p, std::int64_t stride) const {
+    for (int r = 0; r < kTileRows; ++r) std::memcpy(static_cast<char*>(p) + r * stride, t[T] + r * 64, 64);
+  }
+  static float flush(float x) {  // a denormal (or zero) as a zero of its sign
+    const std::uint32_t u = float_to_bits(x);
+    return (u & 0x7f800000u) == 0 ? bitcast<float>(u & 0x80000000u) : x;
+  }
+  template <int C, int A, int B>
+  void dp() {
+    float c[kTileRows][16], b[16][32];
+    std::uint16_t a[kTileRows][32], braw[16][32];
+    std::memcpy(c, t[C], sizeof(c));
+    std::memcpy(a, t[A], sizeof(a));
+    std::memcpy(braw, t[B], sizeof(braw));
+    for (int k = 0; k < 16; ++k)
+      for (int e = 0; e < 32; ++e) b[k][e] = flush(bf16_to_float(braw[k][e]));
+    for (int m = 0; m < kTileRows; ++m)
+      for (int k = 0; k < 16; ++k) {
+        const float a0 = flush(bf16_to_float(a[m][2 * k])), a1 = flush(bf16_to_float(a[m][2 * k + 1]));
+        for (int n = 0; n < 16; ++n) {
+          const float x = flush(flush(c[m][n]) + a0 * b[k][2 * n]);  // (products of bfloat16 pairs are exact)
+          c[m][n] = flush(x + a1 * b[k][2 * n + 1]);
+        }
+      }
+    std::memcpy(t[C], c, sizeof(c));
+  }
+};
+
+#if FP_ISA_AVX512AMX
+// The tile instructions themselves. begin() loads the configuration (palette 1: every tile 16 rows of 64
+// bytes) into this thread's tile state; end() releases it (TILERELEASE: the state returns to its init
+// value, so the OS saves nothing of it at the next switch).
+struct HardwareTiles {
+  void begin() {
+    alignas(64) std::uint8_t cfg[64] = {};
+    cfg[0] = 1;  // palette
+    for (int i = 0; i < 8; ++i) {
+      cfg[16 + 2 * i] = 64;  // colsb[i], little-endian 16 bits
+      cfg[48 + i] = kTileRows;
+    }
+    _tile_loadconfig(cfg);
+  }
+  void end() { _tile_release(); }
+  // (the intrinsics are macros that spell the tile number into the instruction: literals only)
+  template <int T>
+  void zero() {
+    static_assert(T >= 0 && T < 4, "accumulators are tmm0-3");
+    if constexpr (T == 0) _tile_zero(0);
+    else if constexpr (T == 1) _tile_zero(1);
+    else if constexpr (T == 2) _tile_zero(2);
+    else _tile_zero(3);
+  }
+  template <int T>
+  void load(const void* p, std::int64_t stride) {
+    static_assert(T >= 0 && T < 8, "tmm0-7");
+    if constexpr (T == 0) _tile_loadd(0, p, stride);
+    else if constexpr (T == 1) _tile_loadd(1, p, stride);
+    else if constexpr (T == 2) _tile_loadd(2, p, stride);
+    else if constexpr (T == 3) _tile_loadd(3, p, stride);
+    else if constexpr (T == 4) _tile_loadd(4, p, stride);
+    else if constexpr (T == 5) _tile_loadd(5, p, stride);
+    else if constexpr (T == 6) _tile_loadd(6, p, stride);
+    else _tile_loadd(7, p, stride);
+  }
+  template <int T>
+  void store(void* p, std::int64_t stride) {
+    static_assert(T >= 0 && T < 4, "accumulators are tmm0-3");
+    if constexpr (T == 0) _tile_stored(0, p, stride);
+    else if constexpr (T == 1) _tile_stored(1, p, stride);
+    else if constexpr (T == 2) _tile_stored(2, p, stride);
+    else _tile_stored(3, p, stride);
+  }
+  template <int C, int A, int B>
+  void dp() {  // the four products of a 2 x 2 block
+    static_assert(A == 4 + C / 2 && B == 6 + C % 2, "tmm C += tmm(4 + C/2) . tmm(6 + C%2)");
+    if constexpr (C == 0) _tile_dpbf16ps(0, 4, 6);
+    else if constexpr (C == 1) _tile_dpbf16ps(1, 4, 7);
+    else if constexpr (C == 2) _tile_dpbf16ps(2, 5, 6);
+    else _tile_dpbf16ps(3, 5, 7);
+  }
+};
+#endif
+
+// flash2_task_bf16's two products on tiles (Tiles: the instructions or their emulation). Query rows are
+// padded to whole tiles (16), head_dim to whole A rows (32).
+template <typename Tiles>
+struct AmxProducts {
+  static constexpr std::int64_t kRowBlock = kTileRows;
+  static constexpr std::int64_t kDimBlock = kTileK;
+  Tiles tiles;
+  void begin() { tiles.begin(); }
+  void end() { tiles.end(); }
+
+  // s[rows][kBc] = q2[rows][0:Dp] . k, kt2 = [Dp/2][kBc][2] (rows a multiple of 16)
+  void scores(const std::uint16_t* q2, std::int64_t Dp, const std::uint16_t* kt2, std::int64_t rows, float* s) {
+    for (std::int64_t i0 = 0; i0 < rows; i0 += 2 * kTileRows)
+      for (std::int64_t j0 = 0; j0 < kBc; j0 += 32) {
+        if (rows - i0 >= 2 * kTileRows) block<2, false>(q2 + i0 * Dp, Dp, kt2 + j0 * 2, kBc * 2, Dp, s + i0 * kBc + j0, kBc);
+        else block<1, false>(q2 + i0 * Dp, Dp, kt2 + j0 * 2, kBc * 2, Dp, s + i0 * kBc + j0, kBc);
+      }
+  }
+
+  // o[rows][0:Dp] += p2[rows][0:kBc] . v, v2 = [kBc/2][Dp][2] (rows a multiple of 16, Dp of 32)
+  void pv(const std::uint16_t* p2, const std::uint16_t* v2, std::int64_t Dp, std::int64_t rows, float* o) {
+    for (std::int64_t i0 = 0; i0 < rows; i0 += 2 * kTileRows)
+      for (std::int64_t d0 = 0; d0 < Dp; d0 += 32) {
+        if (rows - i0 >= 2 * kTileRows) block<2, true>(p2 + i0 * kBc, kBc, v2 + d0 * 2, Dp * 2, kBc, o + i0 * Dp + d0, Dp);
+        else block<1, true>(p2 + i0 * kBc, kBc, v2 + d0 * 2, Dp * 2, kBc, o + i0 * Dp + d0, Dp);
+      }
+  }
+
+  // c[0:16 NR][0:32] (row stride ldc floats) = (Accumulate ? c : 0) + a[0:16 NR][0:K] . b, where a's
+  // rows are lda bfloat16 apart and b holds pairs: row k/2 (ldb bfloat16 apart) has column n's pair
+  // at 2n, 2n + 1. K a multiple of 32.
+  template <int NR, bool Accumulate>
+  void block(const std::uint16_t* a, std::int64_t lda, const std::uint16_t* b, std::int64_t ldb, std::int64_t K,
+             float* c, std::int64_t ldc) {
+    Tiles& t = tiles;
+    float* c1 = c + kTileRows * ldc;  // (second row of tiles, NR == 2)
+    if constexpr (Accumulate) {
+      t.template load<0>(c, ldc * 4);
+      t.template load<1>(c + 16, ldc * 4);
+      if constexpr (NR == 2) {
+        t.template load<2>(c1, ldc * 4);
+        t.template load<3>(c1 + 16, ldc * 4);
+      }
+    } else {
+      t.template zero<0>();
+      t.template zero<1>();
+      if constexpr (NR == 2) {
+        t.template zero<2>();
+        t.template zero<3>();
+      }
+    }
+    for (std::int64_t k0 = 0; k0 < K; k0 += kTileK) {
+      const std::uint16_t* b_rows = b + (k0 / 2) * ldb;
+      t.template load<4>(a + k0, lda * 2);
+      t.template load<6>(b_rows, ldb * 2);
+      t.template load<7>(b_rows + 16 * 2, ldb * 2);
+      t.template dp<0, 4, 6>();
+      t.template dp<1, 4, 7>();
+      if constexpr (NR == 2) {
+        t.template load<5>(a + kTileRows * lda + k0, lda * 2);
+        t.template dp<2, 5, 6>();
+        t.template dp<3, 5, 7>();
+      }
+    }
+    t.template store<0>(c, ldc * 4);
+    t.template store<1>(c + 16, ldc * 4);
+    if constexpr (NR == 2) {
+      t.template store<2>(c1, ldc * 4);
+      t.template store<3>(c1 + 16, ldc * 4);
+    }
+  }
+};
+#endif
+
 // K/V tiles in the pair layouts, packed once per (batch, kv head) by each worker and reused by the
 // query tiles it runs next (the tasks of one head are claimed consecutively); part of the worker's
 // scratch, which lives for one call.
@@ -766,11 +968,13 @@ struct PackedKV {
   std::vector<char> v_nonfinite;  // per tile: some V value is inf or NaN (then masked keys need care)
 };
 
-// flash2 for bfloat16 inputs on the dot-product instructions; same tiling and online softmax.
+// flash2 for bfloat16 inputs on the dot-product instructions or AMX tiles (Products: DotProducts,
+// AmxProducts); same tiling and online softmax.
+template <typename Products>
 void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std::int64_t h, std::int64_t r0,
                       std::int64_t rows) {
   const std::int64_t D = p.head_dim, Sk = p.seqlen_k;
-  const std::int64_t Dp = round_up(D, kLanes);
+  const std::int64_t Dp = round_up(D, Products::kDimBlock);
   const std::int64_t hk = h / (p.heads_q / p.heads_kv);
   const float scale = static_cast<float>(p.scale), cap = static_cast<float>(p.softcap);
   const float slope = alibi_slope(p, b, h);
@@ -791,8 +995,14 @@ void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std:
   // sum of the float32 probabilities, for the LSE (rounding P costs the sum up to 2^-9 relative, which
   // the LSE, unlike the output, would keep)
   std::vector<float> s(kBr * kBc), o(kBr * Dp, 0.0f), m(kBr, -INFINITY), l(kBr, 0.0f), l_lse(kBr, 0.0f);
-  const std::int64_t rows_p = std::min<std::int64_t>(round_up(rows, kRB), kBr);
+  const std::int64_t rows_p = std::min<std::int64_t>(round_up(rows, Products::kRowBlock), kBr);
   load_bf16_rows(p.q, b, h, r0, rows_p, r0 + rows, D, q2.data(), Dp);
+  Products prod;
+  prod.begin();
+  struct End {
+    Products& prod;
+    ~End() { prod.end(); }
+  } end{prod};  // (AMX: the tile state is released however the task ends)
   const TileSpan tiles = row_block_key_tiles(r0, rows, p, kBc);
   const CommonRange all = common_range(p, r0, rows);
   std::vector<std::int64_t> bad_keys;
@@ -826,7 +1036,7 @@ void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std:
       cache.v_nonfinite[static_cast<std::size_t>(t)] = ones != 0;
       cache.ready[static_cast<std::size_t>(t)] = 1;
     }
-    scores_tile_bf16(q2.data(), Dp, kt2, rows_p, s.data());
+    prod.scores(q2.data(), Dp, kt2, rows_p, s.data());
     for (std::int64_t i = 0; i < rows_p; ++i) {
       float* srow = s.data() + i * kBc;
       std::uint16_t* prow = p2.data() + i * kBc;
@@ -881,7 +1091,7 @@ void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std:
         },
         [&](std::int64_t j) { bad_keys.push_back(j); });
     if (!bad) {
-      pv_tile_bf16(p2.data(), v2, Dp, kBc, rows_p, o.data());
+      prod.pv(p2.data(), v2, Dp, rows_p, o.data());
       continue;
     }
     vclean.assign(v2, v2 + tile_elems);
@@ -890,7 +1100,7 @@ void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std:
         std::uint16_t& x = vclean[(j / 2) * Dp * 2 + d * 2 + (j & 1)];
         if ((x & 0x7f80u) == 0x7f80u) x = 0;
       }
-    pv_tile_bf16(p2.data(), vclean.data(), Dp, kBc, rows_p, o.data());
+    prod.pv(p2.data(), vclean.data(), Dp, rows_p, o.data());
     for (std::int64_t j : bad_keys)
       for (std::int64_t i = 0; i < rows; ++i) {
         const KeyRange kr = key_range(r0 + i, p);
@@ -908,6 +1118,8 @@ void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std:
 #else
 constexpr bool kBf16Dot = false;
 struct PackedKV {};
+struct DotProducts {};
+template <typename Products>
 [[maybe_unused]] void flash2_task_bf16(const AttnParams&, PackedKV&, std::int64_t, std::int64_t, std::int64_t, std::int64_t) {}
 #endif
 
@@ -1058,19 +1270,48 @@ void run_naive(const AttnParams& p, void* scratch, std::int64_t b, std::int64_t 
   else float_task<T>(p, static_cast<Scratch*>(scratch)->kv, b, h, r0, rows, /*naive=*/true);
 }
 
+// The products bfloat16 flash2 runs on in this unit: AMX's tiles in the AMX unit, the dot products
+// elsewhere.
+#if FP_ISA_AVX512AMX
+using BF16Products = AmxProducts<HardwareTiles>;
+#else
+using BF16Products = DotProducts;
+#endif
+
 template <typename T>
 void run_flash2(const AttnParams& p, void* scratch, std::int64_t b, std::int64_t h, std::int64_t r0, std::int64_t rows) {
   Scratch& s = *static_cast<Scratch*>(scratch);
   if constexpr (std::is_same_v<T, double>) flash2_task_f64<T>(p, b, h, r0, rows);
-  else if constexpr (std::is_same_v<T, bf16_bits> && kBf16Dot) flash2_task_bf16(p, s.packed, b, h, r0, rows);
+  else if constexpr (std::is_same_v<T, bf16_bits> && kBf16Dot) flash2_task_bf16<BF16Products>(p, s.packed, b, h, r0, rows);
   else float_task<T>(p, s.kv, b, h, r0, rows, /*naive=*/false);
 }
 
+#if FP_ISA_AVX512AMX
+// The AMX unit is dispatched for bfloat16 only (cpu_dispatch.cpp); its naive is the float32 path's.
+AttnTaskFn attention_task_fn(AttnImpl impl, DType dtype) {
+  if (dtype != DType::BFloat16) return nullptr;
+  return impl == AttnImpl::Naive ? &run_naive<bf16_bits> : &run_flash2<bf16_bits>;
+}
+#else
 AttnTaskFn attention_task_fn(AttnImpl impl, DType dtype) {
   return FP_DTYPE_SWITCH_ALL(dtype, T, [&]() -> AttnTaskFn {
     return impl == AttnImpl::Naive ? &run_naive<T> : &run_flash2<T>;
   });
 }
+#endif
+
+#if FP_ISA_AVX512BF16
+// FLASHPARITY_AMX_EMULATE=1: bfloat16 flash2 on the AMX kernels with emulated tiles (cpu_dispatch.cpp
+// hands this table out on CPUs with AVX-512 BF16); everything else as attention_task_fn.
+void run_flash2_amx_emulated(const AttnParams& p, void* scratch, std::int64_t b, std::int64_t h, std::int64_t r0,
+                             std::int64_t rows) {
+  flash2_task_bf16<AmxProducts<EmulatedTiles>>(p, static_cast<Scratch*>(scratch)->packed, b, h, r0, rows);
+}
+AttnTaskFn amx_emulated_task_fn(AttnImpl impl, DType dtype) {
+  if (dtype == DType::BFloat16 && impl == AttnImpl::Flash2) return &run_flash2_amx_emulated;
+  return attention_task_fn(impl, dtype);
+}
+#endif
 
 std::int64_t attention_rows_per_task(AttnImpl) { return kBr; }
 
@@ -1082,8 +1323,11 @@ FP_ISA_END
 namespace flashparity {
 namespace FP_ISA_NAMESPACE {
 extern const AttentionTable attention_table;  // (declared again in cpu_dispatch.cpp, its one user)
-extern const AttentionBackwardTable attention_backward_table;  // (isa/attention_backward_impl.h)
-const AttentionTable attention_table = {&attention_task_fn, &attention_rows_per_task, &scratch_new, &scratch_free,
-                                        &attention_backward_table};
+const AttentionTable attention_table = {&attention_task_fn, &attention_rows_per_task, &scratch_new, &scratch_free};
+#if FP_ISA_AVX512BF16
+extern const AttentionTable amx_emulated_attention_table;  // (FLASHPARITY_AMX_EMULATE=1)
+const AttentionTable amx_emulated_attention_table = {&amx_emulated_task_fn, &attention_rows_per_task, &scratch_new,
+                                                     &scratch_free};
+#endif
 }  // namespace FP_ISA_NAMESPACE
 }  // namespace flashparity

@@ -22,6 +22,7 @@
 #define FP_ISA_ID_AVX512 2      // + AVX-512 F, BW, DQ, VL (Skylake-X)
 #define FP_ISA_ID_AVX512ICL 3   // + GFNI, BITALG (Ice Lake, Zen 4)
 #define FP_ISA_ID_AVX512BF16 4  // AVX-512 + the BF16 dot products (Cooper Lake, Sapphire Rapids, Zen 4)
+#define FP_ISA_ID_AVX512AMX 5   // + AMX-TILE, AMX-BF16 (Sapphire, Emerald, Granite Rapids)
 #define FP_ISA_ID_NEON 16       // aarch64: ASIMD, the baseline (every ARMv8-A CPU)
 #define FP_ISA_ID_NEONBF16 17   // + BFDOT (FEAT_BF16: Neoverse V1/V2/N2, Graviton3+, Grace, Apple M2+)
 
@@ -34,6 +35,7 @@
 #define FP_ISA_AVX512 (FP_ISA_X86 && FP_ISA >= FP_ISA_ID_AVX512)
 #define FP_ISA_AVX512ICL (FP_ISA == FP_ISA_ID_AVX512ICL)
 #define FP_ISA_AVX512BF16 (FP_ISA == FP_ISA_ID_AVX512BF16)
+#define FP_ISA_AVX512AMX (FP_ISA == FP_ISA_ID_AVX512AMX)
 #define FP_ISA_NEON (FP_ISA >= FP_ISA_ID_NEON)
 #define FP_ISA_NEONBF16 (FP_ISA == FP_ISA_ID_NEONBF16)
 
@@ -60,6 +62,8 @@
 #define FP_ISA_TARGET "avx512f,avx512bw,avx512dq,avx512vl,gfni,avx512bitalg,avx2,fma,f16c,popcnt,pclmul" FP_ISA_WIDE
 #elif FP_ISA == FP_ISA_ID_AVX512BF16
 #define FP_ISA_TARGET "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,f16c,popcnt,pclmul" FP_ISA_WIDE
+#elif FP_ISA == FP_ISA_ID_AVX512AMX
+#define FP_ISA_TARGET "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,amx-tile,amx-bf16,avx2,fma,f16c,popcnt,pclmul" FP_ISA_WIDE
 #elif FP_ISA == FP_ISA_ID_NEONBF16
 // (GCC's arm_neon.h declares the BF16 intrinsics for armv8.2-a+bf16; every CPU with BF16 is 8.2 or later)
 #define FP_ISA_TARGET "arch=armv8.2-a+bf16"

@@ -9,6 +9,16 @@ from ._common import EXIT_OK, _dump
 
 
 
+def _amx_line(info: dict) -> str:
+    """AMX's state: where the CPU has it, the avx512amx level is an opt-in until it has run in tests."""
+    amx = info["amx"]
+    if amx != "available":
+        return f"{amx}; bfloat16 attention runs on the AVX-512 BF16 dot products where the CPU has them"
+    if info["simd"] == "avx512amx":
+        return "available, in use (FLASHPARITY_SIMD=avx512amx)"
+    return "available; opt in with FLASHPARITY_SIMD=avx512amx (not yet the default: untested on AMX hardware)"
+
+
 def _cmd_kernels(args: argparse.Namespace) -> int:
     from ..kernels.adapters import ADAPTERS, CONVENTIONS, HUB_PATTERN, adapter_status
 
@@ -51,6 +61,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"  devices       {devs}",
         f"  cpu simd      {info['simd']} (detected {info['simd_detected']}: {' '.join(info['cpu_features']) or '-'})",
         f"  simd levels   {' '.join(info['simd_levels'])} (FLASHPARITY_SIMD caps the level)",
+        f"  amx           {_amx_line(info)}",
         f"  kernel digest {info['kernel_digest']}",
     ]
     lines += [f"  kernel        {src}" for src in info["kernel_source"].values()]
