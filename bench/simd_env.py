@@ -23,6 +23,7 @@ CAPS = {
     "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2",
              "OPENBLAS_CORETYPE": "Haswell"},
     # AVX-512 with BF16 but without AMX: oneDNN (torch's bfloat16 matmuls) held below its AMX kernels
+    "avx512": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
     "avx512icl": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
     "scalar": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41",
                "OPENBLAS_CORETYPE": "Nehalem"},

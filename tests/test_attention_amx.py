@@ -185,15 +185,23 @@ def test_views_threads_and_repeats_give_the_same_bits(amx, monkeypatch):
     fa2_rule(outs[0], fp.attention(q, k, v, impl="naive", causal=True), ref_out)
 
 
-def test_backward_at_the_amx_level(amx):
-    # the level has no backward of its own: the AVX-512 BF16 unit's runs, under the same rule
+def test_backward_at_the_amx_level(amx, monkeypatch):
+    # the level has no backward of its own: the AVX-512 BF16 unit's runs, the very kernel of avx512icl
+    from attention_ref import reference_backward
+
     rng = np.random.default_rng(10)
     q, k, v = make(rng, 1, 40, 50, 2, 1, 32)
     out, lse = fp.attention(q, k, v, impl="flash2", causal=True, return_lse=True)
     dout = rng.standard_normal(q.shape).astype(BF16)
-    dq, dk, dv = fp.attention_backward(q, k, v, out, lse, dout, impl="flash2", causal=True)
-    assert dq.shape == q.shape and dk.shape == k.shape and dv.shape == v.shape
-    assert all(np.isfinite(np.asarray(g, np.float32)).all() for g in (dq, dk, dv))
+    grads = fp.attention_backward(q, k, v, out, lse, dout, impl="flash2", causal=True)
+    monkeypatch.setenv("FLASHPARITY_SIMD", "avx512icl")
+    monkeypatch.delenv("FLASHPARITY_AMX_EMULATE", raising=False)
+    again = fp.attention_backward(q, k, v, out, lse, dout, impl="flash2", causal=True)
+    for g, h, x in zip(grads, again, (q, k, v)):
+        assert g.shape == x.shape and np.array_equal(np.asarray(g).view(np.uint16), np.asarray(h).view(np.uint16))
+    gold = reference_backward(q, k, v, dout, causal=True)
+    for g, r in zip(grads, gold):
+        assert err(g, r) < 0.05 * float(np.max(np.abs(r)))
 
 
 def test_emulated_tiles_add_each_pair_as_tdpbf16ps_does(monkeypatch):
@@ -208,10 +216,13 @@ def test_emulated_tiles_add_each_pair_as_tdpbf16ps_does(monkeypatch):
     q = np.array([1, 0, 2**-12, 2**-12], np.float32).reshape(1, 1, 1, 4).astype(BF16)
     k = np.array([1, 0, 2**-12, 2**-11], np.float32).reshape(1, 1, 1, 4).astype(BF16)
     v = np.ones((1, 1, 1, 4), BF16)
+    monkeypatch.setenv("FLASHPARITY_SIMD", "avx512icl")  # (the dot-product kernel below, even on an AMX CPU)
     monkeypatch.setenv("FLASHPARITY_AMX_EMULATE", "1")
+    assert fp.build_info()["amx_emulation"]
     _, lse = fp.attention(q, k, v, impl="flash2", return_lse=True)
     assert float(lse.ravel()[0]) * 2 == 1 + 2.0**-23
     monkeypatch.setenv("FLASHPARITY_AMX_EMULATE", "0")
+    assert not fp.build_info()["amx_emulation"]
     _, lse = fp.attention(q, k, v, impl="flash2", return_lse=True)
     assert float(lse.ravel()[0]) * 2 == 1 + 2.0**-22  # the dot-product kernel: odd first
     monkeypatch.setenv("FLASHPARITY_AMX_EMULATE", "yes")

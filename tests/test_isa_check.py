@@ -225,7 +225,10 @@ void (*const attention_table)(const void*, const void*, void*) = &tiles;
 FP_ISA_END"""
         return compile_obj(tmp_path, f"attention_{level}.cpp.o", src, "-Wno-psabi")
 
-    amx_unit = unit("avx512amx")
+    try:
+        amx_unit = unit("avx512amx")
+    except subprocess.CalledProcessError:  # (the build leaves the AMX unit out then)
+        pytest.skip("this compiler or assembler has no AMX")
     assert errors(amx_unit) == []
     errs = errors(unit("avx512bf16", '__attribute__((target("amx-tile,amx-bf16")))'))
     assert any("uses amx (" in e for e in errs), errs

@@ -82,7 +82,8 @@ def build_info(*, occupancy: bool = False) -> dict[str, Any]:
     (level used now), ``simd_detected``, ``simd_levels`` (this architecture's levels, lowest first:
     the values ``FLASHPARITY_SIMD`` takes; ``avx512amx`` is used only when asked for by name),
     ``cpu_features``, ``amx`` (``"available"``, or why AMX is not: not on this CPU, not enabled by the
-    OS, refused by the kernel, not in this build), ``kernel_digest`` and
+    OS, refused by the kernel, not in this build), ``amx_emulation`` (``FLASHPARITY_AMX_EMULATE=1`` in
+    effect: bfloat16 flash2 runs the AMX kernels with emulated tiles), ``kernel_digest`` and
     ``kernel_source`` (``{impl: "flashparity:<impl>@<digest>"}``), compilers and build type.
     """
     info = dict(_core.build_info())
@@ -104,7 +105,7 @@ def build_info(*, occupancy: bool = False) -> dict[str, Any]:
     info["simd_levels"] = list(_core.simd_levels())
     order = [
         "version", "cuda", "cuda_available", "cuda_runtime", "cuda_driver", "cuda_architectures",
-        "devices", "device_discovery", "cuda_status", "simd", "simd_detected", "simd_levels", "cpu_features", "amx",
+        "devices", "device_discovery", "cuda_status", "simd", "simd_detected", "simd_levels", "cpu_features", "amx", "amx_emulation",
         "kernel_digest", "kernel_source", "build_type", "cxx_compiler", "cuda_compiler",
     ]
     return {k: info[k] for k in order if k in info} | {k: v for k, v in info.items() if k not in order}

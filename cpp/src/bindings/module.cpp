@@ -34,6 +34,7 @@ py::dict build_info() {
   d["simd_detected"] = simd_level_name(detected_simd_level());
   d["cpu_features"] = cpu_feature_names();
   d["amx"] = amx_status();
+  d["amx_emulation"] = amx_emulation() && cpu_has_avx512bf16();  // (in effect: bfloat16 flash2 takes it)
 
   CudaInfo cuda;
   {

@@ -16,6 +16,7 @@
 #include <sys/sysctl.h>
 #endif
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <stdexcept>
@@ -109,20 +110,29 @@ const Features& features() {
 
 // AMX's tile data (8 KiB a thread) is a dynamically enabled XSAVE feature on Linux (5.16+): a process
 // asks for it once, ARCH_REQ_XCOMP_PERM with XFEATURE_XTILEDATA, before its first tile instruction
-// (which would otherwise die of SIGILL). Asked at most once, when a CPU that has AMX is detected.
-// Empty when granted, else why not.
-std::string amx_refusal() {
-#if defined(__x86_64__) && defined(__linux__)
+// (which would otherwise die of SIGILL). Asked only when the avx512amx level is first chosen (a
+// granted request enlarges every signal frame of the process, and sigaltstack() then refuses stacks
+// smaller than that): never by detection, build_info() or `flashparity info`.
+// 0: not asked yet, 1: granted, 2: refused.
+std::atomic<int> g_amx_permission{0};
+
+// Asks once; empty when granted, else why not.
+const std::string& amx_request() {
   static const std::string why = [] {
+#if defined(__x86_64__) && defined(__linux__)
     constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;  // asm/prctl.h, asm/fpu/types.h
-    if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0) return std::string();
-    const int err = errno;
-    return std::string("refused by the kernel (arch_prctl(ARCH_REQ_XCOMP_PERM): ") + std::strerror(err) + ")";
+    std::string r;
+    if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0) {
+      const int err = errno;
+      r = std::string("refused by the kernel (arch_prctl(ARCH_REQ_XCOMP_PERM): ") + std::strerror(err) + ")";
+    }
+#else
+    const std::string r = "not supported by flashparity on this OS";
+#endif
+    g_amx_permission.store(r.empty() ? 1 : 2);
+    return r;
   }();
   return why;
-#else
-  return "not supported on this OS by flashparity";
-#endif
 }
 
 bool amx_built() {
@@ -133,9 +143,10 @@ bool amx_built() {
 #endif
 }
 
+// The CPU, the OS and the build have AMX, and the tile state was not refused (if it was asked for).
 bool amx_usable() {
   const Features& f = features();
-  return amx_built() && f.amx_tile && f.amx_bf16 && f.amx_os && f.avx512bf16 && amx_refusal().empty();
+  return amx_built() && f.amx_tile && f.amx_bf16 && f.amx_os && f.avx512bf16 && g_amx_permission.load() != 2;
 }
 
 struct LevelName {
@@ -190,7 +201,14 @@ SimdLevel active_simd_level() {
     return static_cast<int>(level) > static_cast<int>(kHighestDefault) ? kHighestDefault : level;
   const std::string want(env);
   for (const LevelName& l : kLevels)  // a cap: never above the CPU's level
-    if (want == l.name) return static_cast<int>(l.level) < static_cast<int>(level) ? l.level : level;
+    if (want == l.name) {
+      const SimdLevel capped = static_cast<int>(l.level) < static_cast<int>(level) ? l.level : level;
+#if defined(__x86_64__) || defined(__i386__)
+      // the tile state, asked for at the first use of the level; refused: AVX-512 ICL's kernels
+      if (capped == SimdLevel::Avx512Amx && !amx_request().empty()) return SimdLevel::Avx512Icl;
+#endif
+      return capped;
+    }
   std::string names;
   const int n = static_cast<int>(sizeof(kLevels) / sizeof(kLevels[0]));
   for (int i = 0; i < n; ++i) names += std::string(i == 0 ? "" : i + 1 == n ? " or " : ", ") + kLevels[i].name;
@@ -203,8 +221,8 @@ std::string amx_status() {
   if (!(f.amx_tile && f.amx_bf16)) return "not on this CPU";
   if (!f.amx_os) return "not enabled by the OS (XCR0 lacks the tile state)";
   if (!f.avx512bf16) return "not usable: the CPU lacks AVX-512 BF16";
-  const std::string why = amx_refusal();
-  return why.empty() ? "available" : why;
+  if (g_amx_permission.load() == 2) return amx_request();  // (the reason, asked already)
+  return "available";
 }
 
 bool amx_emulation() {

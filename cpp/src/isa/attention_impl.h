@@ -1,5 +1,5 @@
 // CPU attention forward, written once and compiled per ISA (attention_{scalar,avx2,avx512,
-// avx512bf16,neon,neonbf16}.cpp; isa_target.h says how; the backward follows in
+// avx512bf16,avx512amx,neon,neonbf16}.cpp; isa_target.h says how; the backward follows in
 // attention_backward_impl.h): the naive reference (materialized scores of whole rows)
 // and FlashAttention-2's tiled algorithm (online softmax over K/V tiles, one tile of scores at a
 // time). float32 accumulation for float32/16 and bfloat16 inputs, float64 for float64. Vectors are
@@ -8,12 +8,14 @@
 //
 // Included once by each of those units, after it defines FP_ISA and FP_ISA_NAMESPACE. Every header
 // is included here, before the ISA region opens: what they define stays baseline code. The kernels
-// sit in an anonymous namespace; the unit exports only its AttentionTable (which points to the
-// unit's AttentionBackwardTable).
+// sit in an anonymous namespace; the unit exports only its tables (its AttentionTable; the AVX-512
+// BF16 unit's also amx_emulated_attention_table; the backward's AttentionBackwardTable, but in the AMX
+// unit, which has no backward).
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -263,6 +265,36 @@ void store_row(const AttnParams& p, std::int64_t b, std::int64_t i, std::int64_t
   }
 }
 
+// The sum and the maximum of a vector's lanes, as a tree (log2(kLanes) dependent steps, where a
+// running scalar takes kLanes): AVX-512's and NEON's reductions in registers. The vectors they
+// reduce hold no NaN (a maximum of `v > m ? v : m` steps never takes one).
+FP_INLINE float lane_sum(vf v) {
+#if FP_ISA_AVX512
+  return _mm512_reduce_add_ps(bitcast<__m512>(v));
+#elif FP_ISA_NEON
+  return vaddvq_f32(bitcast<float32x4_t>(v));
+#else
+  float t[kLanes];
+  std::memcpy(t, &v, sizeof(v));
+  for (int w = kLanes / 2; w > 0; w /= 2)
+    for (int k = 0; k < w; ++k) t[k] += t[k + w];
+  return t[0];
+#endif
+}
+FP_INLINE float lane_max(vf v) {
+#if FP_ISA_AVX512
+  return _mm512_reduce_max_ps(bitcast<__m512>(v));
+#elif FP_ISA_NEON
+  return vmaxvq_f32(bitcast<float32x4_t>(v));
+#else
+  float t[kLanes];
+  std::memcpy(t, &v, sizeof(v));
+  for (int w = kLanes / 2; w > 0; w /= 2)
+    for (int k = 0; k < w; ++k) t[k] = t[k + w] > t[k] ? t[k + w] : t[k];
+  return t[0];
+#endif
+}
+
 // Scaled, capped, masked scores of one row in place: s[j] for keys key0 + j, j < n; with ALiBi
 // (slope != 0) the row's bias -slope * |diag - key| added, diag = i + seqlen_k - seqlen_q.
 template <typename Acc>
@@ -276,9 +308,31 @@ FP_INLINE Acc finish_scores(Acc* s, std::int64_t n, std::int64_t key0, KeyRange 
         storev(s + j, v);
         mx = v > mx ? v : mx;
       }
-      float m = -INFINITY;
-      for (int l = 0; l < kLanes; ++l) m = mx[l] > m ? mx[l] : m;
-      return m;
+      return lane_max(mx);
+    }
+    if (n % kLanes == 0 && n <= (std::int64_t{1} << 30) && std::abs(diag - key0) <= (std::int64_t{1} << 30)) {
+      // the same, lane by lane: the mask as key indices against [lo, hi), ALiBi's distances from
+      // int32 lanes (|diag - key| as the scalar loop converts it), the softcap lane by lane
+      const std::int32_t lo = static_cast<std::int32_t>(std::clamp<std::int64_t>(kr.lo - key0, 0, n));
+      const std::int32_t hi = static_cast<std::int32_t>(std::clamp<std::int64_t>(kr.hi - key0, lo, n));
+      vi iota;
+      for (int k = 0; k < kLanes; ++k) iota[k] = k;
+      const std::int32_t d0 = static_cast<std::int32_t>(diag - key0);
+      vf mx = vf{} - INFINITY;
+      for (std::int64_t j = 0; j < n; j += kLanes) {
+        const vi jj = iota + static_cast<std::int32_t>(j);
+        vf v = loadv(s + j) * scale;
+        if (cap != 0.0f)
+          for (int k = 0; k < kLanes; ++k) v[k] = apply_softcap(v[k], cap);
+        if (slope != 0.0f) {
+          const vi dd = d0 - jj;
+          v += -slope * __builtin_convertvector(dd < 0 ? -dd : dd, vf);
+        }
+        v = ((jj >= lo) & (jj < hi)) ? v : vf{} - INFINITY;
+        storev(s + j, v);
+        mx = v > mx ? v : mx;
+      }
+      return lane_max(mx);
     }
   }
   Acc mx = -INFINITY;
@@ -820,8 +874,10 @@ struct EmulatedTiles {
       for (int k = 0; k < 16; ++k) {
         const float a0 = flush(bf16_to_float(a[m][2 * k])), a1 = flush(bf16_to_float(a[m][2 * k + 1]));
         for (int n = 0; n < 16; ++n) {
-          const float x = flush(flush(c[m][n]) + a0 * b[k][2 * n]);  // (products of bfloat16 pairs are exact)
-          c[m][n] = flush(x + a1 * b[k][2 * n + 1]);
+          // (a product of two bfloat16 is exact unless it leaves float32's normal range: flushed
+          // before the addition, which also keeps the compiler from fusing the two into an FMA)
+          const float x = flush(flush(c[m][n]) + flush(a0 * b[k][2 * n]));
+          c[m][n] = flush(x + flush(a1 * b[k][2 * n + 1]));
         }
       }
     std::memcpy(t[C], c, sizeof(c));
@@ -833,6 +889,8 @@ struct EmulatedTiles {
 // bytes) into this thread's tile state; end() releases it (TILERELEASE: the state returns to its init
 // value, so the OS saves nothing of it at the next switch).
 struct HardwareTiles {
+  // (GCC 12's tile intrinsics are asm statements that name no memory they read: the barriers make
+  // every store to the configuration and to a tile's source rows happen before the instruction)
   void begin() {
     alignas(64) std::uint8_t cfg[64] = {};
     cfg[0] = 1;  // palette
@@ -840,6 +898,7 @@ struct HardwareTiles {
       cfg[16 + 2 * i] = 64;  // colsb[i], little-endian 16 bits
       cfg[48 + i] = kTileRows;
     }
+    asm volatile("" ::: "memory");
     _tile_loadconfig(cfg);
   }
   void end() { _tile_release(); }
@@ -855,6 +914,7 @@ struct HardwareTiles {
   template <int T>
   void load(const void* p, std::int64_t stride) {
     static_assert(T >= 0 && T < 8, "tmm0-7");
+    asm volatile("" ::: "memory");
     if constexpr (T == 0) _tile_loadd(0, p, stride);
     else if constexpr (T == 1) _tile_loadd(1, p, stride);
     else if constexpr (T == 2) _tile_loadd(2, p, stride);
@@ -991,10 +1051,12 @@ void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std:
     cache.ready.assign(static_cast<std::size_t>(cached ? n_tiles : 1), 0);
     cache.v_nonfinite.assign(static_cast<std::size_t>(cached ? n_tiles : 1), 0);
   }
-  // l: the sum of the bfloat16-rounded probabilities P.V uses (the output's normalizer); l_lse: the
-  // sum of the float32 probabilities, for the LSE (rounding P costs the sum up to 2^-9 relative, which
-  // the LSE, unlike the output, would keep)
-  std::vector<float> s(kBr * kBc), o(kBr * Dp, 0.0f), m(kBr, -INFINITY), l(kBr, 0.0f), l_lse(kBr, 0.0f);
+  std::vector<float> s(kBr * kBc), o(kBr * Dp, 0.0f), m(kBr, -INFINITY);
+  std::vector<float> tmax(kBr, -INFINITY), alpha(kBr);  // per row: the tile's maximum score, the rescale
+  // per row, lane by lane (their lanes summed once, at the end): l, the sum of the bfloat16-rounded
+  // probabilities P.V uses (the output's normalizer), and l_lse, the sum of the float32 probabilities,
+  // for the LSE (rounding P costs the sum up to 2^-9 relative, which the LSE, unlike the output, would keep)
+  FloatBuf lv(kBr * kLanes, 0.0f), lv_lse(kBr * kLanes, 0.0f);
   const std::int64_t rows_p = std::min<std::int64_t>(round_up(rows, Products::kRowBlock), kBr);
   load_bf16_rows(p.q, b, h, r0, rows_p, r0 + rows, D, q2.data(), Dp);
   Products prod;
@@ -1037,22 +1099,29 @@ void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std:
       cache.ready[static_cast<std::size_t>(t)] = 1;
     }
     prod.scores(q2.data(), Dp, kt2, rows_p, s.data());
+    // the online softmax step in three passes: each row's scores and tile maximum; the rows' new
+    // maxima and rescale factors, kLanes rows to a vector (as the float kernels' lanes do: one vector
+    // exp, not a scalar exp per row); each row's probabilities, rounded for P.V
+    for (std::int64_t i = 0; i < rows; ++i) {
+      float* srow = s.data() + i * kBc;
+      const KeyRange kr = key_range(r0 + i, p);
+      // (the whole tile: keys past seqlen_k lie past kr.hi, so they come out -inf too)
+      tmax[i] = finish_scores(srow, kBc, j0, kr, scale, cap, slope, r0 + i + Sk - p.seqlen_q);
+    }
+    for (std::int64_t i0 = 0; i0 < rows; i0 += kLanes) {  // (lanes past `rows` hold -inf: alpha 1, unused)
+      const vf m_old = loadv(m.data() + i0), m_new = loadv(tmax.data() + i0) > m_old ? loadv(tmax.data() + i0) : m_old;
+      const vf shift = m_new == -INFINITY ? vf{} : m_new;  // (a row that has seen no key: exp(-inf) = 0)
+      storev(alpha.data() + i0, m_old == m_new ? vf{} + 1.0f : vexp(m_old - shift));
+      storev(m.data() + i0, m_new);
+    }
     for (std::int64_t i = 0; i < rows_p; ++i) {
       float* srow = s.data() + i * kBc;
       std::uint16_t* prow = p2.data() + i * kBc;
-      if (i >= rows) {
+      if (i >= rows || m[i] == -INFINITY) {
         std::fill(prow, prow + kBc, std::uint16_t{0});
         continue;
       }
-      const KeyRange kr = key_range(r0 + i, p);
-      const float tile_max = finish_scores(srow, nj, j0, kr, scale, cap, slope, r0 + i + Sk - p.seqlen_q);
-      for (std::int64_t j = nj; j < kBc; ++j) srow[j] = -INFINITY;
-      const OnlineSoftmaxStep<float> st = online_softmax_step(m[i], tile_max);
-      if (st.m_new == -INFINITY) {
-        std::fill(prow, prow + kBc, std::uint16_t{0});
-        continue;
-      }
-      exp_shifted(srow, kBc, st.m_new);
+      exp_shifted(srow, kBc, m[i]);
       // probabilities in [0, 1] to bfloat16, round to nearest even on the bit pattern; the
       // normalizer sums the rounded values P.V actually uses
       typedef std::uint32_t vu32l __attribute__((vector_size(4 * kLanes)));
@@ -1067,17 +1136,12 @@ void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std:
         sum += bitcast<vf>(r << 16);
         sum_exact += x;
       }
-      float rs = 0, rs_exact = 0;
-      for (int k2 = 0; k2 < kLanes; ++k2) {
-        rs += sum[k2];
-        rs_exact += sum_exact[k2];
-      }
-      l[i] = l[i] * st.alpha + rs;
-      l_lse[i] = l_lse[i] * st.alpha + rs_exact;
-      m[i] = st.m_new;
-      if (st.alpha != 1.0f) {
+      const float a = alpha[i];
+      storev(lv.data() + i * kLanes, loadv(lv.data() + i * kLanes) * a + sum);
+      storev(lv_lse.data() + i * kLanes, loadv(lv_lse.data() + i * kLanes) * a + sum_exact);
+      if (a != 1.0f) {
         float* __restrict orow = o.data() + i * Dp;
-        for (std::int64_t d = 0; d < Dp; ++d) orow[d] *= st.alpha;
+        for (std::int64_t d = 0; d < Dp; ++d) orow[d] *= a;
       }
     }
     // masked keys contribute nothing, whatever their values (the rule of pv_t_masked, on the pair layout)
@@ -1111,8 +1175,9 @@ void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std:
       }
   }
   for (std::int64_t i = 0; i < rows; ++i) {
-    store_row<bf16_bits, float>(p, b, r0 + i, h, o.data() + i * Dp, l[i]);
-    store_lse(p, b, h, r0 + i, row_lse(m[i], l_lse[i]));
+    const float l = lane_sum(loadv(lv.data() + i * kLanes)), l_lse = lane_sum(loadv(lv_lse.data() + i * kLanes));
+    store_row<bf16_bits, float>(p, b, r0 + i, h, o.data() + i * Dp, l);
+    store_lse(p, b, h, r0 + i, row_lse(m[i], l_lse));
   }
 }
 #else
