@@ -152,6 +152,13 @@ def render(rows, args):
                    + (" (target: 1.0)." if bwd else "."))
     if naive_ratios:
         out.append(f"Geometric mean naive / numpy, float32: {gmean(naive_ratios):.2f}.")
+    # bfloat16 against flashparity's own float32, shape by shape (issue 29's target: >= 1.5 where the CPU
+    # has bfloat16 products: AVX-512 BF16, AMX, NEON BFDOT)
+    f32 = {(r["shape"], r["causal"]): r["flash2"] for r in rows if r["dtype"] == "float32"}
+    own = [r["flash2"] / f32[(r["shape"], r["causal"])] for r in rows
+           if r["dtype"] == "bfloat16" and (r["shape"], r["causal"]) in f32]
+    if own:
+        out.append(f"Geometric mean flash2{' backward' if bwd else ''} bfloat16 / its own float32: {gmean(own):.2f}.")
     return "\n".join(out) + "\n"
 
 

@@ -143,11 +143,13 @@ bool amx_built() {
 #endif
 }
 
+#if defined(__x86_64__) || defined(__i386__)
 // The CPU, the OS and the build have AMX, and the tile state was not refused (if it was asked for).
 bool amx_usable() {
   const Features& f = features();
   return amx_built() && f.amx_tile && f.amx_bf16 && f.amx_os && f.avx512bf16 && g_amx_permission.load() != 2;
 }
+#endif
 
 struct LevelName {
   SimdLevel level;
