@@ -42,7 +42,8 @@ def amx(request, monkeypatch):
     else:
         monkeypatch.setenv("FLASHPARITY_SIMD", "avx512amx")
         monkeypatch.delenv("FLASHPARITY_AMX_EMULATE", raising=False)
-        assert _core.simd_level() == "avx512amx"
+        if _core.simd_level() != "avx512amx":  # the tile state, asked for now, was refused
+            pytest.skip(f"AMX: {fp.build_info()['amx']}")
     return request.param
 
 
@@ -187,6 +188,8 @@ def test_views_threads_and_repeats_give_the_same_bits(amx, monkeypatch):
 
 def test_backward_at_the_amx_level(amx, monkeypatch):
     # the level has no backward of its own: the AVX-512 BF16 unit's runs, the very kernel of avx512icl
+    # (on tiles this checks the dispatch; emulated, the level is avx512icl already and the gold check
+    # is what counts)
     from attention_ref import reference_backward
 
     rng = np.random.default_rng(10)
@@ -237,6 +240,9 @@ def test_amx_is_an_opt_in_level(monkeypatch):
     monkeypatch.delenv("FLASHPARITY_SIMD", raising=False)
     assert _core.simd_level() != "avx512amx"  # never without asking, even on an AMX CPU
     monkeypatch.setenv("FLASHPARITY_SIMD", "avx512amx")
-    assert _core.simd_level() == INFO["simd_detected"]  # a cap: the CPU's level where it has no AMX
-    assert (INFO["simd_detected"] == "avx512amx") == (INFO["amx"] == "available")
-    assert INFO["amx"] == "available" or INFO["amx"].startswith(("not ", "refused by the kernel"))
+    level = _core.simd_level()  # (on an AMX CPU this asks for the tile state)
+    info = fp.build_info()
+    # a cap: the CPU's level where it has no AMX (or the OS refused the tile state: avx512icl)
+    assert level == ("avx512amx" if info["amx"] == "available" else info["simd_detected"])
+    assert (info["simd_detected"] == "avx512amx") == (info["amx"] == "available")
+    assert info["amx"] == "available" or info["amx"].startswith(("not ", "refused by the kernel"))

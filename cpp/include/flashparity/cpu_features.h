@@ -9,7 +9,8 @@ namespace flashparity {
 // The levels of one architecture are ordered: a kernel compiled for level L runs on any CPU whose
 // level is >= L. x86-64: Scalar (SSE2, the baseline), Avx2, Avx512, Avx512Icl (AVX-512 with Ice
 // Lake's and Zen 4's GFNI and BITALG byte instructions), Avx512Amx (+ AVX-512 BF16 and AMX's bfloat16
-// tiles, Sapphire Rapids and later, with the tile state granted by the OS). aarch64: Neon (ASIMD, the
+// tiles, Sapphire Rapids and later, on Linux, which grants the tile state when the level is first
+// used; refused, the level falls back to Avx512Icl). aarch64: Neon (ASIMD, the
 // baseline), NeonBf16 (+ FEAT_BF16's BFDOT, for bfloat16 attention). Any other architecture: Scalar.
 //
 // Avx512Amx is an opt-in: it is used only where FLASHPARITY_SIMD=avx512amx asks for it (its kernels

@@ -110,9 +110,10 @@ const Features& features() {
 
 // AMX's tile data (8 KiB a thread) is a dynamically enabled XSAVE feature on Linux (5.16+): a process
 // asks for it once, ARCH_REQ_XCOMP_PERM with XFEATURE_XTILEDATA, before its first tile instruction
-// (which would otherwise die of SIGILL). Asked only when the avx512amx level is first chosen (a
-// granted request enlarges every signal frame of the process, and sigaltstack() then refuses stacks
-// smaller than that): never by detection, build_info() or `flashparity info`.
+// (which would otherwise die of SIGILL). Asked only when FLASHPARITY_SIMD=avx512amx first selects
+// the level (a granted request enlarges every signal frame of the process, and sigaltstack() then
+// refuses stacks smaller than that): never by detection alone. Until then a CPU and OS with AMX count
+// as having the level; after a refusal they do not.
 // 0: not asked yet, 1: granted, 2: refused.
 std::atomic<int> g_amx_permission{0};
 
@@ -146,8 +147,12 @@ bool amx_built() {
 #if defined(__x86_64__) || defined(__i386__)
 // The CPU, the OS and the build have AMX, and the tile state was not refused (if it was asked for).
 bool amx_usable() {
+#if defined(__x86_64__) && defined(__linux__)
   const Features& f = features();
   return amx_built() && f.amx_tile && f.amx_bf16 && f.amx_os && f.avx512bf16 && g_amx_permission.load() != 2;
+#else
+  return false;  // (the tile state is asked for on Linux only)
+#endif
 }
 #endif
 
@@ -224,6 +229,9 @@ std::string amx_status() {
   if (!f.amx_os) return "not enabled by the OS (XCR0 lacks the tile state)";
   if (!f.avx512bf16) return "not usable: the CPU lacks AVX-512 BF16";
   if (g_amx_permission.load() == 2) return amx_request();  // (the reason, asked already)
+#if !(defined(__x86_64__) && defined(__linux__))
+  return "not supported by flashparity on this OS";
+#endif
   return "available";
 }
 

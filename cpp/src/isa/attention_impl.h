@@ -266,8 +266,8 @@ void store_row(const AttnParams& p, std::int64_t b, std::int64_t i, std::int64_t
 }
 
 // The sum and the maximum of a vector's lanes, as a tree (log2(kLanes) dependent steps, where a
-// running scalar takes kLanes): AVX-512's and NEON's reductions in registers. The vectors they
-// reduce hold no NaN (a maximum of `v > m ? v : m` steps never takes one).
+// running scalar takes kLanes): AVX-512's and NEON's reductions in registers. A NaN lane makes the
+// sum NaN; the maxima reduced here hold no NaN (`v > m ? v : m` steps never take one).
 FP_INLINE float lane_sum(vf v) {
 #if FP_ISA_AVX512
   return _mm512_reduce_add_ps(bitcast<__m512>(v));
@@ -1108,7 +1108,9 @@ void flash2_task_bf16(const AttnParams& p, PackedKV& cache, std::int64_t b, std:
       // (the whole tile: keys past seqlen_k lie past kr.hi, so they come out -inf too)
       tmax[i] = finish_scores(srow, kBc, j0, kr, scale, cap, slope, r0 + i + Sk - p.seqlen_q);
     }
-    for (std::int64_t i0 = 0; i0 < rows; i0 += kLanes) {  // (lanes past `rows` hold -inf: alpha 1, unused)
+    // (lanes past `rows` hold -inf: alpha 1, unused. vexp flushes below ln 2^-100, as the float
+    // kernels' rescale does: what a row had accumulated is then dropped, below 2^-100 of the rest)
+    for (std::int64_t i0 = 0; i0 < rows; i0 += kLanes) {
       const vf m_old = loadv(m.data() + i0), m_new = loadv(tmax.data() + i0) > m_old ? loadv(tmax.data() + i0) : m_old;
       const vf shift = m_new == -INFINITY ? vf{} : m_new;  // (a row that has seen no key: exp(-inf) = 0)
       storev(alpha.data() + i0, m_old == m_new ? vf{} + 1.0f : vexp(m_old - shift));
