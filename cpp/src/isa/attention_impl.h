@@ -295,6 +295,17 @@ FP_INLINE float lane_max(vf v) {
 #endif
 }
 
+// A vector of scaled scores finished as every kernel finishes them, whatever its lanes are (the keys
+// of one query row, or one key of several query rows): the softcap, then ALiBi's bias
+// -slope * |dist| (dist: diag - key, as floats; slope 0: none), then the mask: -inf where the key
+// index jj lies outside [lo, hi).
+FP_INLINE vf finish_lanes(vf s, float cap, float slope, vf dist, vi jj, vi lo, vi hi) {
+  if (cap > 0.0f)
+    for (int k = 0; k < kLanes; ++k) s[k] = apply_softcap(s[k], cap);
+  if (slope != 0.0f) s += -slope * (dist < 0.0f ? -dist : dist);
+  return ((jj >= lo) & (jj < hi)) ? s : vf{} - INFINITY;
+}
+
 // Scaled, capped, masked scores of one row in place: s[j] for keys key0 + j, j < n; with ALiBi
 // (slope != 0) the row's bias -slope * |diag - key| added, diag = i + seqlen_k - seqlen_q.
 template <typename Acc>
@@ -312,7 +323,7 @@ FP_INLINE Acc finish_scores(Acc* s, std::int64_t n, std::int64_t key0, KeyRange 
     }
     if (n % kLanes == 0 && n <= (std::int64_t{1} << 30) && std::abs(diag - key0) <= (std::int64_t{1} << 30)) {
       // the same, lane by lane: the mask as key indices against [lo, hi), ALiBi's distances from
-      // int32 lanes (|diag - key| as the scalar loop converts it), the softcap lane by lane
+      // int32 lanes (diag - key as the scalar loop converts it)
       const std::int32_t lo = static_cast<std::int32_t>(std::clamp<std::int64_t>(kr.lo - key0, 0, n));
       const std::int32_t hi = static_cast<std::int32_t>(std::clamp<std::int64_t>(kr.hi - key0, lo, n));
       vi iota;
@@ -321,14 +332,8 @@ FP_INLINE Acc finish_scores(Acc* s, std::int64_t n, std::int64_t key0, KeyRange 
       vf mx = vf{} - INFINITY;
       for (std::int64_t j = 0; j < n; j += kLanes) {
         const vi jj = iota + static_cast<std::int32_t>(j);
-        vf v = loadv(s + j) * scale;
-        if (cap != 0.0f)
-          for (int k = 0; k < kLanes; ++k) v[k] = apply_softcap(v[k], cap);
-        if (slope != 0.0f) {
-          const vi dd = d0 - jj;
-          v += -slope * __builtin_convertvector(dd < 0 ? -dd : dd, vf);
-        }
-        v = ((jj >= lo) & (jj < hi)) ? v : vf{} - INFINITY;
+        const vf v = finish_lanes(loadv(s + j) * scale, cap, slope, __builtin_convertvector(d0 - jj, vf), jj,
+                                  vi{} + lo, vi{} + hi);
         storev(s + j, v);
         mx = v > mx ? v : mx;
       }
@@ -630,15 +635,9 @@ void softmax_tile(float* st, std::int64_t lds, std::int64_t nk, std::int64_t key
       }
     } else {
       for (std::int64_t j = 0; j < nk; ++j) {
-        vf s = loadv(st + j * lds + i0) * vscale;
-        if (cap > 0.0f)
-          for (int k = 0; k < kLanes; ++k) s[k] = apply_softcap(s[k], cap);
-        if (bias) {  // (distances below 2^24 are exact in float32, as FlashAttention-2 computes them)
-          const vf dd = dist0 - static_cast<float>(j);
-          s += -alibi.slope * (dd < 0.0f ? -dd : dd);
-        }
-        const vi jj = vi{} + static_cast<std::int32_t>(j);
-        s = ((jj >= lo) & (jj < hi)) ? s : vf{} - INFINITY;
+        // (distances below 2^24 are exact in float32, as FlashAttention-2 computes them)
+        const vf s = finish_lanes(loadv(st + j * lds + i0) * vscale, cap, alibi.slope, dist0 - static_cast<float>(j),
+                                  vi{} + static_cast<std::int32_t>(j), lo, hi);
         storev(st + j * lds + i0, s);
         mt = s > mt ? s : mt;
       }
